@@ -66,8 +66,8 @@ else
     "$VENV/bin/pip" install -q --upgrade pip setuptools wheel >&2
     "$VENV/bin/pip" install -q "numpy>=1.26" "cython>=3" pkgconfig >&2
     MPICC=mpicc "$VENV/bin/pip" install -q --no-binary=mpi4py --no-build-isolation "mpi4py>=3.1" >&2
-    CC=mpicc HDF5_MPI=ON ${HDF5_DIR:+HDF5_DIR="$HDF5_DIR"} \
-        "$VENV/bin/pip" install -q --no-binary=h5py --no-build-isolation "h5py>=3.10" >&2
+    if [ -n "${HDF5_DIR:-}" ]; then export HDF5_DIR; fi
+    CC=mpicc HDF5_MPI=ON "$VENV/bin/pip" install -q --no-binary=h5py --no-build-isolation "h5py>=3.10" >&2
     # the remaining dependencies (mpi4py and h5py are already satisfied and are left alone)
     "$VENV/bin/pip" install -q "$repo[$EXTRAS]" >&2
     "$VENV/bin/pip" uninstall -q -y tract7dt-mpi >&2 || true

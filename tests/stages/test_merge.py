@@ -1,0 +1,119 @@
+"""Merge (S10) on crafted base/result tables: row set, flags, reliability, RA/DEC, FITS copy."""
+import logging
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from tract7dt_mpi.stages.merge import fit_summary, merge_catalog, write_final_catalog
+
+
+def _car_wcs():
+    # plate carree on the equator: RA = 150 + 0.001*(x + 1 - 11), DEC = 0.001*(y + 1 - 21)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---CAR", "DEC--CAR"]
+    w.wcs.crval = [150.0, 0.0]
+    w.wcs.crpix = [11.0, 21.0]
+    w.wcs.cdelt = [0.001, 0.001]
+    return w
+
+
+def _base():
+    return pd.DataFrame({
+        "ID": ["00019", "a b", "c", "d", "gaia_1"],
+        "RA": [150.0, 150.1, 150.2, 150.3, 150.4], "DEC": [0.0] * 5,
+        "TYPE": ["STAR", "EXP", "STAR", "STAR", "STAR"],
+        "excluded_crop": [False, True, False, False, np.nan],
+        "excluded_saturation": [False, True, False, np.nan, np.nan],
+        "affected_by_bright_mask": [False, False, True, False, False],
+        "_row": [0, 1, 2, 3, 4],
+    })
+
+
+def _results():
+    return pd.DataFrame({
+        "_row": [3, 0, 2, 0],
+        "RA": [9.0, 9.0, 9.0, 9.0],                       # clashes with base -> base wins
+        "x_pix_white_fit": [10.0, 30.0, 5.0, 999.0],
+        "y_pix_white_fit": [20.0, 40.0, 5.0, 999.0],
+        "FLUX_g_fit": [1.0, 2.0, 3.0, 4.0],
+        "opt_converged": [True, True, False, True],
+        "opt_hit_max_iters": [False, False, True, False],
+        "flag_bound_stalled": [False, False, False, False],
+        "psf_used_epsf_band_count": [1, 1, 1, 1],
+        "patch_tag": [b"r00_c00_pr00_pc00"] * 4,
+    })
+
+
+def test_merge_rows_flags_and_sky(caplog):
+    with caplog.at_level(logging.INFO, logger="tract7dt_mpi.stages.merge"):
+        out = merge_catalog(_base(), _results(), _car_wcs())
+    assert out["ID"].tolist() == ["00019", "a b", "c", "d", "gaia_1"]      # base order, text ids
+    assert out["RA"].tolist() == [150.0, 150.1, 150.2, 150.3, 150.4]
+    assert "_row" not in out.columns
+    assert out["FLUX_g_fit"].iloc[0] == 2.0                                  # first duplicate kept
+    assert out["patch_tag"].iloc[0] == "r00_c00_pr00_pc00"                   # bytes decoded
+    assert np.isnan(out["FLUX_g_fit"].iloc[1]) and np.isnan(out["FLUX_g_fit"].iloc[4])
+    assert out["excluded_any"].tolist() == [False, True, False, False, False]
+    assert out["excluded_reason"].tolist() == ["", "crop+saturation", "", "", ""]
+    # RA_fit from the CAR projection by hand: row 0 at (30, 40), row 3 at (10, 20)
+    np.testing.assert_allclose(out["RA_fit"].iloc[0], 150.0 + 0.001 * (30 + 1 - 11), atol=1e-9)
+    np.testing.assert_allclose(out["DEC_fit"].iloc[0], 0.001 * (40 + 1 - 21), atol=1e-9)
+    np.testing.assert_allclose(out["RA_fit"].iloc[3], 150.0, atol=1e-9)
+    assert np.isnan(out["RA_fit"].iloc[1])
+    assert out["fit_is_reliable"].tolist() == [True, False, False, True, False]
+    assert out["fit_quality_issues"].tolist() == [
+        "", "excluded", "hit_max_iters,bright_mask", "", "no_fit_result"]
+    text = caplog.text
+    assert "Dropping 1 duplicate key(s)" in text
+    assert "merge-missing (left join rows without fit): 2" in text
+    assert "Fit summary: converged=2, hit_max_iters=1, total=3" in text
+    assert fit_summary(out) == {"converged": 2, "hit_max_iters": 1, "total": 3}
+
+
+def test_merge_without_results_and_without_row_column():
+    base = _base().drop(columns=["_row"])
+    out = merge_catalog(base, None, None)
+    assert len(out) == 5
+    assert out["fit_quality_issues"].tolist() == ["no_fit_result", "excluded", "no_fit_result,bright_mask",
+                                                  "no_fit_result", "no_fit_result"]
+
+
+def test_write_final_catalog_csv_and_fits(tmp_path):
+    out = merge_catalog(_base(), _results(), _car_wcs())
+    csv, fpath = write_final_catalog(out, tmp_path / "output_catalog.csv")
+    back = pd.read_csv(csv, dtype={"ID": str})
+    assert back["ID"].tolist() == ["00019", "a b", "c", "d", "gaia_1"]
+    with fits.open(fpath) as hdul:
+        t = hdul[1]
+        cols = {c.name: c.format for c in t.columns}
+        assert cols["fit_is_reliable"] == "L"
+        assert cols["excluded_any"] == "L"
+        assert cols["ID"].endswith("A") or cols["ID"].startswith("A") or "A" in cols["ID"]
+        assert cols["opt_converged"] == "L"                  # object bool column with gaps
+        assert t.data["ID"][0] == "00019"
+        assert t.data["fit_quality_issues"][2] == "hit_max_iters,bright_mask"
+        np.testing.assert_allclose(t.data["FLUX_g_fit"][0], 2.0)
+        assert np.isnan(t.data["FLUX_g_fit"][1])
+
+
+def test_read_patch_csvs_and_merge(tmp_path):
+    import pytest
+
+    from tract7dt_mpi.errors import InputError
+    from tract7dt_mpi.stages.merge import read_patch_csvs
+
+    with pytest.raises(InputError, match="No patch result CSVs found"):
+        read_patch_csvs(str(tmp_path))
+    res = _results().drop(columns=["patch_tag"])
+    for i, tag in enumerate(("r00_c00_pr00_pc00", "r00_c00_pr00_pc01")):
+        (tmp_path / tag).mkdir()
+        part = res.iloc[2 * i:2 * i + 2].copy()
+        part.insert(0, "ID", ["00007", "x"])
+        part.to_csv(tmp_path / tag / f"{tag}_cat_fit.csv", index=False)
+    got = read_patch_csvs(str(tmp_path))
+    assert got["ID"].tolist() == ["00007", "x", "00007", "x"] and len(got) == 4
+    out = merge_catalog(_base(), got, _car_wcs())
+    assert out["ID"].tolist() == ["00019", "a b", "c", "d", "gaia_1"]   # base column wins
+    assert out["FLUX_g_fit"].iloc[0] == 2.0

@@ -1,0 +1,122 @@
+"""Patch plan geometry (S5) and source assignment (S7) against hand-computed boxes."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tract7dt_mpi.config import config_from_dict
+from tract7dt_mpi.errors import InputError
+from tract7dt_mpi.stages.patches import (RECORD_FIELDS, assign_sources, build_patch_plan,
+                                         halo_pix, patches_frame)
+
+
+def _cfg(**epsf):
+    e = {"epsf_ngrid": 2, "ngrid": 3, "final_psf_size": 11}
+    e.update(epsf)
+    return config_from_dict({"epsf": e, "patches": {"halo_pix_min": 5}})
+
+
+def test_halo_formula():
+    assert halo_pix(55, 20) == 29          # spec default
+    assert halo_pix(11, 5) == 7
+    assert halo_pix(11, 30) == 30
+
+
+def test_plan_geometry_hand_computed():
+    plan = build_patch_plan((100, 130), None, _cfg())
+    assert len(plan) == 2 * 2 * 3 * 3
+    # cell columns [0,65) [65,130); patch width 65//3 = 21, last ends at the cell edge
+    xs = sorted({(p.x0_base, p.x1_base) for p in plan})
+    assert xs == [(0, 21), (21, 42), (42, 65), (65, 86), (86, 107), (107, 130)]
+    # cell rows [0,50) [50,100); patch height 50//3 = 16
+    ys = sorted({(p.y0_base, p.y1_base) for p in plan})
+    assert ys == [(0, 16), (16, 32), (32, 50), (50, 66), (66, 82), (82, 100)]
+    p = next(q for q in plan if q.patch_tag == "r01_c00_pr02_pc01")
+    assert (p.epsf_tag, p.x0_base, p.x1_base, p.y0_base, p.y1_base) == ("r01_c00", 21, 42, 82, 100)
+    # ROI = base +- 7, clipped to [0, W] x [0, H]
+    assert (p.x0_roi, p.x1_roi, p.y0_roi, p.y1_roi, p.halo_pix) == (14, 49, 75, 100, 7)
+    first = plan[0]
+    assert first.patch_tag == "r00_c00_pr00_pc00"
+    assert (first.x0_roi, first.y0_roi) == (0, 0)
+    # row-major order over (er, ec, pr, pc)
+    keys = [(q.epsf_r, q.epsf_c, q.patch_r, q.patch_c) for q in plan]
+    assert keys == sorted(keys)
+
+
+def test_active_cells_and_errors():
+    plan = build_patch_plan((100, 130), [(1, 1)], _cfg())
+    assert len(plan) == 9 and all(p.epsf_tag == "r01_c01" for p in plan)
+    with pytest.raises(InputError, match="ngrid"):
+        build_patch_plan((100, 130), None, _cfg(ngrid=60))
+    with pytest.raises(InputError):
+        build_patch_plan((100, 130), [(2, 0)], _cfg())
+
+
+def _catalog(n=400, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-5, 135, n)
+    y = rng.uniform(-5, 105, n)
+    x[:6] = [0.0, 21.0, 20.999, 129.999, 65.0, np.nan]   # edges of half-open boxes, NaN
+    y[:6] = [0.0, 16.0, 15.999, 99.999, 50.0, 10.0]
+    excl = np.zeros(n, bool)
+    excl[10:20] = True
+    return pd.DataFrame({"_row": np.arange(n) + 1000, "x_pix_white": x, "y_pix_white": y,
+                         "excluded_any": excl})
+
+
+def test_every_active_source_base_in_exactly_one_patch():
+    cat = _catalog()
+    plan = assign_sources(build_patch_plan((100, 130), None, _cfg()), cat, skip_empty=False,
+                          n_bands=3)
+    inside = (cat.x_pix_white >= 0) & (cat.x_pix_white < 130) & (cat.y_pix_white >= 0) & (
+        cat.y_pix_white < 100) & ~cat.excluded_any
+    expected = set(cat.loc[inside, "_row"])
+    bases = np.concatenate([p.base_rows for p in plan])
+    assert len(bases) == len(set(bases)) == len(expected)
+    assert set(bases) == expected
+    # hand-checked edges: (21, 16) is base in pc01 / pr01 of cell r00_c00
+    p = next(q for q in plan if q.patch_tag == "r00_c00_pr01_pc01")
+    assert 1001 in p.base_rows
+    q = next(q for q in plan if q.patch_tag == "r00_c00_pr00_pc00")
+    assert 1002 in q.base_rows and 1000 in q.base_rows
+    # (21, 16) lies within 7 px of r00_c00_pr00_pc00's base box -> halo there
+    assert 1001 in q.halo_rows
+    for p in plan:
+        x = cat.set_index("_row").loc[p.halo_rows, "x_pix_white"].to_numpy()
+        y = cat.set_index("_row").loc[p.halo_rows, "y_pix_white"].to_numpy()
+        assert np.all((x >= p.x0_roi) & (x < p.x1_roi) & (y >= p.y0_roi) & (y < p.y1_roi))
+        assert not np.any((x >= p.x0_base) & (x < p.x1_base) & (y >= p.y0_base) & (y < p.y1_base))
+        assert not set(p.halo_rows) & set(range(1010, 1020))      # excluded rows never assigned
+        h, w = p.y1_roi - p.y0_roi, p.x1_roi - p.x0_roi
+        assert p.cost == (len(p.base_rows) + len(p.halo_rows)) * 3 * h * w
+
+
+def test_skip_empty_uses_base_rows_only():
+    # one source in patch r00_c00_pr00_pc00, near its right edge -> halo of pr00_pc01
+    cat = pd.DataFrame({"_row": [0], "x_pix_white": [19.0], "y_pix_white": [3.0]})
+    plan = build_patch_plan((100, 130), None, _cfg())
+    kept = assign_sources(plan, cat, skip_empty=True)
+    assert [p.patch_tag for p in kept] == ["r00_c00_pr00_pc00"]
+    allp = assign_sources(plan, cat, skip_empty=False)
+    nb = next(p for p in allp if p.patch_tag == "r00_c00_pr00_pc01")
+    assert nb.halo_rows.tolist() == [0] and nb.base_rows.tolist() == []
+
+
+def test_patches_frame_columns():
+    plan = build_patch_plan((100, 130), [(0, 0)], _cfg())
+    df = patches_frame(plan)
+    assert list(df.columns[:len(RECORD_FIELDS)]) == list(RECORD_FIELDS)
+    assert len(df) == 9 and df["halo_pix"].eq(7).all()
+
+
+def test_write_patch_plan(tmp_path):
+    import json
+
+    from tract7dt_mpi.stages.patches import write_patch_plan
+
+    plan = build_patch_plan((100, 130), [(0, 1)], _cfg())
+    csv, js = write_patch_plan(plan, str(tmp_path / "patches"))
+    df = pd.read_csv(csv)
+    recs = json.loads(open(js).read())
+    assert len(df) == len(recs) == 9
+    assert recs[0]["patch_tag"] == df["patch_tag"][0] == "r00_c01_pr00_pc00"
+    assert recs[0]["x0_base"] == 65 and recs[0]["x0_roi"] == 58

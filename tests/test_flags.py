@@ -1,0 +1,62 @@
+"""Fit-quality tag registry: tags, order and reliability on hand-built rows."""
+import numpy as np
+import pandas as pd
+
+from tract7dt_mpi import flags
+
+
+def test_registry_order_and_split():
+    assert flags.HARD_TAGS == ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled",
+                               "bright_mask")
+    assert flags.SOFT_TAGS == ("not_converged", "all_psf_fallback")
+    assert set(flags.TAG_DOCS) == set(flags.TAG_ORDER)
+
+
+def test_as_bool_handles_missing_and_text():
+    got = flags.as_bool(pd.Series([True, None, np.nan, "True", "false", 1, 0.0, b"true"],
+                                  dtype=object))
+    assert got.tolist() == [True, False, False, True, False, True, False, True]
+
+
+def test_excluded_reason():
+    got = flags.excluded_reason([True, True, False, False], [True, False, True, None])
+    assert got.tolist() == ["crop+saturation", "crop", "saturation", ""]
+
+
+def _rows():
+    nan = np.nan
+    return pd.DataFrame({
+        # 0 clean, 1 excluded, 2 no fit, 3 hit max, 4 stalled+bright, 5 not converged, 6 all fallback
+        "excluded_any": [False, True, False, False, False, False, False],
+        "affected_by_bright_mask": [False, False, False, False, True, False, False],
+        "x_pix_white_fit": [1.0, nan, nan, 2.0, 3.0, 4.0, 5.0],
+        "y_pix_white_fit": [1.0, nan, nan, 2.0, 3.0, 4.0, 5.0],
+        "FLUX_g_fit": [1.0, nan, nan, 1.0, 1.0, 1.0, 1.0],
+        "opt_converged": [True, nan, nan, False, True, False, True],
+        "opt_hit_max_iters": [False, nan, nan, True, False, False, False],
+        "flag_bound_stalled": [False, nan, nan, False, True, False, False],
+        "psf_used_epsf_band_count": [1, nan, nan, 1, 1, 1, 0],
+    })
+
+
+def test_reliability_multi_band():
+    ok, issues = flags.reliability(_rows())
+    assert ok.tolist() == [True, False, False, False, False, True, True]
+    assert issues.tolist() == ["", "excluded", "no_fit_result", "hit_max_iters",
+                               "bound_stalled,bright_mask", "not_converged", "all_psf_fallback"]
+
+
+def test_reliability_single_band_any_band():
+    df = pd.DataFrame({
+        "excluded_any": [False, False],
+        "x_pix_white_g_fit": [1.0, 1.0], "y_pix_white_g_fit": [1.0, 1.0],
+        "x_pix_white_r_fit": [1.0, 1.0], "y_pix_white_r_fit": [1.0, 1.0],
+        "FLUX_g_fit": [1.0, 1.0], "FLUX_r_fit": [1.0, 1.0],
+        "opt_converged_g": [True, True], "opt_converged_r": [True, False],
+        "opt_hit_max_iters_g": [False, False], "opt_hit_max_iters_r": [False, True],
+        "flag_bound_stalled_g": [False, False], "flag_bound_stalled_r": [True, False],
+    })
+    assert flags.is_single_band(df)
+    ok, issues = flags.reliability(df)
+    assert ok.tolist() == [False, False]
+    assert issues.tolist() == ["bound_stalled", "hit_max_iters"]

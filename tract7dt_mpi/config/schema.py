@@ -1,0 +1,349 @@
+"""Every configuration key of tract7dt-mpi: type, default, unit and a one-line meaning.
+
+This module is the single source of defaults (config-reference §19). Each section is a frozen
+dataclass whose attribute names are the YAML key names; each field's ``metadata`` carries the
+value kind used by the loader (``kind``), the unit, the doc line, and optional value rules
+(``null``, ``choices``, ``ge``/``gt``/``le``, ``length``, ``legacy`` notice text).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Value kinds understood by the loader (see loader._check_value):
+#   bool, int, float, str, path, workers ("auto" or int), enum, floats / ints / strs (lists)
+KIND_TEXT = {
+    "bool": "bool", "int": "int", "float": "float", "str": "str", "path": "path",
+    "workers": 'int or "auto"', "enum": "str", "floats": "list of float",
+    "ints": "list of int", "strs": "list of str",
+}
+
+
+def K(default, kind, unit, doc, *, null=False, choices=None, ge=None, gt=None, le=None,
+      length=None, legacy=None, fallback=None):
+    """Declare one config key (a dataclass field carrying its loader metadata)."""
+    meta = dict(kind=kind, unit=unit, doc=doc, null=null, choices=choices, ge=ge, gt=gt, le=le,
+                length=length, legacy=legacy, fallback=fallback)
+    return field(default=default, metadata=meta)
+
+
+def type_text(meta) -> str:
+    """Human-readable type of a key, e.g. ``float or null`` or ``one of dev|exp``."""
+    if meta["kind"] == "enum":
+        text = "one of " + "|".join(meta["choices"])
+    else:
+        text = KIND_TEXT[meta["kind"]]
+    if meta["length"]:
+        text += f" (length {meta['length']})"
+    return text + (" or null" if meta["null"] else "")
+
+
+_PX, _NONE = "px", ""
+_NOT_MPI = "has no effect under MPI"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    tile_name: str = K("your_tile_name", "str", _NONE, "Free label for the field; no effect on processing.")
+    input_catalog: str = K("path/to/input_catalog.csv", "path", _NONE,
+                           "Source list CSV to fit (relative to the YAML file's folder).")
+    image_list_file: str = K("path/to/image_list.txt", "path", _NONE,
+                             "Text file naming one FITS image per line; entries resolve against the YAML folder.")
+    gaiaxp_synphot_csv: str | None = K("path/to/gaiaxp_synphot.csv", "path", _NONE,
+                                       "GaiaXP synthetic photometry CSV (ePSF seeds, augmentation, ZP); "
+                                       "null or missing file = skip those uses.", null=True)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    work_dir: str = K("path/to/work_dir", "path", _NONE,
+                      "Root of all products (relative to the YAML folder); created if absent.")
+    epsf_dir: str = K("EPSFs", "path", _NONE, "ePSF tree {band}/{rNN_cNN}/ and epsf_summary.json (under work_dir).")
+    patches_dir: str = K("patches", "path", _NONE, "patches.csv and patches.json (under work_dir).")
+    patch_inputs_dir: str = K("patch_payloads", "path", _NONE, "Per-patch input products (under work_dir).")
+    tractor_out_dir: str = K("outputs", "path", _NONE, "Per-patch result folders and run_summary.csv (under work_dir).")
+    final_catalog: str = K("output_catalog.csv", "path", _NONE, "Merged catalog; rewritten in place by the ZP stage.")
+    cropped_images_dir: str = K("cropped_images", "path", _NONE, "White-stack crop plots (under work_dir).")
+    overlay_dir: str = K("overlay", "path", _NONE, "White-stack overlay plots (under work_dir).")
+    results_h5: str = K("results.h5", "path", _NONE, "MPI-era: HDF5 results store written by all ranks (under work_dir).")
+    journal: str = K("journal.jsonl", "path", _NONE, "MPI-era: append-only task journal used by --resume (under work_dir).")
+
+
+@dataclass(frozen=True)
+class ImageScaling:
+    zp_ref: float = K(25.0, "float", "AB mag", "Common zero point; images are scaled by 10^(-0.4 (ZP_AUTO - zp_ref)).")
+
+
+@dataclass(frozen=True)
+class Crop:
+    enabled: bool = K(True, "bool", _NONE, "Trim a border from every frame; outside sources get excluded_crop.")
+    margin: int = K(500, "int", _PX, "Border width on every side; kept box [margin, W-margin) x [margin, H-margin).", ge=0)
+    plot_pre_crop: bool = K(True, "bool", _NONE, "Write white_before_crop.png with the kept box drawn.")
+    plot_post_crop: bool = K(True, "bool", _NONE, "Write white_after_crop.png.")
+    display_downsample: int = K(4, "int", "factor", "Pixel stride of the pre-crop plot.", ge=1)
+    post_crop_display_downsample: int = K(4, "int", "factor", "Pixel stride of the post-crop plot.", ge=1)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    enabled: bool = K(True, "bool", _NONE, "Write white_overlay.png of the catalog on the white stack.")
+    downsample_full: int = K(4, "int", "factor", "Pixel stride of the full overlay.", ge=1)
+    zoom_enabled: bool = K(True, "bool", _NONE, "Also write white_overlay_zoom.png (failures only warn).")
+    zoom_box: tuple = K((4000, 5000, 4000, 5000), "ints", "px [x0, x1, y0, y1]",
+                        "Zoom region in the working (post-crop) frame.", length=4)
+
+
+@dataclass(frozen=True)
+class WcsTolerance:
+    crval: float = K(1e-6, "float", "deg", "Absolute tolerance on CRVAL.", ge=0)
+    crpix: float = K(1e-6, "float", _PX, "Absolute tolerance on CRPIX.", ge=0)
+    cd: float = K(1e-9, "float", "deg/px", "Absolute tolerance on CD (or PC) elements.", ge=0)
+    cdelt: float = K(1e-9, "float", "deg/px", "Absolute tolerance on CDELT (when neither WCS has CD).", ge=0)
+
+
+@dataclass(frozen=True)
+class Checks:
+    require_wcs_alignment: bool = K(True, "bool", _NONE, "Every image's WCS must match the first image's.")
+    wcs_tolerance: WcsTolerance = field(default_factory=WcsTolerance, metadata=dict(kind="section"))
+    require_same_shape: bool = K(True, "bool", _NONE, "All images must share one (NAXIS2, NAXIS1).")
+
+
+@dataclass(frozen=True)
+class SourceSaturationCut:
+    enabled: bool = K(True, "bool", _NONE, "Flag sources with a saturated pixel within radius_pix (excluded_saturation).")
+    radius_pix: float = K(20.0, "float", _PX, "Disk radius around the rounded source pixel.", ge=0)
+    require_all_bands: bool = K(False, "bool", _NONE, "false: any band saturated flags; true: every band must be.")
+    saturation_divisor: float = K(1.3, "float", _NONE, "Pixel is saturated when raw >= SATURATE / saturation_divisor.", gt=0)
+
+
+@dataclass(frozen=True)
+class BrightMask:
+    enabled: bool = K(True, "bool", _NONE, "Mask bright white-stack detections that have no catalog counterpart.")
+    match_radius_pix: float = K(3.0, "float", _PX, "A detection this close to an active source is matched (not masked).", ge=0)
+    ellipse_scale: float = K(3.0, "float", _NONE, "Multiplier on SEP a, b for each unmatched detection's ellipse.", gt=0)
+    min_radius_pix: float = K(6.0, "float", _PX, "Floor on the mask ellipse radii.", ge=0)
+    dilate_pix: int = K(1, "int", _PX, "Binary dilation applied to the final ellipse mask.", ge=0)
+    thresh_sigma: float = K(5.0, "float", "sigma", "MPI-era: SEP detection threshold relative to the white-stack sigma.", gt=0)
+    minarea: int = K(25, "int", _PX, "MPI-era: SEP minimum connected area of a detection.", ge=1)
+    deblend_nthresh: int = K(32, "int", _NONE, "MPI-era: SEP number of deblending thresholds.", ge=1)
+    deblend_cont: float = K(0.005, "float", _NONE, "MPI-era: SEP minimum contrast ratio for deblending.", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class Logging:
+    ignore_warnings: bool = K(True, "bool", _NONE, "Silence Python warnings output (all commands).")
+    level: str = K("INFO", "enum", _NONE, "Log level; an unknown name falls back to INFO.",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), fallback="INFO")
+    file: str | None = K("auto", "path", _NONE,
+                         '"auto" = {work_dir}/{command}.log; a path is relative to work_dir; null = console only.',
+                         null=True)
+    format: str = K("%(asctime)s | %(name)s | %(levelname)s | %(message)s", "str", _NONE,
+                    "Log line layout (Python logging syntax).")
+
+
+@dataclass(frozen=True)
+class Plotting:
+    dpi: int = K(300, "int", "dpi", "Resolution of every PNG.", ge=1)
+
+
+@dataclass(frozen=True)
+class Performance:
+    frame_prep_workers: object = K("auto", "workers", "threads", "Legacy thread count for reading frames.",
+                                   legacy=f"{_NOT_MPI}; frames are prepared by the MPI ranks")
+    white_stack_workers: object = K("auto", "workers", "threads", "Legacy thread count for white-stack chunks.",
+                                    legacy=f"{_NOT_MPI}; the white stack is built by the MPI ranks")
+
+
+@dataclass(frozen=True)
+class Epsf:
+    use_gaiaxp: bool = K(True, "bool", _NONE, "Seed PSF stars from the GaiaXP CSV.")
+    epsf_ngrid: int = K(7, "int", _NONE, "Working frame split into epsf_ngrid x epsf_ngrid ePSF cells per band.", ge=1)
+    ngrid: int = K(6, "int", _NONE, "Each ePSF cell split into ngrid x ngrid fitting patches.", ge=1)
+    skip_empty_epsf_patches: bool = K(True, "bool", _NONE, "Only cells with an active in-frame source get ePSFs and patches.")
+    thresh_sigma: float = K(10.0, "float", "sigma", "SEP detection threshold for PSF candidates.", gt=0)
+    minarea: int = K(25, "int", _PX, "SEP minimum connected area for PSF candidates.", ge=1)
+    cutout_size: int = K(61, "int", _PX, "Star stamp side for the ePSF builder.", ge=3)
+    edge_pad: int = K(10, "int", _PX, "Extra clearance from the cell edge beyond cutout_size//2.", ge=0)
+    min_sep: float = K(30.0, "float", _PX, "Minimum distance between selected stars.", ge=0)
+    max_stars: int = K(30, "int", _NONE, "Cap on selected stars per cell.", ge=1)
+    q_range: tuple = K((0.7, 1.3), "floats", _NONE, "Accepted SEP a/b range [lo, hi].", length=2)
+    psfstar_mode: str = K("sep+gaia", "enum", _NONE, "Star selection: sep, gaia or sep+gaia (Gaia seeds first).",
+                          choices=("sep", "gaia", "sep+gaia"), fallback="sep+gaia")
+    gaia_mag_min: float = K(10.0, "float", "AB mag", "Brightest mag_{band} accepted for Gaia seeds.")
+    gaia_mag_max: float = K(30.0, "float", "AB mag", "Faintest mag_{band} accepted for Gaia seeds.")
+    gaia_snap_to_sep: bool = K(True, "bool", _NONE, "Move a Gaia seed to the nearest unused SEP candidate within gaia_match_r_pix.")
+    gaia_forced_k_fwhm: float = K(1.5, "float", _NONE, "Forced-aperture radius = k x FWHM (pix).", gt=0)
+    gaia_forced_rmin_pix: float = K(3.0, "float", _PX, "Lower clamp on the forced-aperture radius.", ge=0)
+    gaia_forced_rmax_pix: float = K(15.0, "float", _PX, "Upper clamp on the forced-aperture radius (also <= cutout_size//2 - 2).", ge=0)
+    gaia_snr_min: float = K(20.0, "float", _NONE, "Minimum forced-aperture S/N for a Gaia seed.")
+    gaia_match_r_pix: float = K(5.0, "float", _PX, "Snap / seen-by-SEP radius for Gaia seeds.", ge=0)
+    gaia_seed_sat_r: int = K(5, "int", _PX, "Half-size of the box that must stay below saturation for a Gaia seed.", ge=0)
+    gaia_seed_sat_div: float = K(1.3, "float", _NONE, "Seed/peak saturation threshold = SATURATE*scale / gaia_seed_sat_div.", gt=0)
+    star_sat_check_r: int | None = K(None, "int", _PX, "Half-size of the stamp box checked for saturated pixels; null = cutout_size // 2.",
+                                     null=True, ge=0)
+    oversamp: int = K(1, "int", "factor", "ePSF builder oversampling.", ge=1)
+    maxiters: int = K(30, "int", _NONE, "ePSF builder iterations.", ge=1)
+    do_clip: bool = K(True, "bool", _NONE, "Sigma-clip (5 sigma) in the ePSF builder.")
+    recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
+    final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
+    save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
+    background_subtract_patch: bool = K(True, "bool", _NONE, "Fit and remove a SEP background map per cell.")
+    background_boxsize: int = K(96, "int", _PX, "SEP background mesh size (floor 8).", ge=1)
+    background_filtersize: int = K(9, "int", _NONE, "SEP background filter size (floor 1).", ge=1)
+    background_source_mask_sigma: float = K(3.0, "float", "sigma", "Pixels above median + N*sigma are masked for the background fit.")
+    background_mask_dilate: int = K(1, "int", "iterations", "8-connected dilation steps of that source mask.", ge=0)
+    star_local_bkg_subtract: bool = K(True, "bool", _NONE, "Subtract a per-star annulus median from each stamp.")
+    star_local_bkg_annulus_rin_pix: float = K(20.0, "float", _PX, "Local-background annulus inner radius.", ge=0)
+    star_local_bkg_annulus_rout_pix: float = K(30.0, "float", _PX, "Local-background annulus outer radius.", ge=0)
+    star_local_bkg_sigma: float = K(3.0, "float", "sigma", "Sigma-clip level for annulus values.", gt=0)
+    star_local_bkg_minpix: int = K(30, "int", _PX, "Minimum usable annulus pixels, else local background = 0.", ge=0)
+    save_patch_background_diagnostics: bool = K(True, "bool", _NONE, "Write background_diagnostics.png.")
+    save_star_local_background_diagnostics: bool = K(True, "bool", _NONE, "Write star_local_background_diagnostics.png (costly).")
+    diagnostics_show_colorbar: bool = K(True, "bool", _NONE, "Colorbars on the background diagnostics.")
+    save_growth_curve: bool = K(True, "bool", _NONE, "Write epsf_growth_curve.png.")
+    save_residual_diagnostics: bool = K(True, "bool", _NONE, "Write epsf_residual_diagnostics.png and residual QA in meta.")
+    residual_diag_max_stars: int = K(100, "int", _NONE, "Stars used for residual stacks.", ge=0)
+    parallel_bands: bool = K(True, "bool", _NONE, "Legacy switch for building bands concurrently.",
+                             legacy=f"{_NOT_MPI}; ePSF (band, cell) tasks are always spread over the MPI ranks")
+    max_workers: object = K("auto", "workers", "processes", "Legacy band-pool size.",
+                            legacy=f"{_NOT_MPI}; ePSF tasks are spread over the MPI ranks")
+
+
+@dataclass(frozen=True)
+class Patches:
+    halo_pix_min: int = K(20, "int", _PX, "Halo = max((final_psf_size - 1)//2 + 2, halo_pix_min).", ge=0)
+
+
+@dataclass(frozen=True)
+class PatchInputs:
+    save_patch_inputs: bool = K(True, "bool", _NONE, "Write per-patch input products.")
+    skip_empty_patch: bool = K(True, "bool", _NONE, "Patches without base sources are neither built nor fitted.")
+    include_wcs_in_payload: bool = K(False, "bool", _NONE, "Also store full and ROI WCS per band (reserved).")
+    max_workers: int = K(16, "int", "threads", "Legacy writer thread count.", ge=1,
+                         legacy=f"{_NOT_MPI}; each rank writes the patches it owns")
+    gzip_compresslevel: int = K(1, "int", _NONE, "Compression level 1-9 for patch input products.", ge=1, le=9)
+    keep_payloads_in_memory: bool = K(False, "bool", _NONE, "Keep built patch inputs in RAM (reserved).")
+
+
+@dataclass(frozen=True)
+class PatchRun:
+    enable_multi_band_simultaneous_fitting: bool = K(True, "bool", _NONE,
+                                                     "true: one fit over all bands; false: independent fit per band.")
+    enable_staged_fit: bool = K(True, "bool", _NONE, "Three stages: positions frozen, positions only, all.")
+    pos_max_shift_pix: float | None = K(None, "float", _PX, "Box bound on each position around its start; null = off.",
+                                        null=True, gt=0)
+    python_exe: str = K("python", "str", _NONE, "Legacy interpreter for patch subprocesses.",
+                        legacy=f"{_NOT_MPI}; patches are fitted inside the MPI ranks")
+    resume: bool = K(False, "bool", _NONE, "Skip patches already done (same as the --resume option).")
+    max_workers: int = K(32, "int", "processes", "Legacy subprocess pool size.", ge=1,
+                         legacy=f"{_NOT_MPI}; the number of fitting ranks is the MPI world size")
+    threads_per_process: int = K(1, "int", "threads", "Legacy thread count per fitter; used as mpi.threads_per_rank when that is not set.",
+                                 ge=1)
+    gal_model: str = K("exp", "enum", _NONE, "Model for TYPE missing/unknown/GAL.", choices=("dev", "exp", "sersic", "star"))
+    n_opt_iters: int = K(20, "int", _NONE, "Max optimizer steps (per patch, per band in single-band mode, per stage).", ge=1)
+    dlnp_stop: float = K(1e-6, "float", _NONE, "Converged when a step's delta ln p is below this.", ge=0)
+    r_ap: float = K(5.0, "float", _PX, "Aperture radius for initial fluxes.", gt=0)
+    eps_flux: float = K(1e-4, "float", "scaled counts", "Floor on every initial flux.")
+    sersic_n_init: float = K(3.0, "float", _NONE, "Initial Sersic index when SERSIC_n is missing.", gt=0)
+    re_fallback_pix: float = K(3.0, "float", _PX, "Initial Re when Re is missing or NaN.", gt=0)
+    psf_model: str = K("pixelized", "enum", _NONE, "PSF form when a usable ePSF exists.",
+                       choices=("pixelized", "hybrid", "gaussian_mixture_from_stamp"))
+    psf_fallback_model: str = K("moffat", "enum", _NONE, "PSF form when the ePSF is missing or has too few stars.",
+                                choices=("moffat", "ncircular_gaussian", "gaussian_mixture"))
+    min_epsf_nstars_for_use: int = K(2, "int", _NONE, "Reject an ePSF built from fewer stars (0 disables).", ge=0)
+    ncircular_gaussian_n: int = K(3, "int", _NONE, "Components of the ncircular_gaussian fallback (1, 2 or 3).", ge=1, le=3)
+    hybrid_psf_n: int = K(9, "int", _NONE, "Gaussians in the hybrid PSF's mixture approximation.", ge=1)
+    gaussian_mixture_n: int = K(4, "int", _NONE, "Components of the Gaussian mixture fitted to a stamp.", ge=1)
+    fallback_default_fwhm_pix: float = K(4.0, "float", _PX, "FWHM when header PEEING/SEEING is unusable (floored at 1 px).", gt=0)
+    fallback_stamp_radius_pix: float = K(25.0, "float", _PX, "Half-size of the synthetic stamp for the gaussian_mixture fallback.", gt=0)
+    cutout_size: int = K(100, "int", _PX, "Side of per-source montage cutouts.", ge=1)
+    cutout_max_sources: int | None = K(None, "int", _NONE, "Max montages per patch; null = all.", null=True, ge=0)
+    cutout_start: int = K(0, "int", _NONE, "Skip montages for in-patch index below this.", ge=0)
+    cutout_data_p_lo: float = K(1.0, "float", "percentile", "Display stretch low, data panel.", ge=0, le=100)
+    cutout_data_p_hi: float = K(99.0, "float", "percentile", "Display stretch high, data panel.", ge=0, le=100)
+    cutout_model_p_lo: float = K(1.0, "float", "percentile", "Display stretch low, model panel.", ge=0, le=100)
+    cutout_model_p_hi: float = K(99.0, "float", "percentile", "Display stretch high, model panel.", ge=0, le=100)
+    cutout_resid_p_abs: float = K(99.0, "float", "percentile", "Residual panel limits from this percentile of |residual|.", ge=0, le=100)
+    no_cutouts: bool = K(False, "bool", _NONE, "Disable per-source montages.")
+    no_patch_overview: bool = K(False, "bool", _NONE, "Disable patch_overview.png.")
+    flag_maxiter_margin: int = K(0, "int", _NONE, "opt_hit_max_iters when not converged and niters >= max(1, n_opt_iters - margin).", ge=0)
+    engine: str = K("native", "enum", _NONE, "MPI-era: fitting engine, native (numpy/scipy) or tractor (if installed).",
+                    choices=("native", "tractor"))
+    flux_error_model: str = K("total", "enum", _NONE, "MPI-era: per-pixel sigma for the fit: total (sky + source Poisson) or sky only.",
+                              choices=("total", "sky"))
+    fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
+
+
+@dataclass(frozen=True)
+class MoffatPsf:
+    fwhm_default_pix: float = K(4.0, "float", _PX, "Legacy; ignored.", gt=0,
+                                legacy="is ignored; use patch_run.fallback_default_fwhm_pix")
+    beta: float = K(3.5, "float", _NONE, "Moffat power index (> 1).", gt=1)
+    radius_pix: float = K(25.0, "float", _PX, "Moffat stamp half-size (side 2*ceil(r)+1).", gt=0)
+    module_path: str | None = K(None, "path", _NONE, "Legacy; ignored.", null=True,
+                                legacy="is ignored; the Moffat PSF is built in")
+
+
+@dataclass(frozen=True)
+class Merge:
+    pattern: str = K("*_cat_fit.csv", "str", _NONE, "Glob of per-patch result tables (legacy file layout).")
+
+
+@dataclass(frozen=True)
+class Zp:
+    enabled: bool = K(True, "bool", _NONE, "Run Gaia augmentation (after load) and zero points (after merge).")
+    inject_gaia_sources: bool = K(True, "bool", _NONE, "Add unmatched Gaia stars as new STAR rows.")
+    gaia_mag_min: float = K(8.0, "float", "mag (G)", "Bright cut on phot_g_mean_mag (inclusive).")
+    gaia_mag_max: float = K(18.0, "float", "mag (G)", "Faint cut on phot_g_mean_mag (inclusive).")
+    match_radius_arcsec: float = K(3.0, "float", "arcsec", "Sky match radius catalog <-> Gaia.", ge=0)
+    min_box_size_pix: int = K(3000, "int", _PX, "Minimum side of the square Gaia selection box.", ge=0)
+    clip_sigma: float = K(3.0, "float", "sigma", "MAD-based clip threshold.", gt=0)
+    clip_max_iters: int = K(10, "int", _NONE, "Max clip iterations.", ge=0)
+    zp_err_method: str = K("all_mad", "enum", _NONE, "ZP error propagated: all_mad (zp_err_mad) or bright_std (zp_err_std).",
+                           choices=("all_mad", "bright_std"))
+    zp_err_snr_min: float = K(100.0, "float", _NONE, "S/N cut for zp_err_std (halved, then quartered if < 10 stars).", ge=0)
+    gaia_pos_err_pix: float | None = K(0.1, "float", _PX, "POS_ERR written on injected Gaia rows; null = not written.",
+                                       null=True, ge=0)
+    plot_mag_lo: float = K(12.0, "float", "mag", "x-axis lower limit of the constrained ZP plot.")
+    plot_mag_hi: float = K(18.0, "float", "mag", "x-axis upper limit of the constrained ZP plot.")
+    plot_zp_offset: float = K(0.5, "float", "mag", "y-range half-width around the median ZP.", gt=0)
+
+
+@dataclass(frozen=True)
+class Mpi:
+    threads_per_rank: int = K(1, "int", "threads", "MPI-era: OMP/BLAS threads per rank (set before numpy is imported).", ge=1)
+    heartbeat_sec: float = K(30.0, "float", "s", "MPI-era: interval of rank-0 progress lines.", gt=0)
+    per_rank_logs: bool = K(False, "bool", _NONE, "MPI-era: ranks > 0 also log to work_dir/logs/{command}.rankNNNN.log.")
+    prepared_store: str = K("prepared.h5", "path", _NONE, "MPI-era: HDF5 store of prepared working-frame images (under work_dir).")
+
+
+#: YAML section name -> section class, in template order.
+SECTIONS = {
+    "inputs": Inputs, "outputs": Outputs, "image_scaling": ImageScaling, "crop": Crop,
+    "overlay": Overlay, "checks": Checks, "source_saturation_cut": SourceSaturationCut,
+    "bright_mask": BrightMask, "logging": Logging, "plotting": Plotting,
+    "performance": Performance, "epsf": Epsf, "patches": Patches, "patch_inputs": PatchInputs,
+    "patch_run": PatchRun, "moffat_psf": MoffatPsf, "merge": Merge, "zp": Zp, "mpi": Mpi,
+}
+
+#: one-line description of each section (template and docs).
+SECTION_DOCS = {
+    "inputs": "Input files (relative paths resolve against this YAML file's folder).",
+    "outputs": "Products (work_dir relative to the YAML folder; the rest relative to work_dir).",
+    "image_scaling": "Photometric scaling of every image to a common zero point.",
+    "crop": "Border trimming of the working frame.",
+    "overlay": "Catalog overlay plots on the white stack.",
+    "checks": "Consistency checks between the input images.",
+    "source_saturation_cut": "Flagging of catalog sources near saturated pixels.",
+    "bright_mask": "Mask of bright uncatalogued sources detected on the white stack.",
+    "logging": "Logging.",
+    "plotting": "Plots.",
+    "performance": "Legacy thread counts (no effect under MPI).",
+    "epsf": "Empirical PSF per band and grid cell.",
+    "patches": "Patch geometry.",
+    "patch_inputs": "Per-patch inputs.",
+    "patch_run": "Model fitting of each patch.",
+    "moffat_psf": "Moffat fallback PSF.",
+    "merge": "Merging of per-patch results.",
+    "zp": "Gaia augmentation and photometric zero points.",
+    "mpi": "MPI-era execution settings.",
+}

@@ -1,0 +1,1 @@
+"""Maintenance scripts (not imported at run time)."""

@@ -1,0 +1,75 @@
+"""Pairwise inner products of source columns and the per-band linear (flux + sky) solve.
+
+For every pair of sources whose boxes overlap we form, for all bands at once,
+B_st[b] = sum_pix w_b A_s[b, i] A_t[b, j] over the overlap (A = model and derivative columns).
+Everything the optimizer needs (flux Gram matrix, Gauss-Newton Hessian, gradients) follows from
+these blocks plus the per-source products with w*d and w.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def overlapping_pairs(rs) -> list:
+    """(s, t) with s <= t whose boxes overlap (non-empty boxes only)."""
+    idx = [i for i, r in enumerate(rs) if not r.empty]
+    if not idx:
+        return []
+    b = np.array([[rs[i].y0, rs[i].y1, rs[i].x0, rs[i].x1] for i in idx])
+    oy = (np.minimum(b[:, None, 1], b[None, :, 1]) > np.maximum(b[:, None, 0], b[None, :, 0]))
+    ox = (np.minimum(b[:, None, 3], b[None, :, 3]) > np.maximum(b[:, None, 2], b[None, :, 2]))
+    ii, jj = np.nonzero(np.triu(oy & ox))
+    return [(idx[i], idx[j]) for i, j in zip(ii, jj)]
+
+
+def _sub(r, y0, y1, x0, x1, cols=None):
+    a = r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0]
+    if cols is not None:
+        a = a[:, cols]
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def pair_block(rs, s, t, w, cols=None) -> np.ndarray:
+    """(nb, ks, kt) weighted inner products of the columns of sources s and t over their overlap."""
+    a, b = rs[s], rs[t]
+    y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
+    x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
+    ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1)
+    As = _sub(a, y0, y1, x0, x1, cols)
+    At = _sub(b, y0, y1, x0, x1, cols)
+    return np.matmul(As * ws, At.transpose(0, 2, 1))
+
+
+def own_products(r, *weighted) -> list:
+    """Products sum_pix A[b, i] * x[b] over the source's box for each full-image array x (nb, H, W)."""
+    if r.empty:
+        return [np.zeros(r.A.shape[:2]) for _ in weighted]
+    A = r.A.reshape(r.A.shape[0], r.A.shape[1], -1)
+    out = []
+    for x in weighted:
+        xs = x[:, r.y0:r.y1, r.x0:r.x1].reshape(x.shape[0], -1, 1)
+        out.append(np.matmul(A, xs)[..., 0])
+    return out
+
+
+def solve_batched(G: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve G[b] x[b] = rhs[b] with a tiny relative ridge; least squares if still singular."""
+    n = G.shape[-1]
+    d = np.abs(np.diagonal(G, axis1=-2, axis2=-1))
+    scale = np.where(d > 0, d, 1.0)
+    Gr = G + np.eye(n)[None] * (1e-12 * scale)[:, None, :]
+    try:
+        return np.linalg.solve(Gr, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(Gr[b], rhs[b], rcond=1e-12)[0] for b in range(G.shape[0])])
+
+
+def inv_batched(G: np.ndarray) -> np.ndarray:
+    n = G.shape[-1]
+    d = np.abs(np.diagonal(G, axis1=-2, axis2=-1))
+    scale = np.where(d > 0, d, 1.0)
+    Gr = G + np.eye(n)[None] * (1e-12 * scale)[:, None, :]
+    try:
+        return np.linalg.inv(Gr)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(Gr)

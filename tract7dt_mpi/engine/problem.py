@@ -1,0 +1,269 @@
+"""The patch fitting problem: parameters, priors, bounds and one evaluation (render + linear solve).
+
+Fluxes and per-band sky enter the model linearly and are solved exactly for the current nonlinear
+parameters (variable projection); :meth:`Problem.gauss_newton` returns the Gauss-Newton system of the
+nonlinear parameters with the linear ones eliminated (Schur complement), priors included.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from .linalg import inv_batched, overlapping_pairs, own_products, pair_block, solve_batched
+from .profiles import SERSIC_N_BOUNDS
+from .render import param_names, render_source
+from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
+
+MAX_STEP = {"pos.x": 1.0, "pos.y": 1.0, "shape.logre": 1.0, "shape.ee1": 0.1, "shape.ee2": 0.1,
+            "sersicindex": 0.1}
+#: stall tolerance = 0.1 x the Tractor's finite-difference step of each parameter
+STALL_TOL = {"pos.x": 0.01, "pos.y": 0.01, "shape.logre": 1e-3, "shape.ee1": 1e-3, "shape.ee2": 1e-3,
+             "sersicindex": 1e-3}
+
+
+@dataclass
+class Evaluation:
+    params: list
+    free: frozenset
+    rs: list
+    blocks: dict
+    F: np.ndarray          # (nb, S) fluxes
+    sky: np.ndarray        # (nb,)
+    G: np.ndarray | None   # (nb, L, L) linear normal matrix used (None when linear params frozen)
+    pinned: np.ndarray     # (nb, S) bool: no data -> flux pinned
+    resid: np.ndarray      # (nb, H, W) data - model
+    chi2: float
+    lnp: float
+
+
+class Problem:
+    def __init__(self, images, sources, fit_sky=True):
+        if not images:
+            raise InputError("fit_patch: no images given")
+        shape = images[0].data.shape
+        for im in images:
+            if im.data.shape != shape:
+                raise InputError(f"band {im.band}: image shape {im.data.shape} differs from band "
+                                 f"{images[0].band} {shape}; all bands of a patch must share the ROI")
+        self.images, self.sources = images, sources
+        self.nb, self.S, self.shape = len(images), len(sources), shape
+        self.data = np.stack([im.data for im in images])
+        self.w = np.stack([im.invvar for im in images])
+        self.wd = self.w * self.data
+        self.psfs = [im.psf for im in images]
+        self.fit_sky = fit_sky
+        self.kinds = [s.kind for s in sources]
+        self.names = [param_names(k) for k in self.kinds]
+        self.F0 = np.zeros((self.nb, self.S))
+        self.flux_mu = np.zeros((self.nb, self.S))
+        self.flux_prec = np.zeros((self.nb, self.S))
+        self.p0, self.lo, self.hi = [], [], []
+        self.prior_mu, self.prior_prec = [], []
+        for s, src in enumerate(sources):
+            if src.fluxes.size != self.nb:
+                raise InputError(f"source {s}: {src.fluxes.size} fluxes for {self.nb} bands")
+            self.F0[:, s] = src.fluxes
+            if src.flux_sigma is not None:
+                sig = np.atleast_1d(np.asarray(src.flux_sigma, dtype=float))
+                if sig.size != self.nb:
+                    raise InputError(f"source {s}: flux_sigma has {sig.size} values for {self.nb} bands")
+                ok = np.isfinite(sig) & (sig > 0)
+                self.flux_prec[ok, s] = 1.0 / sig[ok] ** 2
+                self.flux_mu[:, s] = src.fluxes
+            self._init_params(src)
+        self.sky0 = np.array([im.sky for im in images], dtype=float)
+        self._cache = {}
+
+    def _init_params(self, src):
+        k = len(param_names(src.kind))
+        p = np.empty(k)
+        lo, hi = np.full(k, -np.inf), np.full(k, np.inf)
+        mu, prec = np.zeros(k), np.zeros((k, k))
+        p[0], p[1] = src.x, src.y
+        if src.max_shift is not None and np.isfinite(src.max_shift) and src.max_shift >= 0:
+            lo[:2] = [src.x - src.max_shift, src.y - src.max_shift]
+            hi[:2] = [src.x + src.max_shift, src.y + src.max_shift]
+        if src.pos_sigma is not None and np.isfinite(src.pos_sigma) and src.pos_sigma > 0:
+            mu[:2] = [src.x, src.y]
+            prec[0, 0] = prec[1, 1] = 1.0 / src.pos_sigma ** 2
+        if src.kind != "star":
+            p[2:5] = catalog_shape_to_params(src.re, src.ab, src.phi_deg)
+            p[2] = float(np.clip(p[2], *LOGRE_BOUNDS))
+            lo[2:5] = [LOGRE_BOUNDS[0], EE_BOUNDS[0], EE_BOUNDS[0]]
+            hi[2:5] = [LOGRE_BOUNDS[1], EE_BOUNDS[1], EE_BOUNDS[1]]
+            sp = shape_prior_precision(src.re, src.ab, src.phi_deg, src.re_sigma, src.ell_sigma,
+                                       src.theta_sigma_deg)
+            if sp is not None:
+                mu[2:5], prec[2:5, 2:5] = sp
+        if src.kind == "sersic":
+            p[5] = float(np.clip(src.sersic_n, *SERSIC_N_BOUNDS))
+            lo[5], hi[5] = SERSIC_N_BOUNDS
+        self.p0.append(p)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.prior_mu.append(mu)
+        self.prior_prec.append(prec)
+
+    # ------------------------------------------------------------------ evaluation
+    def free_names(self, s, free):
+        return [n for n in self.names[s] if n in free]
+
+    def render(self, s, p, free):
+        fn = tuple(self.free_names(s, free))
+        key = (s, p.tobytes(), fn)
+        r = self._cache.get(key)
+        if r is None:
+            r = render_source(self.kinds[s], dict(zip(self.names[s], p)), self.psfs, self.shape, set(fn))
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != s or k[2] != fn}
+            self._cache[key] = r
+        return r
+
+    def prior_lnp(self, params):
+        tot = 0.0
+        for p, mu, prec in zip(params, self.prior_mu, self.prior_prec):
+            if prec.any():
+                d = p - mu
+                tot -= 0.5 * d @ prec @ d
+        return tot
+
+    def evaluate(self, params, free, solve_linear=True, F=None, sky=None, derivs=True) -> Evaluation:
+        free = frozenset(free if derivs else ())
+        rs = [self.render(s, params[s], free) for s in range(self.S)]
+        pairs = overlapping_pairs(rs)
+        blocks = {(s, t): pair_block(rs, s, t, self.w) for s, t in pairs}
+        F = self.F0.copy() if F is None else F.copy()
+        sky = self.sky0.copy() if sky is None else sky.copy()
+        G = None
+        pinned = np.zeros((self.nb, self.S), dtype=bool)
+        if solve_linear:
+            F, sky, G, pinned = self._solve_linear(rs, blocks, F, sky)
+        model = np.broadcast_to(sky[:, None, None], self.data.shape).copy()
+        for s, r in enumerate(rs):
+            if not r.empty:
+                model[:, r.y0:r.y1, r.x0:r.x1] += F[:, s, None, None] * r.A[:, 0]
+        resid = self.data - model
+        chi2 = float(np.sum(self.w * resid * resid))
+        lnp = -0.5 * chi2 + self.prior_lnp(params)
+        fp = self.flux_prec
+        if fp.any():
+            lnp -= 0.5 * float(np.sum(fp * (F - self.flux_mu) ** 2))
+        return Evaluation(params, free, rs, blocks, F, sky, G, pinned, resid, chi2, lnp)
+
+    def linear_matrix(self, rs, blocks, weight=None):
+        """Normal matrix (nb, L, L) of the flux (+ sky) columns, data part only."""
+        S, nb = self.S, self.nb
+        L = S + (1 if self.fit_sky else 0)
+        G = np.zeros((nb, L, L))
+        for (s, t), B in blocks.items():
+            G[:, s, t] = B[:, 0, 0]
+            G[:, t, s] = B[:, 0, 0]
+        if self.fit_sky:
+            w = self.w if weight is None else weight
+            for s, r in enumerate(rs):
+                G[:, s, S] = G[:, S, s] = own_products(r, w)[0][:, 0]
+            G[:, S, S] = w.sum(axis=(1, 2))
+        return G
+
+    def _solve_linear(self, rs, blocks, F, sky):
+        S = self.S
+        G = self.linear_matrix(rs, blocks)
+        rhs = np.zeros(G.shape[:2])
+        for s, r in enumerate(rs):
+            wd_s, w_s = own_products(r, self.wd, self.w)
+            rhs[:, s] = wd_s[:, 0]
+            if not self.fit_sky:
+                rhs[:, s] -= sky * w_s[:, 0]
+        if self.fit_sky:
+            rhs[:, S] = self.wd.sum(axis=(1, 2))
+        diag = np.diagonal(G, axis1=1, axis2=2)[:, :S]
+        dmax = diag.max(axis=1, initial=0.0)[:, None]
+        pinned = ~(diag > 1e-12 * dmax) | ~(diag > 0)
+        G[:, :S, :S] += np.einsum("bs,st->bst", self.flux_prec, np.eye(S))
+        rhs[:, :S] += self.flux_prec * self.flux_mu
+        for b, s in zip(*np.nonzero(pinned)):
+            G[b, s, :] = 0.0
+            G[b, :, s] = 0.0
+            G[b, s, s] = 1.0
+            rhs[b, s] = F[b, s]
+        if self.fit_sky:   # a band without any unmasked pixel keeps its sky
+            for b in np.flatnonzero(~(G[:, S, S] > 0)):
+                G[b, S, :] = G[b, :, S] = 0.0
+                G[b, S, S], rhs[b, S] = 1.0, sky[b]
+        x = solve_batched(G, rhs)
+        F = x[:, :S]
+        if self.fit_sky:
+            sky = x[:, S]
+        return F, sky, G, pinned
+
+    # ------------------------------------------------------------------ Gauss-Newton system
+    def gauss_newton(self, ev: Evaluation):
+        """(index, H, g): reduced Hessian/gradient of lnp in the free nonlinear parameters.
+
+        ``index`` lists (source, param position) per row.
+        """
+        free = ev.free
+        index, gi = [], []
+        for s in range(self.S):
+            pos = [j for j, n in enumerate(self.names[s]) if n in free]
+            gi.append(list(range(len(index), len(index) + len(pos))))
+            index.extend((s, j) for j in pos)
+        n = len(index)
+        H = np.zeros((n, n))
+        g = np.zeros(n)
+        if n == 0:
+            return index, H, g
+        F = ev.F
+        wr = self.w * ev.resid
+        for s, r in enumerate(ev.rs):
+            if gi[s]:
+                g[gi[s]] = np.einsum("b,bj->j", F[:, s], own_products(r, wr)[0][:, 1:])
+        L = ev.G.shape[-1] if ev.G is not None else 0
+        HtL = np.zeros((self.nb, n, L)) if L else None
+        for (s, t), B in ev.blocks.items():
+            if gi[s] and gi[t]:
+                blk = np.einsum("b,b,bjl->jl", F[:, s], F[:, t], B[:, 1:, 1:])
+                H[np.ix_(gi[s], gi[t])] += blk
+                if s != t:
+                    H[np.ix_(gi[t], gi[s])] += blk.T
+            if L:
+                if gi[s]:
+                    HtL[:, gi[s], t] = F[:, s, None] * B[:, 1:, 0]
+                if gi[t] and s != t:
+                    HtL[:, gi[t], s] = F[:, t, None] * B[:, 0, 1:]
+        if L:
+            if self.fit_sky:
+                for s, r in enumerate(ev.rs):
+                    if gi[s]:
+                        HtL[:, gi[s], self.S] = F[:, s, None] * own_products(r, self.w)[0][:, 1:]
+            for b, s in zip(*np.nonzero(ev.pinned)):
+                HtL[b, :, s] = 0.0
+            Ginv = inv_batched(ev.G)
+            H -= np.einsum("bil,blm,bjm->ij", HtL, Ginv, HtL)
+        for s in range(self.S):
+            if gi[s]:
+                pos = [j for (ss, j) in index if ss == s]
+                prec = self.prior_prec[s][np.ix_(pos, pos)]
+                if prec.any():
+                    H[np.ix_(gi[s], gi[s])] += prec
+                    g[gi[s]] -= prec @ (ev.params[s][pos] - self.prior_mu[s][pos])
+        return index, 0.5 * (H + H.T), g
+
+    def flux_covariance(self, ev: Evaluation, model_src, gains):
+        """Per-band covariance (nb, L, L) of the linear parameters: 'sky' (H^-1) and sandwich variant."""
+        G = self.linear_matrix(ev.rs, ev.blocks)
+        S = self.S
+        G[:, :S, :S] += np.einsum("bs,st->bst", self.flux_prec, np.eye(S))
+        Ginv = inv_batched(G)
+        tot = Ginv.copy()
+        if any(g is not None for g in gains):
+            g = np.array([np.nan if x is None else x for x in gains])
+            ok = np.isfinite(g)
+            extra = np.where(ok[:, None, None], self.w ** 2 * np.maximum(model_src, 0.0) / np.where(ok, g, 1.0)[:, None, None], 0.0)
+            pairs = list(ev.blocks)
+            kb = {(s, t): pair_block(ev.rs, s, t, extra, cols=[0]) for s, t in pairs}
+            K = self.linear_matrix(ev.rs, kb, weight=extra)
+            tot = np.where(ok[:, None, None], Ginv + Ginv @ K @ Ginv, Ginv)
+        return Ginv, tot

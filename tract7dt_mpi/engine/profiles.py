@@ -1,0 +1,85 @@
+"""Galaxy profiles as mixtures of concentric Gaussians (amplitudes sum to 1; variances in re^2).
+
+exp and dev are the Tractor's published tables (engine-math §1.2; a var-0 component is a delta
+core).  The Sersic family is our own fit (see ``_tools/make_sersic_table.py``), linear in n between
+nodes, clamped to [0.29, 6.3].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _sersic_table as _ST
+
+SERSIC_N_BOUNDS = (0.29, 6.3)
+_ST_AMPS = _ST.AMPS / _ST.AMPS.sum(axis=1, keepdims=True)   # undo table rounding
+
+_EXP_AMP = np.array([1.99485977e-04, 2.61612679e-03, 1.89726655e-02, 1.00186544e-01,
+                     3.68534484e-01, 5.09490694e-01])
+_EXP_VAR = np.array([1.20078965e-03, 8.84526493e-03, 3.91463084e-02, 1.39976817e-01,
+                     4.60962500e-01, 1.50159566e+00])
+_DEV_RAW = np.array([4.26347652e-02, 2.40127183e-01, 6.85907632e-01, 1.51937350, 2.83627243,
+                     4.46467501, 5.72440830, 5.60989349])
+_DEV_CORE = 0.010233
+_DEV_AMP = np.r_[_DEV_CORE, _DEV_RAW / _DEV_RAW.sum() * (1.0 - _DEV_CORE)]
+_DEV_VAR = np.array([0.0, 2.23759216e-04, 1.00220099e-03, 4.18731126e-03, 1.69432589e-02,
+                     6.84850479e-02, 2.87207080e-01, 1.33320254, 8.40215071])
+
+#: footprint radius factor (box half-size >= nre * re)
+NRE = {"exp": 4.0, "dev": 8.0, "sersic": 8.0}
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """amp (K,), var (K,) in units of re^2, and d amp / d n (K,) (zeros for exp/dev)."""
+
+    amp: np.ndarray
+    var: np.ndarray
+    damp_dn: np.ndarray
+
+
+_EXP = Mixture(_EXP_AMP / _EXP_AMP.sum(), _EXP_VAR, np.zeros(6))
+_DEV = Mixture(_DEV_AMP, _DEV_VAR, np.zeros(9))
+
+
+def sersic_mixture(n: float) -> Mixture:
+    """Sersic mixture at index n (clamped to the allowed range), with its analytic n-derivative."""
+    nodes = _ST.NODES
+    n = float(np.clip(n, nodes[0], nodes[-1]))
+    i = int(np.clip(np.searchsorted(nodes, n, side="right") - 1, 0, nodes.size - 2))
+    t = (n - nodes[i]) / (nodes[i + 1] - nodes[i])
+    a0, a1 = _ST_AMPS[i], _ST_AMPS[i + 1]
+    amp = (1.0 - t) * a0 + t * a1
+    slope = (a1 - a0) / (nodes[i + 1] - nodes[i])
+    keep = (a0 > 0) | (a1 > 0)
+    return Mixture(amp[keep], _ST.VARS[keep], slope[keep])
+
+
+def mixture_for(kind: str, n: float = np.nan) -> Mixture:
+    if kind == "exp":
+        return _EXP
+    if kind == "dev":
+        return _DEV
+    if kind == "sersic":
+        return sersic_mixture(n)
+    raise ValueError(f"no galaxy profile for kind {kind!r}")
+
+
+def enclosed_fraction(mix: Mixture, r) -> np.ndarray:
+    """Fraction of a circular unit-re mixture's flux inside radius r (re units)."""
+    r = np.asarray(r, dtype=float)[..., None]
+    v = np.where(mix.var > 0, mix.var, 1e-300)
+    return np.sum(mix.amp * -np.expm1(-0.5 * r * r / v), axis=-1)
+
+
+def half_light_radius(mix: Mixture) -> float:
+    """Radius (re units) enclosing half of the mixture's flux (bisection)."""
+    lo, hi = 1e-4, 50.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if enclosed_fraction(mix, mid) < 0.5:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)

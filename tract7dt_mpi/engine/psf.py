@@ -1,0 +1,243 @@
+"""PSF models: pixelized stamps, Gaussian mixtures (+ EM fit of a stamp), hybrid, N-circular, Moffat.
+
+Every PSF offers two views:
+* ``point_patch(px, py, derivs)`` -> (ix0, iy0, arr): the unit-flux point-source image on a box with
+  lower-left pixel (ix0, iy0); arr is (1 or 3, h, w) = value, d/dx, d/dy.
+* ``fourier(sz)`` -> complex (sz, sz//2+1): the transform of the PSF centred on pixel (0, 0) of an
+  sz x sz periodic box, used to convolve galaxies (cached per size).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import fft as sfft
+
+from ..errors import InputError
+from .lanczos import shift_stamp
+
+_TWO_PI2 = 2.0 * np.pi ** 2
+
+
+def _check_stamp(stamp, what: str) -> np.ndarray:
+    a = np.asarray(stamp, dtype=float)
+    if a.ndim != 2 or a.shape[0] % 2 == 0 or a.shape[1] % 2 == 0:
+        raise InputError(f"{what}: PSF stamp must be a 2-D array with odd sides, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{what}: PSF stamp contains non-finite values")
+    if a.sum() <= 0:
+        raise InputError(f"{what}: PSF stamp must have a positive sum")
+    return a
+
+
+def freq_grids(sz: int):
+    """(U, V): x and y frequencies (cycles/px) on the rfft2 grid of an sz x sz box."""
+    return sfft.rfftfreq(sz)[None, :], sfft.fftfreq(sz)[:, None]
+
+
+def mog_fourier(amp, mean, var, sz: int) -> np.ndarray:
+    """Analytic Fourier transform of a Gaussian mixture sampled on the rfft2 grid."""
+    U, V = freq_grids(sz)
+    out = np.zeros((sz, sz // 2 + 1), dtype=complex)
+    for a, m, c in zip(amp, mean, var):
+        q = c[0, 0] * U * U + 2.0 * c[0, 1] * U * V + c[1, 1] * V * V
+        out += a * np.exp(-_TWO_PI2 * q - 2j * np.pi * (U * m[0] + V * m[1]))
+    return out
+
+
+class _FourierCache:
+    def __init__(self):
+        self._ft = {}
+
+    def fourier(self, sz: int) -> np.ndarray:
+        ft = self._ft.get(sz)
+        if ft is None:
+            ft = self._ft[sz] = self._make_fourier(sz)
+        return ft
+
+
+class PixelizedPSF(_FourierCache):
+    """An odd-sized pixelized (effective) PSF stamp, used as given (the caller normalises it)."""
+
+    kind = "pixelized"
+
+    def __init__(self, stamp):
+        super().__init__()
+        self.stamp = _check_stamp(stamp, "PixelizedPSF")
+        self.hy, self.hx = self.stamp.shape[0] // 2, self.stamp.shape[1] // 2
+
+    @property
+    def half_size(self) -> int:
+        """Half-width of the point-source box (px)."""
+        return max(self.hx, self.hy)
+
+    @property
+    def tractor_radius(self) -> float:
+        return float(np.hypot(self.stamp.shape[0] / 2.0, self.stamp.shape[1] / 2.0))
+
+    def point_patch(self, px: float, py: float, derivs: bool = False):
+        ix, iy = int(np.rint(px)), int(np.rint(py))
+        arr = shift_stamp(self.stamp, px - ix, py - iy, derivs)
+        return ix - self.hx, iy - self.hy, arr
+
+    def _make_fourier(self, sz: int) -> np.ndarray:
+        pad = np.zeros((sz, sz))
+        st = self.stamp
+        hy, hx = self.hy, self.hx
+        if sz < st.shape[0] or sz < st.shape[1]:  # crop a stamp larger than the box (centred)
+            cy, cx = min(hy, (sz - 1) // 2), min(hx, (sz - 1) // 2)
+            st = st[hy - cy:hy + cy + 1, hx - cx:hx + cx + 1]
+            hy, hx = cy, cx
+        pad[:st.shape[0], :st.shape[1]] = st
+        pad = np.roll(pad, (-hy, -hx), axis=(0, 1))
+        return sfft.rfft2(pad)
+
+
+class GaussianMixturePSF(_FourierCache):
+    """A mixture of 2-D Gaussians, evaluated at pixel centres (amp (K,), mean (K,2), var (K,2,2))."""
+
+    kind = "gaussian_mixture"
+
+    def __init__(self, amp, mean, var):
+        super().__init__()
+        self.amp = np.atleast_1d(np.asarray(amp, dtype=float))
+        k = self.amp.size
+        self.mean = np.asarray(mean, dtype=float).reshape(k, 2)
+        self.var = np.asarray(var, dtype=float).reshape(k, 2, 2)
+        if not (np.all(np.isfinite(self.amp)) and np.all(np.isfinite(self.var))):
+            raise InputError("GaussianMixturePSF: amplitudes and variances must be finite")
+        det = self.var[:, 0, 0] * self.var[:, 1, 1] - self.var[:, 0, 1] ** 2
+        if np.any(det <= 0) or np.any(self.var[:, 0, 0] <= 0):
+            raise InputError("GaussianMixturePSF: every component covariance must be positive definite")
+        self._ivar = np.linalg.inv(self.var)
+        self._norm = self.amp / (2.0 * np.pi * np.sqrt(det))
+
+    @classmethod
+    def from_stamp(cls, stamp, n: int = 4, max_iter: int = 1000, tol: float = 1e-10):
+        """EM fit of an ``n``-component mixture to a stamp (see :func:`em_fit_stamp`)."""
+        amp, mean, var = em_fit_stamp(stamp, n, max_iter=max_iter, tol=tol)
+        return cls(amp, mean, var)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(np.sqrt(np.max(np.linalg.eigvalsh(self.var))))
+
+    @property
+    def half_size(self) -> int:
+        return int(np.ceil(min(25.0, max(3.0, 5.0 * self.sigma_max + np.abs(self.mean).max()))))
+
+    @property
+    def tractor_radius(self) -> float:
+        return 25.0
+
+    def evaluate(self, dx: np.ndarray, dy: np.ndarray, derivs: bool = False) -> np.ndarray:
+        """Mixture value (and d/d(source x, y)) at offsets (dx, dy) = pixel - source position."""
+        out = np.zeros((3 if derivs else 1,) + np.broadcast(dx, dy).shape)
+        for a, m, iv in zip(self._norm, self.mean, self._ivar):
+            ux, uy = dx - m[0], dy - m[1]
+            gx = iv[0, 0] * ux + iv[0, 1] * uy
+            gy = iv[1, 0] * ux + iv[1, 1] * uy
+            d2 = ux * gx + uy * gy
+            g = np.where(d2 < 100.0, a * np.exp(-0.5 * d2), 0.0)
+            out[0] += g
+            if derivs:
+                out[1] += g * gx
+                out[2] += g * gy
+        return out
+
+    def point_patch(self, px: float, py: float, derivs: bool = False):
+        h = self.half_size
+        ix, iy = int(np.rint(px)), int(np.rint(py))
+        off = np.arange(-h, h + 1, dtype=float)
+        arr = self.evaluate((ix - px) + off[None, :], (iy - py) + off[:, None], derivs)
+        return ix - h, iy - h, arr
+
+    def _make_fourier(self, sz: int) -> np.ndarray:
+        return mog_fourier(self.amp, self.mean, self.var, sz)
+
+
+class NCircularGaussianPSF(GaussianMixturePSF):
+    """Concentric circular Gaussians N(0, sigma_k^2 I) with the given (unnormalised) weights."""
+
+    kind = "ncircular_gaussian"
+
+    def __init__(self, sigmas, weights):
+        s = np.atleast_1d(np.asarray(sigmas, dtype=float))
+        w = np.atleast_1d(np.asarray(weights, dtype=float))
+        if s.shape != w.shape or np.any(~np.isfinite(s)) or np.any(s <= 0):
+            raise InputError("NCircularGaussianPSF: sigmas must be positive and match weights in length")
+        super().__init__(w, np.zeros((s.size, 2)), s[:, None, None] ** 2 * np.eye(2)[None])
+
+
+class HybridPSF(PixelizedPSF):
+    """Pixelized stamp for point sources and galaxy cores, plus an EM mixture for wide galaxy parts."""
+
+    kind = "hybrid"
+
+    def __init__(self, stamp, n_gauss: int = 9):
+        super().__init__(stamp)
+        self.mixture = GaussianMixturePSF.from_stamp(self.stamp, max(1, int(n_gauss)))
+
+
+class MoffatPSF(PixelizedPSF):
+    """Pixelized Moffat (point sources) with a 3-Gaussian EM mixture (galaxies), like tract7dt."""
+
+    kind = "moffat"
+
+    def __init__(self, fwhm: float, beta: float = 3.5, radius: float = 25.0):
+        if not (np.isfinite(fwhm) and fwhm > 0):
+            raise InputError(f"MoffatPSF: fwhm must be > 0, got {fwhm}")
+        if not (np.isfinite(beta) and beta > 1):
+            raise InputError(f"MoffatPSF: beta must be > 1, got {beta}")
+        if not (np.isfinite(radius) and radius >= 1):
+            raise InputError(f"MoffatPSF: radius must be >= 1, got {radius}")
+        h = int(np.ceil(radius))
+        alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        off = np.arange(-h, h + 1, dtype=float)
+        r2 = off[None, :] ** 2 + off[:, None] ** 2
+        st = (1.0 + r2 / alpha ** 2) ** (-beta)
+        super().__init__(st / st.sum())
+        self.fwhm, self.beta, self.radius = float(fwhm), float(beta), float(radius)
+        self.mixture = GaussianMixturePSF.from_stamp(self.stamp, 3)
+
+    def _make_fourier(self, sz: int) -> np.ndarray:  # galaxies use the mixture
+        return self.mixture.fourier(sz)
+
+
+def em_fit_stamp(stamp, n: int, max_iter: int = 1000, tol: float = 1e-10):
+    """Fit a K=n Gaussian mixture to a stamp by EM (pixel values as weights), like the Tractor.
+
+    The stamp is normalised to unit sum and negative pixels set to 0; coordinates are relative to the
+    central pixel; start: amp 1/n, mean 0, cov (k+1) I.  Stops after ``max_iter`` iterations or when
+    no parameter moves by more than ``tol``.  Returns (amp (n,), mean (n,2), var (n,2,2)).
+    """
+    a = _check_stamp(stamp, "GaussianMixturePSF.from_stamp")
+    n = max(1, int(n))
+    img = a / a.sum()
+    img = np.where(img > 0, img, 0.0)
+    hy, hx = a.shape[0] // 2, a.shape[1] // 2
+    yy, xx = np.mgrid[-hy:hy + 1, -hx:hx + 1]
+    keep = img > 0
+    x = np.stack([xx[keep], yy[keep]], axis=1).astype(float)
+    w = img[keep]
+    amp = np.full(n, 1.0 / n)
+    mean = np.zeros((n, 2))
+    var = np.array([(k + 1.0) * np.eye(2) for k in range(n)])
+    for _ in range(max_iter):
+        det = var[:, 0, 0] * var[:, 1, 1] - var[:, 0, 1] ** 2
+        iv = np.linalg.inv(var)
+        d = x[None, :, :] - mean[:, None, :]                       # (n, P, 2)
+        d2 = np.einsum("kpi,kij,kpj->kp", d, iv, d)
+        z = np.where(d2 < 100.0, amp[:, None] / (2 * np.pi * np.sqrt(det))[:, None] * np.exp(-0.5 * d2), 0.0)
+        zs = z.sum(axis=0)
+        z = np.divide(z, zs, out=np.zeros_like(z), where=zs > 0)
+        wk = z * w[None, :]
+        new_amp = wk.sum(axis=1)
+        safe = np.maximum(new_amp, 1e-300)
+        new_mean = (wk @ x) / safe[:, None]
+        dd = x[None, :, :] - new_mean[:, None, :]
+        new_var = np.einsum("kp,kpi,kpj->kij", wk, dd, dd) / safe[:, None, None]
+        new_var = new_var + 1e-9 * np.eye(2)[None]
+        delta = max(np.abs(new_amp - amp).max(), np.abs(new_mean - mean).max(), np.abs(new_var - var).max())
+        amp, mean, var = new_amp, new_mean, new_var
+        if delta < tol:
+            break
+    return amp, mean, var

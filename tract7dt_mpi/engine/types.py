@@ -1,0 +1,132 @@
+"""Input and result containers of the engine API (docs/dev/engine-api.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+
+KINDS = ("star", "exp", "dev", "sersic")
+FLUX_ERROR_MODELS = ("total", "sky")
+
+
+@dataclass
+class ImageData:
+    """One band: image, inverse variance (0 = masked), PSF, optional gain (e-/data unit), sky start."""
+
+    band: str
+    data: np.ndarray
+    invvar: np.ndarray
+    psf: object
+    gain: float | None = None
+    sky: float = 0.0
+
+    def __post_init__(self):
+        self.data = np.asarray(self.data, dtype=float)
+        self.invvar = np.asarray(self.invvar, dtype=float)
+        if self.data.ndim != 2:
+            raise InputError(f"band {self.band}: image must be 2-D, got shape {self.data.shape}")
+        if self.invvar.shape != self.data.shape:
+            raise InputError(f"band {self.band}: invvar shape {self.invvar.shape} != image shape {self.data.shape}")
+        bad = ~np.isfinite(self.data) | ~np.isfinite(self.invvar) | (self.invvar < 0)
+        if bad.any():
+            self.invvar = np.where(bad, 0.0, self.invvar)
+            self.data = np.where(np.isfinite(self.data), self.data, 0.0)
+        if self.gain is not None and not (np.isfinite(self.gain) and self.gain > 0):
+            self.gain = None
+        self.sky = float(self.sky) if np.isfinite(self.sky) else 0.0
+
+
+@dataclass
+class Source:
+    """One source: kind, position (patch px), per-band fluxes, shape and optional priors/bounds."""
+
+    kind: str
+    x: float
+    y: float
+    fluxes: np.ndarray
+    re: float = np.nan
+    ab: float = np.nan
+    phi_deg: float = np.nan
+    sersic_n: float = np.nan
+    pos_sigma: float | None = None
+    flux_sigma: np.ndarray | None = None
+    re_sigma: float | None = None
+    ell_sigma: float | None = None
+    theta_sigma_deg: float | None = None
+    max_shift: float | None = None
+
+    def __post_init__(self):
+        self.kind = str(self.kind).lower()
+        if self.kind not in KINDS:
+            raise InputError(f"Source kind must be one of {KINDS}, got {self.kind!r}")
+        if not (np.isfinite(self.x) and np.isfinite(self.y)):
+            raise InputError(f"Source position must be finite, got ({self.x}, {self.y})")
+        self.fluxes = np.atleast_1d(np.asarray(self.fluxes, dtype=float))
+        self.fluxes = np.where(np.isfinite(self.fluxes), self.fluxes, 0.0)
+        if self.kind != "star":
+            self.re = float(self.re) if np.isfinite(self.re) and self.re > 0 else 3.0
+            self.ab = float(np.clip(self.ab, 1e-3, 1.0)) if np.isfinite(self.ab) else 0.8
+            self.phi_deg = float(self.phi_deg) if np.isfinite(self.phi_deg) else 0.0
+            if self.kind == "sersic":
+                self.sersic_n = float(self.sersic_n) if np.isfinite(self.sersic_n) else 3.0
+
+
+@dataclass
+class FitOptions:
+    n_opt_iters: int = 20
+    dlnp_stop: float = 1e-6
+    staged: bool = True
+    multi_band: bool = True
+    fit_sky: bool = True
+    flag_maxiter_margin: int = 0
+    flux_error_model: str = "total"
+    #: stage 2 (positions only) keeps fluxes and sky frozen (the spec); False re-solves them
+    stage2_freeze_fluxes: bool = True
+
+    def __post_init__(self):
+        if self.flux_error_model not in FLUX_ERROR_MODELS:
+            raise InputError(f"flux_error_model must be one of {FLUX_ERROR_MODELS}, got {self.flux_error_model!r}")
+        if int(self.n_opt_iters) < 1:
+            raise InputError(f"n_opt_iters must be >= 1, got {self.n_opt_iters}")
+
+
+@dataclass
+class SourceResult:
+    kind: str
+    x: float
+    y: float
+    fluxes: np.ndarray
+    flux_errs: np.ndarray
+    re: float = np.nan
+    ab: float = np.nan
+    phi_deg: float = np.nan
+    sersic_n: float = np.nan
+    stalled: list = field(default_factory=list)
+    #: bands (names) in which the source has no unmasked pixel (flux kept at its start, error nan)
+    no_data_bands: list = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    sources: list
+    niters: int = 0
+    converged: bool = False
+    hit_max_iters: bool = False
+    last_dlnp: float = np.nan
+    stages: list = field(default_factory=list)
+    sky: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    chi2: float = np.nan
+    lnp: float = np.nan
+    bands: list = field(default_factory=list)
+    per_band: dict = field(default_factory=dict)
+    #: pixel count with invvar > 0 (chi2 / npix_used = chi2 per pixel)
+    npix_used: int = 0
+    _models: list | None = None
+
+    def model_images(self) -> list:
+        """Model + sky per band at the final parameters."""
+        if self.per_band:
+            return [m for r in self.per_band.values() for m in r.model_images()]
+        return list(self._models or [])

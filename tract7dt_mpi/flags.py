@@ -1,0 +1,159 @@
+"""The one registry of fit-quality tags and exclusion reasons (outputs spec §2.2, §2.6).
+
+Every place that decides whether a fitted row is trustworthy (merge, ZP star selection, the docs)
+uses these names and this order, so the ``fit_quality_issues`` strings are identical everywhere.
+
+Hard tags make ``fit_is_reliable`` False; soft tags are informational only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: hard-fail tags, in the order they appear in ``fit_quality_issues``
+HARD_TAGS = ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled", "bright_mask")
+#: soft (warning) tags, listed after the hard ones
+SOFT_TAGS = ("not_converged", "all_psf_fallback")
+#: registry order of every tag
+TAG_ORDER = HARD_TAGS + SOFT_TAGS
+
+TAG_DOCS = {
+    "excluded": "row excluded before fitting (crop and/or saturation cut; see excluded_reason)",
+    "no_fit_result": "row not excluded but no fit result (off-footprint, NaN position, failed patch)",
+    "hit_max_iters": "optimizer stopped at the iteration limit without converging (any band)",
+    "bound_stalled": "a bounded parameter ended at its limit (any band)",
+    "bright_mask": "source lies inside the bright-source mask (affected_by_bright_mask)",
+    "not_converged": "optimizer did not reach dlnp_stop but did not hit the iteration limit either",
+    "all_psf_fallback": "no band of the patch used a real ePSF (all fallback PSFs)",
+}
+
+#: values of ``excluded_reason``
+EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "")
+
+
+def as_bool(values) -> np.ndarray:
+    """Coerce a column that may hold bools, NaN/None, 0/1 or 'True'/'False' text into a bool array.
+
+    Missing cells count as False (spec S10.3). Used on merged tables where left-joined bool columns
+    became object dtype and on catalogs read back from CSV.
+    """
+    s = pd.Series(values, copy=False)
+    if s.dtype == bool:
+        return s.to_numpy(copy=True)
+    out = np.zeros(len(s), dtype=bool)
+    for i, v in enumerate(s.to_numpy(dtype=object)):
+        if v is None:
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            out[i] = bool(v)
+        elif isinstance(v, (bytes, np.bytes_)):
+            out[i] = v.strip().lower() in (b"true", b"1", b"t", b"yes")
+        elif isinstance(v, str):
+            out[i] = v.strip().lower() in ("true", "1", "t", "yes")
+        else:
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                continue
+            out[i] = bool(np.isfinite(fv) and fv != 0.0)
+    return out
+
+
+def _col_bool(df: pd.DataFrame, name: str) -> np.ndarray:
+    return as_bool(df[name]) if name in df.columns else np.zeros(len(df), dtype=bool)
+
+
+def excluded_reason(excluded_crop, excluded_saturation) -> np.ndarray:
+    """``crop+saturation`` / ``crop`` / ``saturation`` / ``""`` per row (object array of str)."""
+    c = as_bool(excluded_crop)
+    s = as_bool(excluded_saturation)
+    out = np.full(len(c), "", dtype=object)
+    out[c & s] = "crop+saturation"
+    out[c & ~s] = "crop"
+    out[~c & s] = "saturation"
+    return out
+
+
+def fit_bands(df: pd.DataFrame) -> list[str]:
+    """Bands that have ``FLUX_{band}_fit`` columns, sorted."""
+    return sorted(c[5:-4] for c in df.columns
+                  if c.startswith("FLUX_") and c.endswith("_fit") and len(c) > 9)
+
+
+def is_single_band(df: pd.DataFrame) -> bool:
+    """True when the table carries single-band (``_{band}``-suffixed) fit columns."""
+    return "x_pix_white_fit" not in df.columns and any(
+        c.startswith("x_pix_white_") and c.endswith("_fit") for c in df.columns)
+
+
+def has_fit_result(df: pd.DataFrame) -> np.ndarray:
+    """True where a fitted position exists (multi-band: x/y_pix_white_fit; single-band: any band)."""
+    n = len(df)
+    if "x_pix_white_fit" in df.columns:
+        x = pd.to_numeric(df["x_pix_white_fit"], errors="coerce").to_numpy(float)
+        y = pd.to_numeric(df["y_pix_white_fit"], errors="coerce").to_numpy(float)
+        return np.isfinite(x) & np.isfinite(y)
+    out = np.zeros(n, dtype=bool)
+    for b in fit_bands(df):
+        cx, cy = f"x_pix_white_{b}_fit", f"y_pix_white_{b}_fit"
+        if cx in df.columns and cy in df.columns:
+            x = pd.to_numeric(df[cx], errors="coerce").to_numpy(float)
+            y = pd.to_numeric(df[cy], errors="coerce").to_numpy(float)
+            out |= np.isfinite(x) & np.isfinite(y)
+    return out
+
+
+def _opt_cols(df: pd.DataFrame, stem: str) -> list[str]:
+    """The un-suffixed ``stem`` column (multi-band) or every ``stem_{band}`` column (single-band)."""
+    if stem in df.columns:
+        return [stem]
+    return [f"{stem}_{b}" for b in fit_bands(df) if f"{stem}_{b}" in df.columns]
+
+
+def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Boolean mask per tag (keys in :data:`TAG_ORDER`) for a merged catalog."""
+    n = len(df)
+    excluded = _col_bool(df, "excluded_any") | _col_bool(df, "excluded_crop") | _col_bool(
+        df, "excluded_saturation")
+    fitted = has_fit_result(df)
+    hit = np.zeros(n, dtype=bool)
+    for c in _opt_cols(df, "opt_hit_max_iters"):
+        hit |= as_bool(df[c])
+    stalled = np.zeros(n, dtype=bool)
+    for c in _opt_cols(df, "flag_bound_stalled"):
+        stalled |= as_bool(df[c])
+    not_conv = np.zeros(n, dtype=bool)
+    conv_cols = _opt_cols(df, "opt_converged")
+    for c in conv_cols:
+        hit_c = c.replace("opt_converged", "opt_hit_max_iters", 1)
+        h = as_bool(df[hit_c]) if hit_c in df.columns else np.zeros(n, dtype=bool)
+        not_conv |= ~as_bool(df[c]) & ~h
+    all_fb = np.zeros(n, dtype=bool)
+    if "psf_used_epsf_band_count" in df.columns:
+        used = pd.to_numeric(df["psf_used_epsf_band_count"], errors="coerce").to_numpy(float)
+        all_fb = np.isfinite(used) & (used <= 0)
+    return {
+        "excluded": excluded,
+        "no_fit_result": ~excluded & ~fitted,
+        "hit_max_iters": fitted & hit,
+        "bound_stalled": fitted & stalled,
+        "bright_mask": _col_bool(df, "affected_by_bright_mask"),
+        "not_converged": fitted & not_conv & (len(conv_cols) > 0),
+        "all_psf_fallback": fitted & all_fb,
+    }
+
+
+def reliability(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit_is_reliable, fit_quality_issues)`` per row; tags joined by ',' in registry order."""
+    masks = tag_masks(df)
+    n = len(df)
+    hard = np.zeros(n, dtype=bool)
+    for t in HARD_TAGS:
+        hard |= masks[t]
+    issues = np.full(n, "", dtype=object)
+    for t in TAG_ORDER:
+        m = masks[t]
+        if m.any():
+            issues[m] = [f"{s},{t}" if s else t for s in issues[m]]
+    return ~hard, issues

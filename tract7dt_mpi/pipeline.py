@@ -1,0 +1,432 @@
+"""Stage orchestration for every pipeline command, on one process or across MPI ranks.
+
+Rank 0 is the master: it loads inputs into the prepared-image store, runs the rank-0-only steps
+and dispatches units of work (ePSF cells, then patches, largest first) through
+:mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
+status is broadcast, so an input error found by rank 0 reaches the user once with exit code 2 on
+every rank, and no rank waits forever.  Any other exception propagates to the CLI, which aborts
+the communicator.  Results do not depend on the number of ranks: tasks are pure functions of their
+descriptors and the final catalog is built in plan order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+
+from . import pipeline_steps as S
+from .errors import EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
+from .parallel import get_comm, install_excepthook, signals
+from .parallel import journal as J
+from .parallel.runner import plan_resume, run_phase, write_carried
+from .parallel.scheduler import Task
+from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
+
+log = logging.getLogger("tract7dt_mpi.pipeline")
+
+COMMANDS = ("run", "run-epsf", "build-patches", "build-patch-inputs", "run-patches", "merge",
+            "compute-zp")
+
+
+class _InputStop(Exception):
+    """Raised on every rank after rank 0 reported an InputError (message on rank 0 only)."""
+
+    def __init__(self, exc):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+class _Run:
+    """State of one command on one rank."""
+
+    def __init__(self, command, cfg, options):
+        self.command, self.cfg, self.opt = command, cfg, options or {}
+        self.comm = get_comm(int(cfg.mpi.threads_per_rank))
+        self.t0 = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = {}
+        self.reports = []
+        self.journal = None
+        self.failed = 0
+        self.stopped = False
+        self.worker = S.Worker(cfg)
+        self.hb = float(cfg.mpi.heartbeat_sec)
+
+    @property
+    def master(self) -> bool:
+        return self.comm.is_master
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        t = time.perf_counter()
+        if self.master:
+            log.info("Starting %s...", name)
+        yield
+        dt = time.perf_counter() - t
+        self.timings[name] = self.timings.get(name, 0.0) + dt
+        if self.master:
+            log.info("Finished %s in %.2fs", name, dt)
+
+    def on_master(self, fn, *args, share=False):
+        """Run ``fn`` on rank 0 only; broadcast InputError status (and the result if ``share``)."""
+        status, result = None, None
+        if self.master:
+            try:
+                result = fn(*args)
+            except InputError as exc:
+                status = exc
+        if self.comm.size > 1:
+            msg = self.comm.bcast((None if status is None else (type(status), str(status)),
+                                   result if share else None))
+            if msg[0] is not None and status is None:
+                status = msg[0][0](msg[0][1])
+            if share:
+                result = msg[1]
+        if status is not None:
+            raise _InputStop(status)
+        return result
+
+    # ------------------------------------------------------------------ journal
+    def open_journal(self):
+        def _open():
+            h = J.plan_hash(self.cfg, {"command_family": "pipeline"})
+            self.journal = J.Journal(self.cfg.outputs.journal, h, resume=bool(self.opt.get("resume")),
+                                     force=bool(self.opt.get("force")),
+                                     meta={"command": self.command, "argv": self.opt.get("argv"),
+                                           "ranks": self.comm.size})
+            if self.opt.get("resume"):
+                log.info("Resuming from %s (%d task records)", self.cfg.outputs.journal,
+                         len(self.journal.last))
+        self.on_master(_open)
+
+    # ------------------------------------------------------------------ rank-0 input steps
+    def load(self, write_store=True, plots=True, bright=True):
+        """Load [+ augment] [+ bright mask] on rank 0; returns the LoadResult there (else None)."""
+        cfg, res = self.cfg, None
+        with self.stage("load_inputs"):
+            res = self.on_master(S.load_step, cfg, write_store, plots)
+        if cfg.zp.enabled:
+            with self.stage("augment_gaia"):
+                self.on_master(S.augment_step, cfg, res, plots)
+        if bright and cfg.bright_mask.enabled:
+            with self.stage("bright_mask"):
+                self.on_master(S.bright_mask_step, cfg, res, write_store, plots)
+        if self.master and write_store:
+            log.info("compose_final_masks: bad = nonfinite | saturated%s, applied when ROIs are read",
+                     " | bright_mask" if (bright and cfg.bright_mask.enabled) else "")
+            S.save_working_catalog(cfg, res.catalog)
+        return res
+
+    def share_catalog(self, catalog):
+        """Broadcast the working catalog to every rank (workers build patch tables from it)."""
+        cat = self.comm.bcast(catalog if self.master else None)
+        self.worker.catalog = cat
+        return cat
+
+    # ------------------------------------------------------------------ ePSF phase
+    def epsf_phase(self, lr, cells):
+        """ePSF units through the queue; returns stamps {band: {tag: (stamp, nstars)}} everywhere."""
+        cfg = self.cfg
+        tasks, skipped, metas = [], {}, {}
+        if self.master:
+            tasks = S.epsf_tasks(cfg, lr, cells)
+            if self.opt.get("resume") and self.journal is not None:
+                keep = []
+                for t in tasks:
+                    got = S.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
+                        if self.journal.state(t.id) == J.DONE else None
+                    if got is None:
+                        keep.append(t)
+                    else:
+                        skipped[t.id] = got
+                if skipped:
+                    log.info("ePSF: %d cell(s) already done, %d to build", len(skipped), len(keep))
+                run_list = keep
+            else:
+                run_list = tasks
+            self.journal.record_planned([t.id for t in tasks])
+
+        def collect(task, data, info):
+            if data is not None:
+                metas[task.id] = (data["meta"], data["stamp"])
+            else:
+                err = ((info.error or "").splitlines() or ["unknown error"])[0]
+                metas[task.id] = ({"band": task.payload["band"], "patch": task.payload["tag"],
+                                   "status": "fail", "error": err}, None)
+
+        with self.stage("build_epsf"):
+            rep = run_phase(self.comm, "epsf", run_list if self.master else None, self.worker.epsf_cell,
+                            journal=self.journal, on_result=collect, heartbeat_sec=self.hb)
+            self._account("epsf", rep)
+            stamps = None
+            if self.master:
+                stamps, ordered = {}, []
+                for t in tasks:
+                    meta, stamp = skipped.get(t.id) or metas.get(t.id) or (None, None)
+                    if meta is None:
+                        continue
+                    ordered.append(meta)
+                    if stamp is not None:
+                        stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
+                            stamp, meta.get("nstars_used"))
+                self._write_epsf_summary(ordered)
+                self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
+            stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
+        self.stopped |= stopped
+        return stamps
+
+    def _write_epsf_summary(self, metas):
+        from .io.atomic import atomic_write_json
+        from .stages.epsf import count_status, epsf_summary
+        os.makedirs(self.cfg.outputs.epsf_dir, exist_ok=True)
+        atomic_write_json(os.path.join(self.cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
+        total, ok, fail = count_status(metas)
+        log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
+
+    def stamps_from_disk(self, bands, cells):
+        from .stages.epsf import cell_tag
+        stamps = {}
+        for b in bands:
+            for r, c in cells:
+                got = S.epsf_from_disk(self.cfg, b, cell_tag(r, c))
+                if got is not None and got[1] is not None:
+                    stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
+        return stamps
+
+    # ------------------------------------------------------------------ patch phase
+    def patch_phase(self, plan, stamps, bands, fn=None, label="patches", use_store=True):
+        """Patch units (largest cost first) into the results store; returns the report."""
+        from .stages.fit import result_columns
+        cfg = self.cfg
+        self.worker.plan = plan
+        self.worker.psfs = S.psf_choices(cfg, stamps)
+        prefix = "patch" if use_store else label
+        tasks = [Task(f"{prefix}/{p.patch_tag}", prefix, cost=float(p.cost), index=i, payload=i)
+                 for i, p in enumerate(plan)]
+        to_run, carried = tasks, {}
+        if self.master:
+            if self.opt.get("resume") and use_store:
+                to_run, carried = plan_resume(cfg.outputs.results_h5, self.journal, tasks,
+                                              recover=lambda t: S.recover_patch_rows(cfg, plan[t.payload]))
+                log.info("Resume: %d patch(es) carried over, %d to run", len(carried), len(to_run))
+            self.journal.record_planned([t.id for t in tasks])
+        multi = bool(cfg.patch_run.enable_multi_band_simultaneous_fitting)
+        with self.stage("run_patches" if use_store else "build_patch_inputs"):
+            store = None
+            if use_store:
+                store = ResultsStore.create(
+                    self.comm, cfg.outputs.results_h5, StorePlan(self._store_entries(plan)),
+                    result_columns(bands, multi), epsf=self._store_epsf(stamps),
+                    attrs={"plan_hash": self.journal.plan_hash if self.journal else "",
+                           "bands": list(bands), "command": self.command})
+            if self.master and store is not None:
+                self._epsf_status(store)
+                write_carried(store, carried, self.journal)
+
+            def on_result(task, data, info):
+                if not info.ok:
+                    S.write_runner_log(cfg.outputs.tractor_out_dir, plan[task.payload].patch_tag, "fail",
+                                       info.wall, info.error, info.rank, info.host)
+
+            rep = run_phase(self.comm, label, to_run if self.master else None, fn or self.worker.patch_fit,
+                            store=store, journal=self.journal, on_result=on_result, heartbeat_sec=self.hb)
+            if store is not None:
+                store.close()
+            self._account(label, rep)
+            if self.master and use_store:
+                S.write_run_summary(cfg, plan, rep, {t.id for t in tasks if t.id in carried})
+            self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
+        return rep
+
+    def _store_entries(self, plan):
+        ent = []
+        for t in getattr(self, "epsf_tasks", []) if self.master else []:
+            x0, x1, y0, y1 = t.payload["box"]
+            ent.append(PlanEntry(t.id, "epsf", band=t.payload["band"], tag=t.payload["tag"],
+                                 bbox=(x0, x1, y0, y1), cost=t.cost))
+        ent = self.comm.bcast(ent if self.master else None)    # identical on every rank
+        for p in plan:
+            ent.append(PlanEntry(S.patch_task_id(p.patch_tag), "patch", tag=p.patch_tag,
+                                 bbox=(p.x0_roi, p.x1_roi, p.y0_roi, p.y1_roi), cost=float(p.cost),
+                                 rows=p.base_rows))
+        return ent
+
+    @staticmethod
+    def _store_epsf(stamps):
+        import numpy as np
+        out = {}
+        for band, cells in (stamps or {}).items():
+            tags = sorted(cells)
+            shapes = {cells[t][0].shape for t in tags}
+            if len(shapes) != 1:
+                continue      # mixed stamp sizes: keep them in the ePSF folders only
+            out[band] = (tags, np.stack([cells[t][0] for t in tags]), [cells[t][1] for t in tags])
+        return out
+
+    def _epsf_status(self, store):
+        rep = getattr(self, "epsf_report", None)
+        for t in getattr(self, "epsf_tasks", []):
+            info = rep.infos.get(t.id) if rep is not None else None
+            if info is not None:
+                store.set_status(t.id, ST_DONE if info.ok else ST_FAILED,
+                                 (info.started, info.wall, info.rss_mb, info.rank, 1))
+            elif t.id in getattr(self, "epsf_skipped", {}):
+                store.set_status(t.id, ST_DONE)
+
+    def _account(self, label, rep):
+        self.reports.append(rep)
+        self.phase_seconds[label] = self.phase_seconds.get(label, 0.0) + rep.wall
+        if self.master:
+            self.failed += len(rep.failed)
+
+    # ------------------------------------------------------------------ wrap-up
+    def finish(self, code_if_ok=EXIT_OK):
+        total = time.monotonic() - self.t0
+        code = EXIT_RESUMABLE if self.stopped else (EXIT_TASK_FAILURES if self.failed else code_if_ok)
+        if self.master:
+            if self.journal is not None:
+                self.journal.close()
+            busy = {}
+            msgs = sum(r.n_messages for r in self.reports)
+            over = sum(r.master_overhead for r in self.reports)
+            for r in self.reports:
+                for k, v in r.busy.items():
+                    busy[k] = busy.get(k, 0.0) + v
+            if any(r.total for r in self.reports) and os.path.exists(self.cfg.outputs.results_h5) \
+                    and "run_patches" in self.timings:
+                write_run_attrs(self.cfg.outputs.results_h5, {
+                    "pipeline_seconds": total, "stage_seconds": self.timings,
+                    "phase_seconds": self.phase_seconds,
+                    "serial_seconds": max(0.0, total - sum(self.phase_seconds.values())),
+                    "overhead_per_task": over / max(1, msgs), "n_ranks": self.comm.size,
+                    "busy_seconds": {str(k): v for k, v in busy.items()}})
+            frac = ", ".join(f"r{k}={v / max(total, 1e-9):.2f}" for k, v in
+                             sorted({r: busy.get(r, 0.0) for r in range(self.comm.size)}.items()))
+            log.info("Summary: %s on %d rank(s): %s; failed tasks: %d; master dispatch overhead "
+                     "%.3f ms/message; busy fraction per rank: %s", self.command, self.comm.size,
+                     "; ".join(f"{r.label} {r.done}/{r.total} done" for r in self.reports) or "no tasks",
+                     self.failed, 1e3 * over / max(1, msgs), frac)
+            if self.stopped:
+                log.warning("Stopped early (%s): run the same command with --resume to continue",
+                            signals.stop_reason())
+            log.info("Pipeline finished in %.2fs (exit code %d)", total, code)
+        self.worker.close()
+        return self.comm.bcast(code if self.master else None)
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_run(R: _Run, epsf_only=False):
+    R.open_journal()
+    lr = R.load(write_store=True, plots=True, bright=not epsf_only)
+    cat = R.share_catalog(lr.catalog if R.master else None)
+    cells = R.on_master(lambda: S.active_cells(R.cfg, cat, lr.shape), share=True)
+    stamps = R.epsf_phase(lr, cells)
+    if epsf_only or R.stopped:
+        return R.finish()
+    with R.stage("build_patches"):
+        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
+        bands = R.comm.bcast(lr.bands if R.master else None)
+    R.patch_phase(plan, stamps, bands)
+    if R.stopped:
+        return R.finish()
+    with R.stage("merge"):
+        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), lr.wcs))
+    if R.cfg.zp.enabled:
+        with R.stage("compute_zp"):
+            R.on_master(S.zp_step, R.cfg, final)
+    return R.finish()
+
+
+def _cmd_build_patches(R: _Run, dumps=False):
+    if dumps:
+        R.open_journal()
+    lr = R.load(write_store=True, plots=True, bright=True)
+    cat = R.share_catalog(lr.catalog if R.master else None)
+    with R.stage("build_patches"):
+        cells = R.on_master(lambda: S.active_cells(R.cfg, cat, lr.shape), share=True)
+        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
+    if not dumps:
+        return R.finish()
+    stamps = R.on_master(lambda: R.stamps_from_disk(lr.bands, cells), share=True)
+    bands = R.comm.bcast(lr.bands if R.master else None)
+    R.patch_phase(plan, stamps, bands, fn=R.worker.patch_dump, label="patch_inputs", use_store=False)
+    return R.finish()
+
+
+def _cmd_run_patches(R: _Run):
+    R.open_journal()
+
+    def _inputs():
+        from .io.prepared import PreparedImages
+        with PreparedImages(R.cfg.mpi.prepared_store) as p:
+            shape, bands = p.shape, list(p.bands)
+        cat = S.read_working_catalog(R.cfg)
+        cells = S.active_cells(R.cfg, cat, shape)
+        return cat, shape, bands, cells
+
+    cat, shape, bands, cells = R.on_master(_inputs, share=True)
+    R.worker.catalog = cat
+    with R.stage("build_patches"):
+        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
+    stamps = R.on_master(lambda: R.stamps_from_disk(bands, cells), share=True)
+    R.patch_phase(plan, stamps, bands)
+    return R.finish()
+
+
+def _cmd_merge(R: _Run):
+    lr = R.load(write_store=False, plots=False, bright=True)
+    with R.stage("merge"):
+        def _merge():
+            cells = S.active_cells(R.cfg, lr.catalog, lr.shape)
+            from .stages.patches import assign_sources, build_patch_plan
+            plan = assign_sources(build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
+                                  bool(R.cfg.patch_inputs.skip_empty_patch), len(lr.bands))
+            return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs)
+        R.on_master(_merge)
+    return R.finish()
+
+
+def _cmd_compute_zp(R: _Run):
+    with R.stage("compute_zp"):
+        R.on_master(S.zp_step, R.cfg)
+    return R.finish()
+
+
+_DISPATCH = {"run": _cmd_run, "run-epsf": lambda R: _cmd_run(R, epsf_only=True),
+             "build-patches": _cmd_build_patches,
+             "build-patch-inputs": lambda R: _cmd_build_patches(R, dumps=True),
+             "run-patches": _cmd_run_patches, "merge": _cmd_merge, "compute-zp": _cmd_compute_zp}
+
+
+def run_command(command: str, cfg, options: dict | None = None) -> int:
+    """Run pipeline ``command`` on this rank; every rank calls it; returns the exit code."""
+    if command not in _DISPATCH:
+        raise InputError(f"unknown pipeline command {command!r}; expected one of {', '.join(COMMANDS)}")
+    options = options or {}
+    R = _Run(command, cfg, options)
+    install_excepthook(R.comm, log)
+    signals.reset()
+    signals.install()
+    if R.master and options.get("deadline"):
+        signals.set_deadline(float(options["deadline"]))
+    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    try:
+        return _DISPATCH[command](R)
+    except _InputStop as stop:
+        R.worker.close()
+        if R.journal is not None:
+            R.journal.close()
+        if R.comm.size == 1:
+            raise stop.exc from None
+        if R.master:
+            sys.stderr.write(f"tract7dt-mpi: error: {str(stop.exc).splitlines()[0]}\n")
+            sys.stderr.flush()
+            try:
+                from .logsetup import log_to_files
+                log_to_files(logging.getLogger("tract7dt_mpi"), logging.ERROR, f"Input error: {stop.exc}")
+            except Exception:  # noqa: BLE001 - logging must not hide the exit code
+                pass
+        return EXIT_INPUT

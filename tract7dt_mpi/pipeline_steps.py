@@ -1,0 +1,349 @@
+"""The pipeline's units of work and rank-0 steps, called by :mod:`tract7dt_mpi.pipeline`.
+
+Everything here is MPI-free: rank-0 steps (load, augmentation, bright mask, patch plan, merge, ZP,
+summary files) and the two task functions (one ePSF cell, one patch) that any rank runs from a
+small task descriptor plus state every rank already holds (config, working catalog, ePSF stamps,
+patch plan).  Task results depend on the task only, never on the rank that ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .parallel.runner import TaskResult
+from .parallel.scheduler import Task
+
+log = logging.getLogger("tract7dt_mpi.pipeline")
+
+WORKING_CATALOG = "working_catalog.csv"
+
+
+def epsf_task_id(band: str, tag: str) -> str:
+    return f"epsf/{band}/{tag}"
+
+
+def patch_task_id(tag: str) -> str:
+    return f"patch/{tag}"
+
+
+# ----------------------------------------------------------------------------- rank-0 steps
+def load_step(cfg, write_store: bool = True, plots: bool = True):
+    """S1: stream bands into the prepared store (``mpi.prepared_store``); return LoadResult."""
+    from .io.prepared import PreparedWriter
+    from .stages.load import load_inputs
+    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    if not write_store:
+        return load_inputs(cfg, writer=None, logger=log, plots=plots)
+    writer = PreparedWriter(cfg.mpi.prepared_store)
+    try:
+        res = load_inputs(cfg, writer=writer, logger=log, plots=plots)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return res
+
+
+def augment_step(cfg, load_res, plots: bool = True):
+    """S2 (zp.enabled): Gaia augmentation; returns the working catalog."""
+    from .stages.gaia import run_augment_gaia
+    cat, _info = run_augment_gaia(cfg, load_res, logger=log, plots=plots)
+    load_res.catalog = cat
+    return cat
+
+
+def bright_mask_step(cfg, load_res, write_store: bool = True, plots: bool = True):
+    """S3: bright-source mask into the prepared store + ``affected_by_bright_mask``."""
+    from .io.prepared import PreparedWriter
+    from .stages.bright_mask import run_bright_mask
+    cat, mask, _info = run_bright_mask(cfg, load_res.catalog, load_res.white, load_res.sigma_white,
+                                       load_res.satur_any, load_res.wcs, logger=log, plots=plots)
+    if write_store:
+        w = PreparedWriter.append(cfg.mpi.prepared_store)
+        w.write_bright_mask(mask)
+        w.close()
+    load_res.catalog = cat
+    return cat
+
+
+def save_working_catalog(cfg, catalog: pd.DataFrame) -> str:
+    """The base catalog of this run (flags, pixels, ``_row``) for ``run-patches``/``merge``."""
+    from .io.atomic import atomic_write_csv
+    return atomic_write_csv(os.path.join(cfg.outputs.work_dir, WORKING_CATALOG), catalog)
+
+
+def read_working_catalog(cfg) -> pd.DataFrame:
+    from .io.tables import read_catalog_csv
+    path = os.path.join(cfg.outputs.work_dir, WORKING_CATALOG)
+    if not os.path.exists(path):
+        raise InputError(f"{path} not found: run 'run', 'build-patches' or 'run-epsf' first")
+    cat = read_catalog_csv(path)
+    for c in ("excluded_crop", "excluded_saturation", "excluded_any", "affected_by_bright_mask",
+              "_is_halo_source"):
+        if c in cat.columns:
+            cat[c] = cat[c].astype(str).str.strip().str.lower().isin(("true", "1"))
+    for c in ("x_pix_white", "y_pix_white"):
+        if c in cat.columns:
+            cat[c] = pd.to_numeric(cat[c], errors="coerce")
+    cat["_row"] = pd.to_numeric(cat["_row"]).astype(np.int64)
+    return cat
+
+
+def active_cells(cfg, catalog, shape):
+    """Active ePSF cells (S4.1) or all cells when ``skip_empty_epsf_patches`` is off."""
+    from .stages.epsf import active_cells as _active
+    from .stages.patches import active_positions
+    n = int(cfg.epsf.epsf_ngrid)
+    if not bool(getattr(cfg.epsf, "skip_empty_epsf_patches", True)):
+        return [(r, c) for r in range(n) for c in range(n)]
+    _, x, y = active_positions(catalog)
+    cells = _active(np.column_stack([x, y]), shape, n)
+    log.info("Active ePSF cells from input catalog: %d/%d", len(cells), n * n)
+    if not cells:
+        log.warning("no active ePSF cells: no ePSFs will be built")
+    return cells
+
+
+def epsf_tasks(cfg, load_res, cells) -> list[Task]:
+    """One task per (band, active cell), band order then row-major cells (S4.6)."""
+    from .io.tables import read_gaiaxp
+    from .stages.epsf import cell_bounds, cell_tag, gaia_seeds_for_band
+    gaia = None
+    gpath = cfg.inputs.gaiaxp_synphot_csv
+    if gpath and os.path.exists(gpath) and cfg.epsf.psfstar_mode != "sep":
+        try:
+            gaia = read_gaiaxp(gpath)
+        except InputError as exc:
+            log.warning("GaiaXP CSV unusable for ePSF seeds (%s); SEP-only", exc)
+    n = int(cfg.epsf.epsf_ngrid)
+    tasks, i = [], 0
+    for band in load_res.bands:
+        seeds = gaia_seeds_for_band(gaia, band, load_res.wcs, cfg.epsf) if gaia is not None else None
+        for r, c in cells:
+            x0, x1, y0, y1 = cell_bounds(load_res.shape, n, r, c)
+            tag = cell_tag(r, c)
+            tasks.append(Task(epsf_task_id(band, tag), "epsf", cost=float((x1 - x0) * (y1 - y0)),
+                              index=i, payload={"band": band, "tag": tag, "box": (x0, x1, y0, y1),
+                                                "gaia_xy": seeds}))
+            i += 1
+    return tasks
+
+
+class Worker:
+    """Per-rank state for the task functions (opened lazily, reused across tasks)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._prep = None
+        self.catalog = None
+        self.plan = None            # list[PatchSpec]
+        self.psfs = {}              # epsf_tag -> band -> PsfChoiceInput
+
+    @property
+    def prepared(self):
+        if self._prep is None:
+            from .io.prepared import PreparedImages
+            self._prep = PreparedImages(self.cfg.mpi.prepared_store)
+        return self._prep
+
+    def close(self):
+        if self._prep is not None:
+            self._prep.close()
+            self._prep = None
+
+    # -------------------------------------------------------------- ePSF cell
+    def epsf_cell(self, task: Task) -> TaskResult:
+        from .stages.epsf import EpsfCellInput, build_epsf_cell, write_cell_products
+        p = task.payload
+        band, tag = p["band"], p["tag"]
+        x0, x1, y0, y1 = p["box"]
+        cut = self.prepared.read(band, y0, y1, x0, x1, with_bright=False)
+        info = self.prepared.band_info(band)
+        inp = EpsfCellInput(band=band, tag=tag, x0=x0, x1=x1, y0=y0, y1=y1, img=cut.img,
+                            sigma_sky=cut.sigma_sky, bad=cut.nonfinite, satur=cut.saturated,
+                            saturate_scaled=info.saturate_scaled, fwhm_pix=info.fwhm_pix,
+                            gaia_xy=p.get("gaia_xy"))
+        cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
+        os.makedirs(cell_dir, exist_ok=True)
+        dpi = int(getattr(self.cfg.plotting, "dpi", 150))
+        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=cell_dir, dpi=dpi)
+        write_cell_products(res, cell_dir)
+        return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
+
+    # -------------------------------------------------------------- patch fit
+    def patch_fit(self, task: Task) -> TaskResult:
+        from .stages.fit import fit_patch_input
+        from .stages.patch_inputs import build_patch_input
+        spec = self.plan[task.payload]
+        t0 = time.perf_counter()
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.psfs.get(spec.epsf_tag, {}),
+                                self.cfg)
+        out_dir = self.cfg.outputs.tractor_out_dir
+        res = fit_patch_input(pin, self.cfg, out_dir=out_dir)
+        write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
+        return TaskResult(rows=res.table, data=None)
+
+    def patch_dump(self, task: Task) -> TaskResult:
+        from .stages.patch_inputs import build_patch_input, save_patch_inputs
+        spec = self.plan[task.payload]
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.psfs.get(spec.epsf_tag, {}),
+                                self.cfg)
+        save_patch_inputs(pin, self.cfg.outputs.patch_inputs_dir)
+        return TaskResult()
+
+
+def write_runner_log(out_dir, tag, status, sec, error=None, rank=None, host=None):
+    """``{tag}/{tag}.runner.log``: where and how the patch ran (and its traceback on failure)."""
+    from .io.atomic import atomic_write_text
+    from .parallel.mpienv import hostname
+    pdir = os.path.join(out_dir, tag)
+    os.makedirs(pdir, exist_ok=True)
+    lines = [f"patch: {tag}", f"status: {status}", f"sec: {sec:.3f}",
+             f"host: {host or hostname()}", f"pid: {os.getpid()}"]
+    if rank is not None:
+        lines.append(f"rank: {rank}")
+    if error:
+        lines += ["--- TRACEBACK ---", error.rstrip()]
+    atomic_write_text(os.path.join(pdir, f"{tag}.runner.log"), "\n".join(lines) + "\n", fsync=False)
+
+
+def psf_choices(cfg, stamps: dict):
+    """epsf_tag -> band -> PsfChoiceInput from the broadcast stamps {band: {tag: (stamp, n)}}."""
+    from .stages.patch_inputs import PsfChoiceInput
+    out = {}
+    for band, cells in stamps.items():
+        for tag, (stamp, nstars) in cells.items():
+            out.setdefault(tag, {})[band] = PsfChoiceInput(
+                stamp=stamp, nstars_used=nstars,
+                path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"))
+    return out
+
+
+def epsf_from_disk(cfg, band, tag):
+    """(meta, stamp) of an ePSF cell written by an earlier run (resume); None when incomplete."""
+    cell = os.path.join(cfg.outputs.epsf_dir, band, tag)
+    try:
+        with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    stamp = None
+    if meta.get("status") == "ok":
+        try:
+            stamp = np.load(os.path.join(cell, "epsf.npy"), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+    return meta, stamp
+
+
+def patch_plan(cfg, catalog, shape, cells, n_bands):
+    """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
+    from .io.atomic import atomic_write_csv, atomic_write_json
+    from .stages.patches import assign_sources, build_patch_plan, patches_frame, patches_records
+    geom = build_patch_plan(shape, cells, cfg)
+    plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), n_bands)
+    d = cfg.outputs.patches_dir
+    os.makedirs(d, exist_ok=True)
+    atomic_write_csv(os.path.join(d, "patches.csv"), patches_frame(plan))
+    atomic_write_json(os.path.join(d, "patches.json"), patches_records(plan))
+    halo = geom[0].halo_pix if geom else 0
+    log.info("Patch plan: image %dx%d, epsf_ngrid=%d, ngrid=%d, halo=%d px: %d patches "
+             "(%d before skip_empty_patch); %d base sources", shape[1], shape[0],
+             int(cfg.epsf.epsf_ngrid), int(cfg.epsf.ngrid), halo, len(plan), len(geom),
+             int(sum(p.n_sources for p in plan)))
+    return plan
+
+
+def recover_patch_rows(cfg, spec):
+    """Rows of a finished patch from its ``{tag}_cat_fit.csv`` (store rebuilt after a kill)."""
+    from .io.tables import read_catalog_csv
+    path = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
+    if not os.path.exists(path):
+        return None
+    df = read_catalog_csv(path)
+    for c in df.columns:
+        if df[c].dtype == object and c not in ("ID", "gaia_source_id"):
+            low = df[c].astype(str).str.lower()
+            if low.isin(("true", "false")).all():
+                df[c] = low == "true"
+    df["_row"] = pd.to_numeric(df["_row"]).astype(np.int64)
+    return df
+
+
+def write_run_summary(cfg, plan, report, skipped_ids):
+    """``{tractor_out_dir}/run_summary.csv``: patch, status, returncode, sec, runner_log."""
+    from .io.atomic import atomic_write_csv
+    out = cfg.outputs.tractor_out_dir
+    rows = []
+    for spec in plan:
+        tid = patch_task_id(spec.patch_tag)
+        info = report.infos.get(tid) if report is not None else None
+        if info is None:
+            status, rc, sec = ("skipped" if tid in skipped_ids else "not_run"), "", ""
+        else:
+            status, rc, sec = ("ok", 0, round(info.wall, 3)) if info.ok else ("fail", 1, round(info.wall, 3))
+        rows.append({"patch": spec.patch_tag, "status": status, "returncode": rc, "sec": sec,
+                     "runner_log": os.path.join(out, spec.patch_tag, f"{spec.patch_tag}.runner.log")})
+    os.makedirs(out, exist_ok=True)
+    atomic_write_csv(os.path.join(out, "run_summary.csv"),
+                     pd.DataFrame(rows, columns=["patch", "status", "returncode", "sec", "runner_log"]))
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    n_fail = sum(r["status"] == "fail" for r in rows)
+    log.info("DONE. total=%d ok=%d fail=%d skipped=%d", len(rows), n_ok, n_fail,
+             sum(r["status"] == "skipped" for r in rows))
+    for r in [r for r in rows if r["status"] == "fail"][:10]:
+        log.info("  failed: %s (%s)", r["patch"], r["runner_log"])
+
+
+def results_table(cfg, plan):
+    """Fit rows for merge: from the results store, else from the per-patch CSVs."""
+    from .parallel.store import catalog_frame, read_store
+    try:
+        return catalog_frame(read_store(cfg.outputs.results_h5))
+    except Exception as exc:  # noqa: BLE001 - any problem: fall back to the CSVs
+        log.warning("results store %s unusable (%s); merging the per-patch CSVs",
+                    cfg.outputs.results_h5, exc)
+    parts = [df for spec in plan if (df := recover_patch_rows(cfg, spec)) is not None]
+    if not parts:
+        raise InputError(f"No patch result CSVs found under {cfg.outputs.tractor_out_dir}")
+    return pd.concat(parts, ignore_index=True)
+
+
+def merge_step(cfg, base_catalog, results, wcs):
+    """S10: final catalog (CSV + FITS)."""
+    from .stages.merge import merge_catalog, write_final_catalog
+    out = merge_catalog(base_catalog, results, wcs, cfg)
+    write_final_catalog(out, cfg.outputs.final_catalog)
+    return out
+
+
+def zp_step(cfg, catalog=None):
+    """S11: zero points; rewrites the final catalog when a band was calibrated."""
+    from .io.tables import read_catalog_csv, read_gaiaxp
+    from .stages.merge import write_final_catalog
+    from .stages.zp import compute_zero_points, write_zp_products
+    if catalog is None:
+        path = cfg.outputs.final_catalog
+        if not os.path.exists(path):
+            raise InputError(f"Merged catalog not found: {path}. Run 'merge' first.")
+        catalog = read_catalog_csv(path)
+    gpath = cfg.inputs.gaiaxp_synphot_csv
+    if not gpath or not os.path.exists(gpath):
+        log.warning("GaiaXP CSV not found: %s; zero points skipped", gpath)
+        return catalog
+    gaia = read_gaiaxp(gpath)
+    out, summary, per_obj = compute_zero_points(catalog, gaia, cfg.zp, float(cfg.image_scaling.zp_ref))
+    if summary is None or len(summary) == 0:
+        log.warning("ZP: no band calibrated; catalog unchanged")
+        return catalog
+    dpi = int(getattr(cfg.plotting, "dpi", 150))
+    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi)
+    write_final_catalog(out, cfg.outputs.final_catalog)
+    return out

@@ -1,0 +1,27 @@
+"""Synthetic 7DT tile generator (``tract7dt-mpi make-sample``), rendered with GalSim.
+
+One call of :func:`make_sample` writes, into ``out_dir``::
+
+    images/SYN7DT_<band>.fits   one aligned, sky-subtracted ADU image per band (TAN WCS, 0.505"/px)
+    image_list.txt              the images (relative paths)
+    input_catalog.csv           ID (text), RA, DEC, TYPE (~10 % blank), FLUX_<band>, ELL, THETA, Re
+    gaiaxp_synphot.csv          source_id (19 digits), ra, dec, phot_g_mean_mag, mag_<band>
+    truth.csv                   exact per-object truth (positions, AB mags, scaled fluxes, shapes)
+    truth_meta.json             per-band truth (zp_true vs ZP_AUTO, gain, sky, PSF field)
+    config.yaml                 a config tuned to this tile
+
+Output is bit-identical for the same arguments (no random numbers inside GalSim, numpy Generators
+seeded from the seed, no time stamps). Generation time on one core of the development machine
+(2-core VM, ``make_sample(..., verbose=True)`` prints it): default 8 bands x 1024 px about 10 s;
+the full-size tile (9576 x 6388 px, 3000 sources) about 15-20 s per band, i.e. ~11-13 min for 40 bands
+(see docs in the final report of this module's author; re-measure with
+``python -m tract7dt_mpi.sample DIR --bands 40 --full-size``).
+
+Truth helpers for tests live in :mod:`tract7dt_mpi.sample.truth`.
+"""
+from .bands import ALL_BANDS, pick_bands
+from .generate import FULL_HEIGHT, FULL_WIDTH, make_sample
+from .truth import load_truth, true_psf_stamp
+
+__all__ = ["ALL_BANDS", "FULL_HEIGHT", "FULL_WIDTH", "load_truth", "make_sample", "pick_bands",
+           "true_psf_stamp"]

@@ -1,0 +1,119 @@
+"""7DT medium bands and the per-band instrument truth of the synthetic tile.
+
+The 7-Dimensional Telescope has 40 medium-band filters m400, m425, ..., m875 (central wavelength
+in nm, 25 nm apart). For each rendered band this module fixes, deterministically from the seed,
+everything the FITS header states and everything the header deliberately gets wrong:
+
+* ``zp_true`` (AB mag of 1 ADU) and ``zp_auto = zp_true + offset`` with |offset| in 0.03..0.06 mag
+  (the header value the pipeline scales with; its Gaia ZP stage should recover the offset);
+* ``egain`` (e-/ADU), ``sky_e`` (sky level in electrons per pixel, subtracted from the image) and
+  ``skysig = sqrt(sky_e)/egain`` (ADU), ``saturate`` (ADU);
+* the PSF parameters (:class:`~tract7dt_mpi.sample.psf.PsfParams`).
+
+Values vary smoothly with wavelength (bluer bands: lower throughput, darker sky, broader PSF)
+plus a small per-band jitter, so every band is a little different, like real data.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from .psf import PsfParams
+
+ALL_BANDS = tuple(f"m{w}" for w in range(400, 876, 25))   #: the 40 7DT medium bands
+PIXEL_SCALE_ARCSEC = 0.505                                 #: 7DT pixel scale
+SATURATE_ADU = 60000.0                                      #: header SATURATE of every band
+
+
+def r6(v) -> float:
+    """Round to 6 decimals so the value survives a FITS header card exactly."""
+    return round(float(v), 6)
+
+
+def pick_bands(n: int) -> list[str]:
+    """Return ``n`` evenly spaced 7DT band names (all 40 for n=40), blue to red."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(ALL_BANDS):
+        raise InputError(f"make-sample --bands: expected an integer in 1..{len(ALL_BANDS)}, got {n!r}")
+    if n == 1:
+        return ["m625"]
+    idx = np.round(np.linspace(0, len(ALL_BANDS) - 1, int(n))).astype(int)
+    return [ALL_BANDS[i] for i in idx]
+
+
+def band_wavelength_nm(band: str) -> float:
+    """Central wavelength in nm of a band name like ``m625``."""
+    return float(band[1:])
+
+
+@dataclass(frozen=True)
+class BandTruth:
+    """Instrument truth of one band (everything needed to render and to describe the image)."""
+
+    band: str
+    wave_nm: float
+    zp_true: float      # AB mag giving 1 ADU
+    zp_auto: float      # header ZP_AUTO (= zp_true + zp_offset)
+    zp_offset: float
+    egain: float        # e-/ADU
+    sky_e: float        # sky level per pixel in electrons (subtracted; only its noise remains)
+    skysig: float       # ADU, = sqrt(sky_e)/egain
+    saturate: float     # ADU
+    psf: PsfParams
+
+    def scale(self, zp_ref: float = 25.0) -> float:
+        """The pipeline's image scaling 10^(-0.4 (ZP_AUTO - zp_ref))."""
+        return 10.0 ** (-0.4 * (self.zp_auto - zp_ref))
+
+    def mag_to_adu(self, mag):
+        """True AB magnitude -> total counts in ADU."""
+        return 10.0 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zp_true))
+
+    def mag_to_scaled(self, mag, zp_ref: float = 25.0):
+        """True AB magnitude -> flux in the pipeline's scaled system (what a perfect fit returns)."""
+        return self.mag_to_adu(mag) * self.scale(zp_ref)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["psf"] = self.psf.to_dict()
+        return d
+
+
+def band_truths(bands: list[str], seed: int, width: int, height: int) -> list[BandTruth]:
+    """Instrument truth for each band of a ``width`` x ``height`` tile.
+
+    A band's values depend only on (seed, band), not on how many bands are rendered.
+    """
+    out = []
+    for band in bands:
+        lam = band_wavelength_nm(band)
+        rng = np.random.default_rng([int(seed), 17, int(lam)])
+        t = (lam - 400.0) / 475.0                               # 0 (m400) .. 1 (m875)
+        zp_true = 26.35 + 0.75 * np.exp(-((lam - 660.0) / 260.0) ** 2) + rng.normal(0, 0.03)
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        zp_offset = sign * rng.uniform(0.03, 0.06)
+        egain = 2.5 + rng.uniform(-0.3, 0.3)
+        sky_e = (420.0 + 480.0 * t) * rng.uniform(0.9, 1.1)
+        fwhm0 = 4.6 - 1.0 * t + rng.normal(0, 0.04)             # px; broader in the blue
+        psf = PsfParams(
+            fwhm0=r6(fwhm0),
+            fwhm_x=r6(rng.uniform(-0.03, 0.03)),
+            fwhm_y=r6(rng.uniform(-0.03, 0.03)),
+            fwhm_r=r6(rng.uniform(0.01, 0.04)),
+            beta0=r6(3.5 + 0.15 * np.sin(2 * np.pi * t) + rng.uniform(-0.1, 0.1)),
+            beta_x=r6(rng.uniform(-0.12, 0.12)),
+            g1_0=r6(rng.uniform(-0.02, 0.02)),
+            g1_x=r6(rng.uniform(-0.02, 0.02)),
+            g2_0=r6(rng.uniform(-0.02, 0.02)),
+            g2_y=r6(rng.uniform(-0.02, 0.02)),
+            width=int(width), height=int(height),
+        )
+        zp_true, zp_offset = round(float(zp_true), 4), round(float(zp_offset), 4)
+        egain, sky_e = round(float(egain), 4), round(float(sky_e), 3)
+        out.append(BandTruth(
+            band=band, wave_nm=lam, zp_true=zp_true, zp_auto=round(zp_true + zp_offset, 4),
+            zp_offset=zp_offset, egain=egain, sky_e=sky_e, skysig=float(np.sqrt(sky_e) / egain),
+            saturate=SATURATE_ADU, psf=psf,
+        ))
+    return out

@@ -1,0 +1,548 @@
+"""One (band, cell) ePSF unit of work and the grid helpers around it (spec S4).
+
+:func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
+``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
+get the same stamp. Star selection lives in :mod:`.epsf_select`, stamp statistics in
+:mod:`.epsf_qa`, PNGs in :mod:`tract7dt_mpi.plots.epsf_plots`. The caller writes the products with
+:func:`write_cell_products`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import epsf_qa as qa
+from . import epsf_select as sel_mod
+
+log = logging.getLogger(__name__)
+
+MODES = ("sep", "gaia", "sep+gaia")
+
+
+# ------------------------------------------------------------------------------------- data types
+
+@dataclass
+class EpsfCellInput:
+    """Everything one cell needs; arrays are the cell's own (y1-y0, x1-x0) slices of the band.
+
+    img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
+    (the ePSF stage keeps saturated pixels' weights, spec S4); satur: saturation mask (or None);
+    saturate_scaled: SATURATE*scale (inf if unknown); fwhm_pix: seeing FWHM in px (nan if unknown);
+    gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None.
+    """
+
+    band: str
+    tag: str
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    img: np.ndarray
+    sigma_sky: np.ndarray
+    bad: np.ndarray
+    satur: np.ndarray | None
+    saturate_scaled: float
+    fwhm_pix: float
+    gaia_xy: np.ndarray | None = None
+
+
+@dataclass
+class EpsfCellResult:
+    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the S4.6o record."""
+
+    stamp: np.ndarray | None
+    meta: dict
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+def epsf_settings(cfg_epsf):
+    """The ``epsf`` section as a schema dataclass; a plain dict (tests) is merged onto the defaults.
+
+    An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning (config-reference §12).
+    """
+    from tract7dt_mpi.config.schema import Epsf
+
+    if cfg_epsf is None:
+        s = Epsf()
+    elif isinstance(cfg_epsf, dict):
+        s = dataclasses.replace(Epsf(), **cfg_epsf)
+    else:
+        s = cfg_epsf
+    if s.psfstar_mode not in MODES:
+        log.warning("epsf.psfstar_mode=%r is not one of %s; using 'sep+gaia'", s.psfstar_mode, MODES)
+        s = dataclasses.replace(s, psfstar_mode="sep+gaia")
+    return s
+
+
+def _cfg_record(s) -> dict:
+    out = {}
+    for f in dataclasses.fields(s):
+        v = getattr(s, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# ------------------------------------------------------------------------------------- grid helpers
+
+def cell_tag(r: int, c: int) -> str:
+    """Cell tag ``rRR_cCC``."""
+    return f"r{int(r):02d}_c{int(c):02d}"
+
+
+def cell_bounds(shape, n: int, r: int, c: int):
+    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid (S4.2).
+
+    step = W // n (H // n for rows); the last column/row extends to the frame edge.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    xstep, ystep = max(1, w // n), max(1, h // n)
+    x0, y0 = c * xstep, r * ystep
+    x1 = w if c == n - 1 else min(w, (c + 1) * xstep)
+    y1 = h if r == n - 1 else min(h, (r + 1) * ystep)
+    return x0, x1, y0, y1
+
+
+def active_cells(catalog_xy_active, shape, n: int):
+    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels (S4.1)."""
+    h, w = int(shape[0]), int(shape[1])
+    xy = np.asarray(catalog_xy_active, dtype=float).reshape(-1, 2)
+    x, y = xy[:, 0], xy[:, 1]
+    ok = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    xstep, ystep = max(1, w // n), max(1, h // n)
+    cc = np.clip(np.floor(x[ok] / xstep).astype(int), 0, n - 1)
+    rr = np.clip(np.floor(y[ok] / ystep).astype(int), 0, n - 1)
+    return sorted({(int(r), int(c)) for r, c in zip(rr, cc)})
+
+
+def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
+    """Gaia forced-aperture radius in px (S4.4): clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
+
+    An unknown FWHM gives 3.0 px (with a warning unless ``warn`` is false: cells stay quiet and the
+    band-level caller warns once).
+    """
+    try:
+        f = float(fwhm_pix)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (np.isfinite(f) and f > 0):
+        if warn:
+            log.warning("seeing FWHM unavailable; Gaia forced-aperture radius set to 3.0 px")
+        return 3.0
+    s = epsf_settings(cfg)
+    r = float(np.clip(s.gaia_forced_k_fwhm * f, s.gaia_forced_rmin_pix, s.gaia_forced_rmax_pix))
+    return float(min(r, int(cutout_size) // 2 - 2))
+
+
+def gaia_seeds_for_band(gaia_df, band, wcs, cfg_epsf) -> np.ndarray:
+    """Gaia seeds of one band in working-frame pixels, (N, 2), table order kept (S4.5).
+
+    Rows with finite ra/dec/mag_{band} inside [gaia_mag_min, gaia_mag_max] (inclusive). No table,
+    a mode without Gaia, or a missing column gives an empty array (with a warning for the column).
+    """
+    s = epsf_settings(cfg_epsf)
+    empty = np.zeros((0, 2))
+    if gaia_df is None or s.psfstar_mode == "sep" or len(gaia_df) == 0:
+        return empty
+    col = f"mag_{band}"
+    missing = [c for c in ("ra", "dec", col) if c not in gaia_df.columns]
+    if missing:
+        log.warning("GaiaXP CSV has no column(s) %s; no Gaia ePSF seeds for band %s", missing, band)
+        return empty
+    ra = np.asarray(gaia_df["ra"], dtype=float)
+    dec = np.asarray(gaia_df["dec"], dtype=float)
+    mag = np.asarray(gaia_df[col], dtype=float)
+    ok = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(mag) \
+        & (mag >= s.gaia_mag_min) & (mag <= s.gaia_mag_max)
+    if not ok.any():
+        return empty
+    x, y = wcs.all_world2pix(ra[ok], dec[ok], 0)
+    return np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+
+
+# ------------------------------------------------------------------------------------------ meta
+
+def _base_meta(inp: EpsfCellInput, s) -> dict:
+    return {
+        "band": inp.band, "patch": inp.tag,
+        "x0": int(inp.x0), "x1": int(inp.x1), "y0": int(inp.y0), "y1": int(inp.y1),
+        "epsf_ngrid": int(s.epsf_ngrid), "psfstar_mode": s.psfstar_mode,
+        "gaia_snap_to_sep": bool(s.gaia_snap_to_sep),
+        "gaia_mag_min": float(s.gaia_mag_min), "gaia_mag_max": float(s.gaia_mag_max),
+        "nstars_seed": 0, "nstars_sel": 0, "nstars_extract": 0, "nstars_used": 0, "nstars_fitfail": 0,
+        "epsf_shape": None,
+        "patch_background": sel_mod._bkg_stats("disabled"),
+        "local_star_background": qa.local_bkg_summary([], []),
+        "local_bkg_diagnostics": {"local_bkg_diag_nstars": 0, "local_bkg_diag_status": "disabled"},
+        "epsf_qa": {k: float("nan") for k in ("ee_r50_pix", "ee_r80_pix", "ee_r90_pix", "ee_edge",
+                                              "epsf_edge_median", "epsf_edge_mean", "epsf_min", "epsf_max")},
+        "residual_qa": qa.empty_residual_qa(),
+        "selection": {},
+        "cfg": _cfg_record(s),
+        "status": "fail",
+    }
+
+
+class CellFailure(Exception):
+    """A data problem that ends one cell with status ``fail`` (the message goes to meta.error)."""
+
+
+# ------------------------------------------------------------------------------------- the build
+
+def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> EpsfCellResult:
+    """Select stars, build, crop and normalise the ePSF of one (band, cell) (S4.6a-o).
+
+    Data problems never raise: they return ``stamp=None`` and ``meta['status'] == 'fail'`` with
+    ``meta['error']``. Plots (only when ``plot_dir`` is given) follow each config toggle and only
+    warn on failure.
+    """
+    s = epsf_settings(cfg_epsf)
+    shape = (int(inp.y1) - int(inp.y0), int(inp.x1) - int(inp.x0))
+    for name in ("img", "sigma_sky", "bad", "satur"):
+        arr = getattr(inp, name)
+        if arr is not None and np.shape(arr) != shape:
+            raise ValueError(f"EpsfCellInput.{name} has shape {np.shape(arr)}, expected {shape} for "
+                             f"cell {inp.tag} [{inp.x0}:{inp.x1}, {inp.y0}:{inp.y1}]")
+    meta = _base_meta(inp, s)
+    if plot_dir is not None:
+        os.makedirs(plot_dir, exist_ok=True)
+    try:
+        stamp = _build(inp, s, meta, plot_dir, dpi)
+        meta["status"] = "ok"
+        return EpsfCellResult(stamp, meta)
+    except CellFailure as exc:
+        meta["status"], meta["error"] = "fail", str(exc)
+    except Exception as exc:  # library errors on odd data must not kill the run
+        log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
+        meta["status"], meta["error"] = "fail", f"{type(exc).__name__}: {exc}"
+    log.warning("ePSF %s %s failed: %s", inp.band, inp.tag, meta["error"])
+    return EpsfCellResult(None, meta)
+
+
+def _plot(plot_dir, enabled, func, name, *args, dpi=150, **kwargs):
+    """Write one diagnostic PNG if plotting is on and its toggle is set."""
+    if plot_dir is None or not enabled:
+        return False
+    from tract7dt_mpi.plots import epsf_plots as P
+
+    return P.safe_plot(getattr(P, func), *args, path=os.path.join(plot_dir, name), dpi=dpi, **kwargs)
+
+
+def _select(inp, s, img, sigma, bad, satur, work, meta):
+    """Run S4.6b-g on the cell; returns the Selection."""
+    h, w = img.shape
+    need = int(s.cutout_size) // 2 + int(s.edge_pad)
+    use_gaia = s.psfstar_mode in ("gaia", "sep+gaia")
+    seeds = sel_mod.seeds_in_window(inp.gaia_xy, inp.x0, inp.y0, (h, w), need) if use_gaia \
+        else np.zeros((0, 2))
+    meta["nstars_seed"] = int(len(seeds))
+    sat_thr = float(inp.saturate_scaled) / float(s.gaia_seed_sat_div) \
+        if inp.saturate_scaled is not None and np.isfinite(inp.saturate_scaled) else np.inf
+    sat_r = int(s.star_sat_check_r) if s.star_sat_check_r is not None else int(s.cutout_size) // 2
+    cand = sel_mod.sep_detect(work, sigma, bad, s)
+    sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range)
+    sel = sel_mod.Selection(reasons=dict(cand.reasons))
+    used: set = set()
+    meta_extra = {}
+    if use_gaia and len(seeds):
+        r_forced = forced_radius(inp.fwhm_pix, s.cutout_size, s, warn=False)
+        meta_extra["gaia_forced_r_pix"] = r_forced
+        sel_mod.gaia_pass(sel, seeds, cand, used, img, work, sigma, bad, satur, s, sat_thr, sat_r, r_forced)
+    if s.psfstar_mode in ("sep", "sep+gaia"):
+        sel_mod.sep_pass(sel, cand, used, s)
+    meta["nstars_sel"] = len(sel)
+    meta["selection"] = {
+        "n_sep_detections": int(cand.x.size), "n_sep_candidates": int(cand.ok.size),
+        "n_origin_sep": sel.origin.count("sep"), "n_origin_gaia": sel.origin.count("gaia"),
+        "n_origin_both": sel.origin.count("both"), "rejected": dict(sel.reasons),
+        "edge_clearance_pix": need, "saturation_threshold": sat_thr, "star_sat_check_r": sat_r,
+        **meta_extra,
+    }
+    return sel
+
+
+def _prepare(inp):
+    """Float64 image/sigma, bad = given bad | non-finite, satur as bool (or None)."""
+    img = np.array(inp.img, dtype=np.float64)
+    sigma = np.array(inp.sigma_sky, dtype=np.float64)
+    bad = np.asarray(inp.bad, dtype=bool) | ~np.isfinite(img)
+    satur = np.asarray(inp.satur, dtype=bool) if inp.satur is not None else None
+    return img, sigma, bad, satur
+
+
+def select_psf_stars(inp: EpsfCellInput, cfg_epsf):
+    """Background + star selection only (S4.6a-g), for QA and tests.
+
+    Returns (Selection with cell-local x, y, origin and rejection counts, meta dict).
+    """
+    s = epsf_settings(cfg_epsf)
+    meta = _base_meta(inp, s)
+    img, sigma, bad, satur = _prepare(inp)
+    bg = sel_mod.cell_background(img, sigma, bad, s)
+    meta["patch_background"] = bg.stats
+    return _select(inp, s, img, sigma, bad, satur, bg.work, meta), meta
+
+
+def _error_image(sigma, bad):
+    """1/sqrt(invvar) with invvar = 1/max(sigma^2, 1e-12) on good pixels; others get the median."""
+    good = ~bad & np.isfinite(sigma) & (sigma > 0)
+    err = np.sqrt(np.maximum(np.where(good, sigma, 1.0) ** 2, 1e-12))
+    fill = float(np.median(err[good])) if good.any() else 1.0
+    return np.where(good, err, fill)
+
+
+def _extract(work, sigma, bad, sel, s):
+    """photutils ``extract_stars`` on the working image (stamps not fitting the cell are dropped)."""
+    from astropy.nddata import NDData, StdDevUncertainty
+    from astropy.table import Table
+    from photutils.psf import extract_stars
+
+    err = _error_image(sigma, bad)
+    nd = NDData(np.where(bad, 0.0, work), uncertainty=StdDevUncertainty(err), mask=bad)
+    table = Table({"x": np.asarray(sel.x), "y": np.asarray(sel.y), "id": np.arange(len(sel))})
+    stars = extract_stars(nd, table, size=int(s.cutout_size))
+    if stars is None or len(stars) == 0:
+        raise CellFailure("None returned: no star stamp could be extracted")
+    return stars
+
+
+def _star_list(stars):
+    """EPSFStars -> list of EPSFStar (handles photutils' linked-star containers)."""
+    return list(stars.all_stars) if hasattr(stars, "all_stars") else list(stars)
+
+
+def _subtract_local_bkg(stars, s, meta):
+    """Per-star annulus background (S4.6j); returns (new EPSFStars, diagnostic rows)."""
+    from photutils.psf import EPSFStar, EPSFStars
+
+    lst = _star_list(stars)
+    if not s.star_local_bkg_subtract:
+        return stars, []
+    vals, stats, rows, out = [], [], [], []
+    for st in lst:
+        data = np.asarray(st.data, dtype=float)
+        v, status, m = qa.star_local_background(data, st.weights, s.star_local_bkg_annulus_rin_pix,
+                                                s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
+                                                int(s.star_local_bkg_minpix))
+        vals.append(v)
+        stats.append(status)
+        rows.append({"id": st.id_label, "raw": data, "mask": m, "sub": data - v, "value": v, "status": status})
+        out.append(EPSFStar(data - v, weights=st.weights, cutout_center=st.cutout_center,
+                            origin=st.origin, id_label=st.id_label))
+    meta["local_star_background"] = qa.local_bkg_summary(vals, stats)
+    return EPSFStars(out), rows
+
+
+def smoothing_kernel(oversamp: int):
+    """photutils' per-iteration ePSF smoothing: none at native sampling, 'quartic' when oversampled.
+
+    The builder convolves the whole ePSF with this kernel every iteration, so it converges to the
+    smoothed star stack. The 5x5 quartic kernel was designed for oversampled ePSFs; at
+    oversampling 1 it broadens a 4 px FWHM Moffat by ~2.5% and lowers its peak by ~2%, while without
+    it the native-pixel ePSF matches the truth to ~0.2% of the peak (tests/stages/test_epsf.py).
+    """
+    return None if int(oversamp) <= 1 else "quartic"
+
+
+def _builder(s):
+    """EPSFBuilder with the spec settings; keywords the installed photutils lacks are dropped."""
+    from astropy.stats import SigmaClip
+    from photutils.psf import EPSFBuilder
+
+    want = {
+        "oversampling": int(s.oversamp), "maxiters": int(s.maxiters),
+        "recentering_boxsize": int(s.recenter_boxsize), "recentering_maxiters": 30,
+        "sigma_clip": SigmaClip(sigma=5.0 if s.do_clip else np.inf), "progress_bar": False,
+        "smoothing_kernel": smoothing_kernel(s.oversamp),
+    }
+    params = inspect.signature(EPSFBuilder.__init__).parameters
+    kwargs = {k: v for k, v in want.items() if k in params}
+    dropped = sorted(set(want) - set(kwargs))
+    if dropped:
+        log.debug("EPSFBuilder of this photutils has no %s", dropped)
+    return EPSFBuilder(**kwargs)
+
+
+def native_stamp(data, oversamp: int) -> np.ndarray:
+    """Sample an (oversampled) ePSF array at native-pixel offsets from its centre (identity for 1)."""
+    o = int(oversamp)
+    if o <= 1:
+        return data
+    cy, cx = (data.shape[0] - 1) // 2, (data.shape[1] - 1) // 2
+    return data[cy % o::o, cx % o::o]
+
+
+def finish_stamp(data, oversamp, final_size) -> np.ndarray:
+    """NaN->0, native sampling, centre-crop to ``final_size`` (offset (H-s)//2), unit sum (S4.6l)."""
+    a = np.asarray(data, dtype=float)
+    a = np.where(np.isfinite(a), a, 0.0)
+    a = native_stamp(a, oversamp)
+    h, w = a.shape
+    fs = int(final_size)
+    if fs < h:
+        o = (h - fs) // 2
+        a = a[o:o + fs, :]
+    if fs < w:
+        o = (w - fs) // 2
+        a = a[:, o:o + fs]
+    tot = a.sum()
+    if tot > 0:
+        a = a / tot
+    return a.astype(np.float32)
+
+
+def _good_fitted(fitted):
+    lst = _star_list(fitted)
+    return [st for st in lst if not getattr(st, "_excluded_from_fit", False)]
+
+
+def _residual_qa(epsf, good, s, meta):
+    """Register the ePSF on up to residual_diag_max_stars fitted stars; fill residual_qa."""
+    datas, models, weights, fluxes = [], [], [], []
+    for st in good[: int(s.residual_diag_max_stars)]:
+        f = float(st.flux)
+        if not (np.isfinite(f) and f > 0):
+            continue
+        model = np.asarray(st.register_epsf(epsf), dtype=float)
+        datas.append(np.asarray(st.data, float) / f)
+        models.append(model / f)
+        weights.append(np.asarray(st.weights, float))
+        fluxes.append(f)
+    rq, stacks = qa.residual_stats(datas, models, weights, fluxes)
+    meta["residual_qa"] = rq
+    return stacks
+
+
+def _build(inp, s, meta, plot_dir, dpi):
+    """The body of :func:`build_epsf_cell`; raises CellFailure for data problems."""
+    img, sigma, bad, satur = _prepare(inp)
+    if not (~bad).any():
+        raise CellFailure("cell has no valid pixel")
+
+    bg = sel_mod.cell_background(img, sigma, bad, s)
+    meta["patch_background"] = bg.stats
+    work = bg.work
+    if bg.back is not None:
+        _plot(plot_dir, s.save_patch_background_diagnostics, "plot_background_diagnostics",
+              "background_diagnostics.png", img, bg.back, work, colorbar=s.diagnostics_show_colorbar, dpi=dpi)
+
+    sel = _select(inp, s, img, sigma, bad, satur, work, meta)
+    title = f"{inp.band} {inp.tag}: {len(sel)} PSF stars ({s.psfstar_mode})"
+    _plot(plot_dir, True, "plot_psfstars", "psfstars.png", img, sel.x, sel.y, sel.origin, title=title, dpi=dpi)
+    if s.background_subtract_patch:
+        _plot(plot_dir, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
+              title=title + " bg-sub", dpi=dpi)
+    if len(sel) == 0:
+        raise CellFailure("no PSF star selected")
+
+    stars = _extract(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = int(len(_star_list(stars)))
+    stars, bkg_rows = _subtract_local_bkg(stars, s, meta)
+
+    result = _builder(s)(stars)
+    epsf, fitted = result[0], result[1]
+    meta["builder"] = {
+        "smoothing_kernel": smoothing_kernel(s.oversamp),
+        "iterations": int(getattr(result, "iterations", -1)),
+        "converged": bool(getattr(result, "converged", False)),
+    }
+    good = _good_fitted(fitted)
+    meta["nstars_used"] = len(good)
+    meta["nstars_fitfail"] = meta["nstars_extract"] - len(good)
+    if len(good) <= 0:
+        raise CellFailure("EPSFBuilder fitted no star")
+    stamp = finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
+    if not stamp.sum() > 0:
+        raise CellFailure("ePSF has no positive flux")
+    meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
+    meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
+
+    stacks = _residual_qa(epsf, good, s, meta) if s.save_residual_diagnostics else None
+    _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
+    return stamp
+
+
+def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel):
+    """Success-only PNGs (S4.6m) and the local-background diagnostic status."""
+    origin_of = {i: o for i, o in enumerate(sel.origin)}
+    _plot(plot_dir, True, "plot_epsf", "epsf.png", stamp,
+          title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}", dpi=dpi)
+    if s.save_growth_curve:
+        radii, ee = qa.growth_curve(stamp.astype(float))
+        _plot(plot_dir, True, "plot_growth_curve", "epsf_growth_curve.png", radii, ee, meta["epsf_qa"], dpi=dpi)
+    if stacks is not None:
+        _plot(plot_dir, True, "plot_residual_diagnostics", "epsf_residual_diagnostics.png", stacks,
+              meta["residual_qa"], dpi=dpi)
+    _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows)
+    nmax = int(s.save_star_montage_max)
+    if nmax > 0:
+        used = good[:nmax]
+        _plot(plot_dir, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
+              [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})", dpi=dpi)
+        ext = _star_list(stars)[:nmax]
+        _plot(plot_dir, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
+              [origin_of.get(st.id_label, "") for st in ext],
+              title=f"extracted stars ({meta['nstars_extract']})", dpi=dpi)
+
+
+def _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows):
+    """star_local_background_diagnostics.png for the used stars, or a skipped_* status (S4.6m)."""
+    rec = meta["local_bkg_diagnostics"]
+    if plot_dir is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
+        return
+    ids = [st.id_label for st in good]
+    if not ids:
+        rec.update(local_bkg_diag_status="skipped_no_stars", local_bkg_diag_message="no used star")
+    elif any(i is None for i in ids):
+        rec.update(local_bkg_diag_status="skipped_missing_id_label",
+                   local_bkg_diag_message="a used star has no id_label")
+    elif len(set(ids)) != len(ids) or len({r["id"] for r in bkg_rows}) != len(bkg_rows):
+        rec.update(local_bkg_diag_status="skipped_duplicate_id_label",
+                   local_bkg_diag_message="star id_label values are not unique")
+    else:
+        rows = [r for r in bkg_rows if r["id"] in set(ids)]
+        ok = _plot(plot_dir, True, "plot_star_local_background", "star_local_background_diagnostics.png",
+                   rows, colorbar=s.diagnostics_show_colorbar, dpi=dpi)
+        rec.update(local_bkg_diag_nstars=len(rows), local_bkg_diag_status="ok" if ok else "error")
+        return
+    log.warning("star local-background diagnostics skipped: %s", rec["local_bkg_diag_message"])
+
+
+# ----------------------------------------------------------------------------------- products
+
+def epsf_summary(metas) -> list:
+    """``epsf_summary.json`` content: the cell metas in (band order, row-major cell) order as given,
+    plus any ``{band, status: 'band_fail', error}`` records, unchanged."""
+    return [dict(m) for m in metas]
+
+
+def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
+    """Write ``meta.json`` (always) and ``epsf.npy`` (success) atomically; return the paths."""
+    from tract7dt_mpi.io.atomic import atomic_write_bytes, atomic_write_json
+
+    os.makedirs(cell_dir, exist_ok=True)
+    paths = []
+    if result.stamp is not None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(result.stamp, dtype=np.float32))
+        paths.append(atomic_write_bytes(os.path.join(cell_dir, "epsf.npy"), buf.getvalue()))
+    paths.append(atomic_write_json(os.path.join(cell_dir, "meta.json"), result.meta))
+    return paths
+
+
+def count_status(metas):
+    """(total, ok, fail) counts for the summary log line (S4.7)."""
+    total = len(metas)
+    ok = sum(1 for m in metas if m.get("status") == "ok")
+    return total, ok, total - ok
+
+
+__all__ = ["EpsfCellInput", "EpsfCellResult", "active_cells", "build_epsf_cell", "cell_bounds", "cell_tag",
+           "count_status", "epsf_settings", "epsf_summary", "finish_stamp", "forced_radius",
+           "gaia_seeds_for_band", "native_stamp", "select_psf_stars", "write_cell_products"]

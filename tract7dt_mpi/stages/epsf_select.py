@@ -1,0 +1,305 @@
+"""ePSF star selection for one cell: cell background, SEP candidates, Gaia seeds (spec S4.6a-h).
+
+Everything here works in cell-local pixel coordinates (0-based, x = column, y = row) on the cell's
+own arrays, so the result depends only on those arrays and the settings (deterministic, rank-free).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import sep
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+# SEP limits of the spec (S4.6d): generous pixel stack and sub-object limit for crowded cells.
+SEP_PIXSTACK = 1_000_000
+SEP_SUB_OBJECT_LIMIT = 200_000
+
+ORIGIN_SEP, ORIGIN_GAIA, ORIGIN_BOTH = "sep", "gaia", "both"
+
+
+def _c64(a) -> np.ndarray:
+    """Native-endian, C-contiguous float64 copy-if-needed (what SEP accepts)."""
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def set_sep_limits() -> None:
+    """Raise SEP's extraction limits to the spec values (idempotent, process-wide)."""
+    sep.set_extract_pixstack(SEP_PIXSTACK)
+    if hasattr(sep, "set_sub_object_limit"):
+        sep.set_sub_object_limit(SEP_SUB_OBJECT_LIMIT)
+
+
+# --------------------------------------------------------------------------------------- background
+
+@dataclass
+class CellBackground:
+    """Result of the optional per-cell SEP background fit (S4.6a)."""
+
+    work: np.ndarray                  # image the selection and the builder use (img - back, or img)
+    back: np.ndarray | None = None    # background map (None if disabled or failed)
+    stats: dict = field(default_factory=dict)   # the meta ``patch_background`` record
+
+
+def _bkg_stats(status, back=None, rms=None, mask_frac=float("nan"), error=None) -> dict:
+    nan = float("nan")
+    out = {
+        "patch_bkg_median": float(np.median(back)) if back is not None else nan,
+        "patch_bkg_mean": float(np.mean(back)) if back is not None else nan,
+        "patch_bkg_rms_median": float(np.median(rms)) if rms is not None else nan,
+        "patch_bkg_rms_mean": float(np.mean(rms)) if rms is not None else nan,
+        "patch_bkg_mask_frac": float(mask_frac),
+        "patch_bkg_status": status,
+    }
+    if error is not None:
+        out["patch_bkg_error"] = error
+    return out
+
+
+def cell_background(img, sigma, bad, s) -> CellBackground:
+    """Fit and subtract a SEP background map with bright pixels masked (S4.6a).
+
+    Source mask: good pixels above median(img) + k * median(sigma), dilated ``background_mask_dilate``
+    times with a 3x3 (8-connected) element. On any SEP error the image is returned unchanged.
+    """
+    img = np.asarray(img, dtype=np.float64)
+    if not s.background_subtract_patch:
+        return CellBackground(work=img, stats=_bkg_stats("disabled"))
+    try:
+        good = ~bad & np.isfinite(img)
+        if not good.any():
+            raise ValueError("no valid pixel in the cell")
+        sig_ok = good & np.isfinite(sigma)
+        sig_med = float(np.median(sigma[sig_ok])) if sig_ok.any() else 0.0
+        src = good & (img > np.median(img[good]) + s.background_source_mask_sigma * sig_med)
+        if s.background_mask_dilate > 0 and src.any():
+            src = ndimage.binary_dilation(src, structure=np.ones((3, 3), bool),
+                                          iterations=int(s.background_mask_dilate))
+        mask = ~good | src
+        box = max(8, int(s.background_boxsize))
+        filt = max(1, int(s.background_filtersize))
+        data = _c64(np.where(good, img, 0.0))
+        bkg = sep.Background(data, mask=np.ascontiguousarray(mask), bw=box, bh=box, fw=filt, fh=filt)
+        back = bkg.back()
+        rms = bkg.rms()
+        work = np.where(good, img - back, 0.0)
+        return CellBackground(work=work, back=back,
+                              stats=_bkg_stats("ok", back, rms, float(mask.mean())))
+    except Exception as exc:  # SEP raises plain Exceptions for degenerate cells
+        log.warning("cell background fit failed (%s); using the image unchanged", exc)
+        return CellBackground(work=img, stats=_bkg_stats("error", error=str(exc)))
+
+
+# --------------------------------------------------------------------------------------- candidates
+
+@dataclass
+class Candidates:
+    """SEP detections of one cell (all of them) and the indices that pass the star cuts."""
+
+    x: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    peak: np.ndarray
+    score: np.ndarray
+    ok: np.ndarray          # indices passing edge/peak/roundness/saturated-stamp cuts, best score first
+    reasons: dict           # rejection counts by reason
+
+    @classmethod
+    def empty(cls) -> "Candidates":
+        z = np.zeros(0)
+        return cls(z, z, z, z, z, z, np.zeros(0, int), {})
+
+
+def sep_detect(work, sigma, bad, s) -> Candidates:
+    """Run SEP on the cell (error = sky-only sigma, mask = bad) and keep every object (S4.6d)."""
+    set_sep_limits()
+    err = np.array(sigma, dtype=np.float64)
+    finite = np.isfinite(err) & (err > 0)
+    fill = float(np.median(err[finite])) if finite.any() else 1.0
+    err[~finite] = fill
+    data = np.where(bad | ~np.isfinite(work), 0.0, work)
+    objs = sep.extract(_c64(data), float(s.thresh_sigma), err=_c64(err),
+                       mask=np.ascontiguousarray(bad | ~finite), minarea=int(s.minarea),
+                       deblend_nthresh=32, deblend_cont=0.001, clean=True, clean_param=1.0)
+    if len(objs) == 0:
+        return Candidates.empty()
+    flux = np.asarray(objs["flux"], float)
+    peak = np.asarray(objs["peak"], float)
+    score = np.where(np.isfinite(flux) & (flux > 0), flux, peak)
+    return Candidates(np.asarray(objs["x"], float), np.asarray(objs["y"], float),
+                      np.asarray(objs["a"], float), np.asarray(objs["b"], float), peak, score,
+                      np.zeros(0, int), {})
+
+
+def q_ok(a, b, q_range) -> np.ndarray:
+    """True where b > 0 and a/b lies inside ``q_range`` (SEP gives a >= b)."""
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(b > 0, a / np.where(b > 0, b, 1.0), np.inf)
+    return (b > 0) & (q >= q_range[0]) & (q <= q_range[1])
+
+
+def box_has_saturated(satur, x, y, r) -> bool:
+    """True if the (2r+1)^2 box around the rounded (x, y), clipped to the cell, holds a saturated pixel."""
+    if satur is None:
+        return False
+    h, w = satur.shape
+    ix, iy = int(np.rint(x)), int(np.rint(y))
+    y0, y1 = max(0, iy - r), min(h, iy + r + 1)
+    x0, x1 = max(0, ix - r), min(w, ix + r + 1)
+    if y0 >= y1 or x0 >= x1:
+        return False
+    return bool(satur[y0:y1, x0:x1].any())
+
+
+def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range) -> Candidates:
+    """Apply the S4.6d-e cuts; fill ``c.ok`` (best score first) and ``c.reasons``."""
+    h, w = shape
+    reasons = {"edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0}
+    keep = []
+    inside = (c.x > need) & (c.x < w - need - 1) & (c.y > need) & (c.y < h - need - 1)
+    qok = q_ok(c.a, c.b, q_range)
+    order = np.argsort(-c.score, kind="stable")
+    for i in order:
+        if not inside[i]:
+            reasons["edge"] += 1
+        elif not c.peak[i] < sat_thr:
+            reasons["peak_saturated"] += 1
+        elif not qok[i]:
+            reasons["roundness"] += 1
+        elif box_has_saturated(satur, c.x[i], c.y[i], sat_r):
+            reasons["saturated_stamp"] += 1
+        else:
+            keep.append(int(i))
+    c.ok = np.asarray(keep, dtype=int)
+    c.reasons = reasons
+    return c
+
+
+# --------------------------------------------------------------------------------------- selection
+
+@dataclass
+class Selection:
+    """Chosen PSF stars (cell-local) and per-reason counters."""
+
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    origin: list = field(default_factory=list)
+    reasons: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.x)
+
+    def far_enough(self, x, y, min_sep) -> bool:
+        if not self.x:
+            return True
+        d2 = (np.asarray(self.x) - x) ** 2 + (np.asarray(self.y) - y) ** 2
+        return bool(np.all(d2 >= min_sep * min_sep))
+
+    def add(self, x, y, origin):
+        self.x.append(float(x))
+        self.y.append(float(y))
+        self.origin.append(origin)
+
+
+def _bump(d, key):
+    d[key] = d.get(key, 0) + 1
+
+
+def seed_box_saturated(img, bad, x, y, r, sat_thr) -> bool:
+    """True if the max of the non-bad pixels in the (2r+1)^2 box reaches ``sat_thr`` (or all are bad)."""
+    h, w = img.shape
+    ix, iy = int(np.rint(x)), int(np.rint(y))
+    sl = (slice(max(0, iy - r), min(h, iy + r + 1)), slice(max(0, ix - r), min(w, ix + r + 1)))
+    vals = img[sl][~bad[sl]]
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return True
+    return bool(np.isfinite(sat_thr) and vals.max() >= sat_thr)
+
+
+def forced_snr(work, sigma, bad, x, y, r):
+    """Forced circular-aperture (flux, S/N, SEP flag) at one position (error = sky sigma, mask = bad)."""
+    err = np.where(np.isfinite(sigma), sigma, 0.0)
+    flux, ferr, flag = sep.sum_circle(_c64(np.where(bad, 0.0, work)), np.array([float(x)]),
+                                      np.array([float(y)]), float(r), err=_c64(err),
+                                      mask=np.ascontiguousarray(bad), subpix=5)
+    f, e = float(flux[0]), float(ferr[0])
+    snr = f / e if e > 0 else float("nan")
+    return f, snr, int(flag[0])
+
+
+def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sigma, bad, satur, s,
+              sat_thr, sat_r, r_forced) -> None:
+    """Accept Gaia seeds in table order (S4.6f); mutates ``sel`` and ``used``."""
+    rs = sel.reasons
+    match_r2 = float(s.gaia_match_r_pix) ** 2
+    qok_all = q_ok(cand.a, cand.b, s.q_range)
+    h, w = img.shape
+    for sx, sy in seeds:
+        if len(sel) >= s.max_stars:
+            break
+        ix, iy = int(np.rint(sx)), int(np.rint(sy))
+        if not (0 <= ix < w and 0 <= iy < h) or bad[iy, ix]:
+            _bump(rs, "gaia_bad_pixel")
+            continue
+        if seed_box_saturated(img, bad, sx, sy, int(s.gaia_seed_sat_r), sat_thr):
+            _bump(rs, "gaia_saturated")
+            continue
+        d2 = (cand.x - sx) ** 2 + (cand.y - sy) ** 2 if cand.x.size else np.zeros(0)
+        near = d2 <= match_r2
+        x, y, origin, snapped = float(sx), float(sy), ORIGIN_GAIA, None
+        if s.gaia_snap_to_sep:
+            free = near & np.array([i not in used for i in range(cand.x.size)], dtype=bool)
+            if free.any():
+                j = int(np.flatnonzero(free)[np.argmin(d2[free])])
+                if not qok_all[j]:
+                    _bump(rs, "gaia_snap_roundness")
+                    continue
+                x, y, origin, snapped = float(cand.x[j]), float(cand.y[j]), ORIGIN_BOTH, j
+        elif near.any():
+            origin = ORIGIN_BOTH
+        if box_has_saturated(satur, x, y, sat_r):
+            _bump(rs, "gaia_saturated_stamp")
+            continue
+        _, snr, flag = forced_snr(work, sigma, bad, x, y, r_forced)
+        if flag != 0 or not (snr >= s.gaia_snr_min):
+            _bump(rs, "gaia_low_snr" if flag == 0 else "gaia_aperture_flag")
+            continue
+        if not sel.far_enough(x, y, s.min_sep):
+            _bump(rs, "min_sep")
+            continue
+        sel.add(x, y, origin)
+        if snapped is not None:
+            used.add(snapped)
+
+
+def sep_pass(sel: Selection, cand: Candidates, used: set, s) -> None:
+    """Fill with SEP candidates by descending score, min_sep apart, up to max_stars (S4.6g)."""
+    for i in cand.ok:
+        if len(sel) >= s.max_stars:
+            break
+        if int(i) in used:
+            continue
+        if not sel.far_enough(cand.x[i], cand.y[i], s.min_sep):
+            _bump(sel.reasons, "min_sep")
+            continue
+        sel.add(cand.x[i], cand.y[i], ORIGIN_SEP)
+        used.add(int(i))
+
+
+def seeds_in_window(gaia_xy, x0, y0, shape, need):
+    """Working-frame seeds inside the edge-clearance window, as cell-local (N, 2) (S4.6c)."""
+    if gaia_xy is None:
+        return np.zeros((0, 2))
+    xy = np.asarray(gaia_xy, dtype=float).reshape(-1, 2)
+    lx, ly = xy[:, 0] - x0, xy[:, 1] - y0
+    h, w = shape
+    ok = np.isfinite(lx) & np.isfinite(ly) & (lx >= need) & (lx < w - need - 1) \
+        & (ly >= need) & (ly < h - need - 1)
+    return np.column_stack([lx[ok], ly[ok]])

@@ -1,0 +1,484 @@
+"""Load and validate the inputs (spec S1), streaming one band at a time.
+
+``load_inputs`` first reads every FITS *header* (cheap) and runs all checks that can fail
+(header keywords, duplicate FILTER, shape, WCS alignment, catalog bands), so a bad input stops
+the run before any pixel work. It then streams the bands: read one image -> scale and mask ->
+crop -> add to the white stack and the saturation cut -> write to the prepared store -> free.
+Peak memory is therefore one band plus the white-stack accumulators, whatever the band count.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from astropy.wcs import WCS
+
+from ..errors import InputError
+from ..io import fits as fio
+from ..io.prepared import MASK_NONFINITE, MASK_SATURATED, BandInfo
+from ..io.tables import read_text_lines
+from .catalog import ColumnMap, check_bands, read_catalog, validate_catalog
+
+__all__ = ["read_image_list", "parse_band_header", "prepare_band", "PreparedBand", "check_alignment",
+           "crop_box", "load_inputs", "LoadResult", "WhiteStack", "SaturationCut", "saturation_hits",
+           "project_catalog"]
+
+log = logging.getLogger("tract7dt_mpi.stages.load")
+
+
+class WhiteStack:
+    """Inverse-variance white stack accumulated one band at a time (spec S1.3).
+
+    Per band ``w = 1/max(sigma_sky^2, 1e-12)`` on finite pixels (saturated pixels keep their
+    weight), 0 elsewhere; ``white = sum(w*img)/sum(w)`` (NaN where sum(w) = 0) and
+    ``sigma_white = sqrt(1/sum(w))`` (inf there), both float32. Sums are float64 and updated in
+    row chunks of ``max(256, min(1024, H//8))`` rows to bound temporaries.
+    """
+
+    def __init__(self, shape):
+        self.shape = tuple(int(v) for v in shape)
+        self._num = np.zeros(self.shape, dtype=np.float64)
+        self._den = np.zeros(self.shape, dtype=np.float64)
+        self.step = max(256, min(1024, self.shape[0] // 8))
+        self.n_bands = 0
+
+    def add(self, img: np.ndarray, nonfinite: np.ndarray, sigma_sky) -> None:
+        """Add one band; ``sigma_sky`` is a scalar or an array of the band's shape."""
+        if img.shape != self.shape:
+            raise ValueError(f"white stack: band shape {img.shape} != {self.shape}")
+        scalar = np.ndim(sigma_sky) == 0
+        for r0 in range(0, self.shape[0], self.step):
+            sl = slice(r0, r0 + self.step)
+            sig = np.float64(sigma_sky) if scalar else np.asarray(sigma_sky[sl], dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = 1.0 / np.maximum(sig * sig, 1e-12)
+                good = ~nonfinite[sl] & np.isfinite(sig) & (sig > 0)
+                w = np.where(good, w, 0.0)
+                self._num[sl] += np.where(good, w * img[sl], 0.0)
+            self._den[sl] += w
+        self.n_bands += 1
+
+    def finalize(self):
+        """(white, sigma_white) float32; the accumulators are released."""
+        white = np.empty(self.shape, dtype=np.float32)
+        sigma = np.empty(self.shape, dtype=np.float32)
+        for r0 in range(0, self.shape[0], self.step):
+            sl = slice(r0, r0 + self.step)
+            den = self._den[sl]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                white[sl] = np.where(den > 0, self._num[sl] / den, np.nan)
+                sigma[sl] = np.where(den > 0, np.sqrt(1.0 / den), np.inf)
+        self._num = self._den = None
+        return white, sigma
+
+
+def _hits_one_band(xc, yc, pix, radius) -> np.ndarray:
+    """True where a saturated pixel (rows of ``pix`` = (y, x)) lies within ``radius`` of the
+    integer centre (xc, yc): the same set as the spec's in-bounds integer disk offsets."""
+    hit = np.zeros(len(xc), dtype=bool)
+    if len(pix) == 0 or len(xc) == 0:
+        return hit
+    from scipy.spatial import cKDTree
+    tree = cKDTree(pix[:, ::-1].astype(np.float64))
+    d, _ = tree.query(np.column_stack([xc, yc]), k=1, distance_upper_bound=radius + 1e-9)
+    hit[:] = np.isfinite(d) & (d <= radius + 1e-9)
+    return hit
+
+
+def saturation_hits(x, y, band_pixels, radius: float, require_all: bool = False) -> np.ndarray:
+    """Saturation-cut flag at pixel positions (spec S1.5): any (or all) bands hit within
+    ``radius`` of the rounded position; non-finite positions are never flagged."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    cut = SaturationCut(x, y, radius, require_all)
+    for pix in band_pixels:
+        cut.add_band(pix)
+    return cut.result()
+
+
+class SaturationCut:
+    """Streaming any-band / all-bands saturation cut over catalog positions (spec S1.5)."""
+
+    def __init__(self, x, y, radius: float, require_all: bool = False):
+        self.radius = max(0.0, float(radius))
+        self.require_all = bool(require_all)
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        self._ok = np.isfinite(x) & np.isfinite(y)
+        self._xc = np.rint(x[self._ok])
+        self._yc = np.rint(y[self._ok])
+        self._acc = None
+
+    def add_band(self, satur_pixels: np.ndarray) -> None:
+        """``satur_pixels``: (n, 2) array of (y, x) of the band's saturated pixels."""
+        h = _hits_one_band(self._xc, self._yc, np.asarray(satur_pixels).reshape(-1, 2), self.radius)
+        if self._acc is None:
+            self._acc = h
+        elif self.require_all:
+            self._acc &= h
+        else:
+            self._acc |= h
+
+    def result(self) -> np.ndarray:
+        out = np.zeros(self._ok.shape, dtype=bool)
+        if self._acc is not None:
+            out[self._ok] = self._acc
+        return out
+
+
+def read_image_list(path: str, base_dir: str | None = None) -> list[str]:
+    """FITS paths of the image list: blank and ``#`` lines skipped, ``~`` expanded, relative
+    entries resolved against ``base_dir`` (the config's folder; default the list's folder)."""
+    lines = read_text_lines(path, "image list file")
+    base = base_dir or os.path.dirname(os.path.abspath(path))
+    out = []
+    for line in lines:
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        s = os.path.expanduser(s)
+        out.append(os.path.abspath(s if os.path.isabs(s) else os.path.join(base, s)))
+    if not out:
+        raise InputError(f"No image paths found in image list {path}")
+    return out
+
+
+def _hfloat(header, key):
+    """Header value as float, or None when absent/blank/non-numeric."""
+    if key not in header:
+        return None
+    try:
+        return float(header[key])
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_band_header(header, path: str, zp_ref: float, logger=None) -> BandInfo:
+    """Check the required keywords (inputs spec 2.1) and derive scale and FWHM."""
+    logger = logger or log
+    if "FILTER" not in header:
+        raise InputError(f"Missing FILTER in {path}")
+    band = str(header["FILTER"]).strip()
+    if not band:
+        raise InputError(f"Empty FILTER in {path}")
+    if "ZP_AUTO" not in header:
+        raise InputError(f"Missing ZP_AUTO in {path}")
+    zp = _hfloat(header, "ZP_AUTO")
+    if zp is None or not np.isfinite(zp):
+        raise InputError(f"Bad ZP_AUTO in {path}: expected a finite magnitude, got {header['ZP_AUTO']!r}")
+    skysig = _hfloat(header, "SKYSIG")
+    if skysig is None or not np.isfinite(skysig) or skysig <= 0:
+        raise InputError(f"Bad/Missing SKYSIG in {path}: expected a finite number > 0 (ADU), "
+                         f"got {header.get('SKYSIG')!r}")
+    egain = _hfloat(header, "EGAIN")
+    if egain is None or not np.isfinite(egain) or egain <= 0:
+        raise InputError(f"Bad/Missing EGAIN (e-/ADU) in {path}: expected a finite number > 0, "
+                         f"got {header.get('EGAIN')!r}")
+    saturate = _hfloat(header, "SATURATE")
+    if "SATURATE" not in header:
+        logger.warning("SATURATE missing in %s; using inf.", path)
+        saturate = np.inf
+    elif saturate is None or not np.isfinite(saturate) or saturate <= 0:
+        logger.warning("SATURATE invalid in %s (%r); using inf.", path, header["SATURATE"])
+        saturate = np.inf
+    fwhm = _hfloat(header, "PEEING")
+    if fwhm is None or not np.isfinite(fwhm) or fwhm <= 0:
+        fwhm = np.nan
+        seeing = _hfloat(header, "SEEING")
+        if seeing is not None and np.isfinite(seeing) and seeing > 0:
+            try:
+                from astropy.wcs.utils import proj_plane_pixel_scales
+                w = fio.wcs_from_header(header)
+                pixscale = float(np.median(proj_plane_pixel_scales(w.celestial))) * 3600.0  # deg -> "
+            except Exception:
+                pixscale = np.nan
+            if np.isfinite(pixscale) and pixscale > 0:
+                fwhm = seeing / pixscale
+    scale = float(10.0 ** (-0.4 * (zp - zp_ref)))
+    return BandInfo(band=band, filter=band, path=path, scale=scale, zp_auto=float(zp),
+                    skysig=float(skysig), egain=float(egain), saturate=float(saturate),
+                    fwhm_pix=float(fwhm), header=fio.header_to_text(header))
+
+
+@dataclass
+class PreparedBand:
+    """One band in the working frame: scaled image and the two masks kept apart (spec S1.2)."""
+
+    info: BandInfo
+    img: np.ndarray        # float32, raw * scale
+    nonfinite: np.ndarray  # bool
+    satur: np.ndarray      # bool, raw >= SATURATE / saturation_divisor
+
+    @property
+    def sigma_sky(self) -> float:
+        return self.info.skysig * self.info.scale
+
+    def mask_bits(self) -> np.ndarray:
+        bits = self.nonfinite.astype(np.uint8) * MASK_NONFINITE
+        bits |= self.satur.astype(np.uint8) * MASK_SATURATED
+        return bits
+
+
+def prepare_band(raw: np.ndarray, info: BandInfo, saturation_divisor: float = 1.3,
+                 logger=None) -> PreparedBand:
+    """Scale ``raw`` (float32) in place and build the masks. An all-NaN image only warns and is
+    flagged (``info.all_nan``) so that the run can go on with the other bands."""
+    logger = logger or log
+    nonfinite = ~np.isfinite(raw)
+    all_nan = bool(nonfinite.all())
+    if all_nan:
+        logger.warning("Band %s (%s) has no finite pixel in the working frame; it is flagged "
+                       "(all_nan) and contributes nothing.", info.band, info.path)
+    thr = info.saturate / float(saturation_divisor)
+    with np.errstate(invalid="ignore"):
+        satur = (raw >= thr) & ~nonfinite if np.isfinite(thr) else np.zeros(raw.shape, dtype=bool)
+    raw *= np.float32(info.scale)
+    if all_nan != info.all_nan:
+        info = BandInfo(**{**info.__dict__, "all_nan": all_nan})
+    return PreparedBand(info=info, img=raw, nonfinite=nonfinite, satur=satur)
+
+
+def _wcs_terms(w: WCS):
+    ww = w.wcs
+    if ww.has_cd():
+        return "cd", np.asarray(ww.cd, float), None
+    return "pc", np.asarray(ww.get_pc(), float), np.asarray(ww.cdelt, float)
+
+
+def check_alignment(ref: WCS, other: WCS, checks, path: str, logger=None) -> None:
+    """Raise InputError "WCS mismatch with reference: <file> (...)" when ``other`` differs from
+    ``ref`` beyond ``checks.wcs_tolerance`` (CRVAL, CRPIX, CD or CDELT+PC, CTYPE)."""
+    logger = logger or log
+    tol = checks.wcs_tolerance
+    why = None
+    a, b = ref.wcs, other.wcs
+    if tuple(a.ctype) != tuple(b.ctype):
+        why = f"CTYPE {tuple(b.ctype)} != {tuple(a.ctype)}"
+    elif not np.allclose(a.crval, b.crval, rtol=0, atol=tol.crval):
+        why = f"CRVAL differs by {np.max(np.abs(np.subtract(a.crval, b.crval))):.3g} deg > {tol.crval}"
+    elif not np.allclose(a.crpix, b.crpix, rtol=0, atol=tol.crpix):
+        why = f"CRPIX differs by {np.max(np.abs(np.subtract(a.crpix, b.crpix))):.3g} px > {tol.crpix}"
+    else:
+        ka, ma, da = _wcs_terms(ref)
+        kb, mb, db = _wcs_terms(other)
+        if ka != kb:
+            why = "one header uses CD, the other CDELT/PC"
+        elif not np.allclose(ma, mb, rtol=0, atol=tol.cd):
+            why = f"{ka.upper()} differs by {np.max(np.abs(ma - mb)):.3g} > {tol.cd}"
+        elif ka == "pc" and not np.allclose(da, db, rtol=0, atol=tol.cdelt):
+            why = f"CDELT differs by {np.max(np.abs(da - db)):.3g} > {tol.cdelt}"
+    if why:
+        logger.error("[CHECK] WCS alignment FAILED for %s", path)
+        raise InputError(f"WCS mismatch with reference: {path} ({why})")
+
+
+def crop_box(shape, crop_cfg) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1) kept by the crop (whole frame when disabled); InputError when empty."""
+    H, W = shape
+    if not getattr(crop_cfg, "enabled", False):
+        return 0, W, 0, H
+    m = int(crop_cfg.margin)
+    x0, x1, y0, y1 = m, W - m, m, H - m
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"Invalid crop region: crop.margin={m} leaves nothing of a {W}x{H} frame")
+    return x0, x1, y0, y1
+
+
+def project_catalog(df: pd.DataFrame, cmap: ColumnMap, wcs: WCS) -> tuple[np.ndarray, np.ndarray]:
+    """0-based pixel (x, y) of every row with the given WCS; NaN for non-finite RA/DEC."""
+    ra = pd.to_numeric(df[cmap.ra], errors="coerce").to_numpy(float)
+    dec = pd.to_numeric(df[cmap.dec], errors="coerce").to_numpy(float)
+    x = np.full(len(df), np.nan)
+    y = np.full(len(df), np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if ok.any():
+        px, py = wcs.all_world2pix(ra[ok], dec[ok], 0, quiet=True) if _has_sip(wcs) \
+            else wcs.all_world2pix(ra[ok], dec[ok], 0)
+        x[ok], y[ok] = px, py
+    x[~np.isfinite(x) | ~np.isfinite(y)] = np.nan
+    y[~np.isfinite(x)] = np.nan
+    return x, y
+
+
+def _has_sip(wcs):
+    return getattr(wcs, "sip", None) is not None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class LoadResult:
+    """Everything later stages need from the load stage (per-band arrays live in the store)."""
+
+    catalog: pd.DataFrame
+    column_map: ColumnMap
+    catalog_path: str
+    bands: list
+    band_infos: dict
+    wcs: WCS
+    shape: tuple
+    white: np.ndarray
+    sigma_white: np.ndarray
+    satur_any: np.ndarray
+    satur_pixels: dict            # band -> (n, 2) int32 (y, x) of saturated working-frame pixels
+    crop: tuple                   # (x0, x1, y0, y1) in the original frame
+    wcs_path: str | None = None
+    timings: dict = field(default_factory=dict)
+    peak_rss: float = float("nan")  # MiB
+
+    def satur_hits(self, x, y, radius: float, require_all: bool = False) -> np.ndarray:
+        """Saturation-cut rule at working-frame positions (for candidate Gaia rows)."""
+        use = [b for b in self.bands if not self.band_infos[b].all_nan]
+        return saturation_hits(x, y, [self.satur_pixels[b] for b in use], radius, require_all)
+
+
+def _get(section, name, default):
+    return getattr(section, name, default) if section is not None else default
+
+
+def _headers_pass(paths, cfg, logger):
+    """Read and check every header; returns (infos, shape, ref_wcs) without touching pixels."""
+    zp_ref = float(cfg.image_scaling.zp_ref)
+    checks = cfg.checks
+    infos, shape, ref_wcs, seen = [], None, None, {}
+    for path in paths:
+        hdr = fio.read_header(path)
+        shp = fio.image_shape(hdr, path)
+        info = parse_band_header(hdr, path, zp_ref, logger)
+        if info.band in seen:
+            raise InputError(f"Duplicate FILTER {info.band!r} in {path} (already used by {seen[info.band]})")
+        seen[info.band] = path
+        wcs = fio.wcs_from_header(hdr)
+        if shape is None:
+            shape, ref_wcs = shp, wcs
+        else:
+            if shp != shape:
+                extra = "" if _get(checks, "require_same_shape", True) else \
+                    " (checks.require_same_shape is off, but stacking needs one shape)"
+                raise InputError(f"Image shape mismatch: {path} has {shp}, expected {shape}{extra}")
+            if _get(checks, "require_wcs_alignment", True):
+                check_alignment(ref_wcs, wcs, checks, path, logger)
+        infos.append(info)
+    if _get(checks, "require_wcs_alignment", True):
+        logger.info("[CHECK] WCS alignment PASSED for all images.")
+    return infos, shape, ref_wcs
+
+
+def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: bool = True) -> LoadResult:
+    """Run stage S1 and return a :class:`LoadResult`; per-band arrays go to ``writer``
+    (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed."""
+    logger = logger or log
+    t_all = time.perf_counter()
+    tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0, overlay=0.0)
+    cat_path = cfg.inputs.input_catalog
+    catalog = read_catalog(cat_path)
+    cmap = validate_catalog(catalog, cat_path, logger)
+    paths = read_image_list(cfg.inputs.image_list_file, getattr(cfg, "config_dir", None))
+    logger.info("Image list: %d image(s) from %s", len(paths), cfg.inputs.image_list_file)
+    infos, shape, ref_wcs = _headers_pass(paths, cfg, logger)
+    check_bands(catalog, [i.band for i in infos], cat_path, logger)
+
+    t0 = time.perf_counter()
+    x0, x1, y0, y1 = crop_box(shape, cfg.crop)
+    wcs = ref_wcs[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, shape[1], shape[0]) else ref_wcs.deepcopy()
+    wshape = (y1 - y0, x1 - x0)
+    catalog = catalog.copy()
+    catalog["_row"] = np.arange(len(catalog), dtype=np.int64)
+    xw, yw = project_catalog(catalog, cmap, wcs)
+    catalog["x_pix_white"], catalog["y_pix_white"] = xw, yw
+    cropping = bool(_get(cfg.crop, "enabled", False))
+    inside = np.isfinite(xw) & (xw >= 0) & (xw < wshape[1]) & (yw >= 0) & (yw < wshape[0])
+    catalog["excluded_crop"] = ~inside if cropping else np.zeros(len(catalog), bool)
+    tm["crop"] += time.perf_counter() - t0
+
+    sc = cfg.source_saturation_cut
+    sat_on = bool(_get(sc, "enabled", True))
+    satcut = SaturationCut(xw, yw, float(_get(sc, "radius_pix", 20.0)), bool(_get(sc, "require_all_bands", False)))
+    divisor = float(_get(sc, "saturation_divisor", 1.3))
+    white = WhiteStack(wshape)
+    ds = max(1, int(_get(cfg.crop, "display_downsample", 4)))
+    pre_plot = plots and cropping and bool(_get(cfg.crop, "plot_pre_crop", True))
+    white_full = WhiteStack((len(range(0, shape[0], ds)), len(range(0, shape[1], ds)))) if pre_plot else None
+    satur_any = np.zeros(wshape, dtype=bool)
+    satur_pixels, band_infos = {}, {}
+    if writer is not None:
+        writer.create(wshape, x0, y0, float(cfg.image_scaling.zp_ref), fio.header_to_text(wcs.to_header(relax=True)))
+
+    for info in infos:  # ---- stream: one band in memory at a time ----
+        t0 = time.perf_counter()
+        if white_full is not None:  # strided full frame, only for white_before_crop.png
+            small = fio.read_image(info.path, step=ds)[0] * np.float32(info.scale)
+            white_full.add(small, ~np.isfinite(small), info.skysig * info.scale)
+            del small
+        raw, _ = fio.read_image(info.path, box=(y0, y1, x0, x1))  # only the working frame
+        pb = prepare_band(raw, info, divisor, logger)
+        del raw
+        tm["prep"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        white.add(pb.img, pb.nonfinite, pb.sigma_sky)
+        tm["white"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        satur_any |= pb.satur
+        satur_pixels[pb.info.band] = np.argwhere(pb.satur).astype(np.int32)
+        if sat_on and not pb.info.all_nan:
+            satcut.add_band(satur_pixels[pb.info.band])
+        tm["sat"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if writer is not None:
+            writer.write_band(pb.info.band, pb.img, pb.mask_bits(), _band_attrs(pb.info))
+        tm["prep"] += time.perf_counter() - t0
+        band_infos[pb.info.band] = pb.info
+        del pb
+
+    t0 = time.perf_counter()
+    white_img, sigma_white = white.finalize()
+    del white
+    if writer is not None:
+        writer.write_white(white_img, sigma_white)
+    tm["white"] += time.perf_counter() - t0
+
+    catalog["excluded_saturation"] = satcut.result() if sat_on else np.zeros(len(catalog), bool)
+    if sat_on:
+        rule = "all-bands" if satcut.require_all else "any-band"
+        logger.info("Saturation-cut (%s): flagged %d/%d sources within radius_pix=%s", rule,
+                    int(catalog["excluded_saturation"].sum()), len(catalog), satcut.radius)
+    catalog["excluded_any"] = catalog["excluded_crop"].to_numpy(bool) | catalog["excluded_saturation"].to_numpy(bool)
+    n_act = int((~catalog["excluded_any"]).sum())
+    logger.info("Active (non-excluded) sources: %d/%d", n_act, len(catalog))
+
+    work_dir = cfg.outputs.work_dir
+    wcs_path = os.path.join(work_dir, "wcs.fits")
+    fio.write_wcs_snapshot(wcs_path, wcs, wshape)
+    logger.info("Saved WCS snapshot: %s", wcs_path)
+
+    res = LoadResult(catalog=catalog, column_map=cmap, catalog_path=cat_path, bands=list(band_infos),
+                     band_infos=band_infos, wcs=wcs, shape=wshape, white=white_img, sigma_white=sigma_white,
+                     satur_any=satur_any, satur_pixels=satur_pixels, crop=(x0, x1, y0, y1), wcs_path=wcs_path)
+    if plots:
+        t0 = time.perf_counter()
+        from ..plots.load_plots import make_load_plots
+        make_load_plots(cfg, res, white_full.finalize()[0] if white_full is not None else None, ds, logger)
+        tm["overlay"] += time.perf_counter() - t0
+    tm["total"] = time.perf_counter() - t_all
+    res.timings = tm
+    res.peak_rss = peak_rss_mib()
+    logger.info("load_inputs timing [s]: prep=%.2f white=%.2f crop=%.2f sat=%.2f overlay=%.2f total=%.2f",
+                tm["prep"], tm["white"], tm["crop"], tm["sat"], tm["overlay"], tm["total"])
+    logger.info("load_inputs peak RSS: %.0f MiB (%d bands of %dx%d)", res.peak_rss, len(band_infos),
+                wshape[1], wshape[0])
+    return res
+
+
+def _band_attrs(info: BandInfo) -> dict:
+    return dict(filter=info.filter, path=info.path, scale=info.scale, zp_auto=info.zp_auto,
+                skysig=info.skysig, egain=info.egain, saturate=info.saturate, fwhm_pix=info.fwhm_pix,
+                all_nan=info.all_nan, header=info.header)
+

@@ -1,0 +1,213 @@
+"""Final catalog (spec S10): every base row left-joined with its patch fit result on ``_row``.
+
+The base catalog (augmented when Gaia ran, else the input catalog — always with the exclusion
+flags) keeps its row order and every original column; fit columns come from the concatenated
+``PatchResult`` tables (only columns the base does not have). Sky positions of the fits come from
+the working-frame WCS (origin 0); the reliability columns use the tag registry in ``flags.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from .. import flags
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+_FLAG_COLS = ("excluded_crop", "excluded_saturation")
+
+
+def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
+    """Turn fixed-width byte-string columns (as read from the HDF5 store) into str."""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if col.dtype.kind == "S":
+            out[c] = [v.decode("utf-8", "replace") for v in col]
+        elif col.dtype == object and len(col) and isinstance(col.iloc[0], (bytes, np.bytes_)):
+            out[c] = [v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else v
+                      for v in col]
+    return out
+
+
+def _fill_sky(df: pd.DataFrame, wcs, xcol: str, ycol: str, racol: str, deccol: str) -> None:
+    """Fill ``racol``/``deccol`` from white-frame pixels (origin 0) where missing, in place."""
+    if xcol not in df.columns or ycol not in df.columns:
+        return
+    x = pd.to_numeric(df[xcol], errors="coerce").to_numpy(float)
+    y = pd.to_numeric(df[ycol], errors="coerce").to_numpy(float)
+    ra = (pd.to_numeric(df[racol], errors="coerce").to_numpy(float) if racol in df.columns
+          else np.full(len(df), np.nan))
+    dec = (pd.to_numeric(df[deccol], errors="coerce").to_numpy(float) if deccol in df.columns
+           else np.full(len(df), np.nan))
+    need = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(ra) & np.isfinite(dec))
+    if need.any():
+        r, d = wcs.all_pix2world(x[need], y[need], 0)
+        ra[need] = r
+        dec[need] = d
+    df[racol] = ra
+    df[deccol] = dec
+
+
+def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None, wcs,
+                  cfg=None) -> pd.DataFrame:
+    """Left-join ``results_table`` (concatenated PatchResult tables) onto ``base_catalog``.
+
+    ``base_catalog`` needs ``_row`` (else its positional index is used); ``wcs`` is the working
+    frame's astropy WCS (None: RA/DEC_fit stay NaN, with a warning). Duplicate ``_row`` in the
+    results: warning, first kept. Returns the final catalog in base order, without ``_row``.
+    ``cfg`` is accepted for symmetry with other stages and is not needed.
+    """
+    base = base_catalog.copy()
+    if "_row" not in base.columns:
+        base["_row"] = np.arange(len(base), dtype=np.int64)
+    if base["_row"].duplicated().any():
+        raise InputError("base catalog: column '_row' must be unique")
+    for c in _FLAG_COLS:
+        base[c] = flags.as_bool(base[c]) if c in base.columns else np.zeros(len(base), bool)
+    base["excluded_any"] = flags.as_bool(base["excluded_crop"]) | flags.as_bool(
+        base["excluded_saturation"]) | (flags.as_bool(base["excluded_any"])
+                                        if "excluded_any" in base.columns else False)
+    base["excluded_reason"] = flags.excluded_reason(base["excluded_crop"],
+                                                    base["excluded_saturation"])
+    if "affected_by_bright_mask" in base.columns:
+        base["affected_by_bright_mask"] = flags.as_bool(base["affected_by_bright_mask"])
+
+    if results_table is None or len(results_table) == 0:
+        fits = pd.DataFrame({"_row": np.zeros(0, dtype=np.int64)})
+        if results_table is not None:
+            fits = _decode_bytes(results_table)
+    else:
+        fits = _decode_bytes(results_table)
+    if "_row" not in fits.columns:
+        raise InputError("patch results: missing key column '_row'")
+    dup = fits["_row"].duplicated(keep="first")
+    if dup.any():
+        sample = fits.loc[dup, "_row"].head(5).tolist()
+        log.warning("Dropping %d duplicate key(s) in patch results (keeping first); sample _row: %s",
+                    int(dup.sum()), sample)
+        fits = fits.loc[~dup]
+    keep = ["_row"] + [c for c in fits.columns if c != "_row" and c not in base.columns]
+    out = base.merge(fits[keep], on="_row", how="left", sort=False, validate="one_to_one")
+
+    if wcs is None:
+        log.warning("merge: no working WCS available; RA_fit/DEC_fit left empty")
+    else:
+        if "x_pix_white_fit" in out.columns:
+            _fill_sky(out, wcs, "x_pix_white_fit", "y_pix_white_fit", "RA_fit", "DEC_fit")
+        for b in flags.fit_bands(out):
+            _fill_sky(out, wcs, f"x_pix_white_{b}_fit", f"y_pix_white_{b}_fit",
+                      f"RA_{b}_fit", f"DEC_{b}_fit")
+    if "_is_halo_source" in out.columns:
+        out["_is_halo_source"] = flags.as_bool(out["_is_halo_source"])
+
+    reliable, issues = flags.reliability(out)
+    out["fit_is_reliable"] = reliable
+    out["fit_quality_issues"] = issues
+    out = out.drop(columns=["_row"])
+    _log_summary(out)
+    return out
+
+
+def fit_summary(df: pd.DataFrame) -> dict:
+    """Counts for the "Fit summary" line: rows with a fit, converged, hit_max_iters.
+
+    Single-band catalogs count a row converged when every band converged and hit-max when any
+    band hit the limit.
+    """
+    fitted = flags.has_fit_result(df)
+    conv_cols = flags._opt_cols(df, "opt_converged")
+    hit_cols = flags._opt_cols(df, "opt_hit_max_iters")
+    conv = np.ones(len(df), bool) if conv_cols else np.zeros(len(df), bool)
+    for c in conv_cols:
+        conv &= flags.as_bool(df[c])
+    hit = np.zeros(len(df), bool)
+    for c in hit_cols:
+        hit |= flags.as_bool(df[c])
+    return {"converged": int((conv & fitted).sum()), "hit_max_iters": int((hit & fitted).sum()),
+            "total": int(fitted.sum())}
+
+
+def _log_summary(df: pd.DataFrame) -> None:
+    n_fit = int(flags.has_fit_result(df).sum())
+    log.info("Merged catalog: %d rows x %d columns", len(df), df.shape[1])
+    log.info("Excluded: crop=%d, saturation=%d, any=%d",
+             int(flags.as_bool(df["excluded_crop"]).sum()),
+             int(flags.as_bool(df["excluded_saturation"]).sum()),
+             int(flags.as_bool(df["excluded_any"]).sum()))
+    log.info("merge-missing (left join rows without fit): %d", len(df) - n_fit)
+    s = fit_summary(df)
+    log.info("Fit summary: converged=%d, hit_max_iters=%d, total=%d",
+             s["converged"], s["hit_max_iters"], s["total"])
+    log.info("Reliable fits: %d/%d", int(df["fit_is_reliable"].sum()), len(df))
+
+
+def read_patch_csvs(tractor_out_dir: str, pattern: str = "*_cat_fit.csv") -> pd.DataFrame:
+    """Concatenate every ``**/{pattern}`` under ``tractor_out_dir`` (sorted), for the legacy
+    file-based merge. Text identifiers stay text. InputError when none is found."""
+    import glob
+
+    files = sorted(glob.glob(os.path.join(tractor_out_dir, "**", pattern), recursive=True))
+    if not files:
+        raise InputError(f"No patch result CSVs found: {tractor_out_dir}/**/{pattern}")
+    frames = []
+    for f in files:
+        head = pd.read_csv(f, nrows=0)
+        text = {c: str for c in head.columns if c.strip().lower() in ("id", "gaia_source_id")}
+        frames.append(pd.read_csv(f, dtype=text, keep_default_na=True))
+    out = pd.concat(frames, ignore_index=True)
+    if "_row" not in out.columns:
+        raise InputError(f"patch result CSVs under {tractor_out_dir} lack the '_row' column")
+    return out
+
+
+def fits_table(df: pd.DataFrame):
+    """An astropy Table for the FITS copy: bools as L, text as A, numbers as floats/ints.
+
+    Object columns are classified by their non-missing values: all bool -> bool (missing False),
+    all numeric -> float (missing NaN), else text (missing "").
+    """
+    from astropy.table import Table
+
+    t = Table()
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind in "biuf":
+            t[c] = col.to_numpy()
+            continue
+        vals = col.to_numpy(dtype=object)
+        present = [v for v in vals if v is not None and not (isinstance(v, float) and np.isnan(v))]
+        if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+            t[c] = flags.as_bool(col)
+        elif present and all(isinstance(v, (int, float, np.integer, np.floating))
+                             for v in present):
+            t[c] = pd.to_numeric(col, errors="coerce").to_numpy(float)
+        else:
+            txt = ["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
+                   for v in vals]
+            t[c] = np.array(txt, dtype=str) if txt else np.zeros(0, dtype="U1")
+    return t
+
+
+def write_final_catalog(df: pd.DataFrame, path: str) -> tuple[str, str]:
+    """Write the final catalog CSV at ``path`` and a FITS binary table next to it (``.fits``).
+
+    Both are written to a temporary name in the same folder and renamed. Returns both paths.
+    """
+    from ..io.atomic import atomic_path
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    fits_path = os.path.splitext(path)[0] + ".fits"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    t = fits_table(df)
+    with atomic_path(fits_path) as tmp:
+        t.write(tmp, format="fits", overwrite=True)
+    log.info("Saved final catalog: %s (+ %s)", path, os.path.basename(fits_path))
+    return path, fits_path

@@ -1,0 +1,218 @@
+"""One patch's in-memory unit of work (spec S7.5-S7.6): ROI cut-outs of every band, the PSF
+choice inputs and the catalog sub-table, built from the prepared-image store by any rank.
+
+Replaces the original gzip-pickle payloads: nothing is written by default;
+:func:`save_patch_inputs` dumps a patch to ``{patch_tag}.npz`` (arrays) + ``{patch_tag}.json``
+(catalog, band numbers, geometry) for debugging or re-running one patch, and
+:func:`load_patch_inputs` reads it back. No pickles are written or read anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io as _io
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .patches import PatchSpec
+
+_CUTOUT_FIELDS = ("img", "sigma_sky", "sigma_total", "nonfinite", "saturated", "bright",
+                  "bad_final")
+
+
+@dataclass
+class PsfChoiceInput:
+    """What the fitter needs to choose one band's PSF for one ePSF cell.
+
+    ``stamp``: the ePSF (float32, unit sum) or None when the cell has no ePSF; ``nstars_used``:
+    from the cell's meta.json (None when unknown); ``path``: where the ePSF lives (for the audit).
+    """
+
+    stamp: np.ndarray | None
+    nstars_used: int | None = None
+    path: str = ""
+
+    @property
+    def exists(self) -> bool:
+        return self.stamp is not None
+
+
+@dataclass
+class PatchInput:
+    """Everything one patch fit needs; arrays are ROI slices of the working frame."""
+
+    spec: PatchSpec
+    bands: list[str]
+    images: dict            # band -> io.prepared.Cutout
+    band_info: dict         # band -> io.prepared.BandInfo
+    cat: pd.DataFrame       # base + halo rows: all columns + x/y_pix_patch, _is_halo_source
+    psfs: dict = field(default_factory=dict)  # band -> PsfChoiceInput
+
+    @property
+    def tag(self) -> str:
+        return self.spec.patch_tag
+
+    def meta(self) -> dict:
+        """Payload meta of spec S7.6 (+ n_halo_sources)."""
+        s = self.spec
+        return {"patch_tag": s.patch_tag, "epsf_tag": s.epsf_tag, "epsf_r": s.epsf_r,
+                "epsf_c": s.epsf_c, "patch_r": s.patch_r, "patch_c": s.patch_c,
+                "halo_pix": s.halo_pix,
+                "base_bbox": [s.x0_base, s.x1_base, s.y0_base, s.y1_base],
+                "roi_bbox": [s.x0_roi, s.x1_roi, s.y0_roi, s.y1_roi],
+                "n_sources": int((~self.cat["_is_halo_source"]).sum()),
+                "n_halo_sources": int(self.cat["_is_halo_source"].sum())}
+
+
+def psf_choice_from_files(epsf_dir: str, band: str, epsf_tag: str) -> PsfChoiceInput:
+    """Read ``{epsf_dir}/{band}/{epsf_tag}/epsf.npy`` and ``nstars_used`` from its meta.json.
+
+    Missing stamp -> ``stamp=None``; unreadable meta -> ``nstars_used=None`` (the gate then
+    accepts the ePSF, spec S9.2.2).
+    """
+    cell = os.path.join(epsf_dir, band, epsf_tag)
+    path = os.path.join(cell, "epsf.npy")
+    stamp = None
+    if os.path.exists(path):
+        try:
+            stamp = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            stamp = None
+    nstars = None
+    try:
+        with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
+            v = json.load(fh).get("nstars_used")
+        nstars = int(v) if v is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        nstars = None
+    return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path)
+
+
+def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
+    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5)."""
+    if "_row" not in catalog.columns:
+        raise InputError("working catalog: missing column '_row'")
+    pos = pd.Index(catalog["_row"].to_numpy(np.int64))
+    rows = np.concatenate([spec.base_rows, spec.halo_rows]).astype(np.int64)
+    idx = pos.get_indexer(rows)
+    if (idx < 0).any():
+        raise InputError(f"patch {spec.patch_tag}: _row {rows[idx < 0][0]} not in the catalog")
+    sub = catalog.iloc[idx].copy().reset_index(drop=True)
+    sub["x_pix_patch"] = pd.to_numeric(sub["x_pix_white"], errors="coerce") - spec.x0_roi
+    sub["y_pix_patch"] = pd.to_numeric(sub["y_pix_white"], errors="coerce") - spec.y0_roi
+    sub["_is_halo_source"] = np.r_[np.zeros(len(spec.base_rows), bool),
+                                   np.ones(len(spec.halo_rows), bool)]
+    return sub
+
+
+def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,
+                      cfg=None) -> PatchInput:
+    """Read the ROI of every band from ``prepared`` (io.prepared.PreparedImages) into a PatchInput.
+
+    ``psfs`` maps band -> PsfChoiceInput (missing bands get "no ePSF"); ``cfg`` is not needed
+    today and is accepted for the documented signature.
+    """
+    bands = list(prepared.bands)
+    images, infos = {}, {}
+    for b in bands:
+        images[b] = prepared.read(b, spec.y0_roi, spec.y1_roi, spec.x0_roi, spec.x1_roi,
+                                  with_bright=True)
+        infos[b] = prepared.band_info(b)
+    choice = {b: psfs.get(b) or PsfChoiceInput(stamp=None) for b in bands}
+    return PatchInput(spec=spec, bands=bands, images=images, band_info=infos,
+                      cat=patch_catalog(spec, catalog), psfs=choice)
+
+
+# --------------------------------------------------------------------------- debug dumps
+
+def _plain(v):
+    """A JSON-ready scalar (full float precision; NaN kept as NaN)."""
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    if v is None or isinstance(v, (str, int)):
+        return v
+    return str(v)
+
+
+def _spec_json(spec: PatchSpec) -> dict:
+    d = spec.record()
+    d["base_rows"] = [int(v) for v in spec.base_rows]
+    d["halo_rows"] = [int(v) for v in spec.halo_rows]
+    return d
+
+
+def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
+    """Write ``{tag}.npz`` (cut-outs, PSF stamps) and ``{tag}.json`` (everything else).
+
+    Both written to temporary names and renamed. Returns the two paths.
+    """
+    from ..io.atomic import atomic_write_bytes, atomic_write_text
+
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = {}
+    for b in pin.bands:
+        c = pin.images[b]
+        for f in _CUTOUT_FIELDS:
+            arrays[f"{b}/{f}"] = np.asarray(getattr(c, f))
+        st = pin.psfs[b].stamp if b in pin.psfs else None
+        if st is not None:
+            arrays[f"{b}/psf_stamp"] = np.asarray(st, np.float32)
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays)
+    npz = os.path.join(out_dir, f"{pin.tag}.npz")
+    atomic_write_bytes(npz, buf.getvalue())
+    doc = {
+        "format": "tract7dt-mpi patch input v1",
+        "spec": _spec_json(pin.spec),
+        "bands": list(pin.bands),
+        "band_info": {b: dataclasses.asdict(pin.band_info[b]) for b in pin.bands},
+        "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path}
+                 for b in pin.bands},
+        "meta": pin.meta(),
+        "cat": {"columns": [str(c) for c in pin.cat.columns],
+                "dtypes": [str(t) for t in pin.cat.dtypes],
+                "data": [[_plain(v) for v in row] for row in pin.cat.itertuples(index=False)]},
+    }
+    js = os.path.join(out_dir, f"{pin.tag}.json")
+    atomic_write_text(js, json.dumps(doc, indent=1, allow_nan=True))
+    return npz, js
+
+
+def load_patch_inputs(json_path: str) -> PatchInput:
+    """Read back a dump written by :func:`save_patch_inputs` (path of the .json or .npz)."""
+    from ..io.prepared import BandInfo, Cutout
+
+    base = os.path.splitext(json_path)[0]
+    try:
+        with open(base + ".json", encoding="utf-8") as fh:
+            doc = json.load(fh)
+        arrs = np.load(base + ".npz", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read patch input dump {base}.json/.npz: {exc}") from None
+    sd = dict(doc["spec"])
+    for k in ("n_sources", "n_halo_sources"):
+        sd.pop(k, None)
+    sd["base_rows"] = np.asarray(sd["base_rows"], np.int64)
+    sd["halo_rows"] = np.asarray(sd["halo_rows"], np.int64)
+    spec = PatchSpec(**sd)
+    bands = list(doc["bands"])
+    images = {b: Cutout(**{f: arrs[f"{b}/{f}"] for f in _CUTOUT_FIELDS}) for b in bands}
+    infos = {b: BandInfo(**doc["band_info"][b]) for b in bands}
+    psfs = {b: PsfChoiceInput(stamp=arrs[f"{b}/psf_stamp"] if f"{b}/psf_stamp" in arrs else None,
+                              nstars_used=doc["psfs"][b]["nstars_used"],
+                              path=doc["psfs"][b]["path"]) for b in bands}
+    cd = doc["cat"]
+    cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)
+    for c, t in zip(cd["columns"], cd["dtypes"]):
+        if t in ("bool", "float64", "float32", "int64", "int32"):
+            cat[c] = cat[c].astype(float if t.startswith("float") else t)
+    return PatchInput(spec=spec, bands=bands, images=images, band_info=infos, cat=cat, psfs=psfs)
