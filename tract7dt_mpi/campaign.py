@@ -129,10 +129,12 @@ def config_value(config: str | os.PathLike, dotted: str):
 def read_journal(path: str | os.PathLike) -> Counter:
     """Count tasks by their latest state in a JSONL journal; tolerant of partial or foreign lines.
 
-    Returns a Counter over ``done``, ``failed``, ``open`` (started or queued, not finished) and
-    ``total``; an absent journal gives an empty Counter.
+    Returns a Counter over ``done``, ``failed``, ``open`` (planned or started, not finished) and
+    ``total``; an absent journal gives an empty Counter. A header line with a new plan hash (a
+    forced re-plan) discards the states recorded before it, as the program itself does.
     """
     last: dict[str, str] = {}
+    plan_hash = None
     try:
         fh = open(path, encoding="utf-8", errors="replace")
     except OSError:
@@ -144,6 +146,11 @@ def read_journal(path: str | os.PathLike) -> Counter:
             except ValueError:
                 continue                       # a torn last line after a kill, or a comment
             if not isinstance(rec, dict):
+                continue
+            if rec.get("type") == "header":       # a run (re)started; a new plan hash means a fresh plan
+                if rec.get("plan_hash") != plan_hash and plan_hash is not None:
+                    last.clear()
+                plan_hash = rec.get("plan_hash")
                 continue
             task = next((rec[k] for k in ("task", "task_id", "tag", "id") if k in rec), None)
             state = next((rec[k] for k in ("state", "status") if k in rec), None)

@@ -318,8 +318,13 @@ def results_table(cfg, plan):
 
 def merge_step(cfg, base_catalog, results, wcs):
     """S10: final catalog (CSV + FITS)."""
+    import re
+
     from .stages.merge import merge_catalog, write_final_catalog
-    out = merge_catalog(base_catalog, results, wcs, cfg)
+    # RA/DEC of the fits are computed by merge from the fitted pixels; the store holds NaN there
+    sky = [c for c in results.columns if re.fullmatch(r"(RA|DEC)(_.+)?_fit", c)
+           and results[c].isna().all()]
+    out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, cfg)
     write_final_catalog(out, cfg.outputs.final_catalog)
     return out
 

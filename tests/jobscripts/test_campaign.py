@@ -104,6 +104,12 @@ def test_read_journal_tolerates_torn_and_foreign_lines(tmp_path):
     c = C.read_journal(j)
     assert (c["done"], c["failed"], c["open"], c["total"]) == (1, 1, 1, 3)
     assert C.read_journal(tmp_path / "absent.jsonl") == Counter()
+    # a forced re-plan (new plan hash in a header) starts the counts afresh
+    j.write_text('{"type": "header", "plan_hash": "aaa"}\n{"task": "a", "state": "DONE"}\n'
+                 '{"type": "header", "plan_hash": "aaa", "resumed": true}\n{"task": "b", "state": "DONE"}\n'
+                 '{"type": "header", "plan_hash": "bbb"}\n{"task": "c", "state": "PLANNED"}\n')
+    c = C.read_journal(j)
+    assert (c["done"], c["open"], c["total"]) == (0, 1, 1)
 
 
 @pytest.mark.parametrize("rc,sacct,tasks,expected", [

@@ -1,9 +1,11 @@
 """The rendered images agree with the headers and with truth.csv (independent measurements)."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from astropy.stats import mad_std
+from astropy.stats import mad_std, sigma_clipped_stats
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -55,6 +57,7 @@ def test_skysig_matches_robust_std_of_source_free_pixels(tile512):
         free = img[~mask]
         assert free.size > 50_000
         assert mad_std(free) == pytest.approx(hdr["SKYSIG"], rel=0.03)
+        assert sigma_clipped_stats(free, sigma=4)[2] == pytest.approx(hdr["SKYSIG"], rel=0.03)
         assert abs(np.median(free)) < 0.05 * hdr["SKYSIG"]          # sky subtracted
 
 
@@ -67,9 +70,9 @@ def test_truth_fluxes_match_20px_apertures_of_isolated_stars(tile512):
         counts = truth[f"flux_{band}"] / scale
         sky_var = 1257 * hdr["SKYSIG"] ** 2
         noise = np.sqrt(sky_var + counts / hdr["EGAIN"]) / counts
-        ok = ((truth["type"] == "STAR") & (truth["peak_over_saturate"] < 0.5) & (noise < 0.002)
+        ok = ((truth["type"] == "STAR") & (truth["peak_over_saturate"] < 0.5) & (noise < 0.0033)
               & truth["x"].between(25, 486) & truth["y"].between(25, 486))
-        idx = [i for i in truth.index[ok] if _isolated(truth, i, band)]
+        idx = [i for i in truth.index[ok] if _isolated(truth, i, band, radius=40, frac=5e-3)]
         data = np.ascontiguousarray(img.astype(np.float32))
         flux, _, _ = sep.sum_circle(data, truth.loc[idx, "x"].to_numpy(), truth.loc[idx, "y"].to_numpy(), 20.0)
         ratio = flux * scale / truth.loc[idx, f"flux_{band}"].to_numpy()
@@ -78,29 +81,54 @@ def test_truth_fluxes_match_20px_apertures_of_isolated_stars(tile512):
     assert n_checked >= 6
 
 
-def test_galaxy_orientation_and_size_follow_catalog_convention(tile512):
-    """Second moments of bright elongated galaxies give THETA (CCW from +x) and the axis ratio."""
+def _moments_angle_q(img, x, y, r):
+    """Position angle (deg, CCW from +x) and axis ratio from second moments inside radius r."""
+    x0, y0, h = int(round(x)), int(round(y)), int(np.ceil(r)) + 1
+    cut = img[y0 - h:y0 + h + 1, x0 - h:x0 + h + 1]
+    dy, dx = np.mgrid[-h:h + 1, -h:h + 1] + np.array([y0 - y, x0 - x])[:, None, None]
+    w = cut * (dx ** 2 + dy ** 2 < r * r)
+    mxx, myy, mxy = (w * dx * dx).sum(), (w * dy * dy).sum(), (w * dx * dy).sum()
+    ev = np.linalg.eigvalsh([[mxx, mxy], [mxy, myy]])
+    return 0.5 * np.degrees(np.arctan2(2 * mxy, mxx - myy)), float(np.sqrt(ev[0] / ev[1]))
+
+
+def test_galaxy_orientation_follows_catalog_convention_in_the_tile(tile512):
+    """Bright elongated galaxies: image second moments give THETA (CCW from +x), rounder than ab."""
     truth, _ = load_truth(tile512["out_dir"])
-    hdr, img = next(_band_images(tile512))
-    band = hdr["FILTER"]
-    gal = truth[(truth["type"] != "STAR") & (truth["ab"] < 0.6) & (truth["re"] > 2.5)
-                & (truth[f"mag_{band}"] < 19.0) & ~truth["near_edge"]]
-    gal = gal[[_isolated(truth, i, band, radius=30, frac=0.02) for i in gal.index]]
-    assert len(gal) >= 2
-    for _, g in gal.iterrows():
-        r = 2.0 * g["re"]
-        x0, y0 = int(round(g["x"])), int(round(g["y"]))
-        h = int(np.ceil(r)) + 1
-        cut = img[y0 - h:y0 + h + 1, x0 - h:x0 + h + 1]
-        dy, dx = np.mgrid[-h:h + 1, -h:h + 1] + np.array([y0 - g["y"], x0 - g["x"]])[:, None, None]
-        w = cut * (dx ** 2 + dy ** 2 < r * r)
-        mxx, myy, mxy = (w * dx * dx).sum(), (w * dy * dy).sum(), (w * dx * dy).sum()
-        ang = 0.5 * np.degrees(np.arctan2(2 * mxy, mxx - myy))
-        dang = (ang - g["theta"] + 90) % 180 - 90
-        assert abs(dang) < 12, (g["ID"], ang, g["theta"])
-        # The PSF and truncation make the measured shape rounder, never flatter than the truth.
-        ev = np.linalg.eigvalsh([[mxx, mxy], [mxy, myy]])
-        assert g["ab"] - 0.05 < np.sqrt(ev[0] / ev[1]) < 1.0
+    dang, n = [], 0
+    for hdr, img in _band_images(tile512):
+        band = hdr["FILTER"]
+        gal = truth[(truth["type"] != "STAR") & (truth["ab"] < 0.7) & (truth["re"] > 2.0)
+                    & (truth[f"mag_{band}"] < 19.5) & ~truth["near_edge"]]
+        for i in gal.index:
+            if not _isolated(truth, i, band, radius=30, frac=0.2):
+                continue
+            g = truth.loc[i]
+            ang, q = _moments_angle_q(img, g["x"], g["y"], 2.0 * g["re"])
+            dang.append(abs((ang - g["theta"] + 90) % 180 - 90))
+            assert g["ab"] - 0.05 < q < 1.0
+    assert len(dang) >= 4 and np.median(dang) < 10, dang
+
+
+@pytest.mark.parametrize("theta", [30.0, -60.0, 85.0])
+def test_rendered_galaxy_has_catalog_theta_and_major_axis_re(theta):
+    """Noise-free render with a tiny PSF: moments give THETA; half the flux lies inside the
+    ellipse of semi-major axis re, axis ratio ab, at angle THETA (the Tractor's re convention)."""
+    from tract7dt_mpi.sample.bands import band_truths
+    from tract7dt_mpi.sample.render import galaxy_profiles, render_model
+    bt = band_truths(["m625"], 1, 200, 200)[0]
+    bt = replace(bt, psf=replace(bt.psf, fwhm0=0.3, fwhm_x=0, fwhm_y=0, fwhm_r=0, g1_0=0, g1_x=0, g2_0=0, g2_y=0))
+    pop = pd.DataFrame([dict(kind="EXP", x=100.3, y=99.6, re=9.0, ab=0.4, theta=theta, sersic_n=1.0)])
+    model, _ = render_model(pop, galaxy_profiles(pop), np.array([1e5]), bt, 200, 200)
+    ang, q = _moments_angle_q(model.astype(float), 100.3, 99.6, 60)
+    assert abs((ang - theta + 90) % 180 - 90) < 0.5
+    assert q == pytest.approx(0.4, abs=0.02)
+    yy, xx = np.mgrid[:200, :200]
+    t = np.radians(theta)
+    u = (xx - 100.3) * np.cos(t) + (yy - 99.6) * np.sin(t)          # along the major axis
+    v = -(xx - 100.3) * np.sin(t) + (yy - 99.6) * np.cos(t)
+    inside = (u / 9.0) ** 2 + (v / 3.6) ** 2 < 1
+    assert model[inside].sum() / model.sum() == pytest.approx(0.5, abs=0.02)
 
 
 def test_saturated_stars_are_clipped_and_flagged(tile512):

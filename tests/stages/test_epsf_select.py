@@ -14,8 +14,8 @@ SIG = 2.0
 BASE = {"psfstar_mode": "sep", "cutout_size": 31, "edge_pad": 2, "min_sep": 30.0}
 
 
-def render(stars, n=200, seed=1):
-    """Moffat (beta 3.5, FWHM 4) stars [(x, y, flux[, e])] on sky 100 with noise SIG, 0-based coords."""
+def render(stars, n=200, seed=1, sky=100.0):
+    """Moffat (beta 3.5, FWHM 4) stars [(x, y, flux[, e])] on a flat sky with noise SIG, 0-based coords."""
     img = galsim.ImageD(n, n, scale=1.0)
     for st in stars:
         x, y, flux = st[:3]
@@ -23,7 +23,7 @@ def render(stars, n=200, seed=1):
         if len(st) > 3:
             prof = prof.shear(e=st[3], beta=0 * galsim.degrees)
         prof.drawImage(image=img, add_to_image=True, center=galsim.PositionD(x + 1, y + 1))
-    return img.array + 100.0 + np.random.default_rng(seed).normal(0, SIG, (n, n))
+    return img.array + sky + np.random.default_rng(seed).normal(0, SIG, (n, n))
 
 
 def inp(arr, gaia_xy=None, satur=None, saturate=np.inf, x0=0, y0=0):
@@ -164,3 +164,13 @@ def test_invalid_mode_falls_back():
     arr = render(STARS)
     sel, meta = select_psf_stars(inp(arr), dict(BASE, psfstar_mode="bogus"))
     assert meta["psfstar_mode"] == "sep+gaia" and len(sel) >= 2
+
+
+def test_background_disabled_uses_the_image_as_is():
+    stars = [(60, 60, 5e4), (140, 140, 3e4)]
+    sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), dict(BASE, background_subtract_patch=False))
+    assert meta["patch_background"]["patch_bkg_status"] == "disabled"
+    assert chosen(sel) == [(60, 60), (140, 140)]
+    sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), BASE)
+    assert meta["patch_background"]["patch_bkg_status"] == "ok"
+    assert abs(meta["patch_background"]["patch_bkg_median"]) < 0.5

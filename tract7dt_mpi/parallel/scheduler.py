@@ -120,8 +120,9 @@ class _Heartbeat:
         if running:
             tid, (rank, host, t_start) = max(running.items(), key=lambda kv: now - kv[1][2])
             slow = f"; slowest running {tid} on {host} (rank {rank}) for {now - t_start:.1f}s"
-        log.info("[%s] %d/%d done, %d failed, %d running, %.3g tasks/s, ETA %.0fs%s",
-                 self.label, done, self.total, failed, len(running), rate, eta, slow)
+        eta_s = f"{eta:.0f}s" if eta == eta else "?"
+        log.info("[%s] %d/%d done, %d failed, %d running, %.3g tasks/s, ETA %s%s",
+                 self.label, done, self.total, failed, len(running), rate, eta_s, slow)
 
 
 def run_tasks(comm: Comm, tasks: list[Task] | None, fn: Callable[[Task], Any], *,

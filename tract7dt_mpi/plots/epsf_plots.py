@@ -69,13 +69,13 @@ def plot_psfstars(img, xs, ys, origins, path, title, dpi=150):
 def plot_background_diagnostics(raw, back, sub, path, colorbar=True, dpi=150):
     """Three panels: raw cell, SEP background map, raw - background."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    fig.subplots_adjust(left=0.04, right=0.97, bottom=0.07, top=0.92, wspace=0.3)
     for ax, im, name in zip(axes, (raw, back, sub), ("raw", "background", "raw - background")):
         vmin, vmax = _limits(im, 1.0, 99.0)
         h = ax.imshow(im, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         if colorbar:
-            fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+            fig.colorbar(h, ax=ax, fraction=0.046, pad=0.03)
     _save(fig, path, dpi)
 
 
@@ -110,6 +110,7 @@ def plot_growth_curve(radii, ee, qa, path, dpi=150):
 def plot_residual_diagnostics(stacks, qa, path, dpi=150):
     """Median star / model / residual stacks and the normalised-residual histogram."""
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+    fig.subplots_adjust(left=0.03, right=0.98, bottom=0.1, top=0.9, wspace=0.25)
     vmin, vmax = _limits(stacks["data"])
     for ax, key in zip(axes[:2], ("data", "model")):
         ax.imshow(stacks[key], origin="lower", cmap="magma", vmin=vmin, vmax=vmax)
@@ -124,7 +125,6 @@ def plot_residual_diagnostics(stacks, qa, path, dpi=150):
         axes[3].hist(np.clip(norm, -8, 8), bins=60, range=(-8, 8), histtype="step")
     axes[3].set_title(f"(d-m)*sqrt(w): mean={qa['resid_norm_bias']:.2f} sd={qa['resid_norm_rms']:.2f}",
                       fontsize=9)
-    fig.tight_layout()
     _save(fig, path, dpi)
 
 
@@ -140,11 +140,12 @@ def plot_star_local_background(rows, path, colorbar=True, dpi=150):
     for k, (row, ax3) in enumerate(zip(rows, axes)):
         vmin, vmax = _limits(row["raw"], 1.0, 99.8)
         ann = np.where(row["mask"], row["raw"], np.nan)
-        for ax, im in zip(ax3, (row["raw"], ann, row["sub"])):
-            h = ax.imshow(im, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        alo, ahi = _limits(ann, 2.0, 98.0)   # the annulus sample gets its own stretch
+        for ax, im, lim in zip(ax3, (row["raw"], ann, row["sub"]), ((vmin, vmax), (alo, ahi), (vmin, vmax))):
+            h = ax.imshow(im, origin="lower", cmap="viridis", vmin=lim[0], vmax=lim[1], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        if colorbar:   # one bar per row: the three panels share the raw stamp's stretch
+        if colorbar:   # one bar per row, for the raw / bg-sub panels (they share the raw stretch)
             pos = ax3[2].get_position()
             cax = fig.add_axes([pos.x1 + 0.01, pos.y0, 0.02, pos.height])
             fig.colorbar(h, cax=cax)

@@ -93,6 +93,12 @@ def plot_overlay(white, wcs, catalog, cmap, path, dpi, ds=4, gal_model="exp") ->
         ax = fig.add_subplot(111, projection=sub)
         ax.coords[0].set_axislabel("RA")
         ax.coords[1].set_axislabel("Dec")
+        for c, pos in ((ax.coords[0], "b"), (ax.coords[1], "l")):
+            c.set_ticks_position(pos)
+            c.set_ticklabel_position(pos)
+        fwd = (lambda v: v * ds, lambda v: v / ds)  # displayed (strided) pixel -> working-frame pixel
+        ax.secondary_xaxis("top", functions=fwd).set_xlabel("x [px]")
+        ax.secondary_yaxis("right", functions=fwd).set_ylabel("y [px]")
     except Exception:
         ax = fig.add_subplot(111)
         ax.set_xlabel(f"x / {ds} [px]")
@@ -100,7 +106,7 @@ def plot_overlay(white, wcs, catalog, cmap, path, dpi, ds=4, gal_model="exp") ->
     imshow_zscale(ax, white[::ds, ::ds])
     _draw_markers(ax, x, y, cat, active, satx, n_crop, n_out, gal_model, ds=ds)
     h, w = white.shape
-    ax.set_title(f"white overlay ({w}x{h} px working frame, stride {ds})")
+    ax.set_title(f"white overlay ({w}x{h} px working frame, stride {ds})", pad=22)
     return savefig(fig, path, dpi)
 
 

@@ -93,8 +93,8 @@ def band_truths(bands: list[str], seed: int, width: int, height: int) -> list[Ba
         zp_true = 26.35 + 0.75 * np.exp(-((lam - 660.0) / 260.0) ** 2) + rng.normal(0, 0.03)
         sign = 1.0 if rng.random() < 0.5 else -1.0
         zp_offset = sign * rng.uniform(0.03, 0.06)
-        egain = 2.5 + rng.uniform(-0.3, 0.3)
-        sky_e = (420.0 + 480.0 * t) * rng.uniform(0.9, 1.1)
+        egain = 7.0 + rng.uniform(-1.0, 1.0)                    # a stack: many frames' electrons per ADU
+        sky_e = (2400.0 + 2400.0 * t) * rng.uniform(0.9, 1.1)
         fwhm0 = 4.6 - 1.0 * t + rng.normal(0, 0.04)             # px; broader in the blue
         psf = PsfParams(
             fwhm0=r6(fwhm0),

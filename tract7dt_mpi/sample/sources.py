@@ -145,9 +145,9 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
                          sersic_n=np.nan, in_catalog=in_cat, near_edge=edge))
 
     for _ in range(n_uncat):
-        star(rng.uniform(9.5, 11.0), False, margin=80, sep=40.0)
+        star(rng.uniform(9.0, 10.5), False, margin=80, sep=40.0)
     for _ in range(n_sat):
-        star(rng.uniform(10.3, 11.6), True, margin=80, sep=40.0)
+        star(rng.uniform(9.8, 11.0), True, margin=80, sep=40.0)
     for _ in range(n_good):
         star(rng.uniform(12.4, 17.0), True, sep=14.0)
 
