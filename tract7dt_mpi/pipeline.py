@@ -31,6 +31,17 @@ COMMANDS = ("run", "run-epsf", "build-patches", "build-patch-inputs", "run-patch
             "compute-zp")
 
 
+def _as_received(obj):
+    """The object as a worker would receive it (pickled and unpickled).
+
+    With one process the master runs the tasks itself; giving it the same unpickled copies the
+    workers get (same pandas block layout, fresh contiguous arrays) keeps the floating-point
+    results of N = 1 identical to those of N > 1.
+    """
+    import pickle
+    return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 class _InputStop(Exception):
     """Raised on every rank after rank 0 reported an InputError (message on rank 0 only)."""
 
@@ -123,7 +134,7 @@ class _Run:
     def share_catalog(self, catalog):
         """Broadcast the working catalog to every rank (workers build patch tables from it)."""
         cat = self.comm.bcast(catalog if self.master else None)
-        self.worker.catalog = cat
+        self.worker.catalog = _as_received(cat) if self.comm.size == 1 else cat
         return cat
 
     # ------------------------------------------------------------------ ePSF phase
@@ -202,7 +213,7 @@ class _Run:
         from .stages.fit import result_columns
         cfg = self.cfg
         self.worker.plan = plan
-        self.worker.psfs = S.psf_choices(cfg, stamps)
+        self.worker.psfs = S.psf_choices(cfg, _as_received(stamps) if self.comm.size == 1 else stamps)
         prefix = "patch" if use_store else label
         tasks = [Task(f"{prefix}/{p.patch_tag}", prefix, cost=float(p.cost), index=i, payload=i)
                  for i, p in enumerate(plan)]
@@ -284,8 +295,10 @@ class _Run:
 
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
+        from .parallel.mpienv import peak_rss_mb
         total = time.monotonic() - self.t0
         code = EXIT_RESUMABLE if self.stopped else (EXIT_TASK_FAILURES if self.failed else code_if_ok)
+        rss = self.comm.gather(round(peak_rss_mb(), 1))      # peak RSS (MiB) of every rank
         if self.master:
             if self.journal is not None:
                 self.journal.close()
@@ -302,13 +315,14 @@ class _Run:
                     "phase_seconds": self.phase_seconds,
                     "serial_seconds": max(0.0, total - sum(self.phase_seconds.values())),
                     "overhead_per_task": over / max(1, msgs), "n_ranks": self.comm.size,
-                    "busy_seconds": {str(k): v for k, v in busy.items()}})
+                    "busy_seconds": {str(k): v for k, v in busy.items()}, "peak_rss_mb": rss})
             frac = ", ".join(f"r{k}={v / max(total, 1e-9):.2f}" for k, v in
                              sorted({r: busy.get(r, 0.0) for r in range(self.comm.size)}.items()))
             log.info("Summary: %s on %d rank(s): %s; failed tasks: %d; master dispatch overhead "
                      "%.3f ms/message; busy fraction per rank: %s", self.command, self.comm.size,
                      "; ".join(f"{r.label} {r.done}/{r.total} done" for r in self.reports) or "no tasks",
                      self.failed, 1e3 * over / max(1, msgs), frac)
+            log.info("Peak RSS per rank [MiB]: %s", ", ".join(f"r{i}={v:.0f}" for i, v in enumerate(rss)))
             if self.stopped:
                 log.warning("Stopped early (%s): run the same command with --resume to continue",
                             signals.stop_reason())
@@ -368,7 +382,7 @@ def _cmd_run_patches(R: _Run):
         return cat, shape, bands, cells
 
     cat, shape, bands, cells = R.on_master(_inputs, share=True)
-    R.worker.catalog = cat
+    R.worker.catalog = _as_received(cat) if R.comm.size == 1 else cat
     with R.stage("build_patches"):
         plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
     stamps = R.on_master(lambda: R.stamps_from_disk(bands, cells), share=True)
@@ -413,6 +427,8 @@ def run_command(command: str, cfg, options: dict | None = None) -> int:
     if R.master and options.get("deadline"):
         signals.set_deadline(float(options["deadline"]))
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    if not R.master and command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
+        S.warm_up()       # overlaps with rank 0's loading
     try:
         return _DISPATCH[command](R)
     except _InputStop as stop:

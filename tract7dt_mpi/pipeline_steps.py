@@ -33,6 +33,19 @@ def patch_task_id(tag: str) -> str:
     return f"patch/{tag}"
 
 
+def warm_up() -> None:
+    """Import the task-side modules (photutils, SEP, matplotlib, the engine) ahead of the first
+    task; workers do this while rank 0 loads the inputs, so the import time is hidden."""
+    import importlib
+    for name in ("tract7dt_mpi.stages.epsf", "tract7dt_mpi.stages.fit", "tract7dt_mpi.stages.patch_inputs",
+                 "tract7dt_mpi.io.prepared", "tract7dt_mpi.plots.epsf_plots", "tract7dt_mpi.plots.patch_plots",
+                 "matplotlib.pyplot"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the task will report the real error
+            log.debug("warm-up import of %s failed: %s", name, exc)
+
+
 # ----------------------------------------------------------------------------- rank-0 steps
 def load_step(cfg, write_store: bool = True, plots: bool = True):
     """S1: stream bands into the prepared store (``mpi.prepared_store``); return LoadResult."""

@@ -1,7 +1,6 @@
 """Journal: append-only records, resume states, plan-hash refusal, damaged last line."""
 
 import dataclasses
-import json
 
 import pytest
 

@@ -98,7 +98,9 @@ def test_raising_task_is_isolated_exit4(tmp_path):
 def test_sigkill_worker_ends_job_then_resume_completes(tmp_path):
     d = str(tmp_path / "k")
     t0 = time.time()
-    r = run(3, [SCRIPT, d, "--kill", "t010", "--sleep", "0.05"], timeout=90)
+    # flush status at every change so the killed run's store can be reused (not only rebuilt)
+    r = run(3, [SCRIPT, d, "--kill", "t010", "--sleep", "0.05"], timeout=90,
+            env={"TRACT7DT_STORE_FLUSH_SEC": "0"})
     assert r.returncode not in (0, 3, 4)
     assert time.time() - t0 < 90
     r2 = run(2, [SCRIPT, d, "--resume"])
@@ -184,3 +186,21 @@ def test_pkl5_large_result_message(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     got = _summary(d)["got"]
     assert all(v == 64 * 2**20 // 8 for v in got.values())
+
+
+@pytest.mark.slow
+def test_pkl5_result_over_2gib(tmp_path):
+    """A task result larger than 2 GiB crosses the queue without OverflowError (needs ~5 GB RAM)."""
+    d = str(tmp_path / "g")
+    r = run(2, [SCRIPT, d, "--ntasks", "1", "--big-msg", "2100"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(_summary(d)["got"].values()) == [2100 * 2**20 // 8]
+
+
+def test_exception_on_master_aborts_all_ranks(tmp_path):
+    d = str(tmp_path / "m")
+    t0 = time.time()
+    r = run(3, [SCRIPT, d, "--master-raise", "3", "--sleep", "0.05"], timeout=60)
+    assert r.returncode not in (0, 2, 3, 4)
+    assert time.time() - t0 < 60
+    assert "Unhandled exception on rank 0" in r.stderr and "master bug" in r.stderr

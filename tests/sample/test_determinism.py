@@ -28,8 +28,9 @@ def test_same_seed_bit_identical_other_seed_differs(tmp_path):
 
 
 @pytest.mark.parametrize("kw, word", [
-    (dict(bands=0), "--bands"), (dict(bands=41), "--bands"), (dict(size="big"), "--size"),
-    (dict(size=64), "--size"), (dict(seed=-1), "--seed"), (dict(n_sources=0), "n_sources"),
+    (dict(bands=0), "--bands"), (dict(bands=41), "--bands"), (dict(bands=2.0), "--bands"),
+    (dict(size="big"), "--size"), (dict(size=64), "--size"), (dict(seed=-1), "--seed"),
+    (dict(n_sources=0), "n_sources"),
 ])
 def test_bad_arguments_give_one_line_input_error(tmp_path, kw, word):
     with pytest.raises(InputError) as err:

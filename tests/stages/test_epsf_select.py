@@ -174,3 +174,19 @@ def test_background_disabled_uses_the_image_as_is():
     sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), BASE)
     assert meta["patch_background"]["patch_bkg_status"] == "ok"
     assert abs(meta["patch_background"]["patch_bkg_median"]) < 0.5
+
+
+def test_blends_and_resolved_sources_are_rejected():
+    stars = [(50, 50, 4e4), (50, 100, 4e4), (50, 150, 4e4), (150, 50, 4e4), (150, 150, 4e4),
+             (100, 100, 4e4), (109, 100, 3e4),                         # a deblended close pair
+             (100, 40, 4e4), (103.5, 40, 3e4)]                         # an unresolved pair
+    arr = render(stars)
+    img = galsim.ImageD(200, 200, scale=1.0)                          # a round compact galaxy
+    gal = galsim.Convolve(galsim.Exponential(half_light_radius=2.0, flux=6e4),
+                          galsim.Moffat(beta=3.5, fwhm=4.0))
+    gal.drawImage(image=img, add_to_image=True, center=galsim.PositionD(151, 101))
+    sel, meta = select_psf_stars(inp(arr + img.array), BASE)
+    assert chosen(sel) == [(50, 50), (50, 100), (50, 150), (150, 50), (150, 150)]
+    assert sel.reasons["blended"] == 2        # each of the deblended pair: the other is too close
+    assert sel.reasons["resolved"] == 2       # the unresolved pair and the galaxy: too large
+    assert abs(meta["selection"]["size_locus_r50_pix"] - 2.4) < 0.4   # Moffat r50 = 2.41 px

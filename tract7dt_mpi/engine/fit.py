@@ -8,15 +8,17 @@ cannot improve returns dlnp = 0, which counts as converged (as in the Tractor lo
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import numpy as np
 
-from .problem import MAX_STEP, STALL_TOL, Problem
+from .problem import MAX_STEP, MIN_STEP, STALL_TOL, Problem
 from .render import POS, SERSIC, SHAPE
 from .shapes import params_to_catalog_shape
 from .types import FitOptions, FitResult, SourceResult
 
+log = logging.getLogger(__name__)
 ALL = frozenset(POS + SHAPE + SERSIC)
 STAGES = {0: ALL, 1: frozenset(SHAPE + SERSIC), 2: frozenset(POS), 3: ALL}
 
@@ -54,9 +56,15 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
         lo = np.array([prob.lo[s][j] for s, j in index])
         hi = np.array([prob.hi[s][j] for s, j in index])
         ms = np.array([MAX_STEP[prob.names[s][j]] for s, j in index])
+        mn = np.array([MIN_STEP[prob.names[s][j]] for s, j in index])
+        owner = np.array([s for s, _ in index])
         dlnp = 0.0
         for _attempt in range(8):
             step = _lm_step(H, g, lam, theta, lo, hi, ms)
+            # a source whose every step is negligible keeps its parameters (and cached rendering)
+            small = np.abs(step) < mn
+            still = np.array([small[owner == s].all() for s in range(prob.S)])
+            step[still[owner]] = 0.0
             new = np.clip(theta + step, lo, hi)
             if not np.any(new != theta):
                 break
@@ -70,6 +78,7 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
                 break
             lam = min(lam * 10.0, 1e10)
         last = dlnp
+        log.debug("stage %d opt iter %02d dlnp=%.6g lnp=%.6f lambda=%.3g", stage, niters, dlnp, ev.lnp, lam)
         if dlnp < opts.dlnp_stop:
             converged = True
             break

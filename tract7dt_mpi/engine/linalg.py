@@ -34,10 +34,10 @@ def pair_block(rs, s, t, w, cols=None) -> np.ndarray:
     a, b = rs[s], rs[t]
     y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
     x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
-    ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1)
+    ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1).astype(a.A.dtype)
     As = _sub(a, y0, y1, x0, x1, cols)
     At = _sub(b, y0, y1, x0, x1, cols)
-    return np.matmul(As * ws, At.transpose(0, 2, 1))
+    return np.matmul(As * ws, At.transpose(0, 2, 1)).astype(float)
 
 
 def own_products(r, *weighted) -> list:
@@ -47,8 +47,8 @@ def own_products(r, *weighted) -> list:
     A = r.A.reshape(r.A.shape[0], r.A.shape[1], -1)
     out = []
     for x in weighted:
-        xs = x[:, r.y0:r.y1, r.x0:r.x1].reshape(x.shape[0], -1, 1)
-        out.append(np.matmul(A, xs)[..., 0])
+        xs = x[:, r.y0:r.y1, r.x0:r.x1].reshape(x.shape[0], -1, 1).astype(A.dtype)
+        out.append(np.matmul(A, xs)[..., 0].astype(float))
     return out
 
 

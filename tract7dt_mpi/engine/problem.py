@@ -6,7 +6,6 @@ nonlinear parameters with the linear ones eliminated (Schur complement), priors 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,9 @@ from .profiles import SERSIC_N_BOUNDS
 from .render import param_names, render_source
 from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
 
+#: steps smaller than this are not taken (keeps the source's cached rendering and pair blocks)
+MIN_STEP = {"pos.x": 1e-5, "pos.y": 1e-5, "shape.logre": 1e-6, "shape.ee1": 1e-6, "shape.ee2": 1e-6,
+            "sersicindex": 1e-6}
 MAX_STEP = {"pos.x": 1.0, "pos.y": 1.0, "shape.logre": 1.0, "shape.ee1": 0.1, "shape.ee2": 0.1,
             "sersicindex": 0.1}
 #: stall tolerance = 0.1 x the Tractor's finite-difference step of each parameter
@@ -76,6 +78,7 @@ class Problem:
             self._init_params(src)
         self.sky0 = np.array([im.sky for im in images], dtype=float)
         self._cache = {}
+        self._block_cache = {}
 
     def _init_params(self, src):
         k = len(param_names(src.kind))
@@ -133,7 +136,14 @@ class Problem:
         free = frozenset(free if derivs else ())
         rs = [self.render(s, params[s], free) for s in range(self.S)]
         pairs = overlapping_pairs(rs)
-        blocks = {(s, t): pair_block(rs, s, t, self.w) for s, t in pairs}
+        blocks = {}
+        for s, t in pairs:   # reuse blocks of pairs whose renderings did not change
+            hit = self._block_cache.get((s, t))
+            if hit is not None and hit[0] is rs[s] and hit[1] is rs[t]:
+                blocks[(s, t)] = hit[2]
+            else:
+                blocks[(s, t)] = pair_block(rs, s, t, self.w)
+        self._block_cache = {k: (rs[k[0]], rs[k[1]], v) for k, v in blocks.items()}
         F = self.F0.copy() if F is None else F.copy()
         sky = self.sky0.copy() if sky is None else sky.copy()
         G = None
@@ -240,8 +250,8 @@ class Problem:
                         HtL[:, gi[s], self.S] = F[:, s, None] * own_products(r, self.w)[0][:, 1:]
             for b, s in zip(*np.nonzero(ev.pinned)):
                 HtL[b, :, s] = 0.0
-            Ginv = inv_batched(ev.G)
-            H -= np.einsum("bil,blm,bjm->ij", HtL, Ginv, HtL)
+            X = np.matmul(inv_batched(ev.G), HtL.transpose(0, 2, 1))        # (nb, L, n)
+            H -= np.matmul(HtL, X).sum(axis=0)
         for s in range(self.S):
             if gi[s]:
                 pos = [j for (ss, j) in index if ss == s]

@@ -53,6 +53,14 @@ class _FourierCache:
             ft = self._ft[sz] = self._make_fourier(sz)
         return ft
 
+    def fourier32(self, sz: int) -> np.ndarray:
+        """complex64 copy of :meth:`fourier` (used by the float32 galaxy renderer)."""
+        key = ("c64", sz)
+        ft = self._ft.get(key)
+        if ft is None:
+            ft = self._ft[key] = self.fourier(sz).astype(np.complex64)
+        return ft
+
 
 class PixelizedPSF(_FourierCache):
     """An odd-sized pixelized (effective) PSF stamp, used as given (the caller normalises it)."""

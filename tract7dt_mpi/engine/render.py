@@ -23,6 +23,8 @@ POS = ("pos.x", "pos.y")
 SHAPE = ("shape.logre", "shape.ee1", "shape.ee2")
 SERSIC = ("sersicindex",)
 _TWO_PI2 = 2.0 * math.pi ** 2
+#: storage type of rendered columns (float32 like the Tractor; sums are accumulated in float64)
+DTYPE = np.float32
 
 
 def param_names(kind: str) -> tuple:
@@ -57,7 +59,7 @@ def render_star(px, py, psfs, shape, free) -> Rendered:
     h = max(p.half_size for p in psfs)
     y0, y1, x0, x1 = _clip_box(ix, iy, h, shape)
     k = 2 if derivs else 0
-    A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)))
+    A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=DTYPE)
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
     for b, psf in enumerate(psfs):
@@ -95,7 +97,7 @@ def _hybrid_mog_weights(var_unit, S, re, kind, psf, sz_fft):
     return np.clip(4.0 - ns, 0.0, 1.0)
 
 
-def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=8) -> Rendered:
+def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6) -> Rendered:
     mix = mixture_for(kind, n)
     re = math.exp(logre)
     ix, iy = int(np.rint(px)), int(np.rint(py))
@@ -104,7 +106,7 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=8
     names = [p for p in param_names(kind) if p in free]
     nb = len(psfs)
     if y1 <= y0 or x1 <= x0:
-        return Rendered(y0, y1, x0, x1, np.zeros((nb, 1 + len(names), max(y1 - y0, 0), max(x1 - x0, 0))))
+        return Rendered(y0, y1, x0, x1, np.zeros((nb, 1 + len(names), max(y1 - y0, 0), max(x1 - x0, 0)), DTYPE))
     r_psf = max(p.half_size for p in psfs)
     sz = sfft.next_fast_len(2 * h + 1 + 2 * min(r_psf, pad_max), real=True)
     c = sz // 2
@@ -138,19 +140,19 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=8
             out.append(np.tensordot(mix.damp_dn * w, E, axes=1) * phase)
         return np.stack(out)
 
-    full = stack(np.ones(mix.amp.size))
-    spec = np.empty((nb,) + full.shape, dtype=complex)
+    full = stack(np.ones(mix.amp.size)).astype(np.complex64)
+    spec = np.empty((nb,) + full.shape, dtype=np.complex64)
     mog_cache = {}
     for b, psf in enumerate(psfs):
-        spec[b] = full * psf.fourier(sz)[None]
+        np.multiply(full, psf.fourier32(sz)[None], out=spec[b])
         if isinstance(psf, HybridPSF):
             w = _hybrid_mog_weights(mix.var, S, re, kind, psf, sz)
             if np.any(w > 0):
                 key = w.tobytes()
                 if key not in mog_cache:
-                    mog_cache[key] = stack(w)
+                    mog_cache[key] = stack(w).astype(np.complex64)
                 part = mog_cache[key]
-                spec[b] += part * (psf.mixture.fourier(sz) - psf.fourier(sz))[None]
+                spec[b] += part * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
     img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1))
     fy0, fx0 = iy - c, ix - c   # image coordinates of FFT pixel (0, 0)
     A = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]

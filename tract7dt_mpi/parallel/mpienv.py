@@ -129,9 +129,7 @@ class Comm:
         if self.size == 1:
             return obj
         self.barrier()
-        if self.p2p is not None:
-            return self.p2p.bcast(obj, root=root)
-        return self.world.bcast(obj, root=root)  # pragma: no cover
+        return self._coll("bcast")(obj, root=root)
 
     def bcast_array(self, arr, root: int = 0):
         """Broadcast a numpy array as a raw buffer (shape/dtype sent first)."""
@@ -157,7 +155,11 @@ class Comm:
         if self.size == 1:
             return [obj]
         self.barrier()
-        return self.p2p.gather(obj, root=root)
+        return self._coll("gather")(obj, root=root)
+
+    def _coll(self, name):
+        """pkl5 collective (mpi4py >= 4: no 2 GiB limit) or the plain one (older mpi4py)."""
+        return getattr(self.p2p, name, None) or getattr(self.world, name)
 
     def abort(self, code: int = 1) -> None:
         """Abort every rank (no-op hard exit with one process)."""

@@ -37,6 +37,8 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
         if store is not None and store.parallel and res.rows is not None:
             store.write_rows(task.id, res.rows)      # independent write into own row range
             return TaskResult(rows=None, data=res.data)
+        if store is not None and res.rows is not None and task.id in store.plan.index:
+            return TaskResult(rows=store.encode_rows(task.id, res.rows), data=res.data)
         return res
 
     def on_start(task: Task, rank: int, host: str):

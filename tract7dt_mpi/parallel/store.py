@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -139,6 +140,15 @@ class ResultsStore:
         self.plan = plan
         self.columns = columns          # name -> store dtype
         self._row_pos = {}              # task index -> dict row key -> local position (lazy)
+        self._dsets = {}
+        self._pending = {}              # row offset -> (n, {column: block}) awaiting flush
+        self.buffered = not parallel    # the serial (rank-0) writer batches its writes
+        # seconds between batched writes (env override for tests and very slow file systems)
+        self.flush_sec = float(os.environ.get("TRACT7DT_STORE_FLUSH_SEC", "2.0"))
+        self._last_flush = time.monotonic()
+        self._status = np.zeros(len(plan), dtype=np.int8)
+        self._timing = np.full((len(plan), 5), np.nan)
+        self._dirty = False
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -222,20 +232,19 @@ class ResultsStore:
         """True when this rank may write rows directly (rank 0 serial, any rank parallel)."""
         return self.f is not None
 
-    def write_rows(self, task_id: str, table) -> int:
-        """Write one task's result rows, aligned on ``_row`` with the plan; returns rows written.
+    def _ds(self, name):
+        d = self._dsets.get(name)
+        if d is None:
+            d = self._dsets[name] = self.f["catalog"][name]
+        return d
 
-        ``table``: DataFrame or mapping column -> sequence, with a ``_row`` column.  Rows whose key
-        the plan does not give this task are ignored (logged); plan rows missing from the table
-        keep the fill value (they become ``no_fit_result`` downstream).
-        """
-        if self.f is None:
-            raise RuntimeError("results store is not open on this rank")
+    def _blocks(self, task_id: str, table):
+        """Encode one task's rows into per-column blocks in plan row order."""
         i = self.plan.index[task_id]
         n = int(self.plan.n_rows[i])
         off = int(self.plan.row_offset[i])
         if n == 0:
-            return 0
+            return off, 0, {}, 0
         keys = np.asarray(table["_row"], dtype=np.int64)
         pos_map = self._row_pos.get(i)
         if pos_map is None:
@@ -249,33 +258,106 @@ class ResultsStore:
         order = np.argsort(pos[good], kind="stable")
         src_idx = np.nonzero(good)[0][order]
         dst = pos[good][order]
-        cat = self.f["catalog"]
+        have = _columns_of(table)
+        blocks = {}
         for name, dt in self.columns.items():
-            if name == "_row" or name not in _columns_of(table):
+            if name == "_row" or name not in have:
                 continue
             vals = np.asarray(table[name], dtype=object)[src_idx] if dt.kind in "SbO" else \
                 np.asarray(table[name])[src_idx]
             block = np.full(n, fill_value(dt), dtype=dt)
             block[dst] = _encode(vals, dt, name)
-            cat[name][off:off + n] = block
-        return int(good.sum())
+            blocks[name] = block
+        return off, n, blocks, int(good.sum())
+
+    def encode_rows(self, task_id: str, table) -> "EncodedRows":
+        """Encode rows on the rank that produced them (any rank; the file need not be open), so
+        the rank-0 writer of serial mode only copies blocks into place."""
+        return EncodedRows(self._blocks(task_id, table))
+
+    def write_rows(self, task_id: str, table) -> int:
+        """Write one task's result rows, aligned on ``_row`` with the plan; returns rows written.
+
+        ``table``: DataFrame or mapping column -> sequence, with a ``_row`` column.  Rows whose key
+        the plan does not give this task are ignored (logged); plan rows missing from the table
+        keep the fill value (they become ``no_fit_result`` downstream).  The rank-0 writer of
+        serial mode buffers rows and writes them in batches (:meth:`flush`, at most every
+        ``flush_sec``) so that the master's time per task stays small.
+        """
+        if self.f is None:
+            raise RuntimeError("results store is not open on this rank")
+        off, n, blocks, ngood = table.parts if isinstance(table, EncodedRows) else \
+            self._blocks(task_id, table)
+        if n == 0:
+            return 0
+        if self.buffered:
+            self._pending[off] = (n, blocks)
+            self._maybe_flush()
+        else:
+            for name, block in blocks.items():
+                self._ds(name)[off:off + n] = block
+        return ngood
 
     def set_status(self, task_id: str, status: int, timing=None) -> None:
-        """Task status (and [start, wall, rss, rank, attempt]) - rank 0 only."""
+        """Task status (and [start, wall, rss, rank, attempt]) - rank 0 only; written at flush."""
         if self.f is None:
             return
         i = self.plan.index[task_id]
-        self.f["tasks/status"][i] = np.int8(status)
+        self._status[i] = np.int8(status)
         if timing is not None:
-            self.f["tasks/timing"][i, :] = np.asarray(timing, dtype=np.float64)
+            self._timing[i, :] = np.asarray(timing, dtype=np.float64)
+        self._dirty = True
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_sec:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows (one hyperslab-union write per column), then status and timing.
+
+        Rows go first: a store that says DONE always holds that task's rows.  Independent I/O
+        only (safe on any rank in parallel mode; the file-level flush is done in serial mode).
+        """
+        if self.f is None:
+            return
+        if self._pending:
+            from h5py import h5s
+            spans = sorted(self._pending.items())
+            total = sum(n for _, (n, _b) in spans)
+            names = sorted({k for _, (_n, b) in spans for k in b})
+            for name in names:
+                ds = self._ds(name)
+                dt = self.columns[name]
+                buf = np.concatenate([b.get(name, np.full(n, fill_value(dt), dtype=dt))
+                                      for _, (n, b) in spans])
+                fspace = ds.id.get_space()
+                fspace.select_none()
+                for off, (n, _b) in spans:
+                    fspace.select_hyperslab((off,), (n,), op=h5s.SELECT_OR)
+                ds.id.write(h5s.create_simple((total,)), fspace, buf)
+            self._pending.clear()
+        if self._dirty and self.comm.is_master:
+            self.f["tasks/status"][...] = self._status
+            self.f["tasks/timing"][...] = self._timing
+            self._dirty = False
+        if not self.parallel:
+            self.f.flush()
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Close (collective in parallel mode: every rank must call it)."""
+        """Flush and close (collective in parallel mode: every rank must call it)."""
         if self.f is not None:
+            self.flush()
             self.f.close()
             self.f = None
-        elif self.parallel:  # pragma: no cover - parallel stores always have a file
-            pass
+
+
+@dataclasses.dataclass
+class EncodedRows:
+    """Rows already encoded by :meth:`ResultsStore.encode_rows`: (offset, n, blocks, n_good)."""
+
+    parts: tuple
 
 
 def _columns_of(table):

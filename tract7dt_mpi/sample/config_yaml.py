@@ -47,4 +47,4 @@ def tile_config(tile: str, width: int, height: int, full_size: bool) -> dict:
 
 def config_text(cfg: dict) -> str:
     """YAML text (safe dumper, key order kept) with the explanatory header."""
-    return HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)

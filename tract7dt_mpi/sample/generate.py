@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from astropy.io import fits
 
 from .._version import __version__
 from ..errors import InputError
+from ..io.atomic import atomic_path
 from . import tables
 from .bands import PIXEL_SCALE_ARCSEC, band_truths, pick_bands
 from .config_yaml import config_text, tile_config
@@ -20,17 +20,22 @@ from .sources import band_mags, draw_population
 FULL_WIDTH, FULL_HEIGHT = 9576, 6388     #: a real 7DT tile (x, y)
 TILE_NAME = "SYN7DT"
 ZP_REF = 25.0
+CONVENTIONS = {     # copied into truth_meta.json so the truth files describe themselves
+    "x, y": "0-based pixel of the full image, x = column, integer = pixel centre",
+    "flux_{band}": "counts_ADU * 10**(-0.4*(ZP_AUTO - zp_ref)) (pipeline scaled system)",
+    "mag_{band}": "true AB magnitude (counts_ADU = 10**(-0.4*(mag - zp_true)))",
+    "re": "half-light radius along the major axis [px]; minor axis = ab*re",
+    "theta": "major-axis angle [deg] counter-clockwise from +x, in (-90, 90] (catalogue THETA)",
+    "psf": "tract7dt_mpi.sample.psf module docstring; header PSF* cards",
+    "noise": "Poisson((model+sky_e/egain)*egain)/egain - sky_e/egain; clipped at SATURATE",
+    "saturated": "the object's own noise-free peak >= SATURATE in some band (peak_over_saturate = max ratio)",
+}
 
 
 def _atomic(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` (no half-written products)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Call ``write(tmp_path)``, then rename onto ``path`` (io.atomic: no half-written products)."""
+    with atomic_path(path) as tmp:
+        write(Path(tmp))
     return path
 
 
@@ -39,7 +44,8 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _int_arg(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if not ok or value < lo or (hi is not None and value > hi):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise InputError(f"make-sample {name}: expected an integer {rng}, got {value!r}")
     return int(value)
@@ -70,6 +76,34 @@ def image_header(bt, width: int, height: int, seed: int) -> fits.Header:
     return hdr
 
 
+def _write_tables(out: Path, pop, mags, bts, radec, peak_ratio, wcs, seed, width, height, full_size) -> dict:
+    """Write truth.csv, input_catalog.csv, gaiaxp_synphot.csv, image_list.txt, truth_meta.json, config."""
+    gaia_ids = tables.assign_gaia_ids(pop["kind"], pop["g_mag"].to_numpy(), seed)
+    truth = tables.truth_table(pop, mags, bts, radec, peak_ratio, gaia_ids, ZP_REF)
+    cat = tables.input_catalog(truth, bts, wcs, seed)
+    gaia = tables.gaia_table(truth, bts, width, height, seed)
+    images = [f"images/{TILE_NAME}_{bt.band}.fits" for bt in bts]
+    paths = {
+        "truth": _atomic(out / "truth.csv", lambda p: tables.truth_csv_frame(truth).to_csv(p, index=False)),
+        "input_catalog": _atomic(out / "input_catalog.csv", lambda p: cat.to_csv(p, index=False)),
+        "gaiaxp_synphot": _atomic(out / "gaiaxp_synphot.csv", lambda p: gaia.to_csv(p, index=False)),
+        "image_list": _write_text(out / "image_list.txt", "# synthetic 7DT tile: one FITS image per line, "
+                                  "relative to this folder\n" + "".join(f"{p}\n" for p in images)),
+    }
+    meta = {
+        "generator": "tract7dt_mpi.sample.make_sample", "version": __version__, "seed": seed,
+        "tile": TILE_NAME, "width": width, "height": height, "full_size": bool(full_size),
+        "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "crval": [tables.TILE_RA, tables.TILE_DEC],
+        "zp_ref": ZP_REF, "n_objects": int(len(pop)), "n_catalogued": int(len(cat)),
+        "n_gaia": int(len(gaia)), "bands": [bt.to_dict() for bt in bts], "images": images,
+        "conventions": CONVENTIONS,
+    }
+    paths["truth_meta"] = _write_text(out / "truth_meta.json", json.dumps(meta, indent=1) + "\n")
+    paths["config"] = _write_text(out / "config.yaml",
+                                  config_text(tile_config(TILE_NAME, width, height, full_size)))
+    return paths
+
+
 def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_size: bool = False,
                 n_sources: int | None = None, verbose: bool = True) -> dict:
     """Render a deterministic synthetic 7DT tile into ``out_dir``; return the paths written.
@@ -79,7 +113,7 @@ def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_s
     per 1024 x 1024 px). Returned keys: out_dir, images (list), image_list, input_catalog,
     gaiaxp_synphot, truth, truth_meta, config (all absolute path strings).
     """
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     nb = _int_arg("--bands", bands, 1, 40)
     seed = _int_arg("--seed", seed, 0)
     if full_size:
@@ -125,35 +159,7 @@ def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_s
         say(f"band {bt.band} ({j + 1}/{len(bts)}): render {t1 - t0:.1f} s, noise {t2 - t1:.1f} s, "
             f"write {time.perf_counter() - t2:.1f} s")
 
-    gaia_ids = tables.assign_gaia_ids(pop["kind"], pop["g_mag"].to_numpy(), seed)
-    truth = tables.truth_table(pop, mags, bts, radec, peak_ratio, gaia_ids, ZP_REF)
     paths = {"out_dir": out, "images": images}
-    paths["truth"] = _atomic(out / "truth.csv", lambda p: tables.truth_csv_frame(truth).to_csv(p, index=False))
-    cat = tables.input_catalog(truth, bts, wcs, seed)
-    paths["input_catalog"] = _atomic(out / "input_catalog.csv", lambda p: cat.to_csv(p, index=False))
-    gaia = tables.gaia_table(truth, bts, width, height, seed)
-    paths["gaiaxp_synphot"] = _atomic(out / "gaiaxp_synphot.csv", lambda p: gaia.to_csv(p, index=False))
-    paths["image_list"] = _write_text(out / "image_list.txt", "# synthetic 7DT tile, one FITS image per line "
-                                      "(relative to this folder)\n" + "".join(
-                                          f"images/{p.name}\n" for p in images))
-    meta = {
-        "generator": "tract7dt_mpi.sample.make_sample", "version": __version__, "seed": seed,
-        "tile": TILE_NAME, "width": width, "height": height, "full_size": bool(full_size),
-        "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "crval": [tables.TILE_RA, tables.TILE_DEC],
-        "zp_ref": ZP_REF, "n_objects": int(len(pop)), "n_catalogued": int(len(cat)),
-        "n_gaia": int(len(gaia)), "bands": [bt.to_dict() for bt in bts],
-        "images": [f"images/{p.name}" for p in images],
-        "conventions": {
-            "x, y": "0-based pixel of the full image, x = column, integer = pixel centre",
-            "flux_{band}": "counts_ADU * 10**(-0.4*(ZP_AUTO - zp_ref)) (pipeline scaled system)",
-            "mag_{band}": "true AB magnitude (counts_ADU = 10**(-0.4*(mag - zp_true)))",
-            "re": "half-light radius along the major axis [px]; minor axis = ab*re",
-            "theta": "major-axis angle [deg] counter-clockwise from +x, in (-90, 90] (catalogue THETA)",
-            "psf": "tract7dt_mpi.sample.psf module docstring; header PSF* cards",
-            "noise": "Poisson((model+sky_e/egain)*egain)/egain - sky_e/egain; clipped at SATURATE",
-        },
-    }
-    paths["truth_meta"] = _write_text(out / "truth_meta.json", json.dumps(meta, indent=1) + "\n")
-    paths["config"] = _write_text(out / "config.yaml", config_text(tile_config(TILE_NAME, width, height, full_size)))
-    say(f"done in {time.perf_counter() - t_start:.1f} s -> {out}")
+    paths.update(_write_tables(out, pop, mags, bts, radec, peak_ratio, wcs, seed, width, height, full_size))
+    say(f"done in {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - cpu_start:.1f} s CPU -> {out}")
     return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in paths.items()}

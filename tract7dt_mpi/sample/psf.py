@@ -10,12 +10,14 @@ Model (x, y are 0-based pixel coordinates of the FULL generated image, x = colum
     PSF = galsim.Moffat(beta, fwhm=fwhm).shear(g1=g1, g2=g2)
 
 so the FWHM changes by a few per cent across the tile and the PSF is slightly elliptical (|g| of a
-few hundredths), i.e. a per-cell ePSF matters. Rendering is GalSim's default pixel-integrated
+few hundredths), i.e. a per-cell ePSF matters. The generator uses beta0 = 3.5, beta_x = 0 (see
+``bands.MOFFAT_BETA`` for why); the beta terms stay in the model and the headers. Rendering is GalSim's default pixel-integrated
 drawing (``method='auto'``), exactly as the generator renders its stars. Every image header carries
 the coefficients (``PSF*`` keywords), so the truth can be rebuilt from the image alone.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -34,7 +36,10 @@ _HEADER_KEYS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def _gsparams():
+    """One shared GSParams object: GalSim caches profile tables per GSParams instance, so a new
+    instance per object would rebuild them every time (4-5x slower rendering)."""
     import galsim
     return galsim.GSParams(**GSPARAMS_KW)
 

@@ -76,7 +76,7 @@ def render_model(pop: pd.DataFrame, profiles: list, flux_adu: np.ndarray, bt: Ba
 
 def add_noise_and_saturate(model: np.ndarray, bt: BandTruth, seed: int, chunk_rows: int = 512) -> np.ndarray:
     """In place: model (ADU) -> sky-subtracted noisy image clipped at SATURATE; returns it."""
-    rng = np.random.default_rng([int(seed), 23, int(bt.wave_nm)])
+    rng = np.random.default_rng([int(seed), 23, int(bt.wave_nm * 10)])
     sky_adu = bt.sky_e / bt.egain
     for y0 in range(0, model.shape[0], chunk_rows):
         blk = model[y0:y0 + chunk_rows]

@@ -140,7 +140,8 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
 
     def star(mag, in_cat, edge=False, margin=EDGE_MARGIN, sep=10.0):
         x, y = place.near_edge(sep) if edge else place.interior(margin, sep)
-        rows.append(dict(kind="STAR", x=x, y=y, mag_ref=mag, temp=float(np.exp(rng.uniform(np.log(3300), np.log(10000)))),
+        temp = float(np.exp(rng.uniform(np.log(3300), np.log(10000))))
+        rows.append(dict(kind="STAR", x=x, y=y, mag_ref=mag, temp=temp,
                          alpha=0.0, brk_depth=0.0, brk_wave=0.0, re=0.0, ab=1.0, theta=0.0,
                          sersic_n=np.nan, in_catalog=in_cat, near_edge=edge))
 

@@ -2,14 +2,13 @@
 
 :func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
 ``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
-get the same stamp. Star selection lives in :mod:`.epsf_select`, stamp statistics in
-:mod:`.epsf_qa`, PNGs in :mod:`tract7dt_mpi.plots.epsf_plots`. The caller writes the products with
+get the same stamp. Star selection lives in :mod:`.epsf_select`, the photutils build in
+:mod:`.epsf_build`, stamp statistics in :mod:`.epsf_qa`, PNGs in :mod:`tract7dt_mpi.plots.epsf_plots`. The caller writes the products with
 :func:`write_cell_products`.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import logging
 import os
@@ -17,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import epsf_build as B
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
+from .epsf_build import finish_stamp, native_stamp, smoothing_kernel  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _base_meta(inp: EpsfCellInput, s) -> dict:
         "gaia_mag_min": float(s.gaia_mag_min), "gaia_mag_max": float(s.gaia_mag_max),
         "nstars_seed": 0, "nstars_sel": 0, "nstars_extract": 0, "nstars_used": 0, "nstars_fitfail": 0,
         "epsf_shape": None,
-        "patch_background": sel_mod._bkg_stats("disabled"),
+        "patch_background": sel_mod.bkg_stats("disabled"),
         "local_star_background": qa.local_bkg_summary([], []),
         "local_bkg_diagnostics": {"local_bkg_diag_nstars": 0, "local_bkg_diag_status": "disabled"},
         "epsf_qa": {k: float("nan") for k in ("ee_r50_pix", "ee_r80_pix", "ee_r90_pix", "ee_edge",
@@ -187,10 +188,6 @@ def _base_meta(inp: EpsfCellInput, s) -> dict:
         "cfg": _cfg_record(s),
         "status": "fail",
     }
-
-
-class CellFailure(Exception):
-    """A data problem that ends one cell with status ``fail`` (the message goes to meta.error)."""
 
 
 # ------------------------------------------------------------------------------------- the build
@@ -216,7 +213,7 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
         stamp = _build(inp, s, meta, plot_dir, dpi)
         meta["status"] = "ok"
         return EpsfCellResult(stamp, meta)
-    except CellFailure as exc:
+    except B.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
@@ -246,14 +243,17 @@ def _select(inp, s, img, sigma, bad, satur, work, meta):
         if inp.saturate_scaled is not None and np.isfinite(inp.saturate_scaled) else np.inf
     sat_r = int(s.star_sat_check_r) if s.star_sat_check_r is not None else int(s.cutout_size) // 2
     cand = sel_mod.sep_detect(work, sigma, bad, s)
-    sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range)
+    nb = sel_mod.neighbour_geometry(inp.fwhm_pix)
+    sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range, nb)
+    sel_mod.stellar_locus_cut(cand, work, bad)
     sel = sel_mod.Selection(reasons=dict(cand.reasons))
     used: set = set()
     meta_extra = {}
     if use_gaia and len(seeds):
         r_forced = forced_radius(inp.fwhm_pix, s.cutout_size, s, warn=False)
         meta_extra["gaia_forced_r_pix"] = r_forced
-        sel_mod.gaia_pass(sel, seeds, cand, used, img, work, sigma, bad, satur, s, sat_thr, sat_r, r_forced)
+        sel_mod.gaia_pass(sel, seeds, cand, used, img, work, sigma, bad, satur, s, sat_thr, sat_r, r_forced,
+                          nb)
     if s.psfstar_mode in ("sep", "sep+gaia"):
         sel_mod.sep_pass(sel, cand, used, s)
     meta["nstars_sel"] = len(sel)
@@ -262,8 +262,11 @@ def _select(inp, s, img, sigma, bad, satur, work, meta):
         "n_origin_sep": sel.origin.count("sep"), "n_origin_gaia": sel.origin.count("gaia"),
         "n_origin_both": sel.origin.count("both"), "rejected": dict(sel.reasons),
         "edge_clearance_pix": need, "saturation_threshold": sat_thr, "star_sat_check_r": sat_r,
+        "neighbour_mask_dilate_pix": nb[0], "blend_core_radius_pix": nb[1],
+        "size_locus_r50_pix": cand.size_locus,
         **meta_extra,
     }
+    sel.seg, sel.nb = cand.seg, nb
     return sel
 
 
@@ -289,141 +292,11 @@ def select_psf_stars(inp: EpsfCellInput, cfg_epsf):
     return _select(inp, s, img, sigma, bad, satur, bg.work, meta), meta
 
 
-def _error_image(sigma, bad):
-    """1/sqrt(invvar) with invvar = 1/max(sigma^2, 1e-12) on good pixels; others get the median."""
-    good = ~bad & np.isfinite(sigma) & (sigma > 0)
-    err = np.sqrt(np.maximum(np.where(good, sigma, 1.0) ** 2, 1e-12))
-    fill = float(np.median(err[good])) if good.any() else 1.0
-    return np.where(good, err, fill)
-
-
-def _extract(work, sigma, bad, sel, s):
-    """photutils ``extract_stars`` on the working image (stamps not fitting the cell are dropped)."""
-    from astropy.nddata import NDData, StdDevUncertainty
-    from astropy.table import Table
-    from photutils.psf import extract_stars
-
-    err = _error_image(sigma, bad)
-    nd = NDData(np.where(bad, 0.0, work), uncertainty=StdDevUncertainty(err), mask=bad)
-    table = Table({"x": np.asarray(sel.x), "y": np.asarray(sel.y), "id": np.arange(len(sel))})
-    stars = extract_stars(nd, table, size=int(s.cutout_size))
-    if stars is None or len(stars) == 0:
-        raise CellFailure("None returned: no star stamp could be extracted")
-    return stars
-
-
-def _star_list(stars):
-    """EPSFStars -> list of EPSFStar (handles photutils' linked-star containers)."""
-    return list(stars.all_stars) if hasattr(stars, "all_stars") else list(stars)
-
-
-def _subtract_local_bkg(stars, s, meta):
-    """Per-star annulus background (S4.6j); returns (new EPSFStars, diagnostic rows)."""
-    from photutils.psf import EPSFStar, EPSFStars
-
-    lst = _star_list(stars)
-    if not s.star_local_bkg_subtract:
-        return stars, []
-    vals, stats, rows, out = [], [], [], []
-    for st in lst:
-        data = np.asarray(st.data, dtype=float)
-        v, status, m = qa.star_local_background(data, st.weights, s.star_local_bkg_annulus_rin_pix,
-                                                s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
-                                                int(s.star_local_bkg_minpix))
-        vals.append(v)
-        stats.append(status)
-        rows.append({"id": st.id_label, "raw": data, "mask": m, "sub": data - v, "value": v, "status": status})
-        out.append(EPSFStar(data - v, weights=st.weights, cutout_center=st.cutout_center,
-                            origin=st.origin, id_label=st.id_label))
-    meta["local_star_background"] = qa.local_bkg_summary(vals, stats)
-    return EPSFStars(out), rows
-
-
-def smoothing_kernel(oversamp: int):
-    """photutils' per-iteration ePSF smoothing: none at native sampling, 'quartic' when oversampled.
-
-    The builder convolves the whole ePSF with this kernel every iteration, so it converges to the
-    smoothed star stack. The 5x5 quartic kernel was designed for oversampled ePSFs; at
-    oversampling 1 it broadens a 4 px FWHM Moffat by ~2.5% and lowers its peak by ~2%, while without
-    it the native-pixel ePSF matches the truth to ~0.2% of the peak (tests/stages/test_epsf.py).
-    """
-    return None if int(oversamp) <= 1 else "quartic"
-
-
-def _builder(s):
-    """EPSFBuilder with the spec settings; keywords the installed photutils lacks are dropped."""
-    from astropy.stats import SigmaClip
-    from photutils.psf import EPSFBuilder
-
-    want = {
-        "oversampling": int(s.oversamp), "maxiters": int(s.maxiters),
-        "recentering_boxsize": int(s.recenter_boxsize), "recentering_maxiters": 30,
-        "sigma_clip": SigmaClip(sigma=5.0 if s.do_clip else np.inf), "progress_bar": False,
-        "smoothing_kernel": smoothing_kernel(s.oversamp),
-    }
-    params = inspect.signature(EPSFBuilder.__init__).parameters
-    kwargs = {k: v for k, v in want.items() if k in params}
-    dropped = sorted(set(want) - set(kwargs))
-    if dropped:
-        log.debug("EPSFBuilder of this photutils has no %s", dropped)
-    return EPSFBuilder(**kwargs)
-
-
-def native_stamp(data, oversamp: int) -> np.ndarray:
-    """Sample an (oversampled) ePSF array at native-pixel offsets from its centre (identity for 1)."""
-    o = int(oversamp)
-    if o <= 1:
-        return data
-    cy, cx = (data.shape[0] - 1) // 2, (data.shape[1] - 1) // 2
-    return data[cy % o::o, cx % o::o]
-
-
-def finish_stamp(data, oversamp, final_size) -> np.ndarray:
-    """NaN->0, native sampling, centre-crop to ``final_size`` (offset (H-s)//2), unit sum (S4.6l)."""
-    a = np.asarray(data, dtype=float)
-    a = np.where(np.isfinite(a), a, 0.0)
-    a = native_stamp(a, oversamp)
-    h, w = a.shape
-    fs = int(final_size)
-    if fs < h:
-        o = (h - fs) // 2
-        a = a[o:o + fs, :]
-    if fs < w:
-        o = (w - fs) // 2
-        a = a[:, o:o + fs]
-    tot = a.sum()
-    if tot > 0:
-        a = a / tot
-    return a.astype(np.float32)
-
-
-def _good_fitted(fitted):
-    lst = _star_list(fitted)
-    return [st for st in lst if not getattr(st, "_excluded_from_fit", False)]
-
-
-def _residual_qa(epsf, good, s, meta):
-    """Register the ePSF on up to residual_diag_max_stars fitted stars; fill residual_qa."""
-    datas, models, weights, fluxes = [], [], [], []
-    for st in good[: int(s.residual_diag_max_stars)]:
-        f = float(st.flux)
-        if not (np.isfinite(f) and f > 0):
-            continue
-        model = np.asarray(st.register_epsf(epsf), dtype=float)
-        datas.append(np.asarray(st.data, float) / f)
-        models.append(model / f)
-        weights.append(np.asarray(st.weights, float))
-        fluxes.append(f)
-    rq, stacks = qa.residual_stats(datas, models, weights, fluxes)
-    meta["residual_qa"] = rq
-    return stacks
-
-
 def _build(inp, s, meta, plot_dir, dpi):
     """The body of :func:`build_epsf_cell`; raises CellFailure for data problems."""
     img, sigma, bad, satur = _prepare(inp)
     if not (~bad).any():
-        raise CellFailure("cell has no valid pixel")
+        raise B.CellFailure("cell has no valid pixel")
 
     bg = sel_mod.cell_background(img, sigma, bad, s)
     meta["patch_background"] = bg.stats
@@ -439,31 +312,31 @@ def _build(inp, s, meta, plot_dir, dpi):
         _plot(plot_dir, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
               title=title + " bg-sub", dpi=dpi)
     if len(sel) == 0:
-        raise CellFailure("no PSF star selected")
+        raise B.CellFailure("no PSF star selected")
 
-    stars = _extract(work, sigma, bad, sel, s)
-    meta["nstars_extract"] = int(len(_star_list(stars)))
-    stars, bkg_rows = _subtract_local_bkg(stars, s, meta)
+    stars = B.extract(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = int(len(B.star_list(stars)))
+    stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
 
-    result = _builder(s)(stars)
+    result = B.make_builder(s)(stars)
     epsf, fitted = result[0], result[1]
     meta["builder"] = {
-        "smoothing_kernel": smoothing_kernel(s.oversamp),
+        "smoothing_kernel": B.smoothing_kernel(s.oversamp),
         "iterations": int(getattr(result, "iterations", -1)),
         "converged": bool(getattr(result, "converged", False)),
     }
-    good = _good_fitted(fitted)
+    good = B.good_fitted(fitted)
     meta["nstars_used"] = len(good)
     meta["nstars_fitfail"] = meta["nstars_extract"] - len(good)
     if len(good) <= 0:
-        raise CellFailure("EPSFBuilder fitted no star")
-    stamp = finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
+        raise B.CellFailure("EPSFBuilder fitted no star")
+    stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
-        raise CellFailure("ePSF has no positive flux")
+        raise B.CellFailure("ePSF has no positive flux")
     meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
-    stacks = _residual_qa(epsf, good, s, meta) if s.save_residual_diagnostics else None
+    stacks = B.residual_qa(epsf, good, s, meta) if s.save_residual_diagnostics else None
     _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
     return stamp
 
@@ -485,7 +358,7 @@ def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_row
         used = good[:nmax]
         _plot(plot_dir, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
               [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})", dpi=dpi)
-        ext = _star_list(stars)[:nmax]
+        ext = B.star_list(stars)[:nmax]
         _plot(plot_dir, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
               [origin_of.get(st.id_label, "") for st in ext],
               title=f"extracted stars ({meta['nstars_extract']})", dpi=dpi)
@@ -545,4 +418,4 @@ def count_status(metas):
 
 __all__ = ["EpsfCellInput", "EpsfCellResult", "active_cells", "build_epsf_cell", "cell_bounds", "cell_tag",
            "count_status", "epsf_settings", "epsf_summary", "finish_stamp", "forced_radius",
-           "gaia_seeds_for_band", "native_stamp", "select_psf_stars", "write_cell_products"]
+           "gaia_seeds_for_band", "native_stamp", "select_psf_stars", "smoothing_kernel", "write_cell_products"]

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # SEP limits of the spec (S4.6d): generous pixel stack and sub-object limit for crowded cells.
 SEP_PIXSTACK = 1_000_000
 SEP_SUB_OBJECT_LIMIT = 200_000
+STELLAR_LOCUS_TOL = 0.10   # candidates with half-flux radius > 1.10 x the median are not stars
 
 ORIGIN_SEP, ORIGIN_GAIA, ORIGIN_BOTH = "sep", "gaia", "both"
 
@@ -44,7 +45,7 @@ class CellBackground:
     stats: dict = field(default_factory=dict)   # the meta ``patch_background`` record
 
 
-def _bkg_stats(status, back=None, rms=None, mask_frac=float("nan"), error=None) -> dict:
+def bkg_stats(status, back=None, rms=None, mask_frac=float("nan"), error=None) -> dict:
     nan = float("nan")
     out = {
         "patch_bkg_median": float(np.median(back)) if back is not None else nan,
@@ -67,7 +68,7 @@ def cell_background(img, sigma, bad, s) -> CellBackground:
     """
     img = np.asarray(img, dtype=np.float64)
     if not s.background_subtract_patch:
-        return CellBackground(work=img, stats=_bkg_stats("disabled"))
+        return CellBackground(work=img, stats=bkg_stats("disabled"))
     try:
         good = ~bad & np.isfinite(img)
         if not good.any():
@@ -87,10 +88,10 @@ def cell_background(img, sigma, bad, s) -> CellBackground:
         rms = bkg.rms()
         work = np.where(good, img - back, 0.0)
         return CellBackground(work=work, back=back,
-                              stats=_bkg_stats("ok", back, rms, float(mask.mean())))
+                              stats=bkg_stats("ok", back, rms, float(mask.mean())))
     except Exception as exc:  # SEP raises plain Exceptions for degenerate cells
         log.warning("cell background fit failed (%s); using the image unchanged", exc)
-        return CellBackground(work=img, stats=_bkg_stats("error", error=str(exc)))
+        return CellBackground(work=img, stats=bkg_stats("error", error=str(exc)))
 
 
 # --------------------------------------------------------------------------------------- candidates
@@ -107,11 +108,22 @@ class Candidates:
     score: np.ndarray
     ok: np.ndarray          # indices passing edge/peak/roundness/saturated-stamp cuts, best score first
     reasons: dict           # rejection counts by reason
+    seg: np.ndarray | None = None   # SEP segmentation map of the cell (object i has label i + 1)
+    size_locus: float = float("nan")  # median half-flux radius of the kept candidates (px)
 
     @classmethod
-    def empty(cls) -> "Candidates":
+    def empty(cls, shape=None) -> "Candidates":
         z = np.zeros(0)
-        return cls(z, z, z, z, z, z, np.zeros(0, int), {})
+        seg = np.zeros(shape, np.int32) if shape is not None else None
+        return cls(z, z, z, z, z, z, np.zeros(0, int), {}, seg)
+
+    def label_at(self, x, y) -> int:
+        """Segment label under the rounded position (0 = no detected object there)."""
+        if self.seg is None:
+            return 0
+        h, w = self.seg.shape
+        ix, iy = int(np.rint(x)), int(np.rint(y))
+        return int(self.seg[iy, ix]) if (0 <= ix < w and 0 <= iy < h) else 0
 
 
 def sep_detect(work, sigma, bad, s) -> Candidates:
@@ -122,17 +134,65 @@ def sep_detect(work, sigma, bad, s) -> Candidates:
     fill = float(np.median(err[finite])) if finite.any() else 1.0
     err[~finite] = fill
     data = np.where(bad | ~np.isfinite(work), 0.0, work)
-    objs = sep.extract(_c64(data), float(s.thresh_sigma), err=_c64(err),
-                       mask=np.ascontiguousarray(bad | ~finite), minarea=int(s.minarea),
-                       deblend_nthresh=32, deblend_cont=0.001, clean=True, clean_param=1.0)
+    objs, seg = sep.extract(_c64(data), float(s.thresh_sigma), err=_c64(err),
+                            mask=np.ascontiguousarray(bad | ~finite), minarea=int(s.minarea),
+                            deblend_nthresh=32, deblend_cont=0.001, clean=True, clean_param=1.0,
+                            segmentation_map=True)
     if len(objs) == 0:
-        return Candidates.empty()
+        return Candidates.empty(np.shape(work))
     flux = np.asarray(objs["flux"], float)
     peak = np.asarray(objs["peak"], float)
     score = np.where(np.isfinite(flux) & (flux > 0), flux, peak)
     return Candidates(np.asarray(objs["x"], float), np.asarray(objs["y"], float),
                       np.asarray(objs["a"], float), np.asarray(objs["b"], float), peak, score,
-                      np.zeros(0, int), {})
+                      np.zeros(0, int), {}, np.asarray(seg, dtype=np.int32))
+
+
+# ------------------------------------------------------------------------------------- neighbours
+
+def neighbour_geometry(fwhm_pix):
+    """(dilation, core radius) in px for neighbour handling, from the seeing FWHM (4 px if unknown).
+
+    Other objects' SEP segments (isophote at thresh_sigma) are grown by ~2 FWHM for masking, so
+    their wings are masked too (but never inside half the core radius of the star itself); a star
+    with another object's segment within its core radius (~2 FWHM) is a blend and is rejected.
+    """
+    f = float(fwhm_pix) if fwhm_pix is not None and np.isfinite(fwhm_pix) and fwhm_pix > 0 else 4.0
+    return float(np.clip(2.0 * f, 3.0, 12.0)), float(np.clip(2.0 * f, 4.0, 12.0))
+
+
+def neighbour_mask(seg, x0, y0, shape, own_label, dilate) -> np.ndarray:
+    """Pixels of a box (origin x0, y0; ``shape``) within ``dilate`` px of any other object's segment.
+
+    Segments just outside the box count too (the box is padded by the dilation radius).
+    """
+    h, w = shape
+    if seg is None:
+        return np.zeros(shape, bool)
+    pad = int(np.ceil(dilate)) + 1
+    H, W = seg.shape
+    ya, yb = max(0, y0 - pad), min(H, y0 + h + pad)
+    xa, xb = max(0, x0 - pad), min(W, x0 + w + pad)
+    other = seg[ya:yb, xa:xb]
+    other = (other > 0) & (other != own_label)
+    out = np.zeros(shape, bool)
+    if not other.any():
+        return out
+    near = ndimage.distance_transform_edt(~other) <= dilate
+    oy, ox = y0 - ya, x0 - xa
+    sub = near[max(0, oy):oy + h, max(0, ox):ox + w]
+    out[max(0, -oy):max(0, -oy) + sub.shape[0], max(0, -ox):max(0, -ox) + sub.shape[1]] = sub
+    return out
+
+
+def is_blended(seg, x, y, own_label, dilate, r_core) -> bool:
+    """True if another object's segment lies within ``r_core`` of (x, y) (``dilate`` unused here)."""
+    r = int(np.ceil(r_core))
+    ix, iy = int(np.rint(x)), int(np.rint(y))
+    m = neighbour_mask(seg, ix - r, iy - r, (2 * r + 1, 2 * r + 1), own_label, 0.0)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    d2 = (xx + ix - x) ** 2 + (yy + iy - y) ** 2
+    return bool((m & (d2 <= r_core * r_core)).any())
 
 
 def q_ok(a, b, q_range) -> np.ndarray:
@@ -157,10 +217,11 @@ def box_has_saturated(satur, x, y, r) -> bool:
     return bool(satur[y0:y1, x0:x1].any())
 
 
-def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range) -> Candidates:
-    """Apply the S4.6d-e cuts; fill ``c.ok`` (best score first) and ``c.reasons``."""
+def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range, nb=None) -> Candidates:
+    """Apply the S4.6d-e cuts (+ blend rejection when ``nb`` = (dilate, r_core) is given);
+    fill ``c.ok`` (best score first) and ``c.reasons``."""
     h, w = shape
-    reasons = {"edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0}
+    reasons = {"edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0, "blended": 0}
     keep = []
     inside = (c.x > need) & (c.x < w - need - 1) & (c.y > need) & (c.y < h - need - 1)
     qok = q_ok(c.a, c.b, q_range)
@@ -174,10 +235,35 @@ def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range
             reasons["roundness"] += 1
         elif box_has_saturated(satur, c.x[i], c.y[i], sat_r):
             reasons["saturated_stamp"] += 1
+        elif nb is not None and is_blended(c.seg, c.x[i], c.y[i], int(i) + 1, *nb):
+            reasons["blended"] += 1
         else:
             keep.append(int(i))
     c.ok = np.asarray(keep, dtype=int)
     c.reasons = reasons
+    return c
+
+
+def stellar_locus_cut(c: Candidates, work, bad, tol=STELLAR_LOCUS_TOL, min_n=5) -> Candidates:
+    """Drop candidates resolved beyond the stellar locus (an addition to the spec).
+
+    size = SEP half-flux radius; locus = median size of the kept candidates (bright compact objects
+    are mostly stars). Candidates larger than locus * (1 + tol) are compact galaxies or blends whose
+    light would broaden the ePSF. Skipped with fewer than ``min_n`` candidates.
+    """
+    if c.ok.size < min_n:
+        return c
+    r = np.full(c.x.size, np.nan)
+    rmax = 6.0 * np.sqrt(np.maximum(c.a[c.ok], 0.5) ** 2 + 1.0)
+    rad, flag = sep.flux_radius(_c64(np.where(bad, 0.0, work)), c.x[c.ok], c.y[c.ok], rmax, 0.5,
+                                normflux=None, mask=np.ascontiguousarray(bad), subpix=5)
+    r[c.ok] = rad
+    locus = float(np.nanmedian(r[c.ok]))
+    big = np.zeros(c.x.size, bool)
+    big[c.ok] = ~(r[c.ok] <= locus * (1.0 + tol))
+    c.reasons["resolved"] = int(big[c.ok].sum())
+    c.ok = np.asarray([i for i in c.ok if not big[i]], dtype=int)
+    c.size_locus = locus
     return c
 
 
@@ -190,7 +276,10 @@ class Selection:
     x: list = field(default_factory=list)
     y: list = field(default_factory=list)
     origin: list = field(default_factory=list)
+    label: list = field(default_factory=list)     # own SEP segment label (0 = none)
     reasons: dict = field(default_factory=dict)
+    seg: np.ndarray | None = None                  # the cell's SEP segmentation map
+    nb: tuple | None = None                        # (dilate, r_core) of neighbour_geometry
 
     def __len__(self):
         return len(self.x)
@@ -201,10 +290,11 @@ class Selection:
         d2 = (np.asarray(self.x) - x) ** 2 + (np.asarray(self.y) - y) ** 2
         return bool(np.all(d2 >= min_sep * min_sep))
 
-    def add(self, x, y, origin):
+    def add(self, x, y, origin, label=0):
         self.x.append(float(x))
         self.y.append(float(y))
         self.origin.append(origin)
+        self.label.append(int(label))
 
 
 def _bump(d, key):
@@ -235,8 +325,11 @@ def forced_snr(work, sigma, bad, x, y, r):
 
 
 def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sigma, bad, satur, s,
-              sat_thr, sat_r, r_forced) -> None:
-    """Accept Gaia seeds in table order (S4.6f); mutates ``sel`` and ``used``."""
+              sat_thr, sat_r, r_forced, nb=None) -> None:
+    """Accept Gaia seeds in table order (S4.6f); mutates ``sel`` and ``used``.
+
+    ``nb`` = (dilate, r_core) also rejects blended seeds (see :func:`is_blended`).
+    """
     rs = sel.reasons
     match_r2 = float(s.gaia_match_r_pix) ** 2
     qok_all = q_ok(cand.a, cand.b, s.q_range)
@@ -267,6 +360,10 @@ def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sig
         if box_has_saturated(satur, x, y, sat_r):
             _bump(rs, "gaia_saturated_stamp")
             continue
+        own = snapped + 1 if snapped is not None else cand.label_at(x, y)
+        if nb is not None and is_blended(cand.seg, x, y, own, *nb):
+            _bump(rs, "gaia_blended")
+            continue
         _, snr, flag = forced_snr(work, sigma, bad, x, y, r_forced)
         if flag != 0 or not (snr >= s.gaia_snr_min):
             _bump(rs, "gaia_low_snr" if flag == 0 else "gaia_aperture_flag")
@@ -274,7 +371,7 @@ def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sig
         if not sel.far_enough(x, y, s.min_sep):
             _bump(rs, "min_sep")
             continue
-        sel.add(x, y, origin)
+        sel.add(x, y, origin, own)
         if snapped is not None:
             used.add(snapped)
 
@@ -289,7 +386,7 @@ def sep_pass(sel: Selection, cand: Candidates, used: set, s) -> None:
         if not sel.far_enough(cand.x[i], cand.y[i], s.min_sep):
             _bump(sel.reasons, "min_sep")
             continue
-        sel.add(cand.x[i], cand.y[i], ORIGIN_SEP)
+        sel.add(cand.x[i], cand.y[i], ORIGIN_SEP, int(i) + 1)
         used.add(int(i))
 
 

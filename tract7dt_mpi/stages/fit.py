@@ -135,7 +135,8 @@ class PatchResult:
 
 
 class _PatchLog:
-    """Collects "time | level | message" lines for ``{tag}.log`` and forwards to logging."""
+    """Collects "time | level | message" lines for ``{tag}.log``; forwards warnings to the run
+    log (INFO lines at DEBUG, so thousands of patches do not flood it)."""
 
     def __init__(self, tag: str):
         self.tag = tag
@@ -144,7 +145,7 @@ class _PatchLog:
     def __call__(self, msg: str, level: int = logging.INFO) -> None:
         t = time.strftime("%Y-%m-%d %H:%M:%S")
         self.lines.append(f"{t} | {logging.getLevelName(level)} | {msg}")
-        log.log(level, "[%s] %s", self.tag, msg)
+        log.log(level if level >= logging.WARNING else logging.DEBUG, "[%s] %s", self.tag, msg)
 
 
 def _fit_function(pr):
@@ -309,6 +310,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         _log_fit(plog, res, "")
         meta.update(_opt_values(res, ""))
         meta["staged_fit_stages"] = _stage_records(res) if pr.enable_staged_fit else []
+        meta["opt_niters_total"] = int(sum(st.get("niters", 0) for st in _stage_records(res))
+                                       or res.niters)
         meta["sky_fit"] = {b: float(v) for b, v in zip(bands, res.sky)}
         meta["chi2"] = float(res.chi2)
     else:

@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--hash", default="H1")
     ap.add_argument("--big-msg", type=float, default=0.0)
     ap.add_argument("--stop-after", type=int)
+    ap.add_argument("--master-raise", type=int, help="raise on rank 0 after K results (outside tasks)")
     args = ap.parse_args()
     comm = get_comm()
     install_excepthook(comm)
@@ -100,6 +101,14 @@ def main():
 
     def on_result(task, data, info):
         got[task.id] = None if data is None else float(np.sum(data))
+
+    if args.master_raise is not None and comm.is_master:
+        seen = {"n": 0}
+
+        def on_result(task, data, info):  # noqa: F811
+            seen["n"] += 1
+            if seen["n"] == args.master_raise:
+                raise RuntimeError("master bug after dispatch started")
 
     if args.stop_after is not None and comm.is_master:
         count = {"n": 0}
