@@ -6,7 +6,7 @@ from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit
 
 from ._truth import FWHM, draw, moffat, psf_stamp
 
-STAMP = psf_stamp(12)
+STAMP = psf_stamp(15)     # 31x31: the Moffat wings beyond hold < 0.2 % of the flux
 
 
 def _images(objs_by_band, shape, sigma, rng, psf=None):
@@ -57,7 +57,7 @@ def test_flux_errors_calibrated_over_300_fits(model):
     """Robust sigma of (fit - true)/err within [0.85, 1.2] for >= 300 noisy point-source fits."""
     rng = np.random.default_rng(7)
     shape, sigma, f = (21, 21), 1.0, 400.0       # S/N ~ 45
-    psf = PixelizedPSF(psf_stamp(7))
+    psf = PixelizedPSF(psf_stamp(15))
     pulls = []
     for _ in range(300):
         x, y = 10 + rng.uniform(-0.5, 0.5), 10 + rng.uniform(-0.5, 0.5)
@@ -71,13 +71,14 @@ def test_flux_errors_calibrated_over_300_fits(model):
     q75, q25 = np.percentile(pulls, [75, 25])
     rsig = (q75 - q25) / 1.349
     assert 0.85 <= rsig <= 1.2, rsig
+    assert abs(np.median(pulls)) < 0.3        # and unbiased
 
 
 def test_total_error_model_matches_scatter_under_poisson_noise():
     """'total' errors track the empirical flux scatter when the source's own Poisson noise dominates."""
     rng = np.random.default_rng(11)
     shape, sigma, f, gain = (21, 21), 1.0, 2.0e4, 1.0
-    psf = PixelizedPSF(psf_stamp(7))
+    psf = PixelizedPSF(psf_stamp(15))
     clean = draw([(moffat().withFlux(f), 10.2, 9.9)], shape)
     fits, errs = [], {"sky": [], "total": []}
     for _ in range(120):

@@ -36,3 +36,11 @@ def test_bad_arguments_give_one_line_input_error(tmp_path, kw, word):
     with pytest.raises(InputError) as err:
         make_sample(tmp_path, verbose=False, **kw)
     assert word in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_band_image_does_not_depend_on_how_many_bands_are_rendered(tmp_path):
+    two = _hashes(make_sample(tmp_path / "two", bands=2, size=160, seed=9, verbose=False))
+    three = _hashes(make_sample(tmp_path / "three", bands=3, size=160, seed=9, verbose=False))
+    assert "images/SYN7DT_m650.fits" in three and "images/SYN7DT_m650.fits" not in two
+    for name in ("images/SYN7DT_m400.fits", "images/SYN7DT_m887.fits"):
+        assert two[name] == three[name]

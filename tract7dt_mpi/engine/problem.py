@@ -115,13 +115,16 @@ class Problem:
         return [n for n in self.names[s] if n in free]
 
     def render(self, s, p, free):
+        """Render source s (the last two renderings per source are cached: current and trial)."""
         fn = tuple(self.free_names(s, free))
-        key = (s, p.tobytes(), fn)
-        r = self._cache.get(key)
-        if r is None:
-            r = render_source(self.kinds[s], dict(zip(self.names[s], p)), self.psfs, self.shape, set(fn))
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != s or k[2] != fn}
-            self._cache[key] = r
+        key = (p.tobytes(), fn)
+        entries = self._cache.setdefault(s, [])
+        for k, r in entries:
+            if k == key:
+                return r
+        r = render_source(self.kinds[s], dict(zip(self.names[s], p)), self.psfs, self.shape, set(fn))
+        entries.append((key, r))
+        del entries[:-2]
         return r
 
     def prior_lnp(self, params):

@@ -11,9 +11,10 @@ Model (x, y are 0-based pixel coordinates of the FULL generated image, x = colum
 
 so the FWHM changes by a few per cent across the tile and the PSF is slightly elliptical (|g| of a
 few hundredths), i.e. a per-cell ePSF matters. The generator uses beta0 = 3.5, beta_x = 0 (see
-``bands.MOFFAT_BETA`` for why); the beta terms stay in the model and the headers. Rendering is GalSim's default pixel-integrated
-drawing (``method='auto'``), exactly as the generator renders its stars. Every image header carries
-the coefficients (``PSF*`` keywords), so the truth can be rebuilt from the image alone.
+``bands.MOFFAT_BETA`` for why); the beta terms stay in the model and the headers. Rendering is
+GalSim's default pixel-integrated drawing (``method='auto'``), exactly as the generator renders
+its stars. Every image header carries the coefficients (``PSF*`` keywords), so the truth can be
+rebuilt from the image alone.
 """
 from __future__ import annotations
 
