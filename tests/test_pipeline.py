@@ -105,7 +105,6 @@ def test_identical_catalog_for_2_and_4_ranks_and_serial_h5(tile, clean):
         pd.testing.assert_frame_equal(catalog_text(work), ref, obj=name)
 
 
-@pytest.mark.slow
 def test_identical_catalog_for_4_ranks_parallel_h5(tile, clean):
     cfg, work = make_cfg(tile, "n4")
     r = run_cli(4, ["run", cfg])
@@ -225,3 +224,19 @@ def test_sigterm_drains_exit3_then_resume_matches_clean(tile, clean):
     rc, err, summ = _interrupt_then_resume(tile, clean, "termed", signal.SIGTERM, [0, 1, 2])
     assert rc == 3, err[-3000:]
     assert "--resume" in err
+
+
+@pytest.mark.slow
+def test_force_resume_after_config_edit_reruns(tile):
+    cfg, work = make_cfg(tile, "forced")
+    assert run_cli(None, ["run", cfg]).returncode == 0
+    make_cfg(tile, "forced", iters=4)
+    assert run_cli(None, ["run", cfg, "--resume"]).returncode == 2
+    r = run_cli(2, ["run", cfg, "--resume", "--force"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(x) for x in (work / "journal.jsonl").read_text().splitlines() if x.strip()]
+    heads = [x["plan_hash"] for x in recs if x.get("type") == "header"]
+    assert len(set(heads)) == 2
+    last = heads[-1]
+    after = recs[[i for i, x in enumerate(recs) if x.get("plan_hash") == last][0]:]
+    assert sum(1 for x in after if x.get("state") == "DONE" and x["task"].startswith("patch/")) >= 1

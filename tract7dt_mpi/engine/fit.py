@@ -1,9 +1,14 @@
 """fit_patch: staged Levenberg-Marquardt over the nonlinear parameters with exact linear fluxes.
 
 Each iteration builds the Gauss-Newton system of the free nonlinear parameters (fluxes and sky
-eliminated), takes a damped step with per-parameter step limits and projected box bounds, and keeps
-it only if ln p increases (otherwise the damping grows and the step is retried).  An iteration that
-cannot improve returns dlnp = 0, which counts as converged (as in the Tractor loop).
+eliminated) and takes a trust-region step (:mod:`.lm`).  A trial point is rendered without
+derivatives and kept if ln p increases; the damping follows the gain ratio actual / predicted.
+
+Convergence ("no further improvement possible") is declared, in this order, when
+1. the undamped Gauss-Newton step (bounds, caps) predicts a gain < ``dlnp_stop``;
+2. an accepted step gained < ``dlnp_stop`` (the Tractor's rule);
+3. the step's predicted gain is below the rounding noise of ln p (float32 renderings:
+   ``Evaluation.noise_floor``), so no gain can be measured any more, or every damped step failed.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import math
 
 import numpy as np
 
+from .lm import free_set, gn_gain, lm_step, predicted_gain, source_gains, unconstrained, update_damping
 from .problem import MAX_STEP, MIN_STEP, STALL_TOL, Problem
 from .render import POS, SERSIC, SHAPE
 from .shapes import params_to_catalog_shape
@@ -21,67 +27,111 @@ from .types import FitOptions, FitResult, SourceResult
 log = logging.getLogger(__name__)
 ALL = frozenset(POS + SHAPE + SERSIC)
 STAGES = {0: ALL, 1: frozenset(SHAPE + SERSIC), 2: frozenset(POS), 3: ALL}
+MAX_TRIALS = 12
 
 
-def _lm_step(H, g, lam, theta, lo, hi, ms):
-    eps = 1e-12 * np.maximum(1.0, np.abs(theta))
-    act = ~(((theta - lo) <= eps) & (g < 0) | ((hi - theta) <= eps) & (g > 0))
-    step = np.zeros_like(theta)
-    if not act.any():
-        return step
-    Ha, ga = H[np.ix_(act, act)], g[act]
-    d = np.clip(np.diag(Ha), 0.0, None)
-    floor = 1e-12 * max(d.max(initial=0.0), 1e-300)
-    M = Ha + np.diag(lam * np.maximum(d, floor) + floor)
-    try:
-        x = np.linalg.solve(M, ga)
-    except np.linalg.LinAlgError:
-        x = np.linalg.lstsq(M, ga, rcond=1e-12)[0]
-    if not np.all(np.isfinite(x)):
-        return np.zeros_like(theta)
-    step[act] = np.clip(x, -ms[act], ms[act])
-    return step
+class _System:
+    """Index arrays of the free parameters of one Gauss-Newton system."""
+
+    def __init__(self, prob: Problem, ev, index):
+        self.index = index
+        self.theta = np.array([ev.params[s][j] for s, j in index])
+        self.lo = np.array([prob.lo[s][j] for s, j in index])
+        self.hi = np.array([prob.hi[s][j] for s, j in index])
+        self.caps = np.array([MAX_STEP[prob.names[s][j]] for s, j in index])
+        self.mins = np.array([MIN_STEP[prob.names[s][j]] for s, j in index])
+        self.owner = np.array([s for s, _ in index])
+
+    def params(self, ev, step):
+        newp = [p.copy() for p in ev.params]
+        for (s, j), v in zip(self.index, np.clip(self.theta + step, self.lo, self.hi)):
+            newp[s][j] = v
+        return newp
+
+
+def _settle(step, H, g, sys_, S, dlnp_stop):
+    """Zero the steps of sources that would gain < dlnp_stop / S (their renderings stay cached)."""
+    tiny = np.zeros(S, dtype=bool)
+    np.logical_or.at(tiny, sys_.owner, np.abs(step) >= sys_.mins)
+    gains = source_gains(H, g, step, sys_.owner, S)
+    hold = ~tiny | (gains < dlnp_stop / max(S, 1))
+    out = step.copy()
+    out[hold[sys_.owner]] = 0.0
+    return out
 
 
 def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptions, stage: int):
     ev = prob.evaluate(params, free, solve_linear, F, sky)
-    lam, niters, converged, last = 1e-3, 0, False, math.nan
-    for _ in range(int(opts.n_opt_iters)):
+    stop = float(opts.dlnp_stop)
+    lam, nu = 1e-3, 2.0
+    niters, converged, last, why = 0, False, math.nan, "max_iters"
+    S = prob.S
+    for it in range(int(opts.n_opt_iters) + 1):
         index, H, g = prob.gauss_newton(ev)
-        niters += 1
         if not index:
-            converged, last = True, 0.0
+            converged, last, why = True, 0.0, "no free parameters"
             break
-        theta = np.array([ev.params[s][j] for s, j in index])
-        lo = np.array([prob.lo[s][j] for s, j in index])
-        hi = np.array([prob.hi[s][j] for s, j in index])
-        ms = np.array([MAX_STEP[prob.names[s][j]] for s, j in index])
-        mn = np.array([MIN_STEP[prob.names[s][j]] for s, j in index])
-        owner = np.array([s for s, _ in index])
-        dlnp = 0.0
-        for _attempt in range(8):
-            step = _lm_step(H, g, lam, theta, lo, hi, ms)
-            # a source whose every step is negligible keeps its parameters (and cached rendering)
-            small = np.abs(step) < mn
-            still = np.array([small[owner == s].all() for s in range(prob.S)])
-            step[still[owner]] = 0.0
-            new = np.clip(theta + step, lo, hi)
-            if not np.any(new != theta):
+        sy = _System(prob, ev, index)
+        floor = ev.noise_floor()
+        hold = unconstrained(H, g, sy.caps)
+        gn_pred = gn_gain(H, g, free_set(sy.theta, sy.lo, sy.hi, g) & ~hold)
+        if gn_pred < stop:
+            converged, why = True, "gauss-newton gain < dlnp_stop"
+            if it < int(opts.n_opt_iters):
+                niters += 1
+                last = max(gn_pred, 0.0)
+            break
+        if it == int(opts.n_opt_iters):
+            break      # budget used; the test above was the last chance to converge
+        niters += 1
+        dlnp, accepted, pred = 0.0, False, 0.0
+        for _ in range(MAX_TRIALS):
+            step, pred = lm_step(H, g, lam, sy.theta, sy.lo, sy.hi, sy.caps, sy.owner, S, hold)
+            step = _settle(step, H, g, sy, S, stop)
+            pred = predicted_gain(H, g, step)
+            if not np.any(step) or pred <= 0.0:
                 break
-            newp = [p.copy() for p in ev.params]
-            for (s, j), v in zip(index, new):
-                newp[s][j] = v
-            ev2 = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky)
-            if np.isfinite(ev2.lnp) and ev2.lnp > ev.lnp:
-                dlnp, ev = ev2.lnp - ev.lnp, ev2
-                lam = max(lam * 0.3, 1e-7)
+            newp = sy.params(ev, step)
+            trial = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky, derivs=False)
+            actual = trial.lnp - ev.lnp
+            ok = bool(np.isfinite(actual) and actual > 0.0)
+            rho = actual / pred if ok else 0.0
+            lam, nu = update_damping(lam, nu, rho, ok)
+            if np.isfinite(actual) and not (0.75 < rho < 1.25):
+                # the quadratic model is off along this step (e.g. large residuals of an imperfect
+                # profile): try the maximum of the parabola through ln p(0), its slope and ln p(step)
+                slope = float(g @ step)
+                curv = 2.0 * (slope - actual)
+                alpha = slope / curv if curv > 0 else 2.0
+                if 0.05 < alpha < 3.0 and abs(alpha - 1.0) > 0.15:
+                    p2 = sy.params(ev, np.clip(sy.theta + alpha * step, sy.lo, sy.hi) - sy.theta)
+                    t2 = prob.evaluate(p2, free, solve_linear, ev.F, ev.sky, derivs=False)
+                    if np.isfinite(t2.lnp) and t2.lnp > ev.lnp + max(actual, 0.0):
+                        newp, actual, ok = p2, t2.lnp - ev.lnp, True
+            if ok:
+                ev_new = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky, derivs=True)
+                dlnp, ev, accepted = ev_new.lnp - ev.lnp, ev_new, True
                 break
-            lam = min(lam * 10.0, 1e10)
+            if pred < floor:
+                break
         last = dlnp
-        log.debug("stage %d opt iter %02d dlnp=%.6g lnp=%.6f lambda=%.3g", stage, niters, dlnp, ev.lnp, lam)
-        if dlnp < opts.dlnp_stop:
-            converged = True
+        if log.isEnabledFor(5):
+            sg = source_gains(H, g, step, sy.owner, S)
+            top = np.argsort(sg)[::-1][:3]
+            log.log(5, "   top sources %s", [(int(t), prob.kinds[t], round(float(sg[t]), 5),
+                    np.round(step[sy.owner == t], 4).tolist(), np.round(sy.theta[sy.owner == t], 3).tolist()) for t in top])
+        log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
+                  stage, niters, dlnp, pred, gn_pred, floor, ev.lnp, lam)
+        if not accepted:
+            converged, why = True, "no improving step (at the ln p noise floor)"
             break
+        if dlnp < stop:
+            converged, why = True, "dlnp < dlnp_stop"
+            break
+        if pred < floor and dlnp < floor:
+            converged, why = True, "gain below the ln p noise floor"
+            break
+    log.debug("stage %d: %s after %d iterations", stage, why, niters)
     return ev, {"stage": stage, "niters": niters, "converged": converged, "last_dlnp": float(last)}
 
 
@@ -91,9 +141,12 @@ def _stalled(prob: Problem, s, p, free):
         if name not in free:
             continue
         tol = STALL_TOL[name]
-        if np.isfinite(prob.lo[s][j]) and p[j] - prob.lo[s][j] <= tol:
+        v, lo, hi = p[j], prob.lo[s][j], prob.hi[s][j]
+        if name == "sersicindex":   # fitted as ln n; the tolerance is in n
+            v, lo, hi = math.exp(v), math.exp(lo), math.exp(hi)
+        if np.isfinite(lo) and v - lo <= tol:
             out.append(f"{name}@lower")
-        elif np.isfinite(prob.hi[s][j]) and prob.hi[s][j] - p[j] <= tol:
+        elif np.isfinite(hi) and hi - v <= tol:
             out.append(f"{name}@upper")
     return out
 
@@ -128,7 +181,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":
-            r.sersic_n = float(p[5])
+            r.sersic_n = float(math.exp(p[5]))
         out.append(r)
     last = stages[-1]
     n_lim = max(1, int(opts.n_opt_iters) - int(opts.flag_maxiter_margin))

@@ -22,21 +22,23 @@ def overlapping_pairs(rs) -> list:
     return [(idx[i], idx[j]) for i, j in zip(ii, jj)]
 
 
-def _sub(r, y0, y1, x0, x1, cols=None):
-    a = r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0]
-    if cols is not None:
-        a = a[:, cols]
+def _sub(r, y0, y1, x0, x1, k=None):
+    a = r.A[:, :k, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0]
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def pair_block(rs, s, t, w, cols=None) -> np.ndarray:
-    """(nb, ks, kt) weighted inner products of the columns of sources s and t over their overlap."""
+def pair_block(rs, s, t, w, ncols=None) -> np.ndarray:
+    """(nb, ks, kt) weighted inner products of the columns of sources s and t over their overlap.
+
+    ``ncols`` = (ks, kt) uses only the first columns of each (e.g. (1, 1): model columns only).
+    """
     a, b = rs[s], rs[t]
+    ks, kt = ncols if ncols is not None else (None, None)
     y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
     x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
     ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1).astype(a.A.dtype)
-    As = _sub(a, y0, y1, x0, x1, cols)
-    At = _sub(b, y0, y1, x0, x1, cols)
+    As = _sub(a, y0, y1, x0, x1, ks)
+    At = _sub(b, y0, y1, x0, x1, kt)
     return np.matmul(As * ws, At.transpose(0, 2, 1)).astype(float)
 
 

@@ -6,6 +6,7 @@ nonlinear parameters with the linear ones eliminated (Schur complement), priors 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,14 +17,19 @@ from .profiles import SERSIC_N_BOUNDS
 from .render import param_names, render_source
 from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
 
-#: steps smaller than this are not taken (keeps the source's cached rendering and pair blocks)
-MIN_STEP = {"pos.x": 1e-5, "pos.y": 1e-5, "shape.logre": 1e-6, "shape.ee1": 1e-6, "shape.ee2": 1e-6,
-            "sersicindex": 1e-6}
-MAX_STEP = {"pos.x": 1.0, "pos.y": 1.0, "shape.logre": 1.0, "shape.ee1": 0.1, "shape.ee2": 0.1,
-            "sersicindex": 0.1}
-#: stall tolerance = 0.1 x the Tractor's finite-difference step of each parameter
+#: steps smaller than this are not taken (keeps the source's cached rendering and pair blocks);
+#: far below what float32 renderings resolve.  sersicindex is ln(n) inside the engine.
+MIN_STEP = {"pos.x": 1e-6, "pos.y": 1e-6, "shape.logre": 1e-7, "shape.ee1": 1e-7, "shape.ee2": 1e-7,
+            "sersicindex": 1e-7}
+#: sanity caps per step (the whole step of a source is scaled down so that none is exceeded)
+MAX_STEP = {"pos.x": 2.0, "pos.y": 2.0, "shape.logre": 1.0, "shape.ee1": 1.0, "shape.ee2": 1.0,
+            "sersicindex": 0.3}
+#: stall tolerance = 0.1 x the Tractor's finite-difference step of each parameter (n in n units)
 STALL_TOL = {"pos.x": 0.01, "pos.y": 0.01, "shape.logre": 1e-3, "shape.ee1": 1e-3, "shape.ee2": 1e-3,
              "sersicindex": 1e-3}
+#: relative rounding of a float32 rendering (sets the precision with which ln p can be evaluated)
+F32_EPS = float(np.finfo(np.float32).eps)
+LOGN_BOUNDS = (math.log(SERSIC_N_BOUNDS[0]), math.log(SERSIC_N_BOUNDS[1]))
 
 
 @dataclass
@@ -39,6 +45,15 @@ class Evaluation:
     resid: np.ndarray      # (nb, H, W) data - model
     chi2: float
     lnp: float
+    derivs: bool = True    # renderings carry the derivative columns of ``free``
+
+    def noise_floor(self) -> float:
+        """Rounding noise of ln p from float32 renderings of every source (~eps32 x total S/N)."""
+        tot = 0.0
+        for (s, t), B in self.blocks.items():
+            if s == t:
+                tot += float(np.sum(self.F[:, s] ** 2 * B[:, 0, 0]))
+        return 2.0 * F32_EPS * math.sqrt(max(tot, 0.0))
 
 
 class Problem:
@@ -101,9 +116,9 @@ class Problem:
                                        src.theta_sigma_deg)
             if sp is not None:
                 mu[2:5], prec[2:5, 2:5] = sp
-        if src.kind == "sersic":
-            p[5] = float(np.clip(src.sersic_n, *SERSIC_N_BOUNDS))
-            lo[5], hi[5] = SERSIC_N_BOUNDS
+        if src.kind == "sersic":   # fitted as ln(n): the profile changes ~ proportionally in n
+            p[5] = math.log(float(np.clip(src.sersic_n, *SERSIC_N_BOUNDS)))
+            lo[5], hi[5] = LOGN_BOUNDS
         self.p0.append(p)
         self.lo.append(lo)
         self.hi.append(hi)
@@ -115,17 +130,45 @@ class Problem:
         return [n for n in self.names[s] if n in free]
 
     def render(self, s, p, free):
-        """Render source s (the last two renderings per source are cached: current and trial)."""
-        fn = tuple(self.free_names(s, free))
-        key = (p.tobytes(), fn)
+        """Render source s; ``free=None`` = model column only.
+
+        The last two renderings per source are cached; a model-only request is served by a cached
+        rendering with derivatives at the same parameters.
+        """
+        fn = None if free is None else tuple(self.free_names(s, free))
+        pk = p.tobytes()
         entries = self._cache.setdefault(s, [])
-        for k, r in entries:
-            if k == key:
+        for k, f, r in entries:
+            if k == pk and (fn is None or f == fn):
                 return r
-        r = render_source(self.kinds[s], dict(zip(self.names[s], p)), self.psfs, self.shape, set(fn))
-        entries.append((key, r))
+        params = dict(zip(self.names[s], p))
+        if "sersicindex" in params:
+            params["sersicindex"] = math.exp(params["sersicindex"])
+        r = render_source(self.kinds[s], params, self.psfs, self.shape, set(fn or ()))
+        if fn and "sersicindex" in fn:   # d/d ln n = n d/dn
+            r.A[:, 1 + fn.index("sersicindex")] *= params["sersicindex"]
+        entries.append((pk, fn, r))
         del entries[:-2]
         return r
+
+    def products(self, r):
+        """(sum w d A, sum w A) per band and column of a rendering (cached on it)."""
+        c = r.cache.get("wd_w")
+        if c is None:
+            c = r.cache["wd_w"] = own_products(r, self.wd, self.w)
+        return c
+
+    def block(self, rs, s, t, ncols):
+        """Pair block of renderings rs[s], rs[t] (cached while both renderings are unchanged)."""
+        for a, b, B in self._block_cache.get((s, t), ()):
+            if a is rs[s] and b is rs[t] and B.shape[1] >= ncols[0] and B.shape[2] >= ncols[1]:
+                return B if (B.shape[1], B.shape[2]) == ncols else B[:, :ncols[0], :ncols[1]]
+        cs = None if ncols[0] == rs[s].A.shape[1] and ncols[1] == rs[t].A.shape[1] else (ncols[0], ncols[1])
+        B = pair_block(rs, s, t, self.w, ncols=cs)
+        lst = self._block_cache.setdefault((s, t), [])
+        lst.append((rs[s], rs[t], B))
+        del lst[:-2]
+        return B
 
     def prior_lnp(self, params):
         tot = 0.0
@@ -136,34 +179,34 @@ class Problem:
         return tot
 
     def evaluate(self, params, free, solve_linear=True, F=None, sky=None, derivs=True) -> Evaluation:
-        free = frozenset(free if derivs else ())
-        rs = [self.render(s, params[s], free) for s in range(self.S)]
-        pairs = overlapping_pairs(rs)
+        """Render, solve the linear parameters (if ``solve_linear``), and compute chi2 and ln p.
+
+        ``derivs=False`` renders model columns only (trial points of the optimizer).
+        """
+        free = frozenset(free)
+        rs = [self.render(s, params[s], free if derivs else None) for s in range(self.S)]
         blocks = {}
-        for s, t in pairs:   # reuse blocks of pairs whose renderings did not change
-            hit = self._block_cache.get((s, t))
-            if hit is not None and hit[0] is rs[s] and hit[1] is rs[t]:
-                blocks[(s, t)] = hit[2]
-            else:
-                blocks[(s, t)] = pair_block(rs, s, t, self.w)
-        self._block_cache = {k: (rs[k[0]], rs[k[1]], v) for k, v in blocks.items()}
+        for s, t in overlapping_pairs(rs):
+            nc = (rs[s].A.shape[1], rs[t].A.shape[1]) if derivs else (1, 1)
+            blocks[(s, t)] = self.block(rs, s, t, nc)
         F = self.F0.copy() if F is None else F.copy()
         sky = self.sky0.copy() if sky is None else sky.copy()
         G = None
         pinned = np.zeros((self.nb, self.S), dtype=bool)
         if solve_linear:
             F, sky, G, pinned = self._solve_linear(rs, blocks, F, sky)
-        model = np.broadcast_to(sky[:, None, None], self.data.shape).copy()
+        model = np.empty(self.data.shape)
+        model[...] = sky[:, None, None]
         for s, r in enumerate(rs):
             if not r.empty:
                 model[:, r.y0:r.y1, r.x0:r.x1] += F[:, s, None, None] * r.A[:, 0]
-        resid = self.data - model
-        chi2 = float(np.sum(self.w * resid * resid))
+        resid = np.subtract(self.data, model, out=model)
+        chi2 = float(np.einsum("bij,bij,bij->", self.w, resid, resid))
         lnp = -0.5 * chi2 + self.prior_lnp(params)
         fp = self.flux_prec
         if fp.any():
             lnp -= 0.5 * float(np.sum(fp * (F - self.flux_mu) ** 2))
-        return Evaluation(params, free, rs, blocks, F, sky, G, pinned, resid, chi2, lnp)
+        return Evaluation(params, free, rs, blocks, F, sky, G, pinned, resid, chi2, lnp, derivs)
 
     def linear_matrix(self, rs, blocks, weight=None):
         """Normal matrix (nb, L, L) of the flux (+ sky) columns, data part only."""
@@ -176,7 +219,8 @@ class Problem:
         if self.fit_sky:
             w = self.w if weight is None else weight
             for s, r in enumerate(rs):
-                G[:, s, S] = G[:, S, s] = own_products(r, w)[0][:, 0]
+                col = (self.products(r)[1] if weight is None else own_products(r, w)[0])[:, 0]
+                G[:, s, S] = G[:, S, s] = col
             G[:, S, S] = w.sum(axis=(1, 2))
         return G
 
@@ -185,7 +229,7 @@ class Problem:
         G = self.linear_matrix(rs, blocks)
         rhs = np.zeros(G.shape[:2])
         for s, r in enumerate(rs):
-            wd_s, w_s = own_products(r, self.wd, self.w)
+            wd_s, w_s = self.products(r)
             rhs[:, s] = wd_s[:, 0]
             if not self.fit_sky:
                 rhs[:, s] -= sky * w_s[:, 0]
@@ -250,7 +294,7 @@ class Problem:
             if self.fit_sky:
                 for s, r in enumerate(ev.rs):
                     if gi[s]:
-                        HtL[:, gi[s], self.S] = F[:, s, None] * own_products(r, self.w)[0][:, 1:]
+                        HtL[:, gi[s], self.S] = F[:, s, None] * self.products(r)[1][:, 1:]
             for b, s in zip(*np.nonzero(ev.pinned)):
                 HtL[b, :, s] = 0.0
             X = np.matmul(inv_batched(ev.G), HtL.transpose(0, 2, 1))        # (nb, L, n)
@@ -276,7 +320,7 @@ class Problem:
             ok = np.isfinite(g)
             extra = np.where(ok[:, None, None], self.w ** 2 * np.maximum(model_src, 0.0) / np.where(ok, g, 1.0)[:, None, None], 0.0)
             pairs = list(ev.blocks)
-            kb = {(s, t): pair_block(ev.rs, s, t, extra, cols=[0]) for s, t in pairs}
+            kb = {(s, t): pair_block(ev.rs, s, t, extra, ncols=(1, 1)) for s, t in pairs}
             K = self.linear_matrix(ev.rs, kb, weight=extra)
             tot = np.where(ok[:, None, None], Ginv + Ginv @ K @ Ginv, Ginv)
         return Ginv, tot

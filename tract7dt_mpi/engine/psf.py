@@ -43,9 +43,30 @@ def mog_fourier(amp, mean, var, sz: int) -> np.ndarray:
     return out
 
 
+def _radius_from_profile(r, v, eps: float) -> float:
+    """Smallest radius outside which at most ``eps`` of sum(|v|) lies (r, v: pixel radii and values)."""
+    a = np.abs(np.asarray(v, dtype=float)).ravel()
+    r = np.asarray(r, dtype=float).ravel()
+    tot = a.sum()
+    if not tot > 0:
+        return 0.0
+    order = np.argsort(r)[::-1]
+    outside = np.cumsum(a[order]) / tot          # flux at radius >= r[order[i]]
+    i = int(np.searchsorted(outside, eps, side="right"))
+    return float(r[order[min(i, r.size - 1)]])
+
+
 class _FourierCache:
     def __init__(self):
         self._ft = {}
+        self._rad = {}
+
+    def flux_radius(self, eps: float) -> float:
+        """Radius (px) outside which at most ``eps`` of the PSF's absolute flux lies (cached)."""
+        v = self._rad.get(eps)
+        if v is None:
+            v = self._rad[eps] = self._flux_radius(eps)
+        return v
 
     def fourier(self, sz: int) -> np.ndarray:
         ft = self._ft.get(sz)
@@ -81,10 +102,23 @@ class PixelizedPSF(_FourierCache):
     def tractor_radius(self) -> float:
         return float(np.hypot(self.stamp.shape[0] / 2.0, self.stamp.shape[1] / 2.0))
 
-    def point_patch(self, px: float, py: float, derivs: bool = False):
+    def _flux_radius(self, eps: float) -> float:
+        yy, xx = np.mgrid[-self.hy:self.hy + 1, -self.hx:self.hx + 1]
+        return _radius_from_profile(np.hypot(xx, yy), self.stamp, eps)
+
+    def point_patch(self, px: float, py: float, derivs: bool = False, half: int | None = None):
+        """Shifted stamp; with ``half`` only the central (2 half + 1)^2 box (saves work on wide stamps)."""
         ix, iy = int(np.rint(px)), int(np.rint(py))
-        arr = shift_stamp(self.stamp, px - ix, py - iy, derivs)
-        return ix - self.hx, iy - self.hy, arr
+        st, hy, hx = self.stamp, self.hy, self.hx
+        if half is not None and half < max(hy, hx):
+            cy, cx = min(hy, half + 3), min(hx, half + 3)    # 3 extra px feed the Lanczos taps
+            st = st[hy - cy:hy + cy + 1, hx - cx:hx + cx + 1]
+            arr = shift_stamp(st, px - ix, py - iy, derivs)
+            ky, kx = min(cy, half), min(cx, half)
+            arr = arr[:, cy - ky:cy + ky + 1, cx - kx:cx + kx + 1]
+            return ix - kx, iy - ky, arr
+        arr = shift_stamp(st, px - ix, py - iy, derivs)
+        return ix - hx, iy - hy, arr
 
     def _make_fourier(self, sz: int) -> np.ndarray:
         pad = np.zeros((sz, sz))
@@ -151,8 +185,13 @@ class GaussianMixturePSF(_FourierCache):
                 out[2] += g * gy
         return out
 
-    def point_patch(self, px: float, py: float, derivs: bool = False):
+    def _flux_radius(self, eps: float) -> float:
         h = self.half_size
+        yy, xx = np.mgrid[-h:h + 1, -h:h + 1].astype(float)
+        return _radius_from_profile(np.hypot(xx, yy), self.evaluate(xx, yy)[0], eps)
+
+    def point_patch(self, px: float, py: float, derivs: bool = False, half: int | None = None):
+        h = self.half_size if half is None else min(self.half_size, int(half))
         ix, iy = int(np.rint(px)), int(np.rint(py))
         off = np.arange(-h, h + 1, dtype=float)
         arr = self.evaluate((ix - px) + off[None, :], (iy - py) + off[:, None], derivs)

@@ -9,13 +9,13 @@ centred on round(x, y), clipped to the image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 from scipy import fft as sfft
 
-from .profiles import NRE, mixture_for
+from .profiles import NRE, enclosed_fraction, mixture_for
 from .psf import HybridPSF, freq_grids
 from .shapes import unit_covariance, unit_covariance_derivs
 
@@ -42,6 +42,8 @@ class Rendered:
     x0: int
     x1: int
     A: np.ndarray
+    #: per-rendering products cached by the problem (e.g. sum w d A); dropped with the rendering
+    cache: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -53,17 +55,26 @@ def _clip_box(ix, iy, h, shape):
     return max(iy - h, 0), min(iy + h + 1, H), max(ix - h, 0), min(ix + h + 1, W)
 
 
-def render_star(px, py, psfs, shape, free) -> Rendered:
+#: footprints hold all but this fraction of a source's flux (the rest is left unmodelled)
+FLUX_EPS = 1e-3
+
+
+def star_half_size(psfs, eps: float = FLUX_EPS) -> int:
+    """Point-source box half-size: the PSF radius enclosing 1 - eps of its flux (<= the stamp)."""
+    return max(min(p.half_size, int(math.ceil(p.flux_radius(eps)))) for p in psfs)
+
+
+def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     derivs = "pos.x" in free
     ix, iy = int(np.rint(px)), int(np.rint(py))
-    h = max(p.half_size for p in psfs)
+    h = star_half_size(psfs, eps)
     y0, y1, x0, x1 = _clip_box(ix, iy, h, shape)
     k = 2 if derivs else 0
     A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=DTYPE)
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
     for b, psf in enumerate(psfs):
-        bx0, by0, arr = psf.point_patch(px, py, derivs)
+        bx0, by0, arr = psf.point_patch(px, py, derivs, half=h)
         # overlap of the band patch with the clipped box
         ya, yb = max(by0, y0), min(by0 + arr.shape[-2], y1)
         xa, xb = max(bx0, x0), min(bx0 + arr.shape[-1], x1)
@@ -78,13 +89,32 @@ def _grids(sz):
     return U, V, U * U, 2.0 * U * V, V * V
 
 
-def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape) -> int:
-    """Box half-size: max(nre * re, PSF half-width), capped near the farthest image edge."""
+_RGRID = np.linspace(0.05, 15.0, 600)
+
+
+def mixture_flux_radius(mix, eps: float) -> float:
+    """Radius (re units) of a circular unit mixture enclosing all but ``eps`` of its flux."""
+    f = enclosed_fraction(mix, _RGRID)
+    i = int(np.argmax(f >= 1.0 - eps)) if f[-1] >= 1.0 - eps else _RGRID.size - 1
+    return float(_RGRID[i])
+
+
+def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=None,
+                     eps: float = FLUX_EPS) -> int:
+    """Box half-size of a galaxy (px).
+
+    The Tractor's box is max(nre re, PSF radius); we use the smaller radius that encloses all but
+    ``eps`` of the PSF-convolved profile (profile and PSF radii for eps/2 each, added in quadrature;
+    re is the semi-major axis, so elliptical sources are covered), never more than the Tractor's box
+    and never more than the farthest image edge.
+    """
+    mix = mixture_for(kind, np.nan) if mix is None else mix
     r_psf = max(p.half_size for p in psfs)
+    r_conv = math.hypot(mixture_flux_radius(mix, 0.5 * eps) * re, max(p.flux_radius(0.5 * eps) for p in psfs))
     H, W = shape
     dmax = max(ix, W - 1 - ix, iy, H - 1 - iy) + 1
-    h = max(min(NRE[kind] * re, dmax), r_psf)
-    return int(math.ceil(h))
+    h = min(r_conv, max(NRE[kind] * re, r_psf), dmax)
+    return max(1, int(math.ceil(h)))
 
 
 def _hybrid_mog_weights(var_unit, S, re, kind, psf, sz_fft):
@@ -97,11 +127,12 @@ def _hybrid_mog_weights(var_unit, S, re, kind, psf, sz_fft):
     return np.clip(4.0 - ns, 0.0, 1.0)
 
 
-def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6) -> Rendered:
+def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6,
+                  eps: float = FLUX_EPS) -> Rendered:
     mix = mixture_for(kind, n)
     re = math.exp(logre)
     ix, iy = int(np.rint(px)), int(np.rint(py))
-    h = galaxy_half_size(re, kind, psfs, ix, iy, shape)
+    h = galaxy_half_size(re, kind, psfs, ix, iy, shape, mix, eps)
     y0, y1, x0, x1 = _clip_box(ix, iy, h, shape)
     names = [p for p in param_names(kind) if p in free]
     nb = len(psfs)

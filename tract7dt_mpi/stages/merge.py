@@ -41,9 +41,10 @@ def _fill_sky(df: pd.DataFrame, wcs, xcol: str, ycol: str, racol: str, deccol: s
         return
     x = pd.to_numeric(df[xcol], errors="coerce").to_numpy(float)
     y = pd.to_numeric(df[ycol], errors="coerce").to_numpy(float)
-    ra = (pd.to_numeric(df[racol], errors="coerce").to_numpy(float) if racol in df.columns
+    # copies: to_numpy() may return a read-only view (pandas copy-on-write)
+    ra = (pd.to_numeric(df[racol], errors="coerce").to_numpy(float, copy=True) if racol in df.columns
           else np.full(len(df), np.nan))
-    dec = (pd.to_numeric(df[deccol], errors="coerce").to_numpy(float) if deccol in df.columns
+    dec = (pd.to_numeric(df[deccol], errors="coerce").to_numpy(float, copy=True) if deccol in df.columns
            else np.full(len(df), np.nan))
     need = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(ra) & np.isfinite(dec))
     if need.any():
