@@ -103,6 +103,22 @@ def test_identical_catalog_for_2_and_4_ranks_and_serial_h5(tile, clean):
         r = run_cli(n, ["run", cfg], env=env)
         assert r.returncode == 0, r.stderr[-4000:]
         pd.testing.assert_frame_equal(catalog_text(work), ref, obj=name)
+    _check_master_worked_and_usage(tile / "n2", 2)
+
+
+def _check_master_worked_and_usage(work, n):
+    """At N=2 rank 0 runs tasks too (mpi.master_works: auto); per-rank usage is in /run."""
+    import h5py
+    recs = [json.loads(x) for x in (work / "journal.jsonl").read_text().splitlines() if x.strip()]
+    ranks = {x["rank"] for x in recs if x.get("state") == "DONE"}
+    assert ranks == set(range(n)), ranks
+    with h5py.File(work / "results.h5", "r") as f:
+        run = {k: f["run"].attrs[k] for k in f["run"].attrs}
+    usage = json.loads(run["rank_usage"])
+    assert len(usage) == n and int(run["master_works"]) == 1
+    for u in usage:
+        assert u["rss_mb"] > 50 and u["cpu_s"] > 0 and u["rchar"] > 0
+    assert usage[0]["wchar"] > 0 and float(run["background_cores"]) >= 0
 
 
 def test_identical_catalog_for_4_ranks_parallel_h5(tile, clean):
@@ -240,3 +256,13 @@ def test_force_resume_after_config_edit_reruns(tile):
     last = heads[-1]
     after = recs[[i for i, x in enumerate(recs) if x.get("plan_hash") == last][0]:]
     assert sum(1 for x in after if x.get("state") == "DONE" and x["task"].startswith("patch/")) >= 1
+
+
+def test_resume_refused_after_config_edit_at_2_ranks(tile, clean):
+    """The journal check runs on rank 0 without holding the workers; its error still reaches the
+    user once with exit code 2 on every rank."""
+    path = tile / "s" / "clean_edited.yaml"
+    path.write_text(FAST.format(d=tile / "s", work=clean, iters=4, extra=""))
+    r = run_cli(2, ["run", str(path), "--resume"], timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("tract7dt-mpi: error:") == 1 and "resume" in r.stderr

@@ -22,7 +22,7 @@ from .errors import EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, Inp
 from .parallel import get_comm, install_excepthook, signals
 from .parallel import journal as J
 from .parallel.runner import plan_resume, run_phase, write_carried
-from .parallel.scheduler import Task
+from .parallel.scheduler import Task, resolve_master_works
 from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
@@ -57,6 +57,12 @@ class _Run:
         self.command, self.cfg, self.opt = command, cfg, options or {}
         self.comm = get_comm(int(cfg.mpi.threads_per_rank))
         self.t0 = time.monotonic()
+        from .parallel.mpienv import process_age, process_usage, system_busy_seconds
+        self.startup = process_age()       # interpreter + imports + MPI_Init before the pipeline
+        self.cpu0 = process_usage()["cpu_s"]
+        self.sys0 = system_busy_seconds()
+        self.warmup = 0.0
+        self._deferred = None              # InputError of a deferred rank-0 step
         self.timings: dict[str, float] = {}
         self.phase_seconds: dict[str, float] = {}
         self.reports = []
@@ -65,6 +71,13 @@ class _Run:
         self.stopped = False
         self.worker = S.Worker(cfg)
         self.hb = float(cfg.mpi.heartbeat_sec)
+        #: rank 0 also runs tasks (mpi.master_works; auto = small worlds)
+        self.master_works = resolve_master_works(getattr(cfg.mpi, "master_works", "auto"),
+                                                 self.comm.size)
+        if self.master and self.comm.size > 1:
+            log.info("MPI: %d ranks; rank 0 %s", self.comm.size,
+                     "dispatches and runs tasks (mpi.master_works)" if self.master_works
+                     else "only dispatches")
 
     @property
     def master(self) -> bool:
@@ -81,14 +94,27 @@ class _Run:
         if self.master:
             log.info("Finished %s in %.2fs", name, dt)
 
-    def on_master(self, fn, *args, share=False):
-        """Run ``fn`` on rank 0 only; broadcast InputError status (and the result if ``share``)."""
+    def on_master(self, fn, *args, share=False, defer=False):
+        """Run ``fn`` on rank 0 only; broadcast InputError status (and the result if ``share``).
+
+        ``defer``: no broadcast now; an InputError is reported by the next ``on_master`` call
+        (so the other ranks do not wait here, e.g. while they import the task modules)."""
         status, result = None, None
+        if defer and self.comm.size > 1:
+            if self.master and self._deferred is None:
+                try:
+                    fn(*args)
+                except InputError as exc:
+                    self._deferred = exc
+            return None
         if self.master:
-            try:
-                result = fn(*args)
-            except InputError as exc:
-                status = exc
+            if self._deferred is not None:
+                status, self._deferred = self._deferred, None
+            else:
+                try:
+                    result = fn(*args)
+                except InputError as exc:
+                    status = exc
         if self.comm.size > 1:
             msg = self.comm.bcast((None if status is None else (type(status), str(status)),
                                    result if share else None))
@@ -111,7 +137,7 @@ class _Run:
             if self.opt.get("resume"):
                 log.info("Resuming from %s (%d task records)", self.cfg.outputs.journal,
                          len(self.journal.last))
-        self.on_master(_open)
+        self.on_master(_open, defer=True)        # reported with the load step's status
 
     # ------------------------------------------------------------------ rank-0 input steps
     def load(self, write_store=True, plots=True, bright=True):
@@ -134,8 +160,18 @@ class _Run:
     def share_catalog(self, catalog):
         """Broadcast the working catalog to every rank (workers build patch tables from it)."""
         cat = self.comm.bcast(catalog if self.master else None)
-        self.worker.catalog = _as_received(cat) if self.comm.size == 1 else cat
+        self.worker.catalog = self._local_copy(cat)
         return cat
+
+    @property
+    def runs_tasks_here(self) -> bool:
+        """True on rank 0 when it runs tasks itself (one process, or ``mpi.master_works``)."""
+        return self.master and (self.comm.size == 1 or self.master_works)
+
+    def _local_copy(self, obj):
+        """What the task functions on this rank see: on a task-running rank 0, the object as a
+        worker receives it (see :func:`_as_received`), so results do not depend on the rank."""
+        return _as_received(obj) if self.runs_tasks_here else obj
 
     # ------------------------------------------------------------------ ePSF phase
     def epsf_phase(self, lr, cells):
@@ -170,7 +206,8 @@ class _Run:
 
         with self.stage("build_epsf"):
             rep = run_phase(self.comm, "epsf", run_list if self.master else None, self.worker.epsf_cell,
-                            journal=self.journal, on_result=collect, heartbeat_sec=self.hb)
+                            journal=self.journal, on_result=collect, heartbeat_sec=self.hb,
+                            master_works=self.master_works)
             self._account("epsf", rep)
             stamps = None
             if self.master:
@@ -213,7 +250,7 @@ class _Run:
         from .stages.fit import result_columns
         cfg = self.cfg
         self.worker.plan = plan
-        self.worker.psfs = S.psf_choices(cfg, _as_received(stamps) if self.comm.size == 1 else stamps)
+        self.worker.psfs = S.psf_choices(cfg, self._local_copy(stamps))
         prefix = "patch" if use_store else label
         tasks = [Task(f"{prefix}/{p.patch_tag}", prefix, cost=float(p.cost), index=i, payload=i)
                  for i, p in enumerate(plan)]
@@ -243,7 +280,8 @@ class _Run:
                                        info.wall, info.error, info.rank, info.host)
 
             rep = run_phase(self.comm, label, to_run if self.master else None, fn or self.worker.patch_fit,
-                            store=store, journal=self.journal, on_result=on_result, heartbeat_sec=self.hb)
+                            store=store, journal=self.journal, on_result=on_result, heartbeat_sec=self.hb,
+                            master_works=self.master_works)
             if store is not None:
                 store.close()
             self._account(label, rep)
@@ -295,10 +333,19 @@ class _Run:
 
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
-        from .parallel.mpienv import peak_rss_mb
+        from .parallel.mpienv import process_usage, usable_cores
         total = time.monotonic() - self.t0
         code = EXIT_RESUMABLE if self.stopped else (EXIT_TASK_FAILURES if self.failed else code_if_ok)
-        rss = self.comm.gather(round(peak_rss_mb(), 1))      # peak RSS (MiB) of every rank
+        mine = process_usage()
+        usage = self.comm.gather(dict(mine, startup_s=round(self.startup, 3),
+                                      warmup_s=round(self.warmup, 3),
+                                      run_cpu_s=round(mine["cpu_s"] - self.cpu0, 3)))
+        background = float("nan")
+        if self.master and usage:
+            from .parallel.mpienv import system_busy_seconds
+            ours = sum(u["run_cpu_s"] for u in usage)
+            background = max(0.0, (system_busy_seconds() - self.sys0 - ours) / max(total, 1e-9))
+        rss = [u["rss_mb"] for u in usage or []]            # peak RSS (MiB) of every rank
         if self.master:
             if self.journal is not None:
                 self.journal.close()
@@ -315,7 +362,11 @@ class _Run:
                     "phase_seconds": self.phase_seconds,
                     "serial_seconds": max(0.0, total - sum(self.phase_seconds.values())),
                     "overhead_per_task": over / max(1, msgs), "n_ranks": self.comm.size,
-                    "busy_seconds": {str(k): v for k, v in busy.items()}, "peak_rss_mb": rss})
+                    "busy_seconds": {str(k): v for k, v in busy.items()}, "peak_rss_mb": rss,
+                    "rank_usage": usage, "startup_seconds": self.startup,
+                    "master_works": int(self.master_works), "cores": usable_cores(),
+                    "background_cores": background,
+                    "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else []})
             frac = ", ".join(f"r{k}={v / max(total, 1e-9):.2f}" for k, v in
                              sorted({r: busy.get(r, 0.0) for r in range(self.comm.size)}.items()))
             log.info("Summary: %s on %d rank(s): %s; failed tasks: %d; master dispatch overhead "
@@ -323,6 +374,12 @@ class _Run:
                      "; ".join(f"{r.label} {r.done}/{r.total} done" for r in self.reports) or "no tasks",
                      self.failed, 1e3 * over / max(1, msgs), frac)
             log.info("Peak RSS per rank [MiB]: %s", ", ".join(f"r{i}={v:.0f}" for i, v in enumerate(rss)))
+            log.info("I/O per rank [MiB read/written]: %s", ", ".join(
+                f"r{i}={u['read_bytes'] / 2**20:.0f}/{u['write_bytes'] / 2**20:.0f}"
+                for i, u in enumerate(usage)))
+            if background == background:
+                log.info("Other processes kept %.2f of %d core(s) busy during the run",
+                         background, usable_cores())
             if self.stopped:
                 log.warning("Stopped early (%s): run the same command with --resume to continue",
                             signals.stop_reason())
@@ -382,7 +439,7 @@ def _cmd_run_patches(R: _Run):
         return cat, shape, bands, cells
 
     cat, shape, bands, cells = R.on_master(_inputs, share=True)
-    R.worker.catalog = _as_received(cat) if R.comm.size == 1 else cat
+    R.worker.catalog = R._local_copy(cat)
     with R.stage("build_patches"):
         plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
     stamps = R.on_master(lambda: R.stamps_from_disk(bands, cells), share=True)
@@ -428,7 +485,9 @@ def run_command(command: str, cfg, options: dict | None = None) -> int:
         signals.set_deadline(float(options["deadline"]))
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not R.master and command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
+        t = time.perf_counter()
         S.warm_up()       # overlaps with rank 0's loading
+        R.warmup = time.perf_counter() - t
     try:
         return _DISPATCH[command](R)
     except _InputStop as stop:

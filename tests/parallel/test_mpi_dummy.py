@@ -204,3 +204,42 @@ def test_exception_on_master_aborts_all_ranks(tmp_path):
     assert r.returncode not in (0, 2, 3, 4)
     assert time.time() - t0 < 60
     assert "Unhandled exception on rank 0" in r.stderr and "master bug" in r.stderr
+
+
+def test_master_works_identical_and_uses_rank0(tmp_path):
+    ref = str(tmp_path / "ref")
+    assert run(None, [SCRIPT, ref, "--sleep", "0.01"]).returncode == 0
+    for label, n, extra, env in [("mw2", 2, [], None), ("mw3s", 3, ["--prefetch", "3"],
+                                                        {"TRACT7DT_FORCE_SERIAL_H5": "1"})]:
+        d = str(tmp_path / label)
+        r = run(n, [SCRIPT, d, "--sleep", "0.05", "--master-works"] + extra, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        s = _summary(d)
+        assert s["done"] == 24 and 0 in s["ranks"] and 1 in s["ranks"]     # master ran tasks too
+        _assert_same(ref, d)
+
+
+def test_master_works_failure_on_master_isolated(tmp_path):
+    # LPT order is t003, t014 (the worker's two prefetched tasks), then t006 for the master
+    d = str(tmp_path / "mf")
+    r = run(2, [SCRIPT, d, "--master-works", "--raise", "t006", "--sleep", "0.02"])
+    assert r.returncode == 4, r.stderr[-3000:]
+    s = _summary(d)
+    assert s["failed"] == ["t006"] and s["done"] == 23
+    rec = [x for x in J.read_journal(os.path.join(d, "journal.jsonl")) if x.get("state") == "FAILED"]
+    assert rec[0]["rank"] == 0 and "injected failure in t006" in rec[0]["error"]
+
+
+def test_master_works_halves_wall_and_idle_ranks_sleep(tmp_path):
+    """Sleeping tasks (no CPU): with the master working, 2 ranks take about half of 1 rank's time,
+    so the worker kept running while the master ran its own tasks; waiting ranks use little CPU."""
+    d1, d2 = str(tmp_path / "w1"), str(tmp_path / "w2")
+    args = ["--ntasks", "16", "--sleep", "0.25"]
+    assert run(2, [SCRIPT, d1] + args).returncode == 0                  # master only dispatches
+    assert run(2, [SCRIPT, d2, "--master-works"] + args).returncode == 0
+    s1, s2 = _summary(d1), _summary(d2)
+    assert s1["phase_wall"] >= 16 * 0.25 * 0.95
+    assert s2["phase_wall"] < 0.7 * s1["phase_wall"], (s1["phase_wall"], s2["phase_wall"])
+    assert abs(s2["by_rank"]["0"] - s2["by_rank"]["1"]) <= 2
+    # an idle master (dispatch only) and a worker that sleeps most of the time do not spin a core
+    assert max(s1["cpu"]) < 0.35 * s1["phase_wall"], s1["cpu"]

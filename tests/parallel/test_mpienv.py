@@ -40,3 +40,44 @@ def test_hdf5_locking_default_respects_user(monkeypatch):
     monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
     mpienv.set_hdf5_env()
     assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"
+
+
+def _clear(monkeypatch):
+    for v in mpienv.THREAD_VARS + (mpienv.THREADS_ENV,):
+        monkeypatch.delenv(v, raising=False)
+
+
+def test_job_script_thread_variable_overrides_config(monkeypatch):
+    _clear(monkeypatch)
+    monkeypatch.setenv("TRACT7DT_THREADS_PER_RANK", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    mpienv.set_thread_env(1)                                 # config says 1: the job script wins
+    assert all(os.environ[v] == "4" for v in mpienv.THREAD_VARS)
+    monkeypatch.setenv("TRACT7DT_THREADS_PER_RANK", "zero")   # unusable: ignored, config applies
+    assert mpienv.resolve_threads(2) == (2, "mpi.threads_per_rank")
+
+
+def test_user_exports_kept_when_neither_is_given(monkeypatch):
+    from tract7dt_mpi.config import config_from_dict
+    _clear(monkeypatch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    cfg = config_from_dict({"mpi": {"heartbeat_sec": 5}}, "/tmp")
+    assert mpienv.configured_threads(cfg) is None
+    mpienv.set_thread_env(mpienv.configured_threads(cfg))
+    assert os.environ["OMP_NUM_THREADS"] == "6" and os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    cfg = config_from_dict({"mpi": {"threads_per_rank": 1}}, "/tmp")    # written: it applies
+    assert mpienv.configured_threads(cfg) == 1
+    mpienv.set_thread_env(mpienv.configured_threads(cfg))
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert mpienv.configured_threads(config_from_dict({"patch_run": {"threads_per_process": 3}},
+                                                      "/tmp")) == 3
+
+
+def test_master_works_resolution(monkeypatch):
+    from tract7dt_mpi.parallel.scheduler import resolve_master_works
+    monkeypatch.delenv("TRACT7DT_MASTER_WORKS", raising=False)
+    assert [resolve_master_works("auto", n) for n in (1, 2, 8, 9)] == [False, True, True, False]
+    assert resolve_master_works("true", 64) and not resolve_master_works("false", 2)
+    assert resolve_master_works(True, 300) and not resolve_master_works(False, 3)
+    monkeypatch.setenv("TRACT7DT_MASTER_WORKS", "0")
+    assert not resolve_master_works("true", 4)

@@ -28,17 +28,24 @@ log = logging.getLogger(__name__)
 ALL = frozenset(POS + SHAPE + SERSIC)
 STAGES = {0: ALL, 1: frozenset(SHAPE + SERSIC), 2: frozenset(POS), 3: ALL}
 MAX_TRIALS = 12
+#: preparatory stages (1, 2) stop once the remaining predicted gain is statistically meaningless
+#: (Delta chi2 < 2); only the final stage is driven down to ``dlnp_stop``
+PREP_STOP = 1.0
 
 
 class _System:
     """Index arrays of the free parameters of one Gauss-Newton system."""
 
-    def __init__(self, prob: Problem, ev, index):
+    def __init__(self, prob: Problem, ev, index, start=None):
         self.index = index
         self.theta = np.array([ev.params[s][j] for s, j in index])
         self.lo = np.array([prob.lo[s][j] for s, j in index])
         self.hi = np.array([prob.hi[s][j] for s, j in index])
         self.caps = np.array([MAX_STEP[prob.names[s][j]] for s, j in index])
+        if start is not None:   # preparatory stage: stay within one maximal step of the stage start
+            p0 = np.array([start[s][j] for s, j in index])
+            self.lo = np.maximum(self.lo, np.minimum(p0 - self.caps, self.theta))
+            self.hi = np.minimum(self.hi, np.maximum(p0 + self.caps, self.theta))
         self.mins = np.array([MIN_STEP[prob.names[s][j]] for s, j in index])
         self.owner = np.array([s for s, _ in index])
 
@@ -49,90 +56,119 @@ class _System:
         return newp
 
 
+def _sheets(prob: Problem, ev, sy) -> np.ndarray:
+    """Parameters of galaxies stalled at the upper re bound: a profile that large is a sheet
+    degenerate with the sky, so its position and shape are held (it keeps its stall flag)."""
+    out = np.zeros(sy.theta.size, dtype=bool)
+    for s in np.unique(sy.owner):
+        if prob.kinds[s] != "star" and prob.hi[s][2] - ev.params[s][2] <= STALL_TOL["shape.logre"]:
+            out[sy.owner == s] = True
+    return out
+
+
 def _settle(step, H, g, sys_, S, dlnp_stop):
-    """Zero the steps of sources that would gain < dlnp_stop / S (their renderings stay cached)."""
-    tiny = np.zeros(S, dtype=bool)
-    np.logical_or.at(tiny, sys_.owner, np.abs(step) >= sys_.mins)
+    """Zero the steps of sources whose share of the gain is below max(dlnp_stop, noise floor) / S, or whose
+    every parameter moves less than MIN_STEP (their renderings and pair blocks stay cached)."""
+    moving = np.zeros(S, dtype=bool)
+    np.logical_or.at(moving, sys_.owner, np.abs(step) >= sys_.mins)
     gains = source_gains(H, g, step, sys_.owner, S)
-    hold = ~tiny | (gains < dlnp_stop / max(S, 1))
+    hold = ~moving | (np.abs(gains) < dlnp_stop / max(S, 1))
     out = step.copy()
     out[hold[sys_.owner]] = 0.0
     return out
 
 
-def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptions, stage: int):
+def _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop):
+    """Damped trials until one improves ln p -> (new evaluation or None, pred, lam, nu)."""
+    S = prob.S
+    pred = 0.0
+    for _ in range(MAX_TRIALS):
+        step, _ = lm_step(H, g, lam, sy.theta, sy.lo, sy.hi, sy.caps, sy.owner, S, hold)
+        step = _settle(step, H, g, sy, S, max(stop, floor))
+        pred = predicted_gain(H, g, step)
+        if not np.any(step):
+            return None, pred, lam, nu
+        if pred <= 0.0:   # bounds or held sources spoilt the step: damp harder
+            lam, nu = update_damping(lam, nu, 0.0, False)
+            continue
+        newp = sy.params(ev, step)
+        trial = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky, derivs=False)
+        actual = trial.lnp - ev.lnp
+        ok = bool(np.isfinite(actual) and actual > 0.0)
+        rho = actual / pred if ok else 0.0
+        lam, nu = update_damping(lam, nu, rho, ok)
+        if np.isfinite(actual) and not (0.75 < rho < 1.25):
+            # the quadratic model is off along this step (e.g. large residuals of an imperfect
+            # profile): also try the maximum of the parabola through ln p(0), its slope, ln p(step)
+            slope = float(g @ step)
+            curv = 2.0 * (slope - actual)
+            alpha = slope / curv if curv > 0 else 2.0
+            if 0.05 < alpha < 3.0 and abs(alpha - 1.0) > 0.15:
+                p2 = sy.params(ev, np.clip(sy.theta + alpha * step, sy.lo, sy.hi) - sy.theta)
+                t2 = prob.evaluate(p2, free, solve_linear, ev.F, ev.sky, derivs=False)
+                if np.isfinite(t2.lnp) and t2.lnp > ev.lnp + max(actual, 0.0):
+                    newp, ok = p2, True
+        if ok:
+            F0, sky0 = ev.F, ev.sky
+            trial = None
+            return prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True), pred, lam, nu
+        if pred < floor:
+            break
+    return None, pred, lam, nu
+
+
+def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptions, stage: int,
+               confine: bool = False, stop: float | None = None):
+    """One stage of the fit.
+
+    ``confine`` keeps every parameter within one maximal step of its start; ``stop`` is the
+    convergence tolerance on ln p (default ``opts.dlnp_stop``).
+    """
     ev = prob.evaluate(params, free, solve_linear, F, sky)
-    stop = float(opts.dlnp_stop)
+    start = [p.copy() for p in ev.params] if confine else None
+    stop = float(opts.dlnp_stop) if stop is None else float(stop)
+    budget = int(opts.n_opt_iters)
     lam, nu = 1e-3, 2.0
     niters, converged, last, why = 0, False, math.nan, "max_iters"
     S = prob.S
-    for it in range(int(opts.n_opt_iters) + 1):
+    while True:
         index, H, g = prob.gauss_newton(ev)
         if not index:
             converged, last, why = True, 0.0, "no free parameters"
             break
-        sy = _System(prob, ev, index)
+        sy = _System(prob, ev, index, start)
         floor = ev.noise_floor()
-        hold = unconstrained(H, g, sy.caps)
+        hold = unconstrained(H, g, sy.caps) | _sheets(prob, ev, sy)
         gn_pred = gn_gain(H, g, free_set(sy.theta, sy.lo, sy.hi, g) & ~hold)
+        done = None
         if gn_pred < stop:
-            converged, why = True, "gauss-newton gain < dlnp_stop"
-            if it < int(opts.n_opt_iters):
-                niters += 1
-                last = max(gn_pred, 0.0)
+            done = "gauss-newton gain < dlnp_stop"
+        elif niters >= budget:
             break
-        if it == int(opts.n_opt_iters):
-            break      # budget used; the test above was the last chance to converge
-        niters += 1
-        dlnp, accepted, pred = 0.0, False, 0.0
-        for _ in range(MAX_TRIALS):
-            step, pred = lm_step(H, g, lam, sy.theta, sy.lo, sy.hi, sy.caps, sy.owner, S, hold)
-            step = _settle(step, H, g, sy, S, stop)
-            pred = predicted_gain(H, g, step)
-            if not np.any(step) or pred <= 0.0:
-                break
-            newp = sy.params(ev, step)
-            trial = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky, derivs=False)
-            actual = trial.lnp - ev.lnp
-            ok = bool(np.isfinite(actual) and actual > 0.0)
-            rho = actual / pred if ok else 0.0
-            lam, nu = update_damping(lam, nu, rho, ok)
-            if np.isfinite(actual) and not (0.75 < rho < 1.25):
-                # the quadratic model is off along this step (e.g. large residuals of an imperfect
-                # profile): try the maximum of the parabola through ln p(0), its slope and ln p(step)
-                slope = float(g @ step)
-                curv = 2.0 * (slope - actual)
-                alpha = slope / curv if curv > 0 else 2.0
-                if 0.05 < alpha < 3.0 and abs(alpha - 1.0) > 0.15:
-                    p2 = sy.params(ev, np.clip(sy.theta + alpha * step, sy.lo, sy.hi) - sy.theta)
-                    t2 = prob.evaluate(p2, free, solve_linear, ev.F, ev.sky, derivs=False)
-                    if np.isfinite(t2.lnp) and t2.lnp > ev.lnp + max(actual, 0.0):
-                        newp, actual, ok = p2, t2.lnp - ev.lnp, True
-            if ok:
-                ev_new = prob.evaluate(newp, free, solve_linear, ev.F, ev.sky, derivs=True)
-                dlnp, ev, accepted = ev_new.lnp - ev.lnp, ev_new, True
-                break
-            if pred < floor:
-                break
-        last = dlnp
-        if log.isEnabledFor(5):
-            sg = source_gains(H, g, step, sy.owner, S)
-            top = np.argsort(sg)[::-1][:3]
-            log.log(5, "   top sources %s", [(int(t), prob.kinds[t], round(float(sg[t]), 5),
-                    np.round(step[sy.owner == t], 4).tolist(), np.round(sy.theta[sy.owner == t], 3).tolist()) for t in top])
-        log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
-                  stage, niters, dlnp, pred, gn_pred, floor, ev.lnp, lam)
-        if not accepted:
-            converged, why = True, "no improving step (at the ln p noise floor)"
-            break
-        if dlnp < stop:
-            converged, why = True, "dlnp < dlnp_stop"
-            break
-        if pred < floor and dlnp < floor:
-            converged, why = True, "gain below the ln p noise floor"
-            break
+        else:
+            niters += 1
+            lnp0 = ev.lnp
+            new, pred, lam, nu = _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop)
+            last = 0.0 if new is None else new.lnp - lnp0
+            log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
+                      stage, niters, last, pred, gn_pred, floor, lnp0 + last, lam)
+            if new is None:
+                done = "no improving step (at the ln p noise floor)"
+            else:
+                ev = new
+                if last < stop:
+                    done = "dlnp < dlnp_stop"
+                elif pred < floor and last < floor:
+                    done = "gain below the ln p noise floor"
+        if done is None:
+            continue
+        converged, why = True, done
+        if done.startswith("gauss"):
+            last = max(gn_pred, 0.0) if niters else 0.0
+        break
     log.debug("stage %d: %s after %d iterations", stage, why, niters)
-    return ev, {"stage": stage, "niters": niters, "converged": converged, "last_dlnp": float(last)}
+    return ev, {"stage": stage, "niters": niters, "converged": converged, "last_dlnp": float(last),
+                "dlnp_tol": stop}
 
 
 def _stalled(prob: Problem, s, p, free):
@@ -160,7 +196,10 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     ev = None
     for st in plan:
         solve_linear = not (st == 2 and opts.stage2_freeze_fluxes)
-        ev, info = _run_stage(prob, params, F, sky, STAGES[st], solve_linear, opts, st)
+        ev = None     # the previous stage's renderings (other derivative columns) are not needed
+        prep = st in (1, 2)
+        ev, info = _run_stage(prob, params, F, sky, STAGES[st], solve_linear, opts, st, confine=prep,
+                              stop=max(PREP_STOP, float(opts.dlnp_stop)) if prep else None)
         params, F, sky = ev.params, ev.F, ev.sky
         stages.append(info)
     last_free = STAGES[plan[-1]]

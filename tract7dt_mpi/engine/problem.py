@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .linalg import inv_batched, overlapping_pairs, own_products, pair_block, solve_batched
+from .linalg import inv_batched, model_block, overlapping_pairs, own_products, pair_block, solve_batched
 from .profiles import SERSIC_N_BOUNDS
 from .render import param_names, render_source
 from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
@@ -29,6 +29,9 @@ STALL_TOL = {"pos.x": 0.01, "pos.y": 0.01, "shape.logre": 1e-3, "shape.ee1": 1e-
              "sersicindex": 1e-3}
 #: relative rounding of a float32 rendering (sets the precision with which ln p can be evaluated)
 F32_EPS = float(np.finfo(np.float32).eps)
+#: pairs of sources whose unit models overlap less than this (normalised inner product, any band)
+#: get no derivative cross terms in the Gauss-Newton matrix (their fluxes stay exactly coupled)
+COUPLING_EPS = 1e-3
 LOGN_BOUNDS = (math.log(SERSIC_N_BOUNDS[0]), math.log(SERSIC_N_BOUNDS[1]))
 
 
@@ -92,8 +95,10 @@ class Problem:
                 self.flux_mu[:, s] = src.fluxes
             self._init_params(src)
         self.sky0 = np.array([im.sky for im in images], dtype=float)
+        self.w32 = self.w.astype(np.float32)
         self._cache = {}
         self._block_cache = {}
+        self._uid = 0
 
     def _init_params(self, src):
         k = len(param_names(src.kind))
@@ -132,8 +137,8 @@ class Problem:
     def render(self, s, p, free):
         """Render source s; ``free=None`` = model column only.
 
-        The last two renderings per source are cached; a model-only request is served by a cached
-        rendering with derivatives at the same parameters.
+        At most one rendering with derivatives and one model-only rendering are cached per source;
+        a model-only request is served by the rendering with derivatives at the same parameters.
         """
         fn = None if free is None else tuple(self.free_names(s, free))
         pk = p.tobytes()
@@ -144,11 +149,15 @@ class Problem:
         params = dict(zip(self.names[s], p))
         if "sersicindex" in params:
             params["sersicindex"] = math.exp(params["sersicindex"])
-        r = render_source(self.kinds[s], params, self.psfs, self.shape, set(fn or ()))
+        model = None
+        if fn:   # reuse the model column of a model-only rendering at these parameters (a trial)
+            model = next((e[2] for e in entries if e[0] == pk and e[1] is None), None)
+        r = render_source(self.kinds[s], params, self.psfs, self.shape, set(fn or ()), model=model)
         if fn and "sersicindex" in fn:   # d/d ln n = n d/dn
             r.A[:, 1 + fn.index("sersicindex")] *= params["sersicindex"]
-        entries.append((pk, fn, r))
-        del entries[:-2]
+        self._uid += 1
+        r.uid = self._uid
+        entries[:] = [e for e in entries if (e[1] is None) != (fn is None)] + [(pk, fn, r)]
         return r
 
     def products(self, r):
@@ -158,17 +167,46 @@ class Problem:
             c = r.cache["wd_w"] = own_products(r, self.wd, self.w)
         return c
 
+    def weighted_model(self, r):
+        """w * model column on the rendering's box, float32 (cached on the rendering)."""
+        c = r.cache.get("a0w")
+        if c is None:
+            c = r.cache["a0w"] = r.A[:, 0] * self.w32[:, r.y0:r.y1, r.x0:r.x1]
+        return c
+
     def block(self, rs, s, t, ncols):
-        """Pair block of renderings rs[s], rs[t] (cached while both renderings are unchanged)."""
-        for a, b, B in self._block_cache.get((s, t), ()):
-            if a is rs[s] and b is rs[t] and B.shape[1] >= ncols[0] and B.shape[2] >= ncols[1]:
-                return B if (B.shape[1], B.shape[2]) == ncols else B[:, :ncols[0], :ncols[1]]
-        cs = None if ncols[0] == rs[s].A.shape[1] and ncols[1] == rs[t].A.shape[1] else (ncols[0], ncols[1])
-        B = pair_block(rs, s, t, self.w, ncols=cs)
+        """Pair block of renderings rs[s], rs[t] (cached by rendering id, so nothing is kept alive)."""
+        us, ut = rs[s].uid, rs[t].uid
         lst = self._block_cache.setdefault((s, t), [])
-        lst.append((rs[s], rs[t], B))
-        del lst[:-2]
+        for a, b, B in lst:
+            if a == us and b == ut and B.shape[1] >= ncols[0] and B.shape[2] >= ncols[1]:
+                return B if (B.shape[1], B.shape[2]) == ncols else B[:, :ncols[0], :ncols[1]]
+        if ncols == (1, 1):
+            B = model_block(rs[s], rs[t], self.weighted_model(rs[s]))
+        else:
+            B = pair_block(rs, s, t, self.w32, ncols=ncols)
+        lst.append((us, ut, B))
+        del lst[:-3]
         return B
+
+    def blocks_for(self, rs, derivs):
+        """Pair blocks of every overlapping pair; with ``derivs`` the derivative columns of pairs
+        of distinct sources only when their models overlap by more than COUPLING_EPS."""
+        pairs = overlapping_pairs(rs)
+        m = {st: self.block(rs, st[0], st[1], (1, 1)) for st in pairs}
+        if not derivs:
+            return m
+        out = {}
+        for s, t in pairs:
+            full = (rs[s].A.shape[1], rs[t].A.shape[1])
+            if full != (1, 1) and s != t:
+                den = np.sqrt(m[(s, s)][:, 0, 0] * m[(t, t)][:, 0, 0])
+                c = np.max(np.abs(m[(s, t)][:, 0, 0]) / np.where(den > 0, den, np.inf))
+                if not c > COUPLING_EPS:
+                    out[(s, t)] = m[(s, t)]
+                    continue
+            out[(s, t)] = m[(s, t)] if full == (1, 1) else self.block(rs, s, t, full)
+        return out
 
     def prior_lnp(self, params):
         tot = 0.0
@@ -185,10 +223,7 @@ class Problem:
         """
         free = frozenset(free)
         rs = [self.render(s, params[s], free if derivs else None) for s in range(self.S)]
-        blocks = {}
-        for s, t in overlapping_pairs(rs):
-            nc = (rs[s].A.shape[1], rs[t].A.shape[1]) if derivs else (1, 1)
-            blocks[(s, t)] = self.block(rs, s, t, nc)
+        blocks = self.blocks_for(rs, derivs)
         F = self.F0.copy() if F is None else F.copy()
         sky = self.sky0.copy() if sky is None else sky.copy()
         G = None
@@ -280,6 +315,8 @@ class Problem:
         L = ev.G.shape[-1] if ev.G is not None else 0
         HtL = np.zeros((self.nb, n, L)) if L else None
         for (s, t), B in ev.blocks.items():
+            if B.shape[1] == 1 and B.shape[2] == 1 and s != t:
+                continue   # weakly coupled pair: no derivative cross terms
             if gi[s] and gi[t]:
                 blk = np.einsum("b,b,bjl->jl", F[:, s], F[:, t], B[:, 1:, 1:])
                 H[np.ix_(gi[s], gi[t])] += blk

@@ -8,6 +8,8 @@ Every PSF offers two views:
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 from scipy import fft as sfft
 
@@ -57,8 +59,13 @@ def _radius_from_profile(r, v, eps: float) -> float:
 
 
 class _FourierCache:
+    """Per-PSF caches: complex64 transforms for the most recent FFT sizes, and flux radii."""
+
+    #: transforms kept per PSF (galaxy FFT sizes come from a short ladder, see render.fft_size)
+    MAX_SIZES = 32
+
     def __init__(self):
-        self._ft = {}
+        self._ft = OrderedDict()
         self._rad = {}
 
     def flux_radius(self, eps: float) -> float:
@@ -69,17 +76,18 @@ class _FourierCache:
         return v
 
     def fourier(self, sz: int) -> np.ndarray:
-        ft = self._ft.get(sz)
-        if ft is None:
-            ft = self._ft[sz] = self._make_fourier(sz)
-        return ft
+        """complex128 transform (not cached; see :meth:`fourier32`)."""
+        return self._make_fourier(sz)
 
     def fourier32(self, sz: int) -> np.ndarray:
-        """complex64 copy of :meth:`fourier` (used by the float32 galaxy renderer)."""
-        key = ("c64", sz)
-        ft = self._ft.get(key)
+        """complex64 transform for an sz x sz box (LRU-cached per size)."""
+        ft = self._ft.get(sz)
         if ft is None:
-            ft = self._ft[key] = self.fourier(sz).astype(np.complex64)
+            ft = self._ft[sz] = self._make_fourier(sz).astype(np.complex64)
+            while len(self._ft) > self.MAX_SIZES:
+                self._ft.popitem(last=False)
+        else:
+            self._ft.move_to_end(sz)
         return ft
 
 

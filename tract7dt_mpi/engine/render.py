@@ -44,6 +44,8 @@ class Rendered:
     A: np.ndarray
     #: per-rendering products cached by the problem (e.g. sum w d A); dropped with the rendering
     cache: dict = field(default_factory=dict)
+    #: identity used by the problem's pair-block cache (0 = not registered)
+    uid: int = 0
 
     @property
     def empty(self) -> bool:
@@ -81,6 +83,26 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
         if yb > ya and xb > xa:
             A[b, :, ya - y0:yb - y0, xa - x0:xb - x0] = arr[:, ya - by0:yb - by0, xa - bx0:xb - bx0]
     return Rendered(y0, y1, x0, x1, A)
+
+
+def _ladder(limit=8192, step=1.05):
+    """Even 2-3-5-smooth FFT sizes at least ``step`` apart (few sizes -> few cached PSF transforms)."""
+    sm = sorted({2 ** a * 3 ** b * 5 ** c for a in range(1, 14) for b in range(0, 9) for c in range(0, 6)
+                 if 2 ** a * 3 ** b * 5 ** c <= limit})
+    out = [sm[0]]
+    for v in sm[1:]:
+        if v >= step * out[-1]:
+            out.append(v)
+    return np.array(out)
+
+
+_LADDER = _ladder()
+
+
+def fft_size(n: int) -> int:
+    """Smallest ladder size >= n."""
+    i = int(np.searchsorted(_LADDER, n))
+    return int(_LADDER[i]) if i < _LADDER.size else int(sfft.next_fast_len(n, real=True))
 
 
 @lru_cache(maxsize=64)
@@ -128,7 +150,8 @@ def _hybrid_mog_weights(var_unit, S, re, kind, psf, sz_fft):
 
 
 def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6,
-                  eps: float = FLUX_EPS) -> Rendered:
+                  eps: float = FLUX_EPS, with_model: bool = True) -> Rendered:
+    """Galaxy model (unless ``with_model`` is False) and its derivatives in the ``free`` parameters."""
     mix = mixture_for(kind, n)
     re = math.exp(logre)
     ix, iy = int(np.rint(px)), int(np.rint(py))
@@ -137,9 +160,10 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     names = [p for p in param_names(kind) if p in free]
     nb = len(psfs)
     if y1 <= y0 or x1 <= x0:
-        return Rendered(y0, y1, x0, x1, np.zeros((nb, 1 + len(names), max(y1 - y0, 0), max(x1 - x0, 0)), DTYPE))
+        k = len(names) + (1 if with_model else 0)
+        return Rendered(y0, y1, x0, x1, np.zeros((nb, k, max(y1 - y0, 0), max(x1 - x0, 0)), DTYPE))
     r_psf = max(p.half_size for p in psfs)
-    sz = sfft.next_fast_len(2 * h + 1 + 2 * min(r_psf, pad_max), real=True)
+    sz = fft_size(2 * h + 1 + 2 * min(r_psf, pad_max))
     c = sz // 2
     U, V, UU, UV2, VV = _grids(sz)
     S = unit_covariance(logre, ee1, ee2)
@@ -169,7 +193,7 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
                     out.append(Fq * dQ[j])
         if "sersicindex" in free:
             out.append(np.tensordot(mix.damp_dn * w, E, axes=1) * phase)
-        return np.stack(out)
+        return np.stack(out if with_model else out[1:])
 
     full = stack(np.ones(mix.amp.size)).astype(np.complex64)
     spec = np.empty((nb,) + full.shape, dtype=np.complex64)
@@ -184,15 +208,28 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
                     mog_cache[key] = stack(w).astype(np.complex64)
                 part = mog_cache[key]
                 spec[b] += part * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
-    img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1))
+    img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
     fy0, fx0 = iy - c, ix - c   # image coordinates of FFT pixel (0, 0)
     A = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
     return Rendered(y0, y1, x0, x1, np.ascontiguousarray(A))
 
 
-def render_source(kind, params: dict, psfs, shape, free) -> Rendered:
-    """Render a source given its parameter dict (names of :func:`param_names`)."""
+def render_source(kind, params: dict, psfs, shape, free, model=None) -> Rendered:
+    """Render a source given its parameter dict (names of :func:`param_names`).
+
+    ``model``: a model-only rendering at the same parameters; galaxies then transform only the
+    derivative columns and reuse its model column.
+    """
     if kind == "star":
         return render_star(params["pos.x"], params["pos.y"], psfs, shape, free)
-    return render_galaxy(kind, params["pos.x"], params["pos.y"], params["shape.logre"], params["shape.ee1"],
-                         params["shape.ee2"], params.get("sersicindex", np.nan), psfs, shape, free)
+    args = (kind, params["pos.x"], params["pos.y"], params["shape.logre"], params["shape.ee1"],
+            params["shape.ee2"], params.get("sersicindex", np.nan), psfs, shape, free)
+    if model is None or not free or model.A.shape[1] != 1:
+        return render_galaxy(*args)
+    d = render_galaxy(*args, with_model=False)
+    if (d.y0, d.y1, d.x0, d.x1) != (model.y0, model.y1, model.x0, model.x1):
+        return render_galaxy(*args)
+    A = np.empty((d.A.shape[0], d.A.shape[1] + 1) + d.A.shape[2:], dtype=d.A.dtype)
+    A[:, 0] = model.A[:, 0]
+    A[:, 1:] = d.A
+    return Rendered(d.y0, d.y1, d.x0, d.x1, A)

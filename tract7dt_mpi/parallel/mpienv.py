@@ -25,23 +25,60 @@ _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "
 _POLL_MIN, _POLL_MAX = 0.0005, 0.02     # seconds between polls of a pending receive/barrier
 
 
-def set_thread_env(threads: int, override: bool = True) -> list[str]:
-    """Set the BLAS/OpenMP thread variables to ``threads`` (>= 1); return the names changed.
+#: exported by the job scripts (SLURM --cpus-per-task, PBS ompthreads); wins over the config
+THREADS_ENV = "TRACT7DT_THREADS_PER_RANK"
 
-    Call this before numpy is imported: thread pools read the variables once at load time.
-    A warning is logged when numpy was already imported (the setting then only reaches
-    libraries loaded later, e.g. OpenMP in SEP or child processes).
+
+def configured_threads(cfg) -> int | None:
+    """``mpi.threads_per_rank`` when the user's YAML set it (or its legacy spelling), else None."""
+    raw = getattr(cfg, "_raw", None) or {}
+    given = "threads_per_rank" in (raw.get("mpi") or {}) or \
+        "threads_per_process" in (raw.get("patch_run") or {})
+    n = int(cfg.mpi.threads_per_rank)
+    return n if given or n != 1 else None
+
+
+def resolve_threads(threads: int | None) -> tuple[int | None, str]:
+    """Threads per rank and where the number came from.
+
+    Precedence: ``TRACT7DT_THREADS_PER_RANK`` (job scripts) > ``threads`` (the config value) >
+    nothing (None: keep what the user exported).  A bad environment value is ignored with a
+    warning.
     """
-    threads = max(1, int(threads))
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+            if n >= 1:
+                return n, THREADS_ENV
+        except ValueError:
+            pass
+        log.warning("%s=%r is not a positive integer; ignored", THREADS_ENV, env)
+    if threads is None:
+        return None, "environment"
+    return max(1, int(threads)), "mpi.threads_per_rank"
+
+
+def set_thread_env(threads: int | None, override: bool = True) -> list[str]:
+    """Set the BLAS/OpenMP thread variables; return the names changed.
+
+    ``threads`` is the config value (None = not given).  ``TRACT7DT_THREADS_PER_RANK`` overrides
+    it.  With a number, every variable is set to it (``override=False``: only unset ones); with
+    neither, variables the user exported are kept and unset ones become 1 (one rank per core).
+    Call this before numpy is imported: thread pools read the variables once at load time.
+    """
+    n, source = resolve_threads(threads)
+    if n is None:
+        n, override = 1, False
     changed = []
     for name in THREAD_VARS:
         if override or name not in os.environ:
-            if os.environ.get(name) != str(threads):
+            if os.environ.get(name) != str(n):
                 changed.append(name)
-            os.environ[name] = str(threads)
+            os.environ[name] = str(n)
     if changed and "numpy" in sys.modules:
-        log.debug("thread variables set after numpy import (%s=%d): BLAS may keep its old pool size",
-                  changed[0], threads)
+        log.debug("thread variables set after numpy import (%s=%d from %s): BLAS may keep its "
+                  "old pool size", changed[0], n, source)
     return changed
 
 
@@ -66,11 +103,21 @@ def get_mpi(threads: int = 1):
     if not launched_by_mpi():
         return None
     import mpi4py
+    threads = resolve_threads(threads)[0] or _int_env("OMP_NUM_THREADS", 1)
+    # Open MPI: yield the core while polling when the node is oversubscribed (read at MPI_Init)
+    os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     if threads > 1:
         mpi4py.rc.thread_level = "funneled"     # BLAS/OpenMP threads, MPI calls from one thread
     from mpi4py import MPI
     _MPI = MPI
     return MPI
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
 
 
 def hostname() -> str:
@@ -85,6 +132,66 @@ def peak_rss_mb() -> float:
         return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
     except Exception:   # pragma: no cover - platform without resource
         return float("nan")
+
+
+def process_usage() -> dict:
+    """This process's resource use so far: peak RSS (MiB), CPU seconds, bytes read/written.
+
+    ``read_bytes``/``write_bytes`` are what reached the storage layer (Linux ``/proc/self/io``;
+    page-cache hits are not counted), ``rchar``/``wchar`` every byte passed to read/write calls;
+    -1 where the platform does not say.
+    """
+    out = {"rss_mb": round(peak_rss_mb(), 1), "cpu_s": float("nan"), "read_bytes": -1,
+           "write_bytes": -1, "rchar": -1, "wchar": -1}
+    try:
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        out["cpu_s"] = round(r.ru_utime + r.ru_stime, 3)
+    except Exception:  # noqa: BLE001 - platform without resource
+        pass
+    try:
+        with open("/proc/self/io", encoding="ascii") as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                if key in out:
+                    out[key] = int(val)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores of this machine spent busy since boot (Linux ``/proc/stat``; NaN
+    elsewhere).  The difference over a run minus the run's own CPU time is the background load."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)         # idle + iowait
+        busy = sum(vals[:8]) - idle                                  # without guest (in user)
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def process_age() -> float:
+    """Seconds since this process started (interpreter start-up, imports, ``MPI_Init``); NaN if
+    unknown.  Linux: start time from ``/proc/self/stat`` against the system uptime."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime", encoding="ascii") as fh:
+            return float(fh.read().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Comm:

@@ -28,8 +28,12 @@ class TaskResult:
 def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], TaskResult], *,
               store: ResultsStore | None = None, journal: J.Journal | None = None,
               on_result: Callable[[Task, Any, TaskInfo], None] | None = None,
-              heartbeat_sec: float = 30.0) -> RunReport:
-    """Run one phase on every rank (workers pass ``tasks=None``); returns the master's report."""
+              heartbeat_sec: float = 30.0, master_works: bool = False,
+              prefetch: int | None = None) -> RunReport:
+    """Run one phase on every rank (workers pass ``tasks=None``); returns the master's report.
+
+    ``master_works``/``prefetch``: see :func:`.scheduler.run_tasks` (same value on every rank).
+    """
 
     def worker_post(task: Task, res: TaskResult):
         if res is None:
@@ -70,7 +74,8 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
             on_result(task, None, info)
 
     return run_tasks(comm, tasks, fn, label=label, on_done=on_done, on_failed=on_failed,
-                     on_start=on_start, worker_post=worker_post, heartbeat_sec=heartbeat_sec)
+                     on_start=on_start, worker_post=worker_post, heartbeat_sec=heartbeat_sec,
+                     master_works=master_works, prefetch=prefetch)
 
 
 def split_resumable(tasks: list[Task], journal: J.Journal | None, is_recoverable=None,

@@ -1,19 +1,27 @@
 """Master/worker task-pull queue on COMM_WORLD (hand-written; no spawn, no futures).
 
-Protocol (tags): a worker sends READY, the master answers TASK (a small picklable :class:`Task`) or
-STOP; the worker runs the task and answers DONE (result) or FAILED (traceback, host, wall, RSS),
-which doubles as its next READY.  Plain ``send`` only (never ``ssend``), over an ``mpi4py.util.pkl5``
-communicator so a large result cannot overflow.  Waiting is done by ``iprobe`` + short sleeps so the
-master and idle workers do not spin the CPU of oversubscribed nodes.
+Protocol (tags): each worker sends READY once; the master keeps up to ``prefetch`` TASK messages
+(small picklable :class:`Task` objects) outstanding per worker; the worker answers each with DONE
+(result) or FAILED (traceback, host, wall, RSS) and the master tops its queue up again; STOP is sent
+to a worker once it has nothing outstanding and nothing is left to hand out.  Sends are
+non-blocking (``isend`` over an ``mpi4py.util.pkl5`` communicator, so large results cannot
+overflow and a sender never waits for a busy receiver); waiting is ``iprobe`` + short sleeps, so
+idle ranks do not spin the CPU of oversubscribed nodes.
+
+With ``master_works`` the master also runs tasks itself between servicing messages (it fills every
+worker's prefetch queue first, so a worker never waits while the master computes): at small rank
+counts one more working rank is a large gain (N=2: two workers instead of one).
 
 Tasks go out largest estimated cost first (LPT; ties in plan order).  Every task is wrapped in a
 ``BaseException`` catch (``SystemExit`` too): a failure is reported and the run goes on.  A stop
-request (signal flag, deadline, or a worker that received a signal) stops dispatching; running tasks
-drain and the call returns ``stopped=True``.  With one process the master runs the tasks itself.
+request (signal flag, deadline, or a worker that received a signal) stops dispatching; running and
+queued tasks drain and the call returns ``stopped=True``.  With one process the master runs the
+tasks itself.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -80,6 +88,25 @@ class RunReport:
         return {r: self.busy.get(r, 0.0) / w for r in range(nranks)}
 
 
+#: world sizes up to which ``mpi.master_works: auto`` lets rank 0 run tasks too
+MASTER_WORKS_AUTO_MAX = 8
+
+
+def resolve_master_works(value, size: int) -> bool:
+    """``mpi.master_works`` ("auto" | true | false, also as text) -> bool for a world of ``size``.
+
+    ``TRACT7DT_MASTER_WORKS`` (same values) overrides the config, e.g. for benchmarks.
+    """
+    import os
+    env = os.environ.get("TRACT7DT_MASTER_WORKS", "").strip().lower()
+    text = env or str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return size > 1
+    if text in ("0", "false", "no", "off"):
+        return False
+    return 1 < size <= MASTER_WORKS_AUTO_MAX
+
+
 def order_tasks(tasks: list[Task]) -> list[Task]:
     """Largest estimated cost first; equal costs keep plan order (deterministic LPT)."""
     return sorted(tasks, key=lambda t: (-float(t.cost), t.index, t.id))
@@ -131,19 +158,24 @@ def run_tasks(comm: Comm, tasks: list[Task] | None, fn: Callable[[Task], Any], *
               on_failed: Callable[[Task, TaskInfo], None] | None = None,
               on_start: Callable[[Task, int, str], None] | None = None,
               worker_post: Callable[[Task, Any], Any] | None = None,
-              heartbeat_sec: float = 30.0) -> RunReport:
+              heartbeat_sec: float = 30.0, master_works: bool = False,
+              prefetch: int | None = None) -> RunReport:
     """Run ``tasks`` over all ranks of ``comm``; every rank must call this (workers pass None).
 
-    ``fn(task)`` runs on a worker (or on the master with one process).  ``worker_post(task,
-    result)`` runs right after a successful ``fn`` on the same rank (e.g. independent HDF5 writes)
-    and returns what is sent back; ``on_start``/``on_done``/``on_failed`` run on the master, in the
-    order messages arrive.  Returns the master's :class:`RunReport` (workers get a small report).
+    ``fn(task)`` runs on a worker (or on the master with one process or ``master_works``).
+    ``worker_post(task, result)`` runs right after a successful ``fn`` on the same rank (e.g.
+    independent HDF5 writes) and returns what is sent back; ``on_start``/``on_done``/``on_failed``
+    run on the master, in the order results arrive.  ``prefetch``: tasks kept outstanding per
+    worker (default 2 when the master works, else 1); every rank must pass the same
+    ``master_works``.  Returns the master's :class:`RunReport` (workers get a small report).
     """
     if comm.size == 1:
         return _serial(comm, tasks or [], fn, label, on_done, on_failed, on_start, worker_post,
                        heartbeat_sec)
     if comm.is_master:
-        return _master(comm, tasks or [], label, on_done, on_failed, on_start, heartbeat_sec)
+        depth = max(1, int(prefetch if prefetch else (2 if master_works else 1)))
+        return _Master(comm, tasks or [], fn, worker_post, label, on_done, on_failed, on_start,
+                       heartbeat_sec, master_works, depth).run()
     return _worker(comm, fn, worker_post, label)
 
 
@@ -162,6 +194,16 @@ def _finish(report, task, ok, res, info, on_done, on_failed):
             on_failed(task, info)
 
 
+def _run_local(fn, worker_post, task, rank, host):
+    """Run one task (and its ``worker_post``) on this rank; returns (ok, result, wall, rss, start)."""
+    started = time.time()
+    ok, res, wall, rss = _run_one(fn, task, rank, host)
+    if ok and worker_post is not None:
+        ok, res, wall2, rss = _run_one(lambda t: worker_post(t, res), task, rank, host)
+        wall += wall2
+    return ok, res, wall, rss, started
+
+
 def _serial(comm, tasks, fn, label, on_done, on_failed, on_start, worker_post, hb_sec):
     report = RunReport(label=label, total=len(tasks))
     t0 = time.monotonic()
@@ -176,11 +218,7 @@ def _serial(comm, tasks, fn, label, on_done, on_failed, on_start, worker_post, h
         if on_start is not None:
             on_start(task, 0, comm.host)
         report.master_overhead += time.perf_counter() - m0
-        started = time.time()
-        ok, res, wall, rss = _run_one(fn, task, 0, comm.host)
-        if ok and worker_post is not None:
-            ok, res, wall2, rss = _run_one(lambda t: worker_post(t, res), task, 0, comm.host)
-            wall += wall2
+        ok, res, wall, rss, started = _run_local(fn, worker_post, task, 0, comm.host)
         m0 = time.perf_counter()
         info = TaskInfo(task.id, ok, 0, comm.host, wall, rss, None if ok else res, started)
         _finish(report, task, ok, res, info, on_done, on_failed)
@@ -191,94 +229,192 @@ def _serial(comm, tasks, fn, label, on_done, on_failed, on_start, worker_post, h
     return report
 
 
-def _poll_recv(p2p, MPI, idle=None):
-    """Receive from any source with sleeping polls; returns (message, source, tag)."""
+class _Sends:
+    """Outstanding non-blocking sends (their buffers stay referenced until complete)."""
+
+    def __init__(self):
+        self.reqs = []
+
+    def add(self, req):
+        self.reqs.append(req)
+        self.test()
+
+    def test(self):
+        self.reqs = [r for r in self.reqs if not r.test()[0]]
+
+    def wait(self):
+        pause = _POLL_MIN
+        while self.reqs:
+            self.test()
+            if self.reqs:
+                time.sleep(pause)
+                pause = min(_POLL_MAX, pause * 1.5)
+
+
+def _try_recv(p2p, MPI, source):
+    """One pending message from ``source`` (or any), or None; never blocks on an empty queue."""
     status = MPI.Status()
-    pause = _POLL_MIN
-    while not p2p.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-        time.sleep(pause)
-        pause = min(_POLL_MAX, pause * 1.5)
-        if idle is not None:
-            idle()
+    if not p2p.iprobe(source=source, tag=MPI.ANY_TAG, status=status):
+        return None
     src, tag = status.Get_source(), status.Get_tag()
-    msg = p2p.recv(source=src, tag=tag)
-    return msg, src, tag
+    return p2p.recv(source=src, tag=tag), src, tag
 
 
-def _master(comm, tasks, label, on_done, on_failed, on_start, hb_sec):
-    MPI, p2p = comm.MPI, comm.p2p
-    report = RunReport(label=label, total=len(tasks))
-    by_id = {t.id: t for t in tasks}
-    queue = order_tasks(tasks)
-    qpos = 0
-    running: dict[str, tuple] = {}          # task id -> (rank, host, monotonic start)
-    stopped_workers = 0
-    nworkers = comm.size - 1
-    t0 = time.monotonic()
-    hb = _Heartbeat(label, len(tasks), hb_sec)
-    while stopped_workers < nworkers:
-        msg, src, tag = _poll_recv(p2p, MPI, lambda: hb.maybe(report.done, len(report.failed), running))
+class _Master:
+    """Rank 0's side: dispatch (LPT), keep ``depth`` tasks per worker, optionally run tasks."""
+
+    def __init__(self, comm, tasks, fn, worker_post, label, on_done, on_failed, on_start, hb_sec,
+                 master_works, depth):
+        self.comm, self.MPI, self.p2p = comm, comm.MPI, comm.p2p
+        self.fn, self.worker_post = fn, worker_post
+        self.on_done, self.on_failed, self.on_start = on_done, on_failed, on_start
+        self.report = RunReport(label=label, total=len(tasks))
+        self.by_id = {t.id: t for t in tasks}
+        self.queue = collections.deque(order_tasks(tasks))
+        self.running: dict[str, tuple] = {}     # task id -> (rank, host, monotonic dispatch time)
+        self.out = {r: 0 for r in range(1, comm.size)}      # outstanding tasks per worker
+        self.hosts: dict[int, str] = {}
+        self.stopped: set[int] = set()
+        self.sends = _Sends()
+        self.hb = _Heartbeat(label, len(tasks), hb_sec)
+        self.master_works, self.depth = master_works, depth
+
+    def run(self) -> RunReport:
+        rep, t0 = self.report, time.monotonic()
+        while len(self.hosts) < len(self.out):         # every worker announces itself first
+            self._handle(*self._wait())
+        while len(self.stopped) < len(self.out):
+            while (got := _try_recv(self.p2p, self.MPI, self.MPI.ANY_SOURCE)) is not None:
+                self._handle(*got)
+            self._check_stop()
+            self._dispatch()
+            if len(self.stopped) == len(self.out):
+                break
+            if self.master_works and self.queue:
+                self._run_own(self.queue.popleft())
+                continue
+            self._handle(*self._wait())
+        self.sends.wait()
+        rep.wall = time.monotonic() - t0
+        self.hb.maybe(rep.done, len(rep.failed), self.running, force=self.hb.every > 0)
+        return rep
+
+    def _wait(self):
+        pause = _POLL_MIN
+        while (got := _try_recv(self.p2p, self.MPI, self.MPI.ANY_SOURCE)) is None:
+            time.sleep(pause)
+            pause = min(_POLL_MAX, pause * 1.5)
+            self.sends.test()
+            self.hb.maybe(self.report.done, len(self.report.failed), self.running)
+        return got
+
+    def _handle(self, msg, src, tag):
         m0 = time.perf_counter()
-        report.n_messages += 1
+        rep = self.report
+        rep.n_messages += 1
+        self.hosts[src] = msg["host"]
         if msg.get("stop"):
             signals.request_stop(msg["stop"])
         if tag in (DONE, FAILED):
-            task = by_id[msg["id"]]
-            running.pop(task.id, None)
+            task = self.by_id[msg["id"]]
+            self.running.pop(task.id, None)
+            self.out[src] -= 1
             ok = tag == DONE
             info = TaskInfo(task.id, ok, src, msg["host"], msg["wall"], msg["rss"],
                             None if ok else msg["result"], msg.get("started", 0.0))
-            _finish(report, task, ok, msg.get("result") if ok else None, info, on_done, on_failed)
-        if signals.stop_requested() and qpos < len(queue) and not report.stopped:
-            report.stopped, report.stop_reason = True, signals.stop_reason()
-            report.undispatched = [t.id for t in queue[qpos:]]
+            _finish(rep, task, ok, msg.get("result") if ok else None, info, self.on_done,
+                    self.on_failed)
+        rep.master_overhead += time.perf_counter() - m0
+
+    def _check_stop(self):
+        rep = self.report
+        if signals.stop_requested() and self.queue and not rep.stopped:
+            rep.stopped, rep.stop_reason = True, signals.stop_reason()
+            rep.undispatched = [t.id for t in self.queue]
             log.warning("[%s] stop requested (%s): no new tasks; draining %d running",
-                        label, report.stop_reason, len(running))
-            qpos = len(queue)
-        if qpos < len(queue):
-            task = queue[qpos]
-            qpos += 1
-            running[task.id] = (src, msg["host"], time.monotonic())
-            if on_start is not None:
-                on_start(task, src, msg["host"])
-            report.master_overhead += time.perf_counter() - m0
-            p2p.send(task, dest=src, tag=TASK)
-        else:
-            report.master_overhead += time.perf_counter() - m0
-            p2p.send(None, dest=src, tag=STOP)
-            stopped_workers += 1
-    report.wall = time.monotonic() - t0
-    hb.maybe(report.done, len(report.failed), running, force=hb_sec > 0)
-    return report
+                        rep.label, rep.stop_reason, len(self.running))
+            self.queue.clear()
+
+    def _dispatch(self):
+        """Top every worker up to ``depth`` outstanding tasks; STOP the ones with nothing left."""
+        m0 = time.perf_counter()
+        nwork = len(self.out) + int(self.master_works)
+        for _ in range(self.depth):        # round-robin, so the largest tasks spread out first
+            for w in self.out:
+                # a second task in hand only while there is more than one left per working rank,
+                # so the last tasks are not queued behind a busy rank while another one idles
+                if w in self.hosts and w not in self.stopped and self.out[w] < self.depth \
+                        and self.queue and (self.out[w] == 0 or len(self.queue) > nwork):
+                    task = self.queue.popleft()
+                    self.out[w] += 1
+                    self.running[task.id] = (w, self.hosts[w], time.monotonic())
+                    if self.on_start is not None:
+                        self.on_start(task, w, self.hosts[w])
+                    self.sends.add(self.p2p.isend(task, dest=w, tag=TASK))
+        if not self.queue:
+            for w in self.out:
+                if w in self.hosts and w not in self.stopped and self.out[w] == 0:
+                    self.sends.add(self.p2p.isend(None, dest=w, tag=STOP))
+                    self.stopped.add(w)
+        self.report.master_overhead += time.perf_counter() - m0
+
+    def _run_own(self, task):
+        rep, host = self.report, self.comm.host
+        m0 = time.perf_counter()
+        self.running[task.id] = (0, host, time.monotonic())
+        if self.on_start is not None:
+            self.on_start(task, 0, host)
+        rep.master_overhead += time.perf_counter() - m0
+        ok, res, wall, rss, started = _run_local(self.fn, self.worker_post, task, 0, host)
+        m0 = time.perf_counter()
+        self.running.pop(task.id, None)
+        info = TaskInfo(task.id, ok, 0, host, wall, rss, None if ok else res, started)
+        _finish(rep, task, ok, res, info, self.on_done, self.on_failed)
+        rep.n_messages += 1
+        rep.master_overhead += time.perf_counter() - m0
+        self.hb.maybe(rep.done, len(rep.failed), self.running)
 
 
 def _worker(comm, fn, worker_post, label):
     MPI, p2p = comm.MPI, comm.p2p
     report = RunReport(label=label)
-    msg = {"host": comm.host}
-    tag = READY
+    sends = _Sends()
+    local = collections.deque()
     t0 = time.monotonic()
-    while True:
-        if signals.stop_requested():
-            msg["stop"] = signals.stop_reason()
-        p2p.send(msg, dest=0, tag=tag)
-        status = MPI.Status()
+    p2p.send({"host": comm.host, "stop": signals.stop_reason() if signals.stop_requested() else None},
+             dest=0, tag=READY)
+    done = False
+    while not done:
         pause = _POLL_MIN
-        while not p2p.iprobe(source=0, tag=MPI.ANY_TAG, status=status):
-            time.sleep(pause)
-            pause = min(_POLL_MAX, pause * 1.5)
-        task = p2p.recv(source=0, tag=status.Get_tag())
-        if status.Get_tag() == STOP:
-            break
-        started = time.time()
-        ok, res, wall, rss = _run_one(fn, task, comm.rank, comm.host)
-        if ok and worker_post is not None:
-            ok, res, wall2, rss = _run_one(lambda t: worker_post(t, res), task, comm.rank, comm.host)
-            wall += wall2
-        report.busy[comm.rank] = report.busy.get(comm.rank, 0.0) + wall
-        report.done += ok
-        msg = {"id": task.id, "host": comm.host, "wall": wall, "rss": rss, "result": res,
-               "started": started}
-        tag = DONE if ok else FAILED
+        while True:                 # take every message that is there; sleep-wait if none
+            got = _try_recv(p2p, MPI, 0)
+            if got is None:
+                if local:
+                    break
+                sends.test()
+                time.sleep(pause)
+                pause = min(_POLL_MAX, pause * 1.5)
+                continue
+            if got[2] == STOP:
+                done = True
+                break
+            local.append(got[0])
+        while local:
+            task = local.popleft()
+            ok, res, wall, rss, started = _run_local(fn, worker_post, task, comm.rank, comm.host)
+            report.busy[comm.rank] = report.busy.get(comm.rank, 0.0) + wall
+            report.done += ok
+            msg = {"id": task.id, "host": comm.host, "wall": wall, "rss": rss, "result": res,
+                   "started": started}
+            if signals.stop_requested():
+                msg["stop"] = signals.stop_reason()
+            sends.add(p2p.isend(msg, dest=0, tag=DONE if ok else FAILED))
+            if _try_pending(p2p, MPI):
+                break               # pick up queued messages (a new task) before the next one
+    sends.wait()
     report.wall = time.monotonic() - t0
     return report
+
+
+def _try_pending(p2p, MPI) -> bool:
+    return bool(p2p.iprobe(source=0, tag=MPI.ANY_TAG))

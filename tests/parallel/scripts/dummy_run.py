@@ -1,7 +1,8 @@
 """Dummy-task run of the parallel machinery (scheduler + journal + store), launched by the tests.
 
 usage: python dummy_run.py OUTDIR [--ntasks N] [--sleep S] [--raise ID] [--sysexit ID] [--kill ID]
-       [--resume] [--force] [--hash H] [--big-msg MB] [--stop-after K]
+       [--resume] [--force] [--hash H] [--big-msg MB] [--stop-after K] [--master-works]
+       [--prefetch K]
 Writes OUTDIR/results.h5, OUTDIR/journal.jsonl and (rank 0) OUTDIR/summary.json; exits 0/3/4 like
 the pipeline.  Task values are derived from the task id only (never the rank).
 """
@@ -71,6 +72,8 @@ def main():
     ap.add_argument("--hash", default="H1")
     ap.add_argument("--big-msg", type=float, default=0.0)
     ap.add_argument("--stop-after", type=int)
+    ap.add_argument("--master-works", action="store_true", help="rank 0 runs tasks too")
+    ap.add_argument("--prefetch", type=int, help="tasks outstanding per worker")
     ap.add_argument("--master-raise", type=int, help="raise on rank 0 after K results (outside tasks)")
     args = ap.parse_args()
     comm = get_comm()
@@ -118,8 +121,13 @@ def main():
             if count["n"] == args.stop_after:
                 signals.request_stop("test")
 
+    import resource
+    r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     rep = run_phase(comm, "dummy", to_run if comm.is_master else None, task_fn(args), store=store,
-                    journal=jr, on_result=on_result, heartbeat_sec=0.2)
+                    journal=jr, on_result=on_result, heartbeat_sec=0.2,
+                    master_works=args.master_works, prefetch=args.prefetch)
+    r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - w0
+    cpu = comm.gather((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
     store.close()
     code = 0
     if comm.is_master:
@@ -130,7 +138,9 @@ def main():
                    "ran": sorted(rep.infos), "skipped": sorted(carried), "size": comm.size,
                    "parallel_h5": use_parallel_h5(comm), "got": got,
                    "ranks": sorted({i.rank for i in rep.infos.values()}),
-                   "overhead": rep.overhead_per_task}
+                   "overhead": rep.overhead_per_task, "phase_wall": wall, "cpu": cpu,
+                   "by_rank": {str(r): sum(1 for i in rep.infos.values() if i.rank == r)
+                               for r in range(comm.size)}}
         with open(os.path.join(args.out, "summary.json"), "w") as fh:
             json.dump(summary, fh)
     return comm.bcast(code)
