@@ -68,23 +68,39 @@ def make_patch(nb: int, seed: int = 1, size: int = 200):
     return images, start, truth
 
 
+def _rss_mb() -> float:
+    """Current resident set size (MB; Linux), to separate the engine's memory from the set-up's."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 def run(nb: int, seed: int):
     from tract7dt_mpi.engine import FitOptions, fit_patch
 
     t0 = time.perf_counter()
     images, start, truth = make_patch(nb, seed)
     t_make = time.perf_counter() - t0
+    rss0 = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     res = fit_patch(images, start, FitOptions())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     npix = res.npix_used
     iters = "+".join(str(s["niters"]) for s in res.stages)
+    conv = "".join("y" if s["converged"] else "n" for s in res.stages)
+    src_conv = np.mean([r.converged for r in res.sources])
     star = [i for i, t in enumerate(truth) if t[0] == "star"]
     ferr = np.median(np.abs([res.sources[i].fluxes / truth[i][3] - 1 for i in star]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"bands={nb:2d} wall={wall:7.2f} s/patch (cpu {cpu:.2f} s)  source-band fits/s={len(start) * nb / wall:8.1f}  "
-          f"iters(stages)={iters}  converged={res.converged}  chi2/pix={res.chi2 / npix:.4f}  "
-          f"median|star flux err|={ferr:.4f}  peak RSS={peak:.0f} MB  (render {t_make:.1f} s)", flush=True)
+          f"iters(stages)={iters} converged(stages)={conv} sources converged={src_conv:.2f}  "
+          f"chi2/pix={res.chi2 / npix:.4f}  median|star flux err|={ferr:.4f}  "
+          f"peak RSS={peak:.0f} MB (RSS before the fit {rss0:.0f} MB)  (render {t_make:.1f} s)", flush=True)
     return wall
 
 

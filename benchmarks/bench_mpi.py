@@ -7,14 +7,14 @@ For each N it runs ``tract7dt-mpi run`` on the same tile (N=1 without a launcher
 ``mpirun --oversubscribe``), checks that every run gives a byte-identical ``output_catalog.csv``,
 and prints: whole-process wall time, the pipeline's own wall time, speed-up, efficiency T1/(N*TN),
 the two distributed phases, the rank-0-only seconds and the master's handling time per message.
-It measures, apart from the pipeline runs, how fast each of k = 1..max(N) processes runs the
-pipeline's own patch fit when they run at once (after the first run, whose inputs it reuses, and
-after the last; the table includes the other programs' load on a shared machine, shared caches
-and memory bandwidth) and the cost of an MPI launch
-(``mpirun -n N python -c 'MPI barrier'`` minus a plain ``python``), then replays the first run's
-store through the scaling model with that speed table and prints predicted vs measured wall time
-for every N (issue 7: within 15% at N = 2 and 3), plus the simpler processor-sharing prediction
-over the free cores and the predicted efficiency at 256 ranks.
+It measures the cost of an MPI launch (``mpirun -n N python -c 'MPI barrier'`` minus a plain
+``python``), then replays the first run's store through the scaling model with processor sharing
+over the free cores of each predicted run (the machine's cores minus the other programs' load,
+which every run records itself: ``/run`` ``background_cores``) and prints predicted vs measured
+wall time for every N (issue 7: within 15% at N = 2 and 3) and the predicted efficiency at 256
+ranks.  ``--calibrate`` also measures a per-process speed table with the pipeline's own patch fit
+run by k = 1..max(N) processes at once (after the first and the last run) and prints the
+prediction made with it (``--speed`` of ``simulate-scaling``).
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ def main(argv=None) -> int:
     ap.add_argument("--light", action="store_true")
     ap.add_argument("--cores", type=float, default=None, help="cores (default: this machine's)")
     ap.add_argument("--master-works", default="auto", help="mpi.master_works for every run")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also measure a speed table with the patch-fit kernel (~4 min; noisy on "
+                         "shared machines) and print its prediction")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "tract7dt_bench_sample"))
     a = ap.parse_args(argv)
     from tract7dt_mpi.parallel.mpienv import usable_cores
@@ -138,13 +141,15 @@ def main(argv=None) -> int:
         res[n] = {"wall": wall, "pipe": float(attrs["pipeline_seconds"]), "attrs": attrs, "work": work}
         print(f"N={n}: process wall {wall:.2f}s, pipeline {res[n]['pipe']:.2f}s, load avg "
               f"{attrs.get('load_avg')}", flush=True)
-        if speed_before is None:         # the first run provides the inputs of the kernel
+        if a.calibrate and speed_before is None:     # the first run provides the kernel's inputs
             speed_before = speed_table(cfg, kmax)
             print(f"per-process speed with 1..{kmax} patch-fitting processes at once: "
                   f"{speed_before}", flush=True)
-    speed_after = speed_table(os.path.join(d, f"bench_mpi_n{ranks[0]}.yaml"), kmax)
-    speed = [round((x + y) / 2, 3) for x, y in zip(speed_before, speed_after)]
-    print(f"per-process speed (after): {speed_after}; mean used by the model: {speed}")
+    speed = None
+    if a.calibrate:
+        speed_after = speed_table(os.path.join(d, f"bench_mpi_n{ranks[0]}.yaml"), kmax)
+        speed = [round((x + y) / 2, 3) for x, y in zip(speed_before, speed_after)]
+        print(f"per-process speed (after): {speed_after}; mean used by the model: {speed}")
     base = ranks[0]
     t1 = res[base]["wall"] if base == 1 else None
     print(f"\ntile: {a.bands} bands x {a.size}px; light={a.light}; cores={cores:g}; "
@@ -166,24 +171,23 @@ def main(argv=None) -> int:
                            os.path.join(res[n]["work"], "output_catalog.csv"), shallow=False)
         print(f"catalog N={n} identical to N={base}: {same}")
     from tract7dt_mpi.parallel.scaling import load_measurements, predict
-    meas = load_measurements(os.path.join(ref, "results.h5"), speed)
-    meas_c = load_measurements(os.path.join(ref, "results.h5"))
+    meas = load_measurements(os.path.join(ref, "results.h5"))
+    meas_s = load_measurements(os.path.join(ref, "results.h5"), speed) if speed else None
     rest = res[base]["wall"] - res[base]["pipe"] - (meas["startup"] if base == 1 else 0.0)
-    print(f"\nscaling model from the N={base} run. launch = measured mpirun cost; process start-up "
-          f"and teardown included.\n  pred_speed: contention from the measured speed table "
-          f"{speed};\n  pred_free: processor sharing over the free cores (cores minus the other "
-          f"processes' load that the predicted run measured itself, /proc/stat minus its own CPU)")
-    print(f"{'N':>3} {'launch_s':>8} {'meas_s':>8} {'pred_speed':>10} {'error':>7} {'free':>5} "
-          f"{'pred_free':>9} {'error':>7}  phases pred_speed/meas")
+    print(f"\nscaling model from the N={base} run: processor sharing over the free cores (the "
+          f"{cores:g} cores minus the other programs' load, which each run measures itself: "
+          f"/proc/stat busy time minus its own CPU); launch = measured mpirun cost; process "
+          f"start-up and teardown included" + (f"; pred_speed: measured speed table {speed}"
+                                                if speed else ""))
+    print(f"{'N':>3} {'launch_s':>8} {'free':>5} {'meas_s':>8} {'pred_s':>8} {'error':>7}"
+          + (f" {'pred_speed':>10} {'error':>7}" if speed else "") + "  phases pred/meas")
     worst = 0.0
     for n in ranks:
         launch = launch_cost(n) if n > 1 else 0.0
         bg = float(res[n]["attrs"].get("background_cores", 0.0) or 0.0)
         free = max(0.5, cores - (bg if bg == bg else 0.0))
-        p = predict(meas, n, speed=speed, launch=launch, include_startup=True,
+        p = predict(meas, n, cores=free, launch=launch, include_startup=True,
                     master_works=a.master_works)
-        pf = predict(meas_c, n, cores=free, launch=launch, include_startup=True,
-                     master_works=a.master_works)["makespan"] + max(0.0, rest)
         pred = p["makespan"] + max(0.0, rest)
         ph = res[n]["attrs"].get("phase_seconds", {})
         phs = ", ".join(f"{k} {v:.1f}/{ph.get('patches' if k == 'patch' else k, float('nan')):.1f}"
@@ -191,9 +195,14 @@ def main(argv=None) -> int:
         err = (pred / res[n]["wall"] - 1) * 100
         if n > 1:
             worst = max(worst, abs(err))
-        print(f"{n:>3} {launch:>8.2f} {res[n]['wall']:>8.2f} {pred:>10.2f} {err:>+6.1f}% {free:>5.2f} "
-              f"{pf:>9.2f} {(pf / res[n]['wall'] - 1) * 100:>+6.1f}%  {phs}")
-    print(f"largest |error| of pred_speed for N > 1: {worst:.1f}% (issue 7: within 15%)")
+        extra = ""
+        if speed:
+            ps = predict(meas_s, n, speed=speed, launch=launch, include_startup=True,
+                         master_works=a.master_works)["makespan"] + max(0.0, rest)
+            extra = f" {ps:>10.2f} {(ps / res[n]['wall'] - 1) * 100:>+6.1f}%"
+        print(f"{n:>3} {launch:>8.2f} {free:>5.2f} {res[n]['wall']:>8.2f} {pred:>8.2f} {err:>+6.1f}%"
+              f"{extra}  {phs}")
+    print(f"largest |error| for N > 1: {worst:.1f}% (issue 7: within 15%)")
     from tract7dt_mpi.parallel.scaling import table
     eff256 = table(meas, [256])[0]["efficiency"]
     print(f"predicted efficiency at 256 ranks (one core per rank) for this tile: {eff256:.3f}")

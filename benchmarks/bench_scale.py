@@ -1,7 +1,7 @@
 """Full-size 7DT tile end to end under ``mpirun``: stage times, memory per rank, I/O, sources/s.
 
 usage: python benchmarks/bench_scale.py [--tile DIR] [--out DIR] [--ranks 2] [--quick]
-                                        [--box-frac F] [--iters N] [--light] [--no-8band]
+                                        [--box-frac F] [--iters N] [--light] [--no-8band] [--reuse]
 
 The tile (default ``/tmp/h2_full40``) is a full-size (9576 x 6388 px) 40-band synthetic tile from
 ``make_sample(dir, bands=40, full_size=True)``; it is generated when missing (~12 min, 9.2 GB).
@@ -49,8 +49,11 @@ def _image_paths(tile: str) -> list[str]:
     return [p if os.path.isabs(p) else os.path.join(tile, p) for p in lines]
 
 
-def _filter_box(tile: str, dest: str, frac: float) -> tuple[str, str]:
-    """Catalog and GaiaXP rows inside the central ``frac`` x ``frac`` box of the tile."""
+def _filter_tables(tile: str, dest: str, frac: float | None, bands: list[str]) -> tuple[str, str]:
+    """Catalog and GaiaXP copies in ``dest``: columns of bands not in ``bands`` dropped (the
+    catalog's bands must match the image list) and, with ``frac``, only rows inside the central
+    ``frac`` x ``frac`` box of the tile."""
+    import numpy as np
     import pandas as pd
     from astropy.io import fits
     from astropy.wcs import WCS
@@ -58,17 +61,21 @@ def _filter_box(tile: str, dest: str, frac: float) -> tuple[str, str]:
     hdr = fits.getheader(img)
     w, h = int(hdr["NAXIS1"]), int(hdr["NAXIS2"])
     wcs = WCS(hdr)
-    x0, x1 = w * (0.5 - frac / 2), w * (0.5 + frac / 2)
-    y0, y1 = h * (0.5 - frac / 2), h * (0.5 + frac / 2)
+    all_bands = [str(fits.getheader(p).get("FILTER", "")).strip().lower() for p in _image_paths(tile)]
+    drop = {b for b in all_bands if b and b not in {x.lower() for x in bands}}
     out = []
     for name in ("input_catalog.csv", "gaiaxp_synphot.csv"):
         df = pd.read_csv(os.path.join(tile, name), dtype=str, keep_default_na=False)
-        ra_col = next(c for c in df.columns if c.lower() in ("ra", "ra_icrs"))
-        dec_col = next(c for c in df.columns if c.lower() in ("dec", "de_icrs", "dec_icrs"))
-        x, y = wcs.all_world2pix(pd.to_numeric(df[ra_col]), pd.to_numeric(df[dec_col]), 0)
-        keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        df = df[[c for c in df.columns if c.lower().rsplit("_", 1)[-1] not in drop]]
+        if frac:
+            ra_col = next(c for c in df.columns if c.lower() in ("ra", "ra_icrs"))
+            dec_col = next(c for c in df.columns if c.lower() in ("dec", "de_icrs", "dec_icrs"))
+            x, y = wcs.all_world2pix(pd.to_numeric(df[ra_col]), pd.to_numeric(df[dec_col]), 0)
+            x0, x1 = w * (0.5 - frac / 2), w * (0.5 + frac / 2)
+            y0, y1 = h * (0.5 - frac / 2), h * (0.5 + frac / 2)
+            df = df[np.asarray((x >= x0) & (x < x1) & (y >= y0) & (y < y1))]
         path = os.path.join(dest, name)
-        df[keep].to_csv(path, index=False)
+        df.to_csv(path, index=False)
         out.append(path)
     return out[0], out[1]
 
@@ -83,13 +90,12 @@ def make_config(tile: str, dest: str, n_bands: int | None, quick: bool, frac: fl
     imgs = _image_paths(tile)[:n_bands] if n_bands else _image_paths(tile)
     with open(os.path.join(dest, "image_list.txt"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(imgs) + "\n")
+    from astropy.io import fits
+    bands = [str(fits.getheader(p).get("FILTER", "")).strip() for p in imgs]
     inp = cfg.setdefault("inputs", {})
     inp["image_list_file"] = os.path.join(dest, "image_list.txt")
-    if quick:
-        inp["input_catalog"], inp["gaiaxp_synphot_csv"] = _filter_box(tile, dest, frac)
-    else:
-        for k in ("input_catalog", "gaiaxp_synphot_csv"):
-            inp[k] = os.path.join(tile, inp[k])
+    inp["input_catalog"], inp["gaiaxp_synphot_csv"] = _filter_tables(
+        tile, dest, frac if quick else None, bands)
     for sec, vals in (LIGHT if (quick or light) else {}).items():
         cfg.setdefault(sec, {}).update(vals)
     if quick or light:
@@ -168,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--light", action="store_true", help="no diagnostic plots, few iterations")
     ap.add_argument("--no-8band", action="store_true", help="skip the 8-band comparison run")
     ap.add_argument("--timeout", type=float, default=12 * 3600)
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier call")
     a = ap.parse_args(argv)
     out = a.out or ("/tmp/bench_scale_quick" if a.quick else "/tmp/bench_scale")
     ensure_tile(a.tile)
@@ -176,11 +183,20 @@ def main(argv=None) -> int:
         dest = os.path.join(out, "b40" if nb is None else f"b{nb}")
         cfg = make_config(a.tile, dest, nb, a.quick, a.box_frac, a.iters, a.light)
         log_path = os.path.join(dest, "bench.log")
-        print(f"running {name}: mpirun -n {a.ranks} tract7dt-mpi run {cfg} (log {log_path})", flush=True)
-        rc, wall = run(cfg, a.ranks, log_path, a.timeout)
-        if rc not in (0, 4):
-            print(f"{name}: exit code {rc}; see {log_path}", file=sys.stderr)
-            return rc
+        done = os.path.join(dest, "wall_s.txt")
+        if a.reuse and os.path.exists(done):
+            with open(done, encoding="utf-8") as fh:
+                wall = float(fh.read())
+            print(f"{name}: reusing the finished run in {dest}")
+        else:
+            print(f"running {name}: mpirun -n {a.ranks} tract7dt-mpi run {cfg} (log {log_path})",
+                  flush=True)
+            rc, wall = run(cfg, a.ranks, log_path, a.timeout)
+            if rc not in (0, 4):
+                print(f"{name}: exit code {rc}; see {log_path}", file=sys.stderr)
+                return rc
+            with open(done, "w", encoding="utf-8") as fh:
+                fh.write(f"{wall}\n")
         results[name] = summarize(os.path.join(dest, "work"), wall)
         report(name, results[name])
     from tract7dt_mpi.parallel.scaling import load_measurements, table

@@ -4,11 +4,14 @@ Each iteration builds the Gauss-Newton system of the free nonlinear parameters (
 eliminated) and takes a trust-region step (:mod:`.lm`).  A trial point is rendered without
 derivatives and kept if ln p increases; the damping follows the gain ratio actual / predicted.
 
-Convergence ("no further improvement possible") is declared, in this order, when
-1. the undamped Gauss-Newton step (bounds, caps) predicts a gain < ``dlnp_stop``;
-2. an accepted step gained < ``dlnp_stop`` (the Tractor's rule);
-3. the step's predicted gain is below the rounding noise of ln p (float32 renderings:
-   ``Evaluation.noise_floor``), so no gain can be measured any more, or every damped step failed.
+A stage has converged ("no further improvement possible") when, in this order,
+1. the largest gain the quadratic model allows, g^T H^-1 g / 2 on the free parameters, is below the
+   stage's tolerance (``dlnp_stop``; ``PREP_STOP`` for the preparatory stages 1 and 2);
+2. an accepted step gained less than that (the Tractor's rule);
+3. the step's predicted and actual gains are below the rounding noise of ln p (float32 renderings:
+   ``Evaluation.noise_floor``), or no damped step improves ln p any more.
+Per-source convergence (``SourceResult.converged``) compares each source's share of the remaining
+gain with max(dlnp_stop, noise floor).  Details: docs/dev/engine.md.
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ def _settle(step, H, g, sys_, S, dlnp_stop):
 
 
 def _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop):
-    """Damped trials until one improves ln p -> (new evaluation or None, pred, lam, nu)."""
+    """Damped trials until one improves ln p -> (improving parameters or None, pred, lam, nu)."""
     S = prob.S
     pred = 0.0
     for _ in range(MAX_TRIALS):
@@ -109,9 +112,7 @@ def _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop
                 if np.isfinite(t2.lnp) and t2.lnp > ev.lnp + max(actual, 0.0):
                     newp, ok = p2, True
         if ok:
-            F0, sky0 = ev.F, ev.sky
-            trial = None
-            return prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True), pred, lam, nu
+            return newp, pred, lam, nu
         if pred < floor:
             break
     return None, pred, lam, nu
@@ -148,14 +149,17 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
         else:
             niters += 1
             lnp0 = ev.lnp
-            new, pred, lam, nu = _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop)
-            last = 0.0 if new is None else new.lnp - lnp0
+            newp, pred, lam, nu = _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop)
+            if newp is not None:
+                F0, sky0 = ev.F, ev.sky
+                ev = None   # release the old derivative renderings before rendering the new ones
+                ev = prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True)
+            last = 0.0 if newp is None else ev.lnp - lnp0
             log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
                       stage, niters, last, pred, gn_pred, floor, lnp0 + last, lam)
-            if new is None:
+            if newp is None:
                 done = "no improving step (at the ln p noise floor)"
             else:
-                ev = new
                 if last < stop:
                     done = "dlnp < dlnp_stop"
                 elif pred < floor and last < floor:
@@ -167,6 +171,17 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             last = max(gn_pred, 0.0) if niters else 0.0
         break
     log.debug("stage %d: %s after %d iterations", stage, why, niters)
+    prob.source_share = np.zeros(S)
+    prob.source_tol = max(stop, ev.noise_floor())
+    if not converged and index:
+        # each source's share of the gain still on offer (undamped Gauss-Newton step, held and
+        # bound-blocked parameters excluded): a runaway source does not mark its neighbours
+        act = free_set(sy.theta, sy.lo, sy.hi, g) & ~hold
+        x = np.zeros_like(g)
+        if act.any():
+            Ha = H[np.ix_(act, act)]
+            x[act] = np.linalg.lstsq(Ha, g[act], rcond=1e-12)[0]
+        prob.source_share = source_gains(H, g, x, sy.owner, S)
     return ev, {"stage": stage, "niters": niters, "converged": converged, "last_dlnp": float(last),
                 "dlnp_tol": stop}
 
@@ -221,6 +236,9 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
+        share = float(prob.source_share[s])
+        r.remaining_dlnp = share
+        r.converged = bool(stages[-1]["converged"] or abs(share) < prob.source_tol)
         out.append(r)
     last = stages[-1]
     n_lim = max(1, int(opts.n_opt_iters) - int(opts.flag_maxiter_margin))

@@ -39,6 +39,8 @@ def pair_block(rs, s, t, w, ncols=None) -> np.ndarray:
     ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1).astype(a.A.dtype, copy=False)
     As = _sub(a, y0, y1, x0, x1, ks)
     At = _sub(b, y0, y1, x0, x1, kt)
+    if As.shape[1] > 1 and At.shape[1] > 1:   # einsum beats batched sgemm for these thin shapes
+        return np.einsum("bkp,blp->bkl", As * ws, At).astype(float)
     return np.matmul(As * ws, At.transpose(0, 2, 1)).astype(float)
 
 
@@ -61,11 +63,10 @@ def own_products(r, *weighted) -> list:
     """Products sum_pix A[b, i] * x[b] over the source's box for each full-image array x (nb, H, W)."""
     if r.empty:
         return [np.zeros(r.A.shape[:2]) for _ in weighted]
-    A = r.A.reshape(r.A.shape[0], r.A.shape[1], -1)
     out = []
     for x in weighted:
-        xs = x[:, r.y0:r.y1, r.x0:r.x1].reshape(x.shape[0], -1, 1).astype(A.dtype)
-        out.append(np.matmul(A, xs)[..., 0].astype(float))
+        xs = x[:, r.y0:r.y1, r.x0:r.x1].astype(r.A.dtype, copy=False)
+        out.append(np.einsum("bkyx,byx->bk", r.A, xs).astype(float))
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from .linalg import inv_batched, model_block, overlapping_pairs, own_products, pair_block, solve_batched
 from .profiles import SERSIC_N_BOUNDS
+from .psf import PsfBank
 from .render import param_names, render_source
 from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
 
@@ -45,7 +46,7 @@ class Evaluation:
     sky: np.ndarray        # (nb,)
     G: np.ndarray | None   # (nb, L, L) linear normal matrix used (None when linear params frozen)
     pinned: np.ndarray     # (nb, S) bool: no data -> flux pinned
-    resid: np.ndarray      # (nb, H, W) data - model
+    resid: np.ndarray      # (nb, H, W) data - model, float32 (chi2 is summed in float64 before rounding)
     chi2: float
     lnp: float
     derivs: bool = True    # renderings carry the derivative columns of ``free``
@@ -72,8 +73,8 @@ class Problem:
         self.nb, self.S, self.shape = len(images), len(sources), shape
         self.data = np.stack([im.data for im in images])
         self.w = np.stack([im.invvar for im in images])
-        self.wd = self.w * self.data
-        self.psfs = [im.psf for im in images]
+        self.wd = (self.w * self.data).astype(np.float32)   # float32 like the renderings it meets
+        self.psfs = PsfBank([im.psf for im in images])
         self.fit_sky = fit_sky
         self.kinds = [s.kind for s in sources]
         self.names = [param_names(k) for k in self.kinds]
@@ -164,7 +165,7 @@ class Problem:
         """(sum w d A, sum w A) per band and column of a rendering (cached on it)."""
         c = r.cache.get("wd_w")
         if c is None:
-            c = r.cache["wd_w"] = own_products(r, self.wd, self.w)
+            c = r.cache["wd_w"] = own_products(r, self.wd, self.w32)
         return c
 
     def weighted_model(self, r):
@@ -236,7 +237,8 @@ class Problem:
             if not r.empty:
                 model[:, r.y0:r.y1, r.x0:r.x1] += F[:, s, None, None] * r.A[:, 0]
         resid = np.subtract(self.data, model, out=model)
-        chi2 = float(np.einsum("bij,bij,bij->", self.w, resid, resid))
+        chi2 = float(np.dot(self.w.ravel(), np.square(resid).ravel()))
+        resid = resid.astype(np.float32)
         lnp = -0.5 * chi2 + self.prior_lnp(params)
         fp = self.flux_prec
         if fp.any():
@@ -269,7 +271,7 @@ class Problem:
             if not self.fit_sky:
                 rhs[:, s] -= sky * w_s[:, 0]
         if self.fit_sky:
-            rhs[:, S] = self.wd.sum(axis=(1, 2))
+            rhs[:, S] = self.wd.sum(axis=(1, 2), dtype=np.float64)
         diag = np.diagonal(G, axis1=1, axis2=2)[:, :S]
         dmax = diag.max(axis=1, initial=0.0)[:, None]
         pinned = ~(diag > 1e-12 * dmax) | ~(diag > 0)
@@ -308,7 +310,7 @@ class Problem:
         if n == 0:
             return index, H, g
         F = ev.F
-        wr = self.w * ev.resid
+        wr = self.w32 * ev.resid
         for s, r in enumerate(ev.rs):
             if gi[s]:
                 g[gi[s]] = np.einsum("b,bj->j", F[:, s], own_products(r, wr)[0][:, 1:])

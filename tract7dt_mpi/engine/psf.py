@@ -62,7 +62,7 @@ class _FourierCache:
     """Per-PSF caches: complex64 transforms for the most recent FFT sizes, and flux radii."""
 
     #: transforms kept per PSF (galaxy FFT sizes come from a short ladder, see render.fft_size)
-    MAX_SIZES = 32
+    MAX_SIZES = 8
 
     def __init__(self):
         self._ft = OrderedDict()
@@ -296,3 +296,43 @@ def em_fit_stamp(stamp, n: int, max_iter: int = 1000, tol: float = 1e-10):
         if delta < tol:
             break
     return amp, mean, var
+
+
+class PsfBank(list):
+    """The per-band PSFs of one problem, with caches stacked over bands (vectorised rendering).
+
+    * ``fourier_stack(sz)``: (nb, sz, sz//2+1) complex64 transforms for galaxies (LRU, few sizes);
+    * ``stamp_stack(half)``: (nb, 2c+1, 2c+1) stamps cropped to ``half`` + 3 px (Lanczos margin)
+      when every band has a pixelized stamp, else None.
+    """
+
+    MAX_SIZES = 10
+
+    def __init__(self, psfs):
+        super().__init__(psfs)
+        self._ft = OrderedDict()
+        self._st = {}
+
+    def fourier_stack(self, sz: int) -> np.ndarray:
+        ft = self._ft.get(sz)
+        if ft is None:
+            ft = np.empty((len(self), sz, sz // 2 + 1), dtype=np.complex64)
+            for b, p in enumerate(self):
+                ft[b] = p._make_fourier(sz)
+            self._ft[sz] = ft
+            while len(self._ft) > self.MAX_SIZES:
+                self._ft.popitem(last=False)
+        else:
+            self._ft.move_to_end(sz)
+        return ft
+
+    def stamp_stack(self, half: int):
+        if half in self._st:
+            return self._st[half]
+        out = None
+        if all(isinstance(p, PixelizedPSF) for p in self):
+            c = half + 3
+            if all(min(p.hy, p.hx) >= c for p in self):
+                out = np.stack([p.stamp[p.hy - c:p.hy + c + 1, p.hx - c:p.hx + c + 1] for p in self])
+        self._st[half] = out
+        return out

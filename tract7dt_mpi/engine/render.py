@@ -16,7 +16,8 @@ import numpy as np
 from scipy import fft as sfft
 
 from .profiles import NRE, enclosed_fraction, mixture_for
-from .psf import HybridPSF, freq_grids
+from .lanczos import shift_stamp
+from .psf import HybridPSF, PsfBank, freq_grids
 from .shapes import unit_covariance, unit_covariance_derivs
 
 POS = ("pos.x", "pos.y")
@@ -57,6 +58,8 @@ def _clip_box(ix, iy, h, shape):
     return max(iy - h, 0), min(iy + h + 1, H), max(ix - h, 0), min(ix + h + 1, W)
 
 
+#: temporary memory per batched galaxy transform (bands are processed in chunks of about this size)
+BAND_CHUNK_BYTES = 24 << 20
 #: footprints hold all but this fraction of a source's flux (the rest is left unmodelled)
 FLUX_EPS = 1e-3
 
@@ -75,6 +78,12 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=DTYPE)
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
+    stack = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
+    if stack is not None:   # every band at once: same sub-pixel shift, one Lanczos pass
+        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2c+1, 2c+1)
+        sub = arr[:, :, 3:3 + 2 * h + 1, 3:3 + 2 * h + 1]           # box ix-h .. ix+h
+        A[:] = np.moveaxis(sub, 0, 1)[:, :, y0 - (iy - h):y1 - (iy - h), x0 - (ix - h):x1 - (ix - h)]
+        return Rendered(y0, y1, x0, x1, A)
     for b, psf in enumerate(psfs):
         bx0, by0, arr = psf.point_patch(px, py, derivs, half=h)
         # overlap of the band patch with the clipped box
@@ -85,7 +94,7 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     return Rendered(y0, y1, x0, x1, A)
 
 
-def _ladder(limit=8192, step=1.05):
+def _ladder(limit=8192, step=1.08):
     """Even 2-3-5-smooth FFT sizes at least ``step`` apart (few sizes -> few cached PSF transforms)."""
     sm = sorted({2 ** a * 3 ** b * 5 ** c for a in range(1, 14) for b in range(0, 9) for c in range(0, 6)
                  if 2 ** a * 3 ** b * 5 ** c <= limit})
@@ -167,15 +176,15 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     c = sz // 2
     U, V, UU, UV2, VV = _grids(sz)
     S = unit_covariance(logre, ee1, ee2)
-    Q = S[0, 0] * UU + S[0, 1] * UV2 + S[1, 1] * VV
-    E = np.exp(-_TWO_PI2 * mix.var[:, None, None] * Q[None])          # (K, sz, szr)
+    Q = (S[0, 0] * UU + S[0, 1] * UV2 + S[1, 1] * VV).astype(np.float32)
+    E = np.exp((-_TWO_PI2 * mix.var).astype(np.float32)[:, None, None] * Q[None])   # (K, sz, szr)
     need_shape = any(p in free for p in SHAPE)
     dQ = None
     if need_shape:
         dS = unit_covariance_derivs(logre, ee1, ee2)
         dQ = [dS[j, 0, 0] * UU + dS[j, 0, 1] * UV2 + dS[j, 1, 1] * VV for j in range(3)]
     ox, oy = c + (px - ix), c + (py - iy)
-    phase = np.exp(-2j * math.pi * (U * ox + V * oy))
+    phase = np.exp(-2j * math.pi * U * ox) * np.exp(-2j * math.pi * V * oy)   # separable
 
     def stack(w):
         a = mix.amp * w
@@ -193,25 +202,33 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
                     out.append(Fq * dQ[j])
         if "sersicindex" in free:
             out.append(np.tensordot(mix.damp_dn * w, E, axes=1) * phase)
-        return np.stack(out if with_model else out[1:])
+        return np.stack(out if with_model else out[1:]).astype(np.complex64)
 
-    full = stack(np.ones(mix.amp.size)).astype(np.complex64)
-    spec = np.empty((nb,) + full.shape, dtype=np.complex64)
-    mog_cache = {}
-    for b, psf in enumerate(psfs):
-        np.multiply(full, psf.fourier32(sz)[None], out=spec[b])
-        if isinstance(psf, HybridPSF):
-            w = _hybrid_mog_weights(mix.var, S, re, kind, psf, sz)
-            if np.any(w > 0):
-                key = w.tobytes()
-                if key not in mog_cache:
-                    mog_cache[key] = stack(w).astype(np.complex64)
-                part = mog_cache[key]
-                spec[b] += part * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
-    img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
+    full = stack(np.ones(mix.amp.size))
+    bank = psfs.fourier_stack(sz) if isinstance(psfs, PsfBank) else None
     fy0, fx0 = iy - c, ix - c   # image coordinates of FFT pixel (0, 0)
-    A = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
-    return Rendered(y0, y1, x0, x1, np.ascontiguousarray(A))
+    A = np.empty((nb, full.shape[0], y1 - y0, x1 - x0), dtype=DTYPE)
+    mog_cache = {}
+    # a few bands per batched transform: bounded temporary memory for large galaxies and many bands
+    step = max(1, int(BAND_CHUNK_BYTES // (full.nbytes * 3)))
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        if bank is not None:
+            spec = full[None] * bank[b0:b1, None]
+        else:
+            spec = np.stack([full * psfs[b].fourier32(sz)[None] for b in range(b0, b1)])
+        for b in range(b0, b1):
+            psf = psfs[b]
+            if isinstance(psf, HybridPSF):
+                w = _hybrid_mog_weights(mix.var, S, re, kind, psf, sz)
+                if np.any(w > 0):
+                    key = w.tobytes()
+                    if key not in mog_cache:
+                        mog_cache[key] = stack(w)
+                    spec[b - b0] += mog_cache[key] * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
+        img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
+        A[b0:b1] = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
+    return Rendered(y0, y1, x0, x1, A)
 
 
 def render_source(kind, params: dict, psfs, shape, free, model=None) -> Rendered:

@@ -106,6 +106,12 @@ class SourceResult:
     stalled: list = field(default_factory=list)
     #: bands (names) in which the source has no unmasked pixel (flux kept at its start, error nan)
     no_data_bands: list = field(default_factory=list)
+    #: per-source convergence of the final stage: True when the patch converged, or when this
+    #: source's share of the remaining Gauss-Newton gain is below max(dlnp_stop, ln p noise floor);
+    #: None = not assessed (e.g. the Tractor backend): use the patch's ``converged``
+    converged: bool | None = None
+    #: that share (ln p units; 0 when the patch converged; nan when not assessed)
+    remaining_dlnp: float = np.nan
 
 
 @dataclass

@@ -17,7 +17,7 @@ Conventions (identical to the pipeline's, see docs/spec inputs-reference 1.4 and
   ``half_light_radius`` then refers to the truncated profile, so ``re`` is the true half-light
   radius of what is drawn and the true flux is all drawn.
 
-Spectra: stars are black bodies (3300-10000 K); galaxies are a power law in f_nu with a smooth
+Spectra: stars are black bodies (4300-10000 K); galaxies are a power law in f_nu with a smooth
 4000 A-like break between 420 and 560 nm. ``mag_ref`` is the AB magnitude at 625 nm; a band's
 magnitude follows from :func:`band_mags`. ``g_mag`` is a broad-band (Gaia-G-like) magnitude from
 the same spectrum, used for the GaiaXP-like table.
@@ -140,7 +140,7 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
 
     def star(mag, in_cat, edge=False, margin=EDGE_MARGIN, sep=10.0):
         x, y = place.near_edge(sep) if edge else place.interior(margin, sep)
-        temp = float(np.exp(rng.uniform(np.log(3300), np.log(10000))))
+        temp = float(np.exp(rng.uniform(np.log(4300), np.log(10000))))   # F/G/K dominate at these mags
         rows.append(dict(kind="STAR", x=x, y=y, mag_ref=mag, temp=temp,
                          alpha=0.0, brk_depth=0.0, brk_wave=0.0, re=0.0, ab=1.0, theta=0.0,
                          sersic_n=np.nan, in_catalog=in_cat, near_edge=edge))

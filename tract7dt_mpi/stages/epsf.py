@@ -328,6 +328,9 @@ def _build(inp, s, meta, plot_dir, dpi):
     good = B.good_fitted(fitted)
     meta["nstars_used"] = len(good)
     meta["nstars_fitfail"] = meta["nstars_extract"] - len(good)
+    # working-frame centres of the stars the ePSF is made of (the ePSF is their mean PSF)
+    meta["used_stars_xy"] = [[round(float(st.center[0]) + inp.x0, 3), round(float(st.center[1]) + inp.y0, 3)]
+                             for st in good]
     if len(good) <= 0:
         raise B.CellFailure("EPSFBuilder fitted no star")
     stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)

@@ -198,9 +198,13 @@ def _source_values(s, x0: int, y0: int, sfx: str) -> dict:
     return d
 
 
-def _opt_values(r, sfx: str) -> dict:
-    return {f"opt_niters{sfx}": int(r.niters), f"opt_converged{sfx}": bool(r.converged),
-            f"opt_hit_max_iters{sfx}": bool(r.hit_max_iters),
+def _opt_values(r, sfx: str, src=None) -> dict:
+    """opt_* columns: the patch-level optimizer state, refined per source when the engine says
+    that this source's own parameters converged (its remaining gain is below the tolerance)
+    although some other source in the patch did not."""
+    conv = bool(r.converged) or bool(getattr(src, "converged", None))
+    return {f"opt_niters{sfx}": int(r.niters), f"opt_converged{sfx}": conv,
+            f"opt_hit_max_iters{sfx}": bool(r.hit_max_iters) and not conv,
             f"opt_last_dlnp{sfx}": float(r.last_dlnp)}
 
 
@@ -286,14 +290,14 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
                 d[f"FLUXERR_{b}_fit"] = float(res.sources[i].flux_errs[j])
-            d.update(_opt_values(res, ""))
+            d.update(_opt_values(res, "", res.sources[i]))
         else:
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
                 d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
                 d[f"FLUXERR_{b}_fit"] = float(s.flux_errs[0])
-                d.update(_opt_values(per[b], f"_{b}"))
+                d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
