@@ -2,6 +2,7 @@
 
 usage: python benchmarks/bench_mpi.py [--ranks 1,2,3] [--bands 4] [--size 512] [--light]
                                       [--dir DIR] [--cores N] [--master-works auto|true|false]
+                                      [--reuse] [--calibrate]
 
 For each N it runs ``tract7dt-mpi run`` on the same tile (N=1 without a launcher, N>1 under
 ``mpirun --oversubscribe``), checks that every run gives a byte-identical ``output_catalog.csv``,
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--light", action="store_true")
     ap.add_argument("--cores", type=float, default=None, help="cores (default: this machine's)")
     ap.add_argument("--master-works", default="auto", help="mpi.master_works for every run")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep runs finished by an earlier call (their work_mpi_nN/wall_s.txt)")
     ap.add_argument("--calibrate", action="store_true",
                     help="also measure a speed table with the patch-fit kernel (~4 min; noisy on "
                          "shared machines) and print its prediction")
@@ -132,11 +135,18 @@ def main(argv=None) -> int:
     res, speed_before = {}, None
     for n in ranks:
         cfg = sample_config(d, a.bands, a.size, over, f"mpi_n{n}")
-        rc, wall, log_text = run_pipeline(cfg, n)
         work = os.path.join(d, f"work_mpi_n{n}")
-        if rc != 0:
-            print(f"N={n}: exit code {rc}\n{log_text[-3000:]}", file=sys.stderr)
-            return rc
+        done = os.path.join(work, "wall_s.txt")
+        if a.reuse and os.path.exists(done):
+            with open(done, encoding="utf-8") as fh:
+                wall = float(fh.read())
+        else:
+            rc, wall, log_text = run_pipeline(cfg, n)
+            if rc != 0:
+                print(f"N={n}: exit code {rc}\n{log_text[-3000:]}", file=sys.stderr)
+                return rc
+            with open(done, "w", encoding="utf-8") as fh:
+                fh.write(f"{wall}\n")
         attrs = run_attrs(work)
         res[n] = {"wall": wall, "pipe": float(attrs["pipeline_seconds"]), "attrs": attrs, "work": work}
         print(f"N={n}: process wall {wall:.2f}s, pipeline {res[n]['pipe']:.2f}s, load avg "

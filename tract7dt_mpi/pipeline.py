@@ -373,13 +373,7 @@ class _Run:
                      "%.3f ms/message; busy fraction per rank: %s", self.command, self.comm.size,
                      "; ".join(f"{r.label} {r.done}/{r.total} done" for r in self.reports) or "no tasks",
                      self.failed, 1e3 * over / max(1, msgs), frac)
-            log.info("Peak RSS per rank [MiB]: %s", ", ".join(f"r{i}={v:.0f}" for i, v in enumerate(rss)))
-            log.info("I/O per rank [MiB read/written]: %s", ", ".join(
-                f"r{i}={u['read_bytes'] / 2**20:.0f}/{u['write_bytes'] / 2**20:.0f}"
-                for i, u in enumerate(usage)))
-            if background == background:
-                log.info("Other processes kept %.2f of %d core(s) busy during the run",
-                         background, usable_cores())
+            S.log_rank_usage(usage, background, usable_cores())
             if self.stopped:
                 log.warning("Stopped early (%s): run the same command with --resume to continue",
                             signals.stop_reason())

@@ -212,6 +212,15 @@ class Worker:
         return TaskResult()
 
 
+def log_rank_usage(usage: list[dict], background: float, cores: int) -> None:
+    """End-of-run lines: peak RSS and storage I/O of every rank, other programs' CPU load."""
+    log.info("Peak RSS per rank [MiB]: %s", ", ".join(f"r{i}={u['rss_mb']:.0f}" for i, u in enumerate(usage)))
+    log.info("I/O per rank [MiB read/written]: %s", ", ".join(
+        f"r{i}={u['read_bytes'] / 2**20:.0f}/{u['write_bytes'] / 2**20:.0f}" for i, u in enumerate(usage)))
+    if background == background:
+        log.info("Other processes kept %.2f of %d core(s) busy during the run", background, cores)
+
+
 def write_runner_log(out_dir, tag, status, sec, error=None, rank=None, host=None):
     """``{tag}/{tag}.runner.log``: where and how the patch ran (and its traceback on failure)."""
     from .io.atomic import atomic_write_text

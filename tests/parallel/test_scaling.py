@@ -76,3 +76,9 @@ def test_intrinsic_work_undoes_contention():
     w = _intrinsic([0.0, 0.0, 10.0], [2.0, 2.0, 1.0], cores=1)
     assert np.allclose(w, [1.0, 1.0, 1.0])
     assert np.allclose(_intrinsic([0.0, 0.0], [2.0, 2.0], cores=None), [2.0, 2.0])
+
+
+def test_less_than_one_free_core_slows_even_one_rank():
+    # other programs leave half a core: one process needs twice its CPU time
+    assert math.isclose(simulate_phase([1.0] * 4, 1, 0.0, cores=0.5)["makespan"], 8.0)
+    assert math.isclose(simulate_phase([1.0] * 4, 3, 0.0, cores=0.5)["makespan"], 8.0)

@@ -268,7 +268,7 @@ class PatchRun:
     flag_maxiter_margin: int = K(0, "int", _NONE, "opt_hit_max_iters when not converged and niters >= max(1, n_opt_iters - margin).", ge=0)
     engine: str = K("native", "enum", _NONE, "MPI-era: fitting engine, native (numpy/scipy) or tractor (if installed).",
                     choices=("native", "tractor"))
-    flux_error_model: str = K("total", "enum", _NONE, "MPI-era: per-pixel sigma for the fit: total (sky + source Poisson) or sky only.",
+    flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN; sky = sky only, as the original.",
                               choices=("total", "sky"))
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
 

@@ -42,9 +42,9 @@ def _rate(busy: float, cores: float | None, speed=None) -> float:
     ``speed``: measured table (speed of each process when 1, 2, ... run at once; beyond the
     table the last entry's total throughput is shared), else processor sharing over ``cores``.
     """
-    if busy <= 1:
-        return 1.0
     if speed:
+        if busy <= 1:
+            return 1.0
         sp = [float(v) for v in speed]
         k = busy - 1.0
         if k <= len(sp) - 1:
@@ -52,7 +52,7 @@ def _rate(busy: float, cores: float | None, speed=None) -> float:
             j = min(i + 1, len(sp) - 1)
             return sp[i] + (sp[j] - sp[i]) * (k - i)
         return sp[-1] * len(sp) / busy
-    return 1.0 if cores is None or busy <= cores else cores / busy
+    return 1.0 if cores is None else min(1.0, cores / max(busy, 1.0))
 
 
 def simulate_phase(walls, nranks: int, overhead: float, *, master_works: bool = False,
@@ -69,8 +69,8 @@ def simulate_phase(walls, nranks: int, overhead: float, *, master_works: bool = 
     if not walls:
         return {"makespan": 0.0, "idle_tail": 0.0, "idle_frac": 0.0, "workers": max(1, nranks - 1)}
     if nranks <= 1:
-        return {"makespan": sum(walls) + overhead * len(walls), "idle_tail": 0.0, "idle_frac": 0.0,
-                "workers": 1}
+        return {"makespan": sum(walls) / _rate(1, cores, speed) + overhead * len(walls),
+                "idle_tail": 0.0, "idle_frac": 0.0, "workers": 1}
     depth = max(1, int(prefetch or (2 if master_works else 1)))
     return _Sim(walls, nranks - 1, overhead, master_works, depth, cores, speed).run()
 
@@ -262,7 +262,8 @@ def predict(meas: dict, nranks: int, *, cores: float | None = None, master_works
         if share > 1 and w > 0:
             # the workers import their task modules while rank 0 loads (processor sharing)
             extra += (w * share + load - w if load > w else load * share) - load
-    start = meas["startup"] * max(1.0, share) if include_startup else 0.0
+    ref_rate = _rate(max(1, meas.get("measured_ranks", 1)), meas.get("free_cores"))
+    start = meas["startup"] * ref_rate * share if include_startup else 0.0   # as measured -> here
     tot, tail, idle_w, per_phase = serial + extra + start, 0.0, 0.0, {}
     for kind, walls in meas["phases"].items():
         r = simulate_phase(walls, nranks, meas["overhead"], master_works=mw, prefetch=prefetch,
