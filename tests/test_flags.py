@@ -7,7 +7,7 @@ from tract7dt_mpi import flags
 
 def test_registry_order_and_split():
     assert flags.HARD_TAGS == ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled",
-                               "bright_mask")
+                               "bright_mask", "core_masked")
     assert flags.SOFT_TAGS == ("not_converged", "all_psf_fallback")
     assert set(flags.TAG_DOCS) == set(flags.TAG_ORDER)
 

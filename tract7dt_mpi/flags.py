@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 #: hard-fail tags, in the order they appear in ``fit_quality_issues``
-HARD_TAGS = ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled", "bright_mask")
+HARD_TAGS = ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled", "bright_mask",
+             "core_masked")
 #: soft (warning) tags, listed after the hard ones
 SOFT_TAGS = ("not_converged", "all_psf_fallback")
 #: registry order of every tag
@@ -24,6 +25,8 @@ TAG_DOCS = {
     "hit_max_iters": "optimizer stopped at the iteration limit without converging (any band)",
     "bound_stalled": "a bounded parameter ended at its limit (any band)",
     "bright_mask": "source lies inside the bright-source mask (affected_by_bright_mask)",
+    "core_masked": "in some band no usable pixel lies within 2 px of the fitted position "
+                   "(flag_core_masked): the flux rests on the wings only",
     "not_converged": "optimizer did not reach dlnp_stop but did not hit the iteration limit either",
     "all_psf_fallback": "no band of the patch used a real ePSF (all fallback PSFs)",
 }
@@ -139,6 +142,7 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
         "hit_max_iters": fitted & hit,
         "bound_stalled": fitted & stalled,
         "bright_mask": _col_bool(df, "affected_by_bright_mask"),
+        "core_masked": fitted & _col_bool(df, "flag_core_masked"),
         "not_converged": fitted & not_conv & (len(conv_cols) > 0),
         "all_psf_fallback": fitted & all_fb,
     }

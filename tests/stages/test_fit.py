@@ -394,3 +394,17 @@ def test_band_without_usable_pixels_reports_nan(galsim_patch):
     assert res.table["FLUX_r_fit"].isna().all() and res.table["FLUXERR_r_fit"].isna().all()
     assert res.table["FLUX_g_fit"][0] == pytest.approx(20000.0, rel=0.01)
     assert res.meta["bands_without_data"] == ["r"]
+
+
+def test_core_masked_flag_needs_a_usable_pixel_near_the_centre():
+    from types import SimpleNamespace
+    from tract7dt_mpi.stages.fit import core_masked
+    iv = np.ones((20, 20))
+    good = SimpleNamespace(invvar=iv)
+    hole = iv.copy()
+    hole[8:13, 8:13] = 0.0          # a 5x5 masked core around (10, 10)
+    masked = SimpleNamespace(invvar=hole)
+    assert not core_masked([good, good], 10.0, 10.0)
+    assert core_masked([good, masked], 10.0, 10.0)      # any band with a masked core
+    assert not core_masked([masked], 5.0, 5.0)           # away from the hole
+    assert core_masked([good], 30.0, 10.0)               # off the image

@@ -65,7 +65,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_low_star_bands", s("psf_low_star_bands")),
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
-            ("stype_fit", s("stype_fit"))]
+            ("stype_fit", s("stype_fit")), ("flag_core_masked", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -198,6 +198,27 @@ def _source_values(s, x0: int, y0: int, sfx: str) -> dict:
     return d
 
 
+def core_masked(images, x: float, y: float, radius: float = 2.0) -> bool:
+    """True when some band has no usable pixel (invvar > 0) within ``radius`` px of (x, y).
+
+    Such a source's flux in that band rests on its wings alone (its core is under the saturation
+    or bright-star mask, or off the image) and is not trustworthy.
+    """
+    for im in images:
+        h, w = im.invvar.shape
+        if not (np.isfinite(x) and np.isfinite(y)):
+            return True
+        x0, x1 = max(0, int(np.floor(x - radius))), min(w, int(np.ceil(x + radius)) + 1)
+        y0, y1 = max(0, int(np.floor(y - radius))), min(h, int(np.ceil(y + radius)) + 1)
+        if x1 <= x0 or y1 <= y0:
+            return True
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        near = (xx - x) ** 2 + (yy - y) ** 2 <= radius * radius
+        if not (im.invvar[y0:y1, x0:x1][near] > 0).any():
+            return True
+    return False
+
+
 def _opt_values(r, sfx: str, src=None) -> dict:
     """opt_* columns: the patch-level optimizer state, refined per source when the engine says
     that this source's own parameters converged (its remaining gain is below the tolerance)
@@ -286,12 +307,16 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     for i in range(len(cat)):
         d = {"stype_fit": inits[i].kind}
         if multi:
+            d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
                 d[f"FLUXERR_{b}_fit"] = float(res.sources[i].flux_errs[j])
             d.update(_opt_values(res, "", res.sources[i]))
         else:
+            d["flag_core_masked"] = any(
+                core_masked([im], per[b].sources[i].x, per[b].sources[i].y)
+                for b, im in zip(bands, images))
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
