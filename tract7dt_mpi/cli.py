@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("simulate-scaling", help="predict wall time at other rank counts from a results store")
     sp.add_argument("--store", required=True, help="results.h5 of a finished run")
     sp.add_argument("--ranks", default="1,2,4,16,64,256,1024", help="comma-separated rank counts")
+    sp.add_argument("--cores", type=float, default=None,
+                    help="CPU cores the ranks share (default: one core per rank)")
+    sp.add_argument("--speed", default=None,
+                    help="speed of each process when 1,2,3,... run at once, e.g. 1,0.6,0.4")
+    sp.add_argument("--launch", type=float, default=None,
+                    help="seconds an MPI launch adds to a plain process")
     return p
 
 
@@ -146,7 +152,7 @@ def _init_runtime(cfg):
                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
             os.environ[var] = n
         return launcher_rank_size()
-    mpienv.set_thread_env(cfg.mpi.threads_per_rank)
+    mpienv.set_thread_env(mpienv.configured_threads(cfg))   # job scripts' variable wins
     mpi = mpienv.get_mpi(cfg.mpi.threads_per_rank)
     if mpi is None:
         return 0, 1
@@ -252,7 +258,10 @@ def _make_sample(args, rank: int) -> int:
 
 def _simulate_scaling(args) -> int:
     scaling_main = _lazy("tract7dt_mpi.parallel.scaling", "main", "simulate-scaling")
-    rc = scaling_main(argparse.Namespace(store=args.store, ranks=args.ranks))
+    ns = argparse.Namespace(store=args.store, ranks=args.ranks, cores=args.cores, speed=args.speed)
+    if args.launch is not None:
+        ns.launch = args.launch
+    rc = scaling_main(ns)
     return EXIT_OK if rc is None else int(rc)
 
 

@@ -325,3 +325,11 @@ def test_get_and_to_dict():
     assert d["overlay"]["zoom_box"] == [4000, 5000, 4000, 5000]
     assert d["checks"]["wcs_tolerance"]["cdelt"] == 1e-9
     assert set(d) >= {"inputs", "outputs", "mpi", "patch_run"}
+
+
+def test_master_works_accepts_unquoted_yaml_booleans(tmp_path):
+    from tract7dt_mpi.config import load_config
+    for text, want in (("true", "true"), ("false", "false"), ("auto", "auto"), ('"TRUE"', "true")):
+        p = tmp_path / "c.yaml"
+        p.write_text(f"mpi:\n  master_works: {text}\n")
+        assert load_config(str(p)).mpi.master_works == want

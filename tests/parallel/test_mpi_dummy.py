@@ -240,6 +240,6 @@ def test_master_works_halves_wall_and_idle_ranks_sleep(tmp_path):
     s1, s2 = _summary(d1), _summary(d2)
     assert s1["phase_wall"] >= 16 * 0.25 * 0.95
     assert s2["phase_wall"] < 0.7 * s1["phase_wall"], (s1["phase_wall"], s2["phase_wall"])
-    assert abs(s2["by_rank"]["0"] - s2["by_rank"]["1"]) <= 2
+    assert min(s2["by_rank"].values()) >= 4          # both ranks worked (shares follow CPU load)
     # an idle master (dispatch only) and a worker that sleeps most of the time do not spin a core
     assert max(s1["cpu"]) < 0.35 * s1["phase_wall"], s1["cpu"]

@@ -126,6 +126,8 @@ def _check_scalar(dotted, value, kind, meta, notices):
         raise ConfigError(f'{dotted}: expected int or "auto", got {_got(value)}')
     if kind == "enum":
         choices = meta["choices"]
+        if isinstance(value, bool) and "true" in choices and "false" in choices:
+            return "true" if value else "false"          # YAML's unquoted true/false
         if isinstance(value, str):
             for choice in choices:
                 if value.strip().lower() == choice.lower():

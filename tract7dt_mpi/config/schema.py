@@ -314,7 +314,7 @@ class Mpi:
     heartbeat_sec: float = K(30.0, "float", "s", "MPI-era: interval of rank-0 progress lines.", gt=0)
     per_rank_logs: bool = K(False, "bool", _NONE, "MPI-era: ranks > 0 also log to work_dir/logs/{command}.rankNNNN.log.")
     prepared_store: str = K("prepared.h5", "path", _NONE, "MPI-era: HDF5 store of prepared working-frame images (under work_dir).")
-    master_works: str = K("auto", "enum", _NONE, "MPI-era: rank 0 also runs tasks between dispatching (auto = when the world size is <= 8; write true/false quoted, or auto).",
+    master_works: str = K("auto", "enum", _NONE, "MPI-era: rank 0 also runs tasks between dispatching (auto = when the world size is <= 8; true, false or auto).",
                           choices=("auto", "true", "false"))
 
 
