@@ -25,20 +25,8 @@ def temp_name(path: str) -> str:
     return os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{ext}")
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file or a folder by path; best effort (some file systems refuse folders)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -49,6 +37,9 @@ def _fsync_file(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_fsync_dir = _fsync_file = _fsync_path
 
 
 @contextlib.contextmanager
