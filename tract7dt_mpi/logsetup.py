@@ -59,6 +59,15 @@ def reset_logging() -> None:
     logger.setLevel(logging.NOTSET)
 
 
+def _file_handler(logfile: str, what: str) -> logging.FileHandler:
+    """Append-mode handler on ``logfile`` (folders created); ConfigError "<what> <file>: <reason>"."""
+    try:
+        os.makedirs(os.path.dirname(logfile), exist_ok=True)
+        return logging.FileHandler(logfile, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what} {logfile}: {exc.strerror}") from None
+
+
 def _add(logger, handler, level, fmt):
     handler._tract7dt = True
     handler.setLevel(level)
@@ -91,23 +100,13 @@ def setup_logging(cfg, command: str, rank: int = 0, size: int = 1):
         _add(logger, logging.StreamHandler(sys.stderr), level, fmt)
         logfile = cfg.log_file(command)
         if logfile:
-            try:
-                os.makedirs(os.path.dirname(logfile), exist_ok=True)
-                handler = logging.FileHandler(logfile, mode="a", encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"logging.file: cannot open log file {logfile}: {exc.strerror}") from None
-            _add(logger, handler, level, fmt)
+            _add(logger, _file_handler(logfile, "logging.file: cannot open log file"), level, fmt)
     else:
         rank_fmt = f"[rank {rank}] {fmt}"
         _add(logger, logging.StreamHandler(sys.stderr), max(level, logging.WARNING), rank_fmt)
         if cfg.mpi.per_rank_logs:
             logfile = os.path.join(cfg.outputs.work_dir, "logs", f"{command}.rank{rank:04d}.log")
-            try:
-                os.makedirs(os.path.dirname(logfile), exist_ok=True)
-                handler = logging.FileHandler(logfile, mode="a", encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"mpi.per_rank_logs: cannot open {logfile}: {exc.strerror}") from None
-            _add(logger, handler, level, rank_fmt)
+            _add(logger, _file_handler(logfile, "mpi.per_rank_logs: cannot open"), level, rank_fmt)
     # pyplot/fonts debug chatter is never useful in our logs
     logging.getLogger("matplotlib").setLevel(max(level, logging.WARNING))
     return logger, logfile

@@ -267,14 +267,10 @@ def epsf_from_disk(cfg, band, tag):
 
 def patch_plan(cfg, catalog, shape, cells, n_bands):
     """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
-    from .io.atomic import atomic_write_csv, atomic_write_json
-    from .stages.patches import assign_sources, build_patch_plan, patches_frame, patches_records
+    from .stages.patches import assign_sources, build_patch_plan, write_patch_plan
     geom = build_patch_plan(shape, cells, cfg)
     plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), n_bands)
-    d = cfg.outputs.patches_dir
-    os.makedirs(d, exist_ok=True)
-    atomic_write_csv(os.path.join(d, "patches.csv"), patches_frame(plan))
-    atomic_write_json(os.path.join(d, "patches.json"), patches_records(plan))
+    write_patch_plan(plan, cfg.outputs.patches_dir)
     halo = geom[0].halo_pix if geom else 0
     log.info("Patch plan: image %dx%d, epsf_ngrid=%d, ngrid=%d, halo=%d px: %d patches "
              "(%d before skip_empty_patch); %d base sources", shape[1], shape[0],
@@ -286,9 +282,10 @@ def patch_plan(cfg, catalog, shape, cells, n_bands):
 def recover_patch_rows(cfg, spec):
     """Rows of a finished patch from its ``{tag}_cat_fit.csv`` (store rebuilt after a kill)."""
     from .io.tables import read_catalog_csv
-    path = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
-    if not os.path.exists(path):
+    from .stages.fit import patch_is_complete
+    if not patch_is_complete(cfg.outputs.tractor_out_dir, spec.patch_tag):
         return None
+    path = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
     df = read_catalog_csv(path)
     for c in df.columns:
         if df[c].dtype == object and c not in ("ID", "gaia_source_id"):
