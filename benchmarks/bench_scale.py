@@ -1,7 +1,8 @@
 """Full-size 7DT tile end to end under ``mpirun``: stage times, memory per rank, I/O, sources/s.
 
 usage: python benchmarks/bench_scale.py [--tile DIR] [--out DIR] [--ranks 2] [--quick]
-                                        [--box-frac F] [--iters N] [--light] [--no-8band] [--reuse]
+                                        [--box-frac F] [--iters N] [--light] [--no-plots]
+                                        [--no-8band] [--reuse]
 
 The tile (default ``/tmp/h2_full40``) is a full-size (9576 x 6388 px) 40-band synthetic tile from
 ``make_sample(dir, bands=40, full_size=True)``; it is generated when missing (~12 min, 9.2 GB).
@@ -80,8 +81,17 @@ def _filter_tables(tile: str, dest: str, frac: float | None, bands: list[str]) -
     return out[0], out[1]
 
 
+def _no_plots(light: dict) -> dict:
+    """The plot switches of LIGHT only (production iteration counts kept)."""
+    keep = {"overlay": ("enabled",), "patch_run": ("no_cutouts", "no_patch_overview"),
+            "patch_inputs": ("save_patch_inputs",)}
+    out = {sec: {k: v for k, v in vals.items() if k in keep.get(sec, ()) or k.startswith("save_")}
+           for sec, vals in light.items()}
+    return {sec: vals for sec, vals in out.items() if vals}
+
+
 def make_config(tile: str, dest: str, n_bands: int | None, quick: bool, frac: float,
-                iters: int | None, light: bool) -> str:
+                iters: int | None, light: bool, no_plots: bool = False) -> str:
     """A config for the tile in ``dest`` (bands: the first ``n_bands`` of the image list)."""
     import yaml
     os.makedirs(dest, exist_ok=True)
@@ -96,9 +106,10 @@ def make_config(tile: str, dest: str, n_bands: int | None, quick: bool, frac: fl
     inp["image_list_file"] = os.path.join(dest, "image_list.txt")
     inp["input_catalog"], inp["gaiaxp_synphot_csv"] = _filter_tables(
         tile, dest, frac if quick else None, bands)
-    for sec, vals in (LIGHT if (quick or light) else {}).items():
+    over = LIGHT if (quick or light) else (_no_plots(LIGHT) if no_plots else {})
+    for sec, vals in over.items():
         cfg.setdefault(sec, {}).update(vals)
-    if quick or light:
+    if quick or light or no_plots:
         cfg.setdefault("crop", {}).update({"plot_pre_crop": False, "plot_post_crop": False})
     if iters is not None:
         cfg.setdefault("patch_run", {})["n_opt_iters"] = int(iters)
@@ -172,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--box-frac", type=float, default=0.12, help="--quick box (fraction of W, H)")
     ap.add_argument("--iters", type=int, default=None, help="patch_run.n_opt_iters")
     ap.add_argument("--light", action="store_true", help="no diagnostic plots, few iterations")
+    ap.add_argument("--no-plots", action="store_true",
+                    help="no diagnostic plots; production iteration counts (the campaign setting)")
     ap.add_argument("--no-8band", action="store_true", help="skip the 8-band comparison run")
     ap.add_argument("--timeout", type=float, default=12 * 3600)
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier call")
@@ -181,7 +194,7 @@ def main(argv=None) -> int:
     results = {}
     for name, nb in [("40 bands", None), ("8 bands", 8)][:1 if a.no_8band else 2]:
         dest = os.path.join(out, "b40" if nb is None else f"b{nb}")
-        cfg = make_config(a.tile, dest, nb, a.quick, a.box_frac, a.iters, a.light)
+        cfg = make_config(a.tile, dest, nb, a.quick, a.box_frac, a.iters, a.light, a.no_plots)
         log_path = os.path.join(dest, "bench.log")
         done = os.path.join(dest, "wall_s.txt")
         if a.reuse and os.path.exists(done):

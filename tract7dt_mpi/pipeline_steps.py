@@ -182,7 +182,7 @@ class Worker:
         inp = EpsfCellInput(band=band, tag=tag, x0=x0, x1=x1, y0=y0, y1=y1, img=cut.img,
                             sigma_sky=cut.sigma_sky, bad=cut.nonfinite, satur=cut.saturated,
                             saturate_scaled=info.saturate_scaled, fwhm_pix=info.fwhm_pix,
-                            gaia_xy=p.get("gaia_xy"))
+                            gaia_xy=p.get("gaia_xy"), gain_scaled=info.egain / info.scale)
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
         dpi = int(getattr(self.cfg.plotting, "dpi", 150))
@@ -191,13 +191,19 @@ class Worker:
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
     # -------------------------------------------------------------- patch fit
+    def patch_psfs(self, spec) -> dict:
+        """band -> PsfChoiceInput of one patch (patch_run.epsf_interpolation)."""
+        from .stages.psf_field import patch_psf_choices
+        pr = self.cfg.patch_run
+        return patch_psf_choices(self.psfs, spec, self.prepared.shape, int(self.cfg.epsf.epsf_ngrid),
+                                 int(pr.min_epsf_nstars_for_use), pr.epsf_interpolation)
+
     def patch_fit(self, task: Task) -> TaskResult:
         from .stages.fit import fit_patch_input
         from .stages.patch_inputs import build_patch_input
         spec = self.plan[task.payload]
         t0 = time.perf_counter()
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.psfs.get(spec.epsf_tag, {}),
-                                self.cfg)
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg)
         out_dir = self.cfg.outputs.tractor_out_dir
         res = fit_patch_input(pin, self.cfg, out_dir=out_dir)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
@@ -206,8 +212,7 @@ class Worker:
     def patch_dump(self, task: Task) -> TaskResult:
         from .stages.patch_inputs import build_patch_input, save_patch_inputs
         spec = self.plan[task.payload]
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.psfs.get(spec.epsf_tag, {}),
-                                self.cfg)
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg)
         save_patch_inputs(pin, self.cfg.outputs.patch_inputs_dir)
         return TaskResult()
 

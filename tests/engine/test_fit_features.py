@@ -111,3 +111,23 @@ def test_moffat_and_mixture_psfs_fit_galaxy():
         ims = [ImageData("r", clean + rng.normal(0, 1, (48, 48)), np.ones((48, 48)), psf)]
         r = fit_patch(ims, [Source("dev", 24.0, 24.0, [1e4], re=2.0, ab=0.8, phi_deg=40)]).sources[0]
         assert r.fluxes[0] / clean.sum() == pytest.approx(1, abs=0.03) and r.re == pytest.approx(3.0, rel=0.08)
+
+
+def test_faint_galaxy_keeps_its_shape_below_shape_min_snr():
+    """A galaxy at S/N ~ 4 next to a bright star: with shape_min_snr its catalog shape is held
+    (shape_fixed) and only position and flux move; a bright galaxy's shape is still fitted."""
+    rng = np.random.default_rng(4)
+    shape = (48, 48)
+    clean = draw([(moffat().withFlux(3e4), 14.0, 24.0)], shape) + draw(
+        [(galaxy("dev", 60.0, 3.0, 0.7, 20.0), 33.0, 24.0), (galaxy("exp", 2e4, 4.0, 0.6, 30.0), 30.0, 12.0)],
+        shape, psf=moffat())
+    ims = [ImageData("r", clean + rng.normal(0, 1.0, shape), np.ones(shape), PSF)]
+    srcs = [Source("star", 14.0, 24.0, [1e4]), Source("dev", 33.0, 24.0, [60.0], re=3.0, ab=0.7, phi_deg=20.0),
+            Source("exp", 30.0, 12.0, [1e4], re=3.0, ab=0.6, phi_deg=30.0)]
+    held = fit_patch(ims, srcs, FitOptions(shape_min_snr=10.0)).sources
+    assert held[1].shape_fixed and not held[0].shape_fixed and not held[2].shape_fixed
+    assert held[1].re == pytest.approx(3.0, abs=1e-9) and held[1].ab == pytest.approx(0.7, abs=1e-9)
+    assert held[2].re == pytest.approx(4.0, rel=0.05)                  # a bright shape is fitted
+    assert held[0].fluxes[0] == pytest.approx(3e4, rel=0.01)
+    free = fit_patch(ims, srcs, FitOptions(shape_min_snr=0.0)).sources
+    assert not free[1].shape_fixed and free[1].re != pytest.approx(3.0, abs=1e-6)

@@ -245,3 +245,55 @@ def test_summary_keeps_records():
     metas = [{"band": "m400", "patch": "r00_c00", "status": "ok"},
              {"band": "m425", "status": "band_fail", "error": "boom"}]
     assert epsf_summary(metas) == metas
+
+
+# ------------------------------------------------------------------ weighted residual stacking
+
+def test_weighted_clipped_mean_is_inverse_variance_mean_and_clips_outliers():
+    from tract7dt_mpi.stages.epsf_build import weighted_clipped_mean
+    rng = np.random.default_rng(1)
+    sig = np.array([0.01, 0.02, 0.05, 0.1, 0.1, 0.2])[:, None, None] * np.ones((6, 4, 4))
+    cube = 1.0 + rng.normal(0, 1, sig.shape) * sig
+    w = 1.0 / sig ** 2
+    got = weighted_clipped_mean(cube, w, np.inf)
+    assert np.allclose(got, (w * cube).sum(0) / w.sum(0))
+    bad = cube.copy()
+    bad[1, 2, 2] = 5.0                                          # a 200-sigma outlier (cosmic ray)
+    clipped = weighted_clipped_mean(bad, w, 5.0)
+    keep = np.ones(6, bool)
+    keep[1] = False
+    assert clipped[2, 2] == pytest.approx((w[keep, 2, 2] * cube[keep, 2, 2]).sum() / w[keep, 2, 2].sum())
+    w0 = w.copy()
+    w0[:, 0, 0] = 0.0                                           # no data: NaN, filled later by the builder
+    assert np.isnan(weighted_clipped_mean(cube, w0, 5.0)[0, 0])
+
+
+@pytest.fixture(scope="module")
+def mixed_snr_field():
+    """5 bright stars and 20 faint ones (S/N ~ 100) with sky and source Poisson noise, gain 1."""
+    rng = np.random.default_rng(3)
+    pos = grid_stars(5, 60, 90, seed=8)
+    stars = [(x, y, 2e5 if k % 5 == 0 else 1.5e4) for k, (x, y, _) in enumerate(pos)]
+    n, sky = 480, 400.0
+    clean = render(n, stars, sky=0.0, grad=0.0, noise=0.0)
+    data = rng.poisson(np.clip(clean + sky, 0, None)).astype(float) - sky
+    inp = cell_input(data)
+    inp.sigma_sky = np.full(data.shape, np.sqrt(sky))
+    inp.saturate_scaled = 1e12
+    inp.gain_scaled = 1.0
+    return inp
+
+
+def test_weighted_stack_beats_median_on_mixed_snr_stars(mixed_snr_field):
+    """Faint stars add noise to photutils' median stack; inverse-variance weights do not."""
+    truth = truth_stamp(55)
+    out = {}
+    for combine in ("weighted_mean", "median"):
+        res = build_epsf_cell(mixed_snr_field, {"psfstar_mode": "sep", "combine": combine, "thresh_sigma": 5.0})
+        assert res.meta["status"] == "ok", res.meta.get("error")
+        assert res.meta["builder"]["combine"] == combine
+        out[combine] = np.abs(res.stamp - truth).max() / truth.max()
+        w = np.asarray(res.meta["used_stars_weight"])
+        assert len(w) == res.meta["nstars_used"] and w.sum() == pytest.approx(1.0, abs=1e-3)
+    assert out["weighted_mean"] < 0.02, out
+    assert out["weighted_mean"] < 0.7 * out["median"], out

@@ -183,6 +183,11 @@ class Epsf:
     oversamp: int = K(1, "int", "factor", "ePSF builder oversampling.", ge=1)
     maxiters: int = K(30, "int", _NONE, "ePSF builder iterations.", ge=1)
     do_clip: bool = K(True, "bool", _NONE, "Sigma-clip (5 sigma) in the ePSF builder.")
+    combine: str = K("weighted_mean", "enum", _NONE,
+                     "How the builder stacks star residuals each iteration: weighted_mean (inverse "
+                     "variance from the sky sigma plus the Poisson noise of the current model, so faint "
+                     "stars add little noise) or median (photutils' unweighted median, as the serial pipeline).",
+                     choices=("weighted_mean", "median"))
     recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
@@ -250,6 +255,11 @@ class PatchRun:
     psf_fallback_model: str = K("moffat", "enum", _NONE, "PSF form when the ePSF is missing or has too few stars.",
                                 choices=("moffat", "ncircular_gaussian", "gaussian_mixture"))
     min_epsf_nstars_for_use: int = K(2, "int", _NONE, "Reject an ePSF built from fewer stars (0 disables).", ge=0)
+    epsf_interpolation: str = K("bilinear", "enum", _NONE,
+                                "ePSF of a patch: bilinear (interpolated at the patch centre between the "
+                                "ePSFs of the up to 4 cells whose centres surround it, following PSF "
+                                "changes across the field) or cell (its own cell's ePSF, as the serial pipeline).",
+                                choices=("bilinear", "cell"))
     ncircular_gaussian_n: int = K(3, "int", _NONE, "Components of the ncircular_gaussian fallback (1, 2 or 3).", ge=1, le=3)
     hybrid_psf_n: int = K(9, "int", _NONE, "Gaussians in the hybrid PSF's mixture approximation.", ge=1)
     gaussian_mixture_n: int = K(4, "int", _NONE, "Components of the Gaussian mixture fitted to a stamp.", ge=1)
@@ -268,6 +278,7 @@ class PatchRun:
     flag_maxiter_margin: int = K(0, "int", _NONE, "opt_hit_max_iters when not converged and niters >= max(1, n_opt_iters - margin).", ge=0)
     engine: str = K("native", "enum", _NONE, "MPI-era: fitting engine, native (numpy/scipy) or tractor (if installed).",
                     choices=("native", "tractor"))
+    shape_fit_min_snr: float = K(10.0, "float", "S/N", "MPI-era: a galaxy whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog shape and Sersic n (only position and fluxes are fitted; column fit_shape_fixed); a free shape at low S/N is unmeasured and can grow into a sky-like sheet. 0 fits every shape.", ge=0)
     flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN; sky = sky only, as the original.",
                               choices=("total", "sky"))
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")

@@ -29,6 +29,7 @@ from .types import FitOptions, FitResult, SourceResult
 
 log = logging.getLogger(__name__)
 ALL = frozenset(POS + SHAPE + SERSIC)
+SHAPE_LIKE = frozenset(SHAPE + SERSIC)
 STAGES = {0: ALL, 1: frozenset(SHAPE + SERSIC), 2: frozenset(POS), 3: ALL}
 MAX_TRIALS = 12
 #: preparatory stages (1, 2) stop once the remaining predicted gain is statistically meaningless
@@ -67,6 +68,29 @@ def _sheets(prob: Problem, ev, sy) -> np.ndarray:
         if prob.kinds[s] != "star" and prob.hi[s][2] - ev.params[s][2] <= STALL_TOL["shape.logre"]:
             out[sy.owner == s] = True
     return out
+
+
+def _faint_galaxies(prob: Problem, params, F, sky, min_snr: float) -> np.ndarray:
+    """Galaxies whose combined flux S/N at the start (sky-only errors) is below ``min_snr``."""
+    out = np.zeros(prob.S, dtype=bool)
+    gal = np.array([k != "star" for k in prob.kinds])
+    if not (min_snr > 0 and gal.any()):
+        return out
+    ev = prob.evaluate(params, frozenset(), True, F, sky, derivs=False)
+    cov, _ = prob.flux_covariance(ev, None, [None] * prob.nb)
+    var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
+    ok = np.isfinite(var) & (var > 0) & ~ev.pinned
+    # the smaller of the initial (catalog / aperture) and the solved flux, negative counting as
+    # zero: at the start a faint galaxy's linear flux may soak up a neighbour's misfit
+    f = np.clip(np.minimum(np.asarray(F, float), ev.F), 0.0, None)
+    snr2 = np.where(ok, f ** 2 / np.where(ok, var, 1.0), 0.0).sum(axis=0)
+    return gal & (np.sqrt(snr2) < min_snr)
+
+
+def _held_shapes(prob: Problem, sy) -> np.ndarray:
+    """Shape and Sersic parameters of the galaxies in ``prob.faint``."""
+    return np.array([bool(prob.faint[s]) and prob.names[s][j] in SHAPE_LIKE for s, j in sy.index],
+                    dtype=bool)
 
 
 def _settle(step, H, g, sys_, S, dlnp_stop):
@@ -139,7 +163,7 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             break
         sy = _System(prob, ev, index, start)
         floor = ev.noise_floor()
-        hold = unconstrained(H, g, sy.caps) | _sheets(prob, ev, sy)
+        hold = unconstrained(H, g, sy.caps) | _sheets(prob, ev, sy) | _held_shapes(prob, sy)
         gn_pred = gn_gain(H, g, free_set(sy.theta, sy.lo, sy.hi, g) & ~hold)
         done = None
         if gn_pred < stop:
@@ -207,6 +231,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     params = [p.copy() for p in prob.p0]
     F, sky = prob.F0.copy(), prob.sky0.copy()
     stages = []
+    prob.faint = _faint_galaxies(prob, params, F, sky, float(opts.shape_min_snr))
     plan = [1, 2, 3] if opts.staged else [0]
     ev = None
     for st in plan:
@@ -231,7 +256,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         p = params[s]
         r = SourceResult(kind=src.kind, x=float(p[0]), y=float(p[1]), fluxes=ev.F[:, s].copy(),
                          flux_errs=errs[:, s].copy(), stalled=_stalled(prob, s, p, last_free),
-                         no_data_bands=[bands[b] for b in np.flatnonzero(ev.pinned[:, s])])
+                         no_data_bands=[bands[b] for b in np.flatnonzero(ev.pinned[:, s])],
+                         shape_fixed=bool(prob.faint[s]))
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":

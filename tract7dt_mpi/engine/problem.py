@@ -79,6 +79,7 @@ class Problem:
         self.kinds = [s.kind for s in sources]
         self.names = [param_names(k) for k in self.kinds]
         self.F0 = np.zeros((self.nb, self.S))
+        self.faint = np.zeros(self.S, dtype=bool)   # galaxies whose shape is held (engine.fit)
         self.flux_mu = np.zeros((self.nb, self.S))
         self.flux_prec = np.zeros((self.nb, self.S))
         self.p0, self.lo, self.hi = [], [], []

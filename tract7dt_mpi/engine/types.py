@@ -84,6 +84,10 @@ class FitOptions:
     flux_error_model: str = "total"
     #: stage 2 (positions only) keeps fluxes and sky frozen (the spec); False re-solves them
     stage2_freeze_fluxes: bool = True
+    #: galaxies whose flux S/N (all bands combined, sky-only errors, at the start) is below this
+    #: keep their initial shape and Sersic index: such a shape is unmeasurable and a free one can
+    #: grow into a sky-like sheet that takes light from its neighbours (0 disables)
+    shape_min_snr: float = 0.0
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:
@@ -104,6 +108,8 @@ class SourceResult:
     phi_deg: float = np.nan
     sersic_n: float = np.nan
     stalled: list = field(default_factory=list)
+    #: shape (and Sersic n) held at the start: flux S/N below FitOptions.shape_min_snr
+    shape_fixed: bool = False
     #: bands (names) in which the source has no unmasked pixel (flux kept at its start, error nan)
     no_data_bands: list = field(default_factory=list)
     #: per-source convergence of the final stage: True when the patch converged, or when this

@@ -35,7 +35,9 @@ class EpsfCellInput:
     img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
     (the ePSF stage keeps saturated pixels' weights, spec S4); satur: saturation mask (or None);
     saturate_scaled: SATURATE*scale (inf if unknown); fwhm_pix: seeing FWHM in px (nan if unknown);
-    gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None.
+    gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None;
+    gain_scaled: electrons per scaled image unit (EGAIN / scale) for the Poisson term of the
+    weighted residual stack (None: sky-only weights).
     """
 
     band: str
@@ -51,6 +53,7 @@ class EpsfCellInput:
     saturate_scaled: float
     fwhm_pix: float
     gaia_xy: np.ndarray | None = None
+    gain_scaled: float | None = None
 
 
 @dataclass
@@ -318,9 +321,11 @@ def _build(inp, s, meta, plot_dir, dpi):
     meta["nstars_extract"] = int(len(B.star_list(stars)))
     stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
 
-    result = B.make_builder(s)(stars)
+    builder, combine = B.make_builder(s, inp.gain_scaled)
+    result = builder(stars)
     epsf, fitted = result[0], result[1]
     meta["builder"] = {
+        "combine": combine,
         "smoothing_kernel": B.smoothing_kernel(s.oversamp),
         "iterations": int(getattr(result, "iterations", -1)),
         "converged": bool(getattr(result, "converged", False)),
@@ -333,6 +338,9 @@ def _build(inp, s, meta, plot_dir, dpi):
                              for st in good]
     if len(good) <= 0:
         raise B.CellFailure("EPSFBuilder fitted no star")
+    wts = B.star_weights(good, float(np.nanmax(epsf.data)), inp.gain_scaled) \
+        if combine == "weighted_mean" else np.full(len(good), 1.0 / len(good))
+    meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 
 import numpy as np
 
@@ -99,15 +100,159 @@ def smoothing_kernel(oversamp: int):
     return None if int(oversamp) <= 1 else "quartic"
 
 
-def make_builder(s):
-    """EPSFBuilder with the spec settings; keywords the installed photutils lacks are dropped."""
+SYSTEMATIC_FLOOR = 0.02
+#: fraction of the stars that must cover an ePSF grid point for the weighted stack to update it
+MIN_COVER = 0.25
+
+
+def residual_weights(cube, stars, model, gain, floor=SYSTEMATIC_FLOOR):
+    """Inverse variance of each star's flux-normalised residual on the ePSF grid.
+
+    var = (sigma_sky^2 + F * model / gain) / F^2 + (floor * model)^2: the sky noise, the Poisson
+    noise of the star as the current ePSF predicts it (not as its noisy data say, which would bias
+    the core low), and a floor of ``floor`` of the PSF value. The floor stands for what no star
+    measures better than that: the change of the PSF across a cell and the sub-pixel sampling of
+    one star, so a handful of bright stars cannot outvote all the others. sigma_sky is the median
+    of the stamp's 1/weights; ``gain`` is in electrons per scaled unit (None: no Poisson term).
+    Pixels without data get zero weight.
+    """
+    m = np.maximum(np.nan_to_num(np.asarray(model, float)), 0.0)
+    w = np.zeros(cube.shape)
+    for i, st in enumerate(stars):
+        f = float(st.flux)
+        wt = np.asarray(st.weights, float)
+        pos = wt[np.isfinite(wt) & (wt > 0)]
+        if not (np.isfinite(f) and f > 0 and pos.size):
+            continue
+        var = float(np.median(1.0 / pos ** 2)) + (f * m / gain if gain else 0.0)
+        w[i] = 1.0 / (var / (f * f) + (floor * m) ** 2)
+    w[~np.isfinite(cube)] = 0.0
+    return w
+
+
+def aligned_residuals(stars, epsf) -> np.ndarray:
+    """Per-star normalised residuals (data / F - ePSF) moved onto the native ePSF grid.
+
+    photutils puts each star pixel's residual on the nearest ePSF grid point, i.e. up to half a
+    pixel away from where it was measured; in a median over many stars at random sub-pixel phases
+    that error averages out, in a weighted mean dominated by a few bright stars it does not. Here
+    each star's residual image is shifted by its sub-pixel offset (Lanczos-3, as the fitter shifts
+    the ePSF) before it is placed, so every value lands where it was measured. Pixels within the
+    3-pixel reach of the shift from a masked pixel or the stamp edge are left out (NaN).
+    """
+    from scipy.ndimage import binary_dilation
+
+    from ..engine.lanczos import shift_stamp
+
+    shape = epsf.data.shape
+    oy, ox = (int(v) for v in np.round(np.asarray(epsf.origin)[::-1]))
+    out = np.full((len(stars),) + shape, np.nan)
+    for k, st in enumerate(stars):
+        data = np.asarray(st.data, float)
+        bad = ~(np.asarray(st.weights, float) > 0) | ~np.isfinite(data)
+        cx, cy = (float(v) for v in st.cutout_center)
+        yy, xx = np.indices(data.shape)
+        model = epsf.evaluate(x=xx - cx, y=yy - cy, flux=1.0, x_0=0.0, y_0=0.0)
+        r = np.where(bad, 0.0, data / float(st.flux) - model)
+        ix, iy = int(round(cx)), int(round(cy))
+        r = shift_stamp(r, -(cx - ix), -(cy - iy))[0]
+        bad = binary_dilation(bad, iterations=3)
+        bad[:3, :] = bad[-3:, :] = True
+        bad[:, :3] = bad[:, -3:] = True
+        r[bad] = np.nan
+        # star pixel (j, i) -> grid (j - iy + oy, i - ix + ox)
+        gy0, gx0 = oy - iy, ox - ix
+        sy0, sx0 = max(0, -gy0), max(0, -gx0)
+        sy1, sx1 = min(data.shape[0], shape[0] - gy0), min(data.shape[1], shape[1] - gx0)
+        if sy1 > sy0 and sx1 > sx0:
+            out[k, sy0 + gy0:sy1 + gy0, sx0 + gx0:sx1 + gx0] = r[sy0:sy1, sx0:sx1]
+    return out
+
+
+def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
+    """Per-pixel weighted mean of ``cube`` (n, ny, nx) with iterative sigma clipping.
+
+    A value is clipped when its deviation from the current centre (the median first, then the
+    weighted mean), in units of its own sigma (1/sqrt(w)), exceeds ``clip_sigma`` times the
+    pixel's robust spread of those deviations (at least 1): the weights' noise model may miss
+    systematic star-to-star differences, which must not clip every star of a pixel. NaN where
+    no value has weight.
+    """
+    valid = w > 0
+    vals = np.where(valid, cube, 0.0)
+    keep = valid.copy()
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN columns -> NaN centre
+        centre = np.nanmedian(np.where(valid, cube, np.nan), axis=0)
+        for _ in range(maxiters if np.isfinite(clip_sigma) else 0):
+            z = np.abs(vals - centre) * np.sqrt(w)
+            spread = np.nanmedian(np.where(keep, z, np.nan), axis=0) * 1.4826
+            spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
+            new = valid & (z <= clip_sigma * spread)
+            if np.array_equal(new, keep):
+                break
+            keep = new
+            wk = np.where(keep, w, 0.0)
+            sw = wk.sum(axis=0)
+            centre = np.where(sw > 0, (wk * vals).sum(axis=0) / np.where(sw > 0, sw, 1.0), np.nan)
+        wk = np.where(keep, w, 0.0)
+        sw = wk.sum(axis=0)
+        return np.where(sw > 0, (wk * vals).sum(axis=0) / np.where(sw > 0, sw, 1.0), np.nan)
+
+
+def _weighted_builder_class():
+    from photutils.psf import EPSFBuilder
+
+    class WeightedEPSFBuilder(EPSFBuilder):
+        """photutils' EPSFBuilder stacking star residuals by inverse-variance weighted mean.
+
+        Each iteration photutils reduces the stack of per-star residuals with a sigma-clipped
+        median, in which a star at S/N 30 counts as much as one at S/N 1000. Here the stack is
+        reduced to its weighted, clipped mean (:func:`weighted_clipped_mean`) and handed back as
+        a one-layer stack, whose median is itself; star fitting, gap filling, smoothing,
+        recentring and normalisation stay photutils' own.
+        """
+
+        gain = None
+        clip_sigma = 5.0
+
+        def _resample_residuals(self, stars, epsf):
+            good = list(stars.all_good_stars)
+            native = np.all(np.asarray(self.oversampling) == 1) and hasattr(epsf, "evaluate")
+            cube = aligned_residuals(good, epsf) if native and good else \
+                super()._resample_residuals(stars, epsf)
+            if cube.shape[0] == 0:
+                return cube
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                # current PSF estimate for the Poisson and floor terms (the ePSF starts at zero)
+                psf_now = epsf.data + np.nan_to_num(np.nanmedian(cube, axis=0))
+            w = residual_weights(cube, good, psf_now, self.gain)
+            mean = weighted_clipped_mean(cube, w, self.clip_sigma)
+            # grid points few stars cover (stamp corners, around masked neighbours) would take
+            # one star's noise: leave the ePSF there unchanged (and never extrapolate into them)
+            thin = (w > 0).sum(axis=0) < max(2, int(np.ceil(MIN_COVER * len(good))))
+            return np.where(thin | ~np.isfinite(mean), 0.0, mean)[np.newaxis]
+
+    return WeightedEPSFBuilder
+
+
+def make_builder(s, gain=None):
+    """EPSFBuilder with the spec settings; keywords the installed photutils lacks are dropped.
+
+    ``epsf.combine = weighted_mean`` uses :class:`WeightedEPSFBuilder` with ``gain`` (electrons
+    per scaled image unit) for the Poisson term; it needs the builder's residual-stack hook and
+    falls back to photutils' median (with a warning) on a photutils without it.
+    Returns (builder, combine actually used).
+    """
     from astropy.stats import SigmaClip
     from photutils.psf import EPSFBuilder
 
+    clip = 5.0 if s.do_clip else np.inf
     want = {
         "oversampling": int(s.oversamp), "maxiters": int(s.maxiters),
         "recentering_boxsize": int(s.recenter_boxsize), "recentering_maxiters": 30,
-        "sigma_clip": SigmaClip(sigma=5.0 if s.do_clip else np.inf), "progress_bar": False,
+        "sigma_clip": SigmaClip(sigma=clip), "progress_bar": False,
         "smoothing_kernel": smoothing_kernel(s.oversamp),
     }
     params = inspect.signature(EPSFBuilder.__init__).parameters
@@ -115,7 +260,23 @@ def make_builder(s):
     dropped = sorted(set(want) - set(kwargs))
     if dropped:
         log.debug("EPSFBuilder of this photutils has no %s", dropped)
-    return EPSFBuilder(**kwargs)
+    combine = getattr(s, "combine", "median")
+    if combine == "weighted_mean" and not hasattr(EPSFBuilder, "_resample_residuals"):
+        log.warning("this photutils' EPSFBuilder has no residual-stack hook; epsf.combine=median")
+        combine = "median"
+    if combine == "median":
+        return EPSFBuilder(**kwargs), combine
+    builder = _weighted_builder_class()(**kwargs)
+    builder.gain = float(gain) if gain is not None and np.isfinite(gain) and gain > 0 else None
+    builder.clip_sigma = clip
+    return builder, combine
+
+
+def star_weights(stars, peak, gain):
+    """Relative weight of each star at the ePSF peak (what the weighted stack gives it there)."""
+    w = residual_weights(np.zeros((len(stars), 1, 1)), stars, np.full((1, 1), peak), gain)
+    w = w.reshape(len(stars))
+    return w / w.sum() if w.sum() > 0 else np.full(len(stars), 1.0 / max(len(stars), 1))
 
 
 def native_stamp(data, oversamp: int) -> np.ndarray:

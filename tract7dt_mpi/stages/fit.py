@@ -65,7 +65,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_low_star_bands", s("psf_low_star_bands")),
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
-            ("stype_fit", s("stype_fit")), ("flag_core_masked", b1)]
+            ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
+            ("fit_shape_fixed", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -293,7 +294,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     opts = FitOptions(n_opt_iters=int(pr.n_opt_iters), dlnp_stop=float(pr.dlnp_stop),
                       staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=True,
                       flag_maxiter_margin=int(pr.flag_maxiter_margin),
-                      flux_error_model=meta["flux_error_model"])
+                      flux_error_model=meta["flux_error_model"],
+                      shape_min_snr=float(pr.shape_fit_min_snr))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
@@ -308,6 +310,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         d = {"stype_fit": inits[i].kind}
         if multi:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
+            d["fit_shape_fixed"] = bool(getattr(res.sources[i], "shape_fixed", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
@@ -317,6 +320,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             d["flag_core_masked"] = any(
                 core_masked([im], per[b].sources[i].x, per[b].sources[i].y)
                 for b, im in zip(bands, images))
+            d["fit_shape_fixed"] = any(bool(getattr(per[b].sources[i], "shape_fixed", False)) for b in bands)
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))

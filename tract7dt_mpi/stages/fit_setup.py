@@ -137,6 +137,8 @@ def choose_psf(band: str, choice, info, pr, moffat):
         else:
             psf, desc = epsf_psf(arr, pr)
             audit.update(used_epsf=True, psf_desc=desc)
+            if getattr(choice, "sources", ()):
+                audit["epsf_interpolated_from"] = [list(t) for t in choice.sources]
             return psf, audit, f"[PSF] {band}: using ePSF {audit['epsf_path']} as {desc}"
     else:
         audit["fallback_reason"] = "missing ePSF"

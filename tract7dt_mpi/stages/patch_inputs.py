@@ -30,12 +30,14 @@ class PsfChoiceInput:
     """What the fitter needs to choose one band's PSF for one ePSF cell.
 
     ``stamp``: the ePSF (float32, unit sum) or None when the cell has no ePSF; ``nstars_used``:
-    from the cell's meta.json (None when unknown); ``path``: where the ePSF lives (for the audit).
+    from the cell's meta.json (None when unknown); ``path``: where the ePSF lives (for the audit);
+    ``sources``: ((cell tag, weight), ...) when the stamp is interpolated between cells.
     """
 
     stamp: np.ndarray | None
     nstars_used: int | None = None
     path: str = ""
+    sources: tuple = ()
 
     @property
     def exists(self) -> bool:
@@ -175,8 +177,8 @@ def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
         "spec": _spec_json(pin.spec),
         "bands": list(pin.bands),
         "band_info": {b: dataclasses.asdict(pin.band_info[b]) for b in pin.bands},
-        "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path}
-                 for b in pin.bands},
+        "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path,
+                     "sources": [list(t) for t in pin.psfs[b].sources]} for b in pin.bands},
         "meta": pin.meta(),
         "cat": {"columns": [str(c) for c in pin.cat.columns],
                 "dtypes": [str(t) for t in pin.cat.dtypes],
@@ -209,7 +211,9 @@ def load_patch_inputs(json_path: str) -> PatchInput:
     infos = {b: BandInfo(**doc["band_info"][b]) for b in bands}
     psfs = {b: PsfChoiceInput(stamp=arrs[f"{b}/psf_stamp"] if f"{b}/psf_stamp" in arrs else None,
                               nstars_used=doc["psfs"][b]["nstars_used"],
-                              path=doc["psfs"][b]["path"]) for b in bands}
+                              path=doc["psfs"][b]["path"],
+                              sources=tuple(tuple(t) for t in doc["psfs"][b].get("sources", ())))
+            for b in bands}
     cd = doc["cat"]
     cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)
     for c, t in zip(cd["columns"], cd["dtypes"]):

@@ -1,0 +1,81 @@
+"""ePSF of a patch interpolated between cell ePSFs (patch_run.epsf_interpolation)."""
+import numpy as np
+import pytest
+
+from tract7dt_mpi.stages.epsf import cell_tag
+from tract7dt_mpi.stages.patch_inputs import PsfChoiceInput
+from tract7dt_mpi.stages.psf_field import (bilinear_weights, cell_centre, interpolated_choice,
+                                           patch_psf_choices)
+
+SHAPE = (1000, 1000)     # 2 x 2 cells of 500 px: centres at 249.5 and 749.5
+
+
+def gauss(sigma, size=25):
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    g = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).astype(np.float32)
+
+
+def sigma_at(x):
+    """A PSF width growing linearly across the frame (2.0 px at x=0, 2.4 px at x=1000)."""
+    return 2.0 + 0.4 * x / 1000.0
+
+
+def choices(n=2, gate_stars=20, drop=()):
+    out = {}
+    for r in range(n):
+        for c in range(n):
+            if (r, c) in drop:
+                continue
+            x, _ = cell_centre(SHAPE, n, r, c)
+            out[cell_tag(r, c)] = {"m400": PsfChoiceInput(stamp=gauss(sigma_at(x)), nstars_used=gate_stars,
+                                                          path=f"EPSFs/m400/{cell_tag(r, c)}/epsf.npy")}
+    return out
+
+
+def test_bilinear_weights():
+    (only, w), = bilinear_weights(SHAPE, 2, 249.5, 749.5)
+    assert only == (1, 0) and w == 1.0
+    mid = dict(bilinear_weights(SHAPE, 2, 499.5, 499.5))
+    assert len(mid) == 4 and all(v == pytest.approx(0.25) for v in mid.values())
+    assert bilinear_weights(SHAPE, 2, 5.0, 3.0) == [((0, 0), 1.0)]          # clamped at the corner
+    w = dict(bilinear_weights(SHAPE, 2, 374.5, 100.0))                        # x a quarter of the way
+    assert w == {(0, 0): pytest.approx(0.75), (0, 1): pytest.approx(0.25)}
+    for x, y in [(0, 0), (600, 123), (999, 999), (250, 700)]:
+        assert sum(v for _, v in bilinear_weights(SHAPE, 2, x, y)) == pytest.approx(1.0)
+
+
+def test_interpolated_stamp_follows_a_psf_gradient():
+    """Between cell centres the interpolated ePSF is much closer to the PSF there than the cell's."""
+    ch = choices()
+    x, y = 470.0, 480.0                       # in cell r00_c00, near the cells' shared corner
+    got = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, x, y, gate=2)
+    truth = gauss(sigma_at(x))
+    err_interp = np.abs(got.stamp - truth).max() / truth.max()
+    err_cell = np.abs(ch["r00_c00"]["m400"].stamp - truth).max() / truth.max()
+    assert err_interp < 0.3 * err_cell, (err_interp, err_cell)
+    assert got.stamp.sum() == pytest.approx(1.0, abs=1e-5) and got.stamp.dtype == np.float32
+    assert {t for t, _ in got.sources} == {"r00_c00", "r00_c01", "r01_c00", "r01_c01"}
+    assert got.path == ch["r00_c00"]["m400"].path and got.nstars_used == 20
+
+
+def test_unusable_neighbours_are_left_out_and_own_cell_rules():
+    ch = choices(drop={(0, 1)})
+    ch["r01_c01"]["m400"] = PsfChoiceInput(stamp=gauss(9.0), nstars_used=1)    # below the gate
+    got = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, 499.5, 499.5, gate=2)
+    assert {t for t, _ in got.sources} == {"r00_c00", "r01_c00"}
+    # the left column has one width: the result is that width, unaffected by the rejected cell
+    assert np.allclose(got.stamp, ch["r00_c00"]["m400"].stamp, atol=1e-6)
+    # an own cell below the gate keeps its own choice, so the fitter's fallback and reason apply
+    ch["r00_c00"]["m400"] = PsfChoiceInput(stamp=gauss(2.0), nstars_used=1)
+    own = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, 499.5, 499.5, gate=2)
+    assert own is ch["r00_c00"]["m400"]
+
+
+def test_patch_choices_modes():
+    class Spec:
+        epsf_tag, x0_base, x1_base, y0_base, y1_base = "r00_c00", 400, 500, 400, 500
+    ch = choices()
+    assert patch_psf_choices(ch, Spec, SHAPE, 2, 2, "cell") is ch["r00_c00"]
+    got = patch_psf_choices(ch, Spec, SHAPE, 2, 2, "bilinear")
+    assert set(got) == {"m400"} and got["m400"].sources
