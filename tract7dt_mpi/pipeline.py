@@ -221,6 +221,7 @@ class _Run:
                         stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
                             stamp, meta.get("nstars_used"))
                 self._write_epsf_summary(ordered)
+                stamps = S.with_psf_flux_errors(stamps, ordered)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
         self.stopped |= stopped
@@ -236,13 +237,15 @@ class _Run:
 
     def stamps_from_disk(self, bands, cells):
         from .stages.epsf import cell_tag
-        stamps = {}
+        stamps, metas = {}, []
         for b in bands:
             for r, c in cells:
                 got = S.epsf_from_disk(self.cfg, b, cell_tag(r, c))
+                if got is not None:
+                    metas.append(got[0])
                 if got is not None and got[1] is not None:
                     stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
-        return stamps
+        return S.with_psf_flux_errors(stamps, metas)
 
     # ------------------------------------------------------------------ patch phase
     def patch_phase(self, plan, stamps, bands, fn=None, label="patches", use_store=True):

@@ -241,15 +241,28 @@ def write_runner_log(out_dir, tag, status, sec, error=None, rank=None, host=None
     atomic_write_text(os.path.join(pdir, f"{tag}.runner.log"), "\n".join(lines) + "\n", fsync=False)
 
 
+def with_psf_flux_errors(stamps: dict, metas) -> dict:
+    """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band)}}."""
+    from .stages.psf_error import band_psf_flux_errors
+    frac = band_psf_flux_errors(metas)
+    for band in sorted(stamps):
+        v = frac.get(band, float("nan"))
+        log.info("ePSF %s: PSF flux error %s (from the stars' missed flux within 2 FWHM)", band,
+                 f"{100 * v:.2f}%" if np.isfinite(v) else "unknown (fewer than 5 usable stars)")
+    return {b: {t: (v[0], v[1], frac.get(b, float("nan"))) for t, v in cells.items()}
+            for b, cells in stamps.items()}
+
+
 def psf_choices(cfg, stamps: dict):
-    """epsf_tag -> band -> PsfChoiceInput from the broadcast stamps {band: {tag: (stamp, n)}}."""
+    """epsf_tag -> band -> PsfChoiceInput from the broadcast stamps {band: {tag: (stamp, n[, frac])}}."""
     from .stages.patch_inputs import PsfChoiceInput
     out = {}
     for band, cells in stamps.items():
-        for tag, (stamp, nstars) in cells.items():
+        for tag, (stamp, nstars, *rest) in cells.items():
             out.setdefault(tag, {})[band] = PsfChoiceInput(
                 stamp=stamp, nstars_used=nstars,
-                path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"))
+                path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"),
+                flux_err_frac=float(rest[0]) if rest else float("nan"))
     return out
 
 

@@ -408,3 +408,18 @@ def test_core_masked_flag_needs_a_usable_pixel_near_the_centre():
     assert core_masked([good, masked], 10.0, 10.0)      # any band with a masked core
     assert not core_masked([masked], 5.0, 5.0)           # away from the hole
     assert core_masked([good], 30.0, 10.0)               # off the image
+
+
+def test_psf_term_is_added_in_quadrature_only_for_epsf_bands_under_total():
+    from types import SimpleNamespace
+
+    from tract7dt_mpi.stages.fit import _psf_error_fractions, with_psf_term
+    from tract7dt_mpi.stages.patch_inputs import PsfChoiceInput
+    assert with_psf_term(3.0, 400.0, 0.01) == pytest.approx(5.0)
+    assert with_psf_term(3.0, 400.0, float("nan")) == 3.0
+    pin = SimpleNamespace(psfs={"a": PsfChoiceInput(stamp=None, flux_err_frac=0.01),
+                                "b": PsfChoiceInput(stamp=None, flux_err_frac=0.02)})
+    audits = {"a": {"used_epsf": True}, "b": {"used_epsf": False}}
+    got = _psf_error_fractions(["a", "b"], pin, audits, "total")
+    assert got["a"] == 0.01 and np.isnan(got["b"])                    # fallback PSF: no estimate
+    assert np.isnan(_psf_error_fractions(["a"], pin, audits, "sky")["a"])

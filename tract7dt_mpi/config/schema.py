@@ -279,7 +279,7 @@ class PatchRun:
     engine: str = K("native", "enum", _NONE, "MPI-era: fitting engine, native (numpy/scipy) or tractor (if installed).",
                     choices=("native", "tractor"))
     shape_fit_min_snr: float = K(10.0, "float", "S/N", "MPI-era: a galaxy whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog shape and Sersic n (only position and fluxes are fitted; column fit_shape_fixed); a free shape at low S/N is unmeasured and can grow into a sky-like sheet. 0 fits every shape.", ge=0)
-    flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN; sky = sky only, as the original.",
+    flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN + the band's PSF-model error (the fraction of flux the ePSF misses on its own stars beyond their noise, added in quadrature; bands fitted with an ePSF); sky = sky only, as the original.",
                               choices=("total", "sky"))
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
 

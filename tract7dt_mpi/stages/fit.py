@@ -180,6 +180,25 @@ def _psf_summary(bands, audits, psfs) -> dict:
                 {b: audits[b]["fallback_reason"] for b in fb}, sort_keys=True)}
 
 
+def _psf_error_fractions(bands, pin, audits, error_model: str) -> dict:
+    """band -> PSF flux-error fraction added to FLUXERR (NaN: none): bands fitted with an ePSF
+    under ``flux_error_model: total`` (stages.psf_error)."""
+    out = {}
+    for b in bands:
+        ch = pin.psfs.get(b)
+        v = float(getattr(ch, "flux_err_frac", float("nan")))
+        out[b] = v if error_model == "total" and audits[b]["used_epsf"] and np.isfinite(v) else float("nan")
+    return out
+
+
+def with_psf_term(err, flux, frac) -> float:
+    """sqrt(err^2 + (frac * flux)^2); ``err`` unchanged when ``frac`` is NaN."""
+    err = float(err)
+    if not np.isfinite(frac) or not np.isfinite(flux):
+        return err
+    return float(np.hypot(err, frac * float(flux)))
+
+
 def _source_values(s, x0: int, y0: int, sfx: str) -> dict:
     """Fit columns of one engine SourceResult; ``sfx`` is "" or "_{band}"."""
     star = s.kind == "star"
@@ -282,6 +301,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         if psum["psf_frozen_bands_for_optimizer"] else [],
         "staged_fit_enabled": bool(pr.enable_staged_fit), "engine": engine_name,
         "flux_error_model": str(getattr(pr, "flux_error_model", "total"))})
+    psf_frac = _psf_error_fractions(bands, pin, audits, meta["flux_error_model"])
+    meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
     is_halo = cat["_is_halo_source"].to_numpy(bool)
@@ -314,7 +335,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
-                d[f"FLUXERR_{b}_fit"] = float(res.sources[i].flux_errs[j])
+                d[f"FLUXERR_{b}_fit"] = with_psf_term(res.sources[i].flux_errs[j], res.sources[i].fluxes[j],
+                                                      psf_frac[b])
             d.update(_opt_values(res, "", res.sources[i]))
         else:
             d["flag_core_masked"] = any(
@@ -325,7 +347,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
                 d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
-                d[f"FLUXERR_{b}_fit"] = float(s.flux_errs[0])
+                d[f"FLUXERR_{b}_fit"] = with_psf_term(s.flux_errs[0], s.fluxes[0], psf_frac[b])
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)

@@ -31,13 +31,15 @@ class PsfChoiceInput:
 
     ``stamp``: the ePSF (float32, unit sum) or None when the cell has no ePSF; ``nstars_used``:
     from the cell's meta.json (None when unknown); ``path``: where the ePSF lives (for the audit);
-    ``sources``: ((cell tag, weight), ...) when the stamp is interpolated between cells.
+    ``sources``: ((cell tag, weight), ...) when the stamp is interpolated between cells;
+    ``flux_err_frac``: the band's PSF flux-error fraction (stages.psf_error; NaN when unknown).
     """
 
     stamp: np.ndarray | None
     nstars_used: int | None = None
     path: str = ""
     sources: tuple = ()
+    flux_err_frac: float = float("nan")
 
     @property
     def exists(self) -> bool:
@@ -178,7 +180,8 @@ def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
         "bands": list(pin.bands),
         "band_info": {b: dataclasses.asdict(pin.band_info[b]) for b in pin.bands},
         "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path,
-                     "sources": [list(t) for t in pin.psfs[b].sources]} for b in pin.bands},
+                     "sources": [list(t) for t in pin.psfs[b].sources],
+                     "flux_err_frac": pin.psfs[b].flux_err_frac} for b in pin.bands},
         "meta": pin.meta(),
         "cat": {"columns": [str(c) for c in pin.cat.columns],
                 "dtypes": [str(t) for t in pin.cat.dtypes],
@@ -212,7 +215,8 @@ def load_patch_inputs(json_path: str) -> PatchInput:
     psfs = {b: PsfChoiceInput(stamp=arrs[f"{b}/psf_stamp"] if f"{b}/psf_stamp" in arrs else None,
                               nstars_used=doc["psfs"][b]["nstars_used"],
                               path=doc["psfs"][b]["path"],
-                              sources=tuple(tuple(t) for t in doc["psfs"][b].get("sources", ())))
+                              sources=tuple(tuple(t) for t in doc["psfs"][b].get("sources", ())),
+                              flux_err_frac=float(doc["psfs"][b].get("flux_err_frac", float("nan"))))
             for b in bands}
     cd = doc["cat"]
     cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)
