@@ -95,6 +95,9 @@ def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None
         fits = fits.loc[~dup]
     keep = ["_row"] + [c for c in fits.columns if c != "_row" and c not in base.columns]
     out = base.merge(fits[keep], on="_row", how="left", sort=False, validate="one_to_one")
+    for c in keep[1:]:            # rows without a fit must not turn counts into floats (7.0)
+        if pd.api.types.is_integer_dtype(fits[c].dtype) and not pd.api.types.is_bool_dtype(fits[c].dtype):
+            out[c] = out[c].astype("Int64")
 
     if wcs is None:
         log.warning("merge: no working WCS available; RA_fit/DEC_fit left empty")
@@ -173,11 +176,14 @@ def fits_table(df: pd.DataFrame):
     Object columns are classified by their non-missing values: all bool -> bool (missing False),
     all numeric -> float (missing NaN), else text (missing "").
     """
-    from astropy.table import Table
+    from astropy.table import MaskedColumn, Table
 
     t = Table()
     for c in df.columns:
         col = df[c]
+        if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) and col.dtype.kind in "iu":
+            t[c] = MaskedColumn(col.to_numpy(dtype=np.int64, na_value=0), mask=col.isna().to_numpy())
+            continue
         if col.dtype.kind in "biuf":
             t[c] = col.to_numpy()
             continue
