@@ -63,14 +63,13 @@ def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     from tract7dt_mpi.config import load_config
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.parallel.scheduler import Task
-    from tract7dt_mpi.stages.patches import assign_sources, build_patch_plan
+    from tract7dt_mpi.stages.patches import build_patch_plan
     cfg = load_config(cfg_path).with_overrides({"outputs": {"tractor_out_dir": out_dir}})
     cat = S.read_working_catalog(cfg)
     with PreparedImages(cfg.mpi.prepared_store) as p:
         shape, bands = p.shape, list(p.bands)
     cells = S.active_cells(cfg, cat, shape)
-    plan = assign_sources(build_patch_plan(shape, cells, cfg), cat,
-                          bool(cfg.patch_inputs.skip_empty_patch), len(bands))
+    plan = S.assign_plan(cfg, build_patch_plan(shape, cells, cfg), cat, len(bands))
     stamps = {}
     for b in bands:
         for r, c in cells:

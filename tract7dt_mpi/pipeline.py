@@ -449,9 +449,9 @@ def _cmd_merge(R: _Run):
     with R.stage("merge"):
         def _merge():
             cells = S.active_cells(R.cfg, lr.catalog, lr.shape)
-            from .stages.patches import assign_sources, build_patch_plan
-            plan = assign_sources(build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
-                                  bool(R.cfg.patch_inputs.skip_empty_patch), len(lr.bands))
+            from .stages.patches import build_patch_plan
+            plan = S.assign_plan(R.cfg, build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
+                                 len(lr.bands))
             return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs)
         R.on_master(_merge)
     return R.finish()

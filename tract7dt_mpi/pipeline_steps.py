@@ -283,11 +283,18 @@ def epsf_from_disk(cfg, band, tag):
     return meta, stamp
 
 
+def assign_plan(cfg, geom, catalog, n_bands):
+    """Base/halo rows of every patch; the halo reaches one PSF radius beyond the ROI."""
+    from .stages.patches import assign_sources
+    return assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), n_bands,
+                          outer=int(cfg.epsf.final_psf_size) // 2)
+
+
 def patch_plan(cfg, catalog, shape, cells, n_bands):
     """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
-    from .stages.patches import assign_sources, build_patch_plan, write_patch_plan
+    from .stages.patches import build_patch_plan, write_patch_plan
     geom = build_patch_plan(shape, cells, cfg)
-    plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), n_bands)
+    plan = assign_plan(cfg, geom, catalog, n_bands)
     write_patch_plan(plan, cfg.outputs.patches_dir)
     halo = geom[0].halo_pix if geom else 0
     log.info("Patch plan: image %dx%d, epsf_ngrid=%d, ngrid=%d, halo=%d px: %d patches "

@@ -19,7 +19,8 @@ SPEC_TALLY = {"inputs": 4, "outputs": 8, "image_scaling": 1, "crop": 6, "overlay
 MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi.heartbeat_sec",
            "mpi.per_rank_logs", "mpi.prepared_store", "patch_run.engine", "patch_run.flux_error_model",
            "patch_run.fault_inject", "bright_mask.thresh_sigma", "bright_mask.minarea",
-           "bright_mask.deblend_nthresh", "bright_mask.deblend_cont", "mpi.master_works"}
+           "bright_mask.deblend_nthresh", "bright_mask.deblend_cont", "mpi.master_works",
+           "epsf.combine", "patch_run.epsf_interpolation", "patch_run.shape_fit_min_snr"}
 
 
 def keys():

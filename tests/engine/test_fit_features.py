@@ -131,3 +131,23 @@ def test_faint_galaxy_keeps_its_shape_below_shape_min_snr():
     assert held[0].fluxes[0] == pytest.approx(3e4, rel=0.01)
     free = fit_patch(ims, srcs, FitOptions(shape_min_snr=0.0)).sources
     assert not free[1].shape_fixed and free[1].re != pytest.approx(3.0, abs=1e-6)
+
+
+def test_source_centred_outside_the_image_models_its_wings():
+    """A bright star 2 px beyond the image edge: unmodelled, its wings bias the neighbour by >10 %
+    (GalSim truth); as a held halo source the neighbour's flux is right to 1 %."""
+    rng = np.random.default_rng(1)
+    shape = (40, 40)
+    psf = PixelizedPSF(psf_stamp(12))
+    clean = draw([(moffat().withFlux(5e4), -2.0, 20.0), (moffat().withFlux(3e3), 20.0, 20.0)], shape)
+    ims = [ImageData("r", clean + rng.normal(0, 1, shape), np.ones(shape), psf)]
+    alone = fit_patch(ims, [Source("star", 20.0, 20.0, [1e3])]).sources[0]
+    assert abs(alone.fluxes[0] / 3e3 - 1) > 0.1
+    out = fit_patch(ims, [Source("star", 20.0, 20.0, [1e3]),
+                          Source("star", -2.3, 20.0, [1e4], max_shift=0.5)]).sources
+    assert out[0].fluxes[0] == pytest.approx(3e3, rel=0.01)
+    assert abs(out[1].x + 2.3) <= 0.5 + 1e-9
+    gal = fit_patch(ims, [Source("star", 20.0, 20.0, [1e3]),
+                          Source("exp", -2.3, 20.0, [1e4], re=2.0, ab=0.8, phi_deg=0.0, max_shift=0.5,
+                                 hold_shape=True)]).sources[1]
+    assert gal.shape_fixed and gal.re == pytest.approx(2.0) and gal.ab == pytest.approx(0.8)

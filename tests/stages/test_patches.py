@@ -120,3 +120,22 @@ def test_write_patch_plan(tmp_path):
     assert len(df) == len(recs) == 9
     assert recs[0]["patch_tag"] == df["patch_tag"][0] == "r00_c01_pr00_pc00"
     assert recs[0]["x0_base"] == 65 and recs[0]["x0_roi"] == 58
+
+
+def test_outer_halo_reaches_beyond_the_roi_by_the_given_margin():
+    cat = _catalog()
+    geom = build_patch_plan((100, 130), None, _cfg())
+    inner = {p.patch_tag: p for p in assign_sources(geom, cat, skip_empty=False)}
+    outer = {p.patch_tag: p for p in assign_sources(geom, cat, skip_empty=False, outer=5)}
+    pos = cat.set_index("_row")
+    grew = 0
+    for tag, p in outer.items():
+        assert np.array_equal(p.base_rows, inner[tag].base_rows)           # base rows never change
+        assert set(inner[tag].halo_rows) <= set(p.halo_rows)
+        extra = sorted(set(p.halo_rows) - set(inner[tag].halo_rows))
+        grew += len(extra)
+        x, y = pos.loc[extra, "x_pix_white"].to_numpy(), pos.loc[extra, "y_pix_white"].to_numpy()
+        out_roi = (x < p.x0_roi) | (x >= p.x1_roi) | (y < p.y0_roi) | (y >= p.y1_roi)
+        near = (x >= p.x0_roi - 5) & (x < p.x1_roi + 5) & (y >= p.y0_roi - 5) & (y < p.y1_roi + 5)
+        assert np.all(out_roi & near)
+    assert grew > 0

@@ -231,7 +231,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     params = [p.copy() for p in prob.p0]
     F, sky = prob.F0.copy(), prob.sky0.copy()
     stages = []
-    prob.faint = _faint_galaxies(prob, params, F, sky, float(opts.shape_min_snr))
+    prob.faint = _faint_galaxies(prob, params, F, sky, float(opts.shape_min_snr)) | np.array(
+        [bool(getattr(s, "hold_shape", False)) and s.kind != "star" for s in sources], dtype=bool)
     plan = [1, 2, 3] if opts.staged else [0]
     ev = None
     for st in plan:

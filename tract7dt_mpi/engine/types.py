@@ -56,6 +56,8 @@ class Source:
     ell_sigma: float | None = None
     theta_sigma_deg: float | None = None
     max_shift: float | None = None
+    #: keep the initial shape and Sersic n (e.g. a halo source centred outside the image)
+    hold_shape: bool = False
 
     def __post_init__(self):
         self.kind = str(self.kind).lower()

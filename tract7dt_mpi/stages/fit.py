@@ -75,14 +75,14 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
                                    "y_pix_white_fit", "RA_fit", "DEC_fit")]
         cols += [(f"{m}_fit", f8) for m in _MORPH]
         for b in bands:
-            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8)]
+            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8)]
         cols += [("flag_bound_stalled", b1), ("flag_bound_stalled_which_parameter", stall)]
     else:
         for b in sorted(bands):
             cols += [(f"{c}_{b}_fit", f8) for c in ("x_pix_patch", "y_pix_patch", "x_pix_white",
                                                      "y_pix_white", "RA", "DEC")]
             cols += [(f"{m}_{b}_fit", f8) for m in _MORPH]
-            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8),
+            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
                      (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
                      (f"opt_hit_max_iters_{b}", b1), (f"opt_last_dlnp_{b}", f8),
                      (f"flag_bound_stalled_{b}", b1),
@@ -337,6 +337,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
                 d[f"FLUXERR_{b}_fit"] = with_psf_term(res.sources[i].flux_errs[j], res.sources[i].fluxes[j],
                                                       psf_frac[b])
+                d[f"FLUXERR_STAT_{b}_fit"] = float(res.sources[i].flux_errs[j])
             d.update(_opt_values(res, "", res.sources[i]))
         else:
             d["flag_core_masked"] = any(
@@ -348,6 +349,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 d.update(_source_values(s, x0, y0, f"_{b}"))
                 d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
                 d[f"FLUXERR_{b}_fit"] = with_psf_term(s.flux_errs[0], s.fluxes[0], psf_frac[b])
+                d[f"FLUXERR_STAT_{b}_fit"] = float(s.flux_errs[0])
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)

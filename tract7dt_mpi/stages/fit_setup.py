@@ -242,6 +242,10 @@ def theta_to_phi(theta: np.ndarray) -> np.ndarray:
     return np.where(t >= 0, t - 90.0, t + 90.0)
 
 
+#: position box (px) of a halo source centred outside the ROI
+OUTSIDE_SHIFT = 0.5
+
+
 def build_sources(pin, images: list, pr) -> tuple[list, list]:
     """Engine Sources for every row of ``pin.cat`` (base then halo) and their SourceInit records."""
     from .catalog import ColumnMap
@@ -278,6 +282,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     ell_err, th_err = _num(cat, cm.ell_err), _num(cat, cm.theta_err)
     shift = getattr(pr, "pos_max_shift_pix", None)
     shift = float(shift) if shift is not None else None
+    hgt, wid = images[0].data.shape if images else (0, 0)
+    # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
+    outside = (x < -0.5) | (x > wid - 0.5) | (y < -0.5) | (y > hgt - 0.5)
     sources, inits = [], []
     for i in range(n):
         k = kinds[i]
@@ -288,7 +295,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
         fs = flux_sig[i] if np.isfinite(flux_sig[i]).any() else None
         kw = dict(kind=k, x=float(x[i]), y=float(y[i]), fluxes=fluxes[i].copy(),
                   pos_sigma=float(pos_err[i]) if _pos_err(pos_err[i]) else None,
-                  flux_sigma=None if fs is None else fs.copy(), max_shift=shift)
+                  flux_sigma=None if fs is None else fs.copy(),
+                  max_shift=min(shift, OUTSIDE_SHIFT) if outside[i] and shift is not None
+                  else (OUTSIDE_SHIFT if outside[i] else shift), hold_shape=bool(outside[i]))
         if gal:
             kw.update(re=float(re0[i]), ab=float(ab[i]), phi_deg=float(phi[i]),
                       re_sigma=float(re_err[i]) if re_cat and _pos_err(re_err[i]) else None)

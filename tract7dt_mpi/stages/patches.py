@@ -151,10 +151,14 @@ def active_positions(catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def assign_sources(plan: list[PatchSpec], catalog: pd.DataFrame, skip_empty: bool,
-                   n_bands: int = 1) -> list[PatchSpec]:
+                   n_bands: int = 1, outer: int = 0) -> list[PatchSpec]:
     """Fill base/halo rows (catalog ``_row`` values) and the cost of every patch (spec S7.1-S7.4).
 
-    Base = inside the half-open base box; halo = inside the half-open ROI but not the base box.
+    Base = inside the half-open base box; halo = inside the half-open ROI grown by ``outer`` px
+    but not the base box. The spec's halo stops at the ROI edge; a bright source just outside it
+    then shines into the ROI unmodelled and the fit bends every model near it, so the pipeline
+    passes ``outer`` = the PSF radius (those sources are fitted with their position and shape
+    held, and never written).
     With ``skip_empty`` patches without base rows are dropped (even if they have halo rows).
     cost = (n_base + n_halo) x n_bands x ROI area: proportional to the fit's work, used to
     dispatch the largest patches first.
@@ -164,10 +168,10 @@ def assign_sources(plan: list[PatchSpec], catalog: pd.DataFrame, skip_empty: boo
     rows, x, y = rows[order], x[order], y[order]
     out = []
     for p in plan:
-        lo = np.searchsorted(x, p.x0_roi, side="left")
-        hi = np.searchsorted(x, p.x1_roi, side="left")
+        lo = np.searchsorted(x, p.x0_roi - outer, side="left")
+        hi = np.searchsorted(x, p.x1_roi + outer, side="left")
         xs, ys, rs = x[lo:hi], y[lo:hi], rows[lo:hi]
-        in_roi = (ys >= p.y0_roi) & (ys < p.y1_roi)
+        in_roi = (ys >= p.y0_roi - outer) & (ys < p.y1_roi + outer)
         in_base = (in_roi & (xs >= p.x0_base) & (xs < p.x1_base)
                    & (ys >= p.y0_base) & (ys < p.y1_base))
         base = np.sort(rs[in_base])

@@ -132,7 +132,9 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
         mag = pd.to_numeric(gaia[mcol].reindex(sid.iloc[idx].to_numpy()),
                             errors="coerce").to_numpy(float)
         f = pd.to_numeric(catalog[f"FLUX_{b}_fit"], errors="coerce").to_numpy(float)[idx]
-        ecol = f"FLUXERR_{b}_fit"
+        # S/N cuts and weights use the statistical error: the band's PSF term (in FLUXERR) is the
+        # same fraction for every star and would cap every star's S/N at 1 / that fraction
+        ecol = f"FLUXERR_STAT_{b}_fit" if f"FLUXERR_STAT_{b}_fit" in catalog.columns else f"FLUXERR_{b}_fit"
         fe = (pd.to_numeric(catalog[ecol], errors="coerce").to_numpy(float)[idx]
               if ecol in catalog.columns else np.full(len(idx), np.nan))
         valid = np.isfinite(mag) & np.isfinite(f) & (f > 0)
