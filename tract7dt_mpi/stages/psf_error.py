@@ -62,7 +62,7 @@ def star_flux_checks(stars, models, shares, gain, radius, n_bkg_pix=None):
     return deltas, sigmas
 
 
-def excess_scatter(deltas, sigmas, clip: float = 5.0, iters: int = 10) -> float:
+def excess_scatter(deltas, sigmas, clip: float = 3.0, iters: int = 10) -> float:
     """Spread of ``deltas`` beyond their own ``sigmas`` (DerSimonian-Laird-style moment estimate).
 
     Solves sum (d - mu)^2 / (s^2 + tau^2) = n - 1 for tau >= 0 with the weighted mean mu, clipping
