@@ -158,6 +158,7 @@ class Worker:
         self.catalog = None
         self.plan = None            # list[PatchSpec]
         self.psfs = {}              # epsf_tag -> band -> PsfChoiceInput
+        self._sat = None            # unmatched saturated stars (bright-mask stage)
 
     @property
     def prepared(self):
@@ -191,6 +192,15 @@ class Worker:
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
     # -------------------------------------------------------------- patch fit
+    @property
+    def saturated_stars(self):
+        """Unmatched saturated detections of the bright-mask stage (None when not written)."""
+        if self._sat is None:
+            from .stages.bright_mask import SATURATED_CSV
+            path = os.path.join(self.cfg.outputs.work_dir, "bright_mask", SATURATED_CSV)
+            self._sat = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame({"x": [], "y": []})
+        return self._sat
+
     def patch_psfs(self, spec) -> dict:
         """band -> PsfChoiceInput of one patch (patch_run.epsf_interpolation)."""
         from .stages.psf_field import patch_psf_choices
@@ -203,7 +213,8 @@ class Worker:
         from .stages.patch_inputs import build_patch_input
         spec = self.plan[task.payload]
         t0 = time.perf_counter()
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg)
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
+                                self.saturated_stars)
         out_dir = self.cfg.outputs.tractor_out_dir
         res = fit_patch_input(pin, self.cfg, out_dir=out_dir)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
@@ -212,7 +223,8 @@ class Worker:
     def patch_dump(self, task: Task) -> TaskResult:
         from .stages.patch_inputs import build_patch_input, save_patch_inputs
         spec = self.plan[task.payload]
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg)
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
+                                self.saturated_stars)
         save_patch_inputs(pin, self.cfg.outputs.patch_inputs_dir)
         return TaskResult()
 

@@ -109,3 +109,17 @@ def test_compose_final_mask():
     assert compose_final_mask(a, None).tolist() == [[True, False, False, False]]
     with pytest.raises(ValueError):
         compose_final_mask(a, np.zeros((2, 2), bool))
+
+
+def test_unmatched_saturated_detections_are_listed_for_the_fit(tmp_path, white):
+    """Only unmatched detections with a saturated pixel near their centre become model-only stars."""
+    from tract7dt_mpi.stages.bright_mask import saturated_unmatched
+    white, sig = white
+    satur = np.zeros(SHAPE, bool)
+    satur[int(UNCAT[1]), int(UNCAT[0])] = True               # the uncatalogued star saturates
+    satur[int(CAT[1]), int(CAT[0])] = True                   # so does the catalogued one (matched)
+    _, det, _ = build_bright_mask(white, sig, np.array([CAT]), _cfg(tmp_path).bright_mask, satur)
+    sat = saturated_unmatched(det)
+    assert len(sat) == 1 and sat["x"].iloc[0] == pytest.approx(UNCAT[0], abs=0.2)
+    _, det2, _ = build_bright_mask(white, sig, np.array([CAT]), _cfg(tmp_path).bright_mask, None)
+    assert len(saturated_unmatched(det2)) == 0                # nothing saturated: nothing listed

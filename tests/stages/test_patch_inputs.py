@@ -113,3 +113,18 @@ def test_psf_choice_from_files(tmp_path):
     assert not miss.exists and miss.nstars_used is None
     (cell / "meta.json").write_text("{broken")
     assert psf_choice_from_files(str(tmp_path / "EPSFs"), "m400", "r00_c01").nstars_used is None
+
+
+def test_saturated_stars_join_as_halo_rows_near_the_roi():
+    from tract7dt_mpi.stages.patch_inputs import patch_catalog
+    plan = assign_sources(build_patch_plan((H, W), None, _cfg()), _catalog(), skip_empty=True)
+    spec = plan[0]
+    extra = pd.DataFrame({"x": [spec.x1_roi + 3.0, spec.x1_roi + 40.0, spec.x0_roi + 2.0],
+                          "y": [spec.y0_roi + 5.0, spec.y0_roi + 5.0, spec.y0_roi + 1.0]})
+    base = patch_catalog(spec, _catalog())
+    got = patch_catalog(spec, _catalog(), extra, outer=5)
+    added = got.iloc[len(base):]
+    assert added["_row"].tolist() == [-1, -3] and added["_is_halo_source"].all()
+    assert (added["TYPE"] == "STAR").all() and added["ID"].tolist() == ["saturated_0", "saturated_2"]
+    np.testing.assert_allclose(added["x_pix_patch"], extra["x"].to_numpy()[[0, 2]] - spec.x0_roi)
+    assert patch_catalog(spec, _catalog(), extra, outer=0)["_row"].min() == -3   # only the inside one

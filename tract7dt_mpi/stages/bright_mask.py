@@ -33,6 +33,10 @@ DEFAULTS = dict(match_radius_pix=3.0, ellipse_scale=3.0, min_radius_pix=6.0, dil
                 thresh_sigma=5.0, minarea=25, deblend_nthresh=32, deblend_cont=0.005)
 
 
+#: unmatched saturated detections, under work_dir/bright_mask/
+SATURATED_CSV = "saturated_unmatched.csv"
+
+
 def _p(cfg_bm, name):
     return getattr(cfg_bm, name, DEFAULTS[name]) if cfg_bm is not None else DEFAULTS[name]
 
@@ -94,6 +98,31 @@ def ellipse_mask(shape, x, y, a, b, theta) -> np.ndarray:
     return mask
 
 
+def saturated_at(satur_any, x, y, half: int = 2) -> np.ndarray:
+    """True where the (2 half + 1)^2 box around (x, y) holds a pixel saturated in any band."""
+    out = np.zeros(len(x), dtype=bool)
+    if satur_any is None:
+        return out
+    h, w = satur_any.shape
+    for k, (xx, yy) in enumerate(zip(x, y)):
+        if not (np.isfinite(xx) and np.isfinite(yy)):
+            continue
+        ix, iy = int(round(xx)), int(round(yy))
+        box = satur_any[max(0, iy - half):min(h, iy + half + 1), max(0, ix - half):min(w, ix + half + 1)]
+        out[k] = bool(box.any())
+    return out
+
+
+def saturated_unmatched(det: pd.DataFrame) -> pd.DataFrame:
+    """Unmatched detections with saturated pixels: bright stars the fit does not model (not in the
+    catalog, or excluded by the saturation cut). Their cores are masked, but their wings reach far
+    beyond the mask ellipse; the fit adds them as held point sources (``x, y`` working frame)."""
+    if not len(det) or "saturated" not in det:
+        return pd.DataFrame({"x": [], "y": [], "flux": []})
+    um = det[~det["matched"] & det["saturated"]]
+    return um[["x", "y", "flux"]].reset_index(drop=True)
+
+
 def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=None):
     """Return (dilated ellipse mask, detections DataFrame, info) for spec S3.1-S3.4.
 
@@ -113,6 +142,7 @@ def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=N
         dist, _ = cKDTree(xy).query(det[["x", "y"]].to_numpy(), k=1)
     det["match_dist_pix"] = dist
     det["matched"] = dist <= float(_p(cfg_bm, "match_radius_pix"))
+    det["saturated"] = saturated_at(satur_any, det["x"].to_numpy(), det["y"].to_numpy())
     um = det[~det["matched"]]
     scale, floor = float(_p(cfg_bm, "ellipse_scale")), float(_p(cfg_bm, "min_radius_pix"))
     ra = np.maximum(scale * um["a"].to_numpy(), floor)
@@ -152,6 +182,7 @@ def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=Non
     """Stage wrapper: build the mask, flag ``affected_by_bright_mask`` and write
     ``bright_mask/white_bright_mask.fits`` and its overlay. Returns (catalog, mask, info);
     the caller stores ``mask`` with ``PreparedWriter.write_bright_mask``."""
+    from ..io.atomic import atomic_write_text
     from ..io.fits import write_mask_fits
     logger = logger or log
     bm = cfg.bright_mask
@@ -180,4 +211,9 @@ def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=Non
         except Exception as exc:
             logger.warning("Plot white_bright_mask_overlay.png skipped: %s: %s", exc.__class__.__name__, exc)
     info["detections"] = det
+    sat = saturated_unmatched(det)
+    sat_path = os.path.join(out_dir, SATURATED_CSV)
+    atomic_write_text(sat_path, sat.to_csv(index=False))
+    logger.info("Bright mask: %d unmatched saturated detection(s) (bright stars not fitted) will be "
+                "modelled in the patches they shine into: %s", len(sat), sat_path)
     return cat, mask, info

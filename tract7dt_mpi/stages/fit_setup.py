@@ -285,6 +285,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     hgt, wid = images[0].data.shape if images else (0, 0)
     # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
     outside = (x < -0.5) | (x > wid - 0.5) | (y < -0.5) | (y > hgt - 0.5)
+    # unmatched saturated stars (``_row`` < 0): masked core, SEP position; hold them as well
+    if "_row" in cat.columns:
+        outside |= pd.to_numeric(cat["_row"], errors="coerce").to_numpy(float) < 0
     sources, inits = [], []
     for i in range(n):
         k = kinds[i]

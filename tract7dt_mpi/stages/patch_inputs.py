@@ -97,8 +97,33 @@ def psf_choice_from_files(epsf_dir: str, band: str, epsf_tag: str) -> PsfChoiceI
     return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path)
 
 
-def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
-    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5)."""
+def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame, extra: pd.DataFrame | None = None,
+                  outer: int = 0) -> pd.DataFrame:
+    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5).
+
+    ``extra``: unmatched saturated stars (``x, y`` working frame; stages.bright_mask); those within
+    ``outer`` px of the ROI are appended as halo STAR rows with ``_row`` < 0, so their wings are
+    modelled and never written.
+    """
+    sub = _catalog_rows(spec, catalog)
+    if extra is not None and len(extra):
+        ex = np.asarray(extra["x"], float)
+        ey = np.asarray(extra["y"], float)
+        near = ((ex >= spec.x0_roi - outer) & (ex < spec.x1_roi + outer)
+                & (ey >= spec.y0_roi - outer) & (ey < spec.y1_roi + outer))
+        if near.any():
+            k = np.flatnonzero(near)
+            type_col = next((c for c in catalog.columns if c.lower() == "type"), "TYPE")
+            id_col = next((c for c in catalog.columns if c.lower() == "id"), "ID")
+            add = pd.DataFrame({"_row": -(k + 1), id_col: [f"saturated_{i}" for i in k], type_col: "STAR",
+                                "x_pix_white": ex[k], "y_pix_white": ey[k],
+                                "x_pix_patch": ex[k] - spec.x0_roi, "y_pix_patch": ey[k] - spec.y0_roi,
+                                "_is_halo_source": True})
+            sub = pd.concat([sub, add], ignore_index=True)
+    return sub
+
+
+def _catalog_rows(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
     if "_row" not in catalog.columns:
         raise InputError("working catalog: missing column '_row'")
     pos = pd.Index(catalog["_row"].to_numpy(np.int64))
@@ -115,11 +140,11 @@ def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,
-                      cfg=None) -> PatchInput:
+                      cfg=None, extra: pd.DataFrame | None = None) -> PatchInput:
     """Read the ROI of every band from ``prepared`` (io.prepared.PreparedImages) into a PatchInput.
 
-    ``psfs`` maps band -> PsfChoiceInput (missing bands get "no ePSF"); ``cfg`` is not needed
-    today and is accepted for the documented signature.
+    ``psfs`` maps band -> PsfChoiceInput (missing bands get "no ePSF"); ``extra``: unmatched
+    saturated stars to model as halo sources (within ``epsf.final_psf_size // 2`` of the ROI).
     """
     bands = list(prepared.bands)
     images, infos = {}, {}
@@ -129,7 +154,9 @@ def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: di
         infos[b] = prepared.band_info(b)
     choice = {b: psfs.get(b) or PsfChoiceInput(stamp=None) for b in bands}
     return PatchInput(spec=spec, bands=bands, images=images, band_info=infos,
-                      cat=patch_catalog(spec, catalog), psfs=choice)
+                      cat=patch_catalog(spec, catalog, extra,
+                                        int(cfg.epsf.final_psf_size) // 2 if cfg is not None else 0),
+                      psfs=choice)
 
 
 # --------------------------------------------------------------------------- debug dumps
