@@ -11,7 +11,7 @@ A stage has converged ("no further improvement possible") when, in this order,
 3. the step's predicted and actual gains are below the rounding noise of ln p (float32 renderings:
    ``Evaluation.noise_floor``), or no damped step improves ln p any more.
 Per-source convergence (``SourceResult.converged``) compares each source's share of the remaining
-gain with max(dlnp_stop, noise floor).  Details: docs/dev/engine.md.
+gain with max(dlnp_stop, noise floor, SOURCE_DLNP).  Details: docs/dev/engine.md.
 """
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ MAX_TRIALS = 12
 #: preparatory stages (1, 2) stop once the remaining predicted gain is statistically meaningless
 #: (Delta chi2 < 2); only the final stage is driven down to ``dlnp_stop``
 PREP_STOP = 1.0
+#: a source whose own share of the gain still on offer is below this (in ln p, i.e. a chi^2 change
+#: of 0.2) counts as converged even when its patch used up n_opt_iters: further steps cannot move
+#: it by a measurable amount (legacypipe's optimisation loop stops at the same dchisq of 0.1)
+SOURCE_DLNP = 0.1
 
 
 class _System:
@@ -196,7 +200,7 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
         break
     log.debug("stage %d: %s after %d iterations", stage, why, niters)
     prob.source_share = np.zeros(S)
-    prob.source_tol = max(stop, ev.noise_floor())
+    prob.source_tol = max(stop, ev.noise_floor(), SOURCE_DLNP)
     if not converged and index:
         # each source's share of the gain still on offer (undamped Gauss-Newton step, held and
         # bound-blocked parameters excluded): a runaway source does not mark its neighbours
