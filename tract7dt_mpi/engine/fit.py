@@ -256,6 +256,10 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]
+    # out of iterations but the last accepted step gained < SOURCE_DLNP: the fit is on a plateau
+    # (legacypipe's stopping rule); the undamped shares can overstate what a step could still gain
+    last_gain = float(stages[-1]["last_dlnp"])
+    plateau = bool(np.isfinite(last_gain) and 0.0 <= last_gain < SOURCE_DLNP)
     out = []
     for s, src in enumerate(sources):
         p = params[s]
@@ -269,7 +273,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
             r.sersic_n = float(math.exp(p[5]))
         share = float(prob.source_share[s])
         r.remaining_dlnp = share
-        r.converged = bool(stages[-1]["converged"] or abs(share) < prob.source_tol)
+        r.converged = bool(stages[-1]["converged"] or abs(share) < prob.source_tol or plateau)
         out.append(r)
     last = stages[-1]
     n_lim = max(1, int(opts.n_opt_iters) - int(opts.flag_maxiter_margin))

@@ -242,8 +242,11 @@ def theta_to_phi(theta: np.ndarray) -> np.ndarray:
     return np.where(t >= 0, t - 90.0, t + 90.0)
 
 
-#: position box (px) of a halo source centred outside the ROI
+#: position box (px) of a halo source centred outside the ROI (catalog position) and of an
+#: unmatched saturated star (SEP centroid of a saturated blob on the white image: less certain;
+#: a tighter box keeps the fit from settling on the sample tiles)
 OUTSIDE_SHIFT = 0.5
+SATURATED_SHIFT = 2.0
 
 
 def build_sources(pin, images: list, pr) -> tuple[list, list]:
@@ -286,8 +289,10 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
     outside = (x < -0.5) | (x > wid - 0.5) | (y < -0.5) | (y > hgt - 0.5)
     # unmatched saturated stars (``_row`` < 0): masked core, SEP position; hold them as well
-    if "_row" in cat.columns:
-        outside |= pd.to_numeric(cat["_row"], errors="coerce").to_numpy(float) < 0
+    satstar = (pd.to_numeric(cat["_row"], errors="coerce").to_numpy(float) < 0 if "_row" in cat.columns
+               else np.zeros(n, bool))
+    box = np.where(satstar, SATURATED_SHIFT, OUTSIDE_SHIFT)
+    outside |= satstar
     sources, inits = [], []
     for i in range(n):
         k = kinds[i]
@@ -299,8 +304,8 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
         kw = dict(kind=k, x=float(x[i]), y=float(y[i]), fluxes=fluxes[i].copy(),
                   pos_sigma=float(pos_err[i]) if _pos_err(pos_err[i]) else None,
                   flux_sigma=None if fs is None else fs.copy(),
-                  max_shift=min(shift, OUTSIDE_SHIFT) if outside[i] and shift is not None
-                  else (OUTSIDE_SHIFT if outside[i] else shift), hold_shape=bool(outside[i]))
+                  max_shift=min(shift, box[i]) if outside[i] and shift is not None
+                  else (float(box[i]) if outside[i] else shift), hold_shape=bool(outside[i]))
         if gal:
             kw.update(re=float(re0[i]), ab=float(ab[i]), phi_deg=float(phi[i]),
                       re_sigma=float(re_err[i]) if re_cat and _pos_err(re_err[i]) else None)
