@@ -151,3 +151,19 @@ def test_source_centred_outside_the_image_models_its_wings():
                           Source("exp", -2.3, 20.0, [1e4], re=2.0, ab=0.8, phi_deg=0.0, max_shift=0.5,
                                  hold_shape=True)]).sources[1]
     assert gal.shape_fixed and gal.re == pytest.approx(2.0) and gal.ab == pytest.approx(0.8)
+
+
+def test_re_factor_bounds_the_radius_around_the_catalog_value():
+    """The S/N-4 DEV next to a star grows to ~14 px when free; re_factor=2 keeps it within [1.5, 6]."""
+    rng = np.random.default_rng(4)
+    shape = (48, 48)
+    clean = draw([(moffat().withFlux(3e4), 14.0, 24.0)], shape) + draw(
+        [(galaxy("dev", 60.0, 3.0, 0.7, 20.0), 33.0, 24.0), (galaxy("exp", 2e4, 4.0, 0.6, 30.0), 30.0, 12.0)],
+        shape, psf=moffat())
+    ims = [ImageData("r", clean + rng.normal(0, 1.0, shape), np.ones(shape), PSF)]
+    kw = dict(kind="dev", x=33.0, y=24.0, fluxes=[60.0], re=3.0, ab=0.7, phi_deg=20.0)
+    others = [Source("star", 14.0, 24.0, [1e4]), Source("exp", 30.0, 12.0, [1e4], re=3.0, ab=0.6, phi_deg=30.0)]
+    free = fit_patch(ims, others + [Source(**kw)]).sources[2]
+    assert free.re > 6.0
+    bound = fit_patch(ims, others + [Source(**kw, re_factor=2.0)]).sources[2]
+    assert 1.5 - 1e-6 <= bound.re <= 6.0 + 1e-6

@@ -278,6 +278,7 @@ class PatchRun:
     flag_maxiter_margin: int = K(0, "int", _NONE, "opt_hit_max_iters when not converged and niters >= max(1, n_opt_iters - margin).", ge=0)
     engine: str = K("native", "enum", _NONE, "MPI-era: fitting engine, native (numpy/scipy) or tractor (if installed).",
                     choices=("native", "tractor"))
+    re_max_factor: float = K(3.0, "float", "factor", "MPI-era: a galaxy with a catalog Re keeps its fitted Re within [Re / f, Re x f] (forced photometry: the shape comes from the detection catalog); stops a galaxy next to a bright star from growing to absorb the star's wings. 0 or 1 = the global bounds [0.1, 1000] px only.", ge=0)
     shape_fit_min_snr: float = K(10.0, "float", "S/N", "MPI-era: a galaxy whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog shape and Sersic n (only position and fluxes are fitted; column fit_shape_fixed); a free shape at low S/N is unmeasured and can grow into a sky-like sheet. 0 fits every shape.", ge=0)
     flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN + the band's PSF-model error (the fraction of flux the ePSF misses on its own stars beyond their noise, added in quadrature; bands fitted with an ePSF); sky = sky only, as the original.",
                               choices=("total", "sky"))

@@ -119,6 +119,10 @@ class Problem:
             p[2] = float(np.clip(p[2], *LOGRE_BOUNDS))
             lo[2:5] = [LOGRE_BOUNDS[0], EE_BOUNDS[0], EE_BOUNDS[0]]
             hi[2:5] = [LOGRE_BOUNDS[1], EE_BOUNDS[1], EE_BOUNDS[1]]
+            f = getattr(src, "re_factor", None)
+            if f is not None and np.isfinite(f) and f > 1:
+                lo[2] = max(lo[2], min(p[2], math.log(src.re) - math.log(f)))
+                hi[2] = min(hi[2], max(p[2], math.log(src.re) + math.log(f)))
             sp = shape_prior_precision(src.re, src.ab, src.phi_deg, src.re_sigma, src.ell_sigma,
                                        src.theta_sigma_deg)
             if sp is not None:

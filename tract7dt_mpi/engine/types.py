@@ -58,6 +58,8 @@ class Source:
     max_shift: float | None = None
     #: keep the initial shape and Sersic n (e.g. a halo source centred outside the image)
     hold_shape: bool = False
+    #: keep re within [re / re_factor, re * re_factor] of its start (None: the global bounds only)
+    re_factor: float | None = None
 
     def __post_init__(self):
         self.kind = str(self.kind).lower()

@@ -285,6 +285,8 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     ell_err, th_err = _num(cat, cm.ell_err), _num(cat, cm.theta_err)
     shift = getattr(pr, "pos_max_shift_pix", None)
     shift = float(shift) if shift is not None else None
+    re_factor = float(getattr(pr, "re_max_factor", 0.0) or 0.0)
+    re_factor = re_factor if re_factor > 1 else None
     hgt, wid = images[0].data.shape if images else (0, 0)
     # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
     outside = (x < -0.5) | (x > wid - 0.5) | (y < -0.5) | (y > hgt - 0.5)
@@ -308,7 +310,8 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
                   else (float(box[i]) if outside[i] else shift), hold_shape=bool(outside[i]))
         if gal:
             kw.update(re=float(re0[i]), ab=float(ab[i]), phi_deg=float(phi[i]),
-                      re_sigma=float(re_err[i]) if re_cat and _pos_err(re_err[i]) else None)
+                      re_sigma=float(re_err[i]) if re_cat and _pos_err(re_err[i]) else None,
+                      re_factor=re_factor if re_cat else None)
             if shape_cat and _pos_err(ell_err[i]) and _pos_err(th_err[i]):
                 kw.update(ell_sigma=float(ell_err[i]), theta_sigma_deg=float(th_err[i]))
             if k == "sersic":
