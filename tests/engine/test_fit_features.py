@@ -113,15 +113,20 @@ def test_moffat_and_mixture_psfs_fit_galaxy():
         assert r.fluxes[0] / clean.sum() == pytest.approx(1, abs=0.03) and r.re == pytest.approx(3.0, rel=0.08)
 
 
-def test_faint_galaxy_keeps_its_shape_below_shape_min_snr():
-    """A galaxy at S/N ~ 4 next to a bright star: with shape_min_snr its catalog shape is held
-    (shape_fixed) and only position and flux move; a bright galaxy's shape is still fitted."""
+def _star_faint_dev_bright_exp():
+    """GalSim scene: a bright star, a DEV galaxy at S/N ~ 4 19 px from it, a bright EXP galaxy."""
     rng = np.random.default_rng(4)
     shape = (48, 48)
     clean = draw([(moffat().withFlux(3e4), 14.0, 24.0)], shape) + draw(
         [(galaxy("dev", 60.0, 3.0, 0.7, 20.0), 33.0, 24.0), (galaxy("exp", 2e4, 4.0, 0.6, 30.0), 30.0, 12.0)],
         shape, psf=moffat())
-    ims = [ImageData("r", clean + rng.normal(0, 1.0, shape), np.ones(shape), PSF)]
+    return [ImageData("r", clean + rng.normal(0, 1.0, shape), np.ones(shape), PSF)]
+
+
+def test_faint_galaxy_keeps_its_shape_below_shape_min_snr():
+    """A galaxy at S/N ~ 4 next to a bright star: with shape_min_snr its catalog shape is held
+    (shape_fixed) and only position and flux move; a bright galaxy's shape is still fitted."""
+    ims = _star_faint_dev_bright_exp()
     srcs = [Source("star", 14.0, 24.0, [1e4]), Source("dev", 33.0, 24.0, [60.0], re=3.0, ab=0.7, phi_deg=20.0),
             Source("exp", 30.0, 12.0, [1e4], re=3.0, ab=0.6, phi_deg=30.0)]
     held = fit_patch(ims, srcs, FitOptions(shape_min_snr=10.0)).sources
@@ -155,12 +160,7 @@ def test_source_centred_outside_the_image_models_its_wings():
 
 def test_re_factor_bounds_the_radius_around_the_catalog_value():
     """The S/N-4 DEV next to a star grows to ~14 px when free; re_factor=2 keeps it within [1.5, 6]."""
-    rng = np.random.default_rng(4)
-    shape = (48, 48)
-    clean = draw([(moffat().withFlux(3e4), 14.0, 24.0)], shape) + draw(
-        [(galaxy("dev", 60.0, 3.0, 0.7, 20.0), 33.0, 24.0), (galaxy("exp", 2e4, 4.0, 0.6, 30.0), 30.0, 12.0)],
-        shape, psf=moffat())
-    ims = [ImageData("r", clean + rng.normal(0, 1.0, shape), np.ones(shape), PSF)]
+    ims = _star_faint_dev_bright_exp()
     kw = dict(kind="dev", x=33.0, y=24.0, fluxes=[60.0], re=3.0, ab=0.7, phi_deg=20.0)
     others = [Source("star", 14.0, 24.0, [1e4]), Source("exp", 30.0, 12.0, [1e4], re=3.0, ab=0.6, phi_deg=30.0)]
     free = fit_patch(ims, others + [Source(**kw)]).sources[2]
