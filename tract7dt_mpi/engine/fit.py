@@ -30,7 +30,7 @@ from .types import FitOptions, FitResult, SourceResult
 log = logging.getLogger(__name__)
 ALL = frozenset(POS + SHAPE + SERSIC)
 SHAPE_LIKE = frozenset(SHAPE + SERSIC)
-STAGES = {0: ALL, 1: frozenset(SHAPE + SERSIC), 2: frozenset(POS), 3: ALL}
+STAGES = {0: ALL, 1: SHAPE_LIKE, 2: frozenset(POS), 3: ALL}
 MAX_TRIALS = 12
 #: preparatory stages (1, 2) stop once the remaining predicted gain is statistically meaningless
 #: (Delta chi2 < 2); only the final stage is driven down to ``dlnp_stop``

@@ -293,8 +293,10 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     # unmatched saturated stars (``_row`` < 0): masked core, SEP position; hold them as well
     satstar = (pd.to_numeric(cat["_row"], errors="coerce").to_numpy(float) < 0 if "_row" in cat.columns
                else np.zeros(n, bool))
-    box = np.where(satstar, SATURATED_SHIFT, OUTSIDE_SHIFT)
-    outside |= satstar
+    held = outside | satstar
+    # their position box, never wider than patch_run.pos_max_shift_pix
+    held_box = np.minimum(np.where(satstar, SATURATED_SHIFT, OUTSIDE_SHIFT),
+                          np.inf if shift is None else shift)
     sources, inits = [], []
     for i in range(n):
         k = kinds[i]
@@ -306,8 +308,7 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
         kw = dict(kind=k, x=float(x[i]), y=float(y[i]), fluxes=fluxes[i].copy(),
                   pos_sigma=float(pos_err[i]) if _pos_err(pos_err[i]) else None,
                   flux_sigma=None if fs is None else fs.copy(),
-                  max_shift=min(shift, box[i]) if outside[i] and shift is not None
-                  else (float(box[i]) if outside[i] else shift), hold_shape=bool(outside[i]))
+                  max_shift=float(held_box[i]) if held[i] else shift, hold_shape=bool(held[i]))
         if gal:
             kw.update(re=float(re0[i]), ab=float(ab[i]), phi_deg=float(phi[i]),
                       re_sigma=float(re_err[i]) if re_cat and _pos_err(re_err[i]) else None,
