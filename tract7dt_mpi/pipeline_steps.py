@@ -259,7 +259,7 @@ def with_psf_flux_errors(stamps: dict, metas) -> dict:
     frac = band_psf_flux_errors(metas)
     for band in sorted(stamps):
         v = frac.get(band, float("nan"))
-        log.info("ePSF %s: PSF flux error %s (from the stars' missed flux within 2 FWHM)", band,
+        log.info("ePSF %s: PSF flux error %s (ePSF stars: PSF-fit flux vs their flux within 3 FWHM)", band,
                  f"{100 * v:.2f}%" if np.isfinite(v) else "unknown (fewer than 5 usable stars)")
     return {b: {t: (v[0], v[1], frac.get(b, float("nan"))) for t, v in cells.items()}
             for b, cells in stamps.items()}
@@ -381,7 +381,30 @@ def merge_step(cfg, base_catalog, results, wcs):
     sky = [c for c in results.columns if re.fullmatch(r"(RA|DEC)(_.+)?_fit", c)
            and results[c].isna().all()]
     out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, cfg)
+    out = _fitted_psf_errors(cfg, out)
     write_final_catalog(out, cfg.outputs.final_catalog)
+    return out
+
+
+def _fitted_psf_errors(cfg, catalog):
+    """PSF term of FLUXERR from the fitted stars (stages.psf_error); ``psf_flux_errors.csv``."""
+    from .io.atomic import atomic_write_text
+    from .stages.psf_error import apply_fitted_psf_errors
+    bands = [c[len("PSFCHK_"):-len("_fit")] for c in catalog.columns
+             if c.startswith("PSFCHK_") and not c.startswith("PSFCHK_ERR_")]
+    if not bands:
+        return catalog
+    if str(getattr(cfg.patch_run, "flux_error_model", "total")) != "total":
+        return catalog.drop(columns=[c for c in catalog.columns if c.startswith("PSFCHK_")])
+    out, summary = apply_fitted_psf_errors(catalog, bands)
+    for r in summary.itertuples():
+        if r.psf_flux_err_frac is not None:
+            log.info("PSF flux error %s: %.2f%% from %d fitted stars (residual within 3 FWHM)",
+                     r.band, 100 * r.psf_flux_err_frac, r.n_stars)
+        else:
+            log.info("PSF flux error %s: kept the ePSF stars' estimate (%d fitted stars usable)",
+                     r.band, r.n_stars)
+    atomic_write_text(os.path.join(cfg.outputs.work_dir, "psf_flux_errors.csv"), summary.to_csv(index=False))
     return out
 
 

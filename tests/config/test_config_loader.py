@@ -136,7 +136,7 @@ def test_nullable_keys_still_type_checked():
 
 def test_newer_null_defaults():
     cfg = default_config()
-    assert cfg.patch_run.pos_max_shift_pix is None
+    assert cfg.patch_run.pos_max_shift_pix == 3.0   # MPI-era default (the original left it unset)
     assert cfg.epsf.star_sat_check_r is None
     assert cfg.zp.gaia_pos_err_pix == 0.1
 

@@ -106,3 +106,23 @@ def test_fft_sizes_are_smooth_and_large_enough():
             while m % p == 0:
                 m //= p
         assert m == 1
+
+
+def test_remaining_shares_isolate_a_runaway_but_catch_a_blended_pair():
+    """Per-source convergence at the end of an unconverged stage (engine.fit._remaining_shares)."""
+    from tract7dt_mpi.engine.fit import _remaining_shares
+    # sources: 0 = runaway (big own gain), 1 = its neighbour (small own gain, strongly coupled),
+    # 2 and 3 = a degenerate pair whose joint move gains 0.25 but neither alone more than 0.0013
+    H = np.diag([1.0, 1.0, 1.0, 1.0])
+    H[0, 1] = H[1, 0] = -0.9
+    H[2, 3] = H[3, 2] = -0.99
+    g = np.array([10.0, 0.2, 0.05, 0.05])
+    owner = np.arange(4)
+    act = np.ones(4, bool)
+    tol = 0.1
+    joint = source_gains(H, g, np.linalg.solve(H, g), owner, 4)
+    assert joint[1] > 10 * tol                      # the old rule marked the neighbour
+    out = _remaining_shares(H, g, act, owner, 4, tol)
+    assert out[0] == pytest.approx(50.0)           # own gain g^2 / 2H
+    assert abs(out[1]) < tol                         # the neighbour settles once the runaway is held
+    assert out[2] == pytest.approx(0.125) and out[3] == pytest.approx(0.125)

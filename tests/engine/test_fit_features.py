@@ -131,6 +131,13 @@ def test_faint_galaxy_keeps_its_shape_below_shape_min_snr():
             Source("exp", 30.0, 12.0, [1e4], re=3.0, ab=0.6, phi_deg=30.0)]
     held = fit_patch(ims, srcs, FitOptions(shape_min_snr=10.0)).sources
     assert held[1].shape_fixed and not held[0].shape_fixed and not held[2].shape_fixed
+    # its position gets a 0.5 px prior around the catalog position: from a catalog position
+    # 1.8 px off the truth it moves half-way; with a weak POS_ERR prior of its own, all the way
+    for sig, lo, hi in [(None, 0.5, 1.5), (100.0, 2.0, 3.0)]:
+        s2 = [srcs[0], Source("dev", 34.5, 25.0, [60.0], re=3.0, ab=0.7, phi_deg=20.0, pos_sigma=sig), srcs[2]]
+        g = fit_patch(ims, s2, FitOptions(shape_min_snr=10.0)).sources[1]
+        assert g.shape_fixed and lo < np.hypot(g.x - 34.5, g.y - 25.0) < hi, (sig, g.x, g.y)
+        assert np.hypot(g.x - 33.0, g.y - 24.0) < 1.0
     assert held[1].re == pytest.approx(3.0, abs=1e-9) and held[1].ab == pytest.approx(0.7, abs=1e-9)
     assert held[2].re == pytest.approx(4.0, rel=0.05)                  # a bright shape is fitted
     assert held[0].fluxes[0] == pytest.approx(3e4, rel=0.01)

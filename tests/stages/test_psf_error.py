@@ -7,8 +7,9 @@ import pytest
 
 galsim = pytest.importorskip("galsim")
 
-from tract7dt_mpi.stages.psf_error import (band_psf_flux_errors, excess_scatter,  # noqa: E402
-                                           stamp_fwhm, star_flux_checks)
+from tract7dt_mpi.stages.psf_error import (apply_fitted_psf_errors, band_psf_flux_errors,  # noqa: E402
+                                           excess_scatter, fitted_star_checks, stamp_fwhm,
+                                           star_flux_checks)
 
 
 def test_excess_scatter_recovers_a_known_systematic():
@@ -37,22 +38,23 @@ def moffat_image(fwhm, flux, n=41, offset=(0.0, 0.0)):
 
 
 def test_missed_flux_measures_the_flux_error_of_a_wrong_width_psf():
-    """Stars 3 % wider than the model: the LS flux with the narrow model and the missed flux
-    within 2 FWHM agree with the true flux error (GalSim truth, no noise)."""
+    """Stars 3 % wider than the model: the missed flux within 3 FWHM of the least-squares fit with
+    the narrow model is the true flux error of that fit (GalSim truth, no noise); the check refits
+    the flux itself, so the stars carry a deliberately wrong starting flux."""
     model_psf = moffat_image(4.0, 1.0)
     model_psf /= model_psf.sum()
     stars, models, true_err = [], [], []
     for k in range(3):
         data = moffat_image(4.12, 1e4)
         f_ls = float((data * model_psf).sum() / (model_psf ** 2).sum())      # PSF-fit flux
-        stars.append(Star(data, np.full(data.shape, 1.0), f_ls, (20.0, 20.0)))
-        models.append(f_ls * model_psf)
+        stars.append(Star(data, np.full(data.shape, 1.0), 0.9 * f_ls, (20.0, 20.0)))
+        models.append(0.9 * f_ls * model_psf)
         true_err.append(1e4 / f_ls - 1.0)
-    d, s = star_flux_checks(stars, models, [0.0] * 3, gain=None, radius=2 * stamp_fwhm(model_psf))
+    radius = 3 * stamp_fwhm(model_psf)
+    d, s = star_flux_checks(stars, models, [0.0] * 3, gain=None, radius=radius)
     assert true_err[0] > 0.01                                                  # a real effect
-    assert d[0] == pytest.approx(true_err[0], rel=0.35)
-    assert s[0] == pytest.approx(math.sqrt(math.pi * (2 * stamp_fwhm(model_psf)) ** 2) / stars[0].flux,
-                                 rel=0.15)
+    assert d[0] == pytest.approx(true_err[0], rel=0.1)
+    assert s[0] == pytest.approx(math.sqrt(math.pi * radius ** 2) / f_ls, rel=0.15)
 
 
 def test_band_pooling_uses_ok_cells_only():
@@ -67,3 +69,56 @@ def test_band_pooling_uses_ok_cells_only():
     out = band_psf_flux_errors(metas)
     assert out["m400"] == pytest.approx(0.01, rel=0.35)
     assert math.isnan(out["m500"])
+
+
+def test_fitted_star_check_measures_the_fit_error_of_a_wrong_width_psf():
+    """A star 3 % wider than the fit's PSF, fitted by least squares in a larger image: the
+    residual within 3 FWHM over the fitted flux is the fit's true flux error (GalSim truth)."""
+    n = 81
+    model_psf = moffat_image(4.0, 1.0, n=n)
+    model_psf /= model_psf.sum()
+    data = moffat_image(4.12, 1e4, n=n, offset=(0.3, -0.2))
+    psf_at = moffat_image(4.0, 1.0, n=n, offset=(0.3, -0.2))
+    psf_at /= psf_at.sum()
+    f_ls = float((data * psf_at).sum() / (psf_at ** 2).sum())
+    model = f_ls * psf_at
+    true_err = 1e4 / f_ls - 1.0
+    x, y = 40.3, 39.8
+    radius = 3 * stamp_fwhm(model_psf)
+    iv = np.ones((n, n))
+    d, s = fitted_star_checks(data - model, iv, model, None, [(x, y)], [f_ls], radius)
+    assert true_err > 0.01
+    assert d[0] == pytest.approx(true_err, rel=0.1)
+    npix = np.count_nonzero((np.indices((n, n))[1] - x) ** 2 + (np.indices((n, n))[0] - y) ** 2
+                            <= radius ** 2)
+    assert s[0] == pytest.approx(math.sqrt(npix) / f_ls, rel=1e-9)
+    # with a gain the star's own Poisson noise enters; near the edge or masked: no value
+    _, s_g = fitted_star_checks(data - model, iv, model, 2.0, [(x, y)], [f_ls], radius)
+    assert s_g[0] > s[0]
+    iv_masked = iv.copy()
+    iv_masked[30:50, 30:50] = 0.0
+    d2, _ = fitted_star_checks(data - model, iv_masked, model, None, [(x, y), (2.0, 40.0)],
+                               [f_ls, f_ls], radius)
+    assert math.isnan(d2[0]) and math.isnan(d2[1])
+
+
+def test_fitted_psf_errors_replace_the_term_on_epsf_bands_only():
+    import pandas as pd
+    rng = np.random.default_rng(5)
+    n = 300
+    flux = rng.uniform(2e3, 5e4, n)
+    stat = np.sqrt(flux + 400.0)
+    s = rng.uniform(0.002, 0.01, n)
+    tab = pd.DataFrame({
+        "FLUX_m400_fit": flux, "FLUXERR_STAT_m400_fit": stat, "FLUXERR_m400_fit": stat * 1.5,
+        "PSFCHK_m400_fit": rng.normal(0, 1, n) * np.hypot(s, 0.012), "PSFCHK_ERR_m400_fit": s,
+        "FLUX_m500_fit": flux, "FLUXERR_STAT_m500_fit": stat, "FLUXERR_m500_fit": stat * 1.5,
+        "PSFCHK_m500_fit": np.nan, "PSFCHK_ERR_m500_fit": np.nan,
+        "psf_fallback_bands": [""] * (n - 1) + ["m400"]})
+    out, summary = apply_fitted_psf_errors(tab, ["m400", "m500"])
+    frac = summary.set_index("band").loc["m400", "psf_flux_err_frac"]
+    assert frac == pytest.approx(0.012, rel=0.2)
+    np.testing.assert_allclose(out["FLUXERR_m400_fit"][:-1], np.hypot(stat, frac * flux)[:-1], rtol=1e-4)
+    assert out["FLUXERR_m400_fit"].iloc[-1] == tab["FLUXERR_m400_fit"].iloc[-1]     # fallback PSF
+    np.testing.assert_array_equal(out["FLUXERR_m500_fit"], tab["FLUXERR_m500_fit"])   # no stars
+    assert not [c for c in out.columns if c.startswith("PSFCHK")]

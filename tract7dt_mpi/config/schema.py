@@ -188,6 +188,12 @@ class Epsf:
                      "variance from the sky sigma plus the Poisson noise of the current model, so faint "
                      "stars add little noise) or median (photutils' unweighted median, as the serial pipeline).",
                      choices=("weighted_mean", "median"))
+    wing_tail: bool = K(True, "bool", _NONE,
+                        "MPI-era: beyond the first ring (outside 1.5 FWHM) whose pixels are below 3x their "
+                        "scatter, replace the saved ePSF by a power law fitted to its ring means (meta "
+                        "'wings'). The stacked wing pixels are noise (~1e-4 of the flux); times a bright "
+                        "star's flux that noise is a residual pattern neighbours absorb. false = the "
+                        "builder's stamp as is.")
     recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
@@ -234,7 +240,10 @@ class PatchRun:
     enable_multi_band_simultaneous_fitting: bool = K(True, "bool", _NONE,
                                                      "true: one fit over all bands; false: independent fit per band.")
     enable_staged_fit: bool = K(True, "bool", _NONE, "Three stages: positions frozen, positions only, all.")
-    pos_max_shift_pix: float | None = K(None, "float", _PX, "Box bound on each position around its start; null = off.",
+    pos_max_shift_pix: float | None = K(3.0, "float", _PX, "Box bound on each position around its catalog position; null = off. "
+                                        "MPI-era default 3 (the original left it unset): forced photometry keeps a source at its catalog "
+                                        "position, and an unbounded faint galaxy can walk onto a bright neighbour and turn into a "
+                                        "negative correction of that star's PSF residual (it is then flagged bound_stalled).",
                                         null=True, gt=0)
     python_exe: str = K("python", "str", _NONE, "Legacy interpreter for patch subprocesses.",
                         legacy=f"{_NOT_MPI}; patches are fitted inside the MPI ranks")

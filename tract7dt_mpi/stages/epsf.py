@@ -19,6 +19,8 @@ import numpy as np
 from . import epsf_build as B
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
+from .epsf_wings import with_wing_tail
+from .psf_error import stamp_fwhm, star_flux_checks
 from .epsf_build import finish_stamp, native_stamp, smoothing_kernel  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -345,6 +347,8 @@ def _build(inp, s, meta, plot_dir, dpi):
     stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")
+    if s.wing_tail:
+        stamp, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
     meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
@@ -354,14 +358,13 @@ def _build(inp, s, meta, plot_dir, dpi):
 
 
 def _psf_flux_check(epsf, good, shares, gain, s, meta):
-    """meta['psf_flux_check']: each used star's missed-flux fraction within 2 FWHM and its noise.
+    """meta['psf_flux_check']: each used star's flux error from the ePSF within 3 FWHM, and its noise.
 
-    2 FWHM holds most of the flux a wrong PSF width moves, with less background noise than a
-    wider aperture (on the sample tiles the pooled estimate matches the measured star scatter).
+    3 FWHM holds ~97 % of the flux a wrong PSF width moves (2 FWHM: ~89 %, so the aperture's own
+    error would cancel a tenth of the effect).
     """
-    from .psf_error import stamp_fwhm, star_flux_checks
     fwhm = stamp_fwhm(native_stamp_of(epsf))
-    radius = float(np.clip(2.0 * fwhm if np.isfinite(fwhm) else 12.0, 6.0, 25.0))
+    radius = float(np.clip(3.0 * fwhm if np.isfinite(fwhm) else 12.0, 6.0, 25.0))
     models = [np.asarray(st.register_epsf(epsf), float) for st in good]
     rin, rout = s.star_local_bkg_annulus_rin_pix, s.star_local_bkg_annulus_rout_pix
     n_bkg = max(np.pi * (rout ** 2 - rin ** 2), float(s.star_local_bkg_minpix), 1.0)

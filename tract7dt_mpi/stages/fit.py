@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .fit_setup import build_sources, choose_psf, engine_images
+from .psf_error import CHECK_FWHM, fitted_star_checks, stamp_fwhm
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
                                    "y_pix_white_fit", "RA_fit", "DEC_fit")]
         cols += [(f"{m}_fit", f8) for m in _MORPH]
         for b in bands:
-            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8)]
+            cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
+                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8)]
         cols += [("flag_bound_stalled", b1), ("flag_bound_stalled_which_parameter", stall)]
     else:
         for b in sorted(bands):
@@ -83,7 +85,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
                                                      "y_pix_white", "RA", "DEC")]
             cols += [(f"{m}_{b}_fit", f8) for m in _MORPH]
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
-                     (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
+                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8), (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
                      (f"opt_hit_max_iters_{b}", b1), (f"opt_last_dlnp_{b}", f8),
                      (f"flag_bound_stalled_{b}", b1),
                      (f"flag_bound_stalled_which_parameter_{b}", stall)]
@@ -189,6 +191,30 @@ def _psf_error_fractions(bands, pin, audits, error_model: str) -> dict:
         v = float(getattr(ch, "flux_err_frac", float("nan")))
         out[b] = v if error_model == "total" and audits[b]["used_epsf"] and np.isfinite(v) else float("nan")
     return out
+
+
+def _add_psf_checks(fit_all, images, res, per, bands, psf_frac, star) -> None:
+    """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
+    and its noise (stages.psf_error.fitted_star_checks); NaN for other sources and for bands without
+    a PSF term (fallback PSF or flux_error_model: sky)."""
+    for j, b in enumerate(bands):
+        d = np.full(len(fit_all), np.nan)
+        e = d.copy()
+        stamp = getattr(images[j].psf, "stamp", None)
+        if np.isfinite(psf_frac[b]) and star.any() and stamp is not None:
+            r = res if per is None else per[b]
+            jj = j if per is None else 0
+            model = np.asarray(r.model_images()[jj], float)
+            im = images[j]
+            idx = np.flatnonzero(star)
+            srcs = [r.sources[i] for i in idx]
+            radius = CHECK_FWHM * stamp_fwhm(np.asarray(stamp, float))
+            d[idx], e[idx] = fitted_star_checks(
+                np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
+                model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
+                [float(s.fluxes[jj]) for s in srcs], radius)
+        fit_all[f"PSFCHK_{b}_fit"] = d
+        fit_all[f"PSFCHK_ERR_{b}_fit"] = e
 
 
 def with_psf_term(err, flux, frac) -> float:
@@ -353,6 +379,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)
+    _add_psf_checks(fit_all, images, res, per, bands, psf_frac,
+                    np.array([k.kind == "star" for k in inits]) & ~is_halo)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values
         plog(f"bands without any usable pixel in the ROI: {','.join(empty)} (fit values NaN)",
