@@ -254,14 +254,21 @@ def write_runner_log(out_dir, tag, status, sec, error=None, rank=None, host=None
 
 
 def with_psf_flux_errors(stamps: dict, metas) -> dict:
-    """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band)}}."""
+    """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band,
+    ((x, y, share), ...) of the cell's ePSF stars)}}."""
     from .stages.psf_error import band_psf_flux_errors
     frac = band_psf_flux_errors(metas)
+    stars = {}
+    for m in metas:
+        xy, wt = (m or {}).get("used_stars_xy") or [], (m or {}).get("used_stars_weight") or []
+        if m and len(xy) == len(wt):
+            stars[(m.get("band"), m.get("patch"))] = tuple((float(a), float(b), float(w))
+                                                           for (a, b), w in zip(xy, wt))
     for band in sorted(stamps):
         v = frac.get(band, float("nan"))
         log.info("ePSF %s: PSF flux error %s (ePSF stars: PSF-fit flux vs their flux within 3 FWHM)", band,
                  f"{100 * v:.2f}%" if np.isfinite(v) else "unknown (fewer than 5 usable stars)")
-    return {b: {t: (v[0], v[1], frac.get(b, float("nan"))) for t, v in cells.items()}
+    return {b: {t: (v[0], v[1], frac.get(b, float("nan")), stars.get((b, t), ())) for t, v in cells.items()}
             for b, cells in stamps.items()}
 
 
@@ -274,7 +281,8 @@ def psf_choices(cfg, stamps: dict):
             out.setdefault(tag, {})[band] = PsfChoiceInput(
                 stamp=stamp, nstars_used=nstars,
                 path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"),
-                flux_err_frac=float(rest[0]) if rest else float("nan"))
+                flux_err_frac=float(rest[0]) if rest else float("nan"),
+                stars=tuple(rest[1]) if len(rest) > 1 else ())
     return out
 
 
@@ -399,8 +407,8 @@ def _fitted_psf_errors(cfg, catalog):
     out, summary = apply_fitted_psf_errors(catalog, bands)
     for r in summary.itertuples():
         if r.psf_flux_err_frac is not None:
-            log.info("PSF flux error %s: %.2f%% from %d fitted stars (residual within 3 FWHM)",
-                     r.band, 100 * r.psf_flux_err_frac, r.n_stars)
+            log.info("PSF flux error %s: %.2f%% from %d fitted stars above S/N %g (residual within 3 FWHM)",
+                     r.band, 100 * r.psf_flux_err_frac, r.n_stars, r.min_snr)
         else:
             log.info("PSF flux error %s: kept the ePSF stars' estimate (%d fitted stars usable)",
                      r.band, r.n_stars)

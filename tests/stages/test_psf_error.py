@@ -8,8 +8,8 @@ import pytest
 galsim = pytest.importorskip("galsim")
 
 from tract7dt_mpi.stages.psf_error import (apply_fitted_psf_errors, band_psf_flux_errors,  # noqa: E402
-                                           excess_scatter, fitted_star_checks, stamp_fwhm,
-                                           star_flux_checks)
+                                           excess_scatter, fitted_star_checks, own_share_factors,
+                                           stamp_fwhm, star_flux_checks)
 
 
 def test_excess_scatter_recovers_a_known_systematic():
@@ -122,3 +122,24 @@ def test_fitted_psf_errors_replace_the_term_on_epsf_bands_only():
     assert out["FLUXERR_m400_fit"].iloc[-1] == tab["FLUXERR_m400_fit"].iloc[-1]     # fallback PSF
     np.testing.assert_array_equal(out["FLUXERR_m500_fit"], tab["FLUXERR_m500_fit"])   # no stars
     assert not [c for c in out.columns if c.startswith("PSFCHK")]
+
+
+def test_own_share_factor_undoes_what_the_epsf_absorbed():
+    """An ePSF that is the mean of 4 stars' profiles, one of them 4 % wider: on that star the
+    residual of an LS fit with the ePSF is 3/4 of its residual against the other stars' profile;
+    1 / (1 - share) restores it (GalSim truth, no noise)."""
+    n = 61
+    narrow = moffat_image(4.0, 1.0, n=n)
+    wide = moffat_image(4.16, 1.0, n=n)
+    epsf = (3 * narrow + wide) / 4
+    radius = 3 * stamp_fwhm(narrow)
+    iv = np.ones((n, n))
+
+    def check(psf):
+        f = float((wide * 1e4 * psf).sum() / (psf ** 2).sum())
+        return fitted_star_checks(wide * 1e4 - f * psf, iv, f * psf, None, [(30.0, 30.0)], [f], radius)[0][0]
+
+    k = own_share_factors([(130.0, 230.0)], [(500.0, 500.0, 0.1), (130.4, 229.8, 0.25)])
+    assert k[0] == pytest.approx(1 / 0.75)
+    assert check(epsf) * k[0] == pytest.approx(check(narrow), rel=0.05)
+    assert own_share_factors([(10.0, 10.0)], [(12.0, 10.0, 0.25)])[0] == 1.0     # not the same star

@@ -35,11 +35,16 @@ def choices(n=2, gate_stars=20, drop=()):
 
 def test_bilinear_weights():
     (only, w), = bilinear_weights(SHAPE, 2, 249.5, 749.5)
-    assert only == (1, 0) and w == 1.0
+    assert only == (1, 0) and w == pytest.approx(1.0)
     mid = dict(bilinear_weights(SHAPE, 2, 499.5, 499.5))
     assert len(mid) == 4 and all(v == pytest.approx(0.25) for v in mid.values())
-    assert bilinear_weights(SHAPE, 2, 5.0, 3.0) == [((0, 0), 1.0)]          # clamped at the corner
-    w = dict(bilinear_weights(SHAPE, 2, 374.5, 100.0))                        # x a quarter of the way
+    # linear extrapolation beyond the outer centres, at most half a spacing (a patch centre is
+    # never further out): at x = 124.5 (a quarter spacing out) the weights are 1.25 / -0.25
+    w = dict(bilinear_weights(SHAPE, 2, 124.5, 249.5))
+    assert w == {(0, 0): pytest.approx(1.25), (0, 1): pytest.approx(-0.25)}
+    w = dict(bilinear_weights(SHAPE, 2, -500.0, 249.5))
+    assert w == {(0, 0): pytest.approx(1.5), (0, 1): pytest.approx(-0.5)}     # capped
+    w = dict(bilinear_weights(SHAPE, 2, 374.5, 249.5))                        # x a quarter of the way
     assert w == {(0, 0): pytest.approx(0.75), (0, 1): pytest.approx(0.25)}
     for x, y in [(0, 0), (600, 123), (999, 999), (250, 700)]:
         assert sum(v for _, v in bilinear_weights(SHAPE, 2, x, y)) == pytest.approx(1.0)
@@ -57,6 +62,28 @@ def test_interpolated_stamp_follows_a_psf_gradient():
     assert got.stamp.sum() == pytest.approx(1.0, abs=1e-5) and got.stamp.dtype == np.float32
     assert {t for t, _ in got.sources} == {"r00_c00", "r00_c01", "r01_c00", "r01_c01"}
     assert got.path == ch["r00_c00"]["m400"].path and got.nstars_used == 20
+
+
+def test_extrapolated_stamp_follows_the_gradient_to_the_field_edge():
+    """Near the field edge (beyond the outer cell centres) the extrapolated ePSF is closer to the
+    PSF there than the outer cell's own ePSF."""
+    ch = choices()
+    x, y = 60.0, 500.0
+    got = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, x, y, gate=2)
+    truth = gauss(sigma_at(x))
+    err_extra = np.abs(got.stamp - truth).max() / truth.max()
+    err_cell = np.abs(ch["r00_c00"]["m400"].stamp - truth).max() / truth.max()
+    assert err_extra < 0.3 * err_cell, (err_extra, err_cell)
+
+
+def test_interpolated_choice_carries_the_epsf_stars_with_weighted_shares():
+    ch = choices()
+    for tag in ch:
+        ch[tag]["m400"] = PsfChoiceInput(stamp=ch[tag]["m400"].stamp, nstars_used=20,
+                                         stars=((1.0, 2.0, 0.5), (3.0, 4.0, 0.5)))
+    got = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, 499.5, 499.5, gate=2)
+    assert len(got.stars) == 8 and sum(s for _, _, s in got.stars) == pytest.approx(1.0)
+    assert all(s == pytest.approx(0.125) for _, _, s in got.stars)
 
 
 def test_unusable_neighbours_are_left_out_and_own_cell_rules():

@@ -267,7 +267,8 @@ class PatchRun:
     epsf_interpolation: str = K("bilinear", "enum", _NONE,
                                 "ePSF of a patch: bilinear (interpolated at the patch centre between the "
                                 "ePSFs of the up to 4 cells whose centres surround it, following PSF "
-                                "changes across the field) or cell (its own cell's ePSF, as the serial pipeline).",
+                                "changes across the field; extrapolated linearly beyond the outermost cell "
+                                "centres) or cell (its own cell's ePSF, as the serial pipeline).",
                                 choices=("bilinear", "cell"))
     ncircular_gaussian_n: int = K(3, "int", _NONE, "Components of the ncircular_gaussian fallback (1, 2 or 3).", ge=1, le=3)
     hybrid_psf_n: int = K(9, "int", _NONE, "Gaussians in the hybrid PSF's mixture approximation.", ge=1)

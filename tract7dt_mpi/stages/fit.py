@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .fit_setup import build_sources, choose_psf, engine_images
-from .psf_error import CHECK_FWHM, fitted_star_checks, stamp_fwhm
+from .psf_error import CHECK_FWHM, fitted_star_checks, own_share_factors, stamp_fwhm
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,12 @@ def _psf_error_fractions(bands, pin, audits, error_model: str) -> dict:
     return out
 
 
-def _add_psf_checks(fit_all, images, res, per, bands, psf_frac, star) -> None:
+def _add_psf_checks(fit_all, images, res, per, bands, psf_frac, star, pin) -> None:
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (stages.psf_error.fitted_star_checks); NaN for other sources and for bands without
-    a PSF term (fallback PSF or flux_error_model: sky)."""
+    a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
+    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it)."""
+    x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
     for j, b in enumerate(bands):
         d = np.full(len(fit_all), np.nan)
         e = d.copy()
@@ -209,10 +211,13 @@ def _add_psf_checks(fit_all, images, res, per, bands, psf_frac, star) -> None:
             idx = np.flatnonzero(star)
             srcs = [r.sources[i] for i in idx]
             radius = CHECK_FWHM * stamp_fwhm(np.asarray(stamp, float))
-            d[idx], e[idx] = fitted_star_checks(
+            dd, ee = fitted_star_checks(
                 np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
                 model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
                 [float(s.fluxes[jj]) for s in srcs], radius)
+            k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
+                                  getattr(pin.psfs.get(b), "stars", ()))
+            d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
         fit_all[f"PSFCHK_{b}_fit"] = d
         fit_all[f"PSFCHK_ERR_{b}_fit"] = e
 
@@ -380,7 +385,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         rows.append(d)
     fit_all = pd.DataFrame(rows)
     _add_psf_checks(fit_all, images, res, per, bands, psf_frac,
-                    np.array([k.kind == "star" for k in inits]) & ~is_halo)
+                    np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values
         plog(f"bands without any usable pixel in the ROI: {','.join(empty)} (fit values NaN)",

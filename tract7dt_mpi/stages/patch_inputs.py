@@ -32,7 +32,10 @@ class PsfChoiceInput:
     ``stamp``: the ePSF (float32, unit sum) or None when the cell has no ePSF; ``nstars_used``:
     from the cell's meta.json (None when unknown); ``path``: where the ePSF lives (for the audit);
     ``sources``: ((cell tag, weight), ...) when the stamp is interpolated between cells;
-    ``flux_err_frac``: the band's PSF flux-error fraction (stages.psf_error; NaN when unknown).
+    ``flux_err_frac``: the band's PSF flux-error fraction (stages.psf_error; NaN when unknown);
+    ``stars``: ((x, y, share), ...) the ePSF's own stars (working frame) and their shares of it, so
+    the PSF check of a fitted star that is one of them can undo the part of its residual the ePSF
+    absorbed.
     """
 
     stamp: np.ndarray | None
@@ -40,6 +43,7 @@ class PsfChoiceInput:
     path: str = ""
     sources: tuple = ()
     flux_err_frac: float = float("nan")
+    stars: tuple = ()
 
     @property
     def exists(self) -> bool:
@@ -208,7 +212,8 @@ def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
         "band_info": {b: dataclasses.asdict(pin.band_info[b]) for b in pin.bands},
         "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path,
                      "sources": [list(t) for t in pin.psfs[b].sources],
-                     "flux_err_frac": pin.psfs[b].flux_err_frac} for b in pin.bands},
+                     "flux_err_frac": pin.psfs[b].flux_err_frac,
+                     "stars": [list(t) for t in pin.psfs[b].stars]} for b in pin.bands},
         "meta": pin.meta(),
         "cat": {"columns": [str(c) for c in pin.cat.columns],
                 "dtypes": [str(t) for t in pin.cat.dtypes],
@@ -243,7 +248,8 @@ def load_patch_inputs(json_path: str) -> PatchInput:
                               nstars_used=doc["psfs"][b]["nstars_used"],
                               path=doc["psfs"][b]["path"],
                               sources=tuple(tuple(t) for t in doc["psfs"][b].get("sources", ())),
-                              flux_err_frac=float(doc["psfs"][b].get("flux_err_frac", float("nan"))))
+                              flux_err_frac=float(doc["psfs"][b].get("flux_err_frac", float("nan"))),
+                              stars=tuple(tuple(t) for t in doc["psfs"][b].get("stars", ())))
             for b in bands}
     cd = doc["cat"]
     cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)

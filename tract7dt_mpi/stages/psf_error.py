@@ -140,9 +140,11 @@ def band_psf_flux_errors(metas) -> dict:
 #: aperture of the post-fit check in FWHM of the band's PSF (holds ~97 % of the flux a PSF-width
 #: error moves; 2 FWHM holds ~89 %)
 CHECK_FWHM = 3.0
-#: a fitted star counts when its statistical S/N in the band is above this (fainter stars add
-#: noise, not information, to the PSF term)
-CHECK_MIN_SNR = 20.0
+#: statistical S/N cuts tried in turn for the fitted stars of a band: the first that leaves
+#: CHECK_MIN_STARS stars is used.  Stars where the PSF term dominates their noise carry the
+#: information; fainter ones mostly add noise and the errors of the noise model.
+CHECK_SNR_CUTS = (100.0, 50.0, 20.0)
+CHECK_MIN_STARS = 10
 
 
 def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius):
@@ -181,9 +183,26 @@ def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius):
     return deltas, sigmas
 
 
-def fitted_psf_flux_errors(table, bands, min_snr: float = CHECK_MIN_SNR) -> dict:
-    """band -> (PSF flux-error fraction, number of stars) pooled over the fitted stars' checks
-    (columns ``PSFCHK_{b}_fit`` / ``PSFCHK_ERR_{b}_fit``) with S/N above ``min_snr``."""
+def own_share_factors(xy, stars, match_pix: float = 1.0) -> np.ndarray:
+    """1 / (1 - share) per position: ``share`` of the ePSF star within ``match_pix`` of it
+    (``stars``: ((x, y, share), ...), same frame), 1 when none.  An ePSF built from a star fits
+    that star better than any other source: its residual is (1 - share) of the true mismatch."""
+    out = np.ones(len(xy))
+    if not len(stars) or not len(xy):
+        return out
+    st = np.asarray(stars, float)
+    for i, (x, y) in enumerate(xy):
+        d2 = (st[:, 0] - x) ** 2 + (st[:, 1] - y) ** 2
+        j = int(np.argmin(d2))
+        if d2[j] <= match_pix ** 2:
+            out[i] = 1.0 / max(1.0 - float(st[j, 2]), 0.05)
+    return out
+
+
+def fitted_psf_flux_errors(table, bands, snr_cuts=CHECK_SNR_CUTS) -> dict:
+    """band -> (PSF flux-error fraction, number of stars, S/N cut) pooled over the fitted stars'
+    checks (columns ``PSFCHK_{b}_fit`` / ``PSFCHK_ERR_{b}_fit``): the first cut of ``snr_cuts``
+    that leaves CHECK_MIN_STARS stars (else the last cut)."""
     out = {}
     for b in bands:
         dc, sc = f"PSFCHK_{b}_fit", f"PSFCHK_ERR_{b}_fit"
@@ -193,28 +212,33 @@ def fitted_psf_flux_errors(table, bands, min_snr: float = CHECK_MIN_SNR) -> dict
         e = np.asarray(table.get(f"FLUXERR_STAT_{b}_fit", table.get(f"FLUXERR_{b}_fit")), float)
         d, s = np.asarray(table[dc], float), np.asarray(table[sc], float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            use = np.isfinite(d) & np.isfinite(s) & (s > 0) & (f / e > min_snr)
-        out[b] = (excess_scatter(d[use], s[use]), int(use.sum()))
+            ok = np.isfinite(d) & np.isfinite(s) & (s > 0)
+            snr = np.where(ok, f / e, np.nan)
+        for cut in snr_cuts:
+            use = ok & (snr > cut)
+            if use.sum() >= CHECK_MIN_STARS:
+                break
+        out[b] = (excess_scatter(d[use], s[use]), int(use.sum()), float(cut))
     return out
 
 
-def apply_fitted_psf_errors(catalog, bands, min_snr: float = CHECK_MIN_SNR):
+def apply_fitted_psf_errors(catalog, bands, snr_cuts=CHECK_SNR_CUTS):
     """Replace the PSF term of ``FLUXERR_{b}_fit`` by the one measured on the fitted stars.
 
     Rows fitted with an ePSF in band b (not listed in their ``psf_fallback_bands``) get
     FLUXERR = hypot(FLUXERR_STAT, frac_b * FLUX) when the band's fitted stars give an estimate
     (at least MIN_STARS); otherwise the ePSF-stage term stays.  The PSFCHK columns are dropped.
-    Returns (catalog, summary DataFrame: band, n_stars, psf_flux_err_frac, source).
+    Returns (catalog, summary DataFrame: band, n_stars, min_snr, psf_flux_err_frac, source).
     """
     import pandas as pd
 
     out = catalog.copy()
-    est = fitted_psf_flux_errors(out, bands, min_snr)
+    est = fitted_psf_flux_errors(out, bands, snr_cuts)
     fallback = out.get("psf_fallback_bands", pd.Series([""] * len(out), index=out.index))
     fallback = fallback.fillna("").astype(str).str.split(",")
     rows = []
     for b in bands:
-        frac, n = est.get(b, (float("nan"), 0))
+        frac, n, cut = est.get(b, (float("nan"), 0, float("nan")))
         ecol, scol, fcol = f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit", f"FLUX_{b}_fit"
         if np.isfinite(frac) and ecol in out.columns and scol in out.columns:
             with_epsf = ~fallback.apply(lambda lst, b=b: b in lst).to_numpy(bool)
@@ -222,8 +246,8 @@ def apply_fitted_psf_errors(catalog, bands, min_snr: float = CHECK_MIN_SNR):
             new = np.hypot(stat, frac * out[fcol].to_numpy(float))
             fitted = np.isfinite(stat) & with_epsf
             out[ecol] = np.where(fitted, new, out[ecol].to_numpy(float))
-            rows.append((b, n, round(float(frac), 6), "fitted stars"))
+            rows.append((b, n, cut, round(float(frac), 6), "fitted stars"))
         else:
-            rows.append((b, n, None, "ePSF stars (too few fitted stars)" if b in est else "none"))
+            rows.append((b, n, cut, None, "ePSF stars (too few fitted stars)" if b in est else "none"))
     out = out.drop(columns=[c for c in out.columns if c.startswith("PSFCHK_")])
-    return out, pd.DataFrame(rows, columns=["band", "n_stars", "psf_flux_err_frac", "source"])
+    return out, pd.DataFrame(rows, columns=["band", "n_stars", "min_snr", "psf_flux_err_frac", "source"])
