@@ -413,13 +413,13 @@ def test_core_masked_flag_needs_a_usable_pixel_near_the_centre():
 def test_psf_term_is_added_in_quadrature_only_for_epsf_bands_under_total():
     from types import SimpleNamespace
 
-    from tract7dt_mpi.stages.fit import _psf_error_fractions, with_psf_term
+    from tract7dt_mpi.stages.psf_error import psf_term_fractions, with_psf_term
     from tract7dt_mpi.stages.patch_inputs import PsfChoiceInput
     assert with_psf_term(3.0, 400.0, 0.01) == pytest.approx(5.0)
     assert with_psf_term(3.0, 400.0, float("nan")) == 3.0
     pin = SimpleNamespace(psfs={"a": PsfChoiceInput(stamp=None, flux_err_frac=0.01),
                                 "b": PsfChoiceInput(stamp=None, flux_err_frac=0.02)})
     audits = {"a": {"used_epsf": True}, "b": {"used_epsf": False}}
-    got = _psf_error_fractions(["a", "b"], pin, audits, "total")
+    got = psf_term_fractions(["a", "b"], pin, audits, "total")
     assert got["a"] == 0.01 and np.isnan(got["b"])                    # fallback PSF: no estimate
-    assert np.isnan(_psf_error_fractions(["a"], pin, audits, "sky")["a"])
+    assert np.isnan(psf_term_fractions(["a"], pin, audits, "sky")["a"])

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .fit_setup import build_sources, choose_psf, engine_images
-from .psf_error import CHECK_FWHM, fitted_star_checks, own_share_factors, stamp_fwhm
+from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
 
 log = logging.getLogger(__name__)
 
@@ -182,54 +182,6 @@ def _psf_summary(bands, audits, psfs) -> dict:
                 {b: audits[b]["fallback_reason"] for b in fb}, sort_keys=True)}
 
 
-def _psf_error_fractions(bands, pin, audits, error_model: str) -> dict:
-    """band -> PSF flux-error fraction added to FLUXERR (NaN: none): bands fitted with an ePSF
-    under ``flux_error_model: total`` (stages.psf_error)."""
-    out = {}
-    for b in bands:
-        ch = pin.psfs.get(b)
-        v = float(getattr(ch, "flux_err_frac", float("nan")))
-        out[b] = v if error_model == "total" and audits[b]["used_epsf"] and np.isfinite(v) else float("nan")
-    return out
-
-
-def _add_psf_checks(fit_all, images, res, per, bands, psf_frac, star, pin) -> None:
-    """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
-    and its noise (stages.psf_error.fitted_star_checks); NaN for other sources and for bands without
-    a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
-    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it)."""
-    x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
-    for j, b in enumerate(bands):
-        d = np.full(len(fit_all), np.nan)
-        e = d.copy()
-        stamp = getattr(images[j].psf, "stamp", None)
-        if np.isfinite(psf_frac[b]) and star.any() and stamp is not None:
-            r = res if per is None else per[b]
-            jj = j if per is None else 0
-            model = np.asarray(r.model_images()[jj], float)
-            im = images[j]
-            idx = np.flatnonzero(star)
-            srcs = [r.sources[i] for i in idx]
-            radius = CHECK_FWHM * stamp_fwhm(np.asarray(stamp, float))
-            dd, ee = fitted_star_checks(
-                np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
-                model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
-                [float(s.fluxes[jj]) for s in srcs], radius)
-            k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
-                                  getattr(pin.psfs.get(b), "stars", ()))
-            d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
-        fit_all[f"PSFCHK_{b}_fit"] = d
-        fit_all[f"PSFCHK_ERR_{b}_fit"] = e
-
-
-def with_psf_term(err, flux, frac) -> float:
-    """sqrt(err^2 + (frac * flux)^2); ``err`` unchanged when ``frac`` is NaN."""
-    err = float(err)
-    if not np.isfinite(frac) or not np.isfinite(flux):
-        return err
-    return float(np.hypot(err, frac * float(flux)))
-
-
 def _source_values(s, x0: int, y0: int, sfx: str) -> dict:
     """Fit columns of one engine SourceResult; ``sfx`` is "" or "_{band}"."""
     star = s.kind == "star"
@@ -332,7 +284,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         if psum["psf_frozen_bands_for_optimizer"] else [],
         "staged_fit_enabled": bool(pr.enable_staged_fit), "engine": engine_name,
         "flux_error_model": str(getattr(pr, "flux_error_model", "total"))})
-    psf_frac = _psf_error_fractions(bands, pin, audits, meta["flux_error_model"])
+    psf_frac = psf_term_fractions(bands, pin, audits, meta["flux_error_model"])
     meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
@@ -384,7 +336,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)
-    _add_psf_checks(fit_all, images, res, per, bands, psf_frac,
+    add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                     np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values

@@ -251,3 +251,53 @@ def apply_fitted_psf_errors(catalog, bands, snr_cuts=CHECK_SNR_CUTS):
             rows.append((b, n, cut, None, "ePSF stars (too few fitted stars)" if b in est else "none"))
     out = out.drop(columns=[c for c in out.columns if c.startswith("PSFCHK_")])
     return out, pd.DataFrame(rows, columns=["band", "n_stars", "min_snr", "psf_flux_err_frac", "source"])
+
+
+# ---- used by the fit stage ----------------------------------------------------------------
+
+def psf_term_fractions(bands, pin, audits, error_model: str) -> dict:
+    """band -> PSF flux-error fraction added to FLUXERR (NaN: none): bands fitted with an ePSF
+    under ``flux_error_model: total``, from the ePSF stage (replaced at merge by the fitted stars')."""
+    out = {}
+    for b in bands:
+        ch = pin.psfs.get(b)
+        v = float(getattr(ch, "flux_err_frac", float("nan")))
+        out[b] = v if error_model == "total" and audits[b]["used_epsf"] and np.isfinite(v) else float("nan")
+    return out
+
+
+def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin) -> None:
+    """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
+    and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
+    a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
+    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it)."""
+    x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
+    for j, b in enumerate(bands):
+        d = np.full(len(fit_all), np.nan)
+        e = d.copy()
+        stamp = getattr(images[j].psf, "stamp", None)
+        if np.isfinite(psf_frac[b]) and star.any() and stamp is not None:
+            r = res if per is None else per[b]
+            jj = j if per is None else 0
+            model = np.asarray(r.model_images()[jj], float)
+            im = images[j]
+            idx = np.flatnonzero(star)
+            srcs = [r.sources[i] for i in idx]
+            radius = CHECK_FWHM * stamp_fwhm(np.asarray(stamp, float))
+            dd, ee = fitted_star_checks(
+                np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
+                model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
+                [float(s.fluxes[jj]) for s in srcs], radius)
+            k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
+                                  getattr(pin.psfs.get(b), "stars", ()))
+            d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
+        fit_all[f"PSFCHK_{b}_fit"] = d
+        fit_all[f"PSFCHK_ERR_{b}_fit"] = e
+
+
+def with_psf_term(err, flux, frac) -> float:
+    """sqrt(err^2 + (frac * flux)^2); ``err`` unchanged when ``frac`` is NaN."""
+    err = float(err)
+    if not np.isfinite(frac) or not np.isfinite(flux):
+        return err
+    return float(np.hypot(err, frac * float(flux)))
