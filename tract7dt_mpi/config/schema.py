@@ -190,7 +190,7 @@ class Epsf:
                      choices=("weighted_mean", "median"))
     wing_tail: bool = K(True, "bool", _NONE,
                         "MPI-era: beyond the first ring (outside 1.5 FWHM) whose pixels are below 3x their "
-                        "scatter, replace the saved ePSF by a power law fitted to its ring means (meta "
+                        "scatter, replace the saved ePSF by a circular Moffat fitted to its ring means (meta "
                         "'wings'). The stacked wing pixels are noise (~1e-4 of the flux); times a bright "
                         "star's flux that noise is a residual pattern neighbours absorb. false = the "
                         "builder's stamp as is.")
