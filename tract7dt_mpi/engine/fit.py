@@ -177,8 +177,7 @@ def _remaining_shares(H, g, act, owner, S, tol) -> np.ndarray:
     """
     own = np.zeros(S)
     for s in np.unique(owner[act]):
-        m = act & (owner == s)
-        own[s] = 0.5 * float(g[m] @ _gn_solve(H[np.ix_(m, m)], g[m], np.ones(int(m.sum()), bool)))
+        own[s] = gn_gain(H, g, act & (owner == s))
     alone = own >= tol
     shares = source_gains(H, g, _gn_solve(H, g, act & ~alone[owner]), owner, S)
     return np.where(alone, own, shares)

@@ -85,7 +85,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
                                                      "y_pix_white", "RA", "DEC")]
             cols += [(f"{m}_{b}_fit", f8) for m in _MORPH]
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
-                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8), (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
+                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8),
+                     (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
                      (f"opt_hit_max_iters_{b}", b1), (f"opt_last_dlnp_{b}", f8),
                      (f"flag_bound_stalled_{b}", b1),
                      (f"flag_bound_stalled_which_parameter_{b}", stall)]
@@ -337,7 +338,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         rows.append(d)
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
-                    np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
+                           np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values
         plog(f"bands without any usable pixel in the ROI: {','.join(empty)} (fit values NaN)",
