@@ -319,20 +319,99 @@ def _build(inp, s, meta, plot_dir, dpi):
     if len(sel) == 0:
         raise B.CellFailure("no PSF star selected")
 
-    stars = B.extract(work, sigma, bad, sel, s)
-    meta["nstars_extract"] = int(len(B.star_list(stars)))
-    stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
+    if int(s.oversamp) == 1:
+        stamp, good, stars, bkg_rows, ef = _build_stacked(inp, s, meta, work, sigma, bad, sel)
+        epsf = None
+    else:
+        stamp, good, stars, bkg_rows, ef, epsf = _build_photutils(inp, s, meta, work, sigma, bad, sel)
+    meta["psf_flux_in_stamp"] = round(float(ef), 6)
+    meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
+    meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
-    builder, combine = B.make_builder(s, inp.gain_scaled)
-    result = builder(stars)
-    epsf, fitted = result[0], result[1]
-    meta["builder"] = {
-        "combine": combine,
-        "smoothing_kernel": B.smoothing_kernel(s.oversamp),
-        "iterations": int(getattr(result, "iterations", -1)),
-        "converged": bool(getattr(result, "converged", False)),
-    }
-    good = B.good_fitted(fitted)
+    stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
+    _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
+    return stamp
+
+
+def _stamps(work, sigma, bad, sel, s):
+    """Square odd stamps of side cutout_size around every selected star that fits the cell:
+    (rows [(k, x0, y0, data, 1/sigma with bad and neighbour pixels at 0, (cx, cy))], masked frac)."""
+    size = int(s.cutout_size) | 1
+    half = size // 2
+    err = B.error_image(sigma, bad)
+    h, w = work.shape
+    out, fracs = [], []
+    yy, xx = np.indices((size, size))
+    for k in range(len(sel)):
+        x, y = float(sel.x[k]), float(sel.y[k])
+        ix, iy = int(round(x)), int(round(y))
+        x0, y0 = ix - half, iy - half
+        if x0 < 0 or y0 < 0 or x0 + size > w or y0 + size > h:
+            continue
+        data = work[y0:y0 + size, x0:x0 + size]
+        bad_k = bad[y0:y0 + size, x0:x0 + size] | ~np.isfinite(data)
+        wt = np.where(bad_k, 0.0, 1.0 / err[y0:y0 + size, x0:x0 + size])
+        cx, cy = x - x0, y - y0
+        nmask = sel_mod.neighbour_mask(sel.seg, x0, y0, (size, size), sel.label[k], sel.nb[0])
+        nmask &= (xx - cx) ** 2 + (yy - cy) ** 2 > (0.5 * sel.nb[1]) ** 2   # keep the star's own core
+        fracs.append(float(nmask.mean()))
+        out.append((k, x0, y0, np.where(bad_k, 0.0, data), np.where(nmask, 0.0, wt), (cx, cy)))
+    return out, (float(np.mean(fracs)) if fracs else 0.0)
+
+
+def _build_stacked(inp, s, meta, work, sigma, bad, sel):
+    """The native builder (:mod:`.epsf_stack`); returns (stamp, used stars, all stars, local
+    background rows, fraction of the PSF's total flux inside the saved stamp)."""
+    from . import epsf_stack
+
+    rows, frac = _stamps(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = len(rows)
+    meta["selection"]["neighbour_masked_frac_mean"] = frac
+    if not rows:
+        raise B.CellFailure("no star stamp fits inside the cell")
+    b0, f0, bkg_rows, vals, stats = [], [], [], [], []
+    for k, x0, y0, data, wt, c in rows:
+        v, status, m = 0.0, "disabled", None
+        if s.star_local_bkg_subtract:
+            v, status, m = qa.star_local_background(data, wt, s.star_local_bkg_annulus_rin_pix,
+                                                    s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
+                                                    int(s.star_local_bkg_minpix))
+            vals.append(v)
+            stats.append(status)
+        b0.append(v)
+        f0.append(qa.symmetric_flux(data - v, wt > 0, c))
+    try:
+        res = epsf_stack.stack_epsf([r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows],
+                         [(r[1], r[2]) for r in rows], [r[0] for r in rows], inp.gain_scaled,
+                         inp.fwhm_pix, f0, b0, fit_background=bool(s.star_local_bkg_subtract),
+                         wing_tail=bool(s.wing_tail), combine=str(s.combine))
+    except ValueError as exc:
+        raise B.CellFailure(f"ePSF stack failed: {exc}") from None
+    stars = res.stars
+    if s.star_local_bkg_subtract:
+        meta["local_star_background"] = qa.local_bkg_summary([st.background for st in stars], stats)
+        for (k, x0, y0, data, wt, c), st, status in zip(rows, stars, stats):
+            bkg_rows.append({"id": st.id_label, "raw": data, "mask": wt > 0, "sub": st.data,
+                             "value": st.background, "status": status})
+    good = [st for st in stars if st.used]
+    meta["builder"] = {"combine": str(s.combine), "method": "native_stack", "passes": res.info["passes"],
+                       "n_rejected": res.info["n_rejected"], "outlier_masked_frac": res.info["masked_frac"],
+                       "fwhm_pix": res.info["fwhm_pix"]}
+    meta["wings"] = res.info["wings"]
+    _record_used(meta, good, inp)
+    wts = B.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
+    meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
+    _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
+    crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
+    fs = int(s.final_psf_size)
+    o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
+    ef = float(res.psf[o0:o0 + fs, o1:o1 + fs].sum())
+    if not crop.sum() > 0:
+        raise B.CellFailure("ePSF has no positive flux")
+    return crop, good, stars, bkg_rows, ef
+
+
+def _record_used(meta, good, inp):
     meta["nstars_used"] = len(good)
     meta["nstars_fitfail"] = meta["nstars_extract"] - len(good)
     # working-frame centres of the stars the ePSF is made of (the ePSF is their mean PSF)
@@ -340,32 +419,48 @@ def _build(inp, s, meta, plot_dir, dpi):
                              for st in good]
     if len(good) <= 0:
         raise B.CellFailure("EPSFBuilder fitted no star")
-    wts = B.star_weights(good, float(np.nanmax(epsf.data)), inp.gain_scaled) \
-        if combine == "weighted_mean" else np.full(len(good), 1.0 / len(good))
+
+
+def _build_photutils(inp, s, meta, work, sigma, bad, sel):
+    """photutils' EPSFBuilder (oversampled ePSFs); returns what :func:`_build_stacked` does, and
+    the photutils ePSF model."""
+    stars = B.extract(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = int(len(B.star_list(stars)))
+    stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
+    builder = B.make_builder(s)
+    result = builder(stars)
+    epsf, fitted = result[0], result[1]
+    meta["builder"] = {
+        "combine": "median", "method": "photutils",
+        "smoothing_kernel": B.smoothing_kernel(s.oversamp),
+        "iterations": int(getattr(result, "iterations", -1)),
+        "converged": bool(getattr(result, "converged", False)),
+    }
+    good = B.good_fitted(fitted)
+    _record_used(meta, good, inp)
+    wts = np.full(len(good), 1.0 / len(good))
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
-    _psf_flux_check(epsf, good, wts, inp.gain_scaled, s, meta)
+    native = native_stamp_of(epsf)
+    models = [np.asarray(st.register_epsf(epsf), float) for st in good]
+    _psf_flux_check(stamp_fwhm(native), good, models, wts, inp.gain_scaled, s, meta)
     stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")
-    if s.wing_tail:
-        stamp, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
-    meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
-    meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
-
-    stacks = B.residual_qa(epsf, good, s, meta) if s.save_residual_diagnostics else None
-    _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
-    return stamp
+    stamp, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
+    if not s.wing_tail:
+        stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
+    for st in good:
+        st.model = np.asarray(st.register_epsf(epsf), dtype=float)
+    return stamp, good, stars, bkg_rows, 1.0 / (1.0 + float(meta["wings"]["tail_beyond_stamp"])), epsf
 
 
-def _psf_flux_check(epsf, good, shares, gain, s, meta):
+def _psf_flux_check(fwhm, good, models, shares, gain, s, meta):
     """meta['psf_flux_check']: each used star's flux error from the ePSF within 3 FWHM, and its noise.
 
     3 FWHM holds ~97 % of the flux a wrong PSF width moves (2 FWHM: ~89 %, so the aperture's own
     error would cancel a tenth of the effect).
     """
-    fwhm = stamp_fwhm(native_stamp_of(epsf))
     radius = float(np.clip(3.0 * fwhm if np.isfinite(fwhm) else 12.0, 6.0, 25.0))
-    models = [np.asarray(st.register_epsf(epsf), float) for st in good]
     rin, rout = s.star_local_bkg_annulus_rin_pix, s.star_local_bkg_annulus_rout_pix
     n_bkg = max(np.pi * (rout ** 2 - rin ** 2), float(s.star_local_bkg_minpix), 1.0)
     d, sig = star_flux_checks(good, models, shares, gain, radius, n_bkg)

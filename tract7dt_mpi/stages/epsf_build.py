@@ -1,7 +1,8 @@
-"""Building the ePSF of one cell from selected stars (spec S4.6i-l) with photutils.
+"""Pieces of the ePSF build shared by the native stack and photutils' oversampled builder.
 
-Stamp extraction, neighbour masking and per-star background, the EPSFBuilder set-up, native
-sampling / crop / normalisation of the result, and the star-minus-model residual QA.
+photutils stamp extraction, neighbour masking and per-star background (oversampled path), the
+stack's noise model and clipped mean, native sampling / crop / normalisation of the result, and
+the star-minus-model residual QA.
 """
 from __future__ import annotations
 
@@ -130,45 +131,6 @@ def residual_weights(cube, stars, model, gain, floor=SYSTEMATIC_FLOOR):
     return w
 
 
-def aligned_residuals(stars, epsf) -> np.ndarray:
-    """Per-star normalised residuals (data / F - ePSF) moved onto the native ePSF grid.
-
-    photutils puts each star pixel's residual on the nearest ePSF grid point, i.e. up to half a
-    pixel away from where it was measured; in a median over many stars at random sub-pixel phases
-    that error averages out, in a weighted mean dominated by a few bright stars it does not. Here
-    each star's residual image is shifted by its sub-pixel offset (Lanczos-3, as the fitter shifts
-    the ePSF) before it is placed, so every value lands where it was measured. Pixels within the
-    3-pixel reach of the shift from a masked pixel or the stamp edge are left out (NaN).
-    """
-    from scipy.ndimage import binary_dilation
-
-    from ..engine.lanczos import shift_stamp
-
-    shape = epsf.data.shape
-    oy, ox = (int(v) for v in np.round(np.asarray(epsf.origin)[::-1]))
-    out = np.full((len(stars),) + shape, np.nan)
-    for k, st in enumerate(stars):
-        data = np.asarray(st.data, float)
-        bad = ~(np.asarray(st.weights, float) > 0) | ~np.isfinite(data)
-        cx, cy = (float(v) for v in st.cutout_center)
-        yy, xx = np.indices(data.shape)
-        model = epsf.evaluate(x=xx - cx, y=yy - cy, flux=1.0, x_0=0.0, y_0=0.0)
-        r = np.where(bad, 0.0, data / float(st.flux) - model)
-        ix, iy = int(round(cx)), int(round(cy))
-        r = shift_stamp(r, -(cx - ix), -(cy - iy))[0]
-        bad = binary_dilation(bad, iterations=3)
-        bad[:3, :] = bad[-3:, :] = True
-        bad[:, :3] = bad[:, -3:] = True
-        r[bad] = np.nan
-        # star pixel (j, i) -> grid (j - iy + oy, i - ix + ox)
-        gy0, gx0 = oy - iy, ox - ix
-        sy0, sx0 = max(0, -gy0), max(0, -gx0)
-        sy1, sx1 = min(data.shape[0], shape[0] - gy0), min(data.shape[1], shape[1] - gx0)
-        if sy1 > sy0 and sx1 > sx0:
-            out[k, sy0 + gy0:sy1 + gy0, sx0 + gx0:sx1 + gx0] = r[sy0:sy1, sx0:sx1]
-    return out
-
-
 def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
     """Per-pixel weighted mean of ``cube`` (n, ny, nx) with iterative sigma clipping.
 
@@ -200,51 +162,9 @@ def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
         return np.where(sw > 0, (wk * vals).sum(axis=0) / np.where(sw > 0, sw, 1.0), np.nan)
 
 
-def _weighted_builder_class():
-    from photutils.psf import EPSFBuilder
-
-    class WeightedEPSFBuilder(EPSFBuilder):
-        """photutils' EPSFBuilder stacking star residuals by inverse-variance weighted mean.
-
-        Each iteration photutils reduces the stack of per-star residuals with a sigma-clipped
-        median, in which a star at S/N 30 counts as much as one at S/N 1000. Here the stack is
-        reduced to its weighted, clipped mean (:func:`weighted_clipped_mean`) and handed back as
-        a one-layer stack, whose median is itself; star fitting, gap filling, smoothing,
-        recentring and normalisation stay photutils' own.
-        """
-
-        gain = None
-        clip_sigma = 5.0
-
-        def _resample_residuals(self, stars, epsf):
-            good = list(stars.all_good_stars)
-            native = np.all(np.asarray(self.oversampling) == 1) and hasattr(epsf, "evaluate")
-            cube = aligned_residuals(good, epsf) if native and good else \
-                super()._resample_residuals(stars, epsf)
-            if cube.shape[0] == 0:
-                return cube
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                # current PSF estimate for the Poisson and floor terms (the ePSF starts at zero)
-                psf_now = epsf.data + np.nan_to_num(np.nanmedian(cube, axis=0))
-            w = residual_weights(cube, good, psf_now, self.gain)
-            mean = weighted_clipped_mean(cube, w, self.clip_sigma)
-            # grid points few stars cover (stamp corners, around masked neighbours) would take
-            # one star's noise: leave the ePSF there unchanged (and never extrapolate into them)
-            thin = (w > 0).sum(axis=0) < max(2, int(np.ceil(MIN_COVER * len(good))))
-            return np.where(thin | ~np.isfinite(mean), 0.0, mean)[np.newaxis]
-
-    return WeightedEPSFBuilder
-
-
-def make_builder(s, gain=None):
-    """EPSFBuilder with the spec settings; keywords the installed photutils lacks are dropped.
-
-    ``epsf.combine = weighted_mean`` uses :class:`WeightedEPSFBuilder` with ``gain`` (electrons
-    per scaled image unit) for the Poisson term; it needs the builder's residual-stack hook and
-    falls back to photutils' median (with a warning) on a photutils without it.
-    Returns (builder, combine actually used).
-    """
+def make_builder(s):
+    """photutils' EPSFBuilder with the spec settings (oversampled ePSFs only; native-sampling
+    ePSFs are built by :mod:`.epsf_stack`); keywords the installed photutils lacks are dropped."""
     from astropy.stats import SigmaClip
     from photutils.psf import EPSFBuilder
 
@@ -260,16 +180,7 @@ def make_builder(s, gain=None):
     dropped = sorted(set(want) - set(kwargs))
     if dropped:
         log.debug("EPSFBuilder of this photutils has no %s", dropped)
-    combine = getattr(s, "combine", "median")
-    if combine == "weighted_mean" and not hasattr(EPSFBuilder, "_resample_residuals"):
-        log.warning("this photutils' EPSFBuilder has no residual-stack hook; epsf.combine=median")
-        combine = "median"
-    if combine == "median":
-        return EPSFBuilder(**kwargs), combine
-    builder = _weighted_builder_class()(**kwargs)
-    builder.gain = float(gain) if gain is not None and np.isfinite(gain) and gain > 0 else None
-    builder.clip_sigma = clip
-    return builder, combine
+    return EPSFBuilder(**kwargs)
 
 
 def star_weights(stars, peak, gain):
@@ -312,14 +223,14 @@ def good_fitted(fitted):
     return [st for st in lst if not getattr(st, "_excluded_from_fit", False)]
 
 
-def residual_qa(epsf, good, s, meta):
-    """Register the ePSF on up to residual_diag_max_stars fitted stars; fill residual_qa."""
+def residual_qa(good, s, meta):
+    """Residual QA of up to residual_diag_max_stars fitted stars (each with its ``model``)."""
     datas, models, weights, fluxes = [], [], [], []
     for st in good[: int(s.residual_diag_max_stars)]:
         f = float(st.flux)
         if not (np.isfinite(f) and f > 0):
             continue
-        model = np.asarray(st.register_epsf(epsf), dtype=float)
+        model = np.asarray(st.model, dtype=float)
         datas.append(np.asarray(st.data, float) / f)
         models.append(model / f)
         weights.append(np.asarray(st.weights, float))

@@ -75,12 +75,29 @@ def _moffat_profile_fit(rad, m, err, fwhm):
     return float(q[0]), float(np.exp(q[1])), float(q[2])
 
 
+def _light_beyond(amp, alpha, beta, half_size):
+    """Flux of the tail A (1 + (r/alpha)^2)^-beta outside a square of half-size ``half_size``
+    (taken as the circle of equal area), out to 10x that radius: a tail flatter than r^-2
+    (beta <= 1) has no finite total, and no real PSF is measured that far."""
+    r0 = 2.0 * half_size / np.sqrt(np.pi)
+    r1 = 10.0 * r0
+    if abs(beta - 1.0) < 1e-6:
+        return float(np.pi * amp * alpha ** 2 * (np.log1p((r1 / alpha) ** 2) - np.log1p((r0 / alpha) ** 2)))
+    g = lambda r: (1.0 + (r / alpha) ** 2) ** (1.0 - beta)   # noqa: E731
+    return float(np.pi * amp * alpha ** 2 / (beta - 1.0) * (g(r0) - g(r1)))
+
+
 def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
-    """Return (stamp with the tail, info dict); the input is returned unchanged (info['applied']
-    False, with the reason) when every ring is significant or too few rings are to fit the tail.
+    """Return (stamp with the tail, info dict).
+
+    The stamp keeps unit sum; ``info['tail_beyond_stamp']`` is the tail's flux outside the stamp
+    in the same units (so the PSF's total is 1 + that), also when every ring is significant and
+    the stamp itself is kept. The input is returned unchanged (``applied`` False, with the
+    reason, ``tail_beyond_stamp`` 0) when too few rings are significant to fit the tail.
     ``wing_slope`` in info is the tail's asymptotic slope 2 beta."""
     a = np.asarray(stamp, dtype=float)
-    info = {"applied": False, "reason": "", "wing_radius_pix": None, "wing_slope": None}
+    info = {"applied": False, "reason": "", "wing_radius_pix": None, "wing_slope": None,
+            "tail_beyond_stamp": 0.0}
     if not (np.isfinite(fwhm_pix) and fwhm_pix > 0):
         info["reason"] = "no FWHM"
         return np.asarray(stamp), info
@@ -88,10 +105,7 @@ def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
     k0 = max(int(np.ceil(1.5 * fwhm_pix)), 2)
     ks = np.arange(mean.size)
     noisy = (ks >= k0) & ~(mean >= min_snr * scat)
-    if not noisy.any():
-        info["reason"] = "every ring significant"
-        return np.asarray(stamp), info
-    rw = int(ks[noisy][0])
+    rw = int(ks[noisy][0]) if noisy.any() else int(ks[-1])
     err = scat / np.sqrt(np.maximum(cnt, 1))
     fit = (ks >= max(1, int(np.floor(fwhm_pix)))) & (ks <= rw) & (mean > 3.0 * err) & (cnt > 0)
     if fit.sum() < 3:
@@ -103,15 +117,30 @@ def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
         info.update(reason=f"tail fit failed: {exc}", wing_radius_pix=rw)
         return np.asarray(stamp), info
     tail = np.exp(lnA) * (1.0 + (r / alpha) ** 2) ** (-beta)
-    blend = np.clip((r - (rw - BLEND_PIX)) / BLEND_PIX, 0.0, 1.0)
-    out = (1.0 - blend) * a + blend * tail
+    if noisy.any():
+        blend = np.clip((r - (rw - BLEND_PIX)) / BLEND_PIX, 0.0, 1.0)
+        out = (1.0 - blend) * a + blend * tail
+    else:
+        blend = np.zeros_like(a)
+        out = a.copy()
+        info["reason"] = "every ring significant: stamp kept, tail fitted for the light beyond it"
     tot = out.sum()
     if not tot > 0:
         info["reason"] = "tail left no positive flux"
         return np.asarray(stamp), info
     before = float(a[blend > 0].sum() / a.sum())
     out /= tot
-    info.update(applied=True, wing_radius_pix=rw, wing_slope=round(2.0 * beta, 3),
-                wing_alpha_pix=round(alpha, 3),
+    # the light beyond the stamp follows the outermost measured rings: a Moffat fitted from
+    # 1 FWHM out is pulled by the core, whose shape need not be Moffat (Kolmogorov, Airy)
+    outer = fit & (ks >= 2.5 * fwhm_pix)
+    bo, ao, lo = beta, alpha, lnA
+    if outer.sum() >= 4:
+        try:
+            bo, ao, lo = _moffat_profile_fit(rbar[outer], mean[outer], err[outer], fwhm_pix)
+        except (ValueError, np.linalg.LinAlgError):
+            bo, ao, lo = beta, alpha, lnA
+    beyond = _light_beyond(np.exp(lo) / tot, ao, bo, min(a.shape) / 2.0)
+    info.update(applied=bool(noisy.any()), wing_radius_pix=rw, wing_slope=round(2.0 * beta, 3),
+                wing_alpha_pix=round(alpha, 3), tail_beyond_stamp=round(beyond, 7),
                 wing_flux_before=round(before, 6), wing_flux_after=round(float(out[blend > 0].sum()), 6))
     return out.astype(np.asarray(stamp).dtype), info
