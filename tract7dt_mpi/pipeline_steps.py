@@ -255,11 +255,13 @@ def write_runner_log(out_dir, tag, status, sec, error=None, rank=None, host=None
 
 def with_psf_flux_errors(stamps: dict, metas) -> dict:
     """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band,
-    ((x, y, share), ...) of the cell's ePSF stars)}}."""
+    ((x, y, share), ...) of the cell's ePSF stars, fraction of the PSF's total flux in the stamp)}}."""
     from .stages.psf_error import band_psf_flux_errors
     frac = band_psf_flux_errors(metas)
-    stars = {}
+    stars, ef = {}, {}
     for m in metas:
+        if m and m.get("psf_flux_in_stamp") is not None:
+            ef[(m.get("band"), m.get("patch"))] = float(m["psf_flux_in_stamp"])
         xy, wt = (m or {}).get("used_stars_xy") or [], (m or {}).get("used_stars_weight") or []
         if m and len(xy) == len(wt):
             stars[(m.get("band"), m.get("patch"))] = tuple((float(a), float(b), float(w))
@@ -268,8 +270,8 @@ def with_psf_flux_errors(stamps: dict, metas) -> dict:
         v = frac.get(band, float("nan"))
         log.info("ePSF %s: PSF flux error %s (ePSF stars: PSF-fit flux vs their flux within 3 FWHM)", band,
                  f"{100 * v:.2f}%" if np.isfinite(v) else "unknown (fewer than 5 usable stars)")
-    return {b: {t: (v[0], v[1], frac.get(b, float("nan")), stars.get((b, t), ())) for t, v in cells.items()}
-            for b, cells in stamps.items()}
+    return {b: {t: (v[0], v[1], frac.get(b, float("nan")), stars.get((b, t), ()), ef.get((b, t), 1.0))
+                for t, v in cells.items()} for b, cells in stamps.items()}
 
 
 def psf_choices(cfg, stamps: dict):
@@ -282,7 +284,8 @@ def psf_choices(cfg, stamps: dict):
                 stamp=stamp, nstars_used=nstars,
                 path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"),
                 flux_err_frac=float(rest[0]) if rest else float("nan"),
-                stars=tuple(rest[1]) if len(rest) > 1 else ())
+                stars=tuple(rest[1]) if len(rest) > 1 else (),
+                flux_in_stamp=float(rest[2]) if len(rest) > 2 else 1.0)
     return out
 
 

@@ -292,6 +292,8 @@ class PatchRun:
     shape_fit_min_snr: float = K(10.0, "float", "S/N", "MPI-era: a galaxy whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog shape and Sersic n (only position and fluxes are fitted; column fit_shape_fixed); a free shape at low S/N is unmeasured and can grow into a sky-like sheet. 0 fits every shape.", ge=0)
     flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN + the band's PSF-model error (the fraction of flux the ePSF misses on its own stars beyond their noise, added in quadrature; bands fitted with an ePSF); sky = sky only, as the original.",
                               choices=("total", "sky"))
+    galaxy_flux: str = K("total", "enum", _NONE, "MPI-era: what FLUX_{band}_fit of an EXP, DEV or SERSIC source is: total = the total flux of the fitted profile integrated to infinity (the engine's mixtures are tapered at 4 or 8 re, as the Tractor's; their flux times 1.015 (exp), 1.062 (dev), 1.01-1.11 (Sersic n = 0.5-6); column flux_total_factor); truncated = the tapered mixture's flux, the Tractor convention, for comparisons with Tractor catalogues. Point-source and galaxy fluxes are in either case divided by the fraction of the PSF's total flux inside its stamp (column-free: ePSF meta psf_flux_in_stamp).",
+                      choices=("total", "truncated"))
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
 
 

@@ -83,3 +83,19 @@ def half_light_radius(mix: Mixture) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def total_flux_factor(kind: str, n: float = np.nan) -> float:
+    """Total flux of the untruncated profile over the flux of the engine's mixture, at equal
+    surface brightness inside the half-light radius (1 for point sources).
+
+    The exp, dev and Sersic mixtures approximate profiles tapered to zero at 4 or 8 re (as the
+    Tractor's); their flux parameter is the tapered profile's total. A galaxy's light beyond the
+    taper is real, so the total flux of the fitted profile is the mixture flux times this factor
+    (exp 1.015, dev 1.062, n = 6 1.115): the mixture's enclosed fraction within 1 re over the
+    untruncated Sersic profile's, 1/2. The ratio is the same within 0.5 % from 1 to 3 re.
+    """
+    if kind not in ("exp", "dev", "sersic"):
+        return 1.0
+    nn = {"exp": 1.0, "dev": 4.0}.get(kind, float(np.clip(n, *SERSIC_N_BOUNDS)))
+    return float(enclosed_fraction(mixture_for(kind, nn), 1.0)) / 0.5

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .fit_setup import build_sources, choose_psf, engine_images
+from .flux_convention import profile_factors, to_total_fluxes
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
-            ("fit_shape_fixed", b1)]
+            ("fit_shape_fixed", b1), ("flux_total_factor", f8)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -339,6 +340,11 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                            np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
+    meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
+    gmode = str(getattr(pr, "galaxy_flux", "total"))
+    srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
+    fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode) for b in bands}
+    to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values
         plog(f"bands without any usable pixel in the ROI: {','.join(empty)} (fit values NaN)",

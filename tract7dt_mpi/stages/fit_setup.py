@@ -101,6 +101,19 @@ def fallback_psf(fwhm: float, pr, moffat):
         f"GaussianMixturePSF(gaussian stamp, fwhm={fwhm:.3f}, n={n})"
 
 
+def fallback_flux_in_stamp(psf) -> float:
+    """Fraction of an analytic fallback PSF's total flux inside its (unit-sum) stamp: a Moffat's
+    light beyond its radius (1 - (1 + (R/alpha)^2)^(1 - beta) inside the circle of equal area),
+    1 for the Gaussian models."""
+    beta = getattr(psf, "beta", None)
+    if getattr(psf, "kind", "") != "moffat" or not beta or not beta > 1:
+        return 1.0
+    alpha = psf.fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    half = psf.stamp.shape[0] / 2.0
+    r = 2.0 * half / math.sqrt(math.pi)
+    return float(1.0 - (1.0 + (r / alpha) ** 2) ** (1.0 - beta))
+
+
 def epsf_psf(stamp: np.ndarray, pr):
     """PSF object for a usable ePSF stamp per ``patch_run.psf_model``."""
     eng = _engine()
@@ -136,7 +149,8 @@ def choose_psf(band: str, choice, info, pr, moffat):
                                         f"min_epsf_nstars_for_use={gate})")
         else:
             psf, desc = epsf_psf(arr, pr)
-            audit.update(used_epsf=True, psf_desc=desc)
+            audit.update(used_epsf=True, psf_desc=desc,
+                         psf_flux_in_stamp=float(getattr(choice, "flux_in_stamp", 1.0) or 1.0))
             if getattr(choice, "sources", ()):
                 audit["epsf_interpolated_from"] = [list(t) for t in choice.sources]
             return psf, audit, f"[PSF] {band}: using ePSF {audit['epsf_path']} as {desc}"
@@ -145,7 +159,7 @@ def choose_psf(band: str, choice, info, pr, moffat):
     fwhm, src = fallback_fwhm(info, float(pr.fallback_default_fwhm_pix))
     psf, desc = fallback_psf(fwhm, pr, moffat)
     audit.update(psf_model=str(pr.psf_fallback_model), psf_desc=desc, fallback_fwhm_pix=fwhm,
-                 fallback_fwhm_source=src)
+                 fallback_fwhm_source=src, psf_flux_in_stamp=fallback_flux_in_stamp(psf))
     if audit["fallback_reason"].startswith("low-star"):
         line = (f"[PSF] {band}: ePSF exists at {audit['epsf_path']} but {audit['fallback_reason']};"
                 f" using fallback path {desc}")

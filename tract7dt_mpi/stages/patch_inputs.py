@@ -35,7 +35,8 @@ class PsfChoiceInput:
     ``flux_err_frac``: the band's PSF flux-error fraction (stages.psf_error; NaN when unknown);
     ``stars``: ((x, y, share), ...) the ePSF's own stars (working frame) and their shares of it, so
     the PSF check of a fitted star that is one of them can undo the part of its residual the ePSF
-    absorbed.
+    absorbed; ``flux_in_stamp``: the fraction of the PSF's total flux inside the (unit-sum) stamp,
+    by which fitted fluxes are divided to make them total fluxes.
     """
 
     stamp: np.ndarray | None
@@ -44,6 +45,7 @@ class PsfChoiceInput:
     sources: tuple = ()
     flux_err_frac: float = float("nan")
     stars: tuple = ()
+    flux_in_stamp: float = 1.0
 
     @property
     def exists(self) -> bool:
@@ -91,14 +93,16 @@ def psf_choice_from_files(epsf_dir: str, band: str, epsf_tag: str) -> PsfChoiceI
             stamp = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             stamp = None
-    nstars = None
+    nstars, ef = None, 1.0
     try:
         with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
-            v = json.load(fh).get("nstars_used")
+            meta = json.load(fh)
+        v = meta.get("nstars_used")
         nstars = int(v) if v is not None else None
+        ef = float(meta.get("psf_flux_in_stamp") or 1.0)
     except (OSError, ValueError, TypeError, AttributeError):
         nstars = None
-    return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path)
+    return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path, flux_in_stamp=ef)
 
 
 def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame, extra: pd.DataFrame | None = None,

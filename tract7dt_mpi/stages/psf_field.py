@@ -75,20 +75,21 @@ def interpolated_choice(psfs_by_tag: dict, band: str, own_tag: str, shape, n: in
     own = psfs_by_tag.get(own_tag, {}).get(band)
     if own is None or not _usable(own, gate, np.shape(own.stamp)):
         return own
-    acc, wsum, used, stars = np.zeros(np.shape(own.stamp)), 0.0, [], []
+    acc, wsum, used, stars, ef = np.zeros(np.shape(own.stamp)), 0.0, [], [], 0.0
     for (r, c), w in bilinear_weights(shape, n, x, y):
         ch = psfs_by_tag.get(cell_tag(r, c), {}).get(band)
         if not _usable(ch, gate, np.shape(own.stamp)):
             continue
         st = np.nan_to_num(np.asarray(ch.stamp, float))
         acc += w * st / st.sum()
+        ef += w * float(getattr(ch, "flux_in_stamp", 1.0))
         wsum += w
         used.append((cell_tag(r, c), round(w, 4)))
         stars += [(sx, sy, sh * w) for sx, sy, sh in getattr(ch, "stars", ())]
     if wsum <= 0 or not acc.sum() > 0:
         return own
     stamp = (acc / acc.sum()).astype(np.float32)
-    return dataclasses.replace(own, stamp=stamp, sources=tuple(used),
+    return dataclasses.replace(own, stamp=stamp, sources=tuple(used), flux_in_stamp=ef / wsum,
                                stars=tuple((sx, sy, sh / wsum) for sx, sy, sh in stars))
 
 

@@ -1,0 +1,45 @@
+"""Fitted fluxes as total fluxes: the PSF's light beyond its stamp and the galaxy profiles' taper.
+
+A fit with a unit-sum PSF stamp measures the flux inside the stamp; the PSF's wings carry the rest
+(1 % beyond 27 px for a Moffat beta = 2 of 4 px FWHM), so every flux and error of a band is divided
+by the fraction of the PSF's total flux inside the stamp that the band's PSF (ePSF or fallback)
+reports. Galaxy mixtures are tapered at 4 or 8 re; under ``galaxy_flux = total`` a galaxy's flux is
+multiplied by its profile's :func:`~tract7dt_mpi.engine.profiles.total_flux_factor`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..engine.profiles import total_flux_factor
+
+__all__ = ["profile_factors", "to_total_fluxes"]
+
+
+def profile_factors(kinds, sersic_n, galaxy_flux: str) -> np.ndarray:
+    """Per-source factor from the fitted profile to its total flux (1 for stars or ``truncated``)."""
+    n = np.asarray(sersic_n, float)
+    if galaxy_flux != "total":
+        return np.ones(len(kinds))
+    return np.array([total_flux_factor(str(k), float(v)) for k, v in zip(kinds, n)])
+
+
+def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors) -> pd.DataFrame:
+    """Scale ``FLUX_{b}_fit``, ``FLUXERR_{b}_fit`` and ``FLUXERR_STAT_{b}_fit`` in place.
+
+    ``flux_in_stamp``: band -> fraction of the PSF's total flux inside its stamp (missing or
+    non-positive: 1); ``factors``: per-row profile factor (or per band: {band: array}, for
+    per-band fits whose Sersic n differs between bands). Adds ``flux_total_factor`` (the first
+    band's factor).
+    """
+    for b in bands:
+        ef = float(flux_in_stamp.get(b, 1.0) or 1.0)
+        ef = ef if np.isfinite(ef) and ef > 0 else 1.0
+        f = np.asarray(factors[b] if isinstance(factors, dict) else factors, float)
+        scale = f / ef
+        for col in (f"FLUX_{b}_fit", f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit"):
+            if col in table.columns:
+                table[col] = table[col].to_numpy(float) * scale
+    first = factors[bands[0]] if isinstance(factors, dict) else factors
+    table["flux_total_factor"] = np.asarray(first, float)
+    return table
