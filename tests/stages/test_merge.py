@@ -6,7 +6,9 @@ import pandas as pd
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from tract7dt_mpi.stages.merge import fit_summary, merge_catalog, write_final_catalog
+from tract7dt_mpi import flags
+from tract7dt_mpi.io.catalog import write_final_catalog
+from tract7dt_mpi.stages.merge import fit_summary, merge_catalog
 
 
 def _car_wcs():
@@ -65,6 +67,9 @@ def test_merge_rows_flags_and_sky(caplog):
     assert out["fit_is_reliable"].tolist() == [True, False, False, True, False]
     assert out["fit_quality_issues"].tolist() == [
         "", "excluded", "hit_max_iters,bright_mask", "", "no_fit_result"]
+    assert out["FIT_FLAGS"].dtype == np.int32
+    assert out["FIT_FLAGS"].tolist() == [0, 1, 4 + 16, 0, 2]
+    assert [flags.tags_from_flags(v) for v in out["FIT_FLAGS"]] == out["fit_quality_issues"].tolist()
     text = caplog.text
     assert "Dropping 1 duplicate key(s)" in text
     assert "merge-missing (left join rows without fit): 2" in text
@@ -117,3 +122,26 @@ def test_read_patch_csvs_and_merge(tmp_path):
     out = merge_catalog(_base(), got, _car_wcs())
     assert out["ID"].tolist() == ["00019", "a b", "c", "d", "gaia_1"]   # base column wins
     assert out["FLUX_g_fit"].iloc[0] == 2.0
+
+
+def test_image_positions_are_one_based_in_the_input_frame():
+    res = _results()
+    res["x_pix_patch_fit"] = 1.0
+    out = merge_catalog(_base(), res, _car_wcs(), crop_offset=(500, 300))
+    # working-frame pixel 30 (0-based) after a crop starting at input column 500 = input column
+    # 530 (0-based) = 531 in the 1-based FITS convention
+    assert out["X_IMAGE"].iloc[0] == 531.0 and out["Y_IMAGE"].iloc[0] == 341.0
+    assert out["X_IMAGE"].iloc[3] == 511.0 and np.isnan(out["X_IMAGE"].iloc[1])
+    cols = list(out.columns)
+    assert cols.index("X_IMAGE") == cols.index("y_pix_white_fit") + 1
+
+
+def test_single_band_image_positions_per_band():
+    base = _base().iloc[:2]
+    res = pd.DataFrame({"_row": [0, 1], "x_pix_white_g_fit": [1.5, 2.0], "y_pix_white_g_fit": [3.0, 4.0],
+                        "FLUX_g_fit": [1.0, 1.0], "x_pix_white_r_fit": [1.0, np.nan],
+                        "y_pix_white_r_fit": [1.0, np.nan], "FLUX_r_fit": [1.0, 1.0]})
+    out = merge_catalog(base, res, None, crop_offset=(10, 20))
+    assert out["X_IMAGE_g"].tolist() == [12.5, 13.0] and out["Y_IMAGE_g"].tolist() == [24.0, 25.0]
+    assert out["X_IMAGE_r"].iloc[0] == 12.0 and np.isnan(out["X_IMAGE_r"].iloc[1])
+    assert "X_IMAGE" not in out.columns

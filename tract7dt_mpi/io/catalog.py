@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -81,7 +82,7 @@ def provenance_cards(prov: dict) -> list[tuple[str, object, str]]:
     cards = [
         ("PROGRAM", str(prov.get("program", "tract7dt-mpi")), "program that wrote this catalog"),
         ("PROGVER", str(prov.get("version", "unknown")), "program version"),
-        ("GITHASH", str(prov.get("git_hash", "unknown")), "git commit of the program (unknown: no checkout)"),
+        ("GITHASH", str(prov.get("git_hash", "unknown")), "program git commit"),
         ("CFGHASH", str(prov.get("config_hash", "unknown")), "SHA-256 prefix of the result-relevant config"),
         ("DATE", str(prov.get("date", "")), "UTC time the catalog was written"),
         ("NRANKS", prov.get("n_ranks"), "MPI ranks of the fitting run"),
@@ -116,12 +117,12 @@ def _fits_hdul(df: pd.DataFrame, prov: dict | None):
         if unit is None:
             log.debug("catalog column %s has no registered unit", name)
             continue
-        hdr.set(f"TUNIT{i}", unit, "dimensionless" if unit == "" else None, after=f"TFORM{i}")
+        hdr[f"TUNIT{i}"] = (unit, "dimensionless" if unit == "" else None)
     if prov is not None:
         for key, value, comment in provenance_cards(prov):
             hdr[key] = (value, comment)
-        for k in range(0, len(_FLUX_NOTE), 70):
-            hdr.add_comment(_FLUX_NOTE[k:k + 70])
+        for line in textwrap.wrap(_FLUX_NOTE, 70):
+            hdr.add_comment(line)
     hdr["EXTNAME"] = "CATALOG"
     return fits.HDUList([fits.PrimaryHDU(), hdu])
 
