@@ -158,6 +158,16 @@ def lookup(name: str) -> Column | None:
     return None
 
 
+_INDEX = {c.name: i for i, c in enumerate(COLUMNS)}
+
+
+def order_key(name: str) -> int:
+    """Sort key of a product column: 0 for input and unregistered columns (a stable sort keeps
+    their order), else 1 + the registry position."""
+    c = lookup(name)
+    return 0 if c is None or c.section == "input" else 1 + _INDEX[c.name]
+
+
 def store_only(names) -> list[str]:
     """Those of ``names`` that belong to the results store only (dropped from the product)."""
     return [n for n in names if (c := lookup(n)) is not None and c.where == "store"]

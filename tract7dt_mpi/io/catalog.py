@@ -22,9 +22,11 @@ __all__ = ["product_frame", "fits_table", "provenance_cards", "write_final_catal
 
 
 def product_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` without the columns kept only in the results store."""
-    drop = columns.store_only(df.columns)
-    return df.drop(columns=drop) if drop else df
+    """``df`` without the columns kept only in the results store, input columns first (in their
+    order), then the pipeline's columns in registry order."""
+    drop = set(columns.store_only(df.columns))
+    keep = [c for c in df.columns if c not in drop]
+    return df[sorted(keep, key=columns.order_key)]
 
 
 def fits_table(df: pd.DataFrame):
