@@ -136,6 +136,16 @@ def test_image_positions_are_one_based_in_the_input_frame():
     assert cols.index("X_IMAGE") == cols.index("y_pix_white_fit") + 1
 
 
+def test_input_x_image_columns_win(caplog):
+    base = _base()
+    base["X_IMAGE"] = 7.0
+    base["Y_IMAGE"] = 8.0
+    with caplog.at_level(logging.WARNING, logger="tract7dt_mpi.stages.merge"):
+        out = merge_catalog(base, _results(), _car_wcs(), crop_offset=(5, 5))
+    assert (out["X_IMAGE"] == 7.0).all() and (out["Y_IMAGE"] == 8.0).all()
+    assert "input catalog has X_IMAGE/Y_IMAGE columns; kept" in caplog.text
+
+
 def test_single_band_image_positions_per_band():
     base = _base().iloc[:2]
     res = pd.DataFrame({"_row": [0, 1], "x_pix_white_g_fit": [1.5, 2.0], "y_pix_white_g_fit": [3.0, 4.0],

@@ -128,7 +128,8 @@ def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None
 def _with_image_positions(df: pd.DataFrame, crop_offset) -> pd.DataFrame:
     """Add 1-based ``X_IMAGE``/``Y_IMAGE`` (per band ``X_IMAGE_{b}`` in single-band mode) of the
     fitted position in the input images' frame: working frame (0-based) + crop offset + 1.
-    Inserted right after the working-frame columns they come from."""
+    Inserted right after the working-frame columns they come from. Input columns of those names
+    (e.g. a SExtractor catalog's) win, as every input column does, with a warning."""
     x0, y0 = (float(v) for v in crop_offset)
     pairs = [("x_pix_white_fit", "y_pix_white_fit", "X_IMAGE", "Y_IMAGE")]
     pairs += [(f"x_pix_white_{b}_fit", f"y_pix_white_{b}_fit", f"X_IMAGE_{b}", f"Y_IMAGE_{b}")
@@ -136,8 +137,11 @@ def _with_image_positions(df: pd.DataFrame, crop_offset) -> pd.DataFrame:
     for xc, yc, X, Y in pairs:
         if xc not in df.columns or yc not in df.columns:
             continue
+        if X in df.columns or Y in df.columns:
+            log.warning("merge: the input catalog has %s/%s columns; kept as they are (the fitted "
+                        "position in input pixels, 1-based, is %s + %g + 1)", X, Y, xc, x0)
+            continue
         at = list(df.columns).index(yc) + 1
-        df = df.drop(columns=[c for c in (X, Y) if c in df.columns])
         df.insert(at, X, pd.to_numeric(df[xc], errors="coerce").to_numpy(float) + x0 + 1.0)
         df.insert(at + 1, Y, pd.to_numeric(df[yc], errors="coerce").to_numpy(float) + y0 + 1.0)
     return df
