@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+
 class Tag(NamedTuple):
     """One fit-quality tag: its name in ``fit_quality_issues``, its bit in ``FIT_FLAGS``."""
 
