@@ -1,6 +1,7 @@
 """Fit-quality tag registry: tags, order and reliability on hand-built rows."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from tract7dt_mpi import flags
 
@@ -60,3 +61,39 @@ def test_reliability_single_band_any_band():
     ok, issues = flags.reliability(df)
     assert ok.tolist() == [False, False]
     assert issues.tolist() == ["bound_stalled", "hit_max_iters"]
+
+
+def test_fit_flags_bits_are_fixed_and_unique():
+    # the bit numbers are a published contract (docs/outputs.md): never renumber
+    assert flags.TAG_BITS == {"excluded": 1, "no_fit_result": 2, "hit_max_iters": 4,
+                              "bound_stalled": 8, "bright_mask": 16, "core_masked": 32,
+                              "not_converged": 64, "all_psf_fallback": 128}
+    bits = [t.bit for t in flags.TAGS]
+    assert len(set(bits)) == len(bits) and all(0 <= b < 31 for b in bits)   # fits int32
+
+
+def test_fit_flags_round_trip_every_tag():
+    n = len(flags.TAG_ORDER)
+    df = pd.DataFrame(index=range(n + 2))
+    # row i carries tag i alone, row n none, row n+1 every tag
+    masks = {t: np.array([i == k for k in range(n)] + [False, True]) for i, t in enumerate(flags.TAG_ORDER)}
+    ff = flags.fit_flags(df, masks)
+    assert ff.dtype == np.int32
+    _, issues = flags.reliability(df, masks)
+    for k in range(n + 2):
+        assert flags.tags_from_flags(ff[k]) == issues[k]
+    assert [flags.tags_from_flags(v) for v in ff[:n]] == list(flags.TAG_ORDER)
+    assert ff[n] == 0 and flags.tags_from_flags(ff[n + 1]) == ",".join(flags.TAG_ORDER)
+    with pytest.raises(ValueError, match="no registered tag"):
+        flags.tags_from_flags(1 << 30)
+
+
+def test_fit_flags_of_real_rows_match_the_text_tags():
+    df = _rows()
+    df["flag_core_masked"] = [False, False, False, False, False, False, True]
+    ok, issues = flags.reliability(df)
+    ff = flags.fit_flags(df)
+    assert [flags.tags_from_flags(v) for v in ff] == issues.tolist()
+    assert issues[6] == "core_masked,all_psf_fallback" and ff[6] == 32 + 128
+    hard = sum(flags.TAG_BITS[t] for t in flags.HARD_TAGS)
+    assert ((ff & hard) == 0).tolist() == ok.tolist()

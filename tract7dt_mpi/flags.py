@@ -3,33 +3,55 @@
 Every place that decides whether a fitted row is trustworthy (merge, ZP star selection, the docs)
 uses these names and this order, so the ``fit_quality_issues`` strings are identical everywhere.
 
-Hard tags make ``fit_is_reliable`` False; soft tags are informational only.
+Hard tags make ``fit_is_reliable`` False; soft tags are informational only. Each tag also owns
+one fixed bit of the integer ``FIT_FLAGS`` column (like SExtractor's ``FLAGS``), so that programs
+can select rows with bit masks instead of parsing text.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
+
+class Tag(NamedTuple):
+    """One fit-quality tag: its name in ``fit_quality_issues``, its bit in ``FIT_FLAGS``."""
+
+    name: str
+    bit: int          # FIT_FLAGS value = 2**bit; fixed forever (never renumber, only append)
+    hard: bool        # hard tags make fit_is_reliable False
+    doc: str
+
+
+#: every tag, in the order it appears in ``fit_quality_issues`` (hard ones first)
+TAGS = (
+    Tag("excluded", 0, True,
+        "row excluded before fitting (crop and/or saturation cut; see excluded_reason)"),
+    Tag("no_fit_result", 1, True,
+        "row not excluded but no fit result (off-footprint, NaN position, failed patch)"),
+    Tag("hit_max_iters", 2, True,
+        "optimizer stopped at the iteration limit without converging (any band)"),
+    Tag("bound_stalled", 3, True, "a bounded parameter ended at its limit (any band)"),
+    Tag("bright_mask", 4, True,
+        "source lies inside the bright-source mask (affected_by_bright_mask)"),
+    Tag("core_masked", 5, True,
+        "in some band no usable pixel lies within 2 px of the fitted position "
+        "(flag_core_masked): the flux rests on the wings only"),
+    Tag("not_converged", 6, False,
+        "optimizer did not reach dlnp_stop but did not hit the iteration limit either"),
+    Tag("all_psf_fallback", 7, False, "no band of the patch used a real ePSF (all fallback PSFs)"),
+)
 #: hard-fail tags, in the order they appear in ``fit_quality_issues``
-HARD_TAGS = ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled", "bright_mask",
-             "core_masked")
+HARD_TAGS = tuple(t.name for t in TAGS if t.hard)
 #: soft (warning) tags, listed after the hard ones
-SOFT_TAGS = ("not_converged", "all_psf_fallback")
+SOFT_TAGS = tuple(t.name for t in TAGS if not t.hard)
 #: registry order of every tag
 TAG_ORDER = HARD_TAGS + SOFT_TAGS
-
-TAG_DOCS = {
-    "excluded": "row excluded before fitting (crop and/or saturation cut; see excluded_reason)",
-    "no_fit_result": "row not excluded but no fit result (off-footprint, NaN position, failed patch)",
-    "hit_max_iters": "optimizer stopped at the iteration limit without converging (any band)",
-    "bound_stalled": "a bounded parameter ended at its limit (any band)",
-    "bright_mask": "source lies inside the bright-source mask (affected_by_bright_mask)",
-    "core_masked": "in some band no usable pixel lies within 2 px of the fitted position "
-                   "(flag_core_masked): the flux rests on the wings only",
-    "not_converged": "optimizer did not reach dlnp_stop but did not hit the iteration limit either",
-    "all_psf_fallback": "no band of the patch used a real ePSF (all fallback PSFs)",
-}
+TAG_DOCS = {t.name: t.doc for t in TAGS}
+#: tag -> its ``FIT_FLAGS`` bit value (2**bit)
+TAG_BITS = {t.name: 1 << t.bit for t in TAGS}
 
 #: values of ``excluded_reason``
 EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "")
@@ -148,9 +170,9 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def reliability(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def reliability(df: pd.DataFrame, masks: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(fit_is_reliable, fit_quality_issues)`` per row; tags joined by ',' in registry order."""
-    masks = tag_masks(df)
+    masks = tag_masks(df) if masks is None else masks
     n = len(df)
     hard = np.zeros(n, dtype=bool)
     for t in HARD_TAGS:
@@ -161,3 +183,24 @@ def reliability(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         if m.any():
             issues[m] = [f"{s},{t}" if s else t for s in issues[m]]
     return ~hard, issues
+
+
+def fit_flags(df: pd.DataFrame, masks: dict | None = None) -> np.ndarray:
+    """``FIT_FLAGS`` per row (int32): the OR of the bits of every tag that applies."""
+    masks = tag_masks(df) if masks is None else masks
+    out = np.zeros(len(df), dtype=np.int32)
+    for t, m in masks.items():
+        out[m] |= np.int32(TAG_BITS[t])
+    return out
+
+
+def tags_from_flags(value: int) -> str:
+    """The ``fit_quality_issues`` text of one ``FIT_FLAGS`` value (tags in registry order).
+
+    Raises ValueError for bits no registered tag owns.
+    """
+    value = int(value)
+    unknown = value & ~sum(TAG_BITS.values())
+    if unknown:
+        raise ValueError(f"FIT_FLAGS {value}: bits {unknown:#x} belong to no registered tag")
+    return ",".join(t for t in TAG_ORDER if value & TAG_BITS[t])

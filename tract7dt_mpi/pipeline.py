@@ -401,7 +401,8 @@ def _cmd_run(R: _Run, epsf_only=False):
     if R.stopped:
         return R.finish()
     with R.stage("merge"):
-        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), lr.wcs))
+        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), lr.wcs,
+                                                 lr.crop[::2]))
     if R.cfg.zp.enabled:
         with R.stage("compute_zp"):
             R.on_master(S.zp_step, R.cfg, final)
@@ -452,7 +453,8 @@ def _cmd_merge(R: _Run):
             from .stages.patches import build_patch_plan
             plan = S.assign_plan(R.cfg, build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
                                  len(lr.bands))
-            return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs)
+            return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs,
+                                lr.crop[::2])
         R.on_master(_merge)
     return R.finish()
 

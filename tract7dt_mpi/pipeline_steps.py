@@ -383,18 +383,33 @@ def results_table(cfg, plan):
     return pd.concat(parts, ignore_index=True)
 
 
-def merge_step(cfg, base_catalog, results, wcs):
-    """S10: final catalog (CSV + FITS)."""
+def merge_step(cfg, base_catalog, results, wcs, crop_offset=(0, 0)):
+    """S10: final catalog (CSV + FITS); ``crop_offset`` = (x0, y0) of the working frame."""
     import re
 
-    from .stages.merge import merge_catalog, write_final_catalog
+    from .stages.merge import merge_catalog
     # RA/DEC of the fits are computed by merge from the fitted pixels; the store holds NaN there
     sky = [c for c in results.columns if re.fullmatch(r"(RA|DEC)(_.+)?_fit", c)
            and results[c].isna().all()]
-    out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, cfg)
+    out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, cfg, crop_offset=crop_offset)
     out = _fitted_psf_errors(cfg, out)
-    write_final_catalog(out, cfg.outputs.final_catalog)
+    write_catalog_files(cfg, out)
     return out
+
+
+def write_catalog_files(cfg, catalog, zp_summary=None):
+    """``output_catalog.csv``/``.fits`` with the run's provenance, also set on ``results.h5``."""
+    from .flags import fit_bands
+    from .io.catalog import write_final_catalog
+    from .parallel.store import read_root_attrs, write_root_attrs
+    from .provenance import catalog_provenance
+    h5 = cfg.outputs.results_h5
+    store = read_root_attrs(h5) if os.path.exists(h5) else {}
+    bands = store.get("bands") if isinstance(store.get("bands"), list) else fit_bands(catalog)
+    prov = catalog_provenance(cfg, bands, store.get("n_ranks"), zp_summary)
+    write_final_catalog(catalog, cfg.outputs.final_catalog, prov)
+    if store:
+        write_root_attrs(h5, prov)
 
 
 def _fitted_psf_errors(cfg, catalog):
@@ -422,7 +437,6 @@ def _fitted_psf_errors(cfg, catalog):
 def zp_step(cfg, catalog=None):
     """S11: zero points; rewrites the final catalog when a band was calibrated."""
     from .io.tables import read_catalog_csv, read_gaiaxp
-    from .stages.merge import write_final_catalog
     from .stages.zp import compute_zero_points, write_zp_products
     if catalog is None:
         path = cfg.outputs.final_catalog
@@ -440,5 +454,5 @@ def zp_step(cfg, catalog=None):
         return catalog
     dpi = int(getattr(cfg.plotting, "dpi", 150))
     write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi)
-    write_final_catalog(out, cfg.outputs.final_catalog)
+    write_catalog_files(cfg, out, summary)
     return out

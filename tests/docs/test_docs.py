@@ -67,7 +67,7 @@ def test_outputs_page_lists_every_catalog_column():
     from tract7dt_mpi.stages.fit import result_columns
     text = (DOCS / "outputs.md").read_text()
     missing = []
-    for multi, sub in ((True, "{band}"), (False, "{b}")):
+    for multi, sub in ((True, "{band}"), (False, "{band}")):
         for name, _ in result_columns(["m400"], multi):
             if name == "_row":
                 continue           # internal key, dropped from the catalog
@@ -76,10 +76,29 @@ def test_outputs_page_lists_every_catalog_column():
                 missing.append(doc_name)
     for name in ["excluded_crop", "excluded_saturation", "excluded_any", "excluded_reason",
                  "affected_by_bright_mask", "gaia_source_id", "fit_is_reliable", "fit_quality_issues",
-                 "MAG_{band}_fit", "MAGERR_{band}_fit", *TAG_ORDER]:
+                 "MAG_{band}_fit", "MAGERR_{band}_fit", "FIT_FLAGS", "X_IMAGE", "Y_IMAGE",
+                 *TAG_ORDER]:
         if f"`{name}`" not in text:
             missing.append(name)
     assert not missing, missing
+
+
+def test_catalog_column_tables_are_current():
+    page = DOCS / "outputs.md"
+    spec = importlib.util.spec_from_file_location("gen_catalog_columns", DOCS / "gen_catalog_columns.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.generate(page.read_text()) == page.read_text(), \
+        "docs/outputs.md column tables are stale: run python docs/gen_catalog_columns.py"
+
+
+def test_every_result_column_is_registered():
+    """Each column the fit stage produces has a unit and a place (catalog or results store)."""
+    from tract7dt_mpi.columns import lookup
+    from tract7dt_mpi.stages.fit import result_columns
+    missing = [name for multi in (True, False) for name, _ in result_columns(["m400"], multi)
+               if name != "_row" and lookup(name) is None]
+    assert not missing, f"add to tract7dt_mpi/columns.py: {missing}"
 
 
 def test_nav_lists_every_page():

@@ -414,3 +414,31 @@ def write_run_attrs(path: str, attrs: dict) -> None:
         g = f.require_group("run")
         for k, v in attrs.items():
             g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
+
+
+def write_root_attrs(path: str, attrs: dict) -> None:
+    """Set root attributes of an existing store (rank 0, e.g. the catalog provenance at merge);
+    non-scalar values as JSON text."""
+    import h5py
+    with h5py.File(path, "r+") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
+
+
+def read_root_attrs(path: str) -> dict:
+    """Root attributes of a store, JSON text decoded where it parses; {} when unreadable."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            raw = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except (OSError, KeyError):
+        return {}
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, str) and v[:1] in "[{":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out

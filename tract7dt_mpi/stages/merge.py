@@ -3,7 +3,9 @@
 The base catalog (augmented when Gaia ran, else the input catalog — always with the exclusion
 flags) keeps its row order and every original column; fit columns come from the concatenated
 ``PatchResult`` tables (only columns the base does not have). Sky positions of the fits come from
-the working-frame WCS (origin 0); the reliability columns use the tag registry in ``flags.py``.
+the working-frame WCS (origin 0), ``X_IMAGE``/``Y_IMAGE`` from the crop offset; the reliability
+columns (``fit_is_reliable``, ``fit_quality_issues``, ``FIT_FLAGS``) use the tag registry in
+``flags.py``. Writing the files is ``io.catalog.write_final_catalog``.
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ def _fill_sky(df: pd.DataFrame, wcs, xcol: str, ycol: str, racol: str, deccol: s
 
 
 def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None, wcs,
-                  cfg=None) -> pd.DataFrame:
+                  cfg=None, crop_offset=(0, 0)) -> pd.DataFrame:
     """Left-join ``results_table`` (concatenated PatchResult tables) onto ``base_catalog``.
 
     ``base_catalog`` needs ``_row`` (else its positional index is used); ``wcs`` is the working
-    frame's astropy WCS (None: RA/DEC_fit stay NaN, with a warning). Duplicate ``_row`` in the
-    results: warning, first kept. Returns the final catalog in base order, without ``_row``.
-    ``cfg`` is accepted for symmetry with other stages and is not needed.
+    frame's astropy WCS (None: RA/DEC_fit stay NaN, with a warning); ``crop_offset`` = (x0, y0)
+    of the working frame in the input images (``LoadResult.crop``), for ``X_IMAGE``/``Y_IMAGE``.
+    Duplicate ``_row`` in the results: warning, first kept. Returns the final catalog in base
+    order, without ``_row``; the columns of the results store only (``columns.py``) are still in
+    it and are dropped when it is written. ``cfg`` is accepted for symmetry with other stages.
     """
     base = base_catalog.copy()
     if "_row" not in base.columns:
@@ -109,13 +113,38 @@ def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None
                       f"RA_{b}_fit", f"DEC_{b}_fit")
     if "_is_halo_source" in out.columns:
         out["_is_halo_source"] = flags.as_bool(out["_is_halo_source"])
+    out = _with_image_positions(out, crop_offset)
 
-    reliable, issues = flags.reliability(out)
+    masks = flags.tag_masks(out)
+    reliable, issues = flags.reliability(out, masks)
     out["fit_is_reliable"] = reliable
     out["fit_quality_issues"] = issues
+    out["FIT_FLAGS"] = flags.fit_flags(out, masks)
     out = out.drop(columns=["_row"])
     _log_summary(out)
     return out
+
+
+def _with_image_positions(df: pd.DataFrame, crop_offset) -> pd.DataFrame:
+    """Add 1-based ``X_IMAGE``/``Y_IMAGE`` (per band ``X_IMAGE_{b}`` in single-band mode) of the
+    fitted position in the input images' frame: working frame (0-based) + crop offset + 1.
+    Inserted right after the working-frame columns they come from. Input columns of those names
+    (e.g. a SExtractor catalog's) win, as every input column does, with a warning."""
+    x0, y0 = (float(v) for v in crop_offset)
+    pairs = [("x_pix_white_fit", "y_pix_white_fit", "X_IMAGE", "Y_IMAGE")]
+    pairs += [(f"x_pix_white_{b}_fit", f"y_pix_white_{b}_fit", f"X_IMAGE_{b}", f"Y_IMAGE_{b}")
+              for b in flags.fit_bands(df)]
+    for xc, yc, X, Y in pairs:
+        if xc not in df.columns or yc not in df.columns:
+            continue
+        if X in df.columns or Y in df.columns:
+            log.warning("merge: the input catalog has %s/%s columns; kept as they are (the fitted "
+                        "position in input pixels, 1-based, is %s + %g + 1)", X, Y, xc, x0)
+            continue
+        at = list(df.columns).index(yc) + 1
+        df.insert(at, X, pd.to_numeric(df[xc], errors="coerce").to_numpy(float) + x0 + 1.0)
+        df.insert(at + 1, Y, pd.to_numeric(df[yc], errors="coerce").to_numpy(float) + y0 + 1.0)
+    return df
 
 
 def fit_summary(df: pd.DataFrame) -> dict:
@@ -168,53 +197,3 @@ def read_patch_csvs(tractor_out_dir: str, pattern: str = "*_cat_fit.csv") -> pd.
     if "_row" not in out.columns:
         raise InputError(f"patch result CSVs under {tractor_out_dir} lack the '_row' column")
     return out
-
-
-def fits_table(df: pd.DataFrame):
-    """An astropy Table for the FITS copy: bools as L, text as A, numbers as floats/ints.
-
-    Object columns are classified by their non-missing values: all bool -> bool (missing False),
-    all numeric -> float (missing NaN), else text (missing "").
-    """
-    from astropy.table import MaskedColumn, Table
-
-    t = Table()
-    for c in df.columns:
-        col = df[c]
-        if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) and col.dtype.kind in "iu":
-            t[c] = MaskedColumn(col.to_numpy(dtype=np.int64, na_value=0), mask=col.isna().to_numpy())
-            continue
-        if col.dtype.kind in "biuf":
-            t[c] = col.to_numpy()
-            continue
-        vals = col.to_numpy(dtype=object)
-        present = [v for v in vals if v is not None and not (isinstance(v, float) and np.isnan(v))]
-        if present and all(isinstance(v, (bool, np.bool_)) for v in present):
-            t[c] = flags.as_bool(col)
-        elif present and all(isinstance(v, (int, float, np.integer, np.floating))
-                             for v in present):
-            t[c] = pd.to_numeric(col, errors="coerce").to_numpy(float)
-        else:
-            txt = ["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
-                   for v in vals]
-            t[c] = np.array(txt, dtype=str) if txt else np.zeros(0, dtype="U1")
-    return t
-
-
-def write_final_catalog(df: pd.DataFrame, path: str) -> tuple[str, str]:
-    """Write the final catalog CSV at ``path`` and a FITS binary table next to it (``.fits``).
-
-    Both are written to a temporary name in the same folder and renamed. Returns both paths.
-    """
-    from ..io.atomic import atomic_path
-
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    fits_path = os.path.splitext(path)[0] + ".fits"
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    t = fits_table(df)
-    with atomic_path(fits_path) as tmp:
-        t.write(tmp, format="fits", overwrite=True)
-    log.info("Saved final catalog: %s (+ %s)", path, os.path.basename(fits_path))
-    return path, fits_path
