@@ -431,7 +431,10 @@ def zp_step(cfg, catalog=None):
             raise InputError(f"Merged catalog not found: {path}. Run 'merge' first.")
         catalog = read_catalog_csv(path)
     gpath = cfg.inputs.gaiaxp_synphot_csv
-    if not gpath or not os.path.exists(gpath):
+    if not gpath:
+        log.warning("no GaiaXP table given: zero points skipped")
+        return catalog
+    if not os.path.exists(gpath):
         log.warning("GaiaXP CSV not found: %s; zero points skipped", gpath)
         return catalog
     gaia = read_gaiaxp(gpath)
