@@ -47,7 +47,8 @@ class Inputs:
     input_catalog: str = K("path/to/input_catalog.csv", "path", _NONE,
                            "Source list CSV to fit (relative to the YAML file's folder).")
     image_list_file: str = K("path/to/image_list.txt", "path", _NONE,
-                             "Text file naming one FITS image per line; entries resolve against the YAML folder.")
+                             "Text file naming one FITS image per line (optionally path[HDU], then weight=/rms=/psf= fields for "
+                             "its weight map and PSFEx model; see the Inputs page); entries resolve against the YAML folder.")
     gaiaxp_synphot_csv: str | None = K("path/to/gaiaxp_synphot.csv", "path", _NONE,
                                        "GaiaXP synthetic photometry CSV (ePSF seeds, augmentation, ZP); "
                                        "null or missing file = skip those uses.", null=True)
