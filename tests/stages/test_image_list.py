@@ -112,3 +112,34 @@ def test_weight_map_shape_checked_before_pixels(tile_factory):
         fh.write(f"{os.path.basename(tile.image_paths[0])} rms=none.fits\n")
     with pytest.raises(InputError, match="FITS image not found: .*none.fits"):
         load_inputs(tile.cfg(), plots=False)
+
+
+KIDS = "/work/shared/data/kids-viking"
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(KIDS, "WAVES_r.fits.fz")), reason="KiDS/VIKING data not present")
+def test_load_real_kids_fz_bands(tmp_path):
+    """Two real RICE-compressed bands (image in HDU 1) through the load stage, by path."""
+    from tract7dt_mpi.config import config_from_dict
+    lst = tmp_path / "images.txt"
+    lst.write_text(f"{KIDS}/WAVES_r.fits.fz\n{KIDS}/WAVES_i.fits.fz[1]\n")
+    cfg = config_from_dict({"inputs": {"input_catalog": f"{KIDS}/input_catalog.csv", "image_list_file": str(lst),
+                                       "gaiaxp_synphot_csv": None},
+                            "outputs": {"work_dir": str(tmp_path / "w")},
+                            "crop": {"margin": 1000, "plot_pre_crop": False}}, base_dir=str(tmp_path))
+    store = str(tmp_path / "prep.h5")
+    res = _load_cfg(cfg, store)
+    assert res.bands == ["r", "i"] and res.shape == (600, 600)
+    with PreparedImages(store) as p:
+        for b in ("r", "i"):
+            info = p.band_info(b)
+            assert info.path.endswith(".fits.fz") or info.path.endswith("[1]")
+            c = p.read(b, 0, 600, 0, 600)
+            assert np.isfinite(c.img).all() and not c.nonfinite.any()
+            assert np.allclose(c.sigma_sky, info.skysig * info.scale)
+    assert np.isfinite(res.white).all()
+
+
+def _load_cfg(cfg, store):
+    with PreparedWriter(store) as w:
+        return load_inputs(cfg, writer=w, plots=False)
