@@ -30,6 +30,9 @@ def _mef(path, data, sci_name="SCI"):
     prim.header["FILTER"] = "m500"
     prim.header["ZP_AUTO"] = 25.5
     prim.header["SKYSIG"] = 9.0          # overridden by the extension
+    prim.header["CD1_1"] = 5.0           # a primary WCS key never mixes with the extension's WCS
+    prim.header["RADESYS"] = "FK5"
+    prim.header["OBJECT"] = "field 7"    # a non-WCS key the extension lacks: merged
     table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=[1.0])], name="CAT")
     h = _wcs().to_header()
     h["SKYSIG"] = 3.0
@@ -54,6 +57,8 @@ def test_extension_found_and_header_merged(tmp_path):
     assert hdr["FILTER"] == "m500" and hdr["ZP_AUTO"] == 25.5   # from the primary header
     assert hdr["SKYSIG"] == 3.0                                  # the extension's own value wins
     assert fio.wcs_from_header(hdr).wcs.crpix[0] == 20.5
+    assert "CD1_1" not in hdr and hdr["RADESYS"] == "ICRS" and hdr["OBJECT"] == "field 7"
+    assert fio.wcs_from_header(hdr).wcs.get_pc()[0, 0] == pytest.approx(-1e-4)   # PC/CDELT kept
     assert fio.image_shape(fio.read_header(p), p) == (30, 40)
     for spec in (p + "[2]", p + "[SCI]", p + "[sci,1]"):
         np.testing.assert_array_equal(fio.read_image(spec)[0], data)

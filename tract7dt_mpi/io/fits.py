@@ -104,14 +104,25 @@ def _select_hdu(hdul, spec: str):
     return hdu0, 0
 
 
+#: WCS keys: taken from the primary header only when the image HDU has no WCS of its own, so a
+#: CD matrix there never mixes with the extension's PC/CDELT (or SIP terms with a TPV solution)
+_WCS_KEY = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|"
+                      r"PV\d_\d+|PS\d_\d+|[AB]P?_\d+_\d+|[AB]P?_ORDER|[AB]P?_DMAX|LONPOLE|LATPOLE|"
+                      r"RADESYS|RADECSYS|EQUINOX|EPOCH|MJDREF|WCSNAME)$")
+
+
 def _merged_header(hdul, hdu, index: int) -> fits.Header:
-    """The HDU's header plus every non-structural primary key it lacks."""
+    """The HDU's header plus every non-structural primary key it lacks (WCS keys only when the
+    HDU has no WCS: no CTYPE1)."""
     header = hdu.header.copy()
     if index == 0:
         return header
+    own_wcs = "CTYPE1" in header
     for card in hdul[0].header.cards:
         key = card.keyword
         if key in _STRUCTURAL or key.startswith("NAXIS") or key in header:
+            continue
+        if own_wcs and _WCS_KEY.match(key):
             continue
         header.append(card, end=True)
     return header
