@@ -62,7 +62,10 @@ def _with_weight_maps(tile, kind="weight"):
 
 @pytest.mark.parametrize("kind", ["weight", "rms"])
 def test_load_stores_ivar_and_sigma(tile_factory, tmp_path, kind):
-    tile = tile_factory()
+    def junk_column(raw):                  # saturated-looking junk where the weight is 0
+        raw[:, 50] = 1e6
+        return raw
+    tile = tile_factory(extra={"m400": junk_column})
     sig, _ = _with_weight_maps(tile, kind)
     store = str(tmp_path / "prep.h5")
     with PreparedWriter(store) as w:
@@ -88,6 +91,8 @@ def test_load_stores_ivar_and_sigma(tile_factory, tmp_path, kind):
         assert (p.read_mask_bits(b0, 0, p.shape[0], col, col + 1) & 1).all()
         assert invvar_of(c0)[:, col].max() == 0
         assert not c0.nonfinite[:, col + 1].any()
+        assert not c0.saturated.any() and not res.satur_any.any()
+        assert not res.catalog["excluded_saturation"].any()       # star at x=40 is 10 px away
         # the white stack is weighted by the maps: at (y, x) = (30, 20) and on the masked column
         y, x = 30, 20
         exp = (ivs[b0][y, x] * imgs[b0][y, x] + ivs[b1][y, x] * imgs[b1][y, x]) / (ivs[b0][y, x] + ivs[b1][y, x])

@@ -479,8 +479,11 @@ def _with_entry_files(infos, entries, shape, cfg):
 
 
 def _weight_masked(pb: PreparedBand, ivar):
-    """Zero-weight pixels join the non-finite mask (they carry no data); returns ``ivar``."""
+    """Zero-weight pixels join the non-finite mask and are never saturated: they carry no data
+    (a bad column's junk values must not trigger the saturation cut). Returns ``ivar``."""
     if ivar is not None:
-        pb.nonfinite |= ~(ivar > 0)
+        bad = ~(ivar > 0)
+        pb.nonfinite |= bad
+        pb.satur &= ~bad
     return ivar
 
