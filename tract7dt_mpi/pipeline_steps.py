@@ -159,6 +159,7 @@ class Worker:
         self.plan = None            # list[PatchSpec]
         self.psfs = {}              # epsf_tag -> band -> PsfChoiceInput
         self._sat = None            # unmatched saturated stars (bright-mask stage)
+        self._psfex = {}            # PSFEx file -> io.psfex.PsfexModel (psf_source: psfex)
 
     @property
     def prepared(self):
@@ -205,6 +206,9 @@ class Worker:
         """band -> PsfChoiceInput of one patch (patch_run.epsf_interpolation)."""
         from .stages.psf_field import patch_psf_choices
         pr = self.cfg.patch_run
+        if pr.psf_source == "psfex":
+            from .stages.psfex_field import psfex_patch_choices
+            return psfex_patch_choices(self.prepared, spec, self._psfex)
         return patch_psf_choices(self.psfs, spec, self.prepared.shape, int(self.cfg.epsf.epsf_ngrid),
                                  int(pr.min_epsf_nstars_for_use), pr.epsf_interpolation)
 
@@ -444,7 +448,10 @@ def zp_step(cfg, catalog=None):
             raise InputError(f"Merged catalog not found: {path}. Run 'merge' first.")
         catalog = read_catalog_csv(path)
     gpath = cfg.inputs.gaiaxp_synphot_csv
-    if not gpath or not os.path.exists(gpath):
+    if not gpath:
+        log.warning("no GaiaXP table given: zero points skipped")
+        return catalog
+    if not os.path.exists(gpath):
         log.warning("GaiaXP CSV not found: %s; zero points skipped", gpath)
         return catalog
     gaia = read_gaiaxp(gpath)

@@ -47,7 +47,8 @@ class Inputs:
     input_catalog: str = K("path/to/input_catalog.csv", "path", _NONE,
                            "Source list CSV to fit (relative to the YAML file's folder).")
     image_list_file: str = K("path/to/image_list.txt", "path", _NONE,
-                             "Text file naming one FITS image per line; entries resolve against the YAML folder.")
+                             "Text file naming one FITS image per line (optionally path[HDU], then weight=/rms=/psf= fields for "
+                             "its weight map and PSFEx model; see the Inputs page); entries resolve against the YAML folder.")
     gaiaxp_synphot_csv: str | None = K("path/to/gaiaxp_synphot.csv", "path", _NONE,
                                        "GaiaXP synthetic photometry CSV (ePSF seeds, augmentation, ZP); "
                                        "null or missing file = skip those uses.", null=True)
@@ -264,6 +265,11 @@ class PatchRun:
     psf_fallback_model: str = K("moffat", "enum", _NONE, "PSF form when the ePSF is missing or has too few stars.",
                                 choices=("moffat", "ncircular_gaussian", "gaussian_mixture"))
     min_epsf_nstars_for_use: int = K(2, "int", _NONE, "Reject an ePSF built from fewer stars (0 disables).", ge=0)
+    psf_source: str = K("epsf", "enum", _NONE,
+                        "MPI-era: where a patch's PSF stamp comes from: epsf (built from the image's own stars) "
+                        "or psfex (the image's PSFEx model evaluated at the patch centre; one .psf file per image, "
+                        "from the image-list field psf=FILE or the header key PSFFILE). The stamp is then used "
+                        "as psf_model says, like an ePSF.", choices=("epsf", "psfex"))
     epsf_interpolation: str = K("bilinear", "enum", _NONE,
                                 "ePSF of a patch: bilinear (interpolated at the patch centre between the "
                                 "ePSFs of the up to 4 cells whose centres surround it, following PSF "

@@ -5,13 +5,15 @@ Layout (see docs/dev/architecture.md)::
 
     attrs: bands, shape, crop_x0, crop_y0, zp_ref, wcs_header
     /bands/{band}/img    float32 (H, W)  raw * scale
-    /bands/{band}/mask   uint8   (H, W)  1 = non-finite, 2 = saturated
-          attrs: filter, path, scale, zp_auto, skysig, egain, saturate, fwhm_pix, all_nan, header
+    /bands/{band}/mask   uint8   (H, W)  1 = non-finite (or zero weight), 2 = saturated
+    /bands/{band}/ivar   float32 (H, W)  inverse variance (scaled units), only with a weight map
+          attrs: filter, path, scale, zp_auto, skysig, egain, saturate, fwhm_pix, all_nan, header,
+                 weight, weight_kind, psf_file
     /white/img, /white/sigma   float32 (H, W)
     /bright_mask               uint8 (H, W), 1 = masked (absent when the stage is disabled)
 
-Sigma maps are not stored; :meth:`PreparedImages.read` derives them from the image and the band's
-header numbers. Datasets are chunked (256, 256) and uncompressed so that ROI reads are cheap and
+Sigma maps are not stored; :meth:`PreparedImages.read` derives them from the image, the band's
+header numbers and, when present, its ``ivar`` map. Datasets are chunked (256, 256) and uncompressed so that ROI reads are cheap and
 several readers may open the file at once (read-only; the caller sets
 ``HDF5_USE_FILE_LOCKING=FALSE`` on shared file systems, and we also ask h5py not to lock).
 """
@@ -50,7 +52,10 @@ class BandInfo:
     saturate: float          # ADU; inf when the header has none
     fwhm_pix: float          # nan when unknown
     all_nan: bool = False    # band has no finite pixel in the working frame (flagged, not fatal)
-    header: str = ""         # full primary header text
+    header: str = ""         # full header text (image HDU merged with the primary header)
+    weight: str = ""         # FITS spec of the weight / RMS map ("" = none: scalar SKYSIG)
+    weight_kind: str = ""    # "weight" (inverse variance) or "rms"
+    psf_file: str = ""       # PSFEx model of the image ("" = none)
 
     @property
     def saturate_scaled(self) -> float:
@@ -70,13 +75,23 @@ class Cutout:
     bad_final: np.ndarray    # bool = nonfinite | saturated | bright
 
 
-def sigma_maps(img: np.ndarray, nonfinite: np.ndarray, info: BandInfo):
-    """(sigma_sky, sigma_total) in scaled units from the scaled image (inputs spec 2.3)."""
+def sigma_maps(img: np.ndarray, nonfinite: np.ndarray, info: BandInfo, ivar: np.ndarray | None = None):
+    """(sigma_sky, sigma_total) in scaled units from the scaled image (inputs spec 2.3).
+
+    ``ivar``: the band's scaled inverse-variance map over the same region (weight-map input);
+    then ``sigma_sky = 1/sqrt(ivar)`` (inf where ivar <= 0) replaces ``SKYSIG * scale``, and
+    ``sigma_total`` adds the same Poisson term ``max(img, 0) * scale / EGAIN``."""
     s = np.float32(info.scale)
-    sky = np.full(img.shape, np.float32(info.skysig) * s, dtype=np.float32)
+    if ivar is None:
+        sky = np.full(img.shape, np.float32(info.skysig) * s, dtype=np.float32)
+    else:
+        iv = np.asarray(ivar, dtype=np.float32)
+        sky = np.full(img.shape, np.inf, dtype=np.float32)
+        np.divide(1.0, np.sqrt(iv, where=iv > 0, out=np.zeros_like(iv)), out=sky, where=iv > 0)
     raw = np.where(nonfinite, 0.0, img / s).astype(np.float32)
     np.maximum(raw, 0.0, out=raw)
-    total = (np.sqrt(np.float32(info.skysig) ** 2 + raw / np.float32(info.egain)) * s).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        total = np.sqrt(sky ** 2 + raw * s * s / np.float32(info.egain)).astype(np.float32)
     sky[nonfinite] = np.inf
     total[nonfinite] = np.inf
     return sky, total
@@ -142,13 +157,17 @@ class PreparedWriter:
             raise ValueError(f"{name}: shape {arr.shape} != store shape {self.shape}")
         return self._f.create_dataset(name, data=arr.astype(dtype, copy=False), chunks=_chunks(self.shape))
 
-    def write_band(self, name: str, img: np.ndarray, mask_bits: np.ndarray, attrs: dict) -> None:
-        """Store one band's scaled image, mask bits and header numbers (BandInfo fields)."""
+    def write_band(self, name: str, img: np.ndarray, mask_bits: np.ndarray, attrs: dict,
+                   ivar: np.ndarray | None = None) -> None:
+        """Store one band's scaled image, mask bits, header numbers (BandInfo fields) and, for a
+        band with a weight map, its scaled inverse variance."""
         if name in self._bands:
             raise ValueError(f"band {name!r} already written")
         g = self._f["bands"].create_group(name)
         self._dataset(f"bands/{name}/img", img, np.float32)
         self._dataset(f"bands/{name}/mask", mask_bits, np.uint8)
+        if ivar is not None:
+            self._dataset(f"bands/{name}/ivar", ivar, np.float32)
         for k, v in attrs.items():
             if v is None:
                 continue
@@ -229,7 +248,8 @@ class PreparedImages:
                 scale=float(a["scale"]), zp_auto=float(a["zp_auto"]), skysig=float(a["skysig"]),
                 egain=float(a["egain"]), saturate=float(a.get("saturate", np.inf)),
                 fwhm_pix=float(a.get("fwhm_pix", np.nan)), all_nan=bool(a.get("all_nan", False)),
-                header=str(a.get("header", "")))
+                header=str(a.get("header", "")), weight=str(a.get("weight", "")),
+                weight_kind=str(a.get("weight_kind", "")), psf_file=str(a.get("psf_file", "")))
         return self._info[band]
 
     def _box(self, y0, y1, x0, x1):
@@ -264,7 +284,8 @@ class PreparedImages:
         saturated = (bits & MASK_SATURATED) > 0
         bright = self.read_bright(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop) if with_bright \
             else np.zeros(img.shape, dtype=bool)
-        sky, total = sigma_maps(img, nonfinite, info)
+        ivar = self._f[f"bands/{band}/ivar"][sl] if f"bands/{band}/ivar" in self._f else None
+        sky, total = sigma_maps(img, nonfinite, info, ivar)
         return Cutout(img=img, sigma_sky=sky, sigma_total=total, nonfinite=nonfinite,
                       saturated=saturated, bright=bright,
                       bad_final=compose_final_mask(nonfinite, saturated, bright))

@@ -209,14 +209,17 @@ def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None, plo
     logger = logger or log
     res = load_result
     path = cfg.inputs.gaiaxp_synphot_csv
-    if not path or not os.path.exists(path):
+    if not path:
+        logger.warning("no GaiaXP table given: Gaia augmentation skipped.")
+        return res.catalog, {"status": "skipped", "reason": "no table given"}
+    if not os.path.exists(path):
         logger.warning("GaiaXP CSV not found: %s; Gaia augmentation skipped.", path)
         return res.catalog, {"status": "skipped", "reason": "missing file"}
     gaia = read_gaiaxp(path)
     miss = gaia_missing_columns(gaia)
     if miss:
-        logger.warning("GaiaXP CSV missing required column: %s (%s); Gaia augmentation and ZP skipped.",
-                       ", ".join(miss), path)
+        logger.warning("GaiaXP CSV missing required column: %s (%s); Gaia augmentation skipped "
+                       "(zero points can still match its ra, dec by position).", ", ".join(miss), path)
         return res.catalog, {"status": "skipped", "reason": f"missing columns {miss}"}
     sc = cfg.source_saturation_cut
     hits = None

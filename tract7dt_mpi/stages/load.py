@@ -21,8 +21,9 @@ from astropy.wcs import WCS
 from ..errors import InputError
 from ..io import fits as fio
 from ..io.prepared import MASK_NONFINITE, MASK_SATURATED, BandInfo
-from ..io.tables import read_text_lines
 from .catalog import ColumnMap, check_bands, read_catalog, validate_catalog
+from .image_list import attach_entry_files, read_image_entries, read_image_list
+from .weights import band_ivar, sigma_from_ivar
 
 __all__ = ["read_image_list", "parse_band_header", "prepare_band", "PreparedBand", "check_alignment",
            "crop_box", "load_inputs", "LoadResult", "WhiteStack", "SaturationCut", "saturation_hits",
@@ -129,23 +130,6 @@ class SaturationCut:
         if self._acc is not None:
             out[self._ok] = self._acc
         return out
-
-
-def read_image_list(path: str, base_dir: str | None = None) -> list[str]:
-    """FITS paths of the image list: blank and ``#`` lines skipped, ``~`` expanded, relative
-    entries resolved against ``base_dir`` (the config's folder; default the list's folder)."""
-    lines = read_text_lines(path, "image list file")
-    base = base_dir or os.path.dirname(os.path.abspath(path))
-    out = []
-    for line in lines:
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        s = os.path.expanduser(s)
-        out.append(os.path.abspath(s if os.path.isabs(s) else os.path.join(base, s)))
-    if not out:
-        raise InputError(f"No image paths found in image list {path}")
-    return out
 
 
 def _hfloat(header, key):
@@ -381,9 +365,11 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     cat_path = cfg.inputs.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
-    paths = read_image_list(cfg.inputs.image_list_file, getattr(cfg, "config_dir", None))
+    entries = read_image_entries(cfg.inputs.image_list_file, getattr(cfg, "config_dir", None))
+    paths = [e.image for e in entries]
     logger.info("Image list: %d image(s) from %s", len(paths), cfg.inputs.image_list_file)
     infos, shape, ref_wcs = _headers_pass(paths, cfg, logger)
+    infos = _with_entry_files(infos, entries, shape, cfg)
     check_bands(catalog, [i.band for i in infos], cat_path, logger)
 
     t0 = time.perf_counter()
@@ -421,9 +407,10 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
         raw, _ = fio.read_image(info.path, box=(y0, y1, x0, x1))  # only the working frame
         pb = prepare_band(raw, info, divisor, logger)
         del raw
+        ivar = _weight_masked(pb, band_ivar(pb.info, (y0, y1, x0, x1), logger))
         tm["prep"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        white.add(pb.img, pb.nonfinite, pb.sigma_sky)
+        white.add(pb.img, pb.nonfinite, pb.sigma_sky if ivar is None else sigma_from_ivar(ivar))
         tm["white"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         satur_any |= pb.satur
@@ -433,10 +420,10 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
         tm["sat"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if writer is not None:
-            writer.write_band(pb.info.band, pb.img, pb.mask_bits(), _band_attrs(pb.info))
+            writer.write_band(pb.info.band, pb.img, pb.mask_bits(), _band_attrs(pb.info), ivar=ivar)
         tm["prep"] += time.perf_counter() - t0
         band_infos[pb.info.band] = pb.info
-        del pb
+        del pb, ivar
 
     t0 = time.perf_counter()
     white_img, sigma_white = white.finalize()
@@ -480,5 +467,23 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
 def _band_attrs(info: BandInfo) -> dict:
     return dict(filter=info.filter, path=info.path, scale=info.scale, zp_auto=info.zp_auto,
                 skysig=info.skysig, egain=info.egain, saturate=info.saturate, fwhm_pix=info.fwhm_pix,
-                all_nan=info.all_nan, header=info.header)
+                all_nan=info.all_nan, header=info.header, weight=info.weight,
+                weight_kind=info.weight_kind, psf_file=info.psf_file)
+
+
+def _with_entry_files(infos, entries, shape, cfg):
+    """BandInfos with their weight map / PSFEx file from the image list or header (checked)."""
+    need_psf = getattr(cfg.patch_run, "psf_source", "epsf") == "psfex"
+    return [attach_entry_files(i, e, fio.header_from_text(i.header), shape, need_psf)
+            for i, e in zip(infos, entries)]
+
+
+def _weight_masked(pb: PreparedBand, ivar):
+    """Zero-weight pixels join the non-finite mask and are never saturated: they carry no data
+    (a bad column's junk values must not trigger the saturation cut). Returns ``ivar``."""
+    if ivar is not None:
+        bad = ~(ivar > 0)
+        pb.nonfinite |= bad
+        pb.satur &= ~bad
+    return ivar
 

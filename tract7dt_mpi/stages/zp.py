@@ -1,6 +1,8 @@
-"""Photometric zero points from Gaia-matched stars (spec S11).
+"""Photometric zero points from reference stars (spec S11).
 
-Per band: ``ZP_i = mag_gaia + 2.5 log10(FLUX_fit)`` for reliable Gaia-matched rows, iterative
+The reference table is the GaiaXP CSV (matched through ``gaia_source_id``) or any table with
+``ra, dec, mag_<band>`` columns (matched by position; :mod:`.zp_match`).
+Per band: ``ZP_i = mag_ref + 2.5 log10(FLUX_fit)`` for reliable matched rows, iterative
 MAD clipping, an inverse-variance weighted median, two error estimates (``zp_err_mad``: median
 absolute deviation without the Gaussian 1.4826 factor; ``zp_err_std``: scatter of high-S/N stars
 with S/N fallbacks) and ``MAG_{b}_fit`` / ``MAGERR_{b}_fit`` for every catalog row.
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import flags
+from .zp_match import find_column, reference_match
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +85,6 @@ def zp_err_std(zp: np.ndarray, snr: np.ndarray, snr_min: float, fallback: float,
     return float(fallback), int(np.isfinite(zp).sum()), float("nan")
 
 
-def _gaia_lookup(gaia_df: pd.DataFrame) -> pd.DataFrame:
-    g = gaia_df.copy()
-    g["source_id"] = g["source_id"].astype(str).str.strip()
-    return g.drop_duplicates("source_id", keep="first").set_index("source_id")
-
-
 def catalog_bands(catalog: pd.DataFrame) -> list[str]:
     """Sorted bands of the ``FLUX_{b}_fit`` columns."""
     return sorted(m.group(1) for c in catalog.columns if (m := _FLUX_FIT.match(c)))
@@ -105,32 +102,31 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
     empty = (catalog, pd.DataFrame(columns=SUMMARY_COLUMNS),
              pd.DataFrame(columns=PER_OBJECT_COLUMNS))
     if gaia_df is None:
-        log.warning("ZP: no GaiaXP table; skipping zero points")
+        log.warning("ZP: no reference table; skipping zero points")
         return empty
-    if "gaia_source_id" not in catalog.columns:
-        log.warning("ZP: catalog has no gaia_source_id column; skipping zero points")
+    radius = float(getattr(cfg_zp, "match_radius_arcsec", 3.0))
+    match = reference_match(catalog, gaia_df, radius)
+    if match is None:
         return empty
-    if "source_id" not in gaia_df.columns:
-        log.warning("ZP: GaiaXP CSV has no source_id column; skipping zero points")
+    log.info("ZP: %d catalog row(s) matched to the reference table by %s%s", len(match.rows), match.mode,
+             f" (radius {radius:g} arcsec)" if match.mode == "position" else "")
+    bands = catalog_bands(catalog)
+    if not any(find_column(gaia_df, f"mag_{b}") is not None for b in bands):
+        log.warning("ZP: reference table has no mag_<band> column for any fitted band (expected one of %s); "
+                    "zero points skipped", ", ".join(f"mag_{b}" for b in bands))
         return empty
-    gaia = _gaia_lookup(gaia_df)
-    sid = catalog["gaia_source_id"].astype(str).str.strip()
-    is_gaia = ((sid != "") & (sid.str.lower() != "nan") & (sid.str.lower() != "none")
-               & catalog["gaia_source_id"].notna()).to_numpy()
     reliable = (flags.as_bool(catalog["fit_is_reliable"]) if "fit_is_reliable" in catalog.columns
                 else np.ones(len(catalog), bool))
     clip_sigma = float(cfg_zp.clip_sigma)
     method = str(getattr(cfg_zp, "zp_err_method", "all_mad"))
     snr_min = float(getattr(cfg_zp, "zp_err_snr_min", 100.0))
     summaries, per_obj, zps = [], [], {}
-    for b in catalog_bands(catalog):
-        mcol = f"mag_{b}"
-        if mcol not in gaia.columns:
-            log.info("[%s] no %s in GaiaXP CSV; skip", b, mcol)
+    for b in bands:
+        mag = match.mags(gaia_df, b)
+        if mag is None:
+            log.info("[%s] no mag_%s in the reference table; skip", b, b)
             continue
-        idx = np.flatnonzero(is_gaia)
-        mag = pd.to_numeric(gaia[mcol].reindex(sid.iloc[idx].to_numpy()),
-                            errors="coerce").to_numpy(float)
+        idx = match.rows
         f = pd.to_numeric(catalog[f"FLUX_{b}_fit"], errors="coerce").to_numpy(float)[idx]
         # S/N cuts and weights use the statistical error: the band's PSF term (in FLUXERR) is the
         # same fraction for every star and would cap every star's S/N at 1 / that fraction
@@ -142,7 +138,7 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
         n_unrel = int((valid & ~rel).sum())
         use = valid & rel
         if not use.any():
-            log.warning("[%s] ZP: no reliable Gaia star with a positive flux; skip", b)
+            log.warning("[%s] ZP: no reliable reference star with a positive flux; skip", b)
             continue
         z = mag[use] + 2.5 * np.log10(f[use])
         fe_u = fe[use]
@@ -166,7 +162,7 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
                           "zp_err_std": err_std, "n_zp_err_src": n_std,
                           "zp_err_snr_used": snr_used})
         per_obj.append(pd.DataFrame({
-            "band": b, "gaia_source_id": sid.iloc[idx].to_numpy()[use], "gaiaxp_mag": mag[use],
+            "band": b, "gaia_source_id": match.labels[use], "gaiaxp_mag": mag[use],
             "flux": f[use], "fluxerr": fe_u, "zp": z, "zp_err": zerr,
             "is_kept": keep, "is_clipped": ~keep}))
         log.info("[%s] ZP=%.4f +/- %.4f | kept=%d clipped=%d (zp_ref=%g)", b, zp_med, active,
@@ -204,28 +200,30 @@ def add_magnitudes(catalog: pd.DataFrame, zps: dict) -> pd.DataFrame:
     return out
 
 
-def unreliable_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame, band: str) -> pd.DataFrame:
-    """Gaia-matched rows with ``fit_is_reliable`` False and a valid ZP in ``band`` (for plots)."""
-    if ("gaia_source_id" not in catalog.columns or f"mag_{band}" not in gaia_df.columns
-            or f"FLUX_{band}_fit" not in catalog.columns):
-        return pd.DataFrame(columns=["gaiaxp_mag", "zp"])
-    gaia = _gaia_lookup(gaia_df)
-    sid = catalog["gaia_source_id"].astype(str).str.strip()
+def unreliable_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame, band: str,
+                      radius_arcsec: float = 3.0) -> pd.DataFrame:
+    """Matched rows with ``fit_is_reliable`` False and a valid ZP in ``band`` (for plots)."""
+    empty = pd.DataFrame(columns=["gaiaxp_mag", "zp"])
+    if find_column(gaia_df, f"mag_{band}") is None or f"FLUX_{band}_fit" not in catalog.columns:
+        return empty
+    match = reference_match(catalog, gaia_df, radius_arcsec)
+    if match is None:
+        return empty
     rel = (flags.as_bool(catalog["fit_is_reliable"]) if "fit_is_reliable" in catalog.columns
            else np.ones(len(catalog), bool))
-    sel = ((sid != "") & (sid.str.lower() != "nan")).to_numpy() & ~rel
-    mag = pd.to_numeric(gaia[f"mag_{band}"].reindex(sid[sel].to_numpy()),
-                        errors="coerce").to_numpy(float)
-    f = pd.to_numeric(catalog[f"FLUX_{band}_fit"], errors="coerce").to_numpy(float)[sel]
+    sel = ~np.asarray(rel, bool)[match.rows]
+    mag = match.mags(gaia_df, band)[sel]
+    f = pd.to_numeric(catalog[f"FLUX_{band}_fit"], errors="coerce").to_numpy(float)[match.rows[sel]]
     ok = np.isfinite(mag) & np.isfinite(f) & (f > 0)
     return pd.DataFrame({"gaiaxp_mag": mag[ok], "zp": mag[ok] + 2.5 * np.log10(f[ok])})
 
 
 def gaia_mag_range(gaia_df: pd.DataFrame, band: str) -> tuple[float, float]:
     """Finite min/max of ``mag_{band}`` in the GaiaXP table (for the coverage shading)."""
-    if gaia_df is None or f"mag_{band}" not in gaia_df.columns:
+    col = find_column(gaia_df, f"mag_{band}") if gaia_df is not None else None
+    if col is None:
         return (np.nan, np.nan)
-    m = pd.to_numeric(gaia_df[f"mag_{band}"], errors="coerce").to_numpy(float)
+    m = pd.to_numeric(gaia_df[col], errors="coerce").to_numpy(float)
     m = m[np.isfinite(m)]
     return (float(m.min()), float(m.max())) if len(m) else (np.nan, np.nan)
 
@@ -254,7 +252,8 @@ def write_zp_products(catalog: pd.DataFrame, summary: pd.DataFrame, per_object: 
         b = summ["band"]
         try:
             paths += plot_zp_band(zp_dir, b, per_object[per_object["band"] == b],
-                                  unreliable_points(catalog, gaia_df, b), summ, cfg_zp,
+                                  unreliable_points(catalog, gaia_df, b, float(cfg_zp.match_radius_arcsec)),
+                                  summ, cfg_zp,
                                   gaia_mag_range(gaia_df, b), dpi)
         except Exception as exc:
             log.warning("[%s] ZP plot failed: %s: %s", b, exc.__class__.__name__, exc)
