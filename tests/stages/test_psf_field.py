@@ -93,10 +93,35 @@ def test_unusable_neighbours_are_left_out_and_own_cell_rules():
     assert {t for t, _ in got.sources} == {"r00_c00", "r01_c00"}
     # the left column has one width: the result is that width, unaffected by the rejected cell
     assert np.allclose(got.stamp, ch["r00_c00"]["m400"].stamp, atol=1e-6)
-    # an own cell below the gate keeps its own choice, so the fitter's fallback and reason apply
+    # an own cell below the gate takes the nearest usable cells of the band (here only r01_c00)
     ch["r00_c00"]["m400"] = PsfChoiceInput(stamp=gauss(2.0), nstars_used=1)
+    near = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, 499.5, 499.5, gate=2)
+    assert {t for t, _ in near.sources} == {"r01_c00"} and near.note
+    assert np.allclose(near.stamp, ch["r01_c00"]["m400"].stamp, atol=1e-6)
+    # a band without any usable ePSF keeps its own choice, so the fitter's fallback and reason apply
+    ch["r01_c00"]["m400"] = PsfChoiceInput(stamp=gauss(2.0), nstars_used=1)
     own = interpolated_choice(ch, "m400", "r00_c00", SHAPE, 2, 499.5, 499.5, gate=2)
     assert own is ch["r00_c00"]["m400"]
+
+
+def test_cell_without_epsf_takes_the_nearest_cells_weighted_by_distance():
+    """3 x 3 cells, the centre one empty: its patches get the mean of the 4 nearest cells (the
+    edge-centre cells, equidistant), whose width is the PSF width at the centre of the frame."""
+    shape = (900, 900)
+    ch = {}
+    for r in range(3):
+        for c in range(3):
+            if (r, c) == (1, 1):
+                continue
+            x, _ = cell_centre(shape, 3, r, c)
+            ch[cell_tag(r, c)] = {"m400": PsfChoiceInput(stamp=gauss(sigma_at(x)), nstars_used=10,
+                                                         flux_in_stamp=0.99)}
+    got = interpolated_choice(ch, "m400", "r01_c01", shape, 3, 449.5, 449.5, gate=2)
+    assert {t for t, _ in got.sources} == {"r00_c01", "r01_c00", "r01_c02", "r02_c01"}
+    assert all(w == pytest.approx(got.sources[0][1]) for _, w in got.sources)
+    assert got.flux_in_stamp == pytest.approx(0.99) and got.nstars_used == 40
+    truth = gauss(sigma_at(449.5))
+    assert np.abs(got.stamp - truth).max() / truth.max() < 0.02
 
 
 def test_patch_choices_modes():

@@ -38,6 +38,8 @@ __all__ = ["StackStar", "StackResult", "stack_epsf", "N_PASSES"]
 N_PASSES = 6
 #: a pixel more than this many sigma above its star's model (outside the core) is a neighbour's
 OUTLIER_SIGMA = 4.0
+#: fraction of the star's model value that a pixel may exceed it by without being masked
+MODEL_TOL = 0.25
 #: clip level of the per-pixel stack, in units of the pixel's robust spread
 STACK_CLIP = 3.0
 _MAD = 1.4826
@@ -241,12 +243,16 @@ def _fit_star(st, raw, base_w, psf, gain, fit_background=True, iters=2):
 
 
 def _mask_outliers(st, raw, base_w, gain, fwhm):
-    """Zero the weight of pixels (outside 1.5 FWHM of the star) far above the star's model."""
+    """Zero the weight of pixels (outside 1.5 FWHM of the star) far above the star's model (by
+    ``OUTLIER_SIGMA`` sigma, the model's own ``MODEL_TOL`` included in sigma)."""
     size = raw.shape[0]
     yy, xx = np.indices(raw.shape)
     r = np.hypot(xx - st.cutout_center[0], yy - st.cutout_center[1])
     good = base_w > 0
-    var = 1.0 / np.where(good, base_w, 1.0) ** 2 + (np.maximum(st.model, 0.0) / gain if gain else 0.0)
+    m = np.maximum(st.model, 0.0)
+    # the ePSF of the early passes is itself off by a few per cent: a tolerance of a quarter of the
+    # model keeps the star's own wing, which masking would otherwise cut away pass after pass
+    var = 1.0 / np.where(good, base_w, 1.0) ** 2 + (m / gain if gain else 0.0) + (MODEL_TOL * m) ** 2
     z = (raw - st.background - st.model) / np.sqrt(var)
     hot = good & (z > OUTLIER_SIGMA) & (r > 1.5 * fwhm)
     if hot.any():
@@ -331,7 +337,8 @@ def stack_epsf(raws, base_ws, centers, origins, ids, gain, fwhm, fluxes0, backgr
     ``weighted_mean`` (inverse-variance, clipped) or ``median`` (unweighted) per-pixel stack.
     """
     raws = np.asarray(raws, float)
-    base_ws = np.array(base_ws, float)
+    orig_ws = np.array(base_ws, float)
+    base_ws = orig_ws.copy()
     n, size = raws.shape[0], raws.shape[1]
     if raws.shape[1] != raws.shape[2] or size % 2 == 0:
         raise ValueError(f"stamps must be odd and square, got {raws.shape[1:]}")
@@ -360,8 +367,8 @@ def stack_epsf(raws, base_ws, centers, origins, ids, gain, fwhm, fluxes0, backgr
                 continue
             st.weights = base_ws[k]
             _fit_star(st, raws[k], st.weights, psf, gain, fit_background)
-            if it < n_passes - 1:
-                st.weights, frac = _mask_outliers(st, raws[k], base_ws[k], gain, fwhm)
+            if it < n_passes - 1:   # masks are redone each pass, from the neighbour mask only
+                st.weights, frac = _mask_outliers(st, raws[k], orig_ws[k], gain, fwhm)
                 base_ws[k] = st.weights
                 masked.append(frac)
             if not (np.isfinite(st.flux) and st.flux > 0):

@@ -153,6 +153,9 @@ def choose_psf(band: str, choice, info, pr, moffat):
                          psf_flux_in_stamp=float(getattr(choice, "flux_in_stamp", 1.0) or 1.0))
             if getattr(choice, "sources", ()):
                 audit["epsf_interpolated_from"] = [list(t) for t in choice.sources]
+            if getattr(choice, "note", ""):
+                audit["epsf_note"] = choice.note
+                return psf, audit, f"[PSF] {band}: using ePSF of the {choice.note}: {choice.sources}"
             return psf, audit, f"[PSF] {band}: using ePSF {audit['epsf_path']} as {desc}"
     else:
         audit["fallback_reason"] = "missing ePSF"

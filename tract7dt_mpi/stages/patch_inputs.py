@@ -36,7 +36,8 @@ class PsfChoiceInput:
     ``stars``: ((x, y, share), ...) the ePSF's own stars (working frame) and their shares of it, so
     the PSF check of a fitted star that is one of them can undo the part of its residual the ePSF
     absorbed; ``flux_in_stamp``: the fraction of the PSF's total flux inside the (unit-sum) stamp,
-    by which fitted fluxes are divided to make them total fluxes.
+    by which fitted fluxes are divided to make them total fluxes; ``note``: how the stamp was
+    made when not from the own cell (e.g. from the nearest cells of the band).
     """
 
     stamp: np.ndarray | None
@@ -46,6 +47,7 @@ class PsfChoiceInput:
     flux_err_frac: float = float("nan")
     stars: tuple = ()
     flux_in_stamp: float = 1.0
+    note: str = ""
 
     @property
     def exists(self) -> bool:

@@ -7,7 +7,8 @@ cell-centre PSF is biased by up to a per cent or two. ``patch_run.epsf_interpola
 (the default) gives each patch the bilinear interpolation, at the patch centre, of the ePSFs of
 the (up to) four cells whose centres surround it, which follows a linear PSF gradient (extrapolated
 linearly between the outermost cell centres and the field edge); ``cell`` keeps the serial
-pipeline's choice.
+pipeline's choice. A patch whose own cell has no usable ePSF (too few stars: real fields have
+cells without a single clean star) takes the nearest cells of its band that have one.
 """
 from __future__ import annotations
 
@@ -64,33 +65,71 @@ def _usable(choice, gate: int, shape) -> bool:
     return not (gate > 0 and n is not None and n < gate)
 
 
+def _combine(own, parts, note):
+    """``own`` with the weighted mean of the (tag, weight, choice) ``parts`` (weights sum > 0)."""
+    acc, wsum, used, stars, ef = np.zeros(np.shape(parts[0][2].stamp)), 0.0, [], [], 0.0
+    for tag, w, ch in parts:
+        st = np.nan_to_num(np.asarray(ch.stamp, float))
+        acc += w * st / st.sum()
+        ef += w * float(getattr(ch, "flux_in_stamp", 1.0))
+        wsum += w
+        used.append((tag, round(w, 4)))
+        stars += [(sx, sy, sh * w) for sx, sy, sh in getattr(ch, "stars", ())]
+    if wsum <= 0 or not acc.sum() > 0:
+        return own
+    base = own if own is not None else parts[0][2]
+    extra = {"nstars_used": int(sum(getattr(ch, "nstars_used", 0) or 0 for _, _, ch in parts))} \
+        if note else {}
+    return dataclasses.replace(base, stamp=(acc / acc.sum()).astype(np.float32), sources=tuple(used),
+                               flux_in_stamp=ef / wsum, note=note,
+                               stars=tuple((sx, sy, sh / wsum) for sx, sy, sh in stars), **extra)
+
+
+#: cells averaged when a patch's own cell has no usable ePSF
+N_NEAREST = 4
+
+
+def nearest_choice(psfs_by_tag: dict, band: str, own, shape, n: int, x: float, y: float, gate: int):
+    """For a patch whose own cell has no usable ePSF: the inverse-distance weighted mean of the
+    (up to ``N_NEAREST``) nearest cells of the band that have one (their stamp shape), so the
+    patch is fitted with the PSF its band's stars measured nearby instead of an analytic
+    fallback. None when no cell of the band has a usable ePSF."""
+    cands = []
+    for r in range(n):
+        for c in range(n):
+            ch = psfs_by_tag.get(cell_tag(r, c), {}).get(band)
+            if ch is not None and _usable(ch, gate, np.shape(ch.stamp)):
+                cx, cy = cell_centre(shape, n, r, c)
+                cands.append((float(np.hypot(cx - x, cy - y)), cell_tag(r, c), ch))
+    if not cands:
+        return None
+    cands.sort(key=lambda t: (t[0], t[1]))
+    shape0 = np.shape(cands[0][2].stamp)
+    cands = [t for t in cands if np.shape(t[2].stamp) == shape0][:N_NEAREST]
+    floor = 0.25 * min(shape[0], shape[1]) / max(n, 1)
+    parts = [(tag, 1.0 / max(d, floor), ch) for d, tag, ch in cands]
+    return _combine(own, parts, "nearest cells with an ePSF (own cell has none usable)")
+
+
 def interpolated_choice(psfs_by_tag: dict, band: str, own_tag: str, shape, n: int, x: float,
                         y: float, gate: int):
     """The band's PsfChoiceInput for a patch centred at (x, y) in cell ``own_tag``.
 
     Neighbours without a usable ePSF (missing, failed, fewer than ``gate`` stars, other stamp
     shape) are left out and the remaining weights renormalised. When the own cell's ePSF is not
-    usable its choice is returned unchanged, so the fitter's fallback and its audit reason apply.
+    usable, the nearest usable cells of the band stand in (:func:`nearest_choice`); only a band
+    without any usable ePSF keeps its own choice, so the fitter's fallback and its reason apply.
     """
     own = psfs_by_tag.get(own_tag, {}).get(band)
     if own is None or not _usable(own, gate, np.shape(own.stamp)):
-        return own
-    acc, wsum, used, stars, ef = np.zeros(np.shape(own.stamp)), 0.0, [], [], 0.0
+        near = nearest_choice(psfs_by_tag, band, own, shape, n, x, y, gate)
+        return near if near is not None else own
+    parts = []
     for (r, c), w in bilinear_weights(shape, n, x, y):
         ch = psfs_by_tag.get(cell_tag(r, c), {}).get(band)
-        if not _usable(ch, gate, np.shape(own.stamp)):
-            continue
-        st = np.nan_to_num(np.asarray(ch.stamp, float))
-        acc += w * st / st.sum()
-        ef += w * float(getattr(ch, "flux_in_stamp", 1.0))
-        wsum += w
-        used.append((cell_tag(r, c), round(w, 4)))
-        stars += [(sx, sy, sh * w) for sx, sy, sh in getattr(ch, "stars", ())]
-    if wsum <= 0 or not acc.sum() > 0:
-        return own
-    stamp = (acc / acc.sum()).astype(np.float32)
-    return dataclasses.replace(own, stamp=stamp, sources=tuple(used), flux_in_stamp=ef / wsum,
-                               stars=tuple((sx, sy, sh / wsum) for sx, sy, sh in stars))
+        if _usable(ch, gate, np.shape(own.stamp)):
+            parts.append((cell_tag(r, c), w, ch))
+    return _combine(own, parts, "") if parts else own
 
 
 def patch_psf_choices(psfs_by_tag: dict, spec, shape, n: int, gate: int, mode: str) -> dict:
@@ -100,5 +139,6 @@ def patch_psf_choices(psfs_by_tag: dict, spec, shape, n: int, gate: int, mode: s
         return own
     x = (spec.x0_base + spec.x1_base - 1) / 2.0
     y = (spec.y0_base + spec.y1_base - 1) / 2.0
-    return {b: interpolated_choice(psfs_by_tag, b, spec.epsf_tag, shape, n, x, y, gate)
-            for b in own}
+    bands = sorted({b for cells in psfs_by_tag.values() for b in cells})
+    out = {b: interpolated_choice(psfs_by_tag, b, spec.epsf_tag, shape, n, x, y, gate) for b in bands}
+    return {b: v for b, v in out.items() if v is not None}
