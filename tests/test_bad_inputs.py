@@ -83,6 +83,12 @@ def _catalog(t: Path, fn) -> None:
     fn(df).to_csv(p, index=False)
 
 
+def _gaia(t: Path, fn) -> None:
+    import pandas as pd
+    p = t / "gaiaxp_synphot.csv"
+    fn(pd.read_csv(p, dtype=str)).to_csv(p, index=False)
+
+
 def _no_wcs(h):
     for k in list(h.keys()):
         if k[:5] in ("CTYPE", "CRVAL", "CRPIX", "CDELT", "CUNIT") or k[:2] in ("CD", "PC") \
@@ -168,6 +174,9 @@ CASES = [
     ("fits_wcs_misaligned", lambda t: _edit_header(t, lambda h: h.set("CRVAL1", h["CRVAL1"] + 0.01)),
      [], "WCS mismatch"),
     ("fits_constant_zero", lambda t: _set_pixels(t, 0.0), [], "SYN7DT_m650.fits is constant"),
+    ("gaia_empty", lambda t: (t / "gaiaxp_synphot.csv").write_text(""), [], "gaiaxp_synphot.csv"),
+    ("gaia_text_magnitude", lambda t: _gaia(t, lambda d: d.assign(mag_m400="bright")), [],
+     "'mag_m400' must be numeric"),
     ("crop_too_large", lambda t: _edit_config(t, "margin: 16", "margin: 5000"), [], "crop.margin"),
     ("work_dir_unwritable", _read_only_work_dir, [], "outputs.work_dir"),
     ("work_dir_is_file", lambda t: (t / "work").write_text("x"), [], "outputs.work_dir"),
