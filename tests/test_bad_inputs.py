@@ -244,3 +244,38 @@ def test_bad_input_two_ranks(name, tile, tmp_path):
                           capture_output=True, text=True, timeout=120)
     _check(proc, case[3])
     assert "internal error" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_second_run_on_a_busy_work_dir_is_refused_then_stale_lock_taken_over(tile, tmp_path):
+    import signal
+    import time
+    t = tmp_path / "T"
+    shutil.copytree(tile, t, ignore=shutil.ignore_patterns("work"))
+    first = subprocess.Popen([sys.executable, "-m", "tract7dt_mpi.cli", "run", "config.yaml"], cwd=t,
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    lock = t / "work" / "tract7dt-mpi.lock"
+    try:
+        deadline = time.time() + 60
+        while not lock.exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert lock.exists() and first.poll() is None
+        env = _env()
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        proc = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none",
+                               sys.executable, "-m", "tract7dt_mpi.cli", "run", "config.yaml"],
+                              cwd=t, env=env, capture_output=True, text=True, timeout=120)
+        line = _check(proc, "in use by another run")
+        assert f"pid {first.pid}," in line and "command: tract7dt-mpi run config.yaml" in line
+        assert first.poll() is None                      # the first run was not disturbed
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)            # a dead run leaves its lock behind
+        first.wait(timeout=30)
+    assert lock.exists()
+    proc = subprocess.run([sys.executable, "-m", "tract7dt_mpi.cli", "compute-zp", "config.yaml"],
+                          cwd=t, env=_env(), capture_output=True, text=True, timeout=120)
+    assert "in use by another run" not in proc.stderr
+    assert "Run lock: took over the lock" in proc.stderr and f"pid {first.pid} is no longer" in proc.stderr
+    assert not lock.exists()
