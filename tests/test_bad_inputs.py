@@ -43,6 +43,16 @@ def tile(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _lock_holder():
+    """A sleeping process whose command line names tract7dt-mpi: the owner of the fake lock."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "tract7dt-mpi"])
+    _HOLDER["pid"] = p.pid
+    yield
+    p.kill()
+    p.wait()
+
+
 # ---------------------------------------------------------------------------------- breakers
 def _config(t: Path, text: str) -> None:
     (t / "config.yaml").write_text(text)
@@ -108,10 +118,14 @@ def _resized(t: Path) -> None:
     fits.PrimaryHDU(data, hdr).writeto(p, overwrite=True)
 
 
+_HOLDER = {}
+
+
 def _lock(t: Path) -> None:
+    """A lock held by a live process that looks like a tract7dt-mpi run (see the holder fixture)."""
     (t / "work").mkdir(exist_ok=True)
     (t / "work" / "tract7dt-mpi.lock").write_text(
-        f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}, '
+        f'{{"host": "{socket.gethostname()}", "pid": {_HOLDER["pid"]}, '
         f'"started": "2026-01-01T00:00:00+00:00", "command": "tract7dt-mpi run config.yaml"}}\n')
 
 

@@ -95,3 +95,24 @@ def test_unwritable_or_impossible_work_dir(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="outputs.work_dir"):
         RunLock.acquire(str(tmp_path / "f"), heartbeat=False)
+
+
+def test_reused_pid_and_requeued_job_are_stale(tmp_path, monkeypatch):
+    wd = tmp_path / "work"
+    sleeper = subprocess.Popen(["sleep", "30"])         # alive, but not a tract7dt-mpi run
+    try:
+        _write_lock(wd, pid=sleeper.pid)
+        lock = RunLock.acquire(str(wd), heartbeat=False)
+        assert "another program" in lock.notice
+        lock.release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    _write_lock(wd, host="node-elsewhere", pid=1, job="4242")
+    lock = RunLock.acquire(str(wd), heartbeat=False)
+    assert "batch job 4242" in lock.notice
+    lock.release()
+    _write_lock(wd, host="node-elsewhere", pid=1, job="4141")   # another job: still refused
+    with pytest.raises(InputError, match="in use"):
+        RunLock.acquire(str(wd), heartbeat=False)

@@ -7,7 +7,8 @@ owner's host, pid, start time and command line as JSON; the owner touches it eve
 :data:`HEARTBEAT_SEC` seconds while it runs and removes it when it exits (also on errors).
 
 A lock left behind by a killed run is *stale* and is taken over with a warning when
-- it was written on this host and its pid is no longer alive, or
+- it was written by an earlier run of this same batch job (a requeued SLURM job keeps its id), or
+- it was written on this host and its pid is no longer alive (or is now another program), or
 - it was written on another host and has not been touched for :data:`STALE_SEC` seconds.
 Otherwise the new run is refused (``InputError``, exit 2) with a message naming the owner.
 ``force=True`` (``--force-unlock``) removes any lock; so does deleting the file by hand.
@@ -58,6 +59,21 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True          # exists but belongs to someone else (or unparsable: be careful)
     return True
+
+
+def _job_id() -> str | None:
+    """The batch job this process belongs to (SLURM, PBS), if any."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or None
+
+
+def _runs_other_program(pid: int) -> bool:
+    """True when ``pid`` is alive but its command line is no tract7dt-mpi (a reused pid)."""
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as fh:
+            cmd = fh.read()
+    except OSError:
+        return False                      # no /proc (macOS) or no access: assume it is ours
+    return b"tract7dt" not in cmd
 
 
 def _describe(owner: dict) -> str:
@@ -116,7 +132,8 @@ class RunLock:
         path = os.path.join(work_dir, LOCK_NAME)
         owner = {"host": socket.gethostname(), "pid": os.getpid(),
                  "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                 "time": time.time(), "command": command, "token": secrets.token_hex(8)}
+                 "time": time.time(), "command": command, "job": _job_id(),
+                 "token": secrets.token_hex(8)}
         notice = None
         for _ in range(3):
             if cls._create(path, owner, work_dir):
@@ -165,10 +182,14 @@ class RunLock:
             age = time.time() - os.stat(path).st_mtime
         except OSError:
             return "lock file vanished"
+        if other.get("job") and other.get("job") == _job_id():
+            return f"left by an earlier run of this batch job {other['job']} (requeued)"
         if other.get("host") == socket.gethostname():
             pid = other.get("pid")
             if isinstance(pid, int) and not _pid_alive(pid):
                 return f"pid {pid} is no longer running on this host"
+            if isinstance(pid, int) and pid != os.getpid() and _runs_other_program(pid):
+                return f"pid {pid} now belongs to another program"
             if not isinstance(pid, int) and age > STALE_SEC:
                 return f"unreadable lock untouched for {age:.0f} s"
             return None
