@@ -8,7 +8,7 @@ from tract7dt_mpi import flags
 
 def test_registry_order_and_split():
     assert flags.HARD_TAGS == ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled",
-                               "bright_mask", "core_masked")
+                               "bright_mask", "core_masked", "dead_data")
     assert flags.SOFT_TAGS == ("not_converged", "all_psf_fallback")
     assert set(flags.TAG_DOCS) == set(flags.TAG_ORDER)
 
@@ -22,6 +22,19 @@ def test_as_bool_handles_missing_and_text():
 def test_excluded_reason():
     got = flags.excluded_reason([True, True, False, False], [True, False, True, None])
     assert got.tolist() == ["crop+saturation", "crop", "saturation", ""]
+
+
+def test_excluded_reason_for_rows_without_coordinates():
+    got = flags.excluded_reason([False, False, False], [False, True, False], [True, True, False])
+    assert got.tolist() == ["coords", "coords+saturation", ""]
+    assert set(got) <= set(flags.EXCLUDED_REASONS)
+
+
+def test_dead_data_is_never_reliable():
+    df = pd.DataFrame({"x_pix_white_fit": [1.0, 2.0], "y_pix_white_fit": [1.0, 2.0],
+                       "flag_dead_data": [True, False]})
+    ok, issues = flags.reliability(df)
+    assert ok.tolist() == [False, True] and issues.tolist() == ["dead_data", ""]
 
 
 def _rows():

@@ -125,3 +125,32 @@ def test_header_and_config_reach_the_file_even_at_warning_level(tmp_path, capsys
     assert "MPI world size: 2" in text and "Resolved config:" in text
     assert "routine detail" not in text
     assert capsys.readouterr().err == ""
+
+
+def test_mpi_version_string_without_nul_bytes(monkeypatch):
+    import sys
+    import types
+    fake = types.SimpleNamespace(Get_library_version=lambda: "Open MPI v4.1.4, ident: 4.1.4\x00\x00\n")
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", fake)
+    line = [ln for ln in header_lines(["tract7dt-mpi"], 2) if ln.startswith("MPI library:")][0]
+    assert line == "MPI library: Open MPI v4.1.4, ident: 4.1.4"
+
+
+def test_full_disk_log_file_is_silent(tmp_path, capsys):
+    import errno
+    cfg = config_from_dict({"outputs": {"work_dir": str(tmp_path)}})
+    logger, logfile = setup_logging(cfg, "run")
+
+    class Full:
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    fh = [h for h in logger.handlers if isinstance(h, logging.FileHandler)][0]
+    fh.stream = Full()
+    logger.error("one record")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    reset_logging()

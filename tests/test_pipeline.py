@@ -268,3 +268,17 @@ def test_resume_refused_after_config_edit_at_2_ranks(tile, clean):
     r = run_cli(2, ["run", str(path), "--resume"], timeout=120)
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.count("tract7dt-mpi: error:") == 1 and "resume" in r.stderr
+
+
+def test_moved_tile_resumes_without_rerunning(tile, clean):
+    """Inputs and work folder copied elsewhere (config edited to the new paths): the plan hash
+    is the same, so --resume carries every task over and gives the same catalog."""
+    new = tile / "moved"
+    shutil.copytree(tile / "s", new / "s", ignore=shutil.ignore_patterns("*.yaml"))
+    shutil.copytree(clean, new / "work", ignore=shutil.ignore_patterns("tract7dt-mpi.lock"))
+    cfg = new / "s" / "moved.yaml"
+    cfg.write_text(FAST.format(d=new / "s", work=new / "work", iters=3, extra=""))
+    r = run_cli(None, ["run", str(cfg), "--resume"], timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Resume: " in r.stderr and ", 0 to run" in r.stderr
+    assert catalog_text(new / "work").equals(catalog_text(clean))

@@ -15,7 +15,8 @@ import time
 import traceback
 
 from ._version import __version__
-from .errors import EXIT_ABORT, EXIT_INPUT, EXIT_OK, InputError, NotBuiltError
+from .errors import (EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, InputError, NotBuiltError,
+                     disk_full_error, is_disk_full)
 
 PROG = "tract7dt-mpi"
 PIPELINE_COMMANDS = {
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop cleanly (exit 3) at this ISO time or after this many seconds (90m, 2h)")
         sp.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
                         help="override logging.level")
+        sp.add_argument("--force-unlock", action="store_true",
+                        help="take the work folder's lock even if another run seems to hold it")
     sp = sub.add_parser("dump-config", help="write a commented template of every config key")
     sp.add_argument("--out", default="sample_config.yaml", help="output file ('-' = stdout); default %(default)s")
     sp.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -162,6 +165,10 @@ def _init_runtime(cfg):
 def _check_inputs(cfg, command: str) -> None:
     if command not in _NEEDS_INPUTS:
         return
+    if cfg.config_path and not (getattr(cfg, "_raw", None) or {}).get("inputs"):
+        raise InputError(f"{cfg.config_path}: the config has no inputs (no 'inputs:' section with "
+                         f"input_catalog and image_list_file); write a template with "
+                         f"`{PROG} dump-config`")
     for key in ("input_catalog", "image_list_file"):
         path = getattr(cfg.inputs, key)
         if not os.path.isfile(path):
@@ -200,7 +207,6 @@ def _pipeline_entry(command: str):
 
 def _run_pipeline(args, argv, state) -> int:
     from .config import load_config
-    from .logsetup import log_config, log_header, setup_logging, snapshot_config
 
     cfg_path = args.config or args.config_pos
     if args.config and args.config_pos and os.path.abspath(args.config) != os.path.abspath(args.config_pos):
@@ -211,16 +217,31 @@ def _run_pipeline(args, argv, state) -> int:
     cfg = load_config(cfg_path)
     if args.log_level:
         cfg = cfg.with_overrides({"logging": {"level": args.log_level}})
+    state["cfg"] = cfg
     deadline = parse_deadline(args.deadline) if args.deadline else None
     _check_inputs(cfg, args.command)
     run_command = _pipeline_entry(args.command)
 
     rank, size = _init_runtime(cfg)
     state.update(rank=rank, size=size)
+    from .parallel.workdir import claim_work_dir
+    lock = claim_work_dir(cfg, " ".join([PROG] + list(argv)), bool(args.force_unlock))
+    try:
+        return _run_locked(args, argv, state, cfg, deadline, run_command, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args, argv, state, cfg, deadline, run_command, lock) -> int:
+    from .logsetup import log_config, log_header, setup_logging, snapshot_config
+    rank, size = state["rank"], state["size"]
     logger, logfile = setup_logging(cfg, args.command, rank, size)
     state.update(logger=logger, logfile=logfile)
     if rank == 0:
         log_header(logger, [PROG] + list(argv), size)
+        if lock is not None and lock.notice:
+            logger.warning("Run lock: %s", lock.notice)
         snapshot_config(cfg, logger=logger)
         log_config(logger, cfg)
     options = {"resume": bool(args.resume or cfg.patch_run.resume), "force": bool(args.force),
@@ -265,6 +286,23 @@ def _simulate_scaling(args) -> int:
     return EXIT_OK if rc is None else int(rc)
 
 
+def _disk_full_exit(exc: OSError, state) -> int:
+    """A full disk after the start: one line; exit 3 once a journal exists (resume after freeing
+    space), else 2."""
+    cfg = state.get("cfg")
+    folder = cfg.outputs.work_dir if cfg is not None else os.getcwd()
+    err = disk_full_error(exc, folder)
+    journal = getattr(getattr(cfg, "outputs", None), "journal", None)
+    code = EXIT_RESUMABLE if journal and os.path.exists(journal) else EXIT_INPUT
+    msg = str(err) + (" with --resume" if code == EXIT_RESUMABLE else "")
+    _say(f"error: {msg}", state["rank"], state["size"], all_ranks=True)
+    if state["logger"] is not None:
+        from .logsetup import log_to_files
+        log_to_files(state["logger"], 40, f"Disk full: {msg}", exc_info=sys.exc_info())
+    _abort_if_mpi(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -287,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         if state["logger"] is not None:
             from .logsetup import log_to_files
             log_to_files(state["logger"], 40, f"Input error: {exc}")
-        _abort_if_mpi(EXIT_INPUT)
+        if not getattr(exc, "collective", False):    # else every rank stops by itself
+            _abort_if_mpi(EXIT_INPUT)
         return EXIT_INPUT
     except NotBuiltError as exc:
         _say(str(exc), state["rank"])
@@ -298,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         _abort_if_mpi(130)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI is the last line of defence
+        if is_disk_full(exc):
+            return _disk_full_exit(exc, state)
         logfile = state["logfile"]
         first = (str(exc).splitlines() or [""])[0]
         where = f" (full traceback in {logfile})" if logfile else ""

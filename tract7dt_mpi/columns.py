@@ -74,8 +74,9 @@ COLUMNS: tuple[Column, ...] = tuple([
     # ---------------------------------------------------------------- pipeline state
     Column("excluded_crop", _B, None, "outside the crop box (or non-finite RA/DEC while cropping)", "state"),
     Column("excluded_saturation", _B, None, "a saturated pixel within `source_saturation_cut.radius_pix`", "state"),
-    Column("excluded_any", _B, None, "either of the above", "state"),
-    Column("excluded_reason", _T, None, "`crop`, `saturation`, `crop+saturation` or empty", "state"),
+    Column("excluded_any", _B, None, "any of the above", "state"),
+    Column("excluded_coords", _B, None, "blank or non-finite RA/DEC: the row cannot be placed on the image (a warning at load gives the count)", "state"),
+    Column("excluded_reason", _T, None, "`crop`, `saturation`, `crop+saturation`, `coords`, `coords+saturation` or empty", "state"),
     Column("affected_by_bright_mask", _B, None, "inside a bright-source ellipse (still fitted; only when `bright_mask.enabled`)", "state"),
     Column("gaia_source_id", _T, None, "Gaia DR3 id of matched or injected rows (only when augmentation ran)", "state"),
     Column("x_pix_white", _F, "pixel", "input position in the working (cropped) frame, 0-based", "state"),

@@ -32,3 +32,34 @@ class NotBuiltError(Tract7dtError):
     """A command or option that this version does not implement yet."""
 
     exit_code = EXIT_ABORT
+
+
+class DiskFullError(InputError):
+    """No space left (ENOSPC) or disk quota exceeded (EDQUOT) while writing into a folder.
+
+    An InputError: the user fixes it (frees space), and rank 0 reports it once like bad input.
+    """
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError meaning "no space left on device" or "disk quota exceeded" (h5py puts
+    the errno only into its message text)."""
+    import errno
+    if not isinstance(exc, OSError):
+        return False
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if exc.errno in codes:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "errno = 28," in text
+
+
+def disk_full_error(exc: OSError, folder: str) -> DiskFullError:
+    """The one-line DiskFullError for ``exc``, naming the folder written and its free space."""
+    import os
+    from .io.runlock import free_space_text
+    target = getattr(exc, "filename", None)
+    where = os.path.dirname(os.path.abspath(target)) if target else folder
+    what = "disk quota exceeded" if "quota" in str(exc).lower() else "no space left on device"
+    return DiskFullError(f"{what} writing in {where} ({free_space_text(where)}); free some space "
+                         f"(or set outputs.work_dir elsewhere) and run again")

@@ -28,7 +28,7 @@ class Tag(NamedTuple):
 #: every tag, in the order it appears in ``fit_quality_issues`` (hard ones first)
 TAGS = (
     Tag("excluded", 0, True,
-        "row excluded before fitting (crop and/or saturation cut; see excluded_reason)"),
+        "row excluded before fitting (crop, saturation cut or no coordinates; see excluded_reason)"),
     Tag("no_fit_result", 1, True,
         "row not excluded but no fit result (off-footprint, NaN position, failed patch)"),
     Tag("hit_max_iters", 2, True,
@@ -39,6 +39,9 @@ TAGS = (
     Tag("core_masked", 5, True,
         "in some band no usable pixel lies within 2 px of the fitted position "
         "(flag_core_masked): the flux rests on the wings only"),
+    Tag("dead_data", 8, True,
+        "in some band every usable pixel within 3 px of the fitted position has one value "
+        "(flag_dead_data): no light was recorded there (e.g. a zero-filled gap)"),
     Tag("not_converged", 6, False,
         "optimizer did not reach dlnp_stop but did not hit the iteration limit either"),
     Tag("all_psf_fallback", 7, False, "no band of the patch used a real ePSF (all fallback PSFs)"),
@@ -53,8 +56,8 @@ TAG_DOCS = {t.name: t.doc for t in TAGS}
 #: tag -> its ``FIT_FLAGS`` bit value (2**bit)
 TAG_BITS = {t.name: 1 << t.bit for t in TAGS}
 
-#: values of ``excluded_reason``
-EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "")
+#: values of ``excluded_reason``; ``coords``: blank or non-finite RA/DEC (never fitted)
+EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "coords", "coords+saturation", "")
 
 
 def as_bool(values) -> np.ndarray:
@@ -89,14 +92,19 @@ def _col_bool(df: pd.DataFrame, name: str) -> np.ndarray:
     return as_bool(df[name]) if name in df.columns else np.zeros(len(df), dtype=bool)
 
 
-def excluded_reason(excluded_crop, excluded_saturation) -> np.ndarray:
-    """``crop+saturation`` / ``crop`` / ``saturation`` / ``""`` per row (object array of str)."""
+def excluded_reason(excluded_crop, excluded_saturation, excluded_coords=None) -> np.ndarray:
+    """``crop+saturation`` / ``crop`` / ``saturation`` / ``coords`` / ``""`` per row (object array
+    of str); ``coords`` (no usable RA/DEC) takes the place of ``crop``."""
     c = as_bool(excluded_crop)
     s = as_bool(excluded_saturation)
     out = np.full(len(c), "", dtype=object)
     out[c & s] = "crop+saturation"
     out[c & ~s] = "crop"
     out[~c & s] = "saturation"
+    if excluded_coords is not None:
+        k = as_bool(excluded_coords)
+        out[k & s] = "coords+saturation"
+        out[k & ~s] = "coords"
     return out
 
 
@@ -140,7 +148,7 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Boolean mask per tag (keys in :data:`TAG_ORDER`) for a merged catalog."""
     n = len(df)
     excluded = _col_bool(df, "excluded_any") | _col_bool(df, "excluded_crop") | _col_bool(
-        df, "excluded_saturation")
+        df, "excluded_saturation") | _col_bool(df, "excluded_coords")
     fitted = has_fit_result(df)
     hit = np.zeros(n, dtype=bool)
     for c in _opt_cols(df, "opt_hit_max_iters"):
@@ -165,6 +173,7 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
         "bound_stalled": fitted & stalled,
         "bright_mask": _col_bool(df, "affected_by_bright_mask"),
         "core_masked": fitted & _col_bool(df, "flag_core_masked"),
+        "dead_data": fitted & _col_bool(df, "flag_dead_data"),
         "not_converged": fitted & not_conv & (len(conv_cols) > 0),
         "all_psf_fallback": fitted & all_fb,
     }

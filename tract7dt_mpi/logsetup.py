@@ -59,11 +59,22 @@ def reset_logging() -> None:
     logger.setLevel(logging.NOTSET)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that stays silent when the disk is full: the program reports that itself,
+    in one line, instead of a "--- Logging error ---" traceback per record."""
+
+    def handleError(self, record):
+        from .errors import is_disk_full
+        if is_disk_full(sys.exc_info()[1]):
+            return
+        super().handleError(record)
+
+
 def _file_handler(logfile: str, what: str) -> logging.FileHandler:
     """Append-mode handler on ``logfile`` (folders created); ConfigError "<what> <file>: <reason>"."""
     try:
         os.makedirs(os.path.dirname(logfile), exist_ok=True)
-        return logging.FileHandler(logfile, mode="a", encoding="utf-8")
+        return _LogFileHandler(logfile, mode="a", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{what} {logfile}: {exc.strerror}") from None
 
@@ -160,7 +171,8 @@ def _mpi_library() -> str:
     if mpi is None:
         return "not initialised (no MPI launcher detected)"
     try:
-        return mpi.Get_library_version().strip().splitlines()[0]
+        # some MPI libraries pad the version string with NUL bytes
+        return mpi.Get_library_version().replace("\x00", "").strip().splitlines()[0]
     except Exception as exc:  # noqa: BLE001 - informational only
         return f"unknown ({exc})"
 

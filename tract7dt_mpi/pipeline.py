@@ -18,7 +18,8 @@ import sys
 import time
 
 from . import pipeline_steps as S
-from .errors import EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
+from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
+                     disk_full_error, is_disk_full)
 from .parallel import get_comm, install_excepthook, signals
 from .parallel import journal as J
 from .parallel.runner import plan_resume, run_phase, write_carried
@@ -40,6 +41,16 @@ def _as_received(obj):
     """
     import pickle
     return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _disk_guard(cfg, fn, *args):
+    """``fn(*args)``; a full disk or quota becomes a one-line DiskFullError (an InputError)."""
+    try:
+        return fn(*args)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full_error(exc, cfg.outputs.work_dir) from None
 
 
 class _InputStop(Exception):
@@ -103,7 +114,7 @@ class _Run:
         if defer and self.comm.size > 1:
             if self.master and self._deferred is None:
                 try:
-                    fn(*args)
+                    _disk_guard(self.cfg, fn, *args)
                 except InputError as exc:
                     self._deferred = exc
             return None
@@ -112,7 +123,7 @@ class _Run:
                 status, self._deferred = self._deferred, None
             else:
                 try:
-                    result = fn(*args)
+                    result = _disk_guard(self.cfg, fn, *args)
                 except InputError as exc:
                     status = exc
         if self.comm.size > 1:
@@ -129,9 +140,10 @@ class _Run:
     # ------------------------------------------------------------------ journal
     def open_journal(self):
         def _open():
-            h = J.plan_hash(self.cfg, {"command_family": "pipeline"})
-            self.journal = J.Journal(self.cfg.outputs.journal, h, resume=bool(self.opt.get("resume")),
-                                     force=bool(self.opt.get("force")),
+            plan = J.plan_doc(self.cfg, {"command_family": "pipeline"})
+            self.journal = J.Journal(self.cfg.outputs.journal, J.hash_of(plan),
+                                     resume=bool(self.opt.get("resume")),
+                                     force=bool(self.opt.get("force")), plan=plan,
                                      meta={"command": self.command, "argv": self.opt.get("argv"),
                                            "ranks": self.comm.size})
             if self.opt.get("resume"):

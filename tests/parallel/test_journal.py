@@ -1,6 +1,7 @@
 """Journal: append-only records, resume states, plan-hash refusal, damaged last line."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -91,3 +92,63 @@ def test_plan_hash_tracks_config_and_inputs(tmp_path):
     assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(n_opt_iters=3))) != h0
     img.write_bytes(b"y" * 5000)           # same size, different content
     assert J.plan_hash(cfg) != h0
+
+
+# ---------------------------------------------------------------- unreadable lines, moved tiles
+
+def test_non_utf8_line_is_skipped_with_a_warning(tmp_path, caplog):
+    p = tmp_path / "j.jsonl"
+    with J.Journal(p, "A") as jr:
+        jr.record("a", J.STARTED)
+        jr.record("a", J.DONE)
+    with open(p, "ab") as fh:                   # one damaged byte in an otherwise good record
+        fh.write(b'{"task": "b", "state": "DONE", "note": "\xff"}\n')
+        fh.write(b'{"task": "c", "state": "DONE"}\n')
+    with caplog.at_level("WARNING", logger="tract7dt_mpi.parallel.journal"):
+        jr = J.Journal(p, "A", resume=True)
+    assert jr.state("a") == J.DONE and jr.state("b") is None and jr.state("c") == J.DONE
+    assert jr.skipped_lines == 1
+    assert any("line 4 is not UTF-8" in r.getMessage() for r in caplog.records)
+    jr.close()
+    assert [r.get("task") for r in J.read_journal(p) if r.get("task")] == ["a", "a", "c"]
+
+
+def _tile(folder):
+    folder.mkdir()
+    (folder / "cat.csv").write_text("ID,RA,DEC\n1,150.0,2.0\n")
+    (folder / "img").mkdir()
+    (folder / "img" / "g.fits").write_bytes(b"SIMPLE  =" + b"x" * 5000)
+    (folder / "list.txt").write_text("img/g.fits\n")
+    (folder / "c.yaml").write_text("inputs:\n  input_catalog: cat.csv\n  image_list_file: list.txt\n"
+                                   "  gaiaxp_synphot_csv: null\noutputs:\n  work_dir: work\n"
+                                   "patch_run:\n  n_opt_iters: 5\n")
+    return folder
+
+
+def test_moved_tile_keeps_its_plan_hash(tmp_path):
+    import shutil
+
+    from tract7dt_mpi.config import load_config
+    a = _tile(tmp_path / "a")
+    shutil.copytree(a, tmp_path / "elsewhere" / "b")
+    ha = J.plan_hash(load_config(a / "c.yaml"))
+    hb = J.plan_hash(load_config(tmp_path / "elsewhere" / "b" / "c.yaml"))
+    assert ha == hb
+    os.utime(a / "img" / "g.fits", (1.0, 1.0))          # a touched file is not a changed file
+    assert J.plan_hash(load_config(a / "c.yaml")) == ha
+
+
+def test_refusal_says_what_changed(tmp_path):
+    from tract7dt_mpi.config import load_config
+    a = _tile(tmp_path / "a")
+    cfg = load_config(a / "c.yaml")
+    plan = J.plan_doc(cfg)
+    J.Journal(a / "j.jsonl", J.hash_of(plan), plan=plan).close()
+    edited = cfg.with_overrides({"patch_run": {"n_opt_iters": 7}})
+    plan2 = J.plan_doc(edited)
+    with pytest.raises(InputError, match=r"config patch_run\.n_opt_iters: 5 -> 7"):
+        J.Journal(a / "j.jsonl", J.hash_of(plan2), resume=True, plan=plan2)
+    (a / "img" / "g.fits").write_bytes(b"SIMPLE  =" + b"y" * 5000)
+    plan3 = J.plan_doc(cfg)
+    with pytest.raises(InputError, match=r"image g\.fits changed"):
+        J.Journal(a / "j.jsonl", J.hash_of(plan3), resume=True, plan=plan3)

@@ -423,3 +423,23 @@ def test_psf_term_is_added_in_quadrature_only_for_epsf_bands_under_total():
     got = psf_term_fractions(["a", "b"], pin, audits, "total")
     assert got["a"] == 0.01 and np.isnan(got["b"])                    # fallback PSF: no estimate
     assert np.isnan(psf_term_fractions(["a"], pin, audits, "sky")["a"])
+
+
+def test_fit_to_a_zero_filled_band_is_flagged_dead(galsim_patch):
+    """All-zero pixels that are not masked (a zero-filled gap): the fitted 0.0 is no measurement."""
+    _engine()
+    from tract7dt_mpi import flags
+    from tract7dt_mpi.io.prepared import Cutout
+    from tract7dt_mpi.stages.fit import fit_patch_input
+
+    r = galsim_patch.images["r"]
+    zero = Cutout(img=np.zeros_like(r.img), sigma_sky=r.sigma_sky, sigma_total=r.sigma_total,
+                  nonfinite=r.nonfinite, saturated=r.saturated, bright=r.bright, bad_final=r.bad_final)
+    pin = PatchInput(galsim_patch.spec, galsim_patch.bands, {"g": galsim_patch.images["g"], "r": zero},
+                     galsim_patch.band_info, galsim_patch.cat, galsim_patch.psfs)
+    res = fit_patch_input(pin, _fit_cfg(enable_staged_fit=False))
+    assert res.table["flag_dead_data"].all()
+    ok, issues = flags.reliability(res.table)
+    assert not ok.any() and all("dead_data" in s for s in issues)
+    live = fit_patch_input(galsim_patch, _fit_cfg(enable_staged_fit=False))
+    assert not live.table["flag_dead_data"].any()

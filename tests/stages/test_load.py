@@ -80,7 +80,10 @@ def test_crop_flags_never_drop_rows_and_shapes(tile_factory):
     cat = res.catalog
     assert len(cat) == 5 and list(cat["ID"]) == ["a", "b", "c", "d", "e"]
     # margin 10 on 140x120 -> kept x in [10, 130), y in [10, 110)
-    assert list(cat["excluded_crop"]) == [True, False, False, False, True]
+    assert list(cat["excluded_crop"]) == [True, False, False, False, False]
+    # a row without coordinates has its own reason (not "crop"), and is excluded
+    assert list(cat["excluded_coords"]) == [False, False, False, False, True]
+    assert list(cat["excluded_any"]) == [True, False, False, False, True]
     assert res.white.shape == (100, 120) and res.shape == (100, 120)
     assert cat["x_pix_white"].iloc[1] == pytest.approx(50.0, abs=1e-6)
     assert np.isnan(cat["x_pix_white"].iloc[4])

@@ -185,18 +185,28 @@ class PreparedWriter:
         self._dataset("bright_mask", mask, np.uint8)
 
     def close(self) -> None:
-        """Flush, close and move the finished file into place (readers never see a partial store)."""
+        """Flush, close and move the finished file into place (readers never see a partial store).
+
+        A failing flush (full disk) removes the temporary file before the error propagates."""
         if self._f is None:
             return
-        self._f.close()
+        try:
+            self._f.close()
+        except BaseException:
+            self.abort()
+            raise
         self._f = None
         if self._tmp != self.path:
             os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Drop the unfinished store: close (errors ignored: the disk may be full) and remove it."""
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - the temporary file is removed anyway
+                pass
         if self._tmp != self.path and os.path.exists(self._tmp):
             os.remove(self._tmp)
 

@@ -50,6 +50,15 @@ def read_gaiaxp(path: str) -> pd.DataFrame:
     df = _read_csv(path, "GaiaXP CSV", dtype=dtype)
     if "source_id" in df.columns:
         df["source_id"] = _as_text(df["source_id"])
+    for c in df.columns:                  # positions and magnitudes must be numbers (or blank)
+        if (c in ("ra", "dec") or str(c).startswith(("phot_", "mag_"))) \
+                and not pd.api.types.is_numeric_dtype(df[c]):
+            num = pd.to_numeric(df[c], errors="coerce")
+            bad = num.isna() & df[c].notna() & (df[c].astype(str).str.strip() != "")
+            if bad.any():
+                raise InputError(f"GaiaXP CSV {path}: column {c!r} must be numeric, got "
+                                 f"{df[c][bad].iloc[0]!r}")
+            df[c] = num
     return df
 
 

@@ -14,29 +14,38 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from ..errors import InputError
 
+log = logging.getLogger("tract7dt_mpi.parallel.journal")
+
 PLANNED, STARTED, DONE, FAILED = "PLANNED", "STARTED", "DONE", "FAILED"
 
-#: config entries that do not change any result (excluded from the plan hash)
+#: config entries that do not change any result (excluded from the plan hash); the input files
+#: enter by content (:func:`input_signatures`), not by path
 _HASH_EXCLUDE = {("logging",), ("mpi",), ("patch_run", "resume"), ("patch_run", "fault_inject"),
                  ("patch_run", "python_exe"), ("patch_run", "max_workers"), ("performance",),
-                 ("config_path",), ("config_dir",)}
+                 ("config_path",), ("config_dir",), ("inputs",), ("outputs", "work_dir")}
 
 
-def _plain(obj, path=()):
-    """Config object -> JSON-able nested dict, dropping the excluded entries."""
+def _plain(obj, path=(), work_dir=None):
+    """Config object -> JSON-able nested dict, dropping the excluded entries; ``outputs.*`` paths
+    are made relative to ``work_dir`` (a moved work folder keeps its hash)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         items = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     elif isinstance(obj, dict):
         items = obj
     elif isinstance(obj, (list, tuple)):
-        return [_plain(v, path) for v in obj]
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        return [_plain(v, path, work_dir) for v in obj]
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    elif isinstance(obj, str):
+        if path[:1] == ("outputs",) and work_dir and os.path.isabs(obj):
+            return os.path.relpath(obj, work_dir)
         return obj
     else:
         return repr(obj)
@@ -45,42 +54,48 @@ def _plain(obj, path=()):
         p = path + (str(k),)
         if p in _HASH_EXCLUDE or str(k).startswith("_"):
             continue
-        out[str(k)] = _plain(items[k], p)
+        out[str(k)] = _plain(items[k], p, work_dir)
     return out
 
 
 def config_fingerprint(cfg) -> dict:
     """The result-relevant part of a Config as a plain dict (also handy for logging)."""
-    return _plain(cfg)
+    outputs = getattr(cfg, "outputs", None)
+    return _plain(cfg, work_dir=getattr(outputs, "work_dir", None))
 
 
-def file_signature(path: str, sample: int = 1 << 20) -> dict:
-    """Size, mtime and a SHA-256 of the first and last ``sample`` bytes of a file.
+def file_signature(path: str, sample: int = 1 << 20, whole: bool = False) -> dict:
+    """Size and a SHA-256 of a file's content: all of it (``whole``), else the first and last
+    ``sample`` bytes (the FITS header and the data's ends).
 
-    Sampling keeps 40 x 250 MB FITS cheap to fingerprint while still catching a replaced file.
+    Neither the path nor the modification time enters, so a copied or moved tile keeps its
+    signature; sampling keeps 40 x 250 MB FITS cheap to fingerprint while still catching a
+    replaced file.  ``name`` (the base name) is for messages only and is not hashed.
     """
     p = Path(path)
     if not p.is_file():
-        return {"path": str(path), "missing": True}
-    st = p.stat()
+        return {"name": p.name, "missing": True}
+    size = p.stat().st_size
     h = hashlib.sha256()
     with open(p, "rb") as fh:
-        h.update(fh.read(sample))
-        if st.st_size > 2 * sample:
-            fh.seek(st.st_size - sample)
+        if whole:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        else:
             h.update(fh.read(sample))
-        elif st.st_size > sample:
-            h.update(fh.read())
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+            if size > 2 * sample:
+                fh.seek(size - sample)
+                h.update(fh.read(sample))
+            elif size > sample:
+                h.update(fh.read())
+    return {"name": p.name, "size": size, "sha256": h.hexdigest()}
 
 
-def input_paths(cfg) -> list[str]:
-    """Catalog, image list, every listed image and the GaiaXP CSV named by ``cfg.inputs``."""
-    inp = cfg.inputs
-    paths = [p for p in (getattr(inp, "input_catalog", None), getattr(inp, "image_list_file", None),
-                         getattr(inp, "gaiaxp_synphot_csv", None)) if p]
-    lst = getattr(inp, "image_list_file", None)
+def image_paths(cfg) -> list[str]:
+    """Every image named by the image list (resolved as the loader does; unreadable list: [])."""
+    lst = getattr(cfg.inputs, "image_list_file", None)
     base = getattr(cfg, "config_dir", None) or (os.path.dirname(lst) if lst else ".")
+    paths = []
     if lst and os.path.isfile(lst):
         with open(lst, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -91,13 +106,91 @@ def input_paths(cfg) -> list[str]:
     return paths
 
 
-def plan_hash(cfg, extra: dict | None = None) -> str:
-    """Hash of (config, input file signatures, code version, ``extra``) identifying a plan."""
+def input_paths(cfg) -> list[str]:
+    """Catalog, GaiaXP CSV and every listed image named by ``cfg.inputs``."""
+    inp = cfg.inputs
+    return [p for p in (getattr(inp, "input_catalog", None), getattr(inp, "gaiaxp_synphot_csv", None))
+            if p] + image_paths(cfg)
+
+
+def input_signatures(cfg) -> dict:
+    """Content signatures of the inputs: whole-file hashes of the tables, sampled ones of images.
+
+    The image list itself is not hashed (it holds paths); the images it names are, in order.
+    """
+    inp = cfg.inputs
+    out = {}
+    for key in ("input_catalog", "gaiaxp_synphot_csv"):
+        p = getattr(inp, key, None)
+        if p:
+            out[key] = file_signature(p, whole=True)
+    out["images"] = [file_signature(p) for p in image_paths(cfg)]
+    return out
+
+
+def plan_doc(cfg, extra: dict | None = None) -> dict:
+    """What identifies a plan: result-relevant config, input contents, code version, ``extra``."""
     from .._version import __version__
-    doc = {"config": config_fingerprint(cfg),
-           "inputs": [file_signature(p) for p in input_paths(cfg)],
-           "version": __version__, "extra": extra or {}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return {"config": config_fingerprint(cfg), "inputs": input_signatures(cfg),
+            "version": __version__, "extra": extra or {}}
+
+
+def _without_names(obj):
+    if isinstance(obj, dict):
+        return {k: _without_names(v) for k, v in obj.items() if k != "name"}
+    if isinstance(obj, list):
+        return [_without_names(v) for v in obj]
+    return obj
+
+
+def hash_of(doc: dict) -> str:
+    """Plan hash of a :func:`plan_doc` (file base names do not enter)."""
+    text = json.dumps(_without_names(doc), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def plan_hash(cfg, extra: dict | None = None) -> str:
+    """Hash of (config, input file contents, code version, ``extra``) identifying a plan."""
+    return hash_of(plan_doc(cfg, extra))
+
+
+def _flat(obj, prefix=""):
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def plan_changes(old: dict | None, new: dict | None, limit: int = 3) -> str:
+    """What differs between two plan documents, in words (config keys, files, code version)."""
+    if not old or not new:
+        return "the earlier journal does not record its plan"
+    said = []
+    if old.get("version") != new.get("version"):
+        said.append(f"code version {old.get('version')} -> {new.get('version')}")
+    a, b = _flat(old.get("config", {})), _flat(new.get("config", {}))
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, "(unset)") != b.get(k, "(unset)"):
+            said.append(f"config {k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    oi, ni = old.get("inputs", {}), new.get("inputs", {})
+    for key in sorted((set(oi) | set(ni)) - {"images"}):
+        if _without_names(oi.get(key)) != _without_names(ni.get(key)):
+            said.append(f"inputs.{key} file {(ni.get(key) or oi.get(key) or {}).get('name')} changed")
+    oimg, nimg = oi.get("images", []), ni.get("images", [])
+    if len(oimg) != len(nimg):
+        said.append(f"image list: {len(oimg)} -> {len(nimg)} images")
+    else:
+        for o, n in zip(oimg, nimg):
+            if _without_names(o) != _without_names(n):
+                said.append(f"image {n.get('name')} changed (size or checksum)")
+    if old.get("extra") != new.get("extra"):
+        said.append("command family changed")
+    if not said:
+        return "unknown difference"
+    more = f" (+{len(said) - limit} more)" if len(said) > limit else ""
+    return "; ".join(said[:limit]) + more
 
 
 class Journal:
@@ -109,9 +202,11 @@ class Journal:
     """
 
     def __init__(self, path: str, plan_hash: str, resume: bool = False, force: bool = False,
-                 fsync_sec: float = 1.0, meta: dict | None = None):
+                 fsync_sec: float = 1.0, meta: dict | None = None, plan: dict | None = None):
         self.path = str(path)
         self.plan_hash = plan_hash
+        self.previous_plan = None          #: plan document of the earlier run (when recorded)
+        self.skipped_lines = 0             #: unreadable lines ignored on resume
         self.fsync_sec = float(fsync_sec)
         self.last: dict[str, dict] = {}
         self._attempts: dict[str, int] = {}
@@ -123,7 +218,7 @@ class Journal:
             if self.previous_hash is not None and self.previous_hash != plan_hash and not force:
                 raise InputError(
                     f"{self.path}: config, inputs or code changed since this run was started "
-                    f"(plan hash {self.previous_hash} -> {plan_hash}); refusing to resume "
+                    f"({plan_changes(self.previous_plan, plan)}); refusing to resume "
                     f"(use --force to re-run anyway, or start without --resume)")
             if self.previous_hash is not None and self.previous_hash != plan_hash:
                 # forced: results of the old plan are not reusable
@@ -137,30 +232,26 @@ class Journal:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
                     self._fh.write("\n")
-        self._write({"type": "header", "plan_hash": plan_hash, "time": time.time(),
-                     "resumed": bool(resume), **(meta or {})}, sync=True)
+        head = {"type": "header", "plan_hash": plan_hash, "time": time.time(),
+                "resumed": bool(resume), **(meta or {})}
+        if plan is not None:
+            head["plan"] = plan
+        self._write(head, sync=True)
 
     def _read(self) -> None:
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue       # a line cut by a kill: ignore it
-                if rec.get("type") == "header":
-                    if rec.get("plan_hash") != self.previous_hash and self.previous_hash is not None:
-                        self.last, self._attempts = {}, {}   # a forced re-plan started afresh
-                    self.previous_hash = rec.get("plan_hash")
-                    continue
-                tid = rec.get("task")
-                if tid is None:
-                    continue
-                self.last[tid] = rec
-                if rec.get("state") == STARTED:
-                    self._attempts[tid] = max(self._attempts.get(tid, 0), int(rec.get("attempt", 1)))
+        for rec in _records(self.path, self):
+            if rec.get("type") == "header":
+                if rec.get("plan_hash") != self.previous_hash and self.previous_hash is not None:
+                    self.last, self._attempts = {}, {}   # a forced re-plan started afresh
+                self.previous_hash = rec.get("plan_hash")
+                self.previous_plan = rec.get("plan")
+                continue
+            tid = rec.get("task")
+            if tid is None:
+                continue
+            self.last[tid] = rec
+            if rec.get("state") == STARTED:
+                self._attempts[tid] = max(self._attempts.get(tid, 0), int(rec.get("attempt", 1)))
 
     def _write(self, rec: dict, sync: bool = False) -> None:
         self._fh.write(json.dumps(rec, default=_json_default, allow_nan=True) + "\n")
@@ -223,13 +314,34 @@ def _json_default(o):
     return str(o)
 
 
+def _records(path: str, counter=None):
+    """The JSON object records of a journal file, in order.
+
+    Lines that cannot be read are skipped, as a kill or a disk error can leave them: a line cut
+    in half (bad JSON) silently, a line with bytes that are not UTF-8 with a warning.  ``counter``
+    (a Journal) gets the number of skipped undecodable lines in ``skipped_lines``.
+    """
+    bad = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                bad += 1
+                log.warning("%s line %d is not UTF-8 text; skipped", path, lineno)
+                continue
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue       # a line cut by a kill: ignore it
+            if isinstance(rec, dict):
+                yield rec
+    if counter is not None:
+        counter.skipped_lines += bad
+
+
 def read_journal(path: str) -> list[dict]:
     """All parseable records of a journal (tests, campaign tools)."""
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
+    return list(_records(path))

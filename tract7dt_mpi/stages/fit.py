@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .data_checks import dead_near
 from .fit_setup import build_sources, choose_psf, engine_images
 from .flux_convention import profile_factors, to_total_fluxes
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
@@ -68,7 +69,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
-            ("fit_shape_fixed", b1), ("flux_total_factor", f8)]
+            ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -316,6 +317,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         d = {"stype_fit": inits[i].kind}
         if multi:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
+            d["flag_dead_data"] = dead_near(images, res.sources[i].x, res.sources[i].y)
             d["fit_shape_fixed"] = bool(getattr(res.sources[i], "shape_fixed", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
@@ -328,6 +330,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             d["flag_core_masked"] = any(
                 core_masked([im], per[b].sources[i].x, per[b].sources[i].y)
                 for b, im in zip(bands, images))
+            d["flag_dead_data"] = any(dead_near([im], per[b].sources[i].x, per[b].sources[i].y)
+                                      for b, im in zip(bands, images))
             d["fit_shape_fixed"] = any(bool(getattr(per[b].sources[i], "shape_fixed", False)) for b in bands)
             for b in bands:
                 s = per[b].sources[i]

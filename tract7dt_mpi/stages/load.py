@@ -21,6 +21,7 @@ from astropy.wcs import WCS
 from ..errors import InputError
 from ..io import fits as fio
 from ..io.prepared import MASK_NONFINITE, MASK_SATURATED, BandInfo
+from . import data_checks
 from .catalog import ColumnMap, check_bands, read_catalog, validate_catalog
 from .image_list import attach_entry_files, read_image_entries, read_image_list
 from .weights import band_ivar, sigma_from_ivar
@@ -382,7 +383,9 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     catalog["x_pix_white"], catalog["y_pix_white"] = xw, yw
     cropping = bool(_get(cfg.crop, "enabled", False))
     inside = np.isfinite(xw) & (xw >= 0) & (xw < wshape[1]) & (yw >= 0) & (yw < wshape[0])
-    catalog["excluded_crop"] = ~inside if cropping else np.zeros(len(catalog), bool)
+    no_coords = _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger)
+    catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
+    catalog["excluded_coords"] = no_coords
     tm["crop"] += time.perf_counter() - t0
 
     sc = cfg.source_saturation_cut
@@ -405,6 +408,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
             white_full.add(small, ~np.isfinite(small), info.skysig * info.scale)
             del small
         raw, _ = fio.read_image(info.path, box=(y0, y1, x0, x1))  # only the working frame
+        data_checks.check_not_constant(raw, info.path)
         pb = prepare_band(raw, info, divisor, logger)
         del raw
         ivar = _weight_masked(pb, band_ivar(pb.info, (y0, y1, x0, x1), logger))
@@ -437,7 +441,8 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
         rule = "all-bands" if satcut.require_all else "any-band"
         logger.info("Saturation-cut (%s): flagged %d/%d sources within radius_pix=%s", rule,
                     int(catalog["excluded_saturation"].sum()), len(catalog), satcut.radius)
-    catalog["excluded_any"] = catalog["excluded_crop"].to_numpy(bool) | catalog["excluded_saturation"].to_numpy(bool)
+    catalog["excluded_any"] = catalog["excluded_crop"].to_numpy(bool) | catalog["excluded_saturation"].to_numpy(bool) \
+        | catalog["excluded_coords"].to_numpy(bool)
     n_act = int((~catalog["excluded_any"]).sum())
     logger.info("Active (non-excluded) sources: %d/%d", n_act, len(catalog))
 
@@ -462,6 +467,14 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     logger.info("load_inputs peak RSS: %.0f MiB (%d bands of %dx%d)", res.peak_rss, len(band_infos),
                 wshape[1], wshape[0])
     return res
+
+
+def _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger) -> np.ndarray:
+    """Rows without usable RA/DEC (warned about, returned); InputError when no row is on the image."""
+    no_coords = data_checks.bad_coordinates(catalog[cmap.ra], catalog[cmap.dec])
+    data_checks.warn_bad_coordinates(no_coords, cat_path, logger)
+    data_checks.check_rows_on_image(xw, yw, wshape, wcs, cat_path)
+    return no_coords
 
 
 def _band_attrs(info: BandInfo) -> dict:

@@ -21,7 +21,7 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-_FLAG_COLS = ("excluded_crop", "excluded_saturation")
+_FLAG_COLS = ("excluded_crop", "excluded_saturation", "excluded_coords")
 
 
 def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
@@ -76,10 +76,11 @@ def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None
     for c in _FLAG_COLS:
         base[c] = flags.as_bool(base[c]) if c in base.columns else np.zeros(len(base), bool)
     base["excluded_any"] = flags.as_bool(base["excluded_crop"]) | flags.as_bool(
-        base["excluded_saturation"]) | (flags.as_bool(base["excluded_any"])
+        base["excluded_saturation"]) | base["excluded_coords"] | (flags.as_bool(base["excluded_any"])
                                         if "excluded_any" in base.columns else False)
     base["excluded_reason"] = flags.excluded_reason(base["excluded_crop"],
-                                                    base["excluded_saturation"])
+                                                    base["excluded_saturation"],
+                                                    base["excluded_coords"])
     if "affected_by_bright_mask" in base.columns:
         base["affected_by_bright_mask"] = flags.as_bool(base["affected_by_bright_mask"])
 
