@@ -79,7 +79,7 @@ def test_reliability_single_band_any_band():
 def test_fit_flags_bits_are_fixed_and_unique():
     # the bit numbers are a published contract (docs/outputs.md): never renumber
     assert flags.TAG_BITS == {"excluded": 1, "no_fit_result": 2, "hit_max_iters": 4,
-                              "bound_stalled": 8, "bright_mask": 16, "core_masked": 32,
+                              "bound_stalled": 8, "bright_mask": 16, "core_masked": 32, "dead_data": 256,
                               "not_converged": 64, "all_psf_fallback": 128}
     bits = [t.bit for t in flags.TAGS]
     assert len(set(bits)) == len(bits) and all(0 <= b < 31 for b in bits)   # fits int32

@@ -126,6 +126,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     *_opt("flag_bound_stalled", _B, None, "a bounded parameter ended at its limit"),
     *_opt("flag_bound_stalled_which_parameter", _T, None, "which, e.g. `pos.x@upper,shape.logre@lower`"),
     Column("flag_core_masked", _B, None, "in some band no usable pixel lies within 2 px of the fitted position (core masked or off the image): that band's flux rests on the wings only", "multi"),
+    Column("flag_dead_data", _B, None, "in some band every usable pixel within 3 px of the fitted position has one value: no light was recorded there (e.g. a zero-filled gap); never `fit_is_reliable`", "multi"),
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 MANUAL = sorted(p for p in DOCS.glob("*.md") if p.name != "config-reference.md")
 DELIBERATE_TYPOS = {"patch_run.n_opt_itres"}     # the troubleshooting page shows the typo error message
-FILE_EXT = {"csv", "json", "fits", "png", "npy", "h5", "log", "yaml", "txt", "py", "sif", "def", "md"}
+FILE_EXT = {"csv", "json", "fits", "png", "npy", "h5", "log", "yaml", "txt", "py", "sif", "def", "md", "lock"}
 
 
 def _gen():
