@@ -234,6 +234,7 @@ class _Run:
                             stamp, meta.get("nstars_used"))
                 self._write_epsf_summary(ordered)
                 stamps = S.with_psf_flux_errors(stamps, ordered)
+                stamps = S.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
         self.stopped |= stopped
@@ -257,7 +258,8 @@ class _Run:
                     metas.append(got[0])
                 if got is not None and got[1] is not None:
                     stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
-        return S.with_psf_flux_errors(stamps, metas)
+        return S.with_psf_fields(self.cfg, S.with_psf_flux_errors(stamps, metas), metas,
+                                 self.worker.prepared.shape)
 
     # ------------------------------------------------------------------ patch phase
     def patch_phase(self, plan, stamps, bands, fn=None, label="patches", use_store=True):
@@ -322,8 +324,9 @@ class _Run:
     def _store_epsf(stamps):
         import numpy as np
         out = {}
+        from .stages.psf_poly import FIELD_KEY
         for band, cells in (stamps or {}).items():
-            tags = sorted(cells)
+            tags = sorted(t for t in cells if t != FIELD_KEY)
             shapes = {cells[t][0].shape for t in tags}
             if len(shapes) != 1:
                 continue      # mixed stamp sizes: keep them in the ePSF folders only

@@ -278,12 +278,50 @@ def with_psf_flux_errors(stamps: dict, metas) -> dict:
                 for t, v in cells.items()} for b, cells in stamps.items()}
 
 
+def with_psf_fields(cfg, stamps: dict, metas, shape) -> dict:
+    """Add each band's polynomial PSF field (stages.psf_poly) under ``psf_poly.FIELD_KEY`` of its
+    entry in ``stamps``, fitted to the stars of its successful cells (their ``stars.npz``);
+    only under ``patch_run.epsf_interpolation: field``."""
+    from .stages.psf_poly import FIELD_KEY, fit_psf_field
+    if cfg.patch_run.epsf_interpolation != "field":
+        return stamps
+    by_band = {}
+    for m in metas:
+        if m and m.get("status") == "ok":
+            by_band.setdefault(m.get("band"), []).append(m)
+    for band, ms in sorted(by_band.items()):
+        xy, vals, w = [], [], []
+        for m in ms:
+            path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
+            try:
+                with np.load(path) as z:
+                    xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
+            except (OSError, KeyError, ValueError):
+                continue
+        if not xy or len({v.shape[1:] for v in vals}) != 1:
+            continue
+        fwhm = float(np.nanmedian([((m.get("builder") or {}).get("fwhm_pix") or np.nan) for m in ms]))
+        field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
+                              int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
+                              wing_tail=bool(cfg.epsf.wing_tail))
+        if field is not None:
+            stamps.setdefault(band, {})[FIELD_KEY] = field
+            log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells", band, field.degree,
+                     field.n_stars, len(xy))
+    return stamps
+
+
 def psf_choices(cfg, stamps: dict):
     """epsf_tag -> band -> PsfChoiceInput from the broadcast stamps {band: {tag: (stamp, n[, frac])}}."""
     from .stages.patch_inputs import PsfChoiceInput
+    from .stages.psf_poly import FIELD_KEY
     out = {}
     for band, cells in stamps.items():
-        for tag, (stamp, nstars, *rest) in cells.items():
+        for tag, v in cells.items():
+            if tag == FIELD_KEY:
+                out.setdefault(FIELD_KEY, {})[band] = v
+                continue
+            stamp, nstars, *rest = v
             out.setdefault(tag, {})[band] = PsfChoiceInput(
                 stamp=stamp, nstars_used=nstars,
                 path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"),

@@ -196,6 +196,7 @@ class Epsf:
                         "star's flux that noise is a residual pattern neighbours absorb. false = the "
                         "builder's stamp as is.")
     recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
+    field_degree: int = K(2, "int", _NONE, "MPI-era: highest total degree in (x, y) of the band's polynomial PSF field (patch_run.epsf_interpolation: field); lowered while the band has fewer than 3 ePSF stars per polynomial term (degree 2: 18 stars, 1: 9).", ge=0, le=4)
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
     background_subtract_patch: bool = K(True, "bool", _NONE, "Fit and remove a SEP background map per cell.")
@@ -270,12 +271,18 @@ class PatchRun:
                         "or psfex (the image's PSFEx model evaluated at the patch centre; one .psf file per image, "
                         "from the image-list field psf=FILE or the header key PSFFILE). The stamp is then used "
                         "as psf_model says, like an ePSF.", choices=("epsf", "psfex"))
-    epsf_interpolation: str = K("bilinear", "enum", _NONE,
-                                "ePSF of a patch: bilinear (interpolated at the patch centre between the "
+    epsf_interpolation: str = K("field", "enum", _NONE,
+                                "ePSF of a patch: field (the band's polynomial PSF field, fitted like "
+                                "PSFEx to the registered stamps of all the band's ePSF stars, degree "
+                                "epsf.field_degree, evaluated at the patch centre; follows a PSF that "
+                                "changes non-linearly over the frame and serves cells without stars), "
+                                "bilinear (interpolated at the patch centre between the "
                                 "ePSFs of the up to 4 cells whose centres surround it, following PSF "
                                 "changes across the field; extrapolated linearly beyond the outermost cell "
-                                "centres) or cell (its own cell's ePSF, as the serial pipeline).",
-                                choices=("bilinear", "cell"))
+                                "centres) or cell (its own cell's ePSF, as the serial pipeline). Under "
+                                "bilinear and cell a patch whose cell has no usable ePSF takes the "
+                                "nearest cells that have one.",
+                                choices=("field", "bilinear", "cell"))
     ncircular_gaussian_n: int = K(3, "int", _NONE, "Components of the ncircular_gaussian fallback (1, 2 or 3).", ge=1, le=3)
     hybrid_psf_n: int = K(9, "int", _NONE, "Gaussians in the hybrid PSF's mixture approximation.", ge=1)
     gaussian_mixture_n: int = K(4, "int", _NONE, "Components of the Gaussian mixture fitted to a stamp.", ge=1)

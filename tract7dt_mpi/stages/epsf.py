@@ -60,10 +60,13 @@ class EpsfCellInput:
 
 @dataclass
 class EpsfCellResult:
-    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the S4.6o record."""
+    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the S4.6o record;
+    ``stars``: the used stars' flux-normalised grid-aligned stamps for the band's PSF field
+    (``xy`` working frame (n, 2), ``vals`` and inverse variances ``w`` (n, S, S), float32)."""
 
     stamp: np.ndarray | None
     meta: dict
+    stars: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -215,14 +218,15 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
     if plot_dir is not None:
         os.makedirs(plot_dir, exist_ok=True)
     try:
-        stamp = _build(inp, s, meta, plot_dir, dpi)
+        stamp, stars = _build(inp, s, meta, plot_dir, dpi)
         meta["status"] = "ok"
-        return EpsfCellResult(stamp, meta)
+        return EpsfCellResult(stamp, meta, stars)
     except B.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
         meta["status"], meta["error"] = "fail", f"{type(exc).__name__}: {exc}"
+    meta.pop("_stars", None)
     log.warning("ePSF %s %s failed: %s", inp.band, inp.tag, meta["error"])
     return EpsfCellResult(None, meta)
 
@@ -330,7 +334,7 @@ def _build(inp, s, meta, plot_dir, dpi):
 
     stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
     _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
-    return stamp
+    return stamp, meta.pop("_stars", None)
 
 
 def _stamps(work, sigma, bad, sel, s):
@@ -402,6 +406,9 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     wts = B.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
+    used, vals, w = epsf_stack.normalised_stamps(stars, res.psf, inp.gain_scaled)
+    meta["_stars"] = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
+                      "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
     crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
     o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
@@ -527,7 +534,8 @@ def epsf_summary(metas) -> list:
 
 
 def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
-    """Write ``meta.json`` (always) and ``epsf.npy`` (success) atomically; return the paths."""
+    """Write ``meta.json`` (always), ``epsf.npy`` and ``stars.npz`` (the stamps of the PSF field;
+    success) atomically; return the paths."""
     from tract7dt_mpi.io.atomic import atomic_write_bytes, atomic_write_json
 
     os.makedirs(cell_dir, exist_ok=True)
@@ -536,6 +544,10 @@ def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
         buf = io.BytesIO()
         np.save(buf, np.asarray(result.stamp, dtype=np.float32))
         paths.append(atomic_write_bytes(os.path.join(cell_dir, "epsf.npy"), buf.getvalue()))
+    if result.stars is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **result.stars)
+        paths.append(atomic_write_bytes(os.path.join(cell_dir, "stars.npz"), buf.getvalue()))
     paths.append(atomic_write_json(os.path.join(cell_dir, "meta.json"), result.meta))
     return paths
 

@@ -32,7 +32,7 @@ from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, weighted_clipped_mean
 from .epsf_wings import with_wing_tail
 from .psf_error import stamp_fwhm
 
-__all__ = ["StackStar", "StackResult", "stack_epsf", "N_PASSES"]
+__all__ = ["StackStar", "StackResult", "stack_epsf", "normalised_stamps", "finish_psf", "N_PASSES"]
 
 #: refinement passes (stack -> refit every star); the result changes by < 1e-4 of the peak after 4
 N_PASSES = 6
@@ -147,7 +147,7 @@ def _pedestal(p, fwhm):
     return float(q[3])
 
 
-def _finish_psf(p, fwhm, wing_tail=True):
+def finish_psf(p, fwhm, wing_tail=True):
     """Recentre, remove the pedestal, Moffat tail (fitted always, applied when ``wing_tail``),
     unit total flux including the tail's light beyond the grid."""
     p = np.where(np.isfinite(p), p, 0.0)
@@ -182,10 +182,12 @@ def _aligned(stars, size):
     return vals, valid
 
 
-def _stack(stars, psf_now, gain, size, combine="weighted_mean", floor=SYSTEMATIC_FLOOR):
-    """Weighted clipped mean (or plain median) of the used stars' flux-normalised, grid-aligned
-    stamps."""
+def normalised_stamps(stars, psf_now, gain, floor=SYSTEMATIC_FLOOR):
+    """The used stars' stamps moved onto the grid and divided by their fluxes, and their inverse
+    variances (sky, the star's Poisson noise as ``psf_now`` predicts it, ``floor`` of the PSF):
+    (used stars, values (n, S, S), weights (n, S, S), 0 where a value is missing)."""
     use = [st for st in stars if st.used]
+    size = psf_now.shape[0]
     vals, valid = _aligned(use, size)
     m = np.maximum(psf_now, 0.0)
     w = np.zeros(vals.shape)
@@ -195,6 +197,13 @@ def _stack(stars, psf_now, gain, size, combine="weighted_mean", floor=SYSTEMATIC
         var = (sky_var + (f * m / gain if gain else 0.0)) / (f * f) + (floor * m) ** 2
         w[k] = np.where(valid[k], 1.0 / var, 0.0)
         vals[k] /= f
+    return use, vals, w
+
+
+def _stack(stars, psf_now, gain, size, combine="weighted_mean"):
+    """Weighted clipped mean (or plain median) of the used stars' flux-normalised, grid-aligned
+    stamps."""
+    use, vals, w = normalised_stamps(stars, psf_now, gain)
     if combine == "median":
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -359,7 +368,7 @@ def stack_epsf(raws, base_ws, centers, origins, ids, gain, fwhm, fluxes0, backgr
         raw_stack = _stack(stars, psf, gain, size, combine)
         f_now = stamp_fwhm(np.where(np.isfinite(raw_stack), raw_stack, 0.0))
         fwhm = f_now if np.isfinite(f_now) and f_now > 1.0 else fwhm0
-        psf, wings = _finish_psf(raw_stack, fwhm, wing_tail)
+        psf, wings = finish_psf(raw_stack, fwhm, wing_tail)
         masked = []
         for k, st in enumerate(stars):
             if not st.flux > 0:

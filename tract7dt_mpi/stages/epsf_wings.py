@@ -107,7 +107,12 @@ def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
     noisy = (ks >= k0) & ~(mean >= min_snr * scat)
     rw = int(ks[noisy][0]) if noisy.any() else int(ks[-1])
     err = scat / np.sqrt(np.maximum(cnt, 1))
-    fit = (ks >= max(1, int(np.floor(fwhm_pix)))) & (ks <= rw) & (mean > 3.0 * err) & (cnt > 0)
+    # a ring's mean is far better measured than its pixels: beyond rw the ePSF takes the radial
+    # profile of the ring means while they are significant (out to rm), the Moffat beyond
+    ring_ok = (mean > min_snr * err) & (cnt > 0)
+    late = (ks >= rw) & ~ring_ok
+    rm = int(ks[late][0]) if late.any() else int(ks[-1]) + 1
+    fit = (ks >= max(1, int(np.floor(fwhm_pix)))) & (ks < rm) & ring_ok
     if fit.sum() < 3:
         info.update(reason=f"fewer than 3 significant rings inside {rw} px", wing_radius_pix=rw)
         return np.asarray(stamp), info
@@ -117,9 +122,13 @@ def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
         info.update(reason=f"tail fit failed: {exc}", wing_radius_pix=rw)
         return np.asarray(stamp), info
     tail = np.exp(lnA) * (1.0 + (r / alpha) ** 2) ** (-beta)
+    prof_ok = ring_ok & (ks < rm) & np.isfinite(rbar)
+    radial = np.interp(r, rbar[prof_ok], mean[prof_ok]) if prof_ok.sum() >= 2 else tail
+    to_tail = np.clip((r - (rm - BLEND_PIX)) / BLEND_PIX, 0.0, 1.0)
+    smooth = (1.0 - to_tail) * radial + to_tail * tail
     if noisy.any():
         blend = np.clip((r - (rw - BLEND_PIX)) / BLEND_PIX, 0.0, 1.0)
-        out = (1.0 - blend) * a + blend * tail
+        out = (1.0 - blend) * a + blend * smooth
     else:
         blend = np.zeros_like(a)
         out = a.copy()
@@ -140,7 +149,8 @@ def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):
         except (ValueError, np.linalg.LinAlgError):
             bo, ao, lo = beta, alpha, lnA
     beyond = _light_beyond(np.exp(lo) / tot, ao, bo, min(a.shape) / 2.0)
-    info.update(applied=bool(noisy.any()), wing_radius_pix=rw, wing_slope=round(2.0 * beta, 3),
+    info.update(applied=bool(noisy.any()), wing_radius_pix=rw, profile_radius_pix=rm,
+                wing_slope=round(2.0 * beta, 3),
                 wing_alpha_pix=round(alpha, 3), tail_beyond_stamp=round(beyond, 7),
                 wing_flux_before=round(before, 6), wing_flux_after=round(float(out[blend > 0].sum()), 6))
     return out.astype(np.asarray(stamp).dtype), info

@@ -3,8 +3,9 @@
 An ePSF estimates the PSF near the centre of its cell. The PSF of a real (and of the sample)
 image changes smoothly across the field, by a few per cent in FWHM over a cell, and a PSF-fit
 flux changes about one for one with the PSF width, so a source near a cell edge fitted with the
-cell-centre PSF is biased by up to a per cent or two. ``patch_run.epsf_interpolation = bilinear``
-(the default) gives each patch the bilinear interpolation, at the patch centre, of the ePSFs of
+cell-centre PSF is biased by up to a per cent or two. ``patch_run.epsf_interpolation = field``
+(the default) evaluates the band's polynomial PSF field (:mod:`.psf_poly`, fitted to all the band's
+ePSF stars) at the patch centre; ``bilinear`` gives each patch the bilinear interpolation, at the patch centre, of the ePSFs of
 the (up to) four cells whose centres surround it, which follows a linear PSF gradient (extrapolated
 linearly between the outermost cell centres and the field edge); ``cell`` keeps the serial
 pipeline's choice. A patch whose own cell has no usable ePSF (too few stars: real fields have
@@ -17,8 +18,10 @@ import dataclasses
 import numpy as np
 
 from .epsf import cell_bounds, cell_tag
+from .patch_inputs import PsfChoiceInput
+from .psf_poly import FIELD_KEY, evaluate_field
 
-MODES = ("bilinear", "cell")
+MODES = ("field", "bilinear", "cell")
 
 
 def cell_centre(shape, n: int, r: int, c: int) -> tuple[float, float]:
@@ -132,13 +135,33 @@ def interpolated_choice(psfs_by_tag: dict, band: str, own_tag: str, shape, n: in
     return _combine(own, parts, "") if parts else own
 
 
+def field_choice(field, own, x: float, y: float, gate: int):
+    """The band's PSF field evaluated at (x, y) as a PsfChoiceInput (None when it gives no stamp,
+    or holds fewer than ``gate`` stars)."""
+    if gate > 0 and field.n_stars < gate:
+        return None
+    stamp, ef = evaluate_field(field, x, y)
+    if stamp is None:
+        return None
+    stars = tuple((float(a), float(b), float(s)) for (a, b), s in zip(field.xy, field.share))
+    base = own if own is not None else PsfChoiceInput(stamp=None)
+    return dataclasses.replace(base, stamp=stamp, nstars_used=int(field.n_stars), flux_in_stamp=ef,
+                               sources=(("field", field.degree),), stars=stars,
+                               note=f"band PSF field (degree {field.degree}, {field.n_stars} stars)")
+
+
 def patch_psf_choices(psfs_by_tag: dict, spec, shape, n: int, gate: int, mode: str) -> dict:
-    """band -> PsfChoiceInput for one patch (``mode``: ``bilinear`` or ``cell``)."""
+    """band -> PsfChoiceInput for one patch (``mode``: ``field``, ``bilinear`` or ``cell``)."""
     own = psfs_by_tag.get(spec.epsf_tag, {})
     if mode == "cell":
         return own
     x = (spec.x0_base + spec.x1_base - 1) / 2.0
     y = (spec.y0_base + spec.y1_base - 1) / 2.0
-    bands = sorted({b for cells in psfs_by_tag.values() for b in cells})
-    out = {b: interpolated_choice(psfs_by_tag, b, spec.epsf_tag, shape, n, x, y, gate) for b in bands}
+    fields = psfs_by_tag.get(FIELD_KEY, {}) if mode == "field" else {}
+    bands = sorted({b for tag, cells in psfs_by_tag.items() if tag != FIELD_KEY for b in cells} | set(fields))
+    out = {}
+    for b in bands:
+        got = field_choice(fields[b], own.get(b), x, y, gate) if b in fields else None
+        out[b] = got if got is not None else interpolated_choice(psfs_by_tag, b, spec.epsf_tag, shape, n,
+                                                                 x, y, gate)
     return {b: v for b, v in out.items() if v is not None}

@@ -1,0 +1,151 @@
+"""A band's PSF as a smooth polynomial field over the frame, fitted to every ePSF star of the band.
+
+A cell's ePSF is the mean PSF of the few stars in its cell. A real PSF changes smoothly over the
+field, often not linearly (a focus dome: the FWHM grows from the centre outwards), and a PSF-fit
+flux changes about one for one with the PSF width, so interpolating a handful of cell ePSFs leaves
+per-cent errors that follow the position on the frame; and small cells hold one star or none.
+Like PSFEx, this fits each ePSF pixel as a polynomial in (x, y) (degree ``degree``, lowered when
+the stars are too few to constrain it: at least 3 stars per term) to the flux-normalised,
+sub-pixel registered stamps of all the band's ePSF stars (the cells' stacks provide them, see
+:func:`tract7dt_mpi.stages.epsf_stack.normalised_stamps`), weighted by their inverse variances, with
+one 3-sigma clipping pass per pixel. The outer rings, where a single star is noise, take the
+band's Moffat tail (fitted once, on the field at the stars' centroid). :func:`evaluate_field` gives
+the unit-sum stamp and its enclosed fraction at any position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PsfField", "FIELD_KEY", "fit_psf_field", "evaluate_field", "n_terms"]
+
+#: key of a band's PsfField in the broadcast ePSF dict {band: {cell tag | FIELD_KEY: ...}}
+FIELD_KEY = "field"
+_MAD = 1.4826
+
+
+def n_terms(degree: int) -> int:
+    return (degree + 1) * (degree + 2) // 2
+
+
+def _basis(u, v, degree: int) -> np.ndarray:
+    """(..., K) monomials u^i v^j, i + j <= degree, by total degree (1, u, v, u^2, uv, v^2, ...)."""
+    u, v = np.asarray(u, float), np.asarray(v, float)
+    cols = [u ** (d - j) * v ** j for d in range(degree + 1) for j in range(d + 1)]
+    return np.stack(cols, axis=-1)
+
+
+@dataclass
+class PsfField:
+    """Polynomial PSF of one band: ``coeffs`` (K, S, S) over positions normalised as
+    (x - x0) / scale, (y - y0) / scale; ``tail``/``blend``: the band's wing (S, S), its light
+    beyond the grid ``tail_beyond``; ``xy``/``share``: the stars and each one's own share of the
+    field at its position (its leverage); ``final_size``: side of the stamps handed out."""
+
+    coeffs: np.ndarray
+    degree: int
+    x0: float
+    y0: float
+    scale: float
+    tail: np.ndarray
+    blend: np.ndarray
+    tail_beyond: float
+    xy: np.ndarray
+    share: np.ndarray
+    final_size: int
+    n_stars: int
+    wings: dict
+
+    def raw(self, x: float, y: float) -> np.ndarray:
+        b = _basis((x - self.x0) / self.scale, (y - self.y0) / self.scale, self.degree)
+        return np.tensordot(b, self.coeffs, axes=(0, 0))
+
+
+def _solve(X, vals, w, ridge):
+    """Per-pixel weighted least squares: X (n, K), vals/w (n, P) -> coefficients (K, P)."""
+    A = np.einsum("np,nk,nl->pkl", w, X, X)
+    b = np.einsum("np,nk,np->pk", w, X, vals)
+    empty = ~(A[:, 0, 0] > 0)                 # no star covers the pixel: coefficients 0
+    A[empty] = np.eye(X.shape[1])
+    b[empty] = 0.0
+    A += ridge[None, :, :] * A[:, :1, :1]
+    return np.linalg.solve(A, b[..., None])[..., 0].T, A
+
+
+def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: float,
+                  wing_tail: bool = True) -> PsfField | None:
+    """Fit the field to ``vals`` (n, S, S) flux-normalised grid-aligned star stamps with inverse
+    variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars."""
+    from .epsf_stack import finish_psf
+
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    vals = np.asarray(vals, float)
+    w = np.asarray(w, float)
+    n = xy.shape[0]
+    if n == 0:
+        return None
+    size = vals.shape[1]
+    d = int(max(degree, 0))
+    while d > 0 and n < 3 * n_terms(d):
+        d -= 1
+    h, wd = float(frame_shape[0]), float(frame_shape[1])
+    x0, y0, scale = wd / 2.0, h / 2.0, max(h, wd) / 2.0
+    X = _basis((xy[:, 0] - x0) / scale, (xy[:, 1] - y0) / scale, d)
+    K = X.shape[1]
+    ridge = np.diag(np.r_[0.0, np.full(K - 1, 1e-6)])
+    V, W = vals.reshape(n, -1), np.where(np.isfinite(vals), w, 0.0).reshape(n, -1)
+    V = np.where(W > 0, V, 0.0)
+    coef, _ = _solve(X, V, W, ridge)
+    z = (V - X @ coef) * np.sqrt(W)
+    with np.errstate(invalid="ignore"):
+        spread = _MAD * np.nanmedian(np.where(W > 0, np.abs(z), np.nan), axis=0)
+    spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
+    W = np.where(np.abs(z) <= 3.0 * spread, W, 0.0)
+    coef, A = _solve(X, V, W, ridge)
+    coeffs = coef.reshape(K, size, size)
+    c = (size * size) // 2
+    Ainv = np.linalg.inv(A[c])
+    share = np.einsum("nk,kl,nl->n", X, Ainv, X) * W[:, c]
+    # the band's tail, from the field at the stars' centroid
+    field = PsfField(coeffs, d, x0, y0, scale, np.zeros((size, size)), np.zeros((size, size)), 0.0,
+                     xy, np.clip(share, 0.0, 1.0), int(final_size), n, {})
+    cx, cy = np.average(xy, axis=0, weights=np.maximum(W[:, c], 1e-300))
+    core = field.raw(cx, cy)
+    tailed, wings = finish_psf(core, fwhm, wing_tail=wing_tail)
+    beyond = float(wings.get("tail_beyond_stamp") or 0.0)
+    tailed = tailed * (1.0 + beyond)            # unit sum on the grid again
+    rw = wings.get("wing_radius_pix")
+    yy, xx = np.indices((size, size))
+    r = np.hypot(xx - (size - 1) / 2.0, yy - (size - 1) / 2.0)
+    blend = np.clip((r - (rw - 3.0)) / 3.0, 0.0, 1.0) if (wing_tail and wings.get("applied")) \
+        else np.zeros((size, size))
+    field.tail, field.blend, field.tail_beyond, field.wings = tailed, blend, beyond, wings
+    return field
+
+
+def evaluate_field(field: PsfField, x: float, y: float):
+    """(unit-sum float32 stamp of side ``final_size``, fraction of the PSF's total flux inside it)
+    of the field at working-frame (x, y): the polynomial core, the band's tail beyond the wing
+    radius scaled to the core at the blend ring."""
+    p = field.raw(x, y)
+    tot = p.sum()
+    if not tot > 0:
+        return None, 1.0
+    p = p / tot
+    ring = (field.blend > 0) & (field.blend < 1)
+    s = 1.0
+    if ring.any() and field.tail[ring].sum() > 0:
+        s = float(p[ring].sum() / field.tail[ring].sum())
+    out = (1.0 - field.blend) * p + field.blend * s * field.tail
+    total = out.sum() + s * field.tail_beyond
+    if not total > 0:
+        return None, 1.0
+    out = out / total
+    size, fs = out.shape[0], int(field.final_size)
+    o = max(0, (size - fs) // 2)
+    crop = out[o:o + fs, o:o + fs]
+    ef = float(crop.sum())
+    if not ef > 0:
+        return None, 1.0
+    return (crop / ef).astype(np.float32), ef
