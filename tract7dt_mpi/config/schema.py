@@ -292,6 +292,10 @@ class PatchRun:
     shape_fit_min_snr: float = K(10.0, "float", "S/N", "MPI-era: a galaxy whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog shape and Sersic n (only position and fluxes are fitted; column fit_shape_fixed); a free shape at low S/N is unmeasured and can grow into a sky-like sheet. 0 fits every shape.", ge=0)
     flux_error_model: str = K("total", "enum", _NONE, "MPI-era: model of the reported FLUXERR (the fit always weights by the sky sigma): total = sky + the source's own Poisson noise from the fitted model and EGAIN + the band's PSF-model error (the fraction of flux the ePSF misses on its own stars beyond their noise, added in quadrature; bands fitted with an ePSF); sky = sky only, as the original.",
                               choices=("total", "sky"))
+    sky: str = K("fit", "enum", _NONE, "MPI-era: the constant sky of each band and patch: fit = fitted freely (for images with a residual background); zero = held at 0 (sky-subtracted images: a fitted sky trades off against the extended light of big galaxies); prior = fitted with a Gaussian prior centred on 0 of width patch_run.sky_prior_sigma.",
+                 choices=("fit", "zero", "prior"))
+    sky_prior_sigma: float = K(0.01, "float", "sky sigma per pixel", "MPI-era: width of the sky prior of patch_run.sky = prior, in units of the band's sky noise per pixel (the median 1/sqrt(inverse variance) of the patch's unmasked pixels). The data measure the sky of N free pixels to about 1/sqrt(N) of that, so the prior matters when it is below ~1/sqrt(N) (0.01 for 10^4 pixels).", gt=0)
+    pos_fit_min_snr: float = K(3.0, "float", "S/N", "MPI-era: a source (star or galaxy) whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog position (only its fluxes are fitted): its flux may go negative, but it cannot walk onto a neighbour's residual or to the edge of its position box. Galaxies between this and shape_fit_min_snr keep a 0.5 px Gaussian prior on their position. 0 = off.", ge=0)
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
 
 

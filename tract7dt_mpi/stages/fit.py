@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .fit_setup import build_sources, choose_psf, engine_images
+from .fit_setup import apply_sky_choice, build_sources, choose_psf, engine_images
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,13 @@ def _log_fit(plog, r, label: str) -> None:
         plog(f"{label}opt iter {k:02d}  dlnp={dl:.6g}")
     plog(f"{label}optimizer: niters={r.niters} converged={r.converged} "
          f"hit_max_iters={r.hit_max_iters} last_dlnp={r.last_dlnp:.6g} chi2={r.chi2:.6g}")
+    srcs = list(getattr(r, "sources", None) or [])
+    held = sum(bool(getattr(x, "pos_held", False)) for x in srcs)
+    if held:
+        plog(f"{label}{held} faint source(s) held at their catalog position")
+    for i, x in enumerate(srcs):
+        if getattr(x, "runaway", None):
+            plog(f"{label}source {i}: model ran away ({','.join(x.runaway)}): not converged")
 
 
 def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
@@ -289,6 +296,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
+    fit_sky = apply_sky_choice(images, pr)
+    meta["sky_mode"] = str(getattr(pr, "sky", "fit"))
     is_halo = cat["_is_halo_source"].to_numpy(bool)
     if (~is_halo).sum() == 0:
         plog("no base sources: nothing to fit", logging.WARNING)
@@ -297,10 +306,11 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     sources, inits = build_sources(pin, images, pr)
     from ..engine import FitOptions
     opts = FitOptions(n_opt_iters=int(pr.n_opt_iters), dlnp_stop=float(pr.dlnp_stop),
-                      staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=True,
+                      staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=fit_sky,
                       flag_maxiter_margin=int(pr.flag_maxiter_margin),
                       flux_error_model=meta["flux_error_model"],
-                      shape_min_snr=float(pr.shape_fit_min_snr))
+                      shape_min_snr=float(pr.shape_fit_min_snr),
+                      pos_min_snr=float(getattr(pr, "pos_fit_min_snr", 0.0)))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
