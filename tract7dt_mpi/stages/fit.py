@@ -224,10 +224,11 @@ def core_masked(images, x: float, y: float, radius: float = 2.0) -> bool:
 
 
 def _opt_values(r, sfx: str, src=None) -> dict:
-    """opt_* columns: the patch-level optimizer state, refined per source when the engine says
-    that this source's own parameters converged (its remaining gain is below the tolerance)
-    although some other source in the patch did not."""
-    conv = bool(r.converged) or bool(getattr(src, "converged", None))
+    """opt_* columns: the engine's per-source convergence when it assessed it (the patch's state,
+    refined by the source's own remaining gain, and false for a source on a bound or with a
+    runaway model), else the patch-level optimizer state."""
+    own = getattr(src, "converged", None)
+    conv = bool(r.converged) if own is None else bool(own)
     return {f"opt_niters{sfx}": int(r.niters), f"opt_converged{sfx}": conv,
             f"opt_hit_max_iters{sfx}": bool(r.hit_max_iters) and not conv,
             f"opt_last_dlnp{sfx}": float(r.last_dlnp)}

@@ -1,4 +1,4 @@
-"""patch_run.sky (fit | zero | prior) and patch_run.pos_fit_min_snr through the fit stage."""
+"""patch_run.sky (fit | zero | prior) through the fit stage, and opt_converged of sources on a bound."""
 import numpy as np
 import pytest
 
@@ -48,3 +48,15 @@ def test_fit_stage_holds_the_sky_at_zero_or_pulls_it_with_the_prior():
     assert all(v != 0.0 for v in free["sky_fit"].values())
     # a prior of 1e-6 sky sigma: the sky is ~0 (at most 1e-6 x (prior weight share))
     assert all(abs(v) < 1e-5 for v in tight["sky_fit"].values())
+
+
+def test_sources_on_their_position_bound_are_not_opt_converged():
+    galsim = pytest.importorskip("galsim")
+    from tract7dt_mpi.stages.fit import fit_patch_input
+    pin = make_galsim_patch(galsim)
+    # every input position is off by more than 0.05 px: each source ends on its box
+    t = fit_patch_input(pin, _fit_cfg(pos_max_shift_pix=0.05)).table
+    assert t["flag_bound_stalled"].all()
+    assert not t["opt_converged"].any()
+    t = fit_patch_input(pin, _fit_cfg()).table                  # 3 px box: free, converged
+    assert t["opt_converged"].all() and not t["flag_bound_stalled"].any()
