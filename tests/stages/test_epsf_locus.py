@@ -103,12 +103,27 @@ def test_gaia_seed_on_a_galaxy_nucleus_is_rejected(band_locus):
     assert meta["selection"]["rejected"]["gaia_resolved"] == 1
 
 
-def test_locus_cells_spread_evenly_under_the_pixel_cap():
+def test_locus_cells_go_coarse_to_fine_under_the_pixel_cap():
     cells = [(r, c) for r in range(4) for c in range(4)]
-    assert locus_cells(cells, 100, max_pix=10_000) == cells
-    sub = locus_cells(cells, 100, max_pix=400)
-    assert len(sub) == 4 and sub[0] == (0, 0) and sub[-1] == (3, 3)
+    every = locus_cells(cells, 100, max_pix=10_000)
+    assert sorted(every) == cells and every[:2] == [(0, 0), (3, 3)]    # opposite corners first
+    assert locus_cells(cells, 100, max_pix=400) == every[:4]
     assert locus_cells([], 100) == []
+
+
+def test_band_locus_stops_reading_cells_once_it_has_enough_candidates():
+    stars = [(x, y, 3e4) for x in (40, 100, 160) for y in (40, 100, 160)]
+    arr = field(stars, seed=6)
+    one = (arr, np.full(arr.shape, SIG), np.zeros(arr.shape, bool), None)
+    s = epsf_settings(BASE)
+    read = []
+
+    def cells():
+        for k in range(5):
+            read.append(k)
+            yield one
+    loc, n = band_size_locus(cells(), s, FWHM, np.inf, target_n=15)
+    assert n == 2 and read == [0, 1] and loc.n == 18
 
 
 # ------------------------------------------------------------------------------- reporting

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 #: changes across it), kept within these bounds; fewer than BAND_LOCUS_MIN_N candidates: no locus
 BAND_LOCUS_TOL = (0.10, 0.30)
 BAND_LOCUS_MIN_N = 5
-#: the band locus is measured on at most this many pixels of cells per band (evenly spread cells)
-BAND_LOCUS_MAX_PIX = 16_000_000
+#: the band locus is measured on cells taken coarse to fine over the tile until they hold this
+#: many candidates or this many pixels (SEP costs ~10 us per pixel; rank 0 does it for every band)
+BAND_LOCUS_TARGET_N = 60
+BAND_LOCUS_MAX_PIX = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -81,28 +83,42 @@ def cell_candidate_sizes(img, sigma, bad, satur, s, fwhm_pix, saturate_scaled) -
 
 
 def locus_cells(cells, cell_pix, max_pix=BAND_LOCUS_MAX_PIX) -> list:
-    """The cells (in the given order) that measure the band locus: all of them when their pixels
-    sum to at most ``max_pix``, else an evenly spaced subset of that many pixels."""
+    """The cells that may measure the band locus, coarse to fine: the first, the last, then ever
+    finer evenly spaced ones of the given order, at most ``max_pix`` pixels in all."""
     cells = list(cells)
-    if not cells:
+    n = len(cells)
+    if n == 0:
         return []
-    k = int(max(1, min(len(cells), max_pix // max(int(cell_pix), 1))))
-    if k >= len(cells):
-        return cells
-    idx = np.unique(np.round(np.linspace(0, len(cells) - 1, k)).astype(int))
-    return [cells[i] for i in idx]
+    k_max = int(max(1, min(n, max_pix // max(int(cell_pix), 1))))
+    order, seen, k = [], set(), 1
+    while len(order) < k_max:
+        k = min(2 * k, n) if order else 1
+        for i in np.round(np.linspace(0, n - 1, k)).astype(int) if k > 1 else [0]:
+            if int(i) not in seen and len(order) < k_max:
+                seen.add(int(i))
+                order.append(int(i))
+        if k == n:
+            break
+    return [cells[i] for i in order]
 
 
-def band_size_locus(cell_arrays, s, fwhm_pix, saturate_scaled) -> "tuple[SizeLocus | None, int]":
+def band_size_locus(cell_arrays, s, fwhm_pix, saturate_scaled,
+                    target_n=BAND_LOCUS_TARGET_N) -> "tuple[SizeLocus | None, int]":
     """The band's stellar locus from the candidates of the cells ``cell_arrays`` yields as
-    (img, sigma_sky, bad, satur); returns (locus or None, number of cells measured)."""
-    sizes, n = [], 0
+    (img, sigma_sky, bad, satur), read until ``target_n`` candidates are in; returns (locus or
+    None, number of cells measured)."""
+    sizes, n, total = [], 0, 0
     for img, sigma, bad, satur in cell_arrays:
         n += 1
         try:
-            sizes.append(cell_candidate_sizes(img, sigma, bad, satur, s, fwhm_pix, saturate_scaled))
+            r = cell_candidate_sizes(img, sigma, bad, satur, s, fwhm_pix, saturate_scaled)
         except Exception as exc:  # SEP on odd data: the cell's own selection reports it
             log.debug("band locus: a cell failed (%s)", exc)
+            continue
+        sizes.append(r)
+        total += int(np.isfinite(r).sum())
+        if total >= target_n:
+            break
     return SizeLocus.from_sizes(np.concatenate(sizes) if sizes else []), n
 
 
