@@ -130,3 +130,20 @@ def test_good_fit_has_no_runaway():
                          Source("exp", 40.3, 25.2, [4e3], re=2.5, ab=0.8, phi_deg=0.0, max_shift=3.0)],
                   FitOptions())
     assert all(s.converged and not s.runaway and not s.stalled for s in r.sources)
+
+
+def test_no_improving_step_from_a_non_optimal_start_is_a_stall_not_convergence(monkeypatch):
+    # the real-data case "stopped at iteration 0 with dlnp = 0": force every damped step to fail
+    import tract7dt_mpi.engine.fit as F
+    monkeypatch.setattr(F, "_try_step", lambda prob, ev, sy, H, g, lam, nu, *a: (None, 0.0, lam, nu))
+    shape = (48, 48)
+    im = _image(draw([(moffat().withFlux(5e3), 24.0, 24.0)], shape), 1.0, 3)
+    off = fit_patch([im], [Source("star", 25.0, 24.0, [5e3])], FitOptions(staged=False))
+    assert not off.converged and off.stages[-1]["stop_reason"].startswith("stalled")
+    assert off.last_dlnp == 0.0 and not off.sources[0].converged
+    # from the optimum (found without the patch) there is nothing left to gain: convergence
+    monkeypatch.undo()
+    ref = fit_patch([im], [Source("star", 25.0, 24.0, [5e3])], FitOptions(staged=False)).sources[0]
+    monkeypatch.setattr(F, "_try_step", lambda prob, ev, sy, H, g, lam, nu, *a: (None, 0.0, lam, nu))
+    best = fit_patch([im], [Source("star", ref.x, ref.y, ref.fluxes)], FitOptions(staged=False))
+    assert best.converged and best.sources[0].converged
