@@ -60,3 +60,16 @@ def test_sources_on_their_position_bound_are_not_opt_converged():
     assert not t["opt_converged"].any()
     t = fit_patch_input(pin, _fit_cfg()).table                  # 3 px box: free, converged
     assert t["opt_converged"].all() and not t["flag_bound_stalled"].any()
+
+
+def test_sources_below_pos_fit_min_snr_keep_their_catalog_position():
+    galsim = pytest.importorskip("galsim")
+    from tract7dt_mpi.stages.fit import fit_patch_input
+    pin = make_galsim_patch(galsim)
+    t = fit_patch_input(pin, _fit_cfg(pos_fit_min_snr=1e9)).table      # every source is "faint"
+    base = pin.cat[~pin.cat["_is_halo_source"]]
+    assert t["fit_pos_held"].all()
+    assert np.allclose(t["x_pix_patch_fit"], base["x_pix_patch"]) and np.allclose(t["y_pix_patch_fit"], base["y_pix_patch"])
+    t = fit_patch_input(pin, _fit_cfg()).table                          # default 3: bright ones move
+    assert not t["fit_pos_held"].any()
+    assert not np.allclose(t["x_pix_patch_fit"], base["x_pix_patch"])

@@ -67,7 +67,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
-            ("fit_shape_fixed", b1)]
+            ("fit_shape_fixed", b1), ("fit_pos_held", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -327,6 +327,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         if multi:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
             d["fit_shape_fixed"] = bool(getattr(res.sources[i], "shape_fixed", False))
+            d["fit_pos_held"] = bool(getattr(res.sources[i], "pos_held", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
@@ -339,6 +340,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                 core_masked([im], per[b].sources[i].x, per[b].sources[i].y)
                 for b, im in zip(bands, images))
             d["fit_shape_fixed"] = any(bool(getattr(per[b].sources[i], "shape_fixed", False)) for b in bands)
+            d["fit_pos_held"] = any(bool(getattr(per[b].sources[i], "pos_held", False)) for b in bands)
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
