@@ -161,3 +161,27 @@ def test_cell_without_a_star_says_why_in_one_info_line(caplog, band_locus):
     summary = failure_summary([res.meta, ok, {"band": "m500", "status": "fail", "cell_too_small": True}])
     assert summary == ["ePSF m500: 1/3 cells OK; no PSF star in 1 (0 without any detection; candidates "
                        "removed by: edge 1, resolved 1); 1 too small for a star"]
+
+
+def test_band_loci_reads_the_cells_through_the_prepared_store(caplog):
+    from types import SimpleNamespace
+
+    from tract7dt_mpi.stages.epsf_locus import band_loci
+    arr = field([(x, y, 3e4) for x in (40, 100, 160) for y in (40, 100, 160)], seed=12)
+
+    class Prepared:
+        def band_info(self, band):
+            return SimpleNamespace(fwhm_pix=FWHM, saturate_scaled=np.inf)
+
+        def read(self, band, y0, y1, x0, x1, with_bright=False):
+            sl = (slice(y0, y1), slice(x0, x1))
+            z = np.zeros(arr[sl].shape, bool)
+            return SimpleNamespace(img=arr[sl], sigma_sky=np.full(z.shape, SIG), nonfinite=z, saturated=z)
+
+    s = epsf_settings(BASE)
+    boxes = {(0, 0): (0, 100, 0, 200), (0, 1): (100, 200, 0, 200), (0, 2): (0, 20, 0, 20)}
+    with caplog.at_level(logging.INFO, logger="tract7dt_mpi"):
+        loci = band_loci(Prepared(), ["m500", "m600"], boxes, s)
+    assert set(loci) == {"m500", "m600"} and loci["m500"].r50 == pytest.approx(2.45, abs=0.15)
+    assert sum("stellar size locus" in r.getMessage() for r in caplog.records) == 2
+    assert band_loci(Prepared(), ["m500"], {(0, 2): (0, 20, 0, 20)}, s) == {"m500": None}
