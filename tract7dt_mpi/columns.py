@@ -119,7 +119,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("FLUXERR_STAT_{band}_fit", _F, _CNT, "statistical part of the 1 sigma error (sky, plus the source's Poisson noise under `flux_error_model: total`), without the band's PSF term: use it for S/N cuts", "multi"),
     Column("PSFCHK_{band}_fit", _F, "", "fitted stars: residual of the patch model within 3 FWHM over the fitted flux; pooled at merge into the band's PSF flux error", "multi", "store"),
     Column("PSFCHK_ERR_{band}_fit", _F, "", "1 sigma noise of PSFCHK", "multi", "store"),
-    *_opt("opt_converged", _B, None, "the optimizer reached `patch_run.dlnp_stop`, or this source's own share of the remaining gain is below 0.1 in ln p, or the last step gained less than 0.1"),
+    *_opt("opt_converged", _B, None, "the optimizer reached `patch_run.dlnp_stop`, or this source's own share of the remaining gain is below 0.1 in ln p, or the last step gained less than 0.1; false whenever the source ended on a bound or its model ran away (see \"What `opt_converged` and `fit_is_reliable` promise\")"),
     *_opt("opt_hit_max_iters", _B, None, "stopped at the iteration limit without converging"),
     *_opt("opt_niters", _I, "", "iterations used"),
     *_opt("opt_last_dlnp", _F, "", "last improvement of the log-likelihood"),
@@ -129,6 +129,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("flag_dead_data", _B, None, "in some band every usable pixel within 3 px of the fitted position has one value: no light was recorded there (e.g. a zero-filled gap); never `fit_is_reliable`", "multi"),
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
+    Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability
     Column("fit_is_reliable", _B, None, "true when no hard tag applies", "quality"),
     Column("fit_quality_issues", _T, None, "comma list of tags, hard ones first", "quality"),

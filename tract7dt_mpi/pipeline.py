@@ -247,6 +247,9 @@ class _Run:
         atomic_write_json(os.path.join(self.cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
         total, ok, fail = count_status(metas)
         log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
+        from .stages.epsf_select import failure_summary
+        for line in failure_summary(metas):
+            log.info(line)
 
     def stamps_from_disk(self, bands, cells):
         from .stages.epsf import cell_tag

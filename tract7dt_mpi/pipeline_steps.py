@@ -135,16 +135,24 @@ def epsf_tasks(cfg, load_res, cells) -> list[Task]:
             gaia = read_gaiaxp(gpath)
         except InputError as exc:
             log.warning("GaiaXP CSV unusable for ePSF seeds (%s); SEP-only", exc)
+    from .io.prepared import PreparedImages
+    from .stages.epsf import epsf_settings
+    from .stages.epsf_locus import band_loci, too_small_cells
     n = int(cfg.epsf.epsf_ngrid)
+    boxes = {rc: cell_bounds(load_res.shape, n, *rc) for rc in cells}
+    s = epsf_settings(cfg.epsf)
+    too_small_cells(boxes, s)
+    with PreparedImages(cfg.mpi.prepared_store) as prep:
+        loci = band_loci(prep, load_res.bands, boxes, s)
     tasks, i = [], 0
     for band in load_res.bands:
         seeds = gaia_seeds_for_band(gaia, band, load_res.wcs, cfg.epsf) if gaia is not None else None
         for r, c in cells:
-            x0, x1, y0, y1 = cell_bounds(load_res.shape, n, r, c)
+            x0, x1, y0, y1 = boxes[(r, c)]
             tag = cell_tag(r, c)
             tasks.append(Task(epsf_task_id(band, tag), "epsf", cost=float((x1 - x0) * (y1 - y0)),
                               index=i, payload={"band": band, "tag": tag, "box": (x0, x1, y0, y1),
-                                                "gaia_xy": seeds}))
+                                                "gaia_xy": seeds, "size_locus": loci.get(band)}))
             i += 1
     return tasks
 
@@ -184,7 +192,8 @@ class Worker:
         inp = EpsfCellInput(band=band, tag=tag, x0=x0, x1=x1, y0=y0, y1=y1, img=cut.img,
                             sigma_sky=cut.sigma_sky, bad=cut.nonfinite, satur=cut.saturated,
                             saturate_scaled=info.saturate_scaled, fwhm_pix=info.fwhm_pix,
-                            gaia_xy=p.get("gaia_xy"), gain_scaled=info.egain / info.scale)
+                            gaia_xy=p.get("gaia_xy"), gain_scaled=info.egain / info.scale,
+                            size_locus=p.get("size_locus"))
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
         dpi = int(getattr(self.cfg.plotting, "dpi", 150))

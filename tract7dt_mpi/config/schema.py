@@ -307,6 +307,10 @@ class PatchRun:
                               choices=("total", "sky"))
     galaxy_flux: str = K("total", "enum", _NONE, "MPI-era: what FLUX_{band}_fit of an EXP, DEV or SERSIC source is: total = the total flux of the fitted profile integrated to infinity (the engine's mixtures are tapered at 4 or 8 re, as the Tractor's; their flux times 1.015 (exp), 1.062 (dev), 1.01-1.11 (Sersic n = 0.5-6); column flux_total_factor); truncated = the tapered mixture's flux, the Tractor convention, for comparisons with Tractor catalogues. Point-source and galaxy fluxes are in either case divided by the fraction of the PSF's total flux inside its stamp (column-free: ePSF meta psf_flux_in_stamp).",
                       choices=("total", "truncated"))
+    sky: str = K("fit", "enum", _NONE, "MPI-era: the constant sky of each band and patch: fit = fitted freely (for images with a residual background); zero = held at 0 (sky-subtracted images: a fitted sky trades off against the extended light of big galaxies); prior = fitted with a Gaussian prior centred on 0 of width patch_run.sky_prior_sigma.",
+                 choices=("fit", "zero", "prior"))
+    sky_prior_sigma: float = K(0.01, "float", "sky sigma per pixel", "MPI-era: width of the sky prior of patch_run.sky = prior, in units of the band's sky noise per pixel (the median 1/sqrt(inverse variance) of the patch's unmasked pixels). The data measure the sky of N free pixels to about 1/sqrt(N) of that, so the prior matters when it is below ~1/sqrt(N) (0.01 for 10^4 pixels).", gt=0)
+    pos_fit_min_snr: float = K(3.0, "float", "S/N", "MPI-era: a source (star or galaxy) whose flux S/N (all bands combined, at the start of the fit) is below this keeps its catalog position (only its fluxes are fitted): its flux may go negative, but it cannot walk onto a neighbour's residual or to the edge of its position box. Galaxies between this and shape_fit_min_snr keep a 0.5 px Gaussian prior on their position. 0 = off.", ge=0)
     fault_inject: tuple = K((), "strs", _NONE, "MPI-era, tests only: patch tags whose fit raises on purpose.")
 
 

@@ -41,6 +41,17 @@ PREP_STOP = 1.0
 SOURCE_DLNP = 0.1
 #: position prior (px) of a galaxy whose shape is held for low S/N (``FitOptions.shape_min_snr``)
 FAINT_POS_SIGMA = 0.5
+#: runaway models (``SourceResult.runaway``): Re beyond this factor times its start (catalog) Re,
+RUNAWAY_RE = 5.0
+#: a flux below -RUNAWAY_SIGMA sigma, or above RUNAWAY_AP x the data's aperture flux +
+#: RUNAWAY_SIGMA sigma of that aperture (radius max(RUNAWAY_AP_R, 3 start Re) px, at least half
+#: of it unmasked)
+RUNAWAY_SIGMA = 5.0
+RUNAWAY_AP = 3.0
+RUNAWAY_AP_R = 6.0
+#: "no improving step" ends a stage as converged only when the gain the quadratic model still
+#: predicts is below max(SOURCE_DLNP, this x the ln p noise floor); otherwise the optimizer stalled
+STALL_FLOOR_FACTOR = 10.0
 
 
 class _System:
@@ -76,12 +87,8 @@ def _sheets(prob: Problem, ev, sy) -> np.ndarray:
     return out
 
 
-def _faint_galaxies(prob: Problem, params, F, sky, min_snr: float) -> np.ndarray:
-    """Galaxies whose combined flux S/N at the start (sky-only errors) is below ``min_snr``."""
-    out = np.zeros(prob.S, dtype=bool)
-    gal = np.array([k != "star" for k in prob.kinds])
-    if not (min_snr > 0 and gal.any()):
-        return out
+def _start_snr(prob: Problem, params, F, sky) -> np.ndarray:
+    """Each source's combined flux S/N over the bands at the start (sky-only errors)."""
     ev = prob.evaluate(params, frozenset(), True, F, sky, derivs=False)
     cov, _ = prob.flux_covariance(ev, None, [None] * prob.nb)
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
@@ -90,7 +97,25 @@ def _faint_galaxies(prob: Problem, params, F, sky, min_snr: float) -> np.ndarray
     # zero: at the start a faint galaxy's linear flux may soak up a neighbour's misfit
     f = np.clip(np.minimum(np.asarray(F, float), ev.F), 0.0, None)
     snr2 = np.where(ok, f ** 2 / np.where(ok, var, 1.0), 0.0).sum(axis=0)
-    return gal & (np.sqrt(snr2) < min_snr)
+    return np.sqrt(snr2)
+
+
+def _faint_sources(prob: Problem, params, F, sky, opts: FitOptions, sources):
+    """(shape held, position held) per source.
+
+    Shape held: galaxies below ``shape_min_snr`` (or with ``hold_shape``); they get a position
+    prior (:func:`_faint_position_priors`).  Position held: every source (stars too) below
+    ``pos_min_snr``: a prior cannot stop a faint source from walking onto a bright neighbour's
+    PSF residual with a large negative flux (that gains far more chi^2 than a prior costs).
+    """
+    gal = np.array([k != "star" for k in prob.kinds], dtype=bool)
+    shape_min, pos_min = float(opts.shape_min_snr), float(opts.pos_min_snr)
+    snr = _start_snr(prob, params, F, sky) if (shape_min > 0 and gal.any()) or pos_min > 0 \
+        else np.full(prob.S, np.inf)
+    held = gal & (snr < shape_min) if shape_min > 0 else np.zeros(prob.S, dtype=bool)
+    held |= np.array([bool(getattr(s, "hold_shape", False)) for s in sources], dtype=bool) & gal
+    pos = snr < pos_min if pos_min > 0 else np.zeros(prob.S, dtype=bool)
+    return held, pos
 
 
 def _faint_position_priors(prob: Problem) -> None:
@@ -105,8 +130,10 @@ def _faint_position_priors(prob: Problem) -> None:
 
 
 def _held_shapes(prob: Problem, sy) -> np.ndarray:
-    """Shape and Sersic parameters of the galaxies in ``prob.faint``."""
-    return np.array([bool(prob.faint[s]) and prob.names[s][j] in SHAPE_LIKE for s, j in sy.index],
+    """Shape and Sersic parameters of the galaxies in ``prob.faint``, positions of the sources in
+    ``prob.pos_held``."""
+    return np.array([(bool(prob.faint[s]) and prob.names[s][j] in SHAPE_LIKE)
+                     or (bool(prob.pos_held[s]) and prob.names[s][j] in POS) for s, j in sy.index],
                     dtype=bool)
 
 
@@ -223,7 +250,11 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
                       stage, niters, last, pred, gn_pred, floor, lnp0 + last, lam)
             if newp is None:
-                done = "no improving step (at the ln p noise floor)"
+                if gn_pred < max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor):
+                    done = "no improving step (at the ln p noise floor)"
+                else:   # the model promises a real gain that no damped step delivers: a stall
+                    why = f"stalled: no improving step, predicted gain {gn_pred:.3g}"
+                    break
             else:
                 if last < stop:
                     done = "dlnp < dlnp_stop"
@@ -242,7 +273,7 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
         act = free_set(sy.theta, sy.lo, sy.hi, g) & ~hold
         prob.source_share = _remaining_shares(H, g, act, sy.owner, S, prob.source_tol)
     return ev, {"stage": stage, "niters": niters, "converged": converged, "last_dlnp": float(last),
-                "dlnp_tol": stop}
+                "dlnp_tol": stop, "stop_reason": why}
 
 
 def _stalled(prob: Problem, s, p, free):
@@ -266,8 +297,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     params = [p.copy() for p in prob.p0]
     F, sky = prob.F0.copy(), prob.sky0.copy()
     stages = []
-    prob.faint = _faint_galaxies(prob, params, F, sky, float(opts.shape_min_snr)) | np.array(
-        [bool(getattr(s, "hold_shape", False)) and s.kind != "star" for s in sources], dtype=bool)
+    prob.faint, prob.pos_held = _faint_sources(prob, params, F, sky, opts, sources)
     _faint_position_priors(prob)
     plan = [1, 2, 3] if opts.staged else [0]
     ev = None
@@ -291,21 +321,24 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     # out of iterations but the last accepted step gained < SOURCE_DLNP: the fit is on a plateau
     # (legacypipe's stopping rule); the undamped shares can overstate what a step could still gain
     last_gain = float(stages[-1]["last_dlnp"])
-    plateau = bool(np.isfinite(last_gain) and 0.0 <= last_gain < SOURCE_DLNP)
+    plateau = bool(stages[-1]["stop_reason"] == "max_iters" and np.isfinite(last_gain)
+                   and 0.0 <= last_gain < SOURCE_DLNP)
     out = []
     for s, src in enumerate(sources):
         p = params[s]
         r = SourceResult(kind=src.kind, x=float(p[0]), y=float(p[1]), fluxes=ev.F[:, s].copy(),
                          flux_errs=errs[:, s].copy(), stalled=_stalled(prob, s, p, last_free),
                          no_data_bands=[bands[b] for b in np.flatnonzero(ev.pinned[:, s])],
-                         shape_fixed=bool(prob.faint[s]))
+                         shape_fixed=bool(prob.faint[s]), pos_held=bool(prob.pos_held[s]))
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
         share = float(prob.source_share[s])
         r.remaining_dlnp = share
-        r.converged = bool(stages[-1]["converged"] or abs(share) < prob.source_tol or plateau)
+        r.runaway = _runaway(prob, ev, s, src, r, errs, bands)
+        r.converged = bool(stages[-1]["converged"] or abs(share) < prob.source_tol or plateau) \
+            and not r.stalled and not r.runaway
         out.append(r)
     last = stages[-1]
     n_lim = max(1, int(opts.n_opt_iters) - int(opts.flag_maxiter_margin))
@@ -314,6 +347,43 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                      last_dlnp=last["last_dlnp"], stages=stages, sky=ev.sky.copy(), chi2=ev.chi2,
                      lnp=ev.lnp, bands=bands, npix_used=int(np.count_nonzero(prob.w > 0)),
                      _models=[m for m in model])
+
+
+def _aperture(prob: Problem, sky, x, y, r):
+    """(flux, sigma, unmasked fraction) per band of data - sky within ``r`` px of (x, y)."""
+    H, W = prob.shape
+    x0, x1 = max(0, int(math.floor(x - r))), min(W, int(math.ceil(x + r)) + 1)
+    y0, y1 = max(0, int(math.floor(y - r))), min(H, int(math.ceil(y + r)) + 1)
+    nb = prob.nb
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros(nb), np.full(nb, np.inf), np.zeros(nb)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    inside = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+    n_in = max(int(inside.sum()), 1)
+    w = prob.w[:, y0:y1, x0:x1]
+    good = inside[None] & (w > 0)
+    d = prob.data[:, y0:y1, x0:x1] - np.asarray(sky)[:, None, None]
+    flux = np.where(good, d, 0.0).sum(axis=(1, 2))
+    var = np.where(good, 1.0 / np.where(good, w, 1.0), 0.0).sum(axis=(1, 2))
+    return flux, np.sqrt(var), good.sum(axis=(1, 2)) / n_in
+
+
+def _runaway(prob: Problem, ev, s, src, r, errs, bands) -> list:
+    """Reasons why source ``s``'s final model ran away from the data (see SourceResult.runaway)."""
+    out = []
+    if src.kind != "star" and np.isfinite(r.re) and r.re > RUNAWAY_RE * float(src.re):
+        out.append(f"re>{RUNAWAY_RE:g}xstart")
+    r_ap = max(RUNAWAY_AP_R, 3.0 * float(src.re)) if src.kind != "star" else RUNAWAY_AP_R
+    ap, ap_sig, frac = _aperture(prob, ev.sky, r.x, r.y, r_ap)
+    for b in range(prob.nb):
+        if ev.pinned[b, s]:
+            continue
+        f, e = float(ev.F[b, s]), float(errs[b, s])
+        if np.isfinite(e) and f < -RUNAWAY_SIGMA * e:
+            out.append(f"flux<-{RUNAWAY_SIGMA:g}sigma:{bands[b]}")
+        elif frac[b] >= 0.5 and f > RUNAWAY_AP * max(float(ap[b]), 0.0) + RUNAWAY_SIGMA * float(ap_sig[b]):
+            out.append(f"flux>{RUNAWAY_AP:g}xaperture:{bands[b]}")
+    return out
 
 
 def _band_source(src, b):

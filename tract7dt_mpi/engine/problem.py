@@ -80,6 +80,7 @@ class Problem:
         self.names = [param_names(k) for k in self.kinds]
         self.F0 = np.zeros((self.nb, self.S))
         self.faint = np.zeros(self.S, dtype=bool)   # galaxies whose shape is held (engine.fit)
+        self.pos_held = np.zeros(self.S, dtype=bool)   # sources whose position is held (engine.fit)
         self.flux_mu = np.zeros((self.nb, self.S))
         self.flux_prec = np.zeros((self.nb, self.S))
         self.p0, self.lo, self.hi = [], [], []
@@ -97,6 +98,9 @@ class Problem:
                 self.flux_mu[:, s] = src.fluxes
             self._init_params(src)
         self.sky0 = np.array([im.sky for im in images], dtype=float)
+        # Gaussian prior (mean 0) on each band's fitted sky; 0 = flat
+        self.sky_prec = np.array([0.0 if getattr(im, "sky_sigma", None) is None else im.sky_sigma ** -2
+                                  for im in images], dtype=float) if fit_sky else np.zeros(self.nb)
         self.w32 = self.w.astype(np.float32)
         self._cache = {}
         self._block_cache = {}
@@ -248,6 +252,8 @@ class Problem:
         fp = self.flux_prec
         if fp.any():
             lnp -= 0.5 * float(np.sum(fp * (F - self.flux_mu) ** 2))
+        if self.sky_prec.any():
+            lnp -= 0.5 * float(np.sum(self.sky_prec * sky ** 2))
         return Evaluation(params, free, rs, blocks, F, sky, G, pinned, resid, chi2, lnp, derivs)
 
     def linear_matrix(self, rs, blocks, weight=None):
@@ -288,7 +294,9 @@ class Problem:
             G[b, s, s] = 1.0
             rhs[b, s] = F[b, s]
         if self.fit_sky:   # a band without any unmasked pixel keeps its sky
-            for b in np.flatnonzero(~(G[:, S, S] > 0)):
+            empty = ~(G[:, S, S] > 0)
+            G[~empty, S, S] += self.sky_prec[~empty]
+            for b in np.flatnonzero(empty):
                 G[b, S, :] = G[b, :, S] = 0.0
                 G[b, S, S], rhs[b, S] = 1.0, sky[b]
         x = solve_batched(G, rhs)
@@ -357,6 +365,8 @@ class Problem:
         G = self.linear_matrix(ev.rs, ev.blocks)
         S = self.S
         G[:, :S, :S] += np.einsum("bs,st->bst", self.flux_prec, np.eye(S))
+        if self.fit_sky:
+            G[:, S, S] += self.sky_prec
         Ginv = inv_batched(G)
         tot = Ginv.copy()
         if any(g is not None for g in gains):

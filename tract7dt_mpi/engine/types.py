@@ -13,7 +13,11 @@ FLUX_ERROR_MODELS = ("total", "sky")
 
 @dataclass
 class ImageData:
-    """One band: image, inverse variance (0 = masked), PSF, optional gain (e-/data unit), sky start."""
+    """One band: image, inverse variance (0 = masked), PSF, optional gain (e-/data unit), sky start.
+
+    ``sky_sigma``: width (data units) of a Gaussian prior centred on 0 on the band's fitted
+    constant sky (None: flat prior); used only when ``FitOptions.fit_sky`` is true.
+    """
 
     band: str
     data: np.ndarray
@@ -21,6 +25,7 @@ class ImageData:
     psf: object
     gain: float | None = None
     sky: float = 0.0
+    sky_sigma: float | None = None
 
     def __post_init__(self):
         self.data = np.asarray(self.data, dtype=float)
@@ -36,6 +41,8 @@ class ImageData:
         if self.gain is not None and not (np.isfinite(self.gain) and self.gain > 0):
             self.gain = None
         self.sky = float(self.sky) if np.isfinite(self.sky) else 0.0
+        if self.sky_sigma is not None and not (np.isfinite(self.sky_sigma) and self.sky_sigma > 0):
+            self.sky_sigma = None
 
 
 @dataclass
@@ -92,6 +99,10 @@ class FitOptions:
     #: keep their initial shape and Sersic index: such a shape is unmeasurable and a free one can
     #: grow into a sky-like sheet that takes light from its neighbours (0 disables)
     shape_min_snr: float = 0.0
+    #: sources (stars and galaxies) whose start S/N (as for ``shape_min_snr``) is below this keep
+    #: their start position: a faint source's flux may go negative, but its position must not
+    #: wander onto noise or a neighbour's residual (0 disables)
+    pos_min_snr: float = 0.0
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:
@@ -122,6 +133,11 @@ class SourceResult:
     converged: bool | None = None
     #: that share (ln p units; 0 when the patch converged; nan when not assessed)
     remaining_dlnp: float = np.nan
+    #: why the final model is not trusted although the optimizer stopped (each makes
+    #: ``converged`` False): "re>5xstart", "flux<-5sigma:{band}", "flux>3xaperture:{band}"
+    runaway: list = field(default_factory=list)
+    #: position held at the start: start S/N below FitOptions.pos_min_snr
+    pos_held: bool = False
 
 
 @dataclass

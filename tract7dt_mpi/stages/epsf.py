@@ -19,6 +19,7 @@ import numpy as np
 from . import epsf_build as B
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
+from .epsf_locus import min_cell_side
 from .epsf_wings import with_wing_tail
 from .psf_error import stamp_fwhm, star_flux_checks
 from .epsf_build import finish_stamp, native_stamp, smoothing_kernel  # noqa: F401 (re-exported)
@@ -39,7 +40,8 @@ class EpsfCellInput:
     saturate_scaled: SATURATE*scale (inf if unknown); fwhm_pix: seeing FWHM in px (nan if unknown);
     gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None;
     gain_scaled: electrons per scaled image unit (EGAIN / scale) for the Poisson term of the
-    weighted residual stack (None: sky-only weights).
+    weighted residual stack (None: sky-only weights);
+    size_locus: the band's stellar locus over the tile (:class:`.epsf_locus.SizeLocus`) or None.
     """
 
     band: str
@@ -56,6 +58,7 @@ class EpsfCellInput:
     fwhm_pix: float
     gaia_xy: np.ndarray | None = None
     gain_scaled: float | None = None
+    size_locus: object = None
 
 
 @dataclass
@@ -223,6 +226,10 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
         return EpsfCellResult(stamp, meta, stars)
     except B.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
+        if meta["nstars_sel"] == 0:   # no star: say why at INFO (small cells: said at planning)
+            level = logging.DEBUG if meta.get("cell_too_small") else logging.INFO
+            log.log(level, "ePSF %s %s: %s", inp.band, inp.tag, sel_mod.no_star_reason(meta))
+            return EpsfCellResult(None, meta)
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
         meta["status"], meta["error"] = "fail", f"{type(exc).__name__}: {exc}"
@@ -243,18 +250,15 @@ def _plot(plot_dir, enabled, func, name, *args, dpi=150, **kwargs):
 def _select(inp, s, img, sigma, bad, satur, work, meta):
     """Run S4.6b-g on the cell; returns the Selection."""
     h, w = img.shape
-    need = int(s.cutout_size) // 2 + int(s.edge_pad)
+    need, sat_thr, sat_r = sel_mod.selection_limits(s, inp.saturate_scaled)
     use_gaia = s.psfstar_mode in ("gaia", "sep+gaia")
     seeds = sel_mod.seeds_in_window(inp.gaia_xy, inp.x0, inp.y0, (h, w), need) if use_gaia \
         else np.zeros((0, 2))
     meta["nstars_seed"] = int(len(seeds))
-    sat_thr = float(inp.saturate_scaled) / float(s.gaia_seed_sat_div) \
-        if inp.saturate_scaled is not None and np.isfinite(inp.saturate_scaled) else np.inf
-    sat_r = int(s.star_sat_check_r) if s.star_sat_check_r is not None else int(s.cutout_size) // 2
     cand = sel_mod.sep_detect(work, sigma, bad, s)
     nb = sel_mod.neighbour_geometry(inp.fwhm_pix)
     sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range, nb)
-    sel_mod.stellar_locus_cut(cand, work, bad)
+    sel_mod.stellar_locus_cut(cand, work, bad, band_locus=inp.size_locus)
     sel = sel_mod.Selection(reasons=dict(cand.reasons))
     used: set = set()
     meta_extra = {}
@@ -273,6 +277,8 @@ def _select(inp, s, img, sigma, bad, satur, work, meta):
         "edge_clearance_pix": need, "saturation_threshold": sat_thr, "star_sat_check_r": sat_r,
         "neighbour_mask_dilate_pix": nb[0], "blend_core_radius_pix": nb[1],
         "size_locus_r50_pix": cand.size_locus,
+        "band_size_locus_r50_pix": getattr(inp.size_locus, "r50", None),
+        "band_size_locus_tol": getattr(inp.size_locus, "tol", None),
         **meta_extra,
     }
     sel.seg, sel.nb = cand.seg, nb
@@ -306,6 +312,11 @@ def _build(inp, s, meta, plot_dir, dpi):
     img, sigma, bad, satur = _prepare(inp)
     if not (~bad).any():
         raise B.CellFailure("cell has no valid pixel")
+    side = min_cell_side(s)
+    if min(img.shape) < side:
+        meta["cell_too_small"] = True
+        raise B.CellFailure(f"cell {img.shape[1]}x{img.shape[0]} px is smaller than the star cut-out "
+                            f"plus its pad ({side} px): it cannot hold a PSF star")
 
     bg = sel_mod.cell_background(img, sigma, bad, s)
     meta["patch_background"] = bg.stats

@@ -110,6 +110,19 @@ class Candidates:
     reasons: dict           # rejection counts by reason
     seg: np.ndarray | None = None   # SEP segmentation map of the cell (object i has label i + 1)
     size_locus: float = float("nan")  # median half-flux radius of the kept candidates (px)
+    r50: np.ndarray | None = None     # half-flux radius per detection (px; nan = not measured)
+    band_locus: object = None         # the band's stellar locus (epsf_locus.SizeLocus) or None
+
+    def too_big(self, r) -> np.ndarray:
+        """True where a half-flux radius lies above the cell's locus (when it has one) or the
+        band's; an unmeasured (nan) radius counts as too big only when there is a locus."""
+        r = np.asarray(r, float)
+        out = np.zeros(r.shape, bool)
+        if np.isfinite(self.size_locus):
+            out |= ~(r <= self.size_locus * (1.0 + STELLAR_LOCUS_TOL))
+        if self.band_locus is not None:
+            out |= self.band_locus.resolved(r)
+        return out
 
     @classmethod
     def empty(cls, shape=None) -> "Candidates":
@@ -244,27 +257,48 @@ def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range
     return c
 
 
-def stellar_locus_cut(c: Candidates, work, bad, tol=STELLAR_LOCUS_TOL, min_n=5) -> Candidates:
+def half_flux_radii(work, bad, x, y, a) -> np.ndarray:
+    """SEP half-flux radii (px) at (x, y) within 6 sqrt(max(a, 0.5)^2 + 1) px (a: SEP semi-major
+    axis, so an extended object is measured out to its own size); nan where SEP flags a failure."""
+    x, y, a = (np.atleast_1d(np.asarray(v, float)) for v in (x, y, a))
+    if x.size == 0:
+        return np.zeros(0)
+    rmax = 6.0 * np.sqrt(np.maximum(a, 0.5) ** 2 + 1.0)
+    rad, flag = sep.flux_radius(_c64(np.where(bad, 0.0, work)), x, y, rmax, 0.5, normflux=None,
+                                mask=np.ascontiguousarray(bad), subpix=5)
+    return np.where(np.isfinite(rad) & (rad > 0), rad, np.nan)
+
+
+def stellar_locus_cut(c: Candidates, work, bad, tol=STELLAR_LOCUS_TOL, min_n=5,
+                      band_locus=None) -> Candidates:
     """Drop candidates resolved beyond the stellar locus (an addition to the spec).
 
-    size = SEP half-flux radius; locus = median size of the kept candidates (bright compact objects
-    are mostly stars). Candidates larger than locus * (1 + tol) are compact galaxies or blends whose
-    light would broaden the ePSF. Skipped with fewer than ``min_n`` candidates.
+    size = SEP half-flux radius of every detection (``c.r50``); cell locus = median size of the
+    kept candidates (bright compact objects are mostly stars), used with at least ``min_n`` of
+    them; ``band_locus`` = the band's locus over the tile (:mod:`.epsf_locus`), which also
+    works for a cell with 1-4 candidates. A candidate larger than either locus x (1 + its
+    tolerance) is a compact galaxy, a galaxy nucleus or a blend whose light would broaden the ePSF.
     """
-    if c.ok.size < min_n:
+    c.band_locus = band_locus
+    c.r50 = half_flux_radii(work, bad, c.x, c.y, c.a)
+    if c.ok.size >= min_n:
+        c.size_locus = float(np.nanmedian(c.r50[c.ok]))
+    if c.ok.size == 0 or (c.ok.size < min_n and band_locus is None):
         return c
-    r = np.full(c.x.size, np.nan)
-    rmax = 6.0 * np.sqrt(np.maximum(c.a[c.ok], 0.5) ** 2 + 1.0)
-    rad, flag = sep.flux_radius(_c64(np.where(bad, 0.0, work)), c.x[c.ok], c.y[c.ok], rmax, 0.5,
-                                normflux=None, mask=np.ascontiguousarray(bad), subpix=5)
-    r[c.ok] = rad
-    locus = float(np.nanmedian(r[c.ok]))
     big = np.zeros(c.x.size, bool)
-    big[c.ok] = ~(r[c.ok] <= locus * (1.0 + tol))
+    big[c.ok] = c.too_big(c.r50[c.ok])
     c.reasons["resolved"] = int(big[c.ok].sum())
     c.ok = np.asarray([i for i in c.ok if not big[i]], dtype=int)
-    c.size_locus = locus
     return c
+
+
+def selection_limits(s, saturate_scaled):
+    """(edge clearance, saturation threshold, saturated-stamp check radius) of the cell cuts."""
+    need = int(s.cutout_size) // 2 + int(s.edge_pad)
+    sat_thr = float(saturate_scaled) / float(s.gaia_seed_sat_div) \
+        if saturate_scaled is not None and np.isfinite(saturate_scaled) else np.inf
+    sat_r = int(s.star_sat_check_r) if s.star_sat_check_r is not None else int(s.cutout_size) // 2
+    return need, sat_thr, sat_r
 
 
 # --------------------------------------------------------------------------------------- selection
@@ -328,7 +362,9 @@ def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sig
               sat_thr, sat_r, r_forced, nb=None) -> None:
     """Accept Gaia seeds in table order (S4.6f); mutates ``sel`` and ``used``.
 
-    ``nb`` = (dilate, r_core) also rejects blended seeds (see :func:`is_blended`).
+    ``nb`` = (dilate, r_core) also rejects blended seeds (see :func:`is_blended`); a seed whose
+    object is larger than the stellar locus (``cand.too_big``; Gaia also catalogues galaxy
+    nuclei and compact galaxies) is rejected as ``gaia_resolved``.
     """
     rs = sel.reasons
     match_r2 = float(s.gaia_match_r_pix) ** 2
@@ -360,6 +396,16 @@ def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sig
         if box_has_saturated(satur, x, y, sat_r):
             _bump(rs, "gaia_saturated_stamp")
             continue
+        if cand.r50 is not None:   # the size of the object under the seed
+            if snapped is not None:
+                r50 = cand.r50[snapped]
+            elif near.any():
+                r50 = cand.r50[int(np.flatnonzero(near)[np.argmin(d2[near])])]
+            else:
+                r50 = half_flux_radii(work, bad, x, y, 1.0)[0]
+            if cand.too_big([r50])[0]:
+                _bump(rs, "gaia_resolved")
+                continue
         own = snapped + 1 if snapped is not None else cand.label_at(x, y)
         if nb is not None and is_blended(cand.seg, x, y, own, *nb):
             _bump(rs, "gaia_blended")
@@ -400,3 +446,50 @@ def seeds_in_window(gaia_xy, x0, y0, shape, need):
     ok = np.isfinite(lx) & np.isfinite(ly) & (lx >= need) & (lx < w - need - 1) \
         & (ly >= need) & (ly < h - need - 1)
     return np.column_stack([lx[ok], ly[ok]])
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+def _reasons_text(counts: dict) -> str:
+    items = [f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if v]
+    return ", ".join(items) if items else "none"
+
+
+def no_star_reason(meta: dict) -> str:
+    """One line: why a cell's selection found no PSF star (detections, candidates, each cut)."""
+    sel = meta.get("selection") or {}
+    if not sel:
+        return f"no usable ePSF: {meta.get('error', 'unknown')}"
+    return (f"no usable ePSF: {sel.get('n_sep_detections', 0)} SEP detection(s), "
+            f"{sel.get('n_sep_candidates', 0)} left after the cuts, {meta.get('nstars_seed', 0)} Gaia "
+            f"seed(s); removed by: {_reasons_text(sel.get('rejected') or {})}")
+
+
+def failure_summary(metas) -> list:
+    """Per band one line: cells OK, cells without a star (with how many detections, and the
+    summed reasons their candidates were removed for), cells too small, other failures."""
+    bands: dict = {}
+    for m in metas:
+        bands.setdefault(m.get("band"), []).append(m)
+    out = []
+    for band, ms in bands.items():
+        ok = sum(m.get("status") == "ok" for m in ms)
+        small = [m for m in ms if m.get("cell_too_small")]
+        nostar = [m for m in ms if m.get("status") != "ok" and not m.get("cell_too_small")
+                  and m.get("nstars_sel", 0) == 0 and m.get("selection")]
+        other = len(ms) - ok - len(small) - len(nostar)
+        reasons: dict = {}
+        for m in nostar:
+            for k, v in ((m.get("selection") or {}).get("rejected") or {}).items():
+                reasons[k] = reasons.get(k, 0) + int(v)
+        empty = sum((m.get("selection") or {}).get("n_sep_detections", 0) == 0 for m in nostar)
+        line = f"ePSF {band}: {ok}/{len(ms)} cells OK"
+        if nostar:
+            line += (f"; no PSF star in {len(nostar)} ({empty} without any detection; candidates "
+                     f"removed by: {_reasons_text(reasons)})")
+        if small:
+            line += f"; {len(small)} too small for a star"
+        if other:
+            line += f"; {other} failed otherwise (see warnings)"
+        out.append(line)
+    return out

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .data_checks import dead_near
-from .fit_setup import build_sources, choose_psf, engine_images
+from .fit_setup import apply_sky_choice, build_sources, choose_psf, engine_images
 from .flux_convention import profile_factors, to_total_fluxes
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
 
@@ -69,7 +69,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_frozen_bands_for_optimizer", s("psf_frozen_bands_for_optimizer")),
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
-            ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1)]
+            ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1),
+            ("fit_pos_held", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -226,10 +227,11 @@ def core_masked(images, x: float, y: float, radius: float = 2.0) -> bool:
 
 
 def _opt_values(r, sfx: str, src=None) -> dict:
-    """opt_* columns: the patch-level optimizer state, refined per source when the engine says
-    that this source's own parameters converged (its remaining gain is below the tolerance)
-    although some other source in the patch did not."""
-    conv = bool(r.converged) or bool(getattr(src, "converged", None))
+    """opt_* columns: the engine's per-source convergence when it assessed it (the patch's state,
+    refined by the source's own remaining gain, and false for a source on a bound or with a
+    runaway model), else the patch-level optimizer state."""
+    own = getattr(src, "converged", None)
+    conv = bool(r.converged) if own is None else bool(own)
     return {f"opt_niters{sfx}": int(r.niters), f"opt_converged{sfx}": conv,
             f"opt_hit_max_iters{sfx}": bool(r.hit_max_iters) and not conv,
             f"opt_last_dlnp{sfx}": float(r.last_dlnp)}
@@ -248,6 +250,13 @@ def _log_fit(plog, r, label: str) -> None:
         plog(f"{label}opt iter {k:02d}  dlnp={dl:.6g}")
     plog(f"{label}optimizer: niters={r.niters} converged={r.converged} "
          f"hit_max_iters={r.hit_max_iters} last_dlnp={r.last_dlnp:.6g} chi2={r.chi2:.6g}")
+    srcs = list(getattr(r, "sources", None) or [])
+    held = sum(bool(getattr(x, "pos_held", False)) for x in srcs)
+    if held:
+        plog(f"{label}{held} faint source(s) held at their catalog position")
+    for i, x in enumerate(srcs):
+        if getattr(x, "runaway", None):
+            plog(f"{label}source {i}: model ran away ({','.join(x.runaway)}): not converged")
 
 
 def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
@@ -291,6 +300,8 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
+    fit_sky = apply_sky_choice(images, pr)
+    meta["sky_mode"] = str(getattr(pr, "sky", "fit"))
     is_halo = cat["_is_halo_source"].to_numpy(bool)
     if (~is_halo).sum() == 0:
         plog("no base sources: nothing to fit", logging.WARNING)
@@ -299,10 +310,11 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     sources, inits = build_sources(pin, images, pr)
     from ..engine import FitOptions
     opts = FitOptions(n_opt_iters=int(pr.n_opt_iters), dlnp_stop=float(pr.dlnp_stop),
-                      staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=True,
+                      staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=fit_sky,
                       flag_maxiter_margin=int(pr.flag_maxiter_margin),
                       flux_error_model=meta["flux_error_model"],
-                      shape_min_snr=float(pr.shape_fit_min_snr))
+                      shape_min_snr=float(pr.shape_fit_min_snr),
+                      pos_min_snr=float(getattr(pr, "pos_fit_min_snr", 0.0)))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
@@ -319,6 +331,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
             d["flag_dead_data"] = dead_near(images, res.sources[i].x, res.sources[i].y)
             d["fit_shape_fixed"] = bool(getattr(res.sources[i], "shape_fixed", False))
+            d["fit_pos_held"] = bool(getattr(res.sources[i], "pos_held", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
@@ -333,6 +346,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
             d["flag_dead_data"] = any(dead_near([im], per[b].sources[i].x, per[b].sources[i].y)
                                       for b, im in zip(bands, images))
             d["fit_shape_fixed"] = any(bool(getattr(per[b].sources[i], "shape_fixed", False)) for b in bands)
+            d["fit_pos_held"] = any(bool(getattr(per[b].sources[i], "pos_held", False)) for b in bands)
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))

@@ -338,3 +338,28 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
         inits.append(SourceInit(kind=k, flux_from_catalog=list(from_cat[i]),
                                 re_from_catalog=re_cat and gal, shape_from_catalog=shape_cat and gal))
     return sources, inits
+
+
+# --------------------------------------------------------------------------- sky
+
+SKY_CHOICES = ("fit", "zero", "prior")
+
+
+def apply_sky_choice(images: list, pr) -> bool:
+    """Set up ``patch_run.sky`` on the engine images; returns the engine's ``fit_sky``.
+
+    fit: free constant per band; zero: held at 0 (the images' start value); prior: free with a
+    Gaussian prior centred on 0 of ``sky_prior_sigma`` x the band's sky noise per pixel (median
+    1/sqrt(invvar) of the unmasked pixels).
+    """
+    mode = str(getattr(pr, "sky", "fit")).lower()
+    if mode not in SKY_CHOICES:
+        raise InputError(f"patch_run.sky: expected one of {list(SKY_CHOICES)}, got {mode!r}")
+    for im in images:
+        im.sky = 0.0
+        im.sky_sigma = None
+        if mode == "prior":
+            iv = im.invvar[im.invvar > 0]
+            if iv.size:
+                im.sky_sigma = float(pr.sky_prior_sigma) * float(np.median(1.0 / np.sqrt(iv)))
+    return mode != "zero"
