@@ -22,6 +22,7 @@ MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi
            "bright_mask.deblend_nthresh", "bright_mask.deblend_cont", "mpi.master_works",
            "epsf.combine", "patch_run.epsf_interpolation", "patch_run.shape_fit_min_snr",
            "patch_run.re_max_factor", "epsf.wing_tail"}
+MPI_ERA |= {"mpi.task_timeout_factor", "mpi.task_timeout_min_sec", "mpi.task_timeout_sec"}
 
 
 def keys():
