@@ -30,9 +30,9 @@ def test_floor_and_fixed_limit():
 
 def test_expensive_task_gets_a_cost_scaled_limit():
     t = TaskTimes(TaskTimeout(factor=10, min_sec=0))
-    for cost in (1.0, 2.0, 3.0, 4.0):
-        t.add(0.5 * cost, cost)                         # 0.5 s per unit of cost
-    p90 = np.quantile([0.5, 1.0, 1.5, 2.0], 0.9)
+    for cost, rate in ((1.0, 0.4), (2.0, 0.5), (3.0, 0.5), (4.0, 0.9)):
+        t.add(rate * cost, cost)                        # seconds per unit of cost: median 0.5
+    p90 = np.quantile([0.4, 1.0, 1.5, 3.6], 0.9)
     assert t.limit(1.0) == pytest.approx(10 * p90)      # small task: the phase's p90
     assert t.limit(40.0) == pytest.approx(10 * 40 * 0.5)
 

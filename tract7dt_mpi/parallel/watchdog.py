@@ -8,7 +8,7 @@ worker's current task started.  A task is *late* when it runs longer than its li
 * ``mpi.task_timeout_sec`` when > 0 (the same limit for every task), otherwise
 * ``mpi.task_timeout_factor`` x the task's expected time, but at least ``mpi.task_timeout_min_sec``.
   The expected time comes from this phase's own finished tasks: the 90th percentile of their wall
-  times, or, for a task of larger estimated cost, its cost x the 90th percentile of wall/cost.
+  times, or, for a task of larger estimated cost, its cost x the median of wall/cost.
   Until a task of the phase has finished there is no auto limit.
 
 The scheduler stops sending work to a late rank and hands its unfinished tasks to other ranks (each
@@ -79,10 +79,10 @@ class TaskTimes:
         self._cache = None
 
     def typical(self) -> tuple[float, float]:
-        """(quantile of wall times, quantile of wall/cost); NaN when nothing finished yet."""
+        """(90th percentile of wall times, median of wall/cost); NaN when nothing finished yet."""
         if self._cache is None:
             w = _quantile(self.walls, QUANTILE) if self.walls else float("nan")
-            c = _quantile(self.per_cost, QUANTILE) if self.per_cost else float("nan")
+            c = _quantile(self.per_cost, 0.5) if self.per_cost else float("nan")
             self._cache = (w, c)
         return self._cache
 
