@@ -254,21 +254,26 @@ def _last_states(d):
     return last
 
 
-@pytest.mark.parametrize("n,extra", [(3, []), (2, ["--master-works"])])
-def test_frozen_worker_ends_job_exit3_then_resume(tmp_path, n, extra):
-    """Rank 1 stops itself (SIGSTOP) at its 2nd task: its task is re-run by another rank, the
-    job ends with exit 3 in bounded time instead of hanging, and --resume completes it."""
+@pytest.mark.parametrize("n,at,extra", [(3, 2, []), (2, 2, ["--master-works"]), (3, 0, [])])
+def test_frozen_worker_ends_job_exit3_then_resume(tmp_path, n, at, extra):
+    """Rank 1 stops itself (SIGSTOP) at its 2nd task (or before the phase): its tasks are run by
+    the other ranks, the job ends with exit 3 in bounded time instead of hanging, and --resume
+    completes it."""
     d = str(tmp_path / "z")
     t0 = time.time()
-    r = run(n, [SCRIPT, d, "--sleep", "0.05", "--freeze-rank", "1", "--freeze-at", "2",
+    r = run(n, [SCRIPT, d, "--sleep", "0.05", "--freeze-rank", "1", "--freeze-at", str(at),
                 "--task-timeout-min", "0.5"] + extra, timeout=90)
     took = time.time() - t0
     assert r.returncode == 3, r.stderr[-3000:]
     assert took < 60
     log = r.stdout + r.stderr
-    assert "(rank 1) is late" in log and "handing" in log
-    assert "LATE: " in log and "rank 1" in log.split("LATE: ", 1)[1].splitlines()[0]   # heartbeat
-    assert "rank 1 (" in log and "is silent" in log and "--resume" in log
+    if at:
+        assert "(rank 1) is late" in log and "handing" in log
+        assert "LATE: " in log and "rank 1" in log.split("LATE: ", 1)[1].splitlines()[0]  # heartbeat
+        assert "rank 1 (" in log and "is silent" in log
+    else:
+        assert "rank(s) 1 not ready" in log and "rank 1 never announced itself" in log
+    assert "--resume" in log
     last = _last_states(d)
     assert len(last) == 24 and set(last.values()) == {"DONE"}     # every task done by the others
     left = subprocess.run(["pgrep", "-f", f"dummy_run.py {d}"], capture_output=True, text=True)

@@ -269,16 +269,23 @@ class _Master:
         self.copies_queued: set[str] = set()    # tasks put back in the queue for another rank
         self.dog = Watchdog(timeout, list(self.out), lambda tid: float(self.by_id[tid].cost))
         self.next_watch = 0.0
+        self.t0 = time.monotonic()
         self.sends = _Sends()
         self.hb = Heartbeat(label, len(tasks), hb_sec)
         self.master_works, self.depth = master_works, depth
 
     def run(self) -> RunReport:
         rep, t0 = self.report, time.monotonic()
-        while len(self.hosts) < len(self.out):         # every worker announces itself first
-            got = self._wait()
+        self.t0 = t0
+        join_until = t0 + self.dog.times.policy.join_sec
+        while len(self.hosts) < len(self.out) and time.monotonic() < join_until:
+            got = self._wait()                         # every worker announces itself first
             if got is not None:
                 self._handle(*got)
+        if len(self.hosts) < len(self.out):
+            log.warning("[%s] rank(s) %s not ready after %.0fs: starting without them", rep.label,
+                        ", ".join(str(w) for w in self.out if w not in self.hosts),
+                        time.monotonic() - t0)
         while len(self.stopped) < len(self.out):
             while (got := _try_recv(self.p2p, self.MPI, self.MPI.ANY_SOURCE)) is not None:
                 self._handle(*got)
@@ -393,12 +400,14 @@ class _Master:
                         "rank %d gets no new tasks; %s", rep.label, lt.task_id, self.hosts.get(w, "?"),
                         w, now - lt.since, lt.limit, self.dog.times.describe(), w, what)
         silent = self.dog.silent(now)
+        if now - self.t0 > 2 * self.dog.times.policy.join_sec:
+            silent += [w for w in self.out if w not in self.hosts]     # never joined the phase
         if silent and not self._useful_work():
             self._abort(silent, now)
 
     def _useful_work(self) -> bool:
         """True while a rank that still answers has (or can be given) a task without a result."""
-        live = [w for w in self.out if w not in self.dog.late]
+        live = [w for w in self.hosts if w not in self.dog.late]
         if self.queue and (self.master_works or any(w not in self.stopped for w in live)):
             return True
         return self.dog.unfinished_on(live, self.result_from)
@@ -406,7 +415,11 @@ class _Master:
     def _abort(self, silent, now):
         rep = self.report
         for w in silent:
-            lt = self.dog.late[w]
+            lt = self.dog.late.get(w)
+            if lt is None:
+                log.error("[%s] rank %d never announced itself in this phase (%.0fs)", rep.label, w,
+                          now - self.t0)
+                continue
             log.error("[%s] rank %d (%s) is silent: task %s started %.1fs ago (limit %.1fs) and no "
                       "answer since", rep.label, w, self.hosts.get(w, "?"), lt.task_id,
                       now - lt.since, lt.limit)

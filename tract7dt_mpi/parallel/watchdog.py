@@ -50,8 +50,10 @@ class TaskTimeout:
                    float(getattr(mpi, "task_timeout_sec", d.limit_sec)))
 
     @property
-    def active(self) -> bool:
-        return self.limit_sec > 0 or self.factor > 0
+    def join_sec(self) -> float:
+        """How long the master waits for every worker to announce itself at the start of a phase
+        (a worker that never does counts as silent after twice this)."""
+        return max(self.min_sec, self.limit_sec, 1.0)
 
 
 def _quantile(values: list[float], q: float) -> float:

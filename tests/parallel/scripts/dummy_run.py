@@ -6,7 +6,8 @@ usage: python dummy_run.py OUTDIR [--ntasks N] [--sleep S] [--raise ID] [--sysex
        [--task-timeout-sec S] [--task-timeout-factor F] [--task-timeout-min S]
 Writes OUTDIR/results.h5, OUTDIR/journal.jsonl and (rank 0) OUTDIR/summary.json; exits 0/3/4 like
 the pipeline.  Task values are derived from the task id only (never the rank).  ``--freeze-rank R
---freeze-at K``: rank R stops itself (SIGSTOP, like a frozen node) at its K-th task;
+--freeze-at K``: rank R stops itself (SIGSTOP, like a frozen node) at its K-th task (0: before the
+phase);
 ``--slow-rank``/``--slow-at``/``--slow-sec``: rank R's K-th task sleeps S s more, then answers.
 """
 
@@ -146,6 +147,8 @@ def main():
 
     import resource
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    if comm.rank == args.freeze_rank and args.freeze_at == 0:
+        os.kill(os.getpid(), signal.SIGSTOP)          # frozen before the phase starts
     timeout = TaskTimeout(args.task_timeout_factor, args.task_timeout_min, args.task_timeout_sec)
     rep = run_phase(comm, "dummy", to_run if comm.is_master else None, task_fn(args, comm.rank),
                     store=store, journal=jr, on_result=on_result, heartbeat_sec=0.2,
