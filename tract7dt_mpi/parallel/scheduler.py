@@ -3,7 +3,8 @@
 Protocol (tags): each worker sends READY once; the master keeps up to ``prefetch`` TASK messages
 (small picklable :class:`Task` objects) outstanding per worker; the worker answers each with DONE
 (result) or FAILED (traceback, host, wall, RSS) and the master tops its queue up again; STOP is sent
-to a worker once it has nothing outstanding and nothing is left to hand out.  Sends are
+to a worker once it has nothing outstanding, nothing is left to hand out and every task handed out
+has a result.  Sends are
 non-blocking (``isend`` over an ``mpi4py.util.pkl5`` communicator, so large results cannot
 overflow and a sender never waits for a busy receiver); waiting is ``iprobe`` + short sleeps, so
 idle ranks do not spin the CPU of oversubscribed nodes.
@@ -14,11 +15,11 @@ counts one more working rank is a large gain (N=2: two workers instead of one).
 
 A worker whose task runs far beyond its expected time (:mod:`.watchdog`, ``mpi.task_timeout_*``)
 gets no more work and its unfinished tasks go to other ranks; the first result of a task wins and a
-later duplicate is ignored (a task's result does not depend on the rank).  Workers are sent STOP
-only once every handed-out task has a result, so idle ones stay available for such re-runs.  A
+later duplicate is ignored (a task's result does not depend on the rank); idle workers stay
+available for such re-runs until the last result is in.  A
 rank still silent twice its limit after its task started, with no useful work left on the others,
 ends the job: rank 0 logs it, flushes the journal (``on_abort``) and aborts the communicator with
-the resumable exit code 3 (``mpirun`` and ``srun`` return it).
+the resumable exit code 3 (Open MPI's ``mpirun`` returns it).
 
 Tasks go out largest estimated cost first (LPT; ties in plan order).  Every task is wrapped in a
 ``BaseException`` catch (``SystemExit`` too): a failure is reported and the run goes on.  A stop
@@ -318,8 +319,8 @@ class _Master:
                          for w, lt in sorted(self.dog.late.items()))
 
     def _beat(self, force=False):
-        self.hb.maybe(self.report.done, len(self.report.failed), self._running,
-                      self._late_text() if self.dog.late else "", force=force)
+        self.hb.maybe(self.report.done, len(self.report.failed), self._running, self._late_text,
+                      force=force)
 
     def _wait(self):
         """The next message, or None after ``_WATCH_SEC`` without one (time to look for late tasks)."""

@@ -195,13 +195,15 @@ class Heartbeat:
         self.t0 = time.monotonic()
         self.next = self.t0 + self.every if self.every > 0 else float("inf")
 
-    def maybe(self, done: int, failed: int, running=(), late: str = "", force: bool = False) -> None:
-        """``running``: [(task id, rank, host, monotonic start)] or a callable returning it."""
+    def maybe(self, done: int, failed: int, running=(), late="", force: bool = False) -> None:
+        """``running``: [(task id, rank, host, monotonic start)]; ``late``: text naming the late
+        ranks and tasks ("" if none); either may be a callable, evaluated only when a line is due."""
         now = time.monotonic()
         if not force and now < self.next:
             return
         self.next = now + self.every
         running = running() if callable(running) else list(running)
+        late = late() if callable(late) else late
         el = now - self.t0
         fin = done + failed
         rate = fin / el if el > 0 else 0.0
