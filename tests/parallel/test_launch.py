@@ -116,47 +116,81 @@ def test_wrapper_ctrl_c_to_the_foreground_group_exit3(tmp_path):
     assert _drained(d)
 
 
-def _pbs_job(tmp_path, d):
-    """Run jobscripts/pbs_tile.pbs outside PBS with a stand-in ``tract7dt-mpi`` (the dummy run)."""
+def _job(tmp_path, d, script, extra=None):
+    """Run a job script outside its scheduler: ``tract7dt-mpi`` is the dummy run; ``qsub`` and
+    ``scontrol`` only record their arguments; ``srun`` is stood in for by ``mpirun -n 3``, which
+    like srun forwards SIGUSR1 to the ranks and kills them on SIGTERM."""
     venv = tmp_path / "venv" / "bin"
     venv.mkdir(parents=True)
-    (venv / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (venv / "tract7dt-mpi").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SCRIPT}" "{d}" --sleep 0.3\n')
-    for f in venv.iterdir():
-        f.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    dummy = f'"{sys.executable}" "{SCRIPT}" "{d}" --sleep 0.3'
+    fakes = {"python": f'exec "{sys.executable}" "$@"', "tract7dt-mpi": f"exec {dummy}",
+             "qsub": f'echo "qsub $*" >> "{calls}"', "scontrol": f'echo "scontrol $*" >> "{calls}"',
+             "srun": "exec " + " ".join(mpirun_cmd(3, [SCRIPT, d, "--sleep", "0.3"]))}
+    for name, body in fakes.items():
+        (venv / name).write_text(f"#!/bin/sh\n{body}\n")
+        (venv / name).chmod(0o755)
     cfg = tmp_path / "config.yaml"
     cfg.write_text("{}\n")
-    env = mpi_env({"CONFIG": str(cfg), "TRACT7DT_VENV": str(venv.parent), "NRANKS": "3",
-                   "MPIEXEC": "mpirun", "MPI_FLAVOR": "openmpi", "RESUME": "0", "WALLTIME_SEC": "0",
-                   "MPIEXEC_ARGS": "--oversubscribe --bind-to none", "SELF": str(tmp_path / "none"),
-                   "RC_DIR": str(tmp_path / "rc"), "PBS_O_WORKDIR": str(tmp_path),
-                   "PBS_JOBID": "42.test"})
-    return subprocess.Popen(["bash", str(REPO / "jobscripts" / "pbs_tile.pbs")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=str(tmp_path))
+    env = mpi_env({"CONFIG": str(cfg), "TRACT7DT_VENV": str(venv.parent), "RESUME": "0",
+                   "RC_DIR": str(tmp_path / "rc"), **(extra or {})})
+    p = subprocess.Popen(["bash", str(REPO / "jobscripts" / script), str(cfg)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, cwd=str(tmp_path))
+    return p, calls
+
+
+def _pbs_job(tmp_path, d):
+    return _job(tmp_path, d, "pbs_tile.pbs", {
+        "NRANKS": "3", "MPIEXEC": "mpirun", "MPI_FLAVOR": "openmpi", "WALLTIME_SEC": "0",
+        "MPIEXEC_ARGS": "--oversubscribe --bind-to none", "PBS_O_WORKDIR": str(tmp_path),
+        "SELF": str(REPO / "jobscripts" / "pbs_tile.pbs"), "PBS_JOBID": "42.test"})
+
+
+def _slurm_job(tmp_path, d):
+    return _job(tmp_path, d, "slurm_tile.sbatch", {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0"})
+
+
+def _calls(path):
+    return path.read_text() if path.exists() else ""
 
 
 @need_mpirun
 @pytest.mark.mpi
-def test_pbs_script_qsig_sigterm_to_the_shell_exit3(tmp_path):
+def test_pbs_script_qsig_sigterm_to_the_shell_exit3_no_resubmit(tmp_path):
     """``qsig`` signals the job's session leader (the script) only."""
     d = str(tmp_path / "q")
-    p = _pbs_job(tmp_path, d)
+    p, calls = _pbs_job(tmp_path, d)
     _wait_done(d)
     p.send_signal(signal.SIGTERM)
     rc, log = _finish(p)
     assert rc == 3, log[-3000:]
     assert (tmp_path / "rc" / "42.test.rc").read_text().strip() == "3"
     assert _drained(d)
+    assert "qsub" not in _calls(calls) and "not resubmitted" in log
+
+
+@need_mpirun
+@pytest.mark.mpi
+def test_pbs_script_sigusr1_drains_and_resubmits(tmp_path):
+    """SIGUSR1 (the script's wall-time timer, or by hand): drain, exit 3, resubmission."""
+    d = str(tmp_path / "u")
+    p, calls = _pbs_job(tmp_path, d)
+    _wait_done(d)
+    p.send_signal(signal.SIGUSR1)
+    rc, log = _finish(p)
+    assert rc == 3, log[-3000:]
+    assert _drained(d)
+    assert "RESUME=1" in _calls(calls)
 
 
 @need_mpirun
 @pytest.mark.mpi
 def test_pbs_script_qdel_sigterm_to_every_process_exit3_then_resume(tmp_path):
     """``qdel``/``scancel``: SIGTERM to every process of the job at once (mpirun too, which then
-    kills the ranks and returns 1): the job still exits 3 and the journal resumes."""
+    kills the ranks and returns 1): the job still exits 3, is not resubmitted, and resumes."""
     d = str(tmp_path / "a")
-    p = _pbs_job(tmp_path, d)
+    p, calls = _pbs_job(tmp_path, d)
     _wait_done(d)
     pids = _session_pids(p.pid)
     assert len(pids) >= 5                       # shell, wrapper, mpirun, 3 ranks
@@ -168,4 +202,57 @@ def test_pbs_script_qdel_sigterm_to_every_process_exit3_then_resume(tmp_path):
     rc, log = _finish(p)
     assert rc == 3, log[-3000:]
     assert (tmp_path / "rc" / "42.test.rc").read_text().strip() == "3"
+    assert "qsub" not in _calls(calls)
     _resume_matches_clean(tmp_path, d)
+
+
+@need_mpirun
+@pytest.mark.mpi
+def test_slurm_script_sigterm_to_the_shell_drains_exit3_no_requeue(tmp_path):
+    """``scancel --batch --signal=TERM``: the script passes SIGUSR1 (not SIGTERM, which srun
+    would turn into SIGKILL) to srun; the ranks drain; no requeue."""
+    d = str(tmp_path / "s")
+    p, calls = _slurm_job(tmp_path, d)
+    _wait_done(d)
+    p.send_signal(signal.SIGTERM)
+    rc, log = _finish(p)
+    assert rc == 3, log[-3000:]
+    assert _drained(d)
+    assert (tmp_path / "rc" / "77.rc").read_text().strip() == "3"
+    assert "requeue" not in _calls(calls) and "not requeued" in log
+
+
+@need_mpirun
+@pytest.mark.mpi
+def test_slurm_script_sigusr1_drains_and_requeues(tmp_path):
+    """``--signal=B:USR1@300``: drain, exit 3, ``scontrol requeue``."""
+    d = str(tmp_path / "r")
+    p, calls = _slurm_job(tmp_path, d)
+    _wait_done(d)
+    p.send_signal(signal.SIGUSR1)
+    rc, log = _finish(p)
+    assert rc == 3, log[-3000:]
+    assert _drained(d)
+    assert "scontrol requeue 77" in _calls(calls)
+
+
+@need_mpirun
+@pytest.mark.mpi
+def test_slurm_script_scancel_every_process_exit3_no_requeue(tmp_path):
+    d = str(tmp_path / "x")
+    p, calls = _slurm_job(tmp_path, d)
+    _wait_done(d)
+    for pid in _session_pids(p.pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    rc, log = _finish(p)
+    assert rc == 3, log[-3000:]
+    assert "requeue" not in _calls(calls)
+    assert _last_resumable(d)
+
+
+def _last_resumable(d):
+    recs = J.read_journal(os.path.join(d, "journal.jsonl"))
+    return recs and recs[0].get("type") == "header" and any(x.get("state") == "DONE" for x in recs)
