@@ -286,11 +286,12 @@ def test_frozen_worker_ends_job_exit3_then_resume(tmp_path, n, at, extra):
 
 
 def test_late_duplicate_result_ignored(tmp_path):
-    """Rank 1's 2nd task overruns the 1.5 s limit (it answers after 3 s): rank 2 re-runs it, rank
-    1's late result is ignored, rank 1 gets work again and the run ends normally."""
+    """Rank 1's 2nd task overruns the 1.5 s limit (it answers after 2.5 s, before it would count
+    as silent at 3 s): rank 2 re-runs it, rank 1's late result is ignored, rank 1 gets work again
+    and the run ends normally."""
     d = str(tmp_path / "dup")
     r = run(3, [SCRIPT, d, "--ntasks", "40", "--sleep", "0.1", "--slow-rank", "1", "--slow-at", "2",
-                "--slow-sec", "3", "--task-timeout-sec", "1.5"], timeout=90)
+                "--slow-sec", "2.5", "--task-timeout-sec", "1.5"], timeout=90)
     assert r.returncode == 0, r.stderr[-3000:]
     s = _summary(d)
     recs = J.read_journal(os.path.join(d, "journal.jsonl"))
