@@ -285,6 +285,20 @@ def test_frozen_worker_ends_job_exit3_then_resume(tmp_path, n, at, extra):
     _assert_same(d, clean)
 
 
+def test_frozen_worker_during_a_drain_still_ends_exit3(tmp_path):
+    """A stop request (here: after 6 results) while rank 1 is frozen: its task is not re-run, and
+    the drain does not wait forever for it."""
+    d = str(tmp_path / "zd")
+    r = run(3, [SCRIPT, d, "--sleep", "0.05", "--freeze-rank", "1", "--freeze-at", "2",
+                "--task-timeout-min", "0.5", "--stop-after", "6"], timeout=90)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "not re-run (stopping)" in r.stderr and "is silent" in r.stderr
+    last = _last_states(d)
+    assert 6 <= sum(v == "DONE" for v in last.values()) < 24
+    r2 = run(2, [SCRIPT, d, "--resume"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+
+
 def test_late_duplicate_result_ignored(tmp_path):
     """Rank 1's 2nd task overruns the 1.5 s limit (it answers after 2.5 s, before it would count
     as silent at 3 s): rank 2 re-runs it, rank 1's late result is ignored, rank 1 gets work again
