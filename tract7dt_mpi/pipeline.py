@@ -23,8 +23,8 @@ from .parallel import get_comm, install_excepthook, signals
 from .parallel import journal as J
 from .parallel.runner import plan_resume, run_phase, write_carried
 from .parallel.scheduler import Task, resolve_master_works
-from .parallel.watchdog import TaskTimeout
 from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
+from .parallel.watchdog import TaskTimeout
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 from . import journal as J
 from .scheduler import RunReport, Task, TaskInfo, run_tasks
-from .watchdog import TaskTimeout
 from .store import ST_DONE, ST_FAILED, ST_STARTED, ResultsStore
+from .watchdog import TaskTimeout
 
 log = logging.getLogger(__name__)
 
