@@ -4,10 +4,9 @@ Protocol (tags): each worker sends READY once; the master keeps up to ``prefetch
 (small picklable :class:`Task` objects) outstanding per worker; the worker answers each with DONE
 (result) or FAILED (traceback, host, wall, RSS) and the master tops its queue up again; STOP is sent
 to a worker once it has nothing outstanding, nothing is left to hand out and every task handed out
-has a result.  Sends are
-non-blocking (``isend`` over an ``mpi4py.util.pkl5`` communicator, so large results cannot
-overflow and a sender never waits for a busy receiver); waiting is ``iprobe`` + short sleeps, so
-idle ranks do not spin the CPU of oversubscribed nodes.
+has a result.  Sends are non-blocking (``isend`` over an ``mpi4py.util.pkl5`` communicator, so
+large results cannot overflow and a sender never waits for a busy receiver); waiting is ``iprobe``
++ short sleeps, so idle ranks do not spin the CPU of oversubscribed nodes.
 
 With ``master_works`` the master also runs tasks itself between servicing messages (it fills every
 worker's prefetch queue first, so a worker never waits while the master computes): at small rank
@@ -16,10 +15,10 @@ counts one more working rank is a large gain (N=2: two workers instead of one).
 A worker whose task runs far beyond its expected time (:mod:`.watchdog`, ``mpi.task_timeout_*``)
 gets no more work and its unfinished tasks go to other ranks; the first result of a task wins and a
 later duplicate is ignored (a task's result does not depend on the rank); idle workers stay
-available for such re-runs until the last result is in.  A
-rank still silent twice its limit after its task started, with no useful work left on the others,
-ends the job: rank 0 logs it, flushes the journal (``on_abort``) and aborts the communicator with
-the resumable exit code 3 (Open MPI's ``mpirun`` returns it).
+available for such re-runs until the last result is in.  A rank still silent twice its limit after
+its task started, with no useful work left on the others, ends the job: rank 0 logs it, flushes the
+journal (``on_abort``) and aborts the communicator with the resumable exit code 3 (Open MPI's
+``mpirun`` returns it).
 
 Tasks go out largest estimated cost first (LPT; ties in plan order).  Every task is wrapped in a
 ``BaseException`` catch (``SystemExit`` too): a failure is reported and the run goes on.  A stop
