@@ -48,8 +48,10 @@ fi
 
 say "running: $MPIRUN -n $NRANKS ${launch_opts[*]} tract7dt-mpi $DIR/config.yaml $RUN_ARGS"
 rc=0
+# through the launch wrapper, so that Ctrl-C drains the ranks and exits 3 (docs/faults.md)
 # shellcheck disable=SC2086
-"$MPIRUN" -n "$NRANKS" "${launch_opts[@]}" tract7dt-mpi "$DIR/config.yaml" $RUN_ARGS || rc=$?
+python -m tract7dt_mpi.parallel.launch "$MPIRUN" -n "$NRANKS" "${launch_opts[@]}" \
+    tract7dt-mpi "$DIR/config.yaml" $RUN_ARGS || rc=$?
 
 python -m tract7dt_mpi.campaign where "$DIR/config.yaml" >&2 || true
 case $rc in

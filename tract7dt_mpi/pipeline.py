@@ -25,6 +25,7 @@ from .parallel import journal as J
 from .parallel.runner import plan_resume, run_phase, write_carried
 from .parallel.scheduler import Task, resolve_master_works
 from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
+from .parallel.watchdog import TaskTimeout
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 
@@ -82,6 +83,7 @@ class _Run:
         self.stopped = False
         self.worker = S.Worker(cfg)
         self.hb = float(cfg.mpi.heartbeat_sec)
+        self.task_timeout = TaskTimeout.from_config(cfg.mpi)     # late tasks go to other ranks
         #: rank 0 also runs tasks (mpi.master_works; auto = small worlds)
         self.master_works = resolve_master_works(getattr(cfg.mpi, "master_works", "auto"),
                                                  self.comm.size)
@@ -219,7 +221,7 @@ class _Run:
         with self.stage("build_epsf"):
             rep = run_phase(self.comm, "epsf", run_list if self.master else None, self.worker.epsf_cell,
                             journal=self.journal, on_result=collect, heartbeat_sec=self.hb,
-                            master_works=self.master_works)
+                            master_works=self.master_works, timeout=self.task_timeout)
             self._account("epsf", rep)
             stamps = None
             if self.master:
@@ -301,7 +303,7 @@ class _Run:
 
             rep = run_phase(self.comm, label, to_run if self.master else None, fn or self.worker.patch_fit,
                             store=store, journal=self.journal, on_result=on_result, heartbeat_sec=self.hb,
-                            master_works=self.master_works)
+                            master_works=self.master_works, timeout=self.task_timeout)
             if store is not None:
                 store.close()
             self._account(label, rep)

@@ -243,3 +243,82 @@ def test_master_works_halves_wall_and_idle_ranks_sleep(tmp_path):
     assert min(s2["by_rank"].values()) >= 4          # both ranks worked (shares follow CPU load)
     # an idle master (dispatch only) and a worker that sleeps most of the time do not spin a core
     assert max(s1["cpu"]) < 0.35 * s1["phase_wall"], s1["cpu"]
+
+
+# ---------------------------------------------------------------- frozen and late workers
+def _last_states(d):
+    last = {}
+    for x in J.read_journal(os.path.join(d, "journal.jsonl")):
+        if "task" in x:
+            last[x["task"]] = x["state"]
+    return last
+
+
+@pytest.mark.parametrize("n,at,extra", [(3, 2, []), (2, 2, ["--master-works"]), (3, 0, [])])
+def test_frozen_worker_ends_job_exit3_then_resume(tmp_path, n, at, extra):
+    """Rank 1 stops itself (SIGSTOP) at its 2nd task (or before the phase): its tasks are run by
+    the other ranks, the job ends with exit 3 in bounded time instead of hanging, and --resume
+    completes it."""
+    d = str(tmp_path / "z")
+    t0 = time.time()
+    r = run(n, [SCRIPT, d, "--sleep", "0.05", "--freeze-rank", "1", "--freeze-at", str(at),
+                "--task-timeout-min", "0.5"] + extra, timeout=90)
+    took = time.time() - t0
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert took < 60
+    log = r.stdout + r.stderr
+    if at:
+        assert "(rank 1) is late" in log and "handing" in log
+        assert "LATE: " in log and "rank 1" in log.split("LATE: ", 1)[1].splitlines()[0]  # heartbeat
+        assert "rank 1 (" in log and "is silent" in log
+    else:
+        assert "rank(s) 1 not ready" in log and "rank 1 never announced itself" in log
+    assert "--resume" in log
+    last = _last_states(d)
+    assert len(last) == 24 and set(last.values()) == {"DONE"}     # every task done by the others
+    left = subprocess.run(["pgrep", "-f", f"dummy_run.py {d}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""                               # the stopped rank is gone too
+    r2 = run(2, [SCRIPT, d, "--resume"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    clean = str(tmp_path / "clean")
+    assert run(None, [SCRIPT, clean]).returncode == 0
+    _assert_same(d, clean)
+
+
+def test_frozen_worker_during_a_drain_still_ends_exit3(tmp_path):
+    """A stop request (here: after 6 results) while rank 1 is frozen: its task is not re-run, and
+    the drain does not wait forever for it."""
+    d = str(tmp_path / "zd")
+    r = run(3, [SCRIPT, d, "--sleep", "0.05", "--freeze-rank", "1", "--freeze-at", "2",
+                "--task-timeout-min", "0.5", "--stop-after", "6"], timeout=90)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "not re-run (stopping)" in r.stderr and "is silent" in r.stderr
+    last = _last_states(d)
+    assert 6 <= sum(v == "DONE" for v in last.values()) < 24
+    r2 = run(2, [SCRIPT, d, "--resume"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+
+
+def test_late_duplicate_result_ignored(tmp_path):
+    """Rank 1's 2nd task overruns the 1.5 s limit (it answers after 2.5 s, before it would count
+    as silent at 3 s): rank 2 re-runs it, rank 1's late result is ignored, rank 1 gets work again
+    and the run ends normally."""
+    d = str(tmp_path / "dup")
+    r = run(3, [SCRIPT, d, "--ntasks", "40", "--sleep", "0.1", "--slow-rank", "1", "--slow-at", "2",
+                "--slow-sec", "2.5", "--task-timeout-sec", "1.5"], timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(d)
+    recs = J.read_journal(os.path.join(d, "journal.jsonl"))
+    late = [x for x in recs if x.get("state") == "STARTED" and x.get("attempt") == 2]
+    assert len(late) == 1 and late[0]["rank"] == 2
+    tid = late[0]["task"]
+    done = [x for x in recs if x.get("state") == "DONE"]
+    assert sorted(x["task"] for x in done) == sorted(s["ran"]) and len(done) == 40   # one DONE each
+    assert [x["rank"] for x in done if x["task"] == tid] == [2] and s["rank_of"][tid] == 2
+    assert s["done"] == 40 and len(s["results"]) == 40 and len(set(s["results"])) == 40
+    assert f"late result of {tid} from" in r.stderr and "ignored" in r.stderr
+    assert "answered again" in r.stderr
+    assert s["by_rank"]["1"] >= 2       # its 1st task, then (2nd ignored) more after it answered
+    clean = str(tmp_path / "clean")
+    assert run(None, [SCRIPT, clean, "--ntasks", "40"]).returncode == 0
+    _assert_same(d, clean)

@@ -9,9 +9,12 @@ from tract7dt_mpi.parallel.scheduler import Task, order_tasks, run_tasks
 
 @pytest.fixture(autouse=True)
 def _reset_signals():
+    import signal
     signals.reset()
     yield
     signals.reset()
+    signal.signal(signal.SIGINT, signal.default_int_handler)      # pytest's Ctrl-C works again
+    signals._state["installed"] = False
 
 
 def test_lpt_order_deterministic():
@@ -68,3 +71,15 @@ def test_deadline():
     import time
     signals.set_deadline(time.time() - 1)
     assert signals.stop_requested() and signals.stop_reason() == "deadline"
+
+
+def test_first_ctrl_c_requests_a_stop_second_interrupts():
+    import os
+    import signal
+    import time
+    signals.install()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert signals.stop_requested() and signals.stop_reason() == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)

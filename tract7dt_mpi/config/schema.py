@@ -357,6 +357,9 @@ class Mpi:
     prepared_store: str = K("prepared.h5", "path", _NONE, "MPI-era: HDF5 store of prepared working-frame images (under work_dir).")
     master_works: str = K("auto", "enum", _NONE, "MPI-era: rank 0 also runs tasks between dispatching (auto = when the world size is <= 8; true, false or auto).",
                           choices=("auto", "true", "false"))
+    task_timeout_factor: float = K(10.0, "float", "x", "MPI-era: a task running longer than this many times its expected time (the 90th percentile of the wall times of the phase's finished tasks, or the task's estimated cost x the median wall time per unit of cost, if larger) is late: its rank gets no new tasks and the task is handed to another rank (first result wins); a rank still silent at twice the limit ends the job with exit 3 (resumable) once the others have nothing left to do. 0 = only mpi.task_timeout_sec.", ge=0)
+    task_timeout_min_sec: float = K(60.0, "float", "s", "MPI-era: floor of the automatic late-task limit (mpi.task_timeout_factor x expected time).", ge=0)
+    task_timeout_sec: float = K(0.0, "float", "s", "MPI-era: fixed late-task limit for every task; replaces the automatic one when > 0. 0 = automatic.", ge=0)
 
 
 #: YAML section name -> section class, in template order.

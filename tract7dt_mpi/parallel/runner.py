@@ -15,6 +15,7 @@ from typing import Any, Callable
 from . import journal as J
 from .scheduler import RunReport, Task, TaskInfo, run_tasks
 from .store import ST_DONE, ST_FAILED, ST_STARTED, ResultsStore
+from .watchdog import TaskTimeout
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
               store: ResultsStore | None = None, journal: J.Journal | None = None,
               on_result: Callable[[Task, Any, TaskInfo], None] | None = None,
               heartbeat_sec: float = 30.0, master_works: bool = False,
-              prefetch: int | None = None) -> RunReport:
+              prefetch: int | None = None, timeout: TaskTimeout | None = None) -> RunReport:
     """Run one phase on every rank (workers pass ``tasks=None``); returns the master's report.
 
-    ``master_works``/``prefetch``: see :func:`.scheduler.run_tasks` (same value on every rank).
+    ``master_works``/``prefetch``/``timeout``: see :func:`.scheduler.run_tasks` (same value on
+    every rank).  Before rank 0 aborts the job because of a silent rank, the store's buffered rows
+    and status and the journal are written out, so ``--resume`` keeps every finished task.
     """
 
     def worker_post(task: Task, res: TaskResult):
@@ -73,9 +76,16 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
         if on_result is not None:
             on_result(task, None, info)
 
+    def on_abort():
+        if store is not None and store.writable_here:
+            store.flush()
+        if journal is not None:
+            journal.close()
+
     return run_tasks(comm, tasks, fn, label=label, on_done=on_done, on_failed=on_failed,
                      on_start=on_start, worker_post=worker_post, heartbeat_sec=heartbeat_sec,
-                     master_works=master_works, prefetch=prefetch)
+                     master_works=master_works, prefetch=prefetch, timeout=timeout,
+                     on_abort=on_abort)
 
 
 def split_resumable(tasks: list[Task], journal: J.Journal | None, is_recoverable=None,

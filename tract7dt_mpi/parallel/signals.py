@@ -1,8 +1,10 @@
-"""Stop requests: SIGUSR1/SIGTERM handlers and a wall-clock deadline that only set a flag.
+"""Stop requests: SIGUSR1/SIGTERM/SIGINT handlers and a wall-clock deadline that only set a flag.
 
-Why: a signal handler must not do MPI or I/O (Open MPI forwards SIGUSR1/SIGTERM to every rank and
-the handler may run inside an MPI call).  The scheduler polls :func:`stop_requested` between
-messages, stops dispatching, drains running tasks and exits with the resumable code.
+Why: a signal handler must not do MPI or I/O (Open MPI forwards SIGUSR1 to every rank and sends
+SIGTERM itself; the handler may run inside an MPI call).  The scheduler polls :func:`stop_requested`
+between messages, stops dispatching, drains running tasks and exits with the resumable code.  A
+SIGINT (Ctrl-C) after a stop was already requested raises ``KeyboardInterrupt`` as usual, so a
+second Ctrl-C interrupts the running task at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ _state = {"reason": None, "deadline": None, "installed": False}
 
 
 def _handler(signum, frame):  # noqa: ARG001 - signal API
+    if signum == signal.SIGINT and _state["reason"] is not None:
+        raise KeyboardInterrupt
     if _state["reason"] is None:
         try:
             name = signal.Signals(signum).name
@@ -23,10 +27,10 @@ def _handler(signum, frame):  # noqa: ARG001 - signal API
 
 
 def install(signums=None) -> None:
-    """Install the flag-only handler for SIGUSR1 and SIGTERM (idempotent, main thread only)."""
+    """Install the flag-only handler for SIGUSR1, SIGTERM and SIGINT (idempotent, main thread only)."""
     if _state["installed"]:
         return
-    for name in signums or ("SIGUSR1", "SIGTERM"):
+    for name in signums or ("SIGUSR1", "SIGTERM", "SIGINT"):
         sig = getattr(signal, name, None)
         if sig is not None:
             try:

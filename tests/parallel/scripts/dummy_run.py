@@ -2,15 +2,21 @@
 
 usage: python dummy_run.py OUTDIR [--ntasks N] [--sleep S] [--raise ID] [--sysexit ID] [--kill ID]
        [--resume] [--force] [--hash H] [--big-msg MB] [--stop-after K] [--master-works]
-       [--prefetch K]
+       [--prefetch K] [--freeze-rank R --freeze-at K] [--slow-rank R --slow-at K --slow-sec S]
+       [--task-timeout-sec S] [--task-timeout-factor F] [--task-timeout-min S]
 Writes OUTDIR/results.h5, OUTDIR/journal.jsonl and (rank 0) OUTDIR/summary.json; exits 0/3/4 like
-the pipeline.  Task values are derived from the task id only (never the rank).
+the pipeline.  Task values are derived from the task id only (never the rank).  ``--freeze-rank R
+--freeze-at K``: rank R stops itself (SIGSTOP, like a frozen node) at its K-th task (0: before the
+phase);
+``--slow-rank``/``--slow-at``/``--slow-sec``: rank R's K-th task sleeps S s more, then answers.
 """
 
 import argparse
 import hashlib
 import json
+import logging
 import os
+import signal
 import sys
 import time
 
@@ -22,6 +28,7 @@ from tract7dt_mpi.parallel import journal as J
 from tract7dt_mpi.parallel.runner import TaskResult, plan_resume, run_phase, write_carried
 from tract7dt_mpi.parallel.scheduler import Task
 from tract7dt_mpi.parallel.store import PlanEntry, ResultsStore, StorePlan, use_parallel_h5
+from tract7dt_mpi.parallel.watchdog import TaskTimeout
 
 COLUMNS = [("val", np.float64), ("n", np.int64), ("name", "S16"), ("flag", bool)]
 
@@ -37,8 +44,15 @@ def make_tasks(n):
     return tasks
 
 
-def task_fn(args):
+def task_fn(args, rank):
+    count = {"n": 0}
+
     def fn(task):
+        count["n"] += 1
+        if rank == args.freeze_rank and count["n"] == args.freeze_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if rank == args.slow_rank and count["n"] == args.slow_at:
+            time.sleep(args.slow_sec)
         time.sleep(args.sleep)
         if task.id == args.raise_id:
             raise ValueError(f"injected failure in {task.id}")
@@ -75,7 +89,16 @@ def main():
     ap.add_argument("--master-works", action="store_true", help="rank 0 runs tasks too")
     ap.add_argument("--prefetch", type=int, help="tasks outstanding per worker")
     ap.add_argument("--master-raise", type=int, help="raise on rank 0 after K results (outside tasks)")
+    ap.add_argument("--freeze-rank", type=int, help="this rank SIGSTOPs itself at its --freeze-at-th task")
+    ap.add_argument("--freeze-at", type=int, default=1)
+    ap.add_argument("--slow-rank", type=int, help="this rank's --slow-at-th task sleeps --slow-sec more")
+    ap.add_argument("--slow-at", type=int, default=1)
+    ap.add_argument("--slow-sec", type=float, default=0.0)
+    ap.add_argument("--task-timeout-sec", type=float, default=0.0)
+    ap.add_argument("--task-timeout-factor", type=float, default=10.0)
+    ap.add_argument("--task-timeout-min", type=float, default=60.0)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     comm = get_comm()
     install_excepthook(comm)
     signals.install()
@@ -100,10 +123,11 @@ def main():
     plan = StorePlan([PlanEntry(t.id, t.kind, rows=t.payload["rows"]) for t in tasks])
     store = ResultsStore.create(comm, store_path, plan, COLUMNS, attrs={"plan_hash": args.hash})
     write_carried(store, carried, jr)
-    got = {}
+    got, results = {}, []
 
     def on_result(task, data, info):
         got[task.id] = None if data is None else float(np.sum(data))
+        results.append(task.id)
 
     if args.master_raise is not None and comm.is_master:
         seen = {"n": 0}
@@ -123,9 +147,12 @@ def main():
 
     import resource
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    rep = run_phase(comm, "dummy", to_run if comm.is_master else None, task_fn(args), store=store,
-                    journal=jr, on_result=on_result, heartbeat_sec=0.2,
-                    master_works=args.master_works, prefetch=args.prefetch)
+    if comm.rank == args.freeze_rank and args.freeze_at == 0:
+        os.kill(os.getpid(), signal.SIGSTOP)          # frozen before the phase starts
+    timeout = TaskTimeout(args.task_timeout_factor, args.task_timeout_min, args.task_timeout_sec)
+    rep = run_phase(comm, "dummy", to_run if comm.is_master else None, task_fn(args, comm.rank),
+                    store=store, journal=jr, on_result=on_result, heartbeat_sec=0.2,
+                    master_works=args.master_works, prefetch=args.prefetch, timeout=timeout)
     r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - w0
     cpu = comm.gather((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
     store.close()
@@ -136,7 +163,8 @@ def main():
         summary = {"code": code, "done": rep.done, "failed": [f.task_id for f in rep.failed],
                    "errors": [f.error for f in rep.failed], "stopped": rep.stopped,
                    "ran": sorted(rep.infos), "skipped": sorted(carried), "size": comm.size,
-                   "parallel_h5": use_parallel_h5(comm), "got": got,
+                   "parallel_h5": use_parallel_h5(comm), "got": got, "results": results,
+                   "rank_of": {t: i.rank for t, i in rep.infos.items()},
                    "ranks": sorted({i.rank for i in rep.infos.values()}),
                    "overhead": rep.overhead_per_task, "phase_wall": wall, "cpu": cpu,
                    "by_rank": {str(r): sum(1 for i in rep.infos.values() if i.rank == r)
