@@ -143,6 +143,7 @@ class _Run:
     def load(self, write_store=True, plots=True, bright=True):
         """Load [+ augment] [+ bright mask] on rank 0; returns the LoadResult there (else None)."""
         cfg, res = self.cfg, None
+        plots = plots and cfg.plotting.level != "none"
         with self.stage("load_inputs"):
             res = self.on_master(S.load_step, cfg, write_store, plots)
         if cfg.zp.enabled:
@@ -445,14 +446,15 @@ def _cmd_run_patches(R: _Run):
 
 
 def _cmd_merge(R: _Run):
-    lr = R.load(write_store=False, plots=False, bright=True)
+    """Merge from the working catalog and the prepared store's frame (the images are not read)."""
     with R.stage("merge"):
         def _merge():
-            cells = S.active_cells(R.cfg, lr.catalog, lr.shape)
             from .stages.patches import build_patch_plan
-            plan = S.assign_plan(R.cfg, build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
-                                 len(lr.bands))
-            return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs)
+            cat = S.read_working_catalog(R.cfg)
+            shape, bands, wcs = S.prepared_frame(R.cfg)
+            cells = S.active_cells(R.cfg, cat, shape)
+            plan = S.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands))
+            return S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), wcs)
         R.on_master(_merge)
     return R.finish()
 

@@ -47,16 +47,20 @@ def warm_up() -> None:
 
 
 # ----------------------------------------------------------------------------- rank-0 steps
+def _band_loaded(i, n, band, sec, shape):
+    log.info("Loaded band %s (%d/%d) in %.2fs, working frame %dx%d", band, i, n, sec, shape[1], shape[0])
+
+
 def load_step(cfg, write_store: bool = True, plots: bool = True):
     """S1: stream bands into the prepared store (``mpi.prepared_store``); return LoadResult."""
     from .io.prepared import PreparedWriter
     from .stages.load import load_inputs
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not write_store:
-        return load_inputs(cfg, writer=None, logger=log, plots=plots)
+        return load_inputs(cfg, writer=None, logger=log, plots=plots, on_band=_band_loaded)
     writer = PreparedWriter(cfg.mpi.prepared_store)
     try:
-        res = load_inputs(cfg, writer=writer, logger=log, plots=plots)
+        res = load_inputs(cfg, writer=writer, logger=log, plots=plots, on_band=_band_loaded)
     except BaseException:
         writer.abort()
         raise
@@ -107,6 +111,16 @@ def read_working_catalog(cfg) -> pd.DataFrame:
             cat[c] = pd.to_numeric(cat[c], errors="coerce")
     cat["_row"] = pd.to_numeric(cat["_row"]).astype(np.int64)
     return cat
+
+
+def prepared_frame(cfg):
+    """(shape, bands, working WCS) from the prepared store's attributes (no image is read)."""
+    from .io.prepared import PreparedImages
+    path = cfg.mpi.prepared_store
+    if not os.path.exists(path):
+        raise InputError(f"{path} not found: run 'run', 'build-patches' or 'run-epsf' first")
+    with PreparedImages(path) as p:
+        return tuple(p.shape), list(p.bands), p.wcs
 
 
 def active_cells(cfg, catalog, shape):
@@ -187,7 +201,8 @@ class Worker:
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
         dpi = int(getattr(self.cfg.plotting, "dpi", 150))
-        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=cell_dir, dpi=dpi)
+        plot_dir = cell_dir if self.cfg.plotting.level == "full" else None     # per-cell PNGs
+        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=plot_dir, dpi=dpi)
         write_cell_products(res, cell_dir)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
@@ -436,6 +451,7 @@ def zp_step(cfg, catalog=None):
         log.warning("ZP: no band calibrated; catalog unchanged")
         return catalog
     dpi = int(getattr(cfg.plotting, "dpi", 150))
-    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi)
+    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi,
+                      plots=cfg.plotting.level != "none")
     write_final_catalog(out, cfg.outputs.final_catalog)
     return out

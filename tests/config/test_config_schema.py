@@ -21,7 +21,7 @@ MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi
            "patch_run.fault_inject", "bright_mask.thresh_sigma", "bright_mask.minarea",
            "bright_mask.deblend_nthresh", "bright_mask.deblend_cont", "mpi.master_works",
            "epsf.combine", "patch_run.epsf_interpolation", "patch_run.shape_fit_min_snr",
-           "patch_run.re_max_factor", "epsf.wing_tail"}
+           "patch_run.re_max_factor", "epsf.wing_tail", "plotting.level"}
 
 
 def keys():

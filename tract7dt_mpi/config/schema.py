@@ -143,6 +143,15 @@ class Logging:
 @dataclass(frozen=True)
 class Plotting:
     dpi: int = K(300, "int", "dpi", "Resolution of every PNG.", ge=1)
+    level: str = K("summary", "enum", _NONE,
+                   "MPI-era: which diagnostic PNGs are written. none = no PNG at all; summary = the "
+                   "tile-level figures (crop, overlay, bright mask, Gaia, ZP; each still under its own "
+                   "switch) and summary/ (per band: ePSF FWHM and ellipticity maps over the cells with "
+                   "example ePSF stars; per tile: data/model/residual images), drawn as tasks after the "
+                   "merge; full = summary plus today's per-cell ePSF and per-patch PNGs. The finer "
+                   "switches (epsf.save_*, patch_run.no_cutouts, no_patch_overview, crop.plot_*, "
+                   "overlay.*) only turn plots off within the chosen level, never on beyond it.",
+                   choices=("none", "summary", "full"))
 
 
 @dataclass(frozen=True)
