@@ -402,7 +402,9 @@ def _cmd_run(R: _Run, epsf_only=False):
     if R.stopped:
         return R.finish()
     with R.stage("merge"):
-        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), lr.wcs))
+        # the working WCS as stored in the prepared store: `merge` alone gives the same RA/DEC
+        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan),
+                                                 S.prepared_frame(R.cfg)[2]))
     if R.cfg.zp.enabled:
         with R.stage("compute_zp"):
             R.on_master(S.zp_step, R.cfg, final)
@@ -429,9 +431,7 @@ def _cmd_run_patches(R: _Run):
     R.open_journal()
 
     def _inputs():
-        from .io.prepared import PreparedImages
-        with PreparedImages(R.cfg.mpi.prepared_store) as p:
-            shape, bands = p.shape, list(p.bands)
+        shape, bands, _wcs = S.prepared_frame(R.cfg)
         cat = S.read_working_catalog(R.cfg)
         cells = S.active_cells(R.cfg, cat, shape)
         return cat, shape, bands, cells
