@@ -335,6 +335,15 @@ class _Run:
         if self.master:
             self.failed += len(rep.failed)
 
+    def summary_phase(self, bands):
+        """The ``plotting.level`` summary figures as tasks on every rank (never fail the run)."""
+        if self.cfg.plotting.level == "none":
+            return
+        from .summary_steps import summary_tasks
+        with self.stage("summary_plots"):
+            run_phase(self.comm, "summary_plots", summary_tasks(self.cfg, bands) if self.master else None,
+                      self.worker.summary_plot, heartbeat_sec=self.hb, master_works=self.master_works)
+
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
         from .parallel.mpienv import process_usage, usable_cores
@@ -408,6 +417,7 @@ def _cmd_run(R: _Run, epsf_only=False):
     if R.cfg.zp.enabled:
         with R.stage("compute_zp"):
             R.on_master(S.zp_step, R.cfg, final)
+    R.summary_phase(bands)
     return R.finish()
 
 

@@ -39,6 +39,7 @@ def warm_up() -> None:
     import importlib
     for name in ("tract7dt_mpi.stages.epsf", "tract7dt_mpi.stages.fit", "tract7dt_mpi.stages.patch_inputs",
                  "tract7dt_mpi.io.prepared", "tract7dt_mpi.plots.epsf_plots", "tract7dt_mpi.plots.patch_plots",
+                 "tract7dt_mpi.plots.summary_plots",
                  "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
@@ -224,16 +225,25 @@ class Worker:
                                  int(pr.min_epsf_nstars_for_use), pr.epsf_interpolation)
 
     def patch_fit(self, task: Task) -> TaskResult:
-        from .stages.fit import fit_patch_input
+        from .stages.fit import fit_patch_input, write_patch_products
         from .stages.patch_inputs import build_patch_input
         spec = self.plan[task.payload]
         t0 = time.perf_counter()
         pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
                                 self.saturated_stars)
         out_dir = self.cfg.outputs.tractor_out_dir
-        res = fit_patch_input(pin, self.cfg, out_dir=out_dir)
+        res = fit_patch_input(pin, self.cfg)
+        if res.plot is not None:       # None: nothing was fitted, no products (as fit_patch_input)
+            if self.cfg.plotting.level != "none":
+                from .summary_steps import write_residual_part
+                write_residual_part(self.cfg, spec, res.plot, self.prepared.shape)   # before the CSV
+            write_patch_products(res, out_dir, self.cfg)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
         return TaskResult(rows=res.table, data=None)
+
+    def summary_plot(self, task: Task) -> TaskResult:
+        from .summary_steps import run_summary_task
+        return run_summary_task(self.cfg, self.prepared, self.plan, task)
 
     def patch_dump(self, task: Task) -> TaskResult:
         from .stages.patch_inputs import build_patch_input, save_patch_inputs

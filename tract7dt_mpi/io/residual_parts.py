@@ -1,7 +1,9 @@
-"""``{tractor_out_dir}/{tag}/residual_part.npz``: one patch's block sums for the tile residual image.
+"""``{tractor_out_dir}/{tag}/residual_part.npy``: one patch's block sums for the tile residual image.
 
-npz members: ``meta`` (int64 [factor, cy0, cx0]), ``channels`` (unicode array), ``data``,
-``model``, ``weight`` (float32, shape (channels, h, w)); see :mod:`tract7dt_mpi.stages.residual_map`.
+One float32 array of shape (3, channels, h, w): the weighted data sums, model sums and weight sums
+of :class:`~tract7dt_mpi.stages.residual_map.ResidualPart`.  Its grid origin, block size and
+channel names follow from the patch plan and the band list, so the file holds nothing else and
+reads in one call (a tile has thousands of patches).
 """
 from __future__ import annotations
 
@@ -12,21 +14,21 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 
-FILE_NAME = "residual_part.npz"
+FILE_NAME = "residual_part.npy"
 
 
 def save_residual_part(patch_dir: str, part) -> str:
     buf = io.BytesIO()
-    np.savez(buf, meta=np.array([part.factor, part.cy0, part.cx0], np.int64),
-             channels=np.array(part.channels, dtype=str), data=part.data.astype(np.float32),
-             model=part.model.astype(np.float32), weight=part.weight.astype(np.float32))
+    np.save(buf, np.stack([part.data, part.model, part.weight]).astype(np.float32))
     return atomic_write_bytes(os.path.join(patch_dir, FILE_NAME), buf.getvalue(), fsync=False)
 
 
-def load_residual_part(path: str):
-    """The :class:`~tract7dt_mpi.stages.residual_map.ResidualPart` of one file."""
+def load_residual_part(path: str, factor: int, cy0: int, cx0: int, channels):
+    """The :class:`~tract7dt_mpi.stages.residual_map.ResidualPart` of one file, or None when the
+    file does not hold ``len(channels)`` channels."""
     from ..stages.residual_map import ResidualPart
-    with np.load(path, allow_pickle=False) as z:
-        f, cy0, cx0 = (int(v) for v in z["meta"])
-        return ResidualPart(f, cy0, cx0, [str(c) for c in z["channels"]], z["data"].astype(float),
-                            z["model"].astype(float), z["weight"].astype(float))
+    a = np.load(path, allow_pickle=False)
+    if a.ndim != 4 or a.shape[:2] != (3, len(channels)):
+        return None
+    a = a.astype(float)
+    return ResidualPart(int(factor), int(cy0), int(cx0), list(channels), a[0], a[1], a[2])

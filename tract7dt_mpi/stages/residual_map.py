@@ -35,6 +35,11 @@ def colour_bands(bands) -> list[str]:
     return [order[-1], order[len(order) // 2], order[0]]
 
 
+def part_channels(bands) -> list[str]:
+    """Channel names of the parts: ``white`` then the colour bands (if any)."""
+    return ["white"] + colour_bands(bands)
+
+
 @dataclasses.dataclass
 class ResidualPart:
     """Block sums of one patch on the coarse grid, origin (cy0, cx0) in coarse pixels."""
@@ -65,7 +70,7 @@ def patch_residual_part(data: dict, model: dict, sigma: dict, good: dict, box, b
     given as ``box[4:6]``."""
     x0, x1, y0, y1, ox, oy = box
     sl = (slice(oy, oy + (y1 - y0)), slice(ox, ox + (x1 - x0)))
-    chans = ["white"] + colour_bands(bands)
+    chans = part_channels(bands)
     d_out, m_out, w_out = [], [], []
     for ch in chans:
         sd = sm = sw = None
@@ -112,4 +117,5 @@ def assemble(parts, shape, factor):
     return chans, data, model
 
 
-__all__ = ["MAX_SIDE", "coarse_factor", "colour_bands", "ResidualPart", "patch_residual_part", "assemble"]
+__all__ = ["MAX_SIDE", "coarse_factor", "colour_bands", "part_channels", "ResidualPart", "patch_residual_part",
+           "assemble"]
