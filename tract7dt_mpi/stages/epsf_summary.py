@@ -1,9 +1,13 @@
 """Per-band ePSF summary numbers for the ``plotting.level: summary`` figures (no drawing here).
 
-FWHM and ellipticity of every cell's ePSF come from adaptive (Gaussian-weighted) second moments
-of its stamp: the weight is iterated to the stamp's own covariance, which makes the result the
-exact covariance of a Gaussian and keeps the noisy or Moffat wings from dominating as they do in
-unweighted moments.  The example stars are the highest-weighted stars the cells' ePSFs were made of.
+The FWHM of a cell's ePSF is the diameter of the circle with the area above half maximum, measured
+on the stamp upsampled by a cubic spline (counting whole pixels is off by up to ~8 % at 4 px); its
+ellipticity and orientation come from adaptive
+(Gaussian-weighted) second moments: the weight is iterated to the stamp's own covariance, which
+gives the exact covariance of a Gaussian and keeps noisy or Moffat wings from dominating as they do
+in unweighted moments (the size of those moments is a Gaussian-equivalent one, ~15 % above the
+true FWHM for a Moffat, hence not used for the FWHM).  The example stars are the
+highest-weighted stars the cells' ePSFs were made of.
 """
 
 from __future__ import annotations
@@ -13,13 +17,25 @@ import re
 
 import numpy as np
 
+UPSAMPLE = 5
+
+
+def half_max_fwhm(stamp, up: int = UPSAMPLE) -> float:
+    """Diameter (px) of the circle with the stamp's area above half its peak (spline-upsampled)."""
+    from scipy.ndimage import zoom
+    a = np.nan_to_num(np.asarray(stamp, float))
+    if not a.size or not a.max() > 0:
+        return math.nan
+    z = zoom(a, up, order=3, grid_mode=True, mode="grid-constant")
+    return 2.0 * math.sqrt(np.count_nonzero(z >= z.max() / 2.0) / (up * up) / math.pi)
+
 _TAG = re.compile(r"^r(\d+)_c(\d+)$")
 
 
 def stamp_moments(stamp, n_iter: int = 50) -> dict:
-    """Adaptive moments of a PSF stamp: ``fwhm_pix`` (Gaussian-equivalent, from the determinant
-    radius), ``ellipticity`` (1 - b/a), ``theta_deg`` (major axis from +x towards +y) and the
-    centroid ``x``, ``y`` (pixels, origin 0). NaN everywhere when the stamp has no positive flux.
+    """Shape of a PSF stamp: ``fwhm_pix`` (from the half-maximum area), and from adaptive moments
+    ``ellipticity`` (1 - b/a), ``theta_deg`` (major axis from +x towards +y) and the centroid
+    ``x``, ``y`` (pixels, origin 0). NaN everywhere when the stamp has no positive flux.
     """
     a = np.nan_to_num(np.asarray(stamp, float))
     nan = {"fwhm_pix": math.nan, "ellipticity": math.nan, "theta_deg": math.nan, "x": math.nan,
@@ -49,8 +65,7 @@ def stamp_moments(stamp, n_iter: int = 50) -> dict:
     lam = np.linalg.eigvalsh(m)              # ascending: minor, major variance
     b, a_ = math.sqrt(lam[0]), math.sqrt(lam[1])
     theta = 0.5 * math.degrees(math.atan2(2 * m[0, 1], m[0, 0] - m[1, 1]))
-    return {"fwhm_pix": 2.0 * math.sqrt(2.0 * math.log(2.0)) * math.sqrt(a_ * b),
-            "ellipticity": 1.0 - b / a_, "theta_deg": theta, "x": cx, "y": cy}
+    return {"fwhm_pix": half_max_fwhm(a), "ellipticity": 1.0 - b / a_, "theta_deg": theta, "x": cx, "y": cy}
 
 
 def cell_index(tag: str):
@@ -87,4 +102,4 @@ def example_stars(metas, k: int = 6) -> list[tuple[float, float, float]]:
     return stars[:k]
 
 
-__all__ = ["stamp_moments", "cell_index", "band_cell_maps", "example_stars"]
+__all__ = ["half_max_fwhm", "stamp_moments", "cell_index", "band_cell_maps", "example_stars"]
