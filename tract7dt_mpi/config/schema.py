@@ -149,8 +149,8 @@ class Plotting:
                    "switch) and summary/ (per band: ePSF FWHM and ellipticity maps over the cells with "
                    "example ePSF stars; per tile: data/model/residual images), drawn as tasks after the "
                    "merge; full = summary plus today's per-cell ePSF and per-patch PNGs. The finer "
-                   "switches (epsf.save_*, patch_run.no_cutouts, no_patch_overview, crop.plot_*, "
-                   "overlay.*) only turn plots off within the chosen level, never on beyond it.",
+                   "switches (the epsf save_* switches, patch_run.no_cutouts and no_patch_overview, the crop "
+                   "plot switches, overlay) only turn plots off within the chosen level, never on beyond it.",
                    choices=("none", "summary", "full"))
 
 
