@@ -1,23 +1,28 @@
 """The ``plotting.level: summary`` figures under ``{work_dir}/summary/``.
 
-``epsf_{band}.png``: the band's ePSF FWHM and ellipticity maps over the cell grid, the ePSF of
-the cell with most stars, and a few of the stars the ePSFs were made of.  ``residuals.png``: the
-tile's data, model and residual at reduced resolution (inverse-variance mean over the bands and,
-with three or more bands, an asinh colour image of the reddest, a middle and the bluest band).
+``epsf_{band}.png``: the band's ePSF FWHM and ellipticity maps over the cell grid (values written
+in the cells), the ePSF of the cell with most stars, and a few of the stars the ePSFs were made of.
+``residuals.png``: the tile's data, model and residual at reduced resolution (inverse-variance
+mean over the bands and, with three or more bands, an asinh colour image of the reddest, a middle
+and the bluest band).
 
-They must stay cheap (a few per band at 40 bands): panels of one kind are scaled to RGB here and
-shown side by side as one image, so a figure has few axes, and figures are not cropped ("tight"
-renders twice).
+They must stay cheap (a few per band at 40 bands, a few % of a small run): panels are scaled to
+RGB with numpy and pasted into one PIL image with text labels, written at the panels' own pixel
+scale with fast PNG compression - no matplotlib figure (axes and tick layout cost ~0.3 s a figure).
+``plotting.dpi`` sets only the text size (14 px at 150 dpi).
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-from .common import new_figure, savefig, zscale_limits
+from .common import zscale_limits
 
-__all__ = ["plot_epsf_summary", "plot_tile_residuals", "asinh_rgb", "grey_rgb"]
+__all__ = ["plot_epsf_summary", "plot_tile_residuals", "asinh_rgb", "grey_rgb", "colour_map_rgb"]
 
-_GAP = 4          # pixels between panels of a strip
+_GAP = 6                       # pixels between panels
+_NAN_RGB = (0.35, 0.0, 0.0)    # dark red: no value
 
 
 def grey_rgb(img, lo, hi):
@@ -25,7 +30,7 @@ def grey_rgb(img, lo, hi):
     a = np.asarray(img, float)
     v = np.clip((np.nan_to_num(a, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     out = np.dstack([v, v, v])
-    out[~np.isfinite(a)] = (0.35, 0.0, 0.0)
+    out[~np.isfinite(a)] = _NAN_RGB
     return out
 
 
@@ -39,94 +44,134 @@ def asinh_rgb(channels, q: float = 10.0, scales=None, signed: bool = False):
         s = s if s > 0 else 1.0
         v = np.arcsinh(q * a / s) / np.arcsinh(q)
         out.append(0.5 + 0.5 * v if signed else v)
-    return np.clip(np.dstack(out), 0.0, 1.0)
+    rgb = np.clip(np.dstack(out), 0.0, 1.0)
+    rgb[~np.all([np.isfinite(np.asarray(c, float)) for c in channels], axis=0)] = _NAN_RGB
+    return rgb
 
 
-def _strip(panels):
-    """Panels (H_i, W_i, 3) side by side on a white background (bottom-aligned)."""
-    h = max(p.shape[0] for p in panels)
-    w = sum(p.shape[1] for p in panels) + _GAP * (len(panels) - 1)
-    out = np.ones((h, w, 3))
-    x = 0
-    for p in panels:
-        out[:p.shape[0], x:x + p.shape[1]] = p
-        x += p.shape[1] + _GAP
+def colour_map_rgb(arr, cmap: str = "viridis"):
+    """(H, W, 3) of ``arr`` through a matplotlib colour map over its finite range; NaN = dark red."""
+    from matplotlib import colormaps
+    a = np.asarray(arr, float)
+    fin = np.isfinite(a)
+    lo, hi = (float(a[fin].min()), float(a[fin].max())) if fin.any() else (0.0, 1.0)
+    v = (np.nan_to_num(a, nan=lo) - lo) / (hi - lo if hi > lo else 1.0)
+    out = colormaps[cmap](np.clip(v, 0, 1))[..., :3]
+    out[~fin] = _NAN_RGB
     return out
 
 
-def _show(ax, rgb, title):
-    ax.imshow(rgb, origin="lower", interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
+# ----------------------------------------------------------------------------- PIL canvas
+def _font(dpi):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=max(10, round(14 * float(dpi) / 150.0)))
 
 
-def _grid(ax, fig, arr, title, fmt, cmap):
-    im = ax.imshow(arr, origin="lower", cmap=cmap, interpolation="nearest")
+def _image(rgb, scale: int = 1):
+    """PIL image of an (H, W, 3) array in [0, 1] shown origin-lower, each pixel ``scale`` x ``scale``."""
+    from PIL import Image
+    a = np.flipud(np.asarray(rgb, float))
+    if scale > 1:
+        a = np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
+    return Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+
+
+def _titled(img, title, font):
+    """``img`` with ``title`` above it on white."""
+    from PIL import Image, ImageDraw
+    th = int(font.size * 1.5)
+    w = max(img.width, int(ImageDraw.Draw(img).textlength(title, font=font)) + 4)
+    out = Image.new("RGB", (w, img.height + th), "white")
+    ImageDraw.Draw(out).text((2, 2), title, fill="black", font=font)
+    out.paste(img, (0, th))
+    return out
+
+
+def _grid(rows, title, font):
+    """Rows of PIL images side by side, rows stacked, a title on top, on white."""
+    from PIL import Image
+    rows = [r for r in rows if r]
+    widths = [sum(p.width for p in r) + _GAP * (len(r) - 1) for r in rows]
+    heights = [max(p.height for p in r) for r in rows]
+    out = Image.new("RGB", (max(widths) + 2 * _GAP, sum(heights) + _GAP * (len(rows) + 1)), "white")
+    y = _GAP
+    for r, h in zip(rows, heights):
+        x = _GAP
+        for p in r:
+            out.paste(p, (x, y))
+            x += p.width + _GAP
+        y += h + _GAP
+    return _titled(out, title, font)
+
+
+def _save(img, path) -> str:
+    import os
+
+    from ..io.atomic import atomic_write_bytes
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return atomic_write_bytes(path, buf.getvalue(), fsync=False)
+
+
+# ----------------------------------------------------------------------------- figures
+def _cell_map(arr, title, fmt, cmap, font):
+    from PIL import ImageDraw
     n = arr.shape[0]
-    if n <= 8:
+    px = max(24, 280 // max(n, 1))
+    img = _image(colour_map_rgb(arr, cmap), px)
+    if n <= 10:
+        d = ImageDraw.Draw(img)
         for (r, c), v in np.ndenumerate(arr):
             if np.isfinite(v):
-                ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=6, color="w")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.tick_params(labelsize=6, length=0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+                d.text(((c + 0.5) * px, (n - r - 0.5) * px), format(v, fmt), fill="white", font=font,
+                       anchor="mm", stroke_width=1, stroke_fill="black")
+    fin = arr[np.isfinite(arr)]
+    rng = f" [{fin.min():{fmt}}, {fin.max():{fmt}}]" if fin.size else " (none)"
+    return _titled(img, title + rng, font)
 
 
 def plot_epsf_summary(path: str, band: str, maps: dict, stamp, stamp_tag: str, stars, dpi: int = 150) -> str:
-    """``maps`` from :func:`~tract7dt_mpi.stages.epsf_summary.band_cell_maps`; ``stamp``: one cell's
-    ePSF (or None); ``stars``: list of (cutout array, weight), shown asinh-stretched to their peak."""
-    fig = new_figure(figsize=(12.0, 7.0))
-    gs = fig.add_gridspec(2, 3, height_ratios=[1.4, 1.0], left=0.04, right=0.97, top=0.9, bottom=0.03,
-                          wspace=0.3, hspace=0.25)
-    fw = maps["fwhm_pix"]
-    med = np.nanmedian(fw) if np.isfinite(fw).any() else np.nan
-    _grid(fig.add_subplot(gs[0, 0]), fig, fw, f"FWHM [px] per cell (median {med:.2f})", ".2f", "viridis")
-    _grid(fig.add_subplot(gs[0, 1]), fig, maps["ellipticity"], "ellipticity 1 - b/a per cell", ".3f", "magma")
-    ax = fig.add_subplot(gs[0, 2])
+    """``maps`` from :func:`~tract7dt_mpi.stages.epsf_summary.band_cell_maps` (rows = y, up);
+    ``stamp``: one cell's ePSF (or None); ``stars``: list of (cutout array, weight), each shown
+    asinh-stretched to its own peak."""
+    font = _font(dpi)
+    top = [_cell_map(maps["fwhm_pix"], "FWHM [px]", ".2f", "viridis", font),
+           _cell_map(maps["ellipticity"], "ellipticity 1-b/a", ".3f", "magma", font)]
     if stamp is not None:
         s = np.asarray(stamp, float)
         peak = np.nanmax(s) if np.nanmax(s) > 0 else 1.0
-        lg = np.log10(np.clip(s / peak, 1e-5, None))
-        _show(ax, grey_rgb(lg, -5.0, 0.0), f"ePSF {stamp_tag}, log10 of peak [-5, 0]")
-    else:
-        ax.set_axis_off()
-    ax = fig.add_subplot(gs[1, :])
-    if stars:
-        panels = []
-        for cut, _w in stars:
-            c = np.asarray(cut, float)
-            peak = np.nanmax(c) if np.isfinite(c).any() and np.nanmax(c) > 0 else 1.0
-            v = np.arcsinh(np.nan_to_num(c) / (0.01 * peak)) / np.arcsinh(100.0)
-            panels.append(grey_rgb(v, 0.0, 1.0))
-        ws = ", ".join(f"{w:.3f}" for _c, w in stars)
-        _show(ax, _strip(panels), f"example ePSF stars (asinh to peak), weights in the stack: {ws}")
-    else:
-        ax.set_axis_off()
-    fig.suptitle(f"ePSF summary {band}", fontsize=11)
-    return savefig(fig, path, dpi, tight=False, compress_level=1)
+        lg = np.log10(np.clip(np.nan_to_num(s) / peak, 1e-5, None))
+        top.append(_titled(_image(grey_rgb(lg, -5.0, 0.0), max(1, 280 // max(s.shape))),
+                           f"ePSF {stamp_tag} (log10, peak = 0)", font))
+    bottom = []
+    for k, (cut, w) in enumerate(stars):
+        c = np.nan_to_num(np.asarray(cut, float))
+        peak = c.max() if c.size and c.max() > 0 else 1.0
+        v = np.arcsinh(c / (0.01 * peak)) / np.arcsinh(100.0)
+        label = f"star {k + 1}" + (f", weight {w:.3f}" if np.isfinite(w) else "")
+        bottom.append(_titled(_image(grey_rgb(v, 0.0, 1.0), max(1, 150 // max(c.shape))), label, font))
+    title = (f"ePSF summary {band}: per cell (row = y, up), and example ePSF stars (asinh to peak); "
+             "dark red = no ePSF")
+    return _save(_grid([top, bottom], title, font), path)
 
 
 def plot_tile_residuals(path: str, channels, data, model, factor: int, dpi: int = 150) -> str:
     """Data / model / residual of the ``white`` channel, and a colour row when three more are given."""
-    colour = len(channels) >= 4
-    h, w = data.shape[1:]
-    fig = new_figure(figsize=(15.0, (5.2 if colour else 2.6) * max(0.35, h / max(w, 1)) * 2 + 0.6))
-    axes = fig.subplots(2 if colour else 1, 1, squeeze=False)[:, 0]
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.01, hspace=0.12)
+    font = _font(dpi)
     d, m = data[0], model[0]
     lo, hi = zscale_limits(d)
     r = d - m
     rlo, rhi = zscale_limits(r)
     half = max(abs(rlo), abs(rhi))
-    _show(axes[0], _strip([grey_rgb(d, lo, hi), grey_rgb(m, lo, hi), grey_rgb(r, -half, half)]),
-          "data | model | residual (inverse-variance mean of the bands; zscale, residual symmetric)")
-    if colour:
+    rows = [[_titled(_image(grey_rgb(d, lo, hi)), "data (inverse-variance mean of the bands, zscale)", font),
+             _titled(_image(grey_rgb(m, lo, hi)), "model (same scale)", font),
+             _titled(_image(grey_rgb(r, -half, half)), "residual = data - model (symmetric)", font)]]
+    if len(channels) >= 4:
         scales = [np.percentile(np.nan_to_num(data[k]), 99.5) for k in (1, 2, 3)]
-        rows = [asinh_rgb([arr[1], arr[2], arr[3]], scales=scales, signed=signed)
-                for arr, signed in ((data, False), (model, False), (data - model, True))]
-        _show(axes[1], _strip(rows), f"data | model | residual (grey = 0), asinh colour: R={channels[1]} "
-              f"G={channels[2]} B={channels[3]}")
-    fig.suptitle(f"tile residuals ({factor} x {factor} px blocks; dark red = no fitted pixel)", fontsize=11)
-    return savefig(fig, path, dpi, tight=False, compress_level=1)
+        names = f"R={channels[1]} G={channels[2]} B={channels[3]}"
+        rows.append([_titled(_image(asinh_rgb([a[1], a[2], a[3]], scales=scales, signed=s)), t, font)
+                     for a, s, t in ((data, False, f"data, asinh colour {names}"), (model, False, "model"),
+                                     (data - model, True, "residual (grey = 0)"))])
+    title = f"tile residuals: {factor} x {factor} px block means; dark red = no fitted pixel"
+    return _save(_grid(rows, title, font), path)
