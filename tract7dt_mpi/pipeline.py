@@ -341,8 +341,9 @@ class _Run:
             return
         from .summary_steps import summary_tasks
         with self.stage("summary_plots"):
-            run_phase(self.comm, "summary_plots", summary_tasks(self.cfg, bands) if self.master else None,
-                      self.worker.summary_plot, heartbeat_sec=self.hb, master_works=self.master_works)
+            rep = run_phase(self.comm, "summary_plots", summary_tasks(self.cfg, bands) if self.master else None,
+                            self.worker.summary_plot, heartbeat_sec=self.hb, master_works=self.master_works)
+            self._account("summary_plots", rep)      # parallel work, not serial time of the run
 
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
