@@ -143,7 +143,7 @@ class _Run:
     def load(self, write_store=True, plots=True, bright=True):
         """Load [+ augment] [+ bright mask] on rank 0; returns the LoadResult there (else None)."""
         cfg, res = self.cfg, None
-        plots = plots and cfg.plotting.level != "none"
+        plots = plots and cfg.plotting.level == "full"
         with self.stage("load_inputs"):
             res = self.on_master(S.load_step, cfg, write_store, plots)
         if cfg.zp.enabled:

@@ -462,6 +462,6 @@ def zp_step(cfg, catalog=None):
         return catalog
     dpi = int(getattr(cfg.plotting, "dpi", 150))
     write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi,
-                      plots=cfg.plotting.level != "none")
+                      plots=cfg.plotting.level == "full")
     write_final_catalog(out, cfg.outputs.final_catalog)
     return out
