@@ -175,3 +175,14 @@ def test_reads_per_column_layout_of_earlier_versions(tmp_path):
         f.create_group("epsf")
     df = catalog_frame(read_store(path))
     assert list(df["_row"]) == [4, 2] and list(df["stype"]) == ["exp", "star"]
+
+
+def test_int_column_given_as_float_with_nan_gets_the_fill_value(tmp_path):
+    """Plan rows of p1 are [0, 9]; the values arrive for [9, 0]."""
+    path = str(tmp_path / "r.h5")
+    st = ResultsStore.create(Comm(None), path, _plan(), COLS)
+    st.write_rows("patch/p1", {"_row": [9, 0], "n": [np.nan, 4.0], "ok": [1, 0], "stype": [None, "exp"]})
+    st.close()
+    s = read_store(path)
+    assert list(s["catalog"]["n"][3:]) == [4, -1] and list(s["catalog"]["ok"][3:]) == [False, True]
+    assert list(s["catalog"]["stype"][3:]) == ["exp", ""]

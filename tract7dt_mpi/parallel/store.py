@@ -286,9 +286,10 @@ class ResultsStore:
         for name, dt in self.columns.items():
             if name == "_row" or name not in have:
                 continue
-            vals = np.asarray(table[name], dtype=object)[src_idx] if dt.kind in "SbO" else \
-                np.asarray(table[name])[src_idx]
-            block[name][dst] = _encode(vals, dt, name)
+            vals = np.asarray(table[name])
+            if dt.kind == "S" or (dt.kind == "b" and vals.dtype.kind != "b"):   # converted per value
+                vals = vals.astype(object)
+            block[name][dst] = _encode(vals[src_idx], dt, name)
         return off, n, block, int(good.sum())
 
     def encode_rows(self, task_id: str, table) -> "EncodedRows":
