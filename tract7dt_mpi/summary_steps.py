@@ -10,11 +10,8 @@ problems only warn: a summary figure never fails a run.  MPI-free, like :mod:`.p
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
-
-import numpy as np
 
 from .parallel.runner import TaskResult
 from .parallel.scheduler import Task
@@ -68,14 +65,13 @@ def run_summary_task(cfg, prepared, plan, task: Task) -> TaskResult:
 
 def _band_cells(cfg, band) -> dict:
     """tag -> (meta, stamp or None) of every cell of ``band`` in the ePSF folder."""
+    from .pipeline_steps import epsf_from_disk
     out = {}
     for meta_path in sorted(glob.glob(os.path.join(cfg.outputs.epsf_dir, band, "*", "meta.json"))):
-        cell = os.path.dirname(meta_path)
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        npy = os.path.join(cell, "epsf.npy")
-        stamp = np.load(npy, allow_pickle=False) if meta.get("status") == "ok" and os.path.exists(npy) else None
-        out[os.path.basename(cell)] = (meta, stamp)
+        tag = os.path.basename(os.path.dirname(meta_path))
+        got = epsf_from_disk(cfg, band, tag)
+        if got is not None:
+            out[tag] = got
     return out
 
 
