@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-LIGHT = {"overlay": {"enabled": False},
+LIGHT = {"overlay": {"enabled": False}, "plotting": {"level": "none"},
          "epsf": {"maxiters": 5, "save_growth_curve": False, "save_residual_diagnostics": False,
                   "save_patch_background_diagnostics": False,
                   "save_star_local_background_diagnostics": False, "save_star_montage_max": 0},

@@ -397,7 +397,8 @@ def _cmd_where(args) -> int:
             nrow = f" ({max(sum(1 for _ in fh) - 1, 0)} rows)"
     print(f"work dir : {p['work_dir']}")
     print(f"catalog  : {cat}{nrow if cat.is_file() else ' (not written yet)'}")
-    print(f"plots    : {p.get('overlay_dir', '')}, {p['bright_mask_dir']}, {p.get('epsf_dir', '')}/<band>/<cell>/,")
+    print(f"plots    : {p['work_dir']}/summary; with plotting.level full also {p.get('overlay_dir', '')},")
+    print(f"           {p['bright_mask_dir']}, {p.get('epsf_dir', '')}/<band>/<cell>/,")
     print(f"           {p.get('tractor_out_dir', '')}/<patch>/, {p['zp_dir']}")
     print(f"journal  : {p['journal']}")
     print(f"log      : {p['run_log']}")

@@ -157,6 +157,7 @@ class _Run:
     def load(self, write_store=True, plots=True, bright=True):
         """Load [+ augment] [+ bright mask] on rank 0; returns the LoadResult there (else None)."""
         cfg, res = self.cfg, None
+        plots = plots and cfg.plotting.level == "full"
         with self.stage("load_inputs"):
             res = self.on_master(S.load_step, cfg, write_store, plots)
         if cfg.zp.enabled:
@@ -354,6 +355,16 @@ class _Run:
         if self.master:
             self.failed += len(rep.failed)
 
+    def summary_phase(self, bands):
+        """The ``plotting.level`` summary figures as tasks on every rank (never fail the run)."""
+        if self.cfg.plotting.level == "none":
+            return
+        from .summary_steps import summary_tasks
+        with self.stage("summary_plots"):
+            rep = run_phase(self.comm, "summary_plots", summary_tasks(self.cfg, bands) if self.master else None,
+                            self.worker.summary_plot, heartbeat_sec=self.hb, master_works=self.master_works)
+            self._account("summary_plots", rep)      # parallel work, not serial time of the run
+
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
         from .parallel.mpienv import process_usage, usable_cores
@@ -421,11 +432,13 @@ def _cmd_run(R: _Run, epsf_only=False):
     if R.stopped:
         return R.finish()
     with R.stage("merge"):
-        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), lr.wcs,
-                                                 lr.crop[::2]))
+        # the working WCS as stored in the prepared store: `merge` alone gives the same RA/DEC
+        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan),
+                                                 *S.prepared_frame(R.cfg)[2:]))
     if R.cfg.zp.enabled:
         with R.stage("compute_zp"):
             R.on_master(S.zp_step, R.cfg, final)
+    R.summary_phase(bands)
     return R.finish()
 
 
@@ -449,9 +462,7 @@ def _cmd_run_patches(R: _Run):
     R.open_journal()
 
     def _inputs():
-        from .io.prepared import PreparedImages
-        with PreparedImages(R.cfg.mpi.prepared_store) as p:
-            shape, bands = p.shape, list(p.bands)
+        shape, bands, _wcs, _crop = S.prepared_frame(R.cfg)
         cat = S.read_working_catalog(R.cfg)
         cells = S.active_cells(R.cfg, cat, shape)
         return cat, shape, bands, cells
@@ -466,15 +477,15 @@ def _cmd_run_patches(R: _Run):
 
 
 def _cmd_merge(R: _Run):
-    lr = R.load(write_store=False, plots=False, bright=True)
+    """Merge from the working catalog and the prepared store's frame (the images are not read)."""
     with R.stage("merge"):
         def _merge():
-            cells = S.active_cells(R.cfg, lr.catalog, lr.shape)
             from .stages.patches import build_patch_plan
-            plan = S.assign_plan(R.cfg, build_patch_plan(lr.shape, cells, R.cfg), lr.catalog,
-                                 len(lr.bands))
-            return S.merge_step(R.cfg, lr.catalog, S.results_table(R.cfg, plan), lr.wcs,
-                                lr.crop[::2])
+            cat = S.read_working_catalog(R.cfg)
+            shape, bands, wcs, crop = S.prepared_frame(R.cfg)
+            cells = S.active_cells(R.cfg, cat, shape)
+            plan = S.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands))
+            return S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), wcs, crop)
         R.on_master(_merge)
     return R.finish()
 

@@ -39,6 +39,7 @@ def warm_up() -> None:
     import importlib
     for name in ("tract7dt_mpi.stages.epsf", "tract7dt_mpi.stages.fit", "tract7dt_mpi.stages.patch_inputs",
                  "tract7dt_mpi.io.prepared", "tract7dt_mpi.plots.epsf_plots", "tract7dt_mpi.plots.patch_plots",
+                 "tract7dt_mpi.plots.summary_plots",
                  "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
@@ -47,16 +48,20 @@ def warm_up() -> None:
 
 
 # ----------------------------------------------------------------------------- rank-0 steps
+def _band_loaded(i, n, band, sec, shape):
+    log.info("Loaded band %s (%d/%d) in %.2fs, working frame %dx%d", band, i, n, sec, shape[1], shape[0])
+
+
 def load_step(cfg, write_store: bool = True, plots: bool = True):
     """S1: stream bands into the prepared store (``mpi.prepared_store``); return LoadResult."""
     from .io.prepared import PreparedWriter
     from .stages.load import load_inputs
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not write_store:
-        return load_inputs(cfg, writer=None, logger=log, plots=plots)
+        return load_inputs(cfg, writer=None, logger=log, plots=plots, on_band=_band_loaded)
     writer = PreparedWriter(cfg.mpi.prepared_store)
     try:
-        res = load_inputs(cfg, writer=writer, logger=log, plots=plots)
+        res = load_inputs(cfg, writer=writer, logger=log, plots=plots, on_band=_band_loaded)
     except BaseException:
         writer.abort()
         raise
@@ -107,6 +112,17 @@ def read_working_catalog(cfg) -> pd.DataFrame:
             cat[c] = pd.to_numeric(cat[c], errors="coerce")
     cat["_row"] = pd.to_numeric(cat["_row"]).astype(np.int64)
     return cat
+
+
+def prepared_frame(cfg):
+    """(shape, bands, working WCS, crop offset (x0, y0) of the working frame in the input images)
+    from the prepared store's attributes (no image is read)."""
+    from .io.prepared import PreparedImages
+    path = cfg.mpi.prepared_store
+    if not os.path.exists(path):
+        raise InputError(f"{path} not found: run 'run', 'build-patches' or 'run-epsf' first")
+    with PreparedImages(path) as p:
+        return tuple(p.shape), list(p.bands), p.wcs, (p.crop_x0, p.crop_y0)
 
 
 def active_cells(cfg, catalog, shape):
@@ -197,7 +213,8 @@ class Worker:
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
         dpi = int(getattr(self.cfg.plotting, "dpi", 150))
-        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=cell_dir, dpi=dpi)
+        plot_dir = cell_dir if self.cfg.plotting.level == "full" else None     # per-cell PNGs
+        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=plot_dir, dpi=dpi)
         write_cell_products(res, cell_dir)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
@@ -222,16 +239,25 @@ class Worker:
                                  int(pr.min_epsf_nstars_for_use), pr.epsf_interpolation)
 
     def patch_fit(self, task: Task) -> TaskResult:
-        from .stages.fit import fit_patch_input
+        from .stages.fit import fit_patch_input, write_patch_products
         from .stages.patch_inputs import build_patch_input
         spec = self.plan[task.payload]
         t0 = time.perf_counter()
         pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
                                 self.saturated_stars)
         out_dir = self.cfg.outputs.tractor_out_dir
-        res = fit_patch_input(pin, self.cfg, out_dir=out_dir)
+        res = fit_patch_input(pin, self.cfg)
+        if res.plot is not None:       # None: nothing was fitted, no products (as fit_patch_input)
+            if self.cfg.plotting.level != "none":
+                from .summary_steps import write_residual_part
+                write_residual_part(self.cfg, spec, res.plot, self.prepared.shape)   # before the CSV
+            write_patch_products(res, out_dir, self.cfg)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
         return TaskResult(rows=res.table, data=None)
+
+    def summary_plot(self, task: Task) -> TaskResult:
+        from .summary_steps import run_summary_task
+        return run_summary_task(self.cfg, self.prepared, self.plan, task)
 
     def patch_dump(self, task: Task) -> TaskResult:
         from .stages.patch_inputs import build_patch_input, save_patch_inputs
@@ -507,6 +533,7 @@ def zp_step(cfg, catalog=None):
         log.warning("ZP: no band calibrated; catalog unchanged")
         return catalog
     dpi = int(getattr(cfg.plotting, "dpi", 150))
-    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi)
+    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi,
+                      plots=cfg.plotting.level == "full")
     write_catalog_files(cfg, out, summary)
     return out

@@ -40,7 +40,9 @@ def test_layout_and_row_alignment(tmp_path):
     st.set_status("patch/p1", ST_FAILED)
     st.close()
     with h5py.File(path, "r") as f:
-        assert f["catalog/flux"].chunks is None and f["catalog/flux"].compression is None   # contiguous
+        rows = f["catalog/rows"]            # one compound dataset, one record per result row
+        assert rows.chunks is None and rows.compression is None   # contiguous
+        assert rows.dtype.names == ("_row", "flux", "stype", "ok", "n") and list(f["catalog"]) == ["rows"]
         assert list(f["plan/row_offset"][...]) == [0, 0, 3] and list(f["plan/n_rows"][...]) == [0, 3, 2]
         assert f.attrs["plan_hash"] == "H"
     s = read_store(path)
@@ -120,3 +122,67 @@ def test_store_attrs_json(tmp_path):
     path = str(tmp_path / "r.h5")
     ResultsStore.create(Comm(None), path, StorePlan([]), COLS, attrs={"bands": ["a", "b"]}).close()
     assert json.loads(read_store(path)["attrs"]["bands"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_round_trip_all_result_columns_40_bands(tmp_path, buffered):
+    """Every fit column at 40 bands survives one record-block write per task, batched (serial
+    rank-0 writer) or direct (the parallel-mode worker write), and reads back by name."""
+    from tract7dt_mpi.stages.fit import result_columns
+    cols = result_columns([f"m{400 + 10 * i}" for i in range(40)], True)
+    assert len(cols) > 200
+    rng = np.random.default_rng(1)
+    plan = StorePlan([PlanEntry(f"patch/p{i}", "patch", rows=np.arange(3 * i, 3 * i + 3)) for i in range(4)])
+    tables = {}
+    for e in plan.entries:
+        t = {}
+        for name, dt in cols:
+            dt = np.dtype(dt)
+            t[name] = (rng.normal(size=3) if dt.kind == "f" else rng.integers(0, 9, 3) if dt.kind == "i"
+                       else rng.integers(0, 2, 3).astype(bool) if dt.kind == "b"
+                       else [f"v{k}"[:dt.itemsize] for k in rng.integers(0, 99, 3)])
+        t["_row"] = e.rows[::-1]              # rows arrive in any order
+        tables[e.id] = t
+    path = str(tmp_path / "r.h5")
+    st = ResultsStore.create(Comm(None), path, plan, cols)
+    st.buffered = buffered
+    for e in plan.entries[:3]:                # the last task never reports: fill values stay
+        assert st.write_rows(e.id, st.encode_rows(e.id, tables[e.id])) == 3
+    st.close()
+    s = read_store(path)
+    assert list(s["catalog"]) == sorted(n for n, _ in cols)
+    for e in plan.entries[:3]:
+        sl = slice(int(plan.row_offset[plan.index[e.id]]), int(plan.row_offset[plan.index[e.id]]) + 3)
+        for name, _dt in cols:
+            got, want = list(s["catalog"][name][sl]), list(tables[e.id][name])[::-1]
+            assert got == want, name
+    assert list(s["catalog"]["_row"][9:]) == [9, 10, 11]
+    assert np.isnan(s["catalog"]["FLUX_m400_fit"][9:]).all()
+    assert list(s["catalog"]["stype_fit"][9:]) == ["", "", ""]
+
+
+def test_reads_per_column_layout_of_earlier_versions(tmp_path):
+    path = str(tmp_path / "old.h5")
+    with h5py.File(path, "w") as f:
+        for k in ("id", "kind", "band", "tag"):
+            f.create_dataset(f"plan/{k}", data=np.array([b"patch/p0"]))
+        for k, v in (("bbox", np.zeros((1, 4), np.int64)), ("cost", [1.0]), ("row_offset", [0]), ("n_rows", [2])):
+            f.create_dataset(f"plan/{k}", data=np.asarray(v))
+        f.create_dataset("catalog/_row", data=np.array([4, 2]))
+        f.create_dataset("catalog/stype", data=np.array([b"exp", b"star"]))
+        f.create_dataset("tasks/status", data=np.array([ST_DONE], np.int8))
+        f.create_dataset("tasks/timing", data=np.zeros((1, 5)))
+        f.create_group("epsf")
+    df = catalog_frame(read_store(path))
+    assert list(df["_row"]) == [4, 2] and list(df["stype"]) == ["exp", "star"]
+
+
+def test_int_column_given_as_float_with_nan_gets_the_fill_value(tmp_path):
+    """Plan rows of p1 are [0, 9]; the values arrive for [9, 0]."""
+    path = str(tmp_path / "r.h5")
+    st = ResultsStore.create(Comm(None), path, _plan(), COLS)
+    st.write_rows("patch/p1", {"_row": [9, 0], "n": [np.nan, 4.0], "ok": [1, 0], "stype": [None, "exp"]})
+    st.close()
+    s = read_store(path)
+    assert list(s["catalog"]["n"][3:]) == [4, -1] and list(s["catalog"]["ok"][3:]) == [False, True]
+    assert list(s["catalog"]["stype"][3:]) == ["exp", ""]

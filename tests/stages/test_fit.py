@@ -260,7 +260,7 @@ def make_galsim_patch(galsim):
 def _fit_cfg(**pr):
     base = {"n_opt_iters": 50, "no_cutouts": True, "no_patch_overview": True}
     base.update(pr)
-    return config_from_dict({"patch_run": base, "plotting": {"dpi": 40}})
+    return config_from_dict({"patch_run": base, "plotting": {"dpi": 40, "level": "full"}})
 
 
 def test_fit_recovers_galsim_fluxes(galsim_patch, tmp_path):

@@ -167,6 +167,15 @@ def test_streams_into_prepared_store_and_logs(tile_factory, caplog, tmp_path):
         assert line in text
 
 
+def test_progress_callback_once_per_band_in_list_order(tile_factory):
+    t = tile_factory()
+    calls = []
+    res = load_inputs(t.cfg(), plots=False, on_band=lambda *a: calls.append(a))
+    n = len(res.bands)
+    assert n >= 2 and [c[:3] for c in calls] == [(i + 1, n, b) for i, b in enumerate(res.bands)]
+    assert all(c[3] >= 0 and c[4] == res.shape for c in calls)
+
+
 def test_prepared_store_contents(tile_factory, tmp_path):
     t = tile_factory(extra={"m500": _plant_sat})
     store = str(tmp_path / "prep.h5")

@@ -144,6 +144,16 @@ class Logging:
 @dataclass(frozen=True)
 class Plotting:
     dpi: int = K(300, "int", "dpi", "Resolution of every PNG.", ge=1)
+    level: str = K("summary", "enum", _NONE,
+                   "MPI-era: which diagnostic PNGs are written. none = no PNG at all; summary = only "
+                   "summary/ (per band: ePSF FWHM and ellipticity maps over the cells with example ePSF "
+                   "stars; per tile: data/model/residual images), drawn as tasks by all ranks after the "
+                   "merge, a few % of a run; full = summary/ plus every diagnostic PNG of the serial "
+                   "pipeline (crop, overlay, bright mask, Gaia and ZP plots on rank 0, per-cell ePSF and "
+                   "per-patch PNGs; several times the cost of the fits on small tiles). The finer "
+                   "switches (the epsf save_* switches, patch_run.no_cutouts and no_patch_overview, the crop "
+                   "plot switches, overlay) only turn plots off within the chosen level, never on beyond it.",
+                   choices=("none", "summary", "full"))
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Layout::
 
     /plan/{id,kind,band,tag}   fixed-length byte strings, one entry per task (plan order)
     /plan/{bbox (n,4) int64, cost float64, row_offset int64, n_rows int64}
-    /catalog/_row              int64: base-catalog row key of each result row (filled at creation)
-    /catalog/<col>             one 1-D contiguous dataset per result column; task i owns the rows
-                               [row_offset[i], row_offset[i] + n_rows[i]); NaN / -1 / b"" until written
+    /catalog/rows              one 1-D contiguous compound dataset, one record per result row, one
+                               field per result column (``_row`` first: the base-catalog row key,
+                               filled at creation); task i owns the records [row_offset[i],
+                               row_offset[i] + n_rows[i]) and writes them in one go; fields are
+                               NaN / -1 / False / b"" until written
     /tasks/status              int8: 0 planned, 1 started, 2 done, 3 failed
     /tasks/timing              float64 (n, 5): start epoch, wall s, peak RSS MiB, rank, attempt
     /epsf/<band>               float32 (n_cells, s, s) stamps; attrs cells, nstars_used
@@ -16,8 +18,9 @@ Write protocol.  Parallel mode (``h5py.get_config().mpi`` and more than one rank
 ``TRACT7DT_FORCE_SERIAL_H5=1``): every rank opens the file with the mpio driver and makes the same
 ``create_dataset`` calls from the same (broadcast) plan; metadata and fixed data are written and
 flushed before the first task; afterwards ranks only do independent writes into their own rows
-(workers: catalog rows; rank 0: status/timing); all ranks close together.  Serial mode: only rank 0
-opens the file and writes what workers send back.  Datasets are contiguous and unfiltered (filters
+(workers: their task's block of catalog records, one write per task; rank 0: status/timing); all
+ranks close together.  Serial mode: only rank 0 opens the file and writes what workers send back,
+batched (one write for all the blocks that arrived since the last flush).  Datasets are contiguous and unfiltered (filters
 need collective writes) with no maxshape, so nothing is ever resized.
 """
 
@@ -96,6 +99,14 @@ def fill_value(dt: np.dtype):
     return b""
 
 
+def fill_record(dtype: np.dtype) -> np.ndarray:
+    """One record of the compound ``dtype`` holding every field's fill value (shape ``()``)."""
+    rec = np.zeros((), dtype=dtype)
+    for name in dtype.names:
+        rec[name] = fill_value(dtype[name])
+    return rec
+
+
 def use_parallel_h5(comm) -> bool:
     """True when the mpio driver is available and worth using (size > 1, not forced serial)."""
     if comm.size <= 1 or os.environ.get("TRACT7DT_FORCE_SERIAL_H5", "") not in ("", "0"):
@@ -139,9 +150,11 @@ class ResultsStore:
         self.f = h5file
         self.plan = plan
         self.columns = columns          # name -> store dtype
+        self.dtype = np.dtype(list(columns.items()))      # one record = one result row
+        self._fill = fill_record(self.dtype)
         self._row_pos = {}              # task index -> dict row key -> local position (lazy)
-        self._dsets = {}
-        self._pending = {}              # row offset -> (n, {column: block}) awaiting flush
+        self._pending = {}              # row offset -> record block awaiting flush
+        self._mtype = self._ds = None
         self.buffered = not parallel    # the serial (rank-0) writer batches its writes
         # seconds between batched writes (env override for tests and very slow file systems)
         self.flush_sec = float(os.environ.get("TRACT7DT_STORE_FLUSH_SEC", "2.0"))
@@ -190,8 +203,8 @@ class ResultsStore:
         g.create_dataset("n_rows", shape=(n,), dtype=np.int64)
         cat = f.create_group("catalog")
         nr = plan.total_rows
-        for name, dt in cols.items():
-            cat.create_dataset(name, shape=(nr,), dtype=dt, fillvalue=fill_value(dt))
+        rec = np.dtype(list(cols.items()))
+        cat.create_dataset("rows", shape=(nr,), dtype=rec, fillvalue=fill_record(rec))
         t = f.create_group("tasks")
         t.create_dataset("status", shape=(n,), dtype=np.int8, fillvalue=0)
         t.create_dataset("timing", shape=(n, 5), dtype=np.float64, fillvalue=np.nan)
@@ -217,7 +230,9 @@ class ResultsStore:
                 g["row_offset"][...] = plan.row_offset
                 g["n_rows"][...] = plan.n_rows
             if nr:
-                cat["_row"][...] = plan.all_rows()
+                init = np.full(nr, fill_record(rec), dtype=rec)
+                init["_row"] = plan.all_rows()
+                cat["rows"][...] = init
             for band, (cells, stamps, nstars) in (epsf or {}).items():
                 if len(cells):
                     eg[band][...] = np.asarray(stamps, dtype=np.float32)
@@ -232,19 +247,26 @@ class ResultsStore:
         """True when this rank may write rows directly (rank 0 serial, any rank parallel)."""
         return self.f is not None
 
-    def _ds(self, name):
-        d = self._dsets.get(name)
-        if d is None:
-            d = self._dsets[name] = self.f["catalog"][name]
-        return d
+    def _write(self, spans) -> None:
+        """Write record blocks ``[(offset, block), ...]`` with one H5Dwrite (hyperslab union)."""
+        from h5py import h5s, h5t
+        if self._mtype is None:     # the compound memory type, built once (238 fields at 40 bands)
+            self._mtype = h5t.py_create(self.dtype)
+            self._ds = self.f["catalog/rows"]
+        buf = spans[0][1] if len(spans) == 1 else np.concatenate([b for _, b in spans])
+        fspace = self._ds.id.get_space()
+        fspace.select_none()
+        for off, b in spans:
+            fspace.select_hyperslab((off,), (len(b),), op=h5s.SELECT_OR)
+        self._ds.id.write(h5s.create_simple((len(buf),)), fspace, np.ascontiguousarray(buf), mtype=self._mtype)
 
     def _blocks(self, task_id: str, table):
-        """Encode one task's rows into per-column blocks in plan row order."""
+        """Encode one task's rows into one record block (plan row order): (offset, n, block, n_good)."""
         i = self.plan.index[task_id]
         n = int(self.plan.n_rows[i])
         off = int(self.plan.row_offset[i])
         if n == 0:
-            return off, 0, {}, 0
+            return off, 0, None, 0
         keys = np.asarray(table["_row"], dtype=np.int64)
         pos_map = self._row_pos.get(i)
         if pos_map is None:
@@ -259,16 +281,16 @@ class ResultsStore:
         src_idx = np.nonzero(good)[0][order]
         dst = pos[good][order]
         have = _columns_of(table)
-        blocks = {}
+        block = np.full(n, self._fill, dtype=self.dtype)
+        block["_row"] = np.asarray(self.plan.entries[i].rows, dtype=np.int64)
         for name, dt in self.columns.items():
             if name == "_row" or name not in have:
                 continue
-            vals = np.asarray(table[name], dtype=object)[src_idx] if dt.kind in "SbO" else \
-                np.asarray(table[name])[src_idx]
-            block = np.full(n, fill_value(dt), dtype=dt)
-            block[dst] = _encode(vals, dt, name)
-            blocks[name] = block
-        return off, n, blocks, int(good.sum())
+            vals = np.asarray(table[name])
+            if dt.kind == "S" or (dt.kind == "b" and vals.dtype.kind != "b"):   # converted per value
+                vals = vals.astype(object)
+            block[name][dst] = _encode(vals[src_idx], dt, name)
+        return off, n, block, int(good.sum())
 
     def encode_rows(self, task_id: str, table) -> "EncodedRows":
         """Encode rows on the rank that produced them (any rank; the file need not be open), so
@@ -286,16 +308,15 @@ class ResultsStore:
         """
         if self.f is None:
             raise RuntimeError("results store is not open on this rank")
-        off, n, blocks, ngood = table.parts if isinstance(table, EncodedRows) else \
+        off, n, block, ngood = table.parts if isinstance(table, EncodedRows) else \
             self._blocks(task_id, table)
         if n == 0:
             return 0
         if self.buffered:
-            self._pending[off] = (n, blocks)
+            self._pending[off] = block
             self._maybe_flush()
         else:
-            for name, block in blocks.items():
-                self._ds(name)[off:off + n] = block
+            self._write([(off, block)])          # the task's one write
         return ngood
 
     def set_status(self, task_id: str, status: int, timing=None) -> None:
@@ -314,7 +335,7 @@ class ResultsStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered rows (one hyperslab-union write per column), then status and timing.
+        """Write buffered rows (one write: the union of their hyperslabs), then status and timing.
 
         Rows go first: a store that says DONE always holds that task's rows.  Independent I/O
         only (safe on any rank in parallel mode; the file-level flush is done in serial mode).
@@ -322,20 +343,7 @@ class ResultsStore:
         if self.f is None:
             return
         if self._pending:
-            from h5py import h5s
-            spans = sorted(self._pending.items())
-            total = sum(n for _, (n, _b) in spans)
-            names = sorted({k for _, (_n, b) in spans for k in b})
-            for name in names:
-                ds = self._ds(name)
-                dt = self.columns[name]
-                buf = np.concatenate([b.get(name, np.full(n, fill_value(dt), dtype=dt))
-                                      for _, (n, b) in spans])
-                fspace = ds.id.get_space()
-                fspace.select_none()
-                for off, (n, _b) in spans:
-                    fspace.select_hyperslab((off,), (n,), op=h5s.SELECT_OR)
-                ds.id.write(h5s.create_simple((total,)), fspace, buf)
+            self._write(sorted(self._pending.items()))
             self._pending.clear()
         if self._dirty and self.comm.is_master:
             self.f["tasks/status"][...] = self._status
@@ -355,7 +363,7 @@ class ResultsStore:
 
 @dataclasses.dataclass
 class EncodedRows:
-    """Rows already encoded by :meth:`ResultsStore.encode_rows`: (offset, n, blocks, n_good)."""
+    """Rows already encoded by :meth:`ResultsStore.encode_rows`: (offset, n, record block, n_good)."""
 
     parts: tuple
 
@@ -384,8 +392,12 @@ def read_store(path: str, decode: bool = True) -> dict:
         for k in ("bbox", "cost", "row_offset", "n_rows"):
             out["plan"][k] = p[k][...]
         cat = {}
-        for name, d in f["catalog"].items():
-            a = d[...]
+        if "rows" in f["catalog"]:
+            recs = f["catalog/rows"][...]      # fields in name order, as the per-column layout
+            fields = [(name, recs[name]) for name in sorted(recs.dtype.names)]
+        else:       # stores of earlier versions: one dataset per column
+            fields = [(name, d[...]) for name, d in f["catalog"].items()]
+        for name, a in fields:
             cat[name] = np.array(_dec(a), dtype=object) if (decode and a.dtype.kind == "S") else a
         out["catalog"] = cat
         out["status"] = f["tasks/status"][...]

@@ -427,9 +427,9 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
 
 
 def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
-    """Write ``{out_dir}/{tag}/``: meta.json, ``{tag}.log``, plots (per toggles), then the
-    ``{tag}_cat_fit.csv`` last (its presence marks the patch complete). Plot failures only warn.
-    Clears ``result.plot``. Returns the patch folder.
+    """Write ``{out_dir}/{tag}/``: meta.json, ``{tag}.log``, plots (``plotting.level`` full, per
+    toggles), then the ``{tag}_cat_fit.csv`` last (its presence marks the patch complete). Plot
+    failures only warn. Clears ``result.plot``. Returns the patch folder.
     """
     from ..io.atomic import atomic_write_text
 
@@ -441,7 +441,7 @@ def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
                       json.dumps(result.meta, indent=2, default=_json_default, allow_nan=True))
     plot = result.plot
     lines = list(result.log_lines)
-    if plot is not None:
+    if plot is not None and getattr(getattr(cfg, "plotting", None), "level", "full") == "full":
         dpi = int(getattr(getattr(cfg, "plotting", None), "dpi", 150))
         try:
             from ..plots import patch_plots

@@ -357,9 +357,11 @@ def _headers_pass(paths, cfg, logger):
     return infos, shape, ref_wcs
 
 
-def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: bool = True) -> LoadResult:
+def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: bool = True,
+                on_band=None) -> LoadResult:
     """Run stage S1 and return a :class:`LoadResult`; per-band arrays go to ``writer``
-    (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed."""
+    (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed.
+    ``on_band(i, n, band, seconds, shape)`` is called after each band (progress)."""
     logger = logger or log
     t_all = time.perf_counter()
     tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0, overlay=0.0)
@@ -401,8 +403,8 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     if writer is not None:
         writer.create(wshape, x0, y0, float(cfg.image_scaling.zp_ref), fio.header_to_text(wcs.to_header(relax=True)))
 
-    for info in infos:  # ---- stream: one band in memory at a time ----
-        t0 = time.perf_counter()
+    for k, info in enumerate(infos):  # ---- stream: one band in memory at a time ----
+        t0 = t_band = time.perf_counter()
         if white_full is not None:  # strided full frame, only for white_before_crop.png
             small = fio.read_image(info.path, step=ds)[0] * np.float32(info.scale)
             white_full.add(small, ~np.isfinite(small), info.skysig * info.scale)
@@ -428,6 +430,8 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
         tm["prep"] += time.perf_counter() - t0
         band_infos[pb.info.band] = pb.info
         del pb, ivar
+        if on_band is not None:
+            on_band(k + 1, len(infos), info.band, time.perf_counter() - t_band, wshape)
 
     t0 = time.perf_counter()
     white_img, sigma_white = white.finalize()

@@ -229,9 +229,10 @@ def gaia_mag_range(gaia_df: pd.DataFrame, band: str) -> tuple[float, float]:
 
 
 def write_zp_products(catalog: pd.DataFrame, summary: pd.DataFrame, per_object: pd.DataFrame,
-                      gaia_df: pd.DataFrame, zp_dir: str, cfg_zp, dpi: int = 150) -> list[str]:
-    """Write ``zp_summary.csv``, ``zp_all_bands__per_object.csv`` and both plots per band into
-    ``zp_dir`` (``catalog`` = the calibrated catalog, for the unreliable points). Plot failures
+                      gaia_df: pd.DataFrame, zp_dir: str, cfg_zp, dpi: int = 150,
+                      plots: bool = True) -> list[str]:
+    """Write ``zp_summary.csv``, ``zp_all_bands__per_object.csv`` and (``plots``) both plots per band
+    into ``zp_dir`` (``catalog`` = the calibrated catalog, for the unreliable points). Plot failures
     only warn. Returns the written paths. Nothing is written when no band was calibrated.
     """
     import os
@@ -243,6 +244,8 @@ def write_zp_products(catalog: pd.DataFrame, summary: pd.DataFrame, per_object: 
     os.makedirs(zp_dir, exist_ok=True)
     paths = [atomic_write_csv(os.path.join(zp_dir, "zp_summary.csv"), summary),
              atomic_write_csv(os.path.join(zp_dir, "zp_all_bands__per_object.csv"), per_object)]
+    if not plots:
+        return paths
     try:
         from ..plots.zp_plots import plot_zp_band
     except Exception as exc:  # pragma: no cover - matplotlib missing
