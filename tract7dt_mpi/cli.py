@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, help="random seed (default 7)")
     sp.add_argument("--sources", type=int, help="number of catalogued sources")
     sp.add_argument("--full-size", action="store_true", help="full 7DT tile size (slow)")
+    from .sample.options import add_option_arguments
+    add_option_arguments(sp)          # scene options: --psf, --psf-beta, --blends, ... (sample/options.py)
     sp = sub.add_parser("simulate-scaling", help="predict wall time at other rank counts from a results store")
     sp.add_argument("--store", required=True, help="results.h5 of a finished run")
     sp.add_argument("--ranks", default="1,2,4,16,64,256,1024", help="comma-separated rank counts")
@@ -270,7 +272,8 @@ def _make_sample(args, rank: int) -> int:
                                            ("n_sources", "sources")) if getattr(args, a) is not None}
     if args.full_size:
         kw["full_size"] = True
-    out = make_sample(args.out_dir, **kw)
+    from .sample.options import options_from_namespace
+    out = make_sample(args.out_dir, **kw, **options_from_namespace(args))
     cfg = out.get("config") if isinstance(out, dict) else None
     print(f"Sample tile written to {os.path.abspath(args.out_dir)}"
           + (f"\nRun it with: {PROG} {cfg}   (or: mpirun -n 2 {PROG} {cfg})" if cfg else ""))

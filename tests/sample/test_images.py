@@ -119,7 +119,7 @@ def test_rendered_galaxy_has_catalog_theta_and_major_axis_re(theta):
     bt = band_truths(["m625"], 1, 200, 200)[0]
     bt = replace(bt, psf=replace(bt.psf, fwhm0=0.3, fwhm_x=0, fwhm_y=0, fwhm_r=0, g1_0=0, g1_x=0, g2_0=0, g2_y=0))
     pop = pd.DataFrame([dict(kind="EXP", x=100.3, y=99.6, re=9.0, ab=0.4, theta=theta, sersic_n=1.0)])
-    model, _ = render_model(pop, galaxy_profiles(pop), np.array([1e5]), bt, 200, 200)
+    model = render_model(pop, galaxy_profiles(pop), np.array([1e5]), bt, 200, 200)[0]
     ang, q = _moments_angle_q(model.astype(float), 100.3, 99.6, 60)
     assert abs((ang - theta + 90) % 180 - 90) < 0.5
     assert q == pytest.approx(0.4, abs=0.02)

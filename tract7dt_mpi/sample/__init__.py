@@ -6,9 +6,15 @@ One call of :func:`make_sample` writes, into ``out_dir``::
     image_list.txt              the images (relative paths)
     input_catalog.csv           ID (text), RA, DEC, TYPE (~10 % blank), FLUX_<band>, ELL, THETA, Re
     gaiaxp_synphot.csv          source_id (19 digits), ra, dec, phot_g_mean_mag, mag_<band>
-    truth.csv                   exact per-object truth (positions, AB mags, scaled fluxes, shapes)
-    truth_meta.json             per-band truth (zp_true vs ZP_AUTO, gain, sky, PSF field)
+    truth.csv                   exact per-object truth (positions, AB mags, total fluxes in the scaled
+                                system, drawn flux share, ideal S/N, shapes, blend hosts)
+    truth_meta.json             per-band truth (zp_true vs ZP_AUTO, gain, sky, PSF field), options
+    psf_truth.json              per-band PSF at the tile centre (kind, FWHM, shear, flux in boxes)
     config.yaml                 a config tuned to this tile
+
+Scene options (PSF kind and shape, galaxy brightness, star counts, blends, pedestal, untruncated
+galaxies, ...) are keyword arguments of :func:`make_sample` and flags of ``make-sample``
+(:mod:`tract7dt_mpi.sample.options`); their defaults give the original tile.
 
 Output is bit-identical for the same arguments on the same machine (no random numbers inside
 GalSim, numpy Generators seeded from the seed, no time stamps).
@@ -21,9 +27,16 @@ about 4-10 s rendering + 4-9 s Poisson noise per band. Only one band is ever hel
 
 Truth helpers for tests live in :mod:`tract7dt_mpi.sample.truth`.
 """
-from .bands import ALL_BANDS, pick_bands
-from .generate import FULL_HEIGHT, FULL_WIDTH, make_sample
-from .truth import load_truth, true_psf_stamp
+import importlib
 
-__all__ = ["ALL_BANDS", "FULL_HEIGHT", "FULL_WIDTH", "load_truth", "make_sample", "pick_bands",
-           "true_psf_stamp"]
+_EXPORTS = {"ALL_BANDS": "bands", "pick_bands": "bands", "FULL_HEIGHT": "generate",
+            "FULL_WIDTH": "generate", "make_sample": "generate", "load_truth": "truth",
+            "true_psf_stamp": "truth"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    """Import on first use, so that ``sample.options`` (used by the CLI parser) stays light."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

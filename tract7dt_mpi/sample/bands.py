@@ -22,16 +22,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InputError
+from .options import SampleOptions
 from .psf import PsfParams
 
 WAVE_NM = {f"m{int(400 + 12.5 * k)}": 400 + 12.5 * k for k in range(40)}   #: band -> centre [nm]
 ALL_BANDS = tuple(WAVE_NM)                                  #: the 40 7DT medium bands, blue to red
 PIXEL_SCALE_ARCSEC = 0.505                                 #: 7DT pixel scale
 SATURATE_ADU = 60000.0                                      #: header SATURATE of every band
-#: Moffat beta of every band. GalSim evaluates the Moffat Fourier transform in closed form only for
-#: half-integer beta; any other value makes each star ~5x slower to render (measured 0.9 vs 4.2 ms),
-#: so the PSF varies in FWHM and ellipticity (band and position) but not in beta.
-MOFFAT_BETA = 3.5
+APERTURE_M = 0.5                                            #: 7DT primary mirror diameter
 
 
 def r6(v) -> float:
@@ -89,11 +87,21 @@ class BandTruth:
         return d
 
 
-def band_truths(bands: list[str], seed: int, width: int, height: int) -> list[BandTruth]:
+def lam_over_diam_pix(wave_nm: float) -> float:
+    """Diffraction scale lambda/D of the 7DT aperture in pixels."""
+    return wave_nm * 1e-9 / APERTURE_M * 206264.806 / PIXEL_SCALE_ARCSEC
+
+
+def band_truths(bands: list[str], seed: int, width: int, height: int,
+                options: SampleOptions | None = None) -> list[BandTruth]:
     """Instrument truth for each band of a ``width`` x ``height`` tile.
 
-    A band's values depend only on (seed, band), not on how many bands are rendered.
+    A band's values depend only on (seed, band, options), not on how many bands are rendered.
     """
+    o = options or SampleOptions()
+    fwhm_drop = round(o.psf_fwhm_blue - o.psf_fwhm_red, 10)      # 1.0 exactly for the defaults
+    fv, gr = o.psf_field_variation, o.psf_shear_range
+    kolmo = o.psf_kind == "kolmogorov"
     out = []
     for band in bands:
         lam = band_wavelength_nm(band)
@@ -104,19 +112,20 @@ def band_truths(bands: list[str], seed: int, width: int, height: int) -> list[Ba
         zp_offset = sign * rng.uniform(0.03, 0.06)
         egain = 7.0 + rng.uniform(-1.0, 1.0)                    # a stack: many frames' electrons per ADU
         sky_e = (2400.0 + 2400.0 * t) * rng.uniform(0.9, 1.1)
-        fwhm0 = 4.6 - 1.0 * t + rng.normal(0, 0.04)             # px; broader in the blue
+        fwhm0 = o.psf_fwhm_blue - fwhm_drop * t + rng.normal(0, o.psf_fwhm_jitter)   # px; broader in the blue
         psf = PsfParams(
             fwhm0=r6(fwhm0),
-            fwhm_x=r6(rng.uniform(-0.03, 0.03)),
-            fwhm_y=r6(rng.uniform(-0.03, 0.03)),
-            fwhm_r=r6(rng.uniform(0.01, 0.04)),
-            beta0=MOFFAT_BETA,
+            fwhm_x=r6(rng.uniform(-0.03, 0.03) * fv),
+            fwhm_y=r6(rng.uniform(-0.03, 0.03) * fv),
+            fwhm_r=r6(rng.uniform(0.01, 0.04) * fv),
+            beta0=0.0 if kolmo else float(o.psf_beta),
             beta_x=0.0,
-            g1_0=r6(rng.uniform(-0.02, 0.02)),
-            g1_x=r6(rng.uniform(-0.02, 0.02)),
-            g2_0=r6(rng.uniform(-0.02, 0.02)),
-            g2_y=r6(rng.uniform(-0.02, 0.02)),
+            g1_0=r6(rng.uniform(-gr, gr) + o.psf_g1),
+            g1_x=r6(rng.uniform(-gr, gr)),
+            g2_0=r6(rng.uniform(-gr, gr) + o.psf_g2),
+            g2_y=r6(rng.uniform(-gr, gr)),
             width=int(width), height=int(height),
+            **({"kind": "kolmogorov", "lam_over_diam": r6(lam_over_diam_pix(lam))} if kolmo else {}),
         )
         zp_true, zp_offset = round(float(zp_true), 4), round(float(zp_offset), 4)
         egain, sky_e = round(float(egain), 4), round(float(sky_e), 3)

@@ -14,6 +14,8 @@ from ..io.atomic import atomic_path
 from . import tables
 from .bands import PIXEL_SCALE_ARCSEC, band_truths, pick_bands
 from .config_yaml import config_text, tile_config
+from .options import SampleOptions, sample_options
+from .psf import psf_truth_record
 from .render import add_noise_and_saturate, galaxy_profiles, render_model
 from .sources import band_mags, draw_population
 
@@ -29,6 +31,11 @@ CONVENTIONS = {     # copied into truth_meta.json so the truth files describe th
     "psf": "tract7dt_mpi.sample.psf module docstring; header PSF* cards",
     "noise": "Poisson((model+sky_e/egain)*egain)/egain - sky_e/egain; clipped at SATURATE",
     "saturated": "the object's own noise-free peak >= SATURATE in some band (peak_over_saturate = max ratio)",
+    "drawn_frac_{band}": "share of flux_{band} drawn into the image (stamp and image edges cut the rest)",
+    "snr_{band}": "ideal S/N: sqrt(sum m^2 / (SKYSIG^2 + m/EGAIN)) over the object's own noise-free pixels m [ADU]",
+    "blend_host_id": "ID of the star a blend galaxy was placed next to (--blends), else empty",
+    "psf_truth.json": "per band: PSF kind, FWHM, shear, share of the flux in centred boxes, at the tile centre",
+    "options": "the make-sample options that differ from the defaults",
 }
 
 
@@ -51,7 +58,7 @@ def _int_arg(name: str, value, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def image_header(bt, width: int, height: int, seed: int) -> fits.Header:
+def image_header(bt, width: int, height: int, seed: int, pedestal: float = 0.0) -> fits.Header:
     """Primary header of one band: 7DT-style keywords, TAN WCS and the PSF truth cards."""
     hdr = fits.Header()
     hdr["OBJECT"] = (TILE_NAME, "synthetic 7DT tile")
@@ -68,7 +75,9 @@ def image_header(bt, width: int, height: int, seed: int) -> fits.Header:
     hdr["PEEING"] = (round(fwhm_c, 4), "[px] PSF FWHM at the tile centre")
     hdr["SEEING"] = (round(fwhm_c * PIXEL_SCALE_ARCSEC, 4), "[arcsec] PSF FWHM at the tile centre")
     hdr["SKYLEVEL"] = (round(bt.sky_e / bt.egain, 4), "[ADU] subtracted sky level")
-    hdr["PSFMODEL"] = ("MOFFAT", "synthetic PSF truth (tract7dt_mpi.sample.psf)")
+    if pedestal:
+        hdr["SKYPED"] = (float(pedestal), "[ADU] constant left on the image (not subtracted)")
+    hdr["PSFMODEL"] = (bt.psf.kind.upper(), "synthetic PSF truth (tract7dt_mpi.sample.psf)")
     for k, v, c in bt.psf.header_cards():
         hdr[k] = (v, c)
     hdr["SAMPSEED"] = (int(seed), "make-sample seed")
@@ -76,11 +85,14 @@ def image_header(bt, width: int, height: int, seed: int) -> fits.Header:
     return hdr
 
 
-def _write_tables(out: Path, pop, mags, bts, radec, peak_ratio, wcs, seed, width, height, full_size) -> dict:
-    """Write truth.csv, input_catalog.csv, gaiaxp_synphot.csv, image_list.txt, truth_meta.json, config."""
+def _write_tables(out: Path, pop, mags, bts, radec, render, wcs, seed, width, height, full_size,
+                  opts: SampleOptions) -> dict:
+    """Write truth.csv, input_catalog.csv, gaiaxp_synphot.csv, image_list.txt, truth_meta.json,
+    psf_truth.json, config. ``render``: (peak_ratio, drawn, snr) from the band loop."""
+    peak_ratio, drawn, snr = render
     gaia_ids = tables.assign_gaia_ids(pop["kind"], pop["g_mag"].to_numpy(), seed)
-    truth = tables.truth_table(pop, mags, bts, radec, peak_ratio, gaia_ids, ZP_REF)
-    cat = tables.input_catalog(truth, bts, wcs, seed)
+    truth = tables.truth_table(pop, mags, bts, radec, peak_ratio, gaia_ids, ZP_REF, drawn, snr)
+    cat = tables.input_catalog(truth, bts, wcs, seed, opts)
     gaia = tables.gaia_table(truth, bts, width, height, seed)
     images = [f"images/{TILE_NAME}_{bt.band}.fits" for bt in bts]
     paths = {
@@ -96,24 +108,32 @@ def _write_tables(out: Path, pop, mags, bts, radec, peak_ratio, wcs, seed, width
         "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "crval": [tables.TILE_RA, tables.TILE_DEC],
         "zp_ref": ZP_REF, "n_objects": int(len(pop)), "n_catalogued": int(len(cat)),
         "n_gaia": int(len(gaia)), "bands": [bt.to_dict() for bt in bts], "images": images,
-        "conventions": CONVENTIONS,
+        "conventions": CONVENTIONS, "options": opts.changed(),
     }
     paths["truth_meta"] = _write_text(out / "truth_meta.json", json.dumps(meta, indent=1) + "\n")
+    psf = {"note": "PSF at the tile centre per band; the exact PSF anywhere: tract7dt_mpi.sample.truth."
+                   "true_psf_stamp(band, x, y, size, tile_dir) (x, y: 0-based full-frame pixels)",
+           "bands": {bt.band: psf_truth_record(bt.psf) for bt in bts}}
+    paths["psf_truth"] = _write_text(out / "psf_truth.json", json.dumps(psf, indent=1) + "\n")
     paths["config"] = _write_text(out / "config.yaml",
                                   config_text(tile_config(TILE_NAME, width, height, full_size)))
     return paths
 
 
 def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_size: bool = False,
-                n_sources: int | None = None, verbose: bool = True) -> dict:
+                n_sources: int | None = None, verbose: bool = True, **options) -> dict:
     """Render a deterministic synthetic 7DT tile into ``out_dir``; return the paths written.
 
     ``full_size`` makes a 9576 x 6388 px tile (``size`` is then ignored) with 3000 catalogued
     sources by default. ``n_sources`` overrides the number of catalogued sources (default about 270
-    per 1024 x 1024 px). Returned keys: out_dir, images (list), image_list, input_catalog,
-    gaiaxp_synphot, truth, truth_meta, config (all absolute path strings).
+    per 1024 x 1024 px). ``options``: the scene options of
+    :class:`~tract7dt_mpi.sample.options.SampleOptions` (PSF kind, beta, FWHM trend, shear, galaxy
+    magnitudes, star counts, blends, pedestal, untruncated galaxies, stamp flux tolerance, ...);
+    the defaults give the original tile. Returned keys: out_dir, images (list), image_list,
+    input_catalog, gaiaxp_synphot, truth, truth_meta, psf_truth, config (absolute path strings).
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
+    opts = sample_options(**options)
     nb = _int_arg("--bands", bands, 1, 40)
     seed = _int_arg("--seed", seed, 0)
     if full_size:
@@ -133,26 +153,29 @@ def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_s
         if verbose:
             print(f"make-sample: {msg}", flush=True)
 
-    bts = band_truths(pick_bands(nb), seed, width, height)
-    pop = draw_population(seed, width, height, n_sources, bright_only=full_size)
+    bts = band_truths(pick_bands(nb), seed, width, height, opts)
+    pop = draw_population(seed, width, height, n_sources, bright_only=full_size, options=opts)
     mags = band_mags(pop, [bt.wave_nm for bt in bts])
     wcs = tables.tile_wcs(width, height)
     radec = np.column_stack(wcs.all_pix2world(pop["x"].to_numpy(), pop["y"].to_numpy(), 0))
-    profiles = galaxy_profiles(pop)
+    profiles = galaxy_profiles(pop, truncate=opts.galaxy_truncation)
     say(f"{width}x{height} px, {len(bts)} bands, {int(pop['in_catalog'].sum())} catalogued + "
         f"{int((~pop['in_catalog']).sum())} uncatalogued objects, seed {seed}")
 
     peak_ratio = np.zeros(len(pop))
+    drawn, snr = np.zeros((len(pop), len(bts))), np.zeros((len(pop), len(bts)))
     images = []
     for j, bt in enumerate(bts):
         t0 = time.perf_counter()
-        model, peaks = render_model(pop, profiles, bt.mag_to_adu(mags[:, j]), bt, width, height)
+        model, peaks, drawn[:, j], snr[:, j] = render_model(
+            pop, profiles, bt.mag_to_adu(mags[:, j]), bt, width, height,
+            stamp_flux_tol=opts.stamp_flux_tol, truncated=opts.galaxy_truncation)
         peak_ratio = np.maximum(peak_ratio, peaks / bt.saturate)
         t1 = time.perf_counter()
-        img = add_noise_and_saturate(model, bt, seed)
+        img = add_noise_and_saturate(model, bt, seed, pedestal=opts.sky_pedestal)
         t2 = time.perf_counter()
         path = img_dir / f"{TILE_NAME}_{bt.band}.fits"
-        hdu = fits.PrimaryHDU(data=img, header=image_header(bt, width, height, seed))
+        hdu = fits.PrimaryHDU(data=img, header=image_header(bt, width, height, seed, opts.sky_pedestal))
         _atomic(path, lambda p: hdu.writeto(p, output_verify="exception"))
         del img, model, hdu
         images.append(path)
@@ -160,6 +183,7 @@ def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_s
             f"write {time.perf_counter() - t2:.1f} s")
 
     paths = {"out_dir": out, "images": images}
-    paths.update(_write_tables(out, pop, mags, bts, radec, peak_ratio, wcs, seed, width, height, full_size))
+    paths.update(_write_tables(out, pop, mags, bts, radec, (peak_ratio, drawn, snr), wcs, seed, width,
+                               height, full_size, opts))
     say(f"done in {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - cpu_start:.1f} s CPU -> {out}")
     return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in paths.items()}

@@ -27,6 +27,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+from .options import SampleOptions
+
 REF_WAVE_NM = 625.0
 EDGE_MARGIN = 40          # px: normal sources stay this far from the image edge
 GAIA_G_MAX = 18.5         # stars brighter than this (in g_mag) go into the GaiaXP-like table
@@ -116,23 +119,73 @@ def default_n_sources(width: int, height: int, full_size: bool) -> int:
     return max(12, int(round(270 * width * height / 1024.0 ** 2)))
 
 
+def _galaxy_row(rng, kind: str, mag: float, x: float, y: float, edge: bool) -> dict:
+    """Shape and spectrum of one galaxy (radius shrinking with magnitude, 0.3..1 axis ratio)."""
+    re = float(np.clip(np.exp(rng.uniform(0.0, np.log(8.0))) * 10 ** (-0.12 * (mag - 18.5)), 1.0, 8.0))
+    n_s = {"EXP": 1.0, "DEV": 4.0}.get(kind, float(np.round(rng.uniform(0.7, 5.0) / 0.05) * 0.05))
+    alpha = rng.uniform(-0.5, 2.5)
+    return dict(kind=kind, x=x, y=y, mag_ref=mag, temp=0.0, alpha=alpha,
+                brk_depth=float(np.clip(0.25 * alpha + rng.uniform(-0.1, 0.2), 0.0, 0.7)),
+                brk_wave=rng.uniform(420.0, 560.0), re=re, ab=rng.uniform(0.3, 1.0),
+                theta=float(90.0 - rng.uniform(0.0, 180.0)), sersic_n=n_s, in_catalog=True,
+                near_edge=bool(edge), blend_host=-1)
+
+
+#: blends: host stars (mag_ref range), galaxy distance from the host [px], galaxy magnitudes
+#: above the brightest galaxy magnitude
+BLEND_HOST_MAG = (12.4, 16.0)
+BLEND_DIST_PX = (8.0, 16.0)
+BLEND_MAG_SPAN = 2.5
+
+
+def _add_blends(rows: list, place: "_Placer", seed: int, n_blends: int, mag_min: float) -> None:
+    """Put ``n_blends`` bright galaxies 8-16 px from distinct bright, unsaturated catalogued stars
+    (an own random stream, so the rest of the sky does not change)."""
+    rng = np.random.default_rng([int(seed), 1, 7])
+    hosts = [i for i, r in enumerate(rows) if r["kind"] == "STAR" and r["in_catalog"] and not r["near_edge"]
+             and BLEND_HOST_MAG[0] <= r["mag_ref"] <= BLEND_HOST_MAG[1]]
+    if n_blends > len(hosts):
+        raise InputError(f"make-sample --blends: {n_blends} blends asked, but only {len(hosts)} "
+                         f"bright unsaturated stars can host one (raise --stars)")
+    for h in rng.choice(hosts, size=n_blends, replace=False):
+        r, a = rng.uniform(*BLEND_DIST_PX), rng.uniform(0, 2 * np.pi)
+        x = float(np.clip(rows[h]["x"] + r * np.cos(a), EDGE_MARGIN, place.w - 1 - EDGE_MARGIN))
+        y = float(np.clip(rows[h]["y"] + r * np.sin(a), EDGE_MARGIN, place.h - 1 - EDGE_MARGIN))
+        place.add(x, y)
+        kind = str(rng.choice(["EXP", "DEV", "SERSIC"], p=[0.4, 0.25, 0.35]))
+        row = _galaxy_row(rng, kind, rng.uniform(mag_min, mag_min + BLEND_MAG_SPAN), x, y, False)
+        row["blend_host"] = int(h)
+        rows.append(row)
+
+
 def draw_population(seed: int, width: int, height: int, n_sources: int | None = None,
-                    bright_only: bool = False) -> pd.DataFrame:
+                    bright_only: bool = False, options: SampleOptions | None = None) -> pd.DataFrame:
     """Draw the truth table of every rendered object (catalogued or not).
 
     Columns: id, kind, x, y, mag_ref, g_mag, temp, alpha, brk_depth, brk_wave, re, ab, theta,
-    sersic_n, in_catalog, near_edge. ``bright_only`` (full-size tiles) drops the faintest ~1.5 mag.
+    sersic_n, in_catalog, near_edge, blend_host (row of the star a blend galaxy was put next to,
+    else -1). ``bright_only`` (full-size tiles) drops the faintest ~1.5 mag. ``options``: star and
+    saturated-star counts, galaxy magnitudes, blends (:class:`~.options.SampleOptions`).
     """
+    o = options or SampleOptions()
     rng = np.random.default_rng([int(seed), 1])
     n = int(n_sources) if n_sources is not None else default_n_sources(width, height, bright_only)
     area = width * height / 1024.0 ** 2
-    n_star = int(round(0.55 * n))
+    n_star = int(round(0.55 * n)) if o.n_stars is None else int(o.n_stars)
+    if n_star > n:
+        raise InputError(f"make-sample --stars: {n_star} stars exceed the {n} catalogued sources "
+                         "(raise --sources)")
     n_gal = n - n_star
     n_uncat = int(np.clip(round(4 * np.sqrt(area)), 1, 12))
-    n_sat = max(1, int(round(0.03 * n_star)))
+    n_sat = max(1, int(round(0.03 * n_star))) if o.n_saturated is None else min(int(o.n_saturated), n_star)
     n_good = int(round(0.55 * n_star))
+    if o.n_saturated is not None:
+        n_good = min(n_good, n_star - n_sat)
     n_faint = max(0, n_star - n_sat - n_good)
     faint_star, faint_gal = (19.5, 20.5) if bright_only else (21.5, 21.5)
+    if o.galaxy_mag_max is not None:
+        faint_gal = float(o.galaxy_mag_max)
+    bright_gal = float(o.galaxy_mag_min)
     n_edge = min(n_faint + n_gal, max(2, int(round(0.015 * n))))
 
     rows = []
@@ -143,7 +196,7 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
         temp = float(np.exp(rng.uniform(np.log(4300), np.log(10000))))   # F/G/K dominate at these mags
         rows.append(dict(kind="STAR", x=x, y=y, mag_ref=mag, temp=temp,
                          alpha=0.0, brk_depth=0.0, brk_wave=0.0, re=0.0, ab=1.0, theta=0.0,
-                         sersic_n=np.nan, in_catalog=in_cat, near_edge=edge))
+                         sersic_n=np.nan, in_catalog=in_cat, near_edge=edge, blend_host=-1))
 
     for _ in range(n_uncat):
         star(rng.uniform(9.0, 10.5), False, margin=80, sep=40.0)
@@ -157,7 +210,7 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
     edge_flags[rng.choice(n_gal + n_faint, size=n_edge, replace=False)] = True
     gal_xy = []
     for i, kind in enumerate(gal_kinds):
-        mag = 15.5 + (faint_gal - 15.5) * np.sqrt(rng.uniform())
+        mag = bright_gal + (faint_gal - bright_gal) * np.sqrt(rng.uniform())
         if edge_flags[i]:
             x, y = place.near_edge(8.0)
         elif gal_xy and rng.uniform() < 0.05:                 # a deliberate close pair
@@ -165,16 +218,11 @@ def draw_population(seed: int, width: int, height: int, n_sources: int | None = 
         else:
             x, y = place.interior(EDGE_MARGIN, 8.0)
         gal_xy.append((x, y))
-        re = float(np.clip(np.exp(rng.uniform(0.0, np.log(8.0))) * 10 ** (-0.12 * (mag - 18.5)), 1.0, 8.0))
-        n_s = {"EXP": 1.0, "DEV": 4.0}.get(kind, float(np.round(rng.uniform(0.7, 5.0) / 0.05) * 0.05))
-        alpha = rng.uniform(-0.5, 2.5)
-        rows.append(dict(kind=kind, x=x, y=y, mag_ref=mag, temp=0.0, alpha=alpha,
-                         brk_depth=float(np.clip(0.25 * alpha + rng.uniform(-0.1, 0.2), 0.0, 0.7)),
-                         brk_wave=rng.uniform(420.0, 560.0), re=re, ab=rng.uniform(0.3, 1.0),
-                         theta=float(90.0 - rng.uniform(0.0, 180.0)), sersic_n=n_s, in_catalog=True,
-                         near_edge=bool(edge_flags[i])))
+        rows.append(_galaxy_row(rng, kind, mag, x, y, edge_flags[i]))
     for j in range(n_faint):
         star(rng.uniform(17.0, faint_star), True, edge=bool(edge_flags[n_gal + j]), sep=8.0)
+    if o.n_blends:
+        _add_blends(rows, place, seed, int(o.n_blends), bright_gal)
 
     pop = pd.DataFrame(rows)
     pop["g_mag"] = _g_mags(pop)

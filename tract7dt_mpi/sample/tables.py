@@ -1,10 +1,15 @@
 """Tables of the synthetic tile: the input catalogue, the GaiaXP-like table and the truth table.
 
 The input catalogue imitates a detection catalogue made elsewhere: positions perturbed by ~0.3 px
-rms, shapes and sizes perturbed, initial fluxes off by ~15 % with some blanks, ~10 % blank TYPE.
+rms, shapes and sizes perturbed, initial fluxes off by ~15 % with some blanks, ~10 % blank TYPE
+(the perturbations and the blank fraction are options, :class:`~.options.SampleOptions`).
 The GaiaXP-like table holds every star with a broad-band magnitude brighter than G = 18.5 inside the
 image (also the bright stars missing from the input catalogue), with 0.01-mag noise on the band
-magnitudes. ``truth.csv`` holds the exact values used for rendering.
+magnitudes. ``truth.csv`` holds the exact values used for rendering: per band the true AB
+magnitude, the total flux of the rendered profile (``flux_{band}``, scaled system), the fraction of
+it drawn into the image (``drawn_frac_{band}``: < 1 where a stamp or the image edge cuts the
+wings) and the ideal S/N (``snr_{band}``: optimal weighting of the object's own noise-free pixels
+against sky + its Poisson noise, neighbours ignored).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .bands import PIXEL_SCALE_ARCSEC, BandTruth
+from .options import SampleOptions
 from .sources import GAIA_G_MAX, gaia_source_ids
 
 TILE_RA, TILE_DEC = 150.1, 2.2
@@ -45,8 +51,11 @@ def _fmt(values, fmt: str) -> list[str]:
 
 
 def truth_table(pop: pd.DataFrame, mags: np.ndarray, bts: list[BandTruth], radec: np.ndarray,
-                peak_ratio: np.ndarray, gaia_ids: np.ndarray, zp_ref: float) -> pd.DataFrame:
-    """``truth.csv`` content (see the package docstring for the column meanings)."""
+                peak_ratio: np.ndarray, gaia_ids: np.ndarray, zp_ref: float,
+                drawn: np.ndarray, snr: np.ndarray) -> pd.DataFrame:
+    """``truth.csv`` content (see the package and module docstrings for the column meanings).
+
+    ``drawn`` and ``snr`` are (n_objects, n_bands) arrays from the renderer."""
     t = pd.DataFrame({"ID": pop["id"], "type": pop["kind"], "x": pop["x"], "y": pop["y"],
                       "ra": radec[:, 0], "dec": radec[:, 1]})
     for j, bt in enumerate(bts):
@@ -60,6 +69,12 @@ def truth_table(pop: pd.DataFrame, mags: np.ndarray, bts: list[BandTruth], radec
     t["peak_over_saturate"] = peak_ratio
     t["near_edge"] = pop["near_edge"].astype(bool)
     t["gaia_source_id"] = gaia_ids
+    for j, bt in enumerate(bts):
+        t[f"drawn_frac_{bt.band}"] = drawn[:, j]
+    for j, bt in enumerate(bts):
+        t[f"snr_{bt.band}"] = snr[:, j]
+    host = pop["blend_host"].to_numpy()
+    t["blend_host_id"] = np.where(host >= 0, pop["id"].to_numpy()[np.maximum(host, 0)], "")
     return t
 
 
@@ -74,16 +89,19 @@ def truth_csv_frame(t: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def input_catalog(truth: pd.DataFrame, bts: list[BandTruth], wcs: WCS, seed: int) -> pd.DataFrame:
+def input_catalog(truth: pd.DataFrame, bts: list[BandTruth], wcs: WCS, seed: int,
+                  options: SampleOptions | None = None) -> pd.DataFrame:
     """The detection-like input catalogue (catalogued objects only, sorted by ID)."""
+    o = options or SampleOptions()
+    k = o.catalog_shape_noise
     rng = np.random.default_rng([int(seed), 3])
     t = truth[truth["in_catalog"]].sort_values("ID").reset_index(drop=True)
     n = len(t)
-    x = t["x"].to_numpy() + rng.normal(0, 0.21, n)                 # ~0.3 px rms in radius
-    y = t["y"].to_numpy() + rng.normal(0, 0.21, n)
+    x = t["x"].to_numpy() + rng.normal(0, o.catalog_pos_sigma, n)     # 0.21: ~0.3 px rms in radius
+    y = t["y"].to_numpy() + rng.normal(0, o.catalog_pos_sigma, n)
     ra, dec = wcs.all_pix2world(x, y, 0)
     typ = t["type"].to_numpy().astype(object)
-    typ[rng.uniform(size=n) < 0.10] = ""
+    typ[rng.uniform(size=n) < o.blank_type_frac] = ""
     cat = pd.DataFrame({"ID": t["ID"], "RA": _fmt(ra, "%.9f"), "DEC": _fmt(dec, "%.9f"), "TYPE": typ})
     for bt in bts:
         f = t[f"flux_{bt.band}"].to_numpy() * np.clip(1.0 + rng.normal(0, 0.15, n), 0.3, None)
@@ -91,10 +109,11 @@ def input_catalog(truth: pd.DataFrame, bts: list[BandTruth], wcs: WCS, seed: int
         cat[f"FLUX_{bt.band}"] = _fmt(f, "%.6g")
     is_star = (t["type"] == "STAR").to_numpy()
     ab = t["ab"].to_numpy()
-    ell = np.where(is_star, rng.uniform(0.0, 0.08, n), np.clip(1.0 - ab + rng.normal(0, 0.05, n), 0.0, 0.9))
-    theta = np.where(is_star, rng.uniform(-90, 90, n), t["theta"].to_numpy() + rng.normal(0, 8.0, n))
+    ell = np.where(is_star, rng.uniform(0.0, 0.08, n), np.clip(1.0 - ab + rng.normal(0, 0.05 * k, n), 0.0, 0.9))
+    theta = np.where(is_star, rng.uniform(-90, 90, n), t["theta"].to_numpy() + rng.normal(0, 8.0 * k, n))
     theta = 90.0 - np.mod(90.0 - theta, 180.0)                     # wrap into (-90, 90]
-    re = np.where(is_star, rng.uniform(1.5, 2.5, n), t["re"].to_numpy() * np.clip(1 + rng.normal(0, 0.15, n), 0.5, 2))
+    re = np.where(is_star, rng.uniform(1.5, 2.5, n),
+                  t["re"].to_numpy() * np.clip(1 + rng.normal(0, 0.15 * k, n), 0.5, 2))
     cat["ELL"], cat["THETA"], cat["Re"] = _fmt(ell, "%.4f"), _fmt(theta, "%.3f"), _fmt(re, "%.4f")
     return cat
 

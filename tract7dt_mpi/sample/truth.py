@@ -26,12 +26,15 @@ def load_meta(sample_dir) -> dict:
 
 
 def load_truth(sample_dir) -> tuple[pd.DataFrame, dict]:
-    """(truth table, meta). ``ID`` and ``gaia_source_id`` stay text (leading zeros, 19 digits)."""
+    """(truth table, meta). ``ID``, ``gaia_source_id`` and ``blend_host_id`` stay text (leading
+    zeros, 19 digits; empty text where not set)."""
     path = Path(sample_dir) / "truth.csv"
     if not path.is_file():
         raise InputError(f"{path}: not found; expected a folder written by make-sample")
-    t = pd.read_csv(path, dtype={"ID": str, "gaia_source_id": str}, keep_default_na=True)
-    t["gaia_source_id"] = t["gaia_source_id"].fillna("")
+    t = pd.read_csv(path, dtype={"ID": str, "gaia_source_id": str, "blend_host_id": str}, keep_default_na=True)
+    for col in ("gaia_source_id", "blend_host_id"):
+        if col in t:
+            t[col] = t[col].fillna("")
     return t, load_meta(sample_dir)
 
 
