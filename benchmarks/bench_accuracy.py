@@ -46,7 +46,7 @@ TILES = {
                               n_stars=120, n_blends=12, sky_pedestal=3.0, psf_g2=0.03, stamp_flux_tol=2e-3),
 }
 #: plot switches only (no effect on the numbers), so that a run spends its time fitting
-NO_PLOTS = {"overlay": {"enabled": False},
+NO_PLOTS = {"plotting": {"level": "none"}, "overlay": {"enabled": False},
             "crop": {"plot_pre_crop": False, "plot_post_crop": False},
             "epsf": {"save_growth_curve": False, "save_patch_background_diagnostics": False,
                      "save_star_local_background_diagnostics": False, "save_star_montage_max": 0},
