@@ -163,8 +163,8 @@ def test_kolmogorov_header_round_trip(tmp_path):
 def test_command_line_flags_and_bad_values():
     ap = argparse.ArgumentParser()
     add_option_arguments(ap)
-    ns = ap.parse_args(["--psf", "kolmogorov", "--no-galaxy-truncation", "--blends", "3", "--psf-g1", "0.03"])
-    assert options_from_namespace(ns) == {"psf_kind": "kolmogorov", "galaxy_truncation": False,
+    ns = ap.parse_args(["--psf", "kolmogorov", "--galaxy-truncation", "--blends", "3", "--psf-g1", "0.03"])
+    assert options_from_namespace(ns) == {"psf_kind": "kolmogorov", "galaxy_truncation": True,
                                           "n_blends": 3, "psf_g1": 0.03}
     assert options_from_namespace(ap.parse_args([])) == {}
     for kw, word in ((dict(psf_kind="gauss"), "--psf"), (dict(psf_beta=1.0), "--psf-beta"),

@@ -120,6 +120,13 @@ def _write_tables(out: Path, pop, mags, bts, radec, render, wcs, seed, width, he
     return paths
 
 
+def _stamp_tol(opts):
+    """Untruncated galaxies need stamps sized to their light (all but 0.1 % of it, unless set)."""
+    if opts.stamp_flux_tol is None and not opts.galaxy_truncation:
+        return 1e-3
+    return opts.stamp_flux_tol
+
+
 def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_size: bool = False,
                 n_sources: int | None = None, verbose: bool = True, **options) -> dict:
     """Render a deterministic synthetic 7DT tile into ``out_dir``; return the paths written.
@@ -169,7 +176,7 @@ def make_sample(out_dir, bands: int = 8, size: int = 1024, seed: int = 7, full_s
         t0 = time.perf_counter()
         model, peaks, drawn[:, j], snr[:, j] = render_model(
             pop, profiles, bt.mag_to_adu(mags[:, j]), bt, width, height,
-            stamp_flux_tol=opts.stamp_flux_tol, truncated=opts.galaxy_truncation)
+            stamp_flux_tol=_stamp_tol(opts), truncated=opts.galaxy_truncation)
         peak_ratio = np.maximum(peak_ratio, peaks / bt.saturate)
         t1 = time.perf_counter()
         img = add_noise_and_saturate(model, bt, seed, pedestal=opts.sky_pedestal)

@@ -49,9 +49,11 @@ class SampleOptions:
                                  "brightest galaxy (AB mag at 625 nm)", "mag")
     galaxy_mag_max: float | None = _opt(None, "--galaxy-mag-max", float,
                                         "faintest galaxy (default 21.5; 20.5 full-size)", "mag")
-    galaxy_truncation: bool = _opt(True, "--no-galaxy-truncation", bool,
-                                   "truncate Sersic profiles with n > 1.2 at 8 re (the flag turns "
-                                   "this off: galaxies are untruncated GalSim profiles)")
+    galaxy_truncation: bool = _opt(False, "--galaxy-truncation", bool,
+                                   "truncate Sersic profiles with n > 1.2 at 8 re (the original "
+                                   "sample); by default galaxies are untruncated GalSim profiles, "
+                                   "whose truth is the flux integrated to infinity, the catalogue's "
+                                   "convention (patch_run.galaxy_flux: total)")
     n_stars: int | None = _opt(None, "--stars", int,
                                "catalogued stars (default 55 %% of the catalogued sources)")
     n_saturated: int | None = _opt(None, "--saturated", int,
@@ -129,9 +131,9 @@ def add_option_arguments(parser) -> None:
     for f in fields(SampleOptions):
         m = f.metadata
         unit = f" [{m['unit']}]" if m["unit"] else ""
-        if m["type"] is bool:     # every bool option is on by default; its flag turns it off
-            parser.add_argument(m["flag"], dest=f.name, action="store_false", default=None,
-                                help=m["doc"])
+        if m["type"] is bool:     # the flag turns the option from its default to the other value
+            parser.add_argument(m["flag"], dest=f.name, action="store_true" if not f.default else "store_false",
+                                default=None, help=m["doc"])
         else:
             default = "" if f.default is None else f"; default {f.default}"
             parser.add_argument(m["flag"], dest=f.name, type=m["type"], default=None,

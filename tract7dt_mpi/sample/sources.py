@@ -12,10 +12,10 @@ Conventions (identical to the pipeline's, see docs/spec inputs-reference 1.4 and
 * ``theta``: major-axis position angle in degrees, counter-clockwise from the image +x axis, in
   (-90, 90] -- the catalogue's ``THETA``; the pipeline turns it into the Tractor's
   ``phi = THETA -/+ 90`` and its major axis then points at THETA from +x again.
-* ``sersic_n``: 1 for EXP, 4 for DEV, 0.7..5 (steps of 0.05) for SERSIC. Profiles with n > 1.2 are
-  truncated at 8 re (major axis; like the Tractor's truncated de Vaucouleurs law) and GalSim's
-  ``half_light_radius`` then refers to the truncated profile, so ``re`` is the true half-light
-  radius of what is drawn and the true flux is all drawn.
+* ``sersic_n``: 1 for EXP, 4 for DEV, 0.7..5 (steps of 0.05) for SERSIC. Profiles are untruncated
+  (the true flux is the integral to infinity) unless the ``galaxy_truncation`` option cuts those
+  with n > 1.2 at 8 re (major axis; GalSim's ``half_light_radius`` then refers to the truncated
+  profile, so ``re`` is the true half-light radius of what is drawn and the true flux is all drawn).
 
 Spectra: stars are black bodies (4300-10000 K); galaxies are a power law in f_nu with a smooth
 4000 A-like break between 420 and 560 nm. ``mag_ref`` is the AB magnitude at 625 nm; a band's
