@@ -128,6 +128,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("flag_core_masked", _B, None, "in some band no usable pixel lies within 2 px of the fitted position (core masked or off the image): that band's flux rests on the wings only", "multi"),
     Column("flag_dead_data", _B, None, "in some band every usable pixel within 3 px of the fitted position has one value: no light was recorded there (e.g. a zero-filled gap); never `fit_is_reliable`", "multi"),
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
+    Column("dchisq_psf_gal", _F, "", "rows without a usable TYPE whose fitted galaxy was compact: chi^2 (all bands) of the patch with the source as a point source minus with it as a galaxy; the point source was kept (`stype_fit` star) when below `patch_run.model_selection_dchisq`; empty for other rows", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability

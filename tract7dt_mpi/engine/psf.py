@@ -14,7 +14,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from ..errors import InputError
-from .lanczos import shift_stamp
+from .fshift import fourier_shift as shift_stamp
 
 _TWO_PI2 = 2.0 * np.pi ** 2
 

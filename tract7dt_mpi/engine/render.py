@@ -16,7 +16,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from .profiles import NRE, enclosed_fraction, mixture_for
-from .lanczos import shift_stamp
+from .fshift import fourier_shift as shift_stamp
 from .psf import HybridPSF, PsfBank, freq_grids
 from .shapes import unit_covariance, unit_covariance_derivs
 

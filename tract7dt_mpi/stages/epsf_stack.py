@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..engine.fshift import fourier_shift
 from ..engine.lanczos import shift_stamp
 from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, weighted_clipped_mean
 from .epsf_wings import with_wing_tail
@@ -107,7 +108,7 @@ def _recentre(p, fwhm):
     for _ in range(3):
         if abs(dx) < 1e-3 and abs(dy) < 1e-3:
             break
-        p = shift_stamp(p, -np.clip(dx, -0.5, 0.5), -np.clip(dy, -0.5, 0.5))[0]
+        p = fourier_shift(p, -np.clip(dx, -0.5, 0.5), -np.clip(dy, -0.5, 0.5))[0]
         dx, dy = _moment_centroid(p, max(1.0 * fwhm, 2.0))
     return p
 
@@ -225,7 +226,7 @@ def _fit_star(st, raw, base_w, psf, gain, fit_background=True, iters=2):
     sky_var = 1.0 / np.where(good, base_w, 1.0) ** 2
     for _ in range(iters):
         dx, dy = x - c, y - c
-        val, ddx, ddy = shift_stamp(psf, dx, dy, derivs=True)
+        val, ddx, ddy = fourier_shift(psf, dx, dy, derivs=True)
         model = f * val + b
         var = sky_var + (np.maximum(model - b, 0.0) / gain if gain else 0.0)
         w = np.where(good, 1.0 / var, 0.0)
@@ -246,7 +247,7 @@ def _fit_star(st, raw, base_w, psf, gain, fit_background=True, iters=2):
         x = float(np.clip(x + np.clip(step[2], -1.0, 1.0), c - 3, c + 3))
         y = float(np.clip(y + np.clip(step[3], -1.0, 1.0), c - 3, c + 3))
     st.flux, st.background, st.cutout_center = float(f), float(b), (x, y)
-    st.model = f * shift_stamp(psf, x - c, y - c)[0]
+    st.model = f * fourier_shift(psf, x - c, y - c)[0]
     st.data = raw - b
     return st
 

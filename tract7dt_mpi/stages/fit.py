@@ -9,6 +9,7 @@ fixed-width bytes) so a results store can pre-allocate them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
             ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1),
+            ("dchisq_psf_gal", f8),
             ("fit_pos_held", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
@@ -259,6 +261,22 @@ def _log_fit(plog, r, label: str) -> None:
             plog(f"{label}source {i}: model ran away ({','.join(x.runaway)}): not converged")
 
 
+def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
+    """stages.model_select on the patch's untyped base sources."""
+    from .catalog import ColumnMap
+    from .fit_setup import TYPE_TO_KIND
+    from .model_select import select_point_sources, untyped_rows
+    from .psf_error import stamp_fwhm
+    cm = ColumnMap.from_frame(pin.cat, pin.bands)
+    cand = np.flatnonzero(untyped_rows(pin.cat, cm.type, set(TYPE_TO_KIND)) & ~is_halo)
+    if cand.size == 0:
+        return sources, res, {}
+    fw = [stamp_fwhm(np.asarray(p.stamp, float)) for p in psfs.values() if getattr(p, "stamp", None) is not None]
+    fwhm = float(np.nanmedian(fw)) if fw else float(getattr(pr, "fallback_default_fwhm_pix", 4.0))
+    return select_point_sources(fit_fn, images, sources, res, opts, cand, fwhm,
+                                float(pr.model_selection_dchisq))
+
+
 def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     """Fit one patch (S9) -> PatchResult; with ``out_dir`` also write the per-patch products.
 
@@ -321,12 +339,19 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     plog(f"sources: {len(sources)} ({kinds}); catalog initial fluxes "
          f"{n_cat_flux}/{len(sources) * len(bands)}")
     res = fit_fn(images, sources, opts)
+    chosen = {}
+    if multi and str(getattr(pr, "model_selection", "off")) == "untyped":
+        sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo)
+        for i, d in chosen.items():
+            inits[i] = dataclasses.replace(inits[i], kind=res.sources[i].kind)
+            plog(f"model selection: source {cat['ID'].iloc[i] if 'ID' in cat else i} -> "
+                 f"{res.sources[i].kind} (chi2 point - galaxy = {d:.1f})")
 
     x0, y0 = spec.x0_roi, spec.y0_roi
     rows = []
     per = {b: res.per_band[b] for b in bands} if not multi else None
     for i in range(len(cat)):
-        d = {"stype_fit": inits[i].kind}
+        d = {"stype_fit": inits[i].kind, "dchisq_psf_gal": chosen.get(i, np.nan)}
         if multi:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
             d["flag_dead_data"] = dead_near(images, res.sources[i].x, res.sources[i].y)
