@@ -339,9 +339,12 @@ def with_psf_fields(cfg, stamps: dict, metas, shape) -> dict:
         field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
                               int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
                               wing_tail=bool(cfg.epsf.wing_tail))
-        if field is not None:
-            stamps.setdefault(band, {})[FIELD_KEY] = field
-            log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells", band, field.degree,
+        if field is None:
+            log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
+                        "ePSFs", band, sum(len(v) for v in xy))
+            continue
+        stamps.setdefault(band, {})[FIELD_KEY] = field
+        log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells", band, field.degree,
                      field.n_stars, len(xy))
     return stamps
 

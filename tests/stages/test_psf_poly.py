@@ -62,3 +62,8 @@ def test_shares_are_leverages(stars):
     f = fit_psf_field(xy, vals, w, 2, FRAME, 55, 4.2)
     assert f.share.mean() == pytest.approx(6 / 40, rel=0.1)
     assert (f.share > 0).all() and (f.share < 1).all()
+
+
+def test_stars_without_positive_flux_give_no_field(stars):
+    xy, vals, w = stars
+    assert fit_psf_field(xy, -vals, w, 2, FRAME, 55, 4.2) is None

@@ -76,7 +76,8 @@ def _solve(X, vals, w, ridge):
 def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: float,
                   wing_tail: bool = True) -> PsfField | None:
     """Fit the field to ``vals`` (n, S, S) flux-normalised grid-aligned star stamps with inverse
-    variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars."""
+    variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars, or when the
+    field has no positive flux at the stars' centroid (the band then uses its cells' ePSFs)."""
     from .epsf_stack import finish_psf
 
     xy = np.asarray(xy, float).reshape(-1, 2)
@@ -112,7 +113,10 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
                      xy, np.clip(share, 0.0, 1.0), int(final_size), n, {})
     cx, cy = np.average(xy, axis=0, weights=np.maximum(W[:, c], 1e-300))
     core = field.raw(cx, cy)
-    tailed, wings = finish_psf(core, fwhm, wing_tail=wing_tail)
+    try:
+        tailed, wings = finish_psf(core, fwhm, wing_tail=wing_tail)
+    except ValueError:           # the stars do not make a PSF (no positive flux at their centroid)
+        return None
     beyond = float(wings.get("tail_beyond_stamp") or 0.0)
     tailed = tailed * (1.0 + beyond)            # unit sum on the grid again
     rw = wings.get("wing_radius_pix")
