@@ -388,9 +388,7 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     for k, x0, y0, data, wt, c in rows:
         v, status, m = 0.0, "disabled", None
         if s.star_local_bkg_subtract:
-            v, status, m = qa.star_local_background(data, wt, s.star_local_bkg_annulus_rin_pix,
-                                                    s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
-                                                    int(s.star_local_bkg_minpix))
+            v, status, m = B.annulus_background(data, wt, s)
             vals.append(v)
             stats.append(status)
         b0.append(v)

@@ -50,6 +50,13 @@ def star_list(stars):
     return list(stars.all_stars) if hasattr(stars, "all_stars") else list(stars)
 
 
+def annulus_background(data, weights, s):
+    """(value, status, mask) of the per-star annulus background of the ``epsf`` settings ``s``."""
+    return qa.star_local_background(data, weights, s.star_local_bkg_annulus_rin_pix,
+                                    s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
+                                    int(s.star_local_bkg_minpix))
+
+
 def prepare_stars(stars, sel, s, meta):
     """Mask neighbours and subtract the per-star annulus background (S4.6j) in every stamp.
 
@@ -72,9 +79,7 @@ def prepare_stars(stars, sel, s, meta):
         fracs.append(float(nmask.mean()))
         v = 0.0
         if s.star_local_bkg_subtract:
-            v, status, m = qa.star_local_background(data, weights, s.star_local_bkg_annulus_rin_pix,
-                                                    s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
-                                                    int(s.star_local_bkg_minpix))
+            v, status, m = annulus_background(data, weights, s)
             vals.append(v)
             stats.append(status)
             rows.append({"id": st.id_label, "raw": data, "mask": m, "sub": data - v, "value": v,
