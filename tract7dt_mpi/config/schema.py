@@ -195,9 +195,10 @@ class Epsf:
     maxiters: int = K(30, "int", _NONE, "ePSF builder iterations.", ge=1)
     do_clip: bool = K(True, "bool", _NONE, "Sigma-clip (5 sigma) in the ePSF builder.")
     combine: str = K("weighted_mean", "enum", _NONE,
-                     "How the builder stacks star residuals each iteration: weighted_mean (inverse "
+                     "How the ePSF stack reduces the registered star stamps each pass: weighted_mean (inverse "
                      "variance from the sky sigma plus the Poisson noise of the current model, so faint "
-                     "stars add little noise) or median (photutils' unweighted median, as the serial pipeline).",
+                     "stars add little noise; sigma-clipped) or median (unweighted, like the serial pipeline's "
+                     "photutils stack).",
                      choices=("weighted_mean", "median"))
     wing_tail: bool = K(True, "bool", _NONE,
                         "MPI-era: beyond the first ring (outside 1.5 FWHM) whose pixels are below 3x their "
