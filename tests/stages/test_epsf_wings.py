@@ -69,3 +69,16 @@ def test_no_fwhm_is_left_alone():
     truth = _moffat(3.5, 4.0)
     out, info = with_wing_tail(truth, float("nan"))
     assert not info["applied"] and info["reason"] == "no FWHM"
+
+
+def test_a_flat_fitted_tail_does_not_put_the_flux_beyond_the_stamp():
+    """Outer rings as flat as r^-2 (a background error on real co-adds): the extrapolation uses
+    at least an r^-3 wing at the same level and never more than MAX_BEYOND of the flux."""
+    from tract7dt_mpi.stages.epsf_wings import BETA_EXTRAP_MIN, MAX_BEYOND
+    y, x = np.indices((N, N))
+    r = np.hypot(x - N // 2, y - N // 2)
+    flat = (1.0 + (r / 3.0) ** 2) ** -1.05
+    flat /= flat.sum()
+    _, info = with_wing_tail(flat, 4.0)
+    assert 0 < info["tail_beyond_stamp"] <= MAX_BEYOND
+    assert BETA_EXTRAP_MIN >= 1.5

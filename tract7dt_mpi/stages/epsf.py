@@ -421,7 +421,7 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
     o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
-    ef = float(res.psf[o0:o0 + fs, o1:o1 + fs].sum())
+    ef = float(min(res.psf[o0:o0 + fs, o1:o1 + fs].sum(), 1.0))
     if not crop.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")
     return crop, good, stars, bkg_rows, ef

@@ -75,16 +75,24 @@ def _moffat_profile_fit(rad, m, err, fwhm):
     return float(q[0]), float(np.exp(q[1])), float(q[2])
 
 
+#: the tail is extrapolated beyond the stamp with at least this Moffat beta (an r^-3 wing): a
+#: flatter fitted tail is noise or a background error (on real co-adds the outer rings can fit
+#: beta = 1, which would put 10x the stamp's flux beyond it), not a PSF
+BETA_EXTRAP_MIN = 1.5
+#: and the light beyond the stamp is at most this fraction of the light inside
+MAX_BEYOND = 0.05
+
+
 def _light_beyond(amp, alpha, beta, half_size):
     """Flux of the tail A (1 + (r/alpha)^2)^-beta outside a square of half-size ``half_size``
-    (taken as the circle of equal area), out to 10x that radius: a tail flatter than r^-2
-    (beta <= 1) has no finite total, and no real PSF is measured that far."""
+    (taken as the circle of equal area), with beta >= ``BETA_EXTRAP_MIN``, at most
+    ``MAX_BEYOND``."""
     r0 = 2.0 * half_size / np.sqrt(np.pi)
-    r1 = 10.0 * r0
-    if abs(beta - 1.0) < 1e-6:
-        return float(np.pi * amp * alpha ** 2 * (np.log1p((r1 / alpha) ** 2) - np.log1p((r0 / alpha) ** 2)))
-    g = lambda r: (1.0 + (r / alpha) ** 2) ** (1.0 - beta)   # noqa: E731
-    return float(np.pi * amp * alpha ** 2 / (beta - 1.0) * (g(r0) - g(r1)))
+    b = max(float(beta), BETA_EXTRAP_MIN)
+    amp_r0 = amp * (1.0 + (r0 / alpha) ** 2) ** (-beta)        # keep the tail's level at r0
+    out = np.pi * amp_r0 * (1.0 + (r0 / alpha) ** 2) ** b * alpha ** 2 / (b - 1.0) \
+        * (1.0 + (r0 / alpha) ** 2) ** (1.0 - b)
+    return float(min(out, MAX_BEYOND)) if np.isfinite(out) else 0.0
 
 
 def with_wing_tail(stamp, fwhm_pix: float, min_snr: float = 3.0):

@@ -149,7 +149,7 @@ def evaluate_field(field: PsfField, x: float, y: float):
     size, fs = out.shape[0], int(field.final_size)
     o = max(0, (size - fs) // 2)
     crop = out[o:o + fs, o:o + fs]
-    ef = float(crop.sum())
+    ef = float(min(crop.sum(), 1.0))
     if not ef > 0:
         return None, 1.0
     return (crop / ef).astype(np.float32), ef
