@@ -443,3 +443,18 @@ def test_fit_to_a_zero_filled_band_is_flagged_dead(galsim_patch):
     assert not ok.any() and all("dead_data" in s for s in issues)
     live = fit_patch_input(galsim_patch, _fit_cfg(enable_staged_fit=False))
     assert not live.table["flag_dead_data"].any()
+
+
+def test_tractor_engine_is_the_backend_or_a_clear_error(monkeypatch):
+    from tract7dt_mpi.engine import tractor_backend
+    from tract7dt_mpi.errors import InputError
+    from tract7dt_mpi.stages.fit import _fit_function
+
+    class PR:
+        engine = "tractor"
+    monkeypatch.setattr(tractor_backend, "tractor_available", lambda: (True, ""))
+    fn, name = _fit_function(PR)
+    assert fn is tractor_backend.fit_patch_tractor and name == "tractor"
+    monkeypatch.setattr(tractor_backend, "tractor_available", lambda: (False, "no module"))
+    with pytest.raises(InputError, match="patch_run.engine: tractor"):
+        _fit_function(PR)

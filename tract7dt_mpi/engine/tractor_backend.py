@@ -2,7 +2,7 @@
 
 ``patch_run.engine: tractor`` calls :func:`fit_patch_tractor` with the same inputs and result type as
 the native :func:`tract7dt_mpi.engine.fit_patch`.  When the Tractor cannot be imported,
-:func:`tractor_available` returns (False, reason) so the pipeline can stop at start-up with
+:func:`tractor_available` returns (False, reason) and each patch fit stops with
 :data:`INSTALL_HINT`.  (The unrelated PyPI package named ``tractor`` is detected and rejected.)
 """
 from __future__ import annotations

@@ -165,7 +165,10 @@ def _fit_function(pr):
         except ImportError as exc:
             raise InputError("patch_run.engine: 'tractor' needs the Tractor package and "
                              f"tract7dt_mpi.engine.tractor_backend ({exc})") from None
-        return tractor_backend.fit_patch, "tractor"
+        ok, why = tractor_backend.tractor_available()
+        if not ok:
+            raise InputError(f"{tractor_backend.INSTALL_HINT} ({why})")
+        return tractor_backend.fit_patch_tractor, "tractor"
     if engine != "native":
         raise InputError(f"patch_run.engine: expected 'native' or 'tractor', got {engine!r}")
     from ..engine import fit_patch
