@@ -233,7 +233,6 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
         meta["status"], meta["error"] = "fail", f"{type(exc).__name__}: {exc}"
-    meta.pop("_stars", None)
     log.warning("ePSF %s %s failed: %s", inp.band, inp.tag, meta["error"])
     return EpsfCellResult(None, meta)
 
@@ -334,18 +333,15 @@ def _build(inp, s, meta, plot_dir, dpi):
     if len(sel) == 0:
         raise B.CellFailure("no PSF star selected")
 
-    if int(s.oversamp) == 1:
-        stamp, good, stars, bkg_rows, ef = _build_stacked(inp, s, meta, work, sigma, bad, sel)
-        epsf = None
-    else:
-        stamp, good, stars, bkg_rows, ef, epsf = _build_photutils(inp, s, meta, work, sigma, bad, sel)
+    build = _build_stacked if int(s.oversamp) == 1 else _build_photutils
+    stamp, good, stars, bkg_rows, ef, payload = build(inp, s, meta, work, sigma, bad, sel)
     meta["psf_flux_in_stamp"] = round(float(ef), 6)
     meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
     stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
     _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
-    return stamp, meta.pop("_stars", None)
+    return stamp, payload
 
 
 def _stamps(work, sigma, bad, sel, s):
@@ -356,7 +352,6 @@ def _stamps(work, sigma, bad, sel, s):
     err = B.error_image(sigma, bad)
     h, w = work.shape
     out, fracs = [], []
-    yy, xx = np.indices((size, size))
     for k in range(len(sel)):
         x, y = float(sel.x[k]), float(sel.y[k])
         ix, iy = int(round(x)), int(round(y))
@@ -367,8 +362,7 @@ def _stamps(work, sigma, bad, sel, s):
         bad_k = bad[y0:y0 + size, x0:x0 + size] | ~np.isfinite(data)
         wt = np.where(bad_k, 0.0, 1.0 / err[y0:y0 + size, x0:x0 + size])
         cx, cy = x - x0, y - y0
-        nmask = sel_mod.neighbour_mask(sel.seg, x0, y0, (size, size), sel.label[k], sel.nb[0])
-        nmask &= (xx - cx) ** 2 + (yy - cy) ** 2 > (0.5 * sel.nb[1]) ** 2   # keep the star's own core
+        nmask = sel_mod.star_neighbour_mask(sel, k, x0, y0, (size, size), (cx, cy))
         fracs.append(float(nmask.mean()))
         out.append((k, x0, y0, np.where(bad_k, 0.0, data), np.where(nmask, 0.0, wt), (cx, cy)))
     return out, (float(np.mean(fracs)) if fracs else 0.0)
@@ -376,7 +370,8 @@ def _stamps(work, sigma, bad, sel, s):
 
 def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     """The native builder (:mod:`.epsf_stack`); returns (stamp, used stars, all stars, local
-    background rows, fraction of the PSF's total flux inside the saved stamp)."""
+    background rows, fraction of the PSF's total flux inside the saved stamp, the used stars'
+    registered stamps for the band's PSF field: ``EpsfCellResult.stars``)."""
     from . import epsf_stack
 
     rows, frac = _stamps(work, sigma, bad, sel, s)
@@ -384,12 +379,11 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["selection"]["neighbour_masked_frac_mean"] = frac
     if not rows:
         raise B.CellFailure("no star stamp fits inside the cell")
-    b0, f0, bkg_rows, vals, stats = [], [], [], [], []
+    b0, f0, bkg_rows, stats = [], [], [], []
     for k, x0, y0, data, wt, c in rows:
-        v, status, m = 0.0, "disabled", None
+        v = 0.0
         if s.star_local_bkg_subtract:
-            v, status, m = B.annulus_background(data, wt, s)
-            vals.append(v)
+            v, status, _ = B.annulus_background(data, wt, s)
             stats.append(status)
         b0.append(v)
         f0.append(qa.symmetric_flux(data - v, wt > 0, c))
@@ -416,15 +410,15 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
     used, vals, w = epsf_stack.normalised_stamps(stars, res.psf, inp.gain_scaled)
-    meta["_stars"] = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
-                      "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
+    payload = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
+               "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
     crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
     o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
     ef = float(min(res.psf[o0:o0 + fs, o1:o1 + fs].sum(), 1.0))
     if not crop.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")
-    return crop, good, stars, bkg_rows, ef
+    return crop, good, stars, bkg_rows, ef, payload
 
 
 def _record_used(meta, good, inp):
@@ -434,12 +428,12 @@ def _record_used(meta, good, inp):
     meta["used_stars_xy"] = [[round(float(st.center[0]) + inp.x0, 3), round(float(st.center[1]) + inp.y0, 3)]
                              for st in good]
     if len(good) <= 0:
-        raise B.CellFailure("EPSFBuilder fitted no star")
+        raise B.CellFailure("the ePSF build kept no star")
 
 
 def _build_photutils(inp, s, meta, work, sigma, bad, sel):
-    """photutils' EPSFBuilder (oversampled ePSFs); returns what :func:`_build_stacked` does, and
-    the photutils ePSF model."""
+    """photutils' EPSFBuilder (oversampled ePSFs); returns what :func:`_build_stacked` does
+    (no PSF-field stamps: None)."""
     stars = B.extract(work, sigma, bad, sel, s)
     meta["nstars_extract"] = int(len(B.star_list(stars)))
     stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
@@ -456,18 +450,18 @@ def _build_photutils(inp, s, meta, work, sigma, bad, sel):
     _record_used(meta, good, inp)
     wts = np.full(len(good), 1.0 / len(good))
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
-    native = native_stamp_of(epsf)
-    models = [np.asarray(st.register_epsf(epsf), float) for st in good]
-    _psf_flux_check(stamp_fwhm(native), good, models, wts, inp.gain_scaled, s, meta)
+    for st in good:
+        st.model = np.asarray(st.register_epsf(epsf), dtype=float)
+    _psf_flux_check(stamp_fwhm(native_stamp_of(epsf)), good, [st.model for st in good], wts,
+                    inp.gain_scaled, s, meta)
     stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
         raise B.CellFailure("ePSF has no positive flux")
-    stamp, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
-    if not s.wing_tail:
-        stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
-    for st in good:
-        st.model = np.asarray(st.register_epsf(epsf), dtype=float)
-    return stamp, good, stars, bkg_rows, 1.0 / (1.0 + float(meta["wings"]["tail_beyond_stamp"])), epsf
+    tailed, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
+    if s.wing_tail:
+        stamp = tailed
+    ef = 1.0 / (1.0 + float(meta["wings"]["tail_beyond_stamp"]))
+    return stamp, good, stars, bkg_rows, ef, None
 
 
 def _psf_flux_check(fwhm, good, models, shares, gain, s, meta):

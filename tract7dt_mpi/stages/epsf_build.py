@@ -71,10 +71,7 @@ def prepare_stars(stars, sel, s, meta):
         data = np.asarray(st.data, dtype=float)
         k = int(st.id_label)
         ox, oy = (int(v) for v in st.origin)
-        nmask = sel_mod.neighbour_mask(sel.seg, ox, oy, data.shape, sel.label[k], sel.nb[0])
-        cx, cy = st.cutout_center
-        yy, xx = np.mgrid[0:data.shape[0], 0:data.shape[1]]
-        nmask &= (xx - cx) ** 2 + (yy - cy) ** 2 > (0.5 * sel.nb[1]) ** 2   # keep the star's own core
+        nmask = sel_mod.star_neighbour_mask(sel, k, ox, oy, data.shape, st.cutout_center)
         weights = np.where(nmask, 0.0, np.asarray(st.weights, dtype=float))
         fracs.append(float(nmask.mean()))
         v = 0.0

@@ -198,6 +198,14 @@ def neighbour_mask(seg, x0, y0, shape, own_label, dilate) -> np.ndarray:
     return out
 
 
+def star_neighbour_mask(sel, k: int, x0: int, y0: int, shape, centre) -> np.ndarray:
+    """:func:`neighbour_mask` of selected star ``k`` in a box (origin x0, y0), never inside half
+    the blend core radius around the star's own centre (x, y in the box)."""
+    mask = neighbour_mask(sel.seg, x0, y0, shape, sel.label[k], sel.nb[0])
+    yy, xx = np.indices(shape)
+    return mask & ((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 > (0.5 * sel.nb[1]) ** 2)
+
+
 def is_blended(seg, x, y, own_label, dilate, r_core) -> bool:
     """True if another object's segment lies within ``r_core`` of (x, y) (``dilate`` unused here)."""
     r = int(np.ceil(r_core))

@@ -153,7 +153,9 @@ def finish_psf(p, fwhm, wing_tail=True):
     unit total flux including the tail's light beyond the grid."""
     p = np.where(np.isfinite(p), p, 0.0)
     p = _recentre(p, fwhm)
-    p = p - _pedestal(p / max(p.sum(), 1e-300), fwhm) * max(p.sum(), 1e-300)
+    tot = p.sum()
+    if tot > 0:
+        p = p - _pedestal(p / tot, fwhm) * tot
     tot = p.sum()
     if not tot > 0:
         raise ValueError("stack has no positive flux")

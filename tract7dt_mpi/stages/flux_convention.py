@@ -24,22 +24,19 @@ def profile_factors(kinds, sersic_n, galaxy_flux: str) -> np.ndarray:
     return np.array([total_flux_factor(str(k), float(v)) for k, v in zip(kinds, n)])
 
 
-def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors) -> pd.DataFrame:
+def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: dict) -> pd.DataFrame:
     """Scale ``FLUX_{b}_fit``, ``FLUXERR_{b}_fit`` and ``FLUXERR_STAT_{b}_fit`` in place.
 
     ``flux_in_stamp``: band -> fraction of the PSF's total flux inside its stamp (missing or
-    non-positive: 1); ``factors``: per-row profile factor (or per band: {band: array}, for
-    per-band fits whose Sersic n differs between bands). Adds ``flux_total_factor`` (the first
-    band's factor).
+    non-positive: 1); ``factors``: band -> per-row profile factor (per band, since a per-band fit's
+    Sersic n differs between bands). Adds ``flux_total_factor`` (the first band's factor).
     """
     for b in bands:
         ef = float(flux_in_stamp.get(b, 1.0) or 1.0)
         ef = ef if np.isfinite(ef) and ef > 0 else 1.0
-        f = np.asarray(factors[b] if isinstance(factors, dict) else factors, float)
-        scale = f / ef
+        scale = np.asarray(factors[b], float) / ef
         for col in (f"FLUX_{b}_fit", f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit"):
             if col in table.columns:
                 table[col] = table[col].to_numpy(float) * scale
-    first = factors[bands[0]] if isinstance(factors, dict) else factors
-    table["flux_total_factor"] = np.asarray(first, float)
+    table["flux_total_factor"] = np.asarray(factors[bands[0]], float)
     return table
