@@ -344,8 +344,9 @@ def with_psf_fields(cfg, stamps: dict, metas, shape) -> dict:
                         "ePSFs", band, sum(len(v) for v in xy))
             continue
         stamps.setdefault(band, {})[FIELD_KEY] = field
-        log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells", band, field.degree,
-                     field.n_stars, len(xy))
+        log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
+                 "or not following the field)", band, field.degree,
+                 field.n_stars, len(xy), field.n_rejected)
     return stamps
 
 
