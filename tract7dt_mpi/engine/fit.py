@@ -315,6 +315,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
+    if opts.marginal_flux_errors:
+        var = var + prob.marginal_flux_variance(ev)
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]

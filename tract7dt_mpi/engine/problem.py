@@ -306,10 +306,12 @@ class Problem:
         return F, sky, G, pinned
 
     # ------------------------------------------------------------------ Gauss-Newton system
-    def gauss_newton(self, ev: Evaluation):
+    def gauss_newton(self, ev: Evaluation, coupling: bool = False):
         """(index, H, g): reduced Hessian/gradient of lnp in the free nonlinear parameters.
 
-        ``index`` lists (source, param position) per row.
+        ``index`` lists (source, param position) per row. With ``coupling`` also X (nb, L, n),
+        G^-1 times the linear-nonlinear block: the linear parameters' covariance marginalised
+        over the nonlinear ones is G^-1 + X H^-1 X^T.
         """
         free = ev.free
         index, gi = [], []
@@ -321,7 +323,7 @@ class Problem:
         H = np.zeros((n, n))
         g = np.zeros(n)
         if n == 0:
-            return index, H, g
+            return (index, H, g, None) if coupling else (index, H, g)
         F = ev.F
         wr = self.w32 * ev.resid
         for s, r in enumerate(ev.rs):
@@ -351,6 +353,8 @@ class Problem:
                 HtL[b, :, s] = 0.0
             X = np.matmul(inv_batched(ev.G), HtL.transpose(0, 2, 1))        # (nb, L, n)
             H -= np.matmul(HtL, X).sum(axis=0)
+        else:
+            X = None
         for s in range(self.S):
             if gi[s]:
                 pos = [j for (ss, j) in index if ss == s]
@@ -358,7 +362,33 @@ class Problem:
                 if prec.any():
                     H[np.ix_(gi[s], gi[s])] += prec
                     g[gi[s]] -= prec @ (ev.params[s][pos] - self.prior_mu[s][pos])
-        return index, 0.5 * (H + H.T), g
+        H = 0.5 * (H + H.T)
+        return (index, H, g, X) if coupling else (index, H, g)
+
+    def marginal_flux_variance(self, ev: Evaluation) -> np.ndarray:
+        """(nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
+        (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`.
+        A flux error at fixed shape is too small for a galaxy, whose flux trades against its
+        radius and index; zero without free nonlinear parameters."""
+        out = np.zeros((self.nb, self.S))
+        if ev.G is None or not ev.derivs:
+            return out
+        index, H, _, X = self.gauss_newton(ev, coupling=True)
+        if X is None or not index:
+            return out
+        dg = np.diagonal(H)
+        use = np.isfinite(dg) & (dg > 0)             # a parameter the data do not constrain: none
+        if not use.any():
+            return out
+        d = np.sqrt(dg[use])
+        Hs = H[np.ix_(use, use)] / d[:, None] / d[None, :]
+        try:
+            Hinv = np.linalg.inv(Hs + 1e-9 * np.eye(d.size)) / d[:, None] / d[None, :]
+        except np.linalg.LinAlgError:
+            return out
+        Xs = X[:, :self.S, :][:, :, use]
+        dv = np.einsum("bsn,nm,bsm->bs", Xs, Hinv, Xs)
+        return np.where(np.isfinite(dv) & (dv > 0), dv, 0.0)
 
     def flux_covariance(self, ev: Evaluation, model_src, gains):
         """Per-band covariance (nb, L, L) of the linear parameters: 'sky' (H^-1) and sandwich variant."""

@@ -93,6 +93,9 @@ class FitOptions:
     fit_sky: bool = True
     flag_maxiter_margin: int = 0
     flux_error_model: str = "total"
+    #: flux errors marginalised over the free position, shape and Sersic index (a galaxy's flux
+    #: trades against its radius); False = errors at the fitted shape, as the Tractor reports
+    marginal_flux_errors: bool = True
     #: stage 2 (positions only) keeps fluxes and sky frozen (the spec); False re-solves them
     stage2_freeze_fluxes: bool = True
     #: galaxies whose flux S/N (all bands combined, sky-only errors, at the start) is below this

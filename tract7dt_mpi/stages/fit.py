@@ -334,6 +334,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                       staged=bool(pr.enable_staged_fit), multi_band=multi, fit_sky=fit_sky,
                       flag_maxiter_margin=int(pr.flag_maxiter_margin),
                       flux_error_model=meta["flux_error_model"],
+                      marginal_flux_errors=bool(pr.flux_error_marginal),
                       shape_min_snr=float(pr.shape_fit_min_snr),
                       pos_min_snr=float(getattr(pr, "pos_fit_min_snr", 0.0)))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))

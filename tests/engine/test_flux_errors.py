@@ -1,0 +1,39 @@
+"""Flux errors against the scatter of fits to GalSim noise realisations of one galaxy.
+
+A galaxy's flux is fitted together with its position, radius, axis ratio, angle (and Sersic
+index); its flux error must include what those free parameters let the flux do. The truth is the
+scatter of the fitted fluxes over independent noise draws of the same GalSim rendering.
+"""
+import numpy as np
+import pytest
+
+from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch
+
+from ._truth import draw, galaxy, moffat, psf_stamp
+
+N_DRAWS = 40
+SHAPE = (48, 48)
+
+
+def _draws(kind, n=None):
+    clean = draw([(galaxy(kind, 2.0e4, 3.0, 0.7, 20.0, n=n), 23.8, 24.3)], SHAPE, psf=moffat())
+    psf = PixelizedPSF(psf_stamp())
+    marg, cond, flux = [], [], []
+    for k in range(N_DRAWS):
+        rng = np.random.default_rng(100 + k)
+        ims = [ImageData("r", clean + rng.normal(0, 1.0, SHAPE), np.ones(SHAPE), psf)]
+        src = Source(kind, 24.0, 24.0, [1.8e4], re=2.5, ab=0.8, phi_deg=10.0,
+                     sersic_n=2.5 if kind == "sersic" else None)
+        r = fit_patch(ims, [src], FitOptions(n_opt_iters=60)).sources[0]
+        c = fit_patch(ims, [src], FitOptions(n_opt_iters=60, marginal_flux_errors=False)).sources[0]
+        flux.append(r.fluxes[0]), marg.append(r.flux_errs[0]), cond.append(c.flux_errs[0])
+    return np.array(flux), np.median(marg), np.median(cond)
+
+
+@pytest.mark.parametrize("kind,n", [("exp", None), ("sersic", 2.0)])
+def test_flux_errors_marginalised_over_the_shape_match_the_scatter(kind, n):
+    flux, marg, cond = _draws(kind, n)
+    scatter = float(np.std(flux, ddof=1))
+    # 40 draws: the sample sigma is known to ~11 %
+    assert 0.8 < marg / scatter < 1.25, (marg, cond, scatter)
+    assert cond < 0.85 * marg, (marg, cond, scatter)
