@@ -30,8 +30,9 @@ __all__ = ["PsfField", "FIELD_KEY", "fit_psf_field", "evaluate_field", "n_terms"
 #: key of a band's PsfField in the broadcast ePSF dict {band: {cell tag | FIELD_KEY: ...}}
 FIELD_KEY = "field"
 _MAD = 1.4826
-#: a star is used only when this fraction of its core (2 FWHM) has data
-CORE_COVER = 0.8
+#: a star is used only when this fraction of its core (1 FWHM) has data (and half of 3 FWHM;
+#: its masked pixels there count as the field's in its concentration)
+CORE_COVER = 0.9
 #: rounds of refitting without the stars whose core does not follow the field
 REJECT_ROUNDS = 4
 #: a star is left out when its concentration (flux within 1 FWHM over flux within 3 FWHM)
@@ -199,7 +200,7 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     f = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 3.0
     rad = _grid_radius(size).ravel()
     inner, outer = rad <= max(1.0 * f, 1.5), rad <= max(3.0 * f, 4.0)
-    keep = (W[:, rad <= max(2.0 * f, 3.0)] > 0).mean(axis=1) >= CORE_COVER
+    keep = ((W[:, inner] > 0).mean(axis=1) >= CORE_COVER) & ((W[:, outer] > 0).mean(axis=1) >= 0.5)
     if not keep.any():
         return None
     n_cover = int(keep.sum())
