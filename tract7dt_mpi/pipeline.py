@@ -484,7 +484,7 @@ def _cmd_merge(R: _Run):
             cat = S.read_working_catalog(R.cfg)
             shape, bands, wcs, crop = S.prepared_frame(R.cfg)
             cells = S.active_cells(R.cfg, cat, shape)
-            plan = S.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands))
+            plan = S.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands), shape)
             return S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), wcs, crop)
         R.on_master(_merge)
     return R.finish()

@@ -387,18 +387,30 @@ def epsf_from_disk(cfg, band, tag):
     return meta, stamp
 
 
-def assign_plan(cfg, geom, catalog, n_bands):
-    """Base/halo rows of every patch; the halo reaches one PSF radius beyond the ROI."""
-    from .stages.patches import assign_sources
-    return assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), n_bands,
-                          outer=int(cfg.epsf.final_psf_size) // 2)
+def assign_plan(cfg, geom, catalog, n_bands, shape=None):
+    """Base/halo rows of every patch; the halo reaches one PSF radius beyond the ROI. With the
+    frame ``shape``, ROIs too small for one of their galaxies' extents are grown and assigned
+    again (``patches.big_source_re_factor``)."""
+    from .stages.patches import assign_sources, grow_for_big_sources, source_extents
+    kw = dict(n_bands=n_bands, outer=int(cfg.epsf.final_psf_size) // 2)
+    plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), **kw)
+    ext = source_extents(catalog, float(cfg.patches.big_source_re_factor)) if shape is not None else {}
+    if ext:
+        plan, n = grow_for_big_sources(plan, ext, shape, int(cfg.patches.max_roi_pix))
+        if n:
+            plan = assign_sources(plan, catalog, bool(cfg.patch_inputs.skip_empty_patch), **kw)
+            big = max(plan, key=lambda p: p.roi_shape[0] * p.roi_shape[1])
+            log.info("patches: %d ROI(s) grown to hold a galaxy's extent (%.1f x catalogue Re + halo); "
+                     "largest %d x %d px (%s)", n, float(cfg.patches.big_source_re_factor),
+                     big.roi_shape[1], big.roi_shape[0], big.patch_tag)
+    return plan
 
 
 def patch_plan(cfg, catalog, shape, cells, n_bands):
     """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
     from .stages.patches import build_patch_plan, write_patch_plan
     geom = build_patch_plan(shape, cells, cfg)
-    plan = assign_plan(cfg, geom, catalog, n_bands)
+    plan = assign_plan(cfg, geom, catalog, n_bands, shape)
     write_patch_plan(plan, cfg.outputs.patches_dir)
     halo = geom[0].halo_pix if geom else 0
     log.info("Patch plan: image %dx%d, epsf_ngrid=%d, ngrid=%d, halo=%d px: %d patches "

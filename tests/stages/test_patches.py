@@ -139,3 +139,43 @@ def test_outer_halo_reaches_beyond_the_roi_by_the_given_margin():
         near = (x >= p.x0_roi - 5) & (x < p.x1_roi + 5) & (y >= p.y0_roi - 5) & (y < p.y1_roi + 5)
         assert np.all(out_roi & near)
     assert grew > 0
+
+
+def _big_galaxy_catalog():
+    """A galaxy of Re 30 px near a patch corner, a neighbour inside its extent, a star."""
+    return pd.DataFrame({"_row": [0, 1, 2, 3], "x_pix_white": [300.0, 400.0, 200.0, 60.0],
+                         "y_pix_white": [300.0, 420.0, 200.0, 60.0], "Re": [30.0, 3.0, 2.0, 50.0],
+                         "TYPE": ["EXP", "EXP", "DEV", "STAR"]})
+
+
+def test_roi_grows_to_hold_a_big_galaxy_and_its_neighbours():
+    from tract7dt_mpi.stages.patches import grow_for_big_sources, source_extents
+    cfg = config_from_dict({"epsf": {"epsf_ngrid": 4, "ngrid": 2, "final_psf_size": 55}})
+    shape = (1024, 1024)
+    cat = _big_galaxy_catalog()
+    plan = assign_sources(build_patch_plan(shape, None, cfg), cat, True, outer=27)
+    ext = source_extents(cat, 4.0)
+    assert set(ext) == {0, 1, 2}                 # the star has no extent
+    grown, n = grow_for_big_sources(plan, ext, shape, 1536)
+    assert n == 1
+    home = next(p for p in assign_sources(grown, cat, True, outer=27) if 0 in p.base_rows)
+    # 4 Re + halo around (300, 300): [300 - 149, 300 + 149]
+    assert home.x0_roi <= 151 and home.x1_roi >= 450 and home.y0_roi <= 151 and home.y1_roi >= 450
+    assert 1 in home.halo_rows                   # the neighbour is fitted with it
+    before = next(p for p in plan if 0 in p.base_rows)
+    assert 1 not in before.halo_rows or before.x1_roi < 450
+    # the other patches keep their ROI
+    same = [p for p in grown if 0 not in p.base_rows]
+    assert all((q.x0_roi, q.x1_roi) == (p.x0_roi, p.x1_roi) for q, p in zip(same, [
+        p for p in plan if 0 not in p.base_rows]))
+
+
+def test_grown_roi_is_capped_and_keeps_its_base():
+    from tract7dt_mpi.stages.patches import grow_for_big_sources, source_extents
+    cfg = config_from_dict({"epsf": {"epsf_ngrid": 4, "ngrid": 2, "final_psf_size": 55}})
+    cat = _big_galaxy_catalog().assign(Re=[400.0, 3.0, 2.0, 50.0])
+    plan = assign_sources(build_patch_plan((2048, 2048), None, cfg), cat, True, outer=27)
+    grown, n = grow_for_big_sources(plan, source_extents(cat, 4.0), (2048, 2048), 512)
+    home = next(p for p in grown if 0 in p.base_rows)
+    assert n >= 1 and home.x1_roi - home.x0_roi <= 512 + 256 and home.y1_roi - home.y0_roi <= 512 + 256
+    assert home.x0_roi <= home.x0_base and home.x1_roi >= home.x1_base

@@ -185,6 +185,69 @@ def assign_sources(plan: list[PatchSpec], catalog: pd.DataFrame, skip_empty: boo
     return out
 
 
+def source_extents(catalog: pd.DataFrame, re_factor: float) -> dict:
+    """_row -> (x, y, radius px) of the active galaxies whose extent ``re_factor`` x catalogue
+    ``Re`` (px) is known: rows typed STAR and rows without a positive Re are left out."""
+    from .catalog import find_column
+
+    col = find_column(catalog.columns, "Re")
+    if col is None or not re_factor > 0:
+        return {}
+    rows, x, y = active_positions(catalog)
+    by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
+        else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
+    re = pd.to_numeric(by_row[col], errors="coerce").reindex(rows).to_numpy(float)
+    tcol = find_column(catalog.columns, "TYPE")
+    star = (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() == "STAR").to_numpy() \
+        if tcol is not None else np.zeros(rows.size, bool)
+    ok = np.isfinite(re) & (re > 0) & ~star
+    return {int(r): (float(a), float(b), float(re_factor * e)) for r, a, b, e in
+            zip(rows[ok], x[ok], y[ok], re[ok])}
+
+
+def grow_for_big_sources(plan: list[PatchSpec], extents: dict, shape, max_side: int) -> tuple[list, int]:
+    """Patches whose ROI does not hold the extent (plus the halo) of one of their base sources,
+    with the ROI grown to hold it (clipped to the frame; at most ``max_side`` px a side, centred
+    on the largest such source). Run :func:`assign_sources` again afterwards: the sources inside
+    the grown ROI become halo rows and are fitted together with the big one. Returns (plan,
+    number of patches grown)."""
+    h, w = int(shape[0]), int(shape[1])
+    out, n = [], 0
+    for p in plan:
+        boxes = []
+        for r in p.base_rows:
+            e = extents.get(int(r))
+            if e is None:
+                continue
+            x, y, rad = e
+            reach = rad + p.halo_pix
+            bx0, bx1 = int(np.floor(x - reach)), int(np.ceil(x + reach)) + 1
+            by0, by1 = int(np.floor(y - reach)), int(np.ceil(y + reach)) + 1
+            if bx0 < p.x0_roi or bx1 > p.x1_roi or by0 < p.y0_roi or by1 > p.y1_roi:
+                boxes.append((rad, x, y, bx0, bx1, by0, by1))
+        if not boxes:
+            out.append(p)
+            continue
+        x0, x1 = min([p.x0_roi] + [b[3] for b in boxes]), max([p.x1_roi] + [b[4] for b in boxes])
+        y0, y1 = min([p.y0_roi] + [b[5] for b in boxes]), max([p.y1_roi] + [b[6] for b in boxes])
+        _, cx, cy = max(boxes)[:3]
+        x0, x1 = _limit(x0, x1, cx, max_side, p.x0_base, p.x1_base)
+        y0, y1 = _limit(y0, y1, cy, max_side, p.y0_base, p.y1_base)
+        out.append(dataclasses.replace(p, x0_roi=max(0, x0), x1_roi=min(w, x1),
+                                       y0_roi=max(0, y0), y1_roi=min(h, y1)))
+        n += 1
+    return out, n
+
+
+def _limit(lo: int, hi: int, centre: float, max_side: int, base_lo: int, base_hi: int):
+    """[lo, hi) cut to ``max_side`` around ``centre``, never smaller than the base box."""
+    if hi - lo <= max_side:
+        return lo, hi
+    half = max_side // 2
+    lo2, hi2 = int(round(centre)) - half, int(round(centre)) - half + max_side
+    return min(lo2, base_lo), max(hi2, base_hi)
+
+
 def patches_records(plan: list[PatchSpec]) -> list[dict]:
     """Records for patches.csv / patches.json (outputs spec §3.1), plan order."""
     return [p.record() for p in plan]
