@@ -3,7 +3,6 @@ import pytest
 
 from tract7dt_mpi.engine import GaussianMixturePSF, HybridPSF, MoffatPSF, NCircularGaussianPSF, PixelizedPSF
 from tract7dt_mpi.engine.lanczos import shift_stamp
-from tract7dt_mpi.errors import InputError
 
 from ._truth import psf_stamp
 
@@ -78,8 +77,8 @@ def test_moffat_and_hybrid_build_mixtures():
     assert hy.mixture.amp.size == 4
 
 
-def test_bad_stamp_is_one_line_input_error():
-    with pytest.raises(InputError, match="odd"):
+def test_bad_stamp_is_a_precise_value_error():
+    with pytest.raises(ValueError, match="odd"):
         PixelizedPSF(np.ones((4, 5)))
-    with pytest.raises(InputError, match="beta"):
+    with pytest.raises(ValueError, match="beta"):
         MoffatPSF(4.0, 0.5)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from .linalg import inv_batched, model_block, overlapping_pairs, own_products, pair_block, solve_batched
 from .profiles import SERSIC_N_BOUNDS
 from .psf import PsfBank
@@ -63,11 +62,11 @@ class Evaluation:
 class Problem:
     def __init__(self, images, sources, fit_sky=True):
         if not images:
-            raise InputError("fit_patch: no images given")
+            raise ValueError("fit_patch: no images given")
         shape = images[0].data.shape
         for im in images:
             if im.data.shape != shape:
-                raise InputError(f"band {im.band}: image shape {im.data.shape} differs from band "
+                raise ValueError(f"band {im.band}: image shape {im.data.shape} differs from band "
                                  f"{images[0].band} {shape}; all bands of a patch must share the ROI")
         self.images, self.sources = images, sources
         self.nb, self.S, self.shape = len(images), len(sources), shape
@@ -87,12 +86,12 @@ class Problem:
         self.prior_mu, self.prior_prec = [], []
         for s, src in enumerate(sources):
             if src.fluxes.size != self.nb:
-                raise InputError(f"source {s}: {src.fluxes.size} fluxes for {self.nb} bands")
+                raise ValueError(f"source {s}: {src.fluxes.size} fluxes for {self.nb} bands")
             self.F0[:, s] = src.fluxes
             if src.flux_sigma is not None:
                 sig = np.atleast_1d(np.asarray(src.flux_sigma, dtype=float))
                 if sig.size != self.nb:
-                    raise InputError(f"source {s}: flux_sigma has {sig.size} values for {self.nb} bands")
+                    raise ValueError(f"source {s}: flux_sigma has {sig.size} values for {self.nb} bands")
                 ok = np.isfinite(sig) & (sig > 0)
                 self.flux_prec[ok, s] = 1.0 / sig[ok] ** 2
                 self.flux_mu[:, s] = src.fluxes

@@ -13,7 +13,6 @@ from collections import OrderedDict
 import numpy as np
 from scipy import fft as sfft
 
-from ..errors import InputError
 from .fshift import fourier_shift as shift_stamp
 
 _TWO_PI2 = 2.0 * np.pi ** 2
@@ -22,11 +21,11 @@ _TWO_PI2 = 2.0 * np.pi ** 2
 def _check_stamp(stamp, what: str) -> np.ndarray:
     a = np.asarray(stamp, dtype=float)
     if a.ndim != 2 or a.shape[0] % 2 == 0 or a.shape[1] % 2 == 0:
-        raise InputError(f"{what}: PSF stamp must be a 2-D array with odd sides, got shape {a.shape}")
+        raise ValueError(f"{what}: PSF stamp must be a 2-D array with odd sides, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise InputError(f"{what}: PSF stamp contains non-finite values")
+        raise ValueError(f"{what}: PSF stamp contains non-finite values")
     if a.sum() <= 0:
-        raise InputError(f"{what}: PSF stamp must have a positive sum")
+        raise ValueError(f"{what}: PSF stamp must have a positive sum")
     return a
 
 
@@ -153,10 +152,10 @@ class GaussianMixturePSF(_FourierCache):
         self.mean = np.asarray(mean, dtype=float).reshape(k, 2)
         self.var = np.asarray(var, dtype=float).reshape(k, 2, 2)
         if not (np.all(np.isfinite(self.amp)) and np.all(np.isfinite(self.var))):
-            raise InputError("GaussianMixturePSF: amplitudes and variances must be finite")
+            raise ValueError("GaussianMixturePSF: amplitudes and variances must be finite")
         det = self.var[:, 0, 0] * self.var[:, 1, 1] - self.var[:, 0, 1] ** 2
         if np.any(det <= 0) or np.any(self.var[:, 0, 0] <= 0):
-            raise InputError("GaussianMixturePSF: every component covariance must be positive definite")
+            raise ValueError("GaussianMixturePSF: every component covariance must be positive definite")
         self._ivar = np.linalg.inv(self.var)
         self._norm = self.amp / (2.0 * np.pi * np.sqrt(det))
 
@@ -218,7 +217,7 @@ class NCircularGaussianPSF(GaussianMixturePSF):
         s = np.atleast_1d(np.asarray(sigmas, dtype=float))
         w = np.atleast_1d(np.asarray(weights, dtype=float))
         if s.shape != w.shape or np.any(~np.isfinite(s)) or np.any(s <= 0):
-            raise InputError("NCircularGaussianPSF: sigmas must be positive and match weights in length")
+            raise ValueError("NCircularGaussianPSF: sigmas must be positive and match weights in length")
         super().__init__(w, np.zeros((s.size, 2)), s[:, None, None] ** 2 * np.eye(2)[None])
 
 
@@ -239,11 +238,11 @@ class MoffatPSF(PixelizedPSF):
 
     def __init__(self, fwhm: float, beta: float = 3.5, radius: float = 25.0):
         if not (np.isfinite(fwhm) and fwhm > 0):
-            raise InputError(f"MoffatPSF: fwhm must be > 0, got {fwhm}")
+            raise ValueError(f"MoffatPSF: fwhm must be > 0, got {fwhm}")
         if not (np.isfinite(beta) and beta > 1):
-            raise InputError(f"MoffatPSF: beta must be > 1, got {beta}")
+            raise ValueError(f"MoffatPSF: beta must be > 1, got {beta}")
         if not (np.isfinite(radius) and radius >= 1):
-            raise InputError(f"MoffatPSF: radius must be >= 1, got {radius}")
+            raise ValueError(f"MoffatPSF: radius must be >= 1, got {radius}")
         h = int(np.ceil(radius))
         alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
         off = np.arange(-h, h + 1, dtype=float)

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
 
 KINDS = ("star", "exp", "dev", "sersic")
 FLUX_ERROR_MODELS = ("total", "sky")
@@ -31,9 +30,9 @@ class ImageData:
         self.data = np.asarray(self.data, dtype=float)
         self.invvar = np.asarray(self.invvar, dtype=float)
         if self.data.ndim != 2:
-            raise InputError(f"band {self.band}: image must be 2-D, got shape {self.data.shape}")
+            raise ValueError(f"band {self.band}: image must be 2-D, got shape {self.data.shape}")
         if self.invvar.shape != self.data.shape:
-            raise InputError(f"band {self.band}: invvar shape {self.invvar.shape} != image shape {self.data.shape}")
+            raise ValueError(f"band {self.band}: invvar shape {self.invvar.shape} != image shape {self.data.shape}")
         bad = ~np.isfinite(self.data) | ~np.isfinite(self.invvar) | (self.invvar < 0)
         if bad.any():
             self.invvar = np.where(bad, 0.0, self.invvar)
@@ -71,9 +70,9 @@ class Source:
     def __post_init__(self):
         self.kind = str(self.kind).lower()
         if self.kind not in KINDS:
-            raise InputError(f"Source kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(f"Source kind must be one of {KINDS}, got {self.kind!r}")
         if not (np.isfinite(self.x) and np.isfinite(self.y)):
-            raise InputError(f"Source position must be finite, got ({self.x}, {self.y})")
+            raise ValueError(f"Source position must be finite, got ({self.x}, {self.y})")
         self.fluxes = np.atleast_1d(np.asarray(self.fluxes, dtype=float))
         self.fluxes = np.where(np.isfinite(self.fluxes), self.fluxes, 0.0)
         if self.kind != "star":
@@ -109,9 +108,9 @@ class FitOptions:
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:
-            raise InputError(f"flux_error_model must be one of {FLUX_ERROR_MODELS}, got {self.flux_error_model!r}")
+            raise ValueError(f"flux_error_model must be one of {FLUX_ERROR_MODELS}, got {self.flux_error_model!r}")
         if int(self.n_opt_iters) < 1:
-            raise InputError(f"n_opt_iters must be >= 1, got {self.n_opt_iters}")
+            raise ValueError(f"n_opt_iters must be >= 1, got {self.n_opt_iters}")
 
 
 @dataclass

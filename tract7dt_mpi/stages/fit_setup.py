@@ -334,7 +334,11 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
                 kw.update(ell_sigma=float(ell_err[i]), theta_sigma_deg=float(th_err[i]))
             if k == "sersic":
                 kw["sersic_n"] = float(n0[i])
-        sources.append(eng.Source(**kw))
+        try:
+            sources.append(eng.Source(**kw))
+        except ValueError as e:  # the engine's check of a catalog-derived value
+            rid = cat[cm.id].iloc[i] if getattr(cm, "id", None) else i
+            raise InputError(f"input catalog source {rid!r}: {e}") from e
         inits.append(SourceInit(kind=k, flux_from_catalog=list(from_cat[i]),
                                 re_from_catalog=re_cat and gal, shape_from_catalog=shape_cat and gal))
     return sources, inits
