@@ -11,7 +11,7 @@ from astropy.io import fits
 from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.stages.bright_mask import (build_bright_mask, ellipse_mask, flag_affected,
                                              run_bright_mask)
-from tract7dt_mpi.stages.masks import compose_final_mask
+from tract7dt_mpi.masks import compose_final_mask
 
 SHAPE = (150, 160)
 UNCAT = (40.0, 50.0)   # planted bright star with no catalog row

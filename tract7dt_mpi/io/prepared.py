@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..stages.masks import compose_final_mask
+from ..masks import compose_final_mask
 from .fits import header_from_text, wcs_from_header
 
 __all__ = ["PreparedWriter", "PreparedImages", "BandInfo", "Cutout", "MASK_NONFINITE",

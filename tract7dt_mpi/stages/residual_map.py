@@ -10,11 +10,12 @@ three or more bands, the reddest, a middle and the bluest band (equal weights) f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
 import numpy as np
+
+from ..io.residual_parts import ResidualPart  # the record its file holds (re-exported)
 
 MAX_SIDE = 1024          # longest side of the coarse tile image (px)
 
@@ -38,19 +39,6 @@ def colour_bands(bands) -> list[str]:
 def part_channels(bands) -> list[str]:
     """Channel names of the parts: ``white`` then the colour bands (if any)."""
     return ["white"] + colour_bands(bands)
-
-
-@dataclasses.dataclass
-class ResidualPart:
-    """Block sums of one patch on the coarse grid, origin (cy0, cx0) in coarse pixels."""
-
-    factor: int
-    cy0: int
-    cx0: int
-    channels: list
-    data: np.ndarray        # (C, h, w) sum of weight * data
-    model: np.ndarray       # (C, h, w) sum of weight * model
-    weight: np.ndarray      # (C, h, w) sum of weights
 
 
 def _block_sum(arr, y0, x0, f):
