@@ -39,7 +39,7 @@ def warm_up() -> None:
     import importlib
     for name in ("tract7dt_mpi.stages.epsf", "tract7dt_mpi.stages.fit", "tract7dt_mpi.stages.patch_inputs",
                  "tract7dt_mpi.io.prepared", "tract7dt_mpi.plots.epsf_plots", "tract7dt_mpi.plots.patch_plots",
-                 "tract7dt_mpi.plots.summary_plots",
+                 "tract7dt_mpi.plots.summary_plots", "tract7dt_mpi.figures",
                  "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
@@ -58,21 +58,28 @@ def load_step(cfg, write_store: bool = True, plots: bool = True):
     from .stages.load import load_inputs
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not write_store:
-        return load_inputs(cfg, writer=None, logger=log, plots=plots, on_band=_band_loaded)
-    writer = PreparedWriter(cfg.mpi.prepared_store)
-    try:
-        res = load_inputs(cfg, writer=writer, logger=log, plots=plots, on_band=_band_loaded)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+        res = load_inputs(cfg, writer=None, logger=log, plots=plots, on_band=_band_loaded)
+    else:
+        writer = PreparedWriter(cfg.mpi.prepared_store)
+        try:
+            res = load_inputs(cfg, writer=writer, logger=log, plots=plots, on_band=_band_loaded)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    if plots:
+        from .figures import draw_load
+        draw_load(cfg, res, log)
     return res
 
 
 def augment_step(cfg, load_res, plots: bool = True):
     """S2 (zp.enabled): Gaia augmentation; returns the working catalog."""
     from .stages.gaia import run_augment_gaia
-    cat, _info = run_augment_gaia(cfg, load_res, logger=log, plots=plots)
+    cat, info = run_augment_gaia(cfg, load_res, logger=log)
+    if plots:
+        from .figures import draw_gaia
+        draw_gaia(cfg, load_res.white, cat, info, log)
     load_res.catalog = cat
     return cat
 
@@ -81,8 +88,11 @@ def bright_mask_step(cfg, load_res, write_store: bool = True, plots: bool = True
     """S3: bright-source mask into the prepared store + ``affected_by_bright_mask``."""
     from .io.prepared import PreparedWriter
     from .stages.bright_mask import run_bright_mask
-    cat, mask, _info = run_bright_mask(cfg, load_res.catalog, load_res.white, load_res.sigma_white,
-                                       load_res.satur_any, load_res.wcs, logger=log, plots=plots)
+    cat, mask, info = run_bright_mask(cfg, load_res.catalog, load_res.white, load_res.sigma_white,
+                                      load_res.satur_any, load_res.wcs, logger=log)
+    if plots:
+        from .figures import draw_bright_mask
+        draw_bright_mask(cfg, load_res.white, mask, load_res.satur_any, cat, info, log)
     if write_store:
         w = PreparedWriter.append(cfg.mpi.prepared_store)
         w.write_bright_mask(mask)
@@ -212,9 +222,10 @@ class Worker:
                             size_locus=p.get("size_locus"))
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
-        dpi = int(getattr(self.cfg.plotting, "dpi", 150))
-        plot_dir = cell_dir if self.cfg.plotting.level == "full" else None     # per-cell PNGs
-        res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=plot_dir, dpi=dpi)
+        res = build_epsf_cell(inp, self.cfg.epsf, figures=self.cfg.plotting.level == "full")
+        if res.figures:                                                         # per-cell PNGs
+            from .figures import draw_epsf_cell
+            draw_epsf_cell(res, cell_dir, int(self.cfg.plotting.dpi))
         write_cell_products(res, cell_dir)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
@@ -251,6 +262,9 @@ class Worker:
             if self.cfg.plotting.level != "none":
                 from .summary_steps import write_residual_part
                 write_residual_part(self.cfg, spec, res.plot, self.prepared.shape)   # before the CSV
+            if self.cfg.plotting.level == "full":
+                from .figures import draw_patch
+                draw_patch(res, out_dir, self.cfg)
             write_patch_products(res, out_dir, self.cfg)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
         return TaskResult(rows=res.table, data=None)
@@ -548,8 +562,10 @@ def zp_step(cfg, catalog=None):
     if summary is None or len(summary) == 0:
         log.warning("ZP: no band calibrated; catalog unchanged")
         return catalog
-    dpi = int(getattr(cfg.plotting, "dpi", 150))
-    write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi,
-                      plots=cfg.plotting.level == "full")
+    zp_dir = os.path.join(cfg.outputs.work_dir, "ZP")
+    write_zp_products(summary, per_obj, zp_dir)
+    if cfg.plotting.level == "full":
+        from .figures import draw_zp
+        draw_zp(out, summary, per_obj, gaia, zp_dir, cfg.zp, int(cfg.plotting.dpi))
     write_catalog_files(cfg, out, summary)
     return out

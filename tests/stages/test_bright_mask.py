@@ -96,6 +96,8 @@ def test_run_writes_fits_and_overlay_and_flags(tmp_path, white, synth):
     assert fm.dtype == np.uint8 and fm[5, 150] == 1 and fm[int(UNCAT[1]), int(UNCAT[0])] == 1
     assert not mask[5, 150]  # the saturation part is only in the FITS product
     assert fits.getheader(info["fits_path"])["CTYPE1"] == "RA---TAN"
+    from tract7dt_mpi.figures import draw_bright_mask
+    draw_bright_mask(cfg, white, mask, satur, out, info)
     png = os.path.join(cfg.outputs.work_dir, "bright_mask", "white_bright_mask_overlay.png")
     assert os.path.getsize(png) > 1000
 

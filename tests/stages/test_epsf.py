@@ -197,9 +197,11 @@ def tiny_field():
 
 
 def test_plots_follow_toggles(tiny_field, tmp_path):
+    from tract7dt_mpi.figures import draw_epsf_cell
     small_field = tiny_field
     on = tmp_path / "on"
-    res = build_epsf_cell(cell_input(small_field), SMALL, plot_dir=str(on), dpi=40)
+    res = build_epsf_cell(cell_input(small_field), SMALL, figures=True)
+    assert draw_epsf_cell(res, str(on), dpi=40) == len(PLOTS)
     assert res.meta["status"] == "ok"
     assert sorted(os.listdir(on)) == sorted(PLOTS)
     assert res.meta["local_bkg_diagnostics"]["local_bkg_diag_status"] == "ok"
@@ -207,7 +209,8 @@ def test_plots_follow_toggles(tiny_field, tmp_path):
     cfg = dict(SMALL, save_patch_background_diagnostics=False, save_growth_curve=False,
                save_residual_diagnostics=False, save_star_local_background_diagnostics=False,
                save_star_montage_max=0)
-    res = build_epsf_cell(cell_input(small_field), cfg, plot_dir=str(off), dpi=40)
+    res = build_epsf_cell(cell_input(small_field), cfg, figures=True)
+    draw_epsf_cell(res, str(off), dpi=40)
     assert res.meta["status"] == "ok"
     assert sorted(os.listdir(off)) == ["epsf.png", "psfstars.png", "psfstars_bgsub.png"]
     assert res.meta["residual_qa"]["resid_nstars"] == 0
@@ -223,8 +226,10 @@ def test_write_products_success(small_field, tmp_path):
 
 
 def test_no_stars_fails_cleanly(tmp_path):
+    from tract7dt_mpi.figures import draw_epsf_cell
     arr = render(160, [], seed=9)
-    res = build_epsf_cell(cell_input(arr, tag="r01_c02"), SMALL, plot_dir=str(tmp_path / "p"), dpi=40)
+    res = build_epsf_cell(cell_input(arr, tag="r01_c02"), SMALL, figures=True)
+    draw_epsf_cell(res, str(tmp_path / "p"), dpi=40)
     assert res.stamp is None
     assert res.meta["status"] == "fail" and "no PSF star" in res.meta["error"]
     assert res.meta["epsf_shape"] is None and res.meta["nstars_sel"] == 0

@@ -267,9 +267,13 @@ def test_fit_recovers_galsim_fluxes(galsim_patch, tmp_path):
     _engine()
     from tract7dt_mpi.stages.fit import fit_patch_input
 
-    res = fit_patch_input(galsim_patch, _fit_cfg(no_cutouts=False, no_patch_overview=False,
-                                                 cutout_max_sources=2),
-                          out_dir=str(tmp_path))
+    from tract7dt_mpi.figures import draw_patch
+    from tract7dt_mpi.stages.fit import write_patch_products
+
+    cfg = _fit_cfg(no_cutouts=False, no_patch_overview=False, cutout_max_sources=2)
+    res = fit_patch_input(galsim_patch, cfg)
+    draw_patch(res, str(tmp_path), cfg)        # the pipeline's order: figures, then the products
+    write_patch_products(res, str(tmp_path), cfg)
     t = res.table
     assert t["_row"].tolist() == [10, 11, 12, 13]            # halo row fitted but dropped
     assert [n for n, _ in result_columns(["g", "r"], True)] == list(t.columns)

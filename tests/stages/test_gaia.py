@@ -145,12 +145,15 @@ def test_run_writes_csv_and_overlay(tmp_path):
     cfg = config_from_dict({"inputs": {"gaiaxp_synphot_csv": str(gpath)}, "outputs": {"work_dir": str(tmp_path / "w")},
                             "zp": {"min_box_size_pix": 60, "match_radius_arcsec": 1.0}, "plotting": {"dpi": 40}},
                            base_dir=str(tmp_path))
-    cat, info = run_augment_gaia(cfg, _fake_load(tmp_path))
+    fl = _fake_load(tmp_path)
+    cat, info = run_augment_gaia(cfg, fl)
     csv = tmp_path / "w" / "ZP" / "in_with_Gaia.csv"
     back = pd.read_csv(csv, dtype={"ID": str, "gaia_source_id": str}, keep_default_na=False)
     assert len(back) == len(cat) == 6
     assert back["gaia_source_id"][0] == "4295806720123456789"  # 19 digits survive
     assert "_row" not in back.columns and "excluded_crop" in back.columns
+    from tract7dt_mpi.figures import draw_gaia
+    draw_gaia(cfg, fl.white, cat, info)
     assert os.path.getsize(tmp_path / "w" / "ZP" / "gaia_augmentation_overlay.png") > 1000
 
 

@@ -320,10 +320,11 @@ def test_seeing_fallback_converted_to_pixels(tile_factory):
 
 
 def test_load_plots_written_with_toggles(tile_factory):
+    from tract7dt_mpi.figures import draw_load
     t = tile_factory()
     cfg = t.cfg(crop={"plot_pre_crop": True, "plot_post_crop": True, "display_downsample": 2},
                 overlay={"enabled": True, "zoom_box": [0, 50, 0, 50], "downsample_full": 2})
-    load_inputs(cfg, plots=True)
+    draw_load(cfg, load_inputs(cfg, plots=True))
     for p in (os.path.join(cfg.outputs.cropped_images_dir, "white_before_crop.png"),
               os.path.join(cfg.outputs.cropped_images_dir, "white_after_crop.png"),
               os.path.join(cfg.outputs.overlay_dir, "white_overlay.png"),
@@ -331,7 +332,7 @@ def test_load_plots_written_with_toggles(tile_factory):
         assert os.path.getsize(p) > 1000, p
     t2 = tile_factory()
     cfg2 = t2.cfg(overlay={"enabled": True, "zoom_enabled": False})
-    load_inputs(cfg2, plots=True)
+    draw_load(cfg2, load_inputs(cfg2, plots=True))
     assert os.path.exists(os.path.join(cfg2.outputs.overlay_dir, "white_overlay.png"))
     assert not os.path.exists(os.path.join(cfg2.outputs.overlay_dir, "white_overlay_zoom.png"))
     assert not os.path.exists(os.path.join(cfg2.outputs.cropped_images_dir, "white_before_crop.png"))

@@ -86,14 +86,16 @@ def test_no_gaia_or_missing_band_leaves_catalog(tmp_path):
     assert out is cat and len(summ) == 0
     out, summ, _ = compute_zero_points(cat.drop(columns=["gaia_source_id"]), gaia, _zp_cfg(), 25.0)
     assert len(summ) == 0
-    assert write_zp_products(cat, summ, per, gaia, str(tmp_path), _zp_cfg()) == []
+    assert write_zp_products(summ, per, str(tmp_path)) == []
 
 
 def test_write_zp_products(tmp_path):
     cat, gaia = _frame([25.0, 25.1, 25.2, 25.3, 27.0, 20.0], [0.1] * 6,
                        reliable=[True] * 5 + [False])
     out, summ, per = compute_zero_points(cat, gaia, _zp_cfg(), 25.0)
-    paths = write_zp_products(out, summ, per, gaia, str(tmp_path), _zp_cfg(), dpi=40)
+    from tract7dt_mpi.figures import draw_zp
+    paths = write_zp_products(summ, per, str(tmp_path))
+    paths += draw_zp(out, summ, per, gaia, str(tmp_path), _zp_cfg(), dpi=40)
     names = sorted(p.split("/")[-1] for p in paths)
     assert names == ["zp_all_bands__per_object.csv", "zp_summary.csv", "zp_vs_mag__g.png",
                      "zp_vs_mag__g_fullrange.png"]

@@ -104,20 +104,9 @@ def plot_patch_overview(path: str, plot: dict, meta: dict, pr, dpi: int = 150) -
     plt.close(fig)
 
 
-def montage_name(cat, i: int) -> str:
-    """``src_{ID}.png`` / ``src_halo_{ID}.png`` (safe chars), ``src_{i:06d}.png`` without ID."""
-    from ..stages.catalog import find_column
-    from ..stages.fit import safe_name
-
-    idc = find_column(cat.columns, "ID")
-    halo = bool(cat["_is_halo_source"].iloc[i])
-    v = str(cat[idc].iloc[i]).strip() if idc is not None else ""
-    key = safe_name(v) if v and v.lower() != "nan" else f"{i:06d}"
-    return f"src_halo_{key}.png" if halo else f"src_{key}.png"
-
-
-def plot_cutouts(out_dir: str, plot: dict, pr, dpi: int = 150) -> int:
-    """One montage per source (index >= cutout_start, at most cutout_max_sources). Returns count."""
+def plot_cutouts(out_dir: str, plot: dict, pr, names, dpi: int = 150) -> int:
+    """One montage per source (index >= cutout_start, at most cutout_max_sources), saved as
+    ``names[i]`` (one file name per catalog row). Returns the count."""
     pin, fit_all = plot["pin"], plot["fit_all"]
     cat = pin.cat
     n = len(cat)
@@ -173,7 +162,7 @@ def plot_cutouts(out_dir: str, plot: dict, pr, dpi: int = 150) -> int:
             axes[1, 0].set_ylabel("Model+Sky")
             axes[2, 0].set_ylabel("Residual")
         fig.tight_layout()
-        with atomic_path(os.path.join(out_dir, montage_name(cat, i))) as tmp:
+        with atomic_path(os.path.join(out_dir, names[i])) as tmp:
             fig.savefig(tmp, dpi=dpi)
         plt.close(fig)
         count += 1

@@ -178,10 +178,11 @@ def flag_affected(x, y, mask) -> np.ndarray:
     return out
 
 
-def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=None, plots=True):
+def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=None):
     """Stage wrapper: build the mask, flag ``affected_by_bright_mask`` and write
-    ``bright_mask/white_bright_mask.fits`` and its overlay. Returns (catalog, mask, info);
-    the caller stores ``mask`` with ``PreparedWriter.write_bright_mask``."""
+    ``bright_mask/white_bright_mask.fits``. Returns (catalog, mask, info); ``info['detections']``
+    holds the SEP detections (for the overlay the pipeline draws); the caller stores ``mask`` with
+    ``PreparedWriter.write_bright_mask``."""
     from ..io.atomic import atomic_write_text
     from ..io.fits import write_mask_fits
     logger = logger or log
@@ -201,15 +202,6 @@ def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=Non
                 "%.3f%% of pixels masked; %d catalog row(s) affected_by_bright_mask. Saved %s",
                 info["n_detections"], _p(bm, "thresh_sigma"), _p(bm, "minarea"), info["n_matched"],
                 info["n_unmatched"], 100 * info["masked_fraction"], info["n_affected"], fits_path)
-    if plots:
-        try:
-            from ..plots.bright_mask_plots import plot_bright_mask
-            dpi = int(getattr(getattr(cfg, "plotting", None), "dpi", 150))
-            plot_bright_mask(white, mask | satur_any if satur_any is not None else mask, det, cat,
-                             float(_p(bm, "match_radius_pix")),
-                             os.path.join(out_dir, "white_bright_mask_overlay.png"), dpi)
-        except Exception as exc:
-            logger.warning("Plot white_bright_mask_overlay.png skipped: %s: %s", exc.__class__.__name__, exc)
     info["detections"] = det
     sat = saturated_unmatched(det)
     sat_path = os.path.join(out_dir, SATURATED_CSV)

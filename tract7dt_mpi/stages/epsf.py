@@ -3,8 +3,9 @@
 :func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
 ``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
 get the same stamp. Star selection lives in :mod:`.epsf_select`, the photutils build in
-:mod:`.epsf_build`, stamp statistics in :mod:`.epsf_qa`, PNGs in :mod:`tract7dt_mpi.plots.epsf_plots`. The caller writes the products with
-:func:`write_cell_products`.
+:mod:`.epsf_build`, stamp statistics in :mod:`.epsf_qa`. Asked for ``figures``, the result lists the
+diagnostic PNGs as :class:`FigureSpec` data, which the pipeline draws (:mod:`tract7dt_mpi.figures`).
+The caller writes the products with :func:`write_cell_products`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +71,20 @@ class EpsfCellResult:
     stamp: np.ndarray | None
     meta: dict
     stars: dict | None = None
+    figures: list = field(default_factory=list)   #: FigureSpec, in drawing order
+
+
+@dataclass
+class FigureSpec:
+    """One diagnostic PNG of a cell: ``func`` of :mod:`tract7dt_mpi.plots.epsf_plots` called with
+    ``args``/``kwargs`` into ``name``. ``status`` (meta section, key): set to ``"error"`` there when
+    the drawing fails."""
+
+    func: str
+    name: str
+    args: tuple
+    kwargs: dict
+    status: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -203,12 +218,12 @@ def _base_meta(inp: EpsfCellInput, s) -> dict:
 
 # ------------------------------------------------------------------------------------- the build
 
-def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> EpsfCellResult:
+def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> EpsfCellResult:
     """Select stars, build, crop and normalise the ePSF of one (band, cell) (S4.6a-o).
 
     Data problems never raise: they return ``stamp=None`` and ``meta['status'] == 'fail'`` with
-    ``meta['error']``. Plots (only when ``plot_dir`` is given) follow each config toggle and only
-    warn on failure.
+    ``meta['error']``. With ``figures`` the result lists the diagnostic PNGs each config toggle asks
+    for (also those made before a failure), for the caller to draw.
     """
     s = epsf_settings(cfg_epsf)
     shape = (int(inp.y1) - int(inp.y0), int(inp.x1) - int(inp.x0))
@@ -218,32 +233,30 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
             raise ValueError(f"EpsfCellInput.{name} has shape {np.shape(arr)}, expected {shape} for "
                              f"cell {inp.tag} [{inp.x0}:{inp.x1}, {inp.y0}:{inp.y1}]")
     meta = _base_meta(inp, s)
-    if plot_dir is not None:
-        os.makedirs(plot_dir, exist_ok=True)
+    figs = [] if figures else None
     try:
-        stamp, stars = _build(inp, s, meta, plot_dir, dpi)
+        stamp, stars = _build(inp, s, meta, figs)
         meta["status"] = "ok"
-        return EpsfCellResult(stamp, meta, stars)
+        return EpsfCellResult(stamp, meta, stars, figs or [])
     except B.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
         if meta["nstars_sel"] == 0:   # no star: say why at INFO (small cells: said at planning)
             level = logging.DEBUG if meta.get("cell_too_small") else logging.INFO
             log.log(level, "ePSF %s %s: %s", inp.band, inp.tag, sel_mod.no_star_reason(meta))
-            return EpsfCellResult(None, meta)
+            return EpsfCellResult(None, meta, figures=figs or [])
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
         meta["status"], meta["error"] = "fail", f"{type(exc).__name__}: {exc}"
     log.warning("ePSF %s %s failed: %s", inp.band, inp.tag, meta["error"])
-    return EpsfCellResult(None, meta)
+    return EpsfCellResult(None, meta, figures=figs or [])
 
 
-def _plot(plot_dir, enabled, func, name, *args, dpi=150, **kwargs):
-    """Write one diagnostic PNG if plotting is on and its toggle is set."""
-    if plot_dir is None or not enabled:
+def _plot(figs, enabled, func, name, *args, status=None, **kwargs):
+    """Ask for one diagnostic PNG if figures are on and its toggle is set (True when asked)."""
+    if figs is None or not enabled:
         return False
-    from tract7dt_mpi.plots import epsf_plots as P
-
-    return P.safe_plot(getattr(P, func), *args, path=os.path.join(plot_dir, name), dpi=dpi, **kwargs)
+    figs.append(FigureSpec(func, name, args, kwargs, status))
+    return True
 
 
 def _select(inp, s, img, sigma, bad, satur, work, meta):
@@ -306,7 +319,7 @@ def select_psf_stars(inp: EpsfCellInput, cfg_epsf):
     return _select(inp, s, img, sigma, bad, satur, bg.work, meta), meta
 
 
-def _build(inp, s, meta, plot_dir, dpi):
+def _build(inp, s, meta, figs):
     """The body of :func:`build_epsf_cell`; raises CellFailure for data problems."""
     img, sigma, bad, satur = _prepare(inp)
     if not (~bad).any():
@@ -321,15 +334,15 @@ def _build(inp, s, meta, plot_dir, dpi):
     meta["patch_background"] = bg.stats
     work = bg.work
     if bg.back is not None:
-        _plot(plot_dir, s.save_patch_background_diagnostics, "plot_background_diagnostics",
-              "background_diagnostics.png", img, bg.back, work, colorbar=s.diagnostics_show_colorbar, dpi=dpi)
+        _plot(figs, s.save_patch_background_diagnostics, "plot_background_diagnostics",
+              "background_diagnostics.png", img, bg.back, work, colorbar=s.diagnostics_show_colorbar)
 
     sel = _select(inp, s, img, sigma, bad, satur, work, meta)
     title = f"{inp.band} {inp.tag}: {len(sel)} PSF stars ({s.psfstar_mode})"
-    _plot(plot_dir, True, "plot_psfstars", "psfstars.png", img, sel.x, sel.y, sel.origin, title=title, dpi=dpi)
+    _plot(figs, True, "plot_psfstars", "psfstars.png", img, sel.x, sel.y, sel.origin, title=title)
     if s.background_subtract_patch:
-        _plot(plot_dir, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
-              title=title + " bg-sub", dpi=dpi)
+        _plot(figs, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
+              title=title + " bg-sub")
     if len(sel) == 0:
         raise B.CellFailure("no PSF star selected")
 
@@ -340,7 +353,7 @@ def _build(inp, s, meta, plot_dir, dpi):
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
     stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
-    _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
+    _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel)
     return stamp, payload
 
 
@@ -482,33 +495,33 @@ def native_stamp_of(epsf):
     return B.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
 
 
-def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel):
+def _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel):
     """Success-only PNGs (S4.6m) and the local-background diagnostic status."""
     origin_of = {i: o for i, o in enumerate(sel.origin)}
-    _plot(plot_dir, True, "plot_epsf", "epsf.png", stamp,
-          title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}", dpi=dpi)
+    _plot(figs, True, "plot_epsf", "epsf.png", stamp,
+          title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}")
     if s.save_growth_curve:
         radii, ee = qa.growth_curve(stamp.astype(float))
-        _plot(plot_dir, True, "plot_growth_curve", "epsf_growth_curve.png", radii, ee, meta["epsf_qa"], dpi=dpi)
+        _plot(figs, True, "plot_growth_curve", "epsf_growth_curve.png", radii, ee, meta["epsf_qa"])
     if stacks is not None:
-        _plot(plot_dir, True, "plot_residual_diagnostics", "epsf_residual_diagnostics.png", stacks,
-              meta["residual_qa"], dpi=dpi)
-    _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows)
+        _plot(figs, True, "plot_residual_diagnostics", "epsf_residual_diagnostics.png", stacks,
+              meta["residual_qa"])
+    _local_bkg_plot(s, meta, figs, good, bkg_rows)
     nmax = int(s.save_star_montage_max)
     if nmax > 0:
         used = good[:nmax]
-        _plot(plot_dir, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
-              [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})", dpi=dpi)
+        _plot(figs, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
+              [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})")
         ext = B.star_list(stars)[:nmax]
-        _plot(plot_dir, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
+        _plot(figs, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
               [origin_of.get(st.id_label, "") for st in ext],
-              title=f"extracted stars ({meta['nstars_extract']})", dpi=dpi)
+              title=f"extracted stars ({meta['nstars_extract']})")
 
 
-def _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows):
+def _local_bkg_plot(s, meta, figs, good, bkg_rows):
     """star_local_background_diagnostics.png for the used stars, or a skipped_* status (S4.6m)."""
     rec = meta["local_bkg_diagnostics"]
-    if plot_dir is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
+    if figs is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
         return
     ids = [st.id_label for st in good]
     if not ids:
@@ -521,9 +534,10 @@ def _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows):
                    local_bkg_diag_message="star id_label values are not unique")
     else:
         rows = [r for r in bkg_rows if r["id"] in set(ids)]
-        ok = _plot(plot_dir, True, "plot_star_local_background", "star_local_background_diagnostics.png",
-                   rows, colorbar=s.diagnostics_show_colorbar, dpi=dpi)
-        rec.update(local_bkg_diag_nstars=len(rows), local_bkg_diag_status="ok" if ok else "error")
+        _plot(figs, True, "plot_star_local_background", "star_local_background_diagnostics.png",
+              rows, colorbar=s.diagnostics_show_colorbar,
+              status=("local_bkg_diagnostics", "local_bkg_diag_status"))
+        rec.update(local_bkg_diag_nstars=len(rows), local_bkg_diag_status="ok")   # "error" if drawing fails
         return
     log.warning("star local-background diagnostics skipped: %s", rec["local_bkg_diag_message"])
 

@@ -280,8 +280,8 @@ def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
                                 float(pr.model_selection_dchisq))
 
 
-def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
-    """Fit one patch (S9) -> PatchResult; with ``out_dir`` also write the per-patch products.
+def fit_patch_input(pin, cfg) -> PatchResult:
+    """Fit one patch (S9) -> PatchResult (written by :func:`write_patch_products`).
 
     ``cfg`` is the full Config (patch_run, moffat_psf, plotting). A patch tag listed in
     ``patch_run.fault_inject`` raises RuntimeError (test hook for the scheduler).
@@ -449,41 +449,22 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         plot["models"] = dict(zip(bands, res.model_images()))
     else:
         plot["models"] = {b: per[b].model_images()[0] for b in bands}
-    result = PatchResult(tab, meta, plog.lines, plot)
-    if out_dir is not None:
-        write_patch_products(result, out_dir, cfg)
-    return result
+    return PatchResult(tab, meta, plog.lines, plot)
 
 
 def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
-    """Write ``{out_dir}/{tag}/``: meta.json, ``{tag}.log``, plots (``plotting.level`` full, per
-    toggles), then the ``{tag}_cat_fit.csv`` last (its presence marks the patch complete). Plot
-    failures only warn. Clears ``result.plot``. Returns the patch folder.
+    """Write ``{out_dir}/{tag}/``: meta.json, ``{tag}.log``, then the ``{tag}_cat_fit.csv`` last
+    (its presence marks the patch complete). The pipeline draws the patch's figures from
+    ``result.plot`` before (:mod:`tract7dt_mpi.figures`). Clears ``result.plot``. Returns the folder.
     """
     from ..io.atomic import atomic_write_text
 
-    pr = cfg.patch_run
     tag = result.tag
     pdir = os.path.join(out_dir, tag)
     os.makedirs(pdir, exist_ok=True)
     atomic_write_text(os.path.join(pdir, "meta.json"),
                       json.dumps(result.meta, indent=2, default=_json_default, allow_nan=True))
-    plot = result.plot
     lines = list(result.log_lines)
-    if plot is not None and getattr(getattr(cfg, "plotting", None), "level", "full") == "full":
-        dpi = int(getattr(getattr(cfg, "plotting", None), "dpi", 150))
-        try:
-            from ..plots import patch_plots
-            if not pr.no_patch_overview:
-                patch_plots.plot_patch_overview(os.path.join(pdir, "patch_overview.png"), plot,
-                                                result.meta, pr, dpi)
-            if not pr.no_cutouts:
-                n = patch_plots.plot_cutouts(os.path.join(pdir, "cutouts"), plot, pr, dpi)
-                lines.append(f"cutout montages written: {n}")
-        except Exception as exc:  # diagnostics never fail a patch
-            msg = f"plot failed for {tag}: {exc.__class__.__name__}: {exc}"
-            log.warning(msg)
-            lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | WARNING | {msg}")
     atomic_write_text(os.path.join(pdir, f"{tag}.log"), "\n".join(lines) + "\n")
     csv = patch_csv_frame(result)
     atomic_write_text(os.path.join(pdir, f"{tag}_cat_fit.csv"), csv.to_csv(index=False))

@@ -4,7 +4,7 @@ Gaia stars in the G-magnitude window and inside a square box around the active s
 matched on the sky to catalog rows (``gaia_source_id``), used to backfill missing/zero
 ``FLUX_{band}`` values, and (optionally) injected as new ``STAR`` rows when unmatched and not
 near a saturated pixel. :func:`augment_with_gaia` is pure; :func:`run_augment_gaia` adds the
-file reading, the ``ZP/{stem}_with_Gaia.csv`` product and the overlay.
+file reading and the ``ZP/{stem}_with_Gaia.csv`` product (the pipeline draws the overlay).
 """
 from __future__ import annotations
 
@@ -200,8 +200,8 @@ def augment_with_gaia(catalog: pd.DataFrame, gaia_df: pd.DataFrame, wcs, shape, 
     return out, info
 
 
-def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None, plots: bool = True):
-    """Stage wrapper: read the GaiaXP CSV, augment, write ``ZP/{stem}_with_Gaia.csv`` + overlay.
+def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None):
+    """Stage wrapper: read the GaiaXP CSV, augment, write ``ZP/{stem}_with_Gaia.csv``.
 
     A missing file or a file without the required columns only warns: the catalog comes back
     unchanged and ``info['status']`` says why (the ZP stage is skipped in the same situations).
@@ -237,12 +237,4 @@ def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None, plo
     write_csv(cat.drop(columns=[c for c in INTERNAL_COLUMNS if c in cat.columns]), out_csv)
     info["csv_path"] = out_csv
     logger.info("Saved Gaia-augmented catalog: %s (%d rows)", out_csv, len(cat))
-    if plots:
-        try:
-            from ..plots.gaia_plots import plot_gaia_augmentation
-            dpi = int(getattr(getattr(cfg, "plotting", None), "dpi", 150))
-            plot_gaia_augmentation(res.white, cat, info, os.path.join(cfg.outputs.work_dir, "ZP",
-                                                                       "gaia_augmentation_overlay.png"), dpi)
-        except Exception as exc:
-            logger.warning("Plot gaia_augmentation_overlay.png skipped: %s: %s", exc.__class__.__name__, exc)
     return cat, info

@@ -317,6 +317,8 @@ class LoadResult:
     crop: tuple                   # (x0, x1, y0, y1) in the original frame
     wcs_path: str | None = None
     timings: dict = field(default_factory=dict)
+    white_before_crop: np.ndarray | None = None   # strided full-frame white (``plots`` and cropping)
+    display_downsample: int = 1                   # its stride
     peak_rss: float = float("nan")  # MiB
 
     def satur_hits(self, x, y, radius: float, require_all: bool = False) -> np.ndarray:
@@ -361,10 +363,12 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
                 on_band=None) -> LoadResult:
     """Run stage S1 and return a :class:`LoadResult`; per-band arrays go to ``writer``
     (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed.
-    ``on_band(i, n, band, seconds, shape)`` is called after each band (progress)."""
+    ``on_band(i, n, band, seconds, shape)`` is called after each band (progress). ``plots`` keeps
+    the strided pre-crop white the crop figure needs (``res.white_before_crop``); the pipeline
+    draws the figures (:func:`tract7dt_mpi.figures.draw_load`)."""
     logger = logger or log
     t_all = time.perf_counter()
-    tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0, overlay=0.0)
+    tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0)
     cat_path = cfg.inputs.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
@@ -458,16 +462,13 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     res = LoadResult(catalog=catalog, column_map=cmap, catalog_path=cat_path, bands=list(band_infos),
                      band_infos=band_infos, wcs=wcs, shape=wshape, white=white_img, sigma_white=sigma_white,
                      satur_any=satur_any, satur_pixels=satur_pixels, crop=(x0, x1, y0, y1), wcs_path=wcs_path)
-    if plots:
-        t0 = time.perf_counter()
-        from ..plots.load_plots import make_load_plots
-        make_load_plots(cfg, res, white_full.finalize()[0] if white_full is not None else None, ds, logger)
-        tm["overlay"] += time.perf_counter() - t0
+    if white_full is not None:
+        res.white_before_crop, res.display_downsample = white_full.finalize()[0], ds
     tm["total"] = time.perf_counter() - t_all
     res.timings = tm
     res.peak_rss = peak_rss_mib()
-    logger.info("load_inputs timing [s]: prep=%.2f white=%.2f crop=%.2f sat=%.2f overlay=%.2f total=%.2f",
-                tm["prep"], tm["white"], tm["crop"], tm["sat"], tm["overlay"], tm["total"])
+    logger.info("load_inputs timing [s]: prep=%.2f white=%.2f crop=%.2f sat=%.2f total=%.2f",
+                tm["prep"], tm["white"], tm["crop"], tm["sat"], tm["total"])
     logger.info("load_inputs peak RSS: %.0f MiB (%d bands of %dx%d)", res.peak_rss, len(band_infos),
                 wshape[1], wshape[0])
     return res

@@ -228,12 +228,10 @@ def gaia_mag_range(gaia_df: pd.DataFrame, band: str) -> tuple[float, float]:
     return (float(m.min()), float(m.max())) if len(m) else (np.nan, np.nan)
 
 
-def write_zp_products(catalog: pd.DataFrame, summary: pd.DataFrame, per_object: pd.DataFrame,
-                      gaia_df: pd.DataFrame, zp_dir: str, cfg_zp, dpi: int = 150,
-                      plots: bool = True) -> list[str]:
-    """Write ``zp_summary.csv``, ``zp_all_bands__per_object.csv`` and (``plots``) both plots per band
-    into ``zp_dir`` (``catalog`` = the calibrated catalog, for the unreliable points). Plot failures
-    only warn. Returns the written paths. Nothing is written when no band was calibrated.
+def write_zp_products(summary: pd.DataFrame, per_object: pd.DataFrame, zp_dir: str) -> list[str]:
+    """Write ``zp_summary.csv`` and ``zp_all_bands__per_object.csv`` into ``zp_dir``; returns the
+    paths. Nothing is written when no band was calibrated. (The per-band plots are drawn by the
+    pipeline from the same frames, :func:`tract7dt_mpi.figures.draw_zp`.)
     """
     import os
 
@@ -242,22 +240,5 @@ def write_zp_products(catalog: pd.DataFrame, summary: pd.DataFrame, per_object: 
     if summary is None or len(summary) == 0:
         return []
     os.makedirs(zp_dir, exist_ok=True)
-    paths = [atomic_write_csv(os.path.join(zp_dir, "zp_summary.csv"), summary),
-             atomic_write_csv(os.path.join(zp_dir, "zp_all_bands__per_object.csv"), per_object)]
-    if not plots:
-        return paths
-    try:
-        from ..plots.zp_plots import plot_zp_band
-    except Exception as exc:  # pragma: no cover - matplotlib missing
-        log.warning("ZP plots skipped: %s", exc)
-        return paths
-    for summ in summary.to_dict("records"):
-        b = summ["band"]
-        try:
-            paths += plot_zp_band(zp_dir, b, per_object[per_object["band"] == b],
-                                  unreliable_points(catalog, gaia_df, b, float(cfg_zp.match_radius_arcsec)),
-                                  summ, cfg_zp,
-                                  gaia_mag_range(gaia_df, b), dpi)
-        except Exception as exc:
-            log.warning("[%s] ZP plot failed: %s: %s", b, exc.__class__.__name__, exc)
-    return paths
+    return [atomic_write_csv(os.path.join(zp_dir, "zp_summary.csv"), summary),
+            atomic_write_csv(os.path.join(zp_dir, "zp_all_bands__per_object.csv"), per_object)]
