@@ -462,3 +462,16 @@ def test_tractor_engine_is_the_backend_or_a_clear_error(monkeypatch):
     monkeypatch.setattr(tractor_backend, "tractor_available", lambda: (False, "no module"))
     with pytest.raises(InputError, match="patch_run.engine: tractor"):
         _fit_function(PR)
+
+
+def test_engine_value_error_on_catalog_data_is_input_error(galsim_patch):
+    """The engine refuses a non-finite position with ValueError; the stage names the source."""
+    from tract7dt_mpi.errors import InputError
+    from tract7dt_mpi.stages.fit import fit_patch_input
+
+    cat = galsim_patch.cat.copy()
+    cat.loc[cat.index[1], "x_pix_patch"] = np.nan
+    pin = PatchInput(galsim_patch.spec, galsim_patch.bands, galsim_patch.images,
+                     galsim_patch.band_info, cat, galsim_patch.psfs)
+    with pytest.raises(InputError, match=r"input catalog source 'src 1': Source position must be finite"):
+        fit_patch_input(pin, _fit_cfg(enable_staged_fit=False))
