@@ -114,12 +114,6 @@ def fit_bands(df: pd.DataFrame) -> list[str]:
                   if c.startswith("FLUX_") and c.endswith("_fit") and len(c) > 9)
 
 
-def is_single_band(df: pd.DataFrame) -> bool:
-    """True when the table carries single-band (``_{band}``-suffixed) fit columns."""
-    return "x_pix_white_fit" not in df.columns and any(
-        c.startswith("x_pix_white_") and c.endswith("_fit") for c in df.columns)
-
-
 def has_fit_result(df: pd.DataFrame) -> np.ndarray:
     """True where a fitted position exists (multi-band: x/y_pix_white_fit; single-band: any band)."""
     n = len(df)

@@ -88,26 +88,6 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
                      on_abort=on_abort)
 
 
-def split_resumable(tasks: list[Task], journal: J.Journal | None, is_recoverable=None,
-                    max_attempts: int | None = None):
-    """Split tasks into (to_run, skipped_done) from the journal's last states.
-
-    DONE tasks are skipped when ``is_recoverable(task)`` (default: always) confirms their products
-    still exist; STARTED/FAILED/PLANNED/unknown tasks run again (a FAILED task that already used
-    ``max_attempts`` attempts is kept FAILED and reported, not re-run).
-    """
-    run, skip = [], []
-    for t in tasks:
-        st = journal.state(t.id) if journal is not None else None
-        if st == J.DONE and (is_recoverable is None or is_recoverable(t)):
-            skip.append(t)
-        elif st == J.FAILED and max_attempts and journal.attempts(t.id) >= max_attempts:
-            skip.append(t)
-        else:
-            run.append(t)
-    return run, skip
-
-
 def plan_resume(store_path: str, journal: J.Journal | None, tasks: list[Task], recover=None):
     """Rank 0, before the store is recreated: which tasks to run and which rows to carry over.
 

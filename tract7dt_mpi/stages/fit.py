@@ -104,31 +104,6 @@ def empty_table(bands, multi_band: bool) -> pd.DataFrame:
                          for n, d in result_columns(bands, multi_band)})
 
 
-def to_structured(table: pd.DataFrame, bands, multi_band: bool) -> np.ndarray:
-    """The table as a numpy structured array of the fixed schema (strings UTF-8, truncated)."""
-    cols = result_columns(bands, multi_band)
-    arr = np.zeros(len(table), dtype=cols)
-    for name, dt in cols:
-        if name not in table.columns:
-            raise InputError(f"result table: missing column {name!r}")
-        v = table[name]
-        if dt.kind == "S":
-            arr[name] = [clip_text("" if x is None else x, dt.itemsize).encode("utf-8") for x in v]
-        else:
-            arr[name] = v.to_numpy()
-    return arr
-
-
-def from_structured(arr: np.ndarray) -> pd.DataFrame:
-    """Inverse of :func:`to_structured`: byte strings decoded to str."""
-    out = {}
-    for name in arr.dtype.names:
-        col = arr[name]
-        out[name] = ([x.decode("utf-8", "replace") for x in col] if col.dtype.kind == "S"
-                     else col)
-    return pd.DataFrame(out)
-
-
 @dataclass
 class PatchResult:
     """One patch's output. ``plot`` holds arrays for the diagnostics (None once written)."""
@@ -520,6 +495,5 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["PatchResult", "fit_patch_input", "result_columns", "to_structured",
-           "from_structured", "write_patch_products", "patch_csv_frame", "patch_is_complete",
+__all__ = ["PatchResult", "fit_patch_input", "result_columns", "write_patch_products", "patch_csv_frame", "patch_is_complete",
            "safe_name", "clip_text", "empty_table"]

@@ -81,32 +81,6 @@ class PatchInput:
                 "n_halo_sources": int(self.cat["_is_halo_source"].sum())}
 
 
-def psf_choice_from_files(epsf_dir: str, band: str, epsf_tag: str) -> PsfChoiceInput:
-    """Read ``{epsf_dir}/{band}/{epsf_tag}/epsf.npy`` and ``nstars_used`` from its meta.json.
-
-    Missing stamp -> ``stamp=None``; unreadable meta -> ``nstars_used=None`` (the gate then
-    accepts the ePSF, spec S9.2.2).
-    """
-    cell = os.path.join(epsf_dir, band, epsf_tag)
-    path = os.path.join(cell, "epsf.npy")
-    stamp = None
-    if os.path.exists(path):
-        try:
-            stamp = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            stamp = None
-    nstars, ef = None, 1.0
-    try:
-        with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        v = meta.get("nstars_used")
-        nstars = int(v) if v is not None else None
-        ef = float(meta.get("psf_flux_in_stamp") or 1.0)
-    except (OSError, ValueError, TypeError, AttributeError):
-        nstars = None
-    return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path, flux_in_stamp=ef)
-
-
 def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame, extra: pd.DataFrame | None = None,
                   outer: int = 0) -> pd.DataFrame:
     """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5).
