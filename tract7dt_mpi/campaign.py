@@ -50,8 +50,6 @@ SACCT_ACTIVE = {"PENDING": "PENDING", "RUNNING": "RUNNING", "CONFIGURING": "RUNN
                 "COMPLETING": "RUNNING", "RESIZING": "RUNNING", "SUSPENDED": "RUNNING",
                 "REQUEUE_HOLD": "PENDING", "REQUEUE_FED": "PENDING"}
 ACTIVE = {"PENDING", "RUNNING", "SUBMITTED"}
-TASK_DONE = {"DONE", "OK", "SUCCESS", "SUCCEEDED", "COMPLETED", "SKIPPED"}
-TASK_FAILED = {"FAILED", "ERROR", "TIMEOUT", "ABORTED"}
 
 
 # ---------------------------------------------------------------- where a tile's products are
@@ -127,40 +125,20 @@ def config_value(config: str | os.PathLike, dotted: str):
 # ---------------------------------------------------------------- journal and exit codes
 
 def read_journal(path: str | os.PathLike) -> Counter:
-    """Count tasks by their latest state in a JSONL journal; tolerant of partial or foreign lines.
+    """Count a tile's tasks by their latest state in its journal (read as ``--resume`` reads it).
 
     Returns a Counter over ``done``, ``failed``, ``open`` (planned or started, not finished) and
-    ``total``; an absent journal gives an empty Counter. A header line with a new plan hash (a
-    forced re-plan) discards the states recorded before it, as the program itself does.
+    ``total``; an absent or unreadable journal gives an empty Counter.
     """
-    last: dict[str, str] = {}
-    plan_hash = None
+    from .parallel.journal import DONE, FAILED, replay
     try:
-        fh = open(path, encoding="utf-8", errors="replace")
+        last = replay(os.fspath(path)).last
     except OSError:
         return Counter()
-    with fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue                       # a torn last line after a kill, or a comment
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("type") == "header":       # a run (re)started; a new plan hash means a fresh plan
-                if rec.get("plan_hash") != plan_hash and plan_hash is not None:
-                    last.clear()
-                plan_hash = rec.get("plan_hash")
-                continue
-            task = next((rec[k] for k in ("task", "task_id", "tag", "id") if k in rec), None)
-            state = next((rec[k] for k in ("state", "status") if k in rec), None)
-            if task is None or not isinstance(state, str):
-                continue
-            kind = rec.get("kind", "")
-            last[f"{kind}:{task}"] = state.upper()
     counts = Counter()
-    for state in last.values():
-        counts["done" if state in TASK_DONE else "failed" if state in TASK_FAILED else "open"] += 1
+    for rec in last.values():
+        state = rec.get("state")
+        counts["done" if state == DONE else "failed" if state == FAILED else "open"] += 1
     counts["total"] = len(last)
     return counts
 

@@ -239,19 +239,9 @@ class Journal:
         self._write(head, sync=True)
 
     def _read(self) -> None:
-        for rec in _records(self.path, self):
-            if rec.get("type") == "header":
-                if rec.get("plan_hash") != self.previous_hash and self.previous_hash is not None:
-                    self.last, self._attempts = {}, {}   # a forced re-plan started afresh
-                self.previous_hash = rec.get("plan_hash")
-                self.previous_plan = rec.get("plan")
-                continue
-            tid = rec.get("task")
-            if tid is None:
-                continue
-            self.last[tid] = rec
-            if rec.get("state") == STARTED:
-                self._attempts[tid] = max(self._attempts.get(tid, 0), int(rec.get("attempt", 1)))
+        h = replay(self.path, self)
+        self.last, self._attempts = h.last, h.attempts
+        self.previous_hash, self.previous_plan = h.plan_hash, h.plan
 
     def _write(self, rec: dict, sync: bool = False) -> None:
         self._fh.write(json.dumps(rec, default=_json_default, allow_nan=True) + "\n")
@@ -343,5 +333,35 @@ def _records(path: str, counter=None):
 
 
 def read_journal(path: str) -> list[dict]:
-    """All parseable records of a journal (tests, campaign tools)."""
+    """All parseable records of a journal, in order."""
     return list(_records(path))
+
+
+@dataclasses.dataclass
+class History:
+    """What a journal says now: each task's latest record and its number of attempts, and the
+    plan hash and plan document of the latest header."""
+
+    last: dict = dataclasses.field(default_factory=dict)
+    attempts: dict = dataclasses.field(default_factory=dict)
+    plan_hash: str | None = None
+    plan: dict | None = None
+
+
+def replay(path: str, counter=None) -> History:
+    """Replay a journal file as ``--resume`` does: a header with a new plan hash (a forced
+    re-plan) discards the states recorded before it.  ``counter`` as for :func:`_records`."""
+    h = History()
+    for rec in _records(path, counter):
+        if rec.get("type") == "header":
+            if rec.get("plan_hash") != h.plan_hash and h.plan_hash is not None:
+                h.last, h.attempts = {}, {}
+            h.plan_hash, h.plan = rec.get("plan_hash"), rec.get("plan")
+            continue
+        tid = rec.get("task")
+        if tid is None:
+            continue
+        h.last[tid] = rec
+        if rec.get("state") == STARTED:
+            h.attempts[tid] = max(h.attempts.get(tid, 0), int(rec.get("attempt", 1)))
+    return h
