@@ -54,6 +54,16 @@ def _disk_guard(cfg, fn, *args):
         raise disk_full_error(exc, cfg.outputs.work_dir) from None
 
 
+def _listed_image_files(cfg) -> list[str]:
+    """The image files the image list names (none when there is no list), for the plan hash."""
+    from .io.fits import split_hdu_spec
+    from .stages.image_list import read_image_entries
+    lst = cfg.inputs.image_list_file
+    if not (lst and os.path.isfile(lst)):
+        return []
+    return [split_hdu_spec(e.image)[0] for e in read_image_entries(lst, cfg.config_dir)]
+
+
 class _InputStop(Exception):
     """Raised on every rank after rank 0 reported an InputError (message on rank 0 only)."""
 
@@ -142,7 +152,7 @@ class _Run:
     # ------------------------------------------------------------------ journal
     def open_journal(self):
         def _open():
-            plan = J.plan_doc(self.cfg, {"command_family": "pipeline"})
+            plan = J.plan_doc(self.cfg, {"command_family": "pipeline"}, _listed_image_files(self.cfg))
             self.journal = J.Journal(self.cfg.outputs.journal, J.hash_of(plan),
                                      resume=bool(self.opt.get("resume")),
                                      force=bool(self.opt.get("force")), plan=plan,

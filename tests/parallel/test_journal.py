@@ -85,13 +85,15 @@ def test_plan_hash_tracks_config_and_inputs(tmp_path):
     img.write_bytes(b"x" * 5000)
     lst.write_text("# comment\n\na.fits\n")
     cfg = _Cfg(_Inputs(str(cat), str(lst)), config_dir=str(tmp_path))
-    h0 = J.plan_hash(cfg)
-    assert str(img) in J.input_paths(cfg)
+    images = [str(img)]
+    h0 = J.plan_hash(cfg, images=images)
+    assert str(img) in J.input_paths(cfg, images)
     # result-irrelevant keys do not change it
-    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(resume=True, fault_inject=("x",)))) == h0
-    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(n_opt_iters=3))) != h0
+    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(resume=True, fault_inject=("x",))),
+                       images=images) == h0
+    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(n_opt_iters=3)), images=images) != h0
     img.write_bytes(b"y" * 5000)           # same size, different content
-    assert J.plan_hash(cfg) != h0
+    assert J.plan_hash(cfg, images=images) != h0
 
 
 # ---------------------------------------------------------------- unreadable lines, moved tiles
@@ -131,24 +133,26 @@ def test_moved_tile_keeps_its_plan_hash(tmp_path):
     from tract7dt_mpi.config import load_config
     a = _tile(tmp_path / "a")
     shutil.copytree(a, tmp_path / "elsewhere" / "b")
-    ha = J.plan_hash(load_config(a / "c.yaml"))
-    hb = J.plan_hash(load_config(tmp_path / "elsewhere" / "b" / "c.yaml"))
+    b = tmp_path / "elsewhere" / "b"
+    ha = J.plan_hash(load_config(a / "c.yaml"), images=[str(a / "img" / "g.fits")])
+    hb = J.plan_hash(load_config(b / "c.yaml"), images=[str(b / "img" / "g.fits")])
     assert ha == hb
     os.utime(a / "img" / "g.fits", (1.0, 1.0))          # a touched file is not a changed file
-    assert J.plan_hash(load_config(a / "c.yaml")) == ha
+    assert J.plan_hash(load_config(a / "c.yaml"), images=[str(a / "img" / "g.fits")]) == ha
 
 
 def test_refusal_says_what_changed(tmp_path):
     from tract7dt_mpi.config import load_config
     a = _tile(tmp_path / "a")
     cfg = load_config(a / "c.yaml")
-    plan = J.plan_doc(cfg)
+    images = [str(a / "img" / "g.fits")]
+    plan = J.plan_doc(cfg, images=images)
     J.Journal(a / "j.jsonl", J.hash_of(plan), plan=plan).close()
     edited = cfg.with_overrides({"patch_run": {"n_opt_iters": 7}})
-    plan2 = J.plan_doc(edited)
+    plan2 = J.plan_doc(edited, images=images)
     with pytest.raises(InputError, match=r"config patch_run\.n_opt_iters: 5 -> 7"):
         J.Journal(a / "j.jsonl", J.hash_of(plan2), resume=True, plan=plan2)
     (a / "img" / "g.fits").write_bytes(b"SIMPLE  =" + b"y" * 5000)
-    plan3 = J.plan_doc(cfg)
+    plan3 = J.plan_doc(cfg, images=images)
     with pytest.raises(InputError, match=r"image g\.fits changed"):
         J.Journal(a / "j.jsonl", J.hash_of(plan3), resume=True, plan=plan3)

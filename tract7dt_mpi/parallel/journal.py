@@ -91,32 +91,18 @@ def file_signature(path: str, sample: int = 1 << 20, whole: bool = False) -> dic
     return {"name": p.name, "size": size, "sha256": h.hexdigest()}
 
 
-def image_paths(cfg) -> list[str]:
-    """Every image named by the image list (resolved as the loader does; unreadable list: [])."""
-    lst = getattr(cfg.inputs, "image_list_file", None)
-    base = getattr(cfg, "config_dir", None) or (os.path.dirname(lst) if lst else ".")
-    paths = []
-    if lst and os.path.isfile(lst):
-        with open(lst, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                s = line.strip()
-                if s and not s.startswith("#"):
-                    s = os.path.expanduser(s)
-                    paths.append(s if os.path.isabs(s) else os.path.join(base, s))
-    return paths
-
-
-def input_paths(cfg) -> list[str]:
-    """Catalog, GaiaXP CSV and every listed image named by ``cfg.inputs``."""
+def input_paths(cfg, images=()) -> list[str]:
+    """Catalog and GaiaXP CSV named by ``cfg.inputs``, then the image files ``images``."""
     inp = cfg.inputs
     return [p for p in (getattr(inp, "input_catalog", None), getattr(inp, "gaiaxp_synphot_csv", None))
-            if p] + image_paths(cfg)
+            if p] + list(images)
 
 
-def input_signatures(cfg) -> dict:
+def input_signatures(cfg, images=()) -> dict:
     """Content signatures of the inputs: whole-file hashes of the tables, sampled ones of images.
 
-    The image list itself is not hashed (it holds paths); the images it names are, in order.
+    The image list itself is not hashed (it holds paths); the image files it names (``images``,
+    read by the caller with the image-list parser) are, in order.
     """
     inp = cfg.inputs
     out = {}
@@ -124,14 +110,15 @@ def input_signatures(cfg) -> dict:
         p = getattr(inp, key, None)
         if p:
             out[key] = file_signature(p, whole=True)
-    out["images"] = [file_signature(p) for p in image_paths(cfg)]
+    out["images"] = [file_signature(p) for p in images]
     return out
 
 
-def plan_doc(cfg, extra: dict | None = None) -> dict:
-    """What identifies a plan: result-relevant config, input contents, code version, ``extra``."""
+def plan_doc(cfg, extra: dict | None = None, images=()) -> dict:
+    """What identifies a plan: result-relevant config, input contents (tables and the image files
+    ``images``), code version, ``extra``."""
     from .._version import __version__
-    return {"config": config_fingerprint(cfg), "inputs": input_signatures(cfg),
+    return {"config": config_fingerprint(cfg), "inputs": input_signatures(cfg, images),
             "version": __version__, "extra": extra or {}}
 
 
@@ -149,9 +136,9 @@ def hash_of(doc: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def plan_hash(cfg, extra: dict | None = None) -> str:
+def plan_hash(cfg, extra: dict | None = None, images=()) -> str:
     """Hash of (config, input file contents, code version, ``extra``) identifying a plan."""
-    return hash_of(plan_doc(cfg, extra))
+    return hash_of(plan_doc(cfg, extra, images))
 
 
 def _flat(obj, prefix=""):
