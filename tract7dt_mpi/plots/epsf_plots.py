@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
+from .common import savefig  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 ORIGIN_COLOURS = {"sep": "orange", "gaia": "cyan", "both": "magenta"}
@@ -43,7 +45,7 @@ def _limits(img, lo=1.0, hi=99.5):
 
 
 def _save(fig, path, dpi):
-    fig.savefig(path, dpi=dpi)
+    savefig(fig, path, dpi, tight=False)
     plt.close(fig)
 
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io.atomic import atomic_path  # noqa: E402
+from .common import savefig  # noqa: E402
 
 
 def _draw(ax, band, per_band: pd.DataFrame, unreliable: pd.DataFrame, summ: dict, cfg_zp,
@@ -80,8 +80,7 @@ def plot_zp_band(out_dir: str, band: str, per_band: pd.DataFrame, unreliable: pd
             ax.set_ylim(summ["zp_median"] - off, summ["zp_median"] + off)
         fig.tight_layout()
         path = os.path.join(out_dir, f"zp_vs_mag__{band}{'_fullrange' if full else ''}.png")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+        savefig(fig, path, dpi, tight=False)
         plt.close(fig)
         paths.append(path)
     return paths
