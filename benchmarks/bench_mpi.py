@@ -64,7 +64,7 @@ def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.parallel.scheduler import Task
     from tract7dt_mpi.stages.patches import build_patch_plan
-    cfg = load_config(cfg_path).with_overrides({"outputs": {"tractor_out_dir": out_dir}})
+    cfg = load_config(cfg_path).with_overrides({"outputs": {"patch_results_dir": out_dir}})
     cat = S.read_working_catalog(cfg)
     with PreparedImages(cfg.mpi.prepared_store) as p:
         shape, bands = p.shape, list(p.bands)

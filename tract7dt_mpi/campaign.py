@@ -69,7 +69,7 @@ def tile_paths(config: str | os.PathLike) -> dict[str, Path]:
         from .config import load_config  # the typed config; optional for this tool
         o = load_config(str(cfg_path)).outputs
         out = {k: getattr(o, k, None) for k in ("work_dir", "journal", "final_catalog", "epsf_dir",
-                                                "overlay_dir", "tractor_out_dir", "results_h5")}
+                                                "overlay_dir", "patch_results_dir", "results_h5")}
     except Exception:  # noqa: BLE001 - any loader problem: fall back to the plain reading
         out = {}
     if not out.get("work_dir"):
@@ -95,8 +95,9 @@ def _paths_from_yaml(cfg_path: Path) -> dict[str, str]:
     wd = Path(os.path.expanduser(str(outs.get("work_dir", "path/to/work_dir"))))
     wd = (cfg_path.parent / wd).resolve()
     defaults = {"journal": "journal.jsonl", "final_catalog": "output_catalog.csv", "epsf_dir": "EPSFs",
-                "overlay_dir": "overlay", "tractor_out_dir": "outputs", "results_h5": "results.h5"}
+                "overlay_dir": "overlay", "patch_results_dir": "outputs", "results_h5": "results.h5"}
     res = {"work_dir": str(wd)}
+    outs.setdefault("patch_results_dir", outs.get("tractor_out_dir"))     # its legacy name
     for key, default in defaults.items():
         res[key] = str((wd / os.path.expanduser(str(outs.get(key) or default))).resolve())
     return res
@@ -377,7 +378,7 @@ def _cmd_where(args) -> int:
     print(f"catalog  : {cat}{nrow if cat.is_file() else ' (not written yet)'}")
     print(f"plots    : {p['work_dir']}/summary; with plotting.level full also {p.get('overlay_dir', '')},")
     print(f"           {p['bright_mask_dir']}, {p.get('epsf_dir', '')}/<band>/<cell>/,")
-    print(f"           {p.get('tractor_out_dir', '')}/<patch>/, {p['zp_dir']}")
+    print(f"           {p.get('patch_results_dir', '')}/<patch>/, {p['zp_dir']}")
     print(f"journal  : {p['journal']}")
     print(f"log      : {p['run_log']}")
     return 0

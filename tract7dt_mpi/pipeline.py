@@ -309,7 +309,7 @@ class _Run:
 
             def on_result(task, data, info):
                 if not info.ok:
-                    S.write_runner_log(cfg.outputs.tractor_out_dir, plan[task.payload].patch_tag, "fail",
+                    S.write_runner_log(cfg.outputs.patch_results_dir, plan[task.payload].patch_tag, "fail",
                                        info.wall, info.error, info.rank, info.host)
 
             rep = run_phase(self.comm, label, to_run if self.master else None, fn or self.worker.patch_fit,

@@ -245,7 +245,7 @@ class Worker:
         t0 = time.perf_counter()
         pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
                                 self.saturated_stars)
-        out_dir = self.cfg.outputs.tractor_out_dir
+        out_dir = self.cfg.outputs.patch_results_dir
         res = fit_patch_input(pin, self.cfg)
         if res.plot is not None:       # None: nothing was fitted, no products (as fit_patch_input)
             if self.cfg.plotting.level != "none":
@@ -424,9 +424,9 @@ def recover_patch_rows(cfg, spec):
     """Rows of a finished patch from its ``{tag}_cat_fit.csv`` (store rebuilt after a kill)."""
     from .io.tables import read_catalog_csv
     from .stages.fit import patch_is_complete
-    if not patch_is_complete(cfg.outputs.tractor_out_dir, spec.patch_tag):
+    if not patch_is_complete(cfg.outputs.patch_results_dir, spec.patch_tag):
         return None
-    path = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
+    path = os.path.join(cfg.outputs.patch_results_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
     df = read_catalog_csv(path)
     for c in df.columns:
         if df[c].dtype == object and c not in ("ID", "gaia_source_id"):
@@ -438,9 +438,9 @@ def recover_patch_rows(cfg, spec):
 
 
 def write_run_summary(cfg, plan, report, skipped_ids):
-    """``{tractor_out_dir}/run_summary.csv``: patch, status, returncode, sec, runner_log."""
+    """``{patch_results_dir}/run_summary.csv``: patch, status, returncode, sec, runner_log."""
     from .io.atomic import atomic_write_csv
-    out = cfg.outputs.tractor_out_dir
+    out = cfg.outputs.patch_results_dir
     rows = []
     for spec in plan:
         tid = patch_task_id(spec.patch_tag)
@@ -472,7 +472,7 @@ def results_table(cfg, plan):
                     cfg.outputs.results_h5, exc)
     parts = [df for spec in plan if (df := recover_patch_rows(cfg, spec)) is not None]
     if not parts:
-        raise InputError(f"No patch result CSVs found under {cfg.outputs.tractor_out_dir}")
+        raise InputError(f"No patch result CSVs found under {cfg.outputs.patch_results_dir}")
     return pd.concat(parts, ignore_index=True)
 
 

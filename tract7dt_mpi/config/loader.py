@@ -323,6 +323,14 @@ def config_from_dict(d: dict | None, base_dir=None, *, config_path=None) -> Conf
         sections["mpi"] = dataclasses.replace(sections["mpi"], threads_per_rank=n)
         notices.append(f"patch_run.threads_per_process: used as mpi.threads_per_rank = {n}")
 
+    # outputs.tractor_out_dir is the legacy name of outputs.patch_results_dir.
+    raw_out = d.get("outputs") or {}
+    if "tractor_out_dir" in raw_out and "patch_results_dir" not in raw_out:
+        sections["outputs"] = dataclasses.replace(sections["outputs"],
+                                                  patch_results_dir=sections["outputs"].tractor_out_dir)
+        notices.append("outputs.tractor_out_dir: used as outputs.patch_results_dir "
+                       f"= {sections['outputs'].tractor_out_dir!r} (rename the key)")
+
     inp, out = sections["inputs"], sections["outputs"]
     sections["inputs"] = dataclasses.replace(inp, **{
         name: _resolve(getattr(inp, name), base) for name in ("input_catalog", "image_list_file")},
