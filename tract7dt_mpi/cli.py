@@ -159,7 +159,7 @@ def _init_runtime(cfg):
 def _check_inputs(cfg, command: str) -> None:
     if command not in _NEEDS_INPUTS:
         return
-    if cfg.config_path and not (getattr(cfg, "_raw", None) or {}).get("inputs"):
+    if cfg.config_path and not (cfg._raw or {}).get("inputs"):
         raise InputError(f"{cfg.config_path}: the config has no inputs (no 'inputs:' section with "
                          f"input_catalog and image_list_file); write a template with "
                          f"`{PROG} dump-config`")
@@ -277,7 +277,7 @@ def _disk_full_exit(exc: OSError, state) -> int:
     cfg = state.get("cfg")
     folder = cfg.outputs.work_dir if cfg is not None else os.getcwd()
     err = disk_full_error(exc, folder)
-    journal = getattr(getattr(cfg, "outputs", None), "journal", None)
+    journal = cfg.outputs.journal if cfg is not None else None
     code = EXIT_RESUMABLE if journal and os.path.exists(journal) else EXIT_INPUT
     msg = str(err) + (" with --resume" if code == EXIT_RESUMABLE else "")
     _say(f"error: {msg}", state["rank"], state["size"], all_ranks=True)

@@ -95,7 +95,7 @@ class _Run:
         self.hb = float(cfg.mpi.heartbeat_sec)
         self.task_timeout = TaskTimeout.from_config(cfg.mpi)     # late tasks go to other ranks
         #: rank 0 also runs tasks (mpi.master_works; auto = small worlds)
-        self.master_works = resolve_master_works(getattr(cfg.mpi, "master_works", "auto"),
+        self.master_works = resolve_master_works(cfg.mpi.master_works,
                                                  self.comm.size)
         if self.master and self.comm.size > 1:
             log.info("MPI: %d ranks; rank 0 %s", self.comm.size,

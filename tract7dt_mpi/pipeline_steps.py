@@ -130,7 +130,7 @@ def active_cells(cfg, catalog, shape):
     from .stages.epsf import active_cells as _active
     from .stages.patches import active_positions
     n = int(cfg.epsf.epsf_ngrid)
-    if not bool(getattr(cfg.epsf, "skip_empty_epsf_patches", True)):
+    if not bool(cfg.epsf.skip_empty_epsf_patches):
         return [(r, c) for r in range(n) for c in range(n)]
     _, x, y = active_positions(catalog)
     cells = _active(np.column_stack([x, y]), shape, n)
@@ -212,7 +212,7 @@ class Worker:
                             size_locus=p.get("size_locus"))
         cell_dir = os.path.join(self.cfg.outputs.epsf_dir, band, tag)
         os.makedirs(cell_dir, exist_ok=True)
-        dpi = int(getattr(self.cfg.plotting, "dpi", 150))
+        dpi = int(self.cfg.plotting.dpi)
         plot_dir = cell_dir if self.cfg.plotting.level == "full" else None     # per-cell PNGs
         res = build_epsf_cell(inp, self.cfg.epsf, plot_dir=plot_dir, dpi=dpi)
         write_cell_products(res, cell_dir)
@@ -513,7 +513,7 @@ def _fitted_psf_errors(cfg, catalog):
              if c.startswith("PSFCHK_") and not c.startswith("PSFCHK_ERR_")]
     if not bands:
         return catalog
-    if str(getattr(cfg.patch_run, "flux_error_model", "total")) != "total":
+    if str(cfg.patch_run.flux_error_model) != "total":
         return catalog.drop(columns=[c for c in catalog.columns if c.startswith("PSFCHK_")])
     out, summary = apply_fitted_psf_errors(catalog, bands)
     for r in summary.itertuples():
@@ -548,7 +548,7 @@ def zp_step(cfg, catalog=None):
     if summary is None or len(summary) == 0:
         log.warning("ZP: no band calibrated; catalog unchanged")
         return catalog
-    dpi = int(getattr(cfg.plotting, "dpi", 150))
+    dpi = int(cfg.plotting.dpi)
     write_zp_products(out, summary, per_obj, gaia, os.path.join(cfg.outputs.work_dir, "ZP"), cfg.zp, dpi,
                       plots=cfg.plotting.level == "full")
     write_catalog_files(cfg, out, summary)

@@ -35,7 +35,7 @@ THREADS_ENV = "TRACT7DT_THREADS_PER_RANK"
 
 def configured_threads(cfg) -> int | None:
     """``mpi.threads_per_rank`` when the user's YAML set it (or its legacy spelling), else None."""
-    raw = getattr(cfg, "_raw", None) or {}
+    raw = cfg._raw or {}
     given = "threads_per_rank" in (raw.get("mpi") or {}) or \
         "threads_per_process" in (raw.get("patch_run") or {})
     n = int(cfg.mpi.threads_per_rank)

@@ -21,7 +21,7 @@ from .common import savefig  # noqa: E402
 
 def _draw(ax, band, per_band: pd.DataFrame, unreliable: pd.DataFrame, summ: dict, cfg_zp,
           mag_cover: tuple[float, float]) -> None:
-    zp, method = summ["zp_median"], str(getattr(cfg_zp, "zp_err_method", "all_mad"))
+    zp, method = summ["zp_median"], str(cfg_zp.zp_err_method)
     err = summ["zp_err_std"] if method == "bright_std" else summ["zp_err_mad"]
     if len(unreliable):
         ax.scatter(unreliable["gaiaxp_mag"], unreliable["zp"], marker="D", s=14, color="0.6",

@@ -133,7 +133,7 @@ class _PatchLog:
 
 
 def _fit_function(pr):
-    engine = str(getattr(pr, "engine", "native")).lower()
+    engine = str(pr.engine).lower()
     if engine == "tractor":
         try:
             from ..engine import tractor_backend
@@ -250,7 +250,7 @@ def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
     if cand.size == 0:
         return sources, res, {}
     fw = [stamp_fwhm(np.asarray(p.stamp, float)) for p in psfs.values() if getattr(p, "stamp", None) is not None]
-    fwhm = float(np.nanmedian(fw)) if fw else float(getattr(pr, "fallback_default_fwhm_pix", 4.0))
+    fwhm = float(np.nanmedian(fw)) if fw else float(pr.fallback_default_fwhm_pix)
     return select_point_sources(fit_fn, images, sources, res, opts, cand, fwhm,
                                 float(pr.model_selection_dchisq))
 
@@ -262,7 +262,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     ``patch_run.fault_inject`` raises RuntimeError (test hook for the scheduler).
     """
     pr = cfg.patch_run
-    if pin.tag in (getattr(pr, "fault_inject", None) or []):
+    if pin.tag in (pr.fault_inject or []):
         raise RuntimeError("fault injected for test")
     t0 = time.perf_counter()
     plog = _PatchLog(pin.tag)
@@ -291,13 +291,13 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
         "psf_frozen_bands_for_optimizer": psum["psf_frozen_bands_for_optimizer"].split(",")
         if psum["psf_frozen_bands_for_optimizer"] else [],
         "staged_fit_enabled": bool(pr.enable_staged_fit), "engine": engine_name,
-        "flux_error_model": str(getattr(pr, "flux_error_model", "total"))})
+        "flux_error_model": str(pr.flux_error_model)})
     psf_frac = psf_term_fractions(bands, pin, audits, meta["flux_error_model"])
     meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
     fit_sky = apply_sky_choice(images, pr)
-    meta["sky_mode"] = str(getattr(pr, "sky", "fit"))
+    meta["sky_mode"] = str(pr.sky)
     is_halo = cat["_is_halo_source"].to_numpy(bool)
     if (~is_halo).sum() == 0:
         plog("no base sources: nothing to fit", logging.WARNING)
@@ -311,7 +311,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
                       flux_error_model=meta["flux_error_model"],
                       marginal_flux_errors=bool(pr.flux_error_marginal),
                       shape_min_snr=float(pr.shape_fit_min_snr),
-                      pos_min_snr=float(getattr(pr, "pos_fit_min_snr", 0.0)))
+                      pos_min_snr=float(pr.pos_fit_min_snr))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
@@ -319,7 +319,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
          f"{n_cat_flux}/{len(sources) * len(bands)}")
     res = fit_fn(images, sources, opts)
     chosen = {}
-    if multi and str(getattr(pr, "model_selection", "off")) == "untyped":
+    if multi and str(pr.model_selection) == "untyped":
         sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo)
         for i, d in chosen.items():
             inits[i] = dataclasses.replace(inits[i], kind=res.sources[i].kind)
@@ -363,7 +363,7 @@ def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                            np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
-    gmode = str(getattr(pr, "galaxy_flux", "total"))
+    gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode) for b in bands}
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)

@@ -300,9 +300,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     n0 = np.where(np.isfinite(sers) & (sers > 0), sers, float(pr.sersic_n_init))
     pos_err, re_err = _num(cat, cm.pos_err), _num(cat, cm.re_err)
     ell_err, th_err = _num(cat, cm.ell_err), _num(cat, cm.theta_err)
-    shift = getattr(pr, "pos_max_shift_pix", None)
+    shift = pr.pos_max_shift_pix
     shift = float(shift) if shift is not None else None
-    re_factor = float(getattr(pr, "re_max_factor", 0.0) or 0.0)
+    re_factor = float(pr.re_max_factor or 0.0)
     re_factor = re_factor if re_factor > 1 else None
     hgt, wid = images[0].data.shape if images else (0, 0)
     # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
@@ -352,7 +352,7 @@ def apply_sky_choice(images: list, pr) -> bool:
     Gaussian prior centred on 0 of ``sky_prior_sigma`` x the band's sky noise per pixel (median
     1/sqrt(invvar) of the unmasked pixels).
     """
-    mode = str(getattr(pr, "sky", "fit")).lower()
+    mode = str(pr.sky).lower()
     if mode not in SKY_CHOICES:
         raise InputError(f"patch_run.sky: expected one of {list(SKY_CHOICES)}, got {mode!r}")
     for im in images:

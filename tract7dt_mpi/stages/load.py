@@ -265,7 +265,7 @@ def check_alignment(ref: WCS, other: WCS, checks, path: str, logger=None) -> Non
 def crop_box(shape, crop_cfg) -> tuple[int, int, int, int]:
     """(x0, x1, y0, y1) kept by the crop (whole frame when disabled); InputError when empty."""
     H, W = shape
-    if not getattr(crop_cfg, "enabled", False):
+    if not crop_cfg.enabled:
         return 0, W, 0, H
     m = int(crop_cfg.margin)
     x0, x1, y0, y1 = m, W - m, m, H - m
@@ -325,10 +325,6 @@ class LoadResult:
         return saturation_hits(x, y, [self.satur_pixels[b] for b in use], radius, require_all)
 
 
-def _get(section, name, default):
-    return getattr(section, name, default) if section is not None else default
-
-
 def _headers_pass(paths, cfg, logger):
     """Read and check every header; returns (infos, shape, ref_wcs) without touching pixels."""
     zp_ref = float(cfg.image_scaling.zp_ref)
@@ -346,13 +342,13 @@ def _headers_pass(paths, cfg, logger):
             shape, ref_wcs = shp, wcs
         else:
             if shp != shape:
-                extra = "" if _get(checks, "require_same_shape", True) else \
+                extra = "" if checks.require_same_shape else \
                     " (checks.require_same_shape is off, but stacking needs one shape)"
                 raise InputError(f"Image shape mismatch: {path} has {shp}, expected {shape}{extra}")
-            if _get(checks, "require_wcs_alignment", True):
+            if checks.require_wcs_alignment:
                 check_alignment(ref_wcs, wcs, checks, path, logger)
         infos.append(info)
-    if _get(checks, "require_wcs_alignment", True):
+    if checks.require_wcs_alignment:
         logger.info("[CHECK] WCS alignment PASSED for all images.")
     return infos, shape, ref_wcs
 
@@ -368,7 +364,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     cat_path = cfg.inputs.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
-    entries = read_image_entries(cfg.inputs.image_list_file, getattr(cfg, "config_dir", None))
+    entries = read_image_entries(cfg.inputs.image_list_file, cfg.config_dir)
     paths = [e.image for e in entries]
     logger.info("Image list: %d image(s) from %s", len(paths), cfg.inputs.image_list_file)
     infos, shape, ref_wcs = _headers_pass(paths, cfg, logger)
@@ -383,7 +379,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     catalog["_row"] = np.arange(len(catalog), dtype=np.int64)
     xw, yw = project_catalog(catalog, cmap, wcs)
     catalog["x_pix_white"], catalog["y_pix_white"] = xw, yw
-    cropping = bool(_get(cfg.crop, "enabled", False))
+    cropping = bool(cfg.crop.enabled)
     inside = np.isfinite(xw) & (xw >= 0) & (xw < wshape[1]) & (yw >= 0) & (yw < wshape[0])
     no_coords = _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger)
     catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
@@ -391,12 +387,12 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     tm["crop"] += time.perf_counter() - t0
 
     sc = cfg.source_saturation_cut
-    sat_on = bool(_get(sc, "enabled", True))
-    satcut = SaturationCut(xw, yw, float(_get(sc, "radius_pix", 20.0)), bool(_get(sc, "require_all_bands", False)))
-    divisor = float(_get(sc, "saturation_divisor", 1.3))
+    sat_on = bool(sc.enabled)
+    satcut = SaturationCut(xw, yw, float(sc.radius_pix), bool(sc.require_all_bands))
+    divisor = float(sc.saturation_divisor)
     white = WhiteStack(wshape)
-    ds = max(1, int(_get(cfg.crop, "display_downsample", 4)))
-    pre_plot = plots and cropping and bool(_get(cfg.crop, "plot_pre_crop", True))
+    ds = max(1, int(cfg.crop.display_downsample))
+    pre_plot = plots and cropping and bool(cfg.crop.plot_pre_crop)
     white_full = WhiteStack((len(range(0, shape[0], ds)), len(range(0, shape[1], ds)))) if pre_plot else None
     satur_any = np.zeros(wshape, dtype=bool)
     satur_pixels, band_infos = {}, {}
@@ -490,7 +486,7 @@ def _band_attrs(info: BandInfo) -> dict:
 
 def _with_entry_files(infos, entries, shape, cfg):
     """BandInfos with their weight map / PSFEx file from the image list or header (checked)."""
-    need_psf = getattr(cfg.patch_run, "psf_source", "epsf") == "psfex"
+    need_psf = cfg.patch_run.psf_source == "psfex"
     return [attach_entry_files(i, e, fio.header_from_text(i.header), shape, need_psf)
             for i, e in zip(infos, entries)]
 

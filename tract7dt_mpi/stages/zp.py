@@ -104,7 +104,7 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
     if gaia_df is None:
         log.warning("ZP: no reference table; skipping zero points")
         return empty
-    radius = float(getattr(cfg_zp, "match_radius_arcsec", 3.0))
+    radius = float(cfg_zp.match_radius_arcsec)
     match = reference_match(catalog, gaia_df, radius)
     if match is None:
         return empty
@@ -118,8 +118,8 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
     reliable = (flags.as_bool(catalog["fit_is_reliable"]) if "fit_is_reliable" in catalog.columns
                 else np.ones(len(catalog), bool))
     clip_sigma = float(cfg_zp.clip_sigma)
-    method = str(getattr(cfg_zp, "zp_err_method", "all_mad"))
-    snr_min = float(getattr(cfg_zp, "zp_err_snr_min", 100.0))
+    method = str(cfg_zp.zp_err_method)
+    snr_min = float(cfg_zp.zp_err_snr_min)
     summaries, per_obj, zps = [], [], {}
     for b in bands:
         mag = match.mags(gaia_df, b)
