@@ -1,4 +1,4 @@
-"""The one registry of fit-quality tags and exclusion reasons (outputs spec §2.2, §2.6).
+"""The one registry of fit-quality tags and exclusion reasons.
 
 Every place that decides whether a fitted row is trustworthy (merge, ZP star selection, the docs)
 uses these names and this order, so the ``fit_quality_issues`` strings are identical everywhere.
@@ -63,7 +63,7 @@ EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "coords", "coords+s
 def as_bool(values) -> np.ndarray:
     """Coerce a column that may hold bools, NaN/None, 0/1 or 'True'/'False' text into a bool array.
 
-    Missing cells count as False (spec S10.3). Used on merged tables where left-joined bool columns
+    Missing cells count as False. Used on merged tables where left-joined bool columns
     became object dtype and on catalogs read back from CSV.
     """
     s = pd.Series(values, copy=False)

@@ -126,7 +126,7 @@ def prepared_frame(cfg):
 
 
 def active_cells(cfg, catalog, shape):
-    """Active ePSF cells (S4.1) or all cells when ``skip_empty_epsf_patches`` is off."""
+    """Active ePSF cells or all cells when ``skip_empty_epsf_patches`` is off."""
     from .stages.epsf import active_cells as _active
     from .stages.patches import active_positions
     n = int(cfg.epsf.epsf_ngrid)
@@ -141,7 +141,7 @@ def active_cells(cfg, catalog, shape):
 
 
 def epsf_tasks(cfg, load_res, cells) -> list[Task]:
-    """One task per (band, active cell), band order then row-major cells (S4.6)."""
+    """One task per (band, active cell), band order then row-major cells."""
     from .io.tables import read_gaiaxp
     from .stages.epsf import cell_bounds, cell_tag, gaia_seeds_for_band
     gaia = None
@@ -407,7 +407,7 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
 
 
 def patch_plan(cfg, catalog, shape, cells, n_bands):
-    """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
+    """Patch geometry and source assignment; writes patches.csv/json."""
     from .stages.patches import build_patch_plan, write_patch_plan
     geom = build_patch_plan(shape, cells, cfg)
     plan = assign_plan(cfg, geom, catalog, n_bands, shape)

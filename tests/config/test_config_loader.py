@@ -1,4 +1,4 @@
-"""Loader rules of config-reference §0/§0.1: unknown keys, types, nulls, paths, notices, enums."""
+"""Loader rules: unknown keys, types, nulls, paths, notices, enums."""
 import dataclasses
 import os
 

@@ -1,4 +1,4 @@
-"""Patch inputs (S7.5-S7.6): ROI cut-outs from the prepared store, catalog sub-table, dumps."""
+"""Patch inputs: ROI cut-outs from the prepared store, catalog sub-table, dumps."""
 
 import numpy as np
 import pandas as pd

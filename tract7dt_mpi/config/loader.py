@@ -1,6 +1,6 @@
 """Read, validate and resolve a tract7dt-mpi YAML config into a frozen :class:`Config`.
 
-Rules (config-reference §0, §0.1): missing keys take the schema defaults; unknown keys and wrong
+Rules: missing keys take the schema defaults; unknown keys and wrong
 types raise :class:`ConfigError` naming the dotted key (with a did-you-mean hint); bool and int are
 strict, float also accepts int; paths expand ``~`` and resolve against the YAML folder (inputs,
 ``outputs.work_dir``) or ``work_dir`` (other outputs); keys that mean nothing under MPI are accepted

@@ -1,6 +1,6 @@
 """Every configuration key of tract7dt-mpi: type, default, unit and a one-line meaning.
 
-This module is the single source of defaults (config-reference §19). Each section is a frozen
+This module is the single source of defaults. Each section is a frozen
 dataclass whose attribute names are the YAML key names; each field's ``metadata`` carries the
 value kind used by the loader (``kind``), the unit, the doc line, and optional value rules
 (``null``, ``choices``, ``ge``/``gt``/``le``, ``length``, ``legacy`` notice text).

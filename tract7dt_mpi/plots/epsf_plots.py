@@ -1,4 +1,4 @@
-"""Diagnostic PNGs of one ePSF cell (spec S4.6a, h, m; outputs-reference ePSF rows).
+"""Diagnostic PNGs of one ePSF cell (the ePSF rows of docs/outputs.md).
 
 Every function writes one PNG with the Agg backend and closes its figure. Callers wrap them with
 :func:`safe_plot`, so a plotting problem only logs a warning and never fails a cell.

@@ -1,4 +1,4 @@
-"""Load-stage PNGs (spec S1.4 and S1.6): white stack before/after crop and the catalog overlay."""
+"""Load-stage PNGs: white stack before/after crop and the catalog overlay."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Per-patch diagnostics (spec S9.7, outputs §4): ``patch_overview.png`` (inverse-variance white
+"""Per-patch diagnostics: ``patch_overview.png`` (inverse-variance white
 of data, model+sky and residual) and per-source cut-out montages (bands x Data/Model/Residual).
 
 Inputs come from ``PatchResult.plot`` (the PatchInput, the per-row fit values incl. halo rows,

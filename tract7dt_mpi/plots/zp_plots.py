@@ -1,4 +1,4 @@
-"""Zero-point diagnostics (spec S11.11, outputs §4): per-star ZP against Gaia magnitude.
+"""Zero-point diagnostics: per-star ZP against Gaia magnitude.
 
 Two files per band: ``zp_vs_mag__{b}.png`` with fixed axes (x in [plot_mag_lo, plot_mag_hi],
 y = median +/- plot_zp_offset) so bands and tiles compare at a glance, and

@@ -1,4 +1,4 @@
-"""One (band, cell) ePSF unit of work and the grid helpers around it (spec S4).
+"""One (band, cell) ePSF unit of work and the grid helpers around it.
 
 :func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
 ``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
@@ -36,7 +36,7 @@ class EpsfCellInput:
     """Everything one cell needs; arrays are the cell's own (y1-y0, x1-x0) slices of the band.
 
     img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
-    (the ePSF stage keeps saturated pixels' weights, spec S4); satur: saturation mask (or None);
+    (the ePSF stage keeps saturated pixels' weights); satur: saturation mask (or None);
     saturate_scaled: SATURATE*scale (inf if unknown); fwhm_pix: seeing FWHM in px (nan if unknown);
     gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None;
     gain_scaled: electrons per scaled image unit (EGAIN / scale) for the Poisson term of the
@@ -63,7 +63,7 @@ class EpsfCellInput:
 
 @dataclass
 class EpsfCellResult:
-    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the S4.6o record;
+    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the cell record written to meta.json;
     ``stars``: the used stars' flux-normalised grid-aligned stamps for the band's PSF field
     (``xy`` working frame (n, 2), ``vals`` and inverse variances ``w`` (n, S, S), float32)."""
 
@@ -77,7 +77,7 @@ class EpsfCellResult:
 def epsf_settings(cfg_epsf):
     """The ``epsf`` section as a schema dataclass; a plain dict (tests) is merged onto the defaults.
 
-    An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning (config-reference §12).
+    An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning.
     """
     from tract7dt_mpi.config.schema import Epsf
 
@@ -109,7 +109,7 @@ def cell_tag(r: int, c: int) -> str:
 
 
 def cell_bounds(shape, n: int, r: int, c: int):
-    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid (S4.2).
+    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid.
 
     step = W // n (H // n for rows); the last column/row extends to the frame edge.
     """
@@ -122,7 +122,7 @@ def cell_bounds(shape, n: int, r: int, c: int):
 
 
 def active_cells(catalog_xy_active, shape, n: int):
-    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels (S4.1)."""
+    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels."""
     h, w = int(shape[0]), int(shape[1])
     xy = np.asarray(catalog_xy_active, dtype=float).reshape(-1, 2)
     x, y = xy[:, 0], xy[:, 1]
@@ -134,7 +134,7 @@ def active_cells(catalog_xy_active, shape, n: int):
 
 
 def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
-    """Gaia forced-aperture radius in px (S4.4): clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
+    """Gaia forced-aperture radius in px: clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
 
     An unknown FWHM gives 3.0 px (with a warning unless ``warn`` is false: cells stay quiet and the
     band-level caller warns once).
@@ -153,7 +153,7 @@ def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
 
 
 def gaia_seeds_for_band(gaia_df, band, wcs, cfg_epsf) -> np.ndarray:
-    """Gaia seeds of one band in working-frame pixels, (N, 2), table order kept (S4.5).
+    """Gaia seeds of one band in working-frame pixels, (N, 2), table order kept.
 
     Rows with finite ra/dec/mag_{band} inside [gaia_mag_min, gaia_mag_max] (inclusive). No table,
     a mode without Gaia, or a missing column gives an empty array (with a warning for the column).
@@ -204,7 +204,7 @@ def _base_meta(inp: EpsfCellInput, s) -> dict:
 # ------------------------------------------------------------------------------------- the build
 
 def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> EpsfCellResult:
-    """Select stars, build, crop and normalise the ePSF of one (band, cell) (S4.6a-o).
+    """Select stars, build, crop and normalise the ePSF of one (band, cell).
 
     Data problems never raise: they return ``stamp=None`` and ``meta['status'] == 'fail'`` with
     ``meta['error']``. Plots (only when ``plot_dir`` is given) follow each config toggle and only
@@ -247,7 +247,7 @@ def _plot(plot_dir, enabled, func, name, *args, dpi=150, **kwargs):
 
 
 def _select(inp, s, img, sigma, bad, satur, work, meta):
-    """Run S4.6b-g on the cell; returns the Selection."""
+    """Star selection on the cell (background, candidates, Gaia seeds, cuts); returns the Selection."""
     h, w = img.shape
     need, sat_thr, sat_r = sel_mod.selection_limits(s, inp.saturate_scaled)
     use_gaia = s.psfstar_mode in ("gaia", "sep+gaia")
@@ -294,7 +294,7 @@ def _prepare(inp):
 
 
 def select_psf_stars(inp: EpsfCellInput, cfg_epsf):
-    """Background + star selection only (S4.6a-g), for QA and tests.
+    """Background + star selection only, for QA and tests.
 
     Returns (Selection with cell-local x, y, origin and rejection counts, meta dict).
     """
@@ -483,7 +483,7 @@ def native_stamp_of(epsf):
 
 
 def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel):
-    """Success-only PNGs (S4.6m) and the local-background diagnostic status."""
+    """Success-only PNGs and the local-background diagnostic status."""
     origin_of = {i: o for i, o in enumerate(sel.origin)}
     _plot(plot_dir, True, "plot_epsf", "epsf.png", stamp,
           title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}", dpi=dpi)
@@ -506,7 +506,7 @@ def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_row
 
 
 def _local_bkg_plot(s, meta, plot_dir, dpi, good, bkg_rows):
-    """star_local_background_diagnostics.png for the used stars, or a skipped_* status (S4.6m)."""
+    """star_local_background_diagnostics.png for the used stars, or a skipped_* status."""
     rec = meta["local_bkg_diagnostics"]
     if plot_dir is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
         return
@@ -556,7 +556,7 @@ def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
 
 
 def count_status(metas):
-    """(total, ok, fail) counts for the summary log line (S4.7)."""
+    """(total, ok, fail) counts for the summary log line."""
     total = len(metas)
     ok = sum(1 for m in metas if m.get("status") == "ok")
     return total, ok, total - ok

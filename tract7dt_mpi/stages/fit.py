@@ -1,9 +1,9 @@
-"""Fit one patch with the engine (spec S9.5-S9.7) and build its fixed-schema result table.
+"""Fit one patch with the engine and build its fixed-schema result table.
 
 ``fit_patch_input`` turns a :class:`~.patch_inputs.PatchInput` into a :class:`PatchResult`: the
 base rows (halo rows are fitted too, so their light is modelled, but reported only by their home
-patch) with the columns of outputs spec §2.3-2.5 plus ``_row``; the patch ``meta.json`` record
-(S9.6.5) and the patch log lines. ``result_columns`` fixes names and numpy dtypes (strings as
+patch) with the fit columns of docs/outputs.md plus ``_row``; the patch ``meta.json`` record
+and the patch log lines. ``result_columns`` fixes names and numpy dtypes (strings as
 fixed-width bytes) so a results store can pre-allocate them.
 """
 
@@ -51,7 +51,7 @@ def clip_text(value, width: int) -> str:
 
 
 def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
-    """Names and numpy dtypes of the result table, in order (outputs spec §2.3-2.5 + ``_row``).
+    """Names and numpy dtypes of the result table, in order (the fit columns of docs/outputs.md + ``_row``).
 
     Multi-band: bands in the given (image-list) order; single-band: suffixed columns per band in
     alphabetical order.
@@ -256,7 +256,7 @@ def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
 
 
 def fit_patch_input(pin, cfg, out_dir: str | None = None) -> PatchResult:
-    """Fit one patch (S9) -> PatchResult; with ``out_dir`` also write the per-patch products.
+    """Fit one patch -> PatchResult; with ``out_dir`` also write the per-patch products.
 
     ``cfg`` is the full Config (patch_run, moffat_psf, plotting). A patch tag listed in
     ``patch_run.fault_inject`` raises RuntimeError (test hook for the scheduler).
@@ -468,7 +468,7 @@ def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
 
 def patch_is_complete(out_dir: str, tag: str) -> bool:
     """True when ``{out_dir}/{tag}/{tag}_cat_fit.csv`` exists (written last, atomically), the
-    resume test of spec S8.2 — a folder alone does not count."""
+    test ``--resume`` uses — a folder alone does not count."""
     return os.path.isfile(os.path.join(out_dir, tag, f"{tag}_cat_fit.csv"))
 
 

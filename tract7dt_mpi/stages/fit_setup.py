@@ -1,4 +1,4 @@
-"""Per-patch fit set-up (spec S9.2-S9.4, inputs §1.3-1.5): one PSF per band with its audit, the
+"""Per-patch fit set-up: one PSF per band with its audit, the
 engine images (inverse variance from the sky sigma) and the engine sources (model from TYPE,
 initial fluxes, shape, priors, position bounds).
 
@@ -56,7 +56,7 @@ def header_fwhm_pix(header_text: str) -> float:
 
 
 def fallback_fwhm(info, default_fwhm: float) -> tuple[float, str]:
-    """FWHM (px, >= 1) for the fallback PSF and where it came from (S9.2.4)."""
+    """FWHM (px, >= 1) for the fallback PSF and where it came from."""
     v = float(getattr(info, "fwhm_pix", float("nan")))
     src = "prepared fwhm_pix"
     if not (math.isfinite(v) and v > 0):
@@ -132,7 +132,7 @@ def epsf_psf(stamp: np.ndarray, pr):
 
 
 def choose_psf(band: str, choice, info, pr, moffat):
-    """(psf, audit, log line) for one band (S9.2). ``choice`` is a PsfChoiceInput or None."""
+    """(psf, audit, log line) for one band. ``choice`` is a PsfChoiceInput or None."""
     gate = int(pr.min_epsf_nstars_for_use)
     stamp = getattr(choice, "stamp", None)
     nstars = getattr(choice, "nstars_used", None)
@@ -174,7 +174,7 @@ def choose_psf(band: str, choice, info, pr, moffat):
 # --------------------------------------------------------------------------- images
 
 def invvar_of(cut) -> np.ndarray:
-    """1/max(sigma_sky², 1e-12) on good pixels, 0 on bad_final / non-finite / sigma <= 0 (S9.3)."""
+    """1/max(sigma_sky², 1e-12) on good pixels, 0 on bad_final / non-finite / sigma <= 0."""
     sig = np.asarray(cut.sigma_sky, float)
     img = np.asarray(cut.img, float)
     good = ~np.asarray(cut.bad_final, bool) & np.isfinite(img) & np.isfinite(sig) & (sig > 0)
@@ -200,7 +200,7 @@ def engine_images(pin, psfs: dict) -> list:
 
 def aperture_fluxes(data: np.ndarray, invvar: np.ndarray, x: np.ndarray, y: np.ndarray,
                     r_ap: float) -> np.ndarray:
-    """Circular-aperture sums (radius r_ap) on masked pixels excluded; non-finite -> 0 (§1.5.1)."""
+    """Circular-aperture sums (radius r_ap) on masked pixels excluded; non-finite -> 0."""
     import sep
 
     if len(x) == 0:
@@ -254,7 +254,7 @@ def source_kinds(cat: pd.DataFrame, type_col: str | None, gal_model: str) -> lis
 
 
 def theta_to_phi(theta: np.ndarray) -> np.ndarray:
-    """Catalog THETA (deg) -> engine phi (deg): THETA-90 if THETA >= 0 else THETA+90 (§1.4.2)."""
+    """Catalog THETA (deg) -> engine phi (deg): THETA-90 if THETA >= 0 else THETA+90."""
     t = np.asarray(theta, float)
     return np.where(t >= 0, t - 90.0, t + 90.0)
 

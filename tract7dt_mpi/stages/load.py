@@ -1,4 +1,4 @@
-"""Load and validate the inputs (spec S1), streaming one band at a time.
+"""Load and validate the inputs, streaming one band at a time.
 
 ``load_inputs`` first reads every FITS *header* (cheap) and runs all checks that can fail
 (header keywords, duplicate FILTER, shape, WCS alignment, catalog bands), so a bad input stops
@@ -34,7 +34,7 @@ log = logging.getLogger("tract7dt_mpi.stages.load")
 
 
 class WhiteStack:
-    """Inverse-variance white stack accumulated one band at a time (spec S1.3).
+    """Inverse-variance white stack accumulated one band at a time.
 
     Per band ``w = 1/max(sigma_sky^2, 1e-12)`` on finite pixels (saturated pixels keep their
     weight), 0 elsewhere; ``white = sum(w*img)/sum(w)`` (NaN where sum(w) = 0) and
@@ -81,7 +81,7 @@ class WhiteStack:
 
 def _hits_one_band(xc, yc, pix, radius) -> np.ndarray:
     """True where a saturated pixel (rows of ``pix`` = (y, x)) lies within ``radius`` of the
-    integer centre (xc, yc): the same set as the spec's in-bounds integer disk offsets."""
+    integer centre (xc, yc): the in-bounds integer offsets of the disk."""
     hit = np.zeros(len(xc), dtype=bool)
     if len(pix) == 0 or len(xc) == 0:
         return hit
@@ -93,7 +93,7 @@ def _hits_one_band(xc, yc, pix, radius) -> np.ndarray:
 
 
 def saturation_hits(x, y, band_pixels, radius: float, require_all: bool = False) -> np.ndarray:
-    """Saturation-cut flag at pixel positions (spec S1.5): any (or all) bands hit within
+    """Saturation-cut flag at pixel positions: any (or all) bands hit within
     ``radius`` of the rounded position; non-finite positions are never flagged."""
     x = np.asarray(x, float)
     y = np.asarray(y, float)
@@ -104,7 +104,7 @@ def saturation_hits(x, y, band_pixels, radius: float, require_all: bool = False)
 
 
 class SaturationCut:
-    """Streaming any-band / all-bands saturation cut over catalog positions (spec S1.5)."""
+    """Streaming any-band / all-bands saturation cut over catalog positions."""
 
     def __init__(self, x, y, radius: float, require_all: bool = False):
         self.radius = max(0.0, float(radius))
@@ -192,7 +192,7 @@ def parse_band_header(header, path: str, zp_ref: float, logger=None) -> BandInfo
 
 @dataclass
 class PreparedBand:
-    """One band in the working frame: scaled image and the two masks kept apart (spec S1.2)."""
+    """One band in the working frame: scaled image and the two masks kept apart."""
 
     info: BandInfo
     img: np.ndarray        # float32, raw * scale

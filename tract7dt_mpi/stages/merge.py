@@ -1,4 +1,4 @@
-"""Final catalog (spec S10): every base row left-joined with its patch fit result on ``_row``.
+"""Final catalog: every base row left-joined with its patch fit result on ``_row``.
 
 The base catalog (augmented when Gaia ran, else the input catalog — always with the exclusion
 flags) keeps its row order and every original column; fit columns come from the concatenated

@@ -1,4 +1,4 @@
-"""One patch's in-memory unit of work (spec S7.5-S7.6): ROI cut-outs of every band, the PSF
+"""One patch's in-memory unit of work: ROI cut-outs of every band, the PSF
 choice inputs and the catalog sub-table, built from the prepared-image store by any rank.
 
 Replaces the original gzip-pickle payloads: nothing is written by default;
@@ -70,7 +70,7 @@ class PatchInput:
         return self.spec.patch_tag
 
     def meta(self) -> dict:
-        """Payload meta of spec S7.6 (+ n_halo_sources)."""
+        """Payload meta: tags, cell and patch indices, halo, base and ROI boxes, source counts."""
         s = self.spec
         return {"patch_tag": s.patch_tag, "epsf_tag": s.epsf_tag, "epsf_r": s.epsf_r,
                 "epsf_c": s.epsf_c, "patch_r": s.patch_r, "patch_c": s.patch_c,
@@ -83,7 +83,7 @@ class PatchInput:
 
 def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame, extra: pd.DataFrame | None = None,
                   outer: int = 0) -> pd.DataFrame:
-    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5).
+    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source``.
 
     ``extra``: unmatched saturated stars (``x, y`` working frame; stages.bright_mask); those within
     ``outer`` px of the ROI are appended as halo STAR rows with ``_row`` < 0, so their wings are
