@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import epsf_build as B
+from . import epsf_build
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
 from .epsf_locus import min_cell_side
@@ -224,7 +224,7 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, plot_dir=None, dpi=150) -> Eps
         stamp, stars = _build(inp, s, meta, plot_dir, dpi)
         meta["status"] = "ok"
         return EpsfCellResult(stamp, meta, stars)
-    except B.CellFailure as exc:
+    except epsf_build.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
         if meta["nstars_sel"] == 0:   # no star: say why at INFO (small cells: said at planning)
             level = logging.DEBUG if meta.get("cell_too_small") else logging.INFO
@@ -310,11 +310,11 @@ def _build(inp, s, meta, plot_dir, dpi):
     """The body of :func:`build_epsf_cell`; raises CellFailure for data problems."""
     img, sigma, bad, satur = _prepare(inp)
     if not (~bad).any():
-        raise B.CellFailure("cell has no valid pixel")
+        raise epsf_build.CellFailure("cell has no valid pixel")
     side = min_cell_side(s)
     if min(img.shape) < side:
         meta["cell_too_small"] = True
-        raise B.CellFailure(f"cell {img.shape[1]}x{img.shape[0]} px is smaller than the star cut-out "
+        raise epsf_build.CellFailure(f"cell {img.shape[1]}x{img.shape[0]} px is smaller than the star cut-out "
                             f"plus its pad ({side} px): it cannot hold a PSF star")
 
     bg = sel_mod.cell_background(img, sigma, bad, s)
@@ -331,7 +331,7 @@ def _build(inp, s, meta, plot_dir, dpi):
         _plot(plot_dir, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
               title=title + " bg-sub", dpi=dpi)
     if len(sel) == 0:
-        raise B.CellFailure("no PSF star selected")
+        raise epsf_build.CellFailure("no PSF star selected")
 
     build = _build_stacked if int(s.oversamp) == 1 else _build_photutils
     stamp, good, stars, bkg_rows, ef, payload = build(inp, s, meta, work, sigma, bad, sel)
@@ -339,7 +339,7 @@ def _build(inp, s, meta, plot_dir, dpi):
     meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
-    stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
+    stacks = epsf_build.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
     _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel)
     return stamp, payload
 
@@ -349,7 +349,7 @@ def _stamps(work, sigma, bad, sel, s):
     (rows [(k, x0, y0, data, 1/sigma with bad and neighbour pixels at 0, (cx, cy))], masked frac)."""
     size = int(s.cutout_size) | 1
     half = size // 2
-    err = B.error_image(sigma, bad)
+    err = epsf_build.error_image(sigma, bad)
     h, w = work.shape
     out, fracs = [], []
     for k in range(len(sel)):
@@ -378,12 +378,12 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["nstars_extract"] = len(rows)
     meta["selection"]["neighbour_masked_frac_mean"] = frac
     if not rows:
-        raise B.CellFailure("no star stamp fits inside the cell")
+        raise epsf_build.CellFailure("no star stamp fits inside the cell")
     b0, f0, bkg_rows, stats = [], [], [], []
     for k, x0, y0, data, wt, c in rows:
         v = 0.0
         if s.star_local_bkg_subtract:
-            v, status, _ = B.annulus_background(data, wt, s)
+            v, status, _ = epsf_build.annulus_background(data, wt, s)
             stats.append(status)
         b0.append(v)
         f0.append(qa.symmetric_flux(data - v, wt > 0, c))
@@ -393,7 +393,7 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
                          inp.fwhm_pix, f0, b0, fit_background=bool(s.star_local_bkg_subtract),
                          wing_tail=bool(s.wing_tail), combine=str(s.combine))
     except ValueError as exc:
-        raise B.CellFailure(f"ePSF stack failed: {exc}") from None
+        raise epsf_build.CellFailure(f"ePSF stack failed: {exc}") from None
     stars = res.stars
     if s.star_local_bkg_subtract:
         meta["local_star_background"] = qa.local_bkg_summary([st.background for st in stars], stats)
@@ -406,18 +406,18 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
                        "fwhm_pix": res.info["fwhm_pix"]}
     meta["wings"] = res.info["wings"]
     _record_used(meta, good, inp)
-    wts = B.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
+    wts = epsf_build.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
     used, vals, w = epsf_stack.normalised_stamps(stars, res.psf, inp.gain_scaled)
     payload = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
                "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
-    crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
+    crop = epsf_build.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
     o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
     ef = float(min(res.psf[o0:o0 + fs, o1:o1 + fs].sum(), 1.0))
     if not crop.sum() > 0:
-        raise B.CellFailure("ePSF has no positive flux")
+        raise epsf_build.CellFailure("ePSF has no positive flux")
     return crop, good, stars, bkg_rows, ef, payload
 
 
@@ -428,25 +428,25 @@ def _record_used(meta, good, inp):
     meta["used_stars_xy"] = [[round(float(st.center[0]) + inp.x0, 3), round(float(st.center[1]) + inp.y0, 3)]
                              for st in good]
     if len(good) <= 0:
-        raise B.CellFailure("the ePSF build kept no star")
+        raise epsf_build.CellFailure("the ePSF build kept no star")
 
 
 def _build_photutils(inp, s, meta, work, sigma, bad, sel):
     """photutils' EPSFBuilder (oversampled ePSFs); returns what :func:`_build_stacked` does
     (no PSF-field stamps: None)."""
-    stars = B.extract(work, sigma, bad, sel, s)
-    meta["nstars_extract"] = int(len(B.star_list(stars)))
-    stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
-    builder = B.make_builder(s)
+    stars = epsf_build.extract(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = int(len(epsf_build.star_list(stars)))
+    stars, bkg_rows = epsf_build.prepare_stars(stars, sel, s, meta)
+    builder = epsf_build.make_builder(s)
     result = builder(stars)
     epsf, fitted = result[0], result[1]
     meta["builder"] = {
         "combine": "median", "method": "photutils",
-        "smoothing_kernel": B.smoothing_kernel(s.oversamp),
+        "smoothing_kernel": epsf_build.smoothing_kernel(s.oversamp),
         "iterations": int(getattr(result, "iterations", -1)),
         "converged": bool(getattr(result, "converged", False)),
     }
-    good = B.good_fitted(fitted)
+    good = epsf_build.good_fitted(fitted)
     _record_used(meta, good, inp)
     wts = np.full(len(good), 1.0 / len(good))
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
@@ -454,9 +454,9 @@ def _build_photutils(inp, s, meta, work, sigma, bad, sel):
         st.model = np.asarray(st.register_epsf(epsf), dtype=float)
     _psf_flux_check(stamp_fwhm(native_stamp_of(epsf)), good, [st.model for st in good], wts,
                     inp.gain_scaled, s, meta)
-    stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
+    stamp = epsf_build.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
-        raise B.CellFailure("ePSF has no positive flux")
+        raise epsf_build.CellFailure("ePSF has no positive flux")
     tailed, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
     if s.wing_tail:
         stamp = tailed
@@ -479,7 +479,7 @@ def _psf_flux_check(fwhm, good, models, shares, gain, s, meta):
 
 
 def native_stamp_of(epsf):
-    return B.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
+    return epsf_build.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
 
 
 def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_rows, sel):
@@ -499,7 +499,7 @@ def _post_plots(inp, s, meta, plot_dir, dpi, stamp, stacks, stars, good, bkg_row
         used = good[:nmax]
         _plot(plot_dir, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
               [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})", dpi=dpi)
-        ext = B.star_list(stars)[:nmax]
+        ext = epsf_build.star_list(stars)[:nmax]
         _plot(plot_dir, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
               [origin_of.get(st.id_label, "") for st in ext],
               title=f"extracted stars ({meta['nstars_extract']})", dpi=dpi)
