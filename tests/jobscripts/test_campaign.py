@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tract7dt_mpi import campaign as C
+from tract7dt_mpi import campaign
 
 from .conftest import JOBSCRIPTS
 
@@ -100,13 +100,13 @@ def test_read_journal_counts_what_the_program_wrote(tmp_path):
             jr.record(tid, state)
     with open(j, "a") as fh:
         fh.write('{"task": "d", "sta')                       # a line cut by a kill
-    c = C.read_journal(j)
+    c = campaign.read_journal(j)
     assert (c["done"], c["failed"], c["open"], c["total"]) == (1, 1, 2, 4)
-    assert C.read_journal(tmp_path / "absent.jsonl") == Counter()
+    assert campaign.read_journal(tmp_path / "absent.jsonl") == Counter()
     # a forced re-plan (new plan hash in a header) starts the counts afresh
     with Journal(str(j), "bbb", resume=True, force=True) as jr:
         jr.record("c", DONE)
-    c = C.read_journal(j)
+    c = campaign.read_journal(j)
     assert (c["done"], c["open"], c["total"]) == (1, 0, 1)
 
 
@@ -120,19 +120,19 @@ def test_read_journal_counts_what_the_program_wrote(tmp_path):
     (None, None, Counter(), "SUBMITTED"),
 ])
 def test_classify(rc, sacct, tasks, expected):
-    assert C.classify(rc, sacct, True, tasks) == expected
+    assert campaign.classify(rc, sacct, True, tasks) == expected
 
 
 def test_expand_pending_array_ranges():
-    assert C._expand_indices("[0-2,5,7-8%2]") == [0, 1, 2, 5, 7, 8]
+    assert campaign._expand_indices("[0-2,5,7-8%2]") == [0, 1, 2, 5, 7, 8]
 
 
 def test_where_uses_config_resolution(tmp_path, capsys):
     cfg = tmp_path / "t" / "config.yaml"
     cfg.parent.mkdir()
     cfg.write_text("outputs:\n  work_dir: ../run\n  journal: logs/j.jsonl\n")
-    p = C.tile_paths(cfg)
+    p = campaign.tile_paths(cfg)
     assert p["work_dir"] == (tmp_path / "run").resolve()
     assert p["journal"] == (tmp_path / "run" / "logs" / "j.jsonl").resolve()
-    assert C.main(["where", str(cfg), "--field", "final_catalog"]) == 0
+    assert campaign.main(["where", str(cfg), "--field", "final_catalog"]) == 0
     assert capsys.readouterr().out.strip() == str((tmp_path / "run" / "output_catalog.csv").resolve())
