@@ -203,12 +203,6 @@ def test_dispatch_to_run_command_with_log_snapshot_and_header(sample_cfg, monkey
     assert f"Config snapshot saved: {snaps[0]}" in log
 
 
-def test_not_built_yet_exits_1_with_one_line(sample_cfg, monkeypatch, capsys):
-    fake_pipeline(monkeypatch, None)
-    assert cli.main(["merge", str(sample_cfg)]) == 1
-    assert capsys.readouterr().err == "tract7dt-mpi: 'merge' is not built yet in this version\n"
-
-
 def test_input_error_from_pipeline_exit_2(sample_cfg, monkeypatch, capsys):
     def run_command(command, cfg, options):
         raise InputError("images.txt line 3: file not found: /x/y.fits")

@@ -70,7 +70,6 @@ def test_reliability_single_band_any_band():
         "opt_hit_max_iters_g": [False, False], "opt_hit_max_iters_r": [False, True],
         "flag_bound_stalled_g": [False, False], "flag_bound_stalled_r": [True, False],
     })
-    assert flags.is_single_band(df)
     ok, issues = flags.reliability(df)
     assert ok.tolist() == [False, False]
     assert issues.tolist() == ["bound_stalled", "hit_max_iters"]

@@ -50,8 +50,6 @@ SACCT_ACTIVE = {"PENDING": "PENDING", "RUNNING": "RUNNING", "CONFIGURING": "RUNN
                 "COMPLETING": "RUNNING", "RESIZING": "RUNNING", "SUSPENDED": "RUNNING",
                 "REQUEUE_HOLD": "PENDING", "REQUEUE_FED": "PENDING"}
 ACTIVE = {"PENDING", "RUNNING", "SUBMITTED"}
-TASK_DONE = {"DONE", "OK", "SUCCESS", "SUCCEEDED", "COMPLETED", "SKIPPED"}
-TASK_FAILED = {"FAILED", "ERROR", "TIMEOUT", "ABORTED"}
 
 
 # ---------------------------------------------------------------- where a tile's products are
@@ -71,7 +69,7 @@ def tile_paths(config: str | os.PathLike) -> dict[str, Path]:
         from .config import load_config  # the typed config; optional for this tool
         o = load_config(str(cfg_path)).outputs
         out = {k: getattr(o, k, None) for k in ("work_dir", "journal", "final_catalog", "epsf_dir",
-                                                "overlay_dir", "tractor_out_dir", "results_h5")}
+                                                "overlay_dir", "patch_results_dir", "results_h5")}
     except Exception:  # noqa: BLE001 - any loader problem: fall back to the plain reading
         out = {}
     if not out.get("work_dir"):
@@ -97,8 +95,9 @@ def _paths_from_yaml(cfg_path: Path) -> dict[str, str]:
     wd = Path(os.path.expanduser(str(outs.get("work_dir", "path/to/work_dir"))))
     wd = (cfg_path.parent / wd).resolve()
     defaults = {"journal": "journal.jsonl", "final_catalog": "output_catalog.csv", "epsf_dir": "EPSFs",
-                "overlay_dir": "overlay", "tractor_out_dir": "outputs", "results_h5": "results.h5"}
+                "overlay_dir": "overlay", "patch_results_dir": "outputs", "results_h5": "results.h5"}
     res = {"work_dir": str(wd)}
+    outs.setdefault("patch_results_dir", outs.get("tractor_out_dir"))     # its legacy name
     for key, default in defaults.items():
         res[key] = str((wd / os.path.expanduser(str(outs.get(key) or default))).resolve())
     return res
@@ -127,40 +126,20 @@ def config_value(config: str | os.PathLike, dotted: str):
 # ---------------------------------------------------------------- journal and exit codes
 
 def read_journal(path: str | os.PathLike) -> Counter:
-    """Count tasks by their latest state in a JSONL journal; tolerant of partial or foreign lines.
+    """Count a tile's tasks by their latest state in its journal (read as ``--resume`` reads it).
 
     Returns a Counter over ``done``, ``failed``, ``open`` (planned or started, not finished) and
-    ``total``; an absent journal gives an empty Counter. A header line with a new plan hash (a
-    forced re-plan) discards the states recorded before it, as the program itself does.
+    ``total``; an absent or unreadable journal gives an empty Counter.
     """
-    last: dict[str, str] = {}
-    plan_hash = None
+    from .parallel.journal import DONE, FAILED, replay
     try:
-        fh = open(path, encoding="utf-8", errors="replace")
+        last = replay(os.fspath(path)).last
     except OSError:
         return Counter()
-    with fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue                       # a torn last line after a kill, or a comment
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("type") == "header":       # a run (re)started; a new plan hash means a fresh plan
-                if rec.get("plan_hash") != plan_hash and plan_hash is not None:
-                    last.clear()
-                plan_hash = rec.get("plan_hash")
-                continue
-            task = next((rec[k] for k in ("task", "task_id", "tag", "id") if k in rec), None)
-            state = next((rec[k] for k in ("state", "status") if k in rec), None)
-            if task is None or not isinstance(state, str):
-                continue
-            kind = rec.get("kind", "")
-            last[f"{kind}:{task}"] = state.upper()
     counts = Counter()
-    for state in last.values():
-        counts["done" if state in TASK_DONE else "failed" if state in TASK_FAILED else "open"] += 1
+    for rec in last.values():
+        state = rec.get("state")
+        counts["done" if state == DONE else "failed" if state == FAILED else "open"] += 1
     counts["total"] = len(last)
     return counts
 
@@ -399,7 +378,7 @@ def _cmd_where(args) -> int:
     print(f"catalog  : {cat}{nrow if cat.is_file() else ' (not written yet)'}")
     print(f"plots    : {p['work_dir']}/summary; with plotting.level full also {p.get('overlay_dir', '')},")
     print(f"           {p['bright_mask_dir']}, {p.get('epsf_dir', '')}/<band>/<cell>/,")
-    print(f"           {p.get('tractor_out_dir', '')}/<patch>/, {p['zp_dir']}")
+    print(f"           {p.get('patch_results_dir', '')}/<patch>/, {p['zp_dir']}")
     print(f"journal  : {p['journal']}")
     print(f"log      : {p['run_log']}")
     return 0

@@ -15,8 +15,8 @@ import time
 import traceback
 
 from ._version import __version__
-from .errors import (EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, InputError, NotBuiltError,
-                     disk_full_error, is_disk_full)
+from .errors import (EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, InputError, disk_full_error,
+                     is_disk_full)
 
 PROG = "tract7dt-mpi"
 PIPELINE_COMMANDS = {
@@ -148,15 +148,7 @@ def _abort_if_mpi(code: int) -> None:
 def _init_runtime(cfg):
     """Thread variables and MPI (when launched by an MPI launcher); return (rank, size)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    try:
-        from .parallel import mpienv
-    except ImportError:
-        from .logsetup import launcher_rank_size
-        n = str(cfg.mpi.threads_per_rank)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
-            os.environ[var] = n
-        return launcher_rank_size()
+    from .parallel import mpienv
     mpienv.set_thread_env(mpienv.configured_threads(cfg))   # job scripts' variable wins
     mpi = mpienv.get_mpi(cfg.mpi.threads_per_rank)
     if mpi is None:
@@ -167,7 +159,7 @@ def _init_runtime(cfg):
 def _check_inputs(cfg, command: str) -> None:
     if command not in _NEEDS_INPUTS:
         return
-    if cfg.config_path and not (getattr(cfg, "_raw", None) or {}).get("inputs"):
+    if cfg.config_path and not (cfg._raw or {}).get("inputs"):
         raise InputError(f"{cfg.config_path}: the config has no inputs (no 'inputs:' section with "
                          f"input_catalog and image_list_file); write a template with "
                          f"`{PROG} dump-config`")
@@ -178,29 +170,20 @@ def _check_inputs(cfg, command: str) -> None:
             raise InputError(f"inputs.{key}: {what}: {path}")
 
 
-def _lazy(module: str, attr: str, command: str, fallback_module: str | None = None):
-    """Import ``module.attr`` on demand; NotBuiltError if this version does not have it yet.
+def _lazy(module: str, attr: str, command: str):
+    """Import ``module.attr`` on demand (keeps ``--help`` and ``dump-config`` light).
 
     A missing third-party package (e.g. galsim) becomes a one-line InputError naming it.
     """
     import importlib
-    for name in (module, fallback_module):
-        if name is None:
-            continue
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and not exc.name.startswith("tract7dt_mpi"):
-                raise InputError(f"'{command}' needs the Python package '{exc.name}', which is not "
-                                 f"installed (pip install {exc.name.split('.')[0]})") from None
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise NotBuiltError(f"'{command}' is not built yet in this version "
-                                f"(module {exc.name} is missing)") from None
-        fn = getattr(mod, attr, None)
-        if fn is not None:
-            return fn
-    raise NotBuiltError(f"'{command}' is not built yet in this version")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and not exc.name.startswith("tract7dt_mpi"):
+            raise InputError(f"'{command}' needs the Python package '{exc.name}', which is not "
+                             f"installed (pip install {exc.name.split('.')[0]})") from None
+        raise
+    return getattr(mod, attr)
 
 
 def _pipeline_entry(command: str):
@@ -266,8 +249,7 @@ def _dump_config(args) -> int:
 def _make_sample(args, rank: int) -> int:
     if rank != 0:
         return EXIT_OK
-    make_sample = _lazy("tract7dt_mpi.sample", "make_sample", "make-sample",
-                        fallback_module="tract7dt_mpi.sample.generate")
+    make_sample = _lazy("tract7dt_mpi.sample", "make_sample", "make-sample")
     kw = {k: getattr(args, a) for k, a in (("bands", "bands"), ("size", "size"), ("seed", "seed"),
                                            ("n_sources", "sources")) if getattr(args, a) is not None}
     if args.full_size:
@@ -295,7 +277,7 @@ def _disk_full_exit(exc: OSError, state) -> int:
     cfg = state.get("cfg")
     folder = cfg.outputs.work_dir if cfg is not None else os.getcwd()
     err = disk_full_error(exc, folder)
-    journal = getattr(getattr(cfg, "outputs", None), "journal", None)
+    journal = cfg.outputs.journal if cfg is not None else None
     code = EXIT_RESUMABLE if journal and os.path.exists(journal) else EXIT_INPUT
     msg = str(err) + (" with --resume" if code == EXIT_RESUMABLE else "")
     _say(f"error: {msg}", state["rank"], state["size"], all_ranks=True)
@@ -331,10 +313,6 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(exc, "collective", False):    # else every rank stops by itself
             _abort_if_mpi(EXIT_INPUT)
         return EXIT_INPUT
-    except NotBuiltError as exc:
-        _say(str(exc), state["rank"])
-        _abort_if_mpi(exc.exit_code)
-        return exc.exit_code
     except KeyboardInterrupt:
         _say("interrupted", state["rank"])
         _abort_if_mpi(130)

@@ -28,12 +28,6 @@ class ConfigError(InputError):
     """Unknown key, wrong type or bad value in the YAML config (message names the dotted key)."""
 
 
-class NotBuiltError(Tract7dtError):
-    """A command or option that this version does not implement yet."""
-
-    exit_code = EXIT_ABORT
-
-
 class DiskFullError(InputError):
     """No space left (ENOSPC) or disk quota exceeded (EDQUOT) while writing into a folder.
 

@@ -1,4 +1,4 @@
-"""The one registry of fit-quality tags and exclusion reasons (outputs spec §2.2, §2.6).
+"""The one registry of fit-quality tags and exclusion reasons.
 
 Every place that decides whether a fitted row is trustworthy (merge, ZP star selection, the docs)
 uses these names and this order, so the ``fit_quality_issues`` strings are identical everywhere.
@@ -63,7 +63,7 @@ EXCLUDED_REASONS = ("crop+saturation", "crop", "saturation", "coords", "coords+s
 def as_bool(values) -> np.ndarray:
     """Coerce a column that may hold bools, NaN/None, 0/1 or 'True'/'False' text into a bool array.
 
-    Missing cells count as False (spec S10.3). Used on merged tables where left-joined bool columns
+    Missing cells count as False. Used on merged tables where left-joined bool columns
     became object dtype and on catalogs read back from CSV.
     """
     s = pd.Series(values, copy=False)
@@ -112,12 +112,6 @@ def fit_bands(df: pd.DataFrame) -> list[str]:
     """Bands that have ``FLUX_{band}_fit`` columns, sorted."""
     return sorted(c[5:-4] for c in df.columns
                   if c.startswith("FLUX_") and c.endswith("_fit") and len(c) > 9)
-
-
-def is_single_band(df: pd.DataFrame) -> bool:
-    """True when the table carries single-band (``_{band}``-suffixed) fit columns."""
-    return "x_pix_white_fit" not in df.columns and any(
-        c.startswith("x_pix_white_") and c.endswith("_fit") for c in df.columns)
 
 
 def has_fit_result(df: pd.DataFrame) -> np.ndarray:

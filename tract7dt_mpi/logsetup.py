@@ -23,10 +23,9 @@ import yaml
 
 from ._version import __version__
 from .errors import ConfigError
+from .parallel.mpienv import RANK_VARS, SIZE_VARS, THREAD_VARS
 
 LOGGER_NAME = "tract7dt_mpi"
-_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 _LIBRARIES = ("numpy", "scipy", "astropy", "pandas", "photutils", "sep", "matplotlib", "h5py", "mpi4py", "galsim")
 
 
@@ -39,8 +38,8 @@ def launcher_rank_size() -> tuple[int, int]:
             except (KeyError, ValueError):
                 continue
         return None
-    rank = first_int(_RANK_VARS)
-    size = first_int(_SIZE_VARS)
+    rank = first_int(RANK_VARS)
+    size = first_int(SIZE_VARS)
     return (rank or 0), max(size or 1, (rank or 0) + 1)
 
 
@@ -193,7 +192,7 @@ def header_lines(argv, size: int) -> list[str]:
     lines.append("Libraries: " + ", ".join(versions))
     lines.append(f"MPI library: {_mpi_library()}")
     lines.append(f"MPI world size: {size}")
-    threads = [f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if v in os.environ]
+    threads = [f"{v}={os.environ[v]}" for v in THREAD_VARS if v in os.environ]
     if threads:
         lines.append("Threads: " + ", ".join(threads))
     return lines

@@ -1,4 +1,4 @@
-"""Final bad-pixel mask composition (spec S6): what the fitter must ignore.
+"""Final bad-pixel mask composition: what the fitter must ignore.
 
 Saturated and bright-mask pixels keep a finite sky sigma in the prepared store (the white stack,
 the bright-mask detection and the ePSF star selection want them); only the fit masks them, via

@@ -17,11 +17,11 @@ import os
 import sys
 import time
 
-from . import pipeline_steps as S
+from . import pipeline_steps as steps
 from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
                      disk_full_error, is_disk_full)
 from .parallel import get_comm, install_excepthook, signals
-from .parallel import journal as J
+from .parallel import journal
 from .parallel.runner import plan_resume, run_phase, write_carried
 from .parallel.scheduler import Task, resolve_master_works
 from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
@@ -54,6 +54,16 @@ def _disk_guard(cfg, fn, *args):
         raise disk_full_error(exc, cfg.outputs.work_dir) from None
 
 
+def _listed_image_files(cfg) -> list[str]:
+    """The image files the image list names (none when there is no list), for the plan hash."""
+    from .io.fits import split_hdu_spec
+    from .stages.image_list import read_image_entries
+    lst = cfg.inputs.image_list_file
+    if not (lst and os.path.isfile(lst)):
+        return []
+    return [split_hdu_spec(e.image)[0] for e in read_image_entries(lst, cfg.config_dir)]
+
+
 class _InputStop(Exception):
     """Raised on every rank after rank 0 reported an InputError (message on rank 0 only)."""
 
@@ -81,11 +91,11 @@ class _Run:
         self.journal = None
         self.failed = 0
         self.stopped = False
-        self.worker = S.Worker(cfg)
+        self.worker = steps.Worker(cfg)
         self.hb = float(cfg.mpi.heartbeat_sec)
         self.task_timeout = TaskTimeout.from_config(cfg.mpi)     # late tasks go to other ranks
         #: rank 0 also runs tasks (mpi.master_works; auto = small worlds)
-        self.master_works = resolve_master_works(getattr(cfg.mpi, "master_works", "auto"),
+        self.master_works = resolve_master_works(cfg.mpi.master_works,
                                                  self.comm.size)
         if self.master and self.comm.size > 1:
             log.info("MPI: %d ranks; rank 0 %s", self.comm.size,
@@ -142,8 +152,8 @@ class _Run:
     # ------------------------------------------------------------------ journal
     def open_journal(self):
         def _open():
-            plan = J.plan_doc(self.cfg, {"command_family": "pipeline"})
-            self.journal = J.Journal(self.cfg.outputs.journal, J.hash_of(plan),
+            plan = journal.plan_doc(self.cfg, {"command_family": "pipeline"}, _listed_image_files(self.cfg))
+            self.journal = journal.Journal(self.cfg.outputs.journal, journal.hash_of(plan),
                                      resume=bool(self.opt.get("resume")),
                                      force=bool(self.opt.get("force")), plan=plan,
                                      meta={"command": self.command, "argv": self.opt.get("argv"),
@@ -159,17 +169,17 @@ class _Run:
         cfg, res = self.cfg, None
         plots = plots and cfg.plotting.level == "full"
         with self.stage("load_inputs"):
-            res = self.on_master(S.load_step, cfg, write_store, plots)
+            res = self.on_master(steps.load_step, cfg, write_store, plots)
         if cfg.zp.enabled:
             with self.stage("augment_gaia"):
-                self.on_master(S.augment_step, cfg, res, plots)
+                self.on_master(steps.augment_step, cfg, res, plots)
         if bright and cfg.bright_mask.enabled:
             with self.stage("bright_mask"):
-                self.on_master(S.bright_mask_step, cfg, res, write_store, plots)
+                self.on_master(steps.bright_mask_step, cfg, res, write_store, plots)
         if self.master and write_store:
             log.info("compose_final_masks: bad = nonfinite | saturated%s, applied when ROIs are read",
                      " | bright_mask" if (bright and cfg.bright_mask.enabled) else "")
-            S.save_working_catalog(cfg, res.catalog)
+            steps.save_working_catalog(cfg, res.catalog)
         return res
 
     def share_catalog(self, catalog):
@@ -194,12 +204,12 @@ class _Run:
         cfg = self.cfg
         tasks, skipped, metas = [], {}, {}
         if self.master:
-            tasks = S.epsf_tasks(cfg, lr, cells)
+            tasks = steps.epsf_tasks(cfg, lr, cells)
             if self.opt.get("resume") and self.journal is not None:
                 keep = []
                 for t in tasks:
-                    got = S.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
-                        if self.journal.state(t.id) == J.DONE else None
+                    got = steps.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
+                        if self.journal.state(t.id) == journal.DONE else None
                     if got is None:
                         keep.append(t)
                     else:
@@ -236,8 +246,8 @@ class _Run:
                         stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
                             stamp, meta.get("nstars_used"))
                 self._write_epsf_summary(ordered)
-                stamps = S.with_psf_flux_errors(stamps, ordered)
-                stamps = S.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape)
+                stamps = steps.with_psf_flux_errors(stamps, ordered)
+                stamps = steps.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
         self.stopped |= stopped
@@ -259,12 +269,12 @@ class _Run:
         stamps, metas = {}, []
         for b in bands:
             for r, c in cells:
-                got = S.epsf_from_disk(self.cfg, b, cell_tag(r, c))
+                got = steps.epsf_from_disk(self.cfg, b, cell_tag(r, c))
                 if got is not None:
                     metas.append(got[0])
                 if got is not None and got[1] is not None:
                     stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
-        return S.with_psf_fields(self.cfg, S.with_psf_flux_errors(stamps, metas), metas,
+        return steps.with_psf_fields(self.cfg, steps.with_psf_flux_errors(stamps, metas), metas,
                                  self.worker.prepared.shape)
 
     # ------------------------------------------------------------------ patch phase
@@ -273,7 +283,7 @@ class _Run:
         from .stages.fit import result_columns
         cfg = self.cfg
         self.worker.plan = plan
-        self.worker.psfs = S.psf_choices(cfg, self._local_copy(stamps))
+        self.worker.psfs = steps.psf_choices(cfg, self._local_copy(stamps))
         prefix = "patch" if use_store else label
         tasks = [Task(f"{prefix}/{p.patch_tag}", prefix, cost=float(p.cost), index=i, payload=i)
                  for i, p in enumerate(plan)]
@@ -281,7 +291,7 @@ class _Run:
         if self.master:
             if self.opt.get("resume") and use_store:
                 to_run, carried = plan_resume(cfg.outputs.results_h5, self.journal, tasks,
-                                              recover=lambda t: S.recover_patch_rows(cfg, plan[t.payload]))
+                                              recover=lambda t: steps.recover_patch_rows(cfg, plan[t.payload]))
                 log.info("Resume: %d patch(es) carried over, %d to run", len(carried), len(to_run))
             self.journal.record_planned([t.id for t in tasks])
         multi = bool(cfg.patch_run.enable_multi_band_simultaneous_fitting)
@@ -299,7 +309,7 @@ class _Run:
 
             def on_result(task, data, info):
                 if not info.ok:
-                    S.write_runner_log(cfg.outputs.tractor_out_dir, plan[task.payload].patch_tag, "fail",
+                    steps.write_runner_log(cfg.outputs.patch_results_dir, plan[task.payload].patch_tag, "fail",
                                        info.wall, info.error, info.rank, info.host)
 
             rep = run_phase(self.comm, label, to_run if self.master else None, fn or self.worker.patch_fit,
@@ -309,7 +319,7 @@ class _Run:
                 store.close()
             self._account(label, rep)
             if self.master and use_store:
-                S.write_run_summary(cfg, plan, rep, {t.id for t in tasks if t.id in carried})
+                steps.write_run_summary(cfg, plan, rep, {t.id for t in tasks if t.id in carried})
             self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
         return rep
 
@@ -321,7 +331,7 @@ class _Run:
                                  bbox=(x0, x1, y0, y1), cost=t.cost))
         ent = self.comm.bcast(ent if self.master else None)    # identical on every rank
         for p in plan:
-            ent.append(PlanEntry(S.patch_task_id(p.patch_tag), "patch", tag=p.patch_tag,
+            ent.append(PlanEntry(steps.patch_task_id(p.patch_tag), "patch", tag=p.patch_tag,
                                  bbox=(p.x0_roi, p.x1_roi, p.y0_roi, p.y1_roi), cost=float(p.cost),
                                  rows=p.base_rows))
         return ent
@@ -407,7 +417,7 @@ class _Run:
                      "%.3f ms/message; busy fraction per rank: %s", self.command, self.comm.size,
                      "; ".join(f"{r.label} {r.done}/{r.total} done" for r in self.reports) or "no tasks",
                      self.failed, 1e3 * over / max(1, msgs), frac)
-            S.log_rank_usage(usage, background, usable_cores())
+            steps.log_rank_usage(usage, background, usable_cores())
             if self.stopped:
                 log.warning("Stopped early (%s): run the same command with --resume to continue",
                             signals.stop_reason())
@@ -421,23 +431,23 @@ def _cmd_run(R: _Run, epsf_only=False):
     R.open_journal()
     lr = R.load(write_store=True, plots=True, bright=not epsf_only)
     cat = R.share_catalog(lr.catalog if R.master else None)
-    cells = R.on_master(lambda: S.active_cells(R.cfg, cat, lr.shape), share=True)
+    cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)
     stamps = R.epsf_phase(lr, cells)
     if epsf_only or R.stopped:
         return R.finish()
     with R.stage("build_patches"):
-        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
+        plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
         bands = R.comm.bcast(lr.bands if R.master else None)
     R.patch_phase(plan, stamps, bands)
     if R.stopped:
         return R.finish()
     with R.stage("merge"):
         # the working WCS as stored in the prepared store: `merge` alone gives the same RA/DEC
-        final = R.on_master(lambda: S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan),
-                                                 *S.prepared_frame(R.cfg)[2:]))
+        final = R.on_master(lambda: steps.merge_step(R.cfg, cat, steps.results_table(R.cfg, plan),
+                                                 *steps.prepared_frame(R.cfg)[2:]))
     if R.cfg.zp.enabled:
         with R.stage("compute_zp"):
-            R.on_master(S.zp_step, R.cfg, final)
+            R.on_master(steps.zp_step, R.cfg, final)
     R.summary_phase(bands)
     return R.finish()
 
@@ -448,8 +458,8 @@ def _cmd_build_patches(R: _Run, dumps=False):
     lr = R.load(write_store=True, plots=True, bright=True)
     cat = R.share_catalog(lr.catalog if R.master else None)
     with R.stage("build_patches"):
-        cells = R.on_master(lambda: S.active_cells(R.cfg, cat, lr.shape), share=True)
-        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
+        cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)
+        plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
     if not dumps:
         return R.finish()
     stamps = R.on_master(lambda: R.stamps_from_disk(lr.bands, cells), share=True)
@@ -462,15 +472,15 @@ def _cmd_run_patches(R: _Run):
     R.open_journal()
 
     def _inputs():
-        shape, bands, _wcs, _crop = S.prepared_frame(R.cfg)
-        cat = S.read_working_catalog(R.cfg)
-        cells = S.active_cells(R.cfg, cat, shape)
+        shape, bands, _wcs, _crop = steps.prepared_frame(R.cfg)
+        cat = steps.read_working_catalog(R.cfg)
+        cells = steps.active_cells(R.cfg, cat, shape)
         return cat, shape, bands, cells
 
     cat, shape, bands, cells = R.on_master(_inputs, share=True)
     R.worker.catalog = R._local_copy(cat)
     with R.stage("build_patches"):
-        plan = R.on_master(lambda: S.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
+        plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
     stamps = R.on_master(lambda: R.stamps_from_disk(bands, cells), share=True)
     R.patch_phase(plan, stamps, bands)
     return R.finish()
@@ -481,18 +491,18 @@ def _cmd_merge(R: _Run):
     with R.stage("merge"):
         def _merge():
             from .stages.patches import build_patch_plan
-            cat = S.read_working_catalog(R.cfg)
-            shape, bands, wcs, crop = S.prepared_frame(R.cfg)
-            cells = S.active_cells(R.cfg, cat, shape)
-            plan = S.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands), shape)
-            return S.merge_step(R.cfg, cat, S.results_table(R.cfg, plan), wcs, crop)
+            cat = steps.read_working_catalog(R.cfg)
+            shape, bands, wcs, crop = steps.prepared_frame(R.cfg)
+            cells = steps.active_cells(R.cfg, cat, shape)
+            plan = steps.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands), shape)
+            return steps.merge_step(R.cfg, cat, steps.results_table(R.cfg, plan), wcs, crop)
         R.on_master(_merge)
     return R.finish()
 
 
 def _cmd_compute_zp(R: _Run):
     with R.stage("compute_zp"):
-        R.on_master(S.zp_step, R.cfg)
+        R.on_master(steps.zp_step, R.cfg)
     return R.finish()
 
 
@@ -516,7 +526,7 @@ def run_command(command: str, cfg, options: dict | None = None) -> int:
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not R.master and command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
         t = time.perf_counter()
-        S.warm_up()       # overlaps with rank 0's loading
+        steps.warm_up()       # overlaps with rank 0's loading
         R.warmup = time.perf_counter() - t
     try:
         return _DISPATCH[command](R)

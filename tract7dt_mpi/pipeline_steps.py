@@ -136,11 +136,11 @@ def prepared_frame(cfg):
 
 
 def active_cells(cfg, catalog, shape):
-    """Active ePSF cells (S4.1) or all cells when ``skip_empty_epsf_patches`` is off."""
+    """Active ePSF cells or all cells when ``skip_empty_epsf_patches`` is off."""
     from .stages.epsf import active_cells as _active
     from .stages.patches import active_positions
     n = int(cfg.epsf.epsf_ngrid)
-    if not bool(getattr(cfg.epsf, "skip_empty_epsf_patches", True)):
+    if not bool(cfg.epsf.skip_empty_epsf_patches):
         return [(r, c) for r in range(n) for c in range(n)]
     _, x, y = active_positions(catalog)
     cells = _active(np.column_stack([x, y]), shape, n)
@@ -151,7 +151,7 @@ def active_cells(cfg, catalog, shape):
 
 
 def epsf_tasks(cfg, load_res, cells) -> list[Task]:
-    """One task per (band, active cell), band order then row-major cells (S4.6)."""
+    """One task per (band, active cell), band order then row-major cells."""
     from .io.tables import read_gaiaxp
     from .stages.epsf import cell_bounds, cell_tag, gaia_seeds_for_band
     gaia = None
@@ -256,7 +256,7 @@ class Worker:
         t0 = time.perf_counter()
         pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
                                 self.saturated_stars)
-        out_dir = self.cfg.outputs.tractor_out_dir
+        out_dir = self.cfg.outputs.patch_results_dir
         res = fit_patch_input(pin, self.cfg)
         if res.plot is not None:       # None: nothing was fitted, no products (as fit_patch_input)
             if self.cfg.plotting.level != "none":
@@ -421,7 +421,7 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
 
 
 def patch_plan(cfg, catalog, shape, cells, n_bands):
-    """S5 + S7.1-4: patch geometry and source assignment; writes patches.csv/json."""
+    """Patch geometry and source assignment; writes patches.csv/json."""
     from .stages.patches import build_patch_plan, write_patch_plan
     geom = build_patch_plan(shape, cells, cfg)
     plan = assign_plan(cfg, geom, catalog, n_bands, shape)
@@ -438,9 +438,9 @@ def recover_patch_rows(cfg, spec):
     """Rows of a finished patch from its ``{tag}_cat_fit.csv`` (store rebuilt after a kill)."""
     from .io.tables import read_catalog_csv
     from .stages.fit import patch_is_complete
-    if not patch_is_complete(cfg.outputs.tractor_out_dir, spec.patch_tag):
+    if not patch_is_complete(cfg.outputs.patch_results_dir, spec.patch_tag):
         return None
-    path = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
+    path = os.path.join(cfg.outputs.patch_results_dir, spec.patch_tag, f"{spec.patch_tag}_cat_fit.csv")
     df = read_catalog_csv(path)
     for c in df.columns:
         if df[c].dtype == object and c not in ("ID", "gaia_source_id"):
@@ -452,9 +452,9 @@ def recover_patch_rows(cfg, spec):
 
 
 def write_run_summary(cfg, plan, report, skipped_ids):
-    """``{tractor_out_dir}/run_summary.csv``: patch, status, returncode, sec, runner_log."""
+    """``{patch_results_dir}/run_summary.csv``: patch, status, returncode, sec, runner_log."""
     from .io.atomic import atomic_write_csv
-    out = cfg.outputs.tractor_out_dir
+    out = cfg.outputs.patch_results_dir
     rows = []
     for spec in plan:
         tid = patch_task_id(spec.patch_tag)
@@ -486,7 +486,7 @@ def results_table(cfg, plan):
                     cfg.outputs.results_h5, exc)
     parts = [df for spec in plan if (df := recover_patch_rows(cfg, spec)) is not None]
     if not parts:
-        raise InputError(f"No patch result CSVs found under {cfg.outputs.tractor_out_dir}")
+        raise InputError(f"No patch result CSVs found under {cfg.outputs.patch_results_dir}")
     return pd.concat(parts, ignore_index=True)
 
 
@@ -527,7 +527,7 @@ def _fitted_psf_errors(cfg, catalog):
              if c.startswith("PSFCHK_") and not c.startswith("PSFCHK_ERR_")]
     if not bands:
         return catalog
-    if str(getattr(cfg.patch_run, "flux_error_model", "total")) != "total":
+    if str(cfg.patch_run.flux_error_model) != "total":
         return catalog.drop(columns=[c for c in catalog.columns if c.startswith("PSFCHK_")])
     out, summary = apply_fitted_psf_errors(catalog, bands)
     for r in summary.itertuples():

@@ -60,7 +60,7 @@ def zero_points(zp_summary, method: str = "all_mad") -> tuple[dict, dict]:
 
 def catalog_provenance(cfg, bands, n_ranks=None, zp_summary=None) -> dict:
     """The provenance dict; bands without a calibrated zero point map to None in zp/zp_err."""
-    zp, err = zero_points(zp_summary, str(getattr(cfg.zp, "zp_err_method", "all_mad")))
+    zp, err = zero_points(zp_summary, str(cfg.zp.zp_err_method))
     bands = [str(b) for b in bands]
     from ._version import __version__
     return {

@@ -37,7 +37,7 @@ def write_residual_part(cfg, spec, plot: dict, shape) -> None:
     part = patch_residual_part({b: pin.images[b].img for b in bands}, plot["models"],
                                {b: pin.images[b].sigma_sky for b in bands},
                                {b: plot["invvar"][b] > 0 for b in bands}, box, bands, coarse_factor(shape))
-    pdir = os.path.join(cfg.outputs.tractor_out_dir, spec.patch_tag)
+    pdir = os.path.join(cfg.outputs.patch_results_dir, spec.patch_tag)
     os.makedirs(pdir, exist_ok=True)
     save_residual_part(pdir, part)
 
@@ -104,13 +104,13 @@ def _residuals(cfg, shape, plan, bands) -> None:
 
     def parts():
         for s in plan:
-            path = os.path.join(cfg.outputs.tractor_out_dir, s.patch_tag, FILE_NAME)
+            path = os.path.join(cfg.outputs.patch_results_dir, s.patch_tag, FILE_NAME)
             if os.path.exists(path):
                 yield load_residual_part(path, factor, s.y0_base // factor, s.x0_base // factor, chans)
     chans, data, model = assemble((p for p in parts() if p is not None), shape, factor)
     if data is None:
         log.warning("summary: no patch residual parts under %s; residuals.png not drawn",
-                    cfg.outputs.tractor_out_dir)
+                    cfg.outputs.patch_results_dir)
         return
     plot_tile_residuals(os.path.join(summary_dir(cfg), "residuals.png"), chans, data, model, factor,
                         int(cfg.plotting.dpi))

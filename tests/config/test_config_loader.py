@@ -1,4 +1,4 @@
-"""Loader rules of config-reference §0/§0.1: unknown keys, types, nulls, paths, notices, enums."""
+"""Loader rules: unknown keys, types, nulls, paths, notices, enums."""
 import dataclasses
 import os
 
@@ -194,12 +194,14 @@ def test_value_ranges(d, expected):
 
 def test_legacy_keys_accepted_with_one_notice_each():
     cfg = config_from_dict({"patch_run": {"python_exe": "/usr/bin/python3", "max_workers": 8},
-                            "patch_inputs": {"max_workers": 4},
+                            "patch_inputs": {"max_workers": 4, "gzip_compresslevel": 6,
+                                             "include_wcs_in_payload": True, "keep_payloads_in_memory": True},
                             "performance": {"frame_prep_workers": 2, "white_stack_workers": "8"},
                             "moffat_psf": {"fwhm_default_pix": 3.0}}, "/tmp")
     notes = cfg.ignored_key_notices()
     for key in ("patch_run.python_exe", "patch_run.max_workers", "patch_inputs.max_workers",
-                "performance.frame_prep_workers", "performance.white_stack_workers",
+                "patch_inputs.gzip_compresslevel", "patch_inputs.include_wcs_in_payload",
+                "patch_inputs.keep_payloads_in_memory", "performance.frame_prep_workers", "performance.white_stack_workers",
                 "moffat_psf.fwhm_default_pix"):
         assert sum(n.startswith(key + ":") for n in notes) == 1, key
     assert all("\n" not in n for n in notes)
@@ -218,6 +220,16 @@ def test_threads_per_process_feeds_threads_per_rank():
     assert any("mpi.threads_per_rank" in n for n in cfg.ignored_key_notices())
     cfg = config_from_dict({"patch_run": {"threads_per_process": 4}, "mpi": {"threads_per_rank": 2}}, "/tmp")
     assert cfg.mpi.threads_per_rank == 2
+
+
+def test_tractor_out_dir_is_the_legacy_name_of_patch_results_dir():
+    cfg = config_from_dict({"outputs": {"work_dir": "w", "tractor_out_dir": "fits"}}, "/tmp")
+    assert cfg.outputs.patch_results_dir == "/tmp/w/fits"
+    assert any(n.startswith("outputs.tractor_out_dir:") for n in cfg.ignored_key_notices())
+    cfg = config_from_dict({"outputs": {"work_dir": "w", "tractor_out_dir": "a", "patch_results_dir": "b"}},
+                           "/tmp")
+    assert cfg.outputs.patch_results_dir == "/tmp/w/b"
+    assert config_from_dict({"outputs": {"work_dir": "w"}}, "/tmp").outputs.patch_results_dir == "/tmp/w/outputs"
 
 
 # -- YAML safety and syntax --------------------------------------------------------------------

@@ -118,3 +118,29 @@ def test_build_and_selftest(path, tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     res = subprocess.run(["apptainer", "test", str(sif)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", DEFS, ids=lambda p: p.name)
+def test_images_pin_every_dependency(path):
+    """Every pip install of an image takes containers/constraints.txt, which pins (==) each
+    dependency of pyproject.toml (and the sample extra) to a version its bounds allow."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    post = parse_def(path)[1]["post"]
+    assert "pins=/opt/src/tract7dt-mpi/containers/constraints.txt" in post
+    installs = [ln for ln in post.replace("\\\n", " ").splitlines() if "$pip install" in ln]
+    assert len(installs) >= 4 and all('-c "$pins"' in ln for ln in installs), installs
+    pins = {}
+    for line in (REPO / "containers" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), line
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["sample"]:
+        req = Requirement(text)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in containers/constraints.txt"
+        assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} outside {req.specifier}"

@@ -6,7 +6,7 @@ from tract7dt_mpi.engine.profiles import enclosed_fraction
 
 
 def test_exp_dev_half_light_radii_and_unit_integral():
-    # engine-math §1.2: truncation moves flux inward -> 0.986 re (exp), 0.900 re (dev)
+    # the Tractor tables are truncated: that moves flux inward -> 0.986 re (exp), 0.900 re (dev)
     assert half_light_radius(mixture_for("exp")) == pytest.approx(0.986, abs=0.001)
     assert half_light_radius(mixture_for("dev")) == pytest.approx(0.900, abs=0.001)
     for kind in ("exp", "dev"):

@@ -18,7 +18,7 @@ def test_round_trip(re, ab, phi):
 def test_covariance_matches_engine_math_formulas():
     re, ab, phi = 3.0, 0.4, 25.0
     S = unit_covariance(*catalog_shape_to_params(re, ab, phi))
-    th = -math.radians(phi)     # theta = -phi (engine-math §1.3)
+    th = -math.radians(phi)     # theta = -phi
     q = ab
     assert S[0, 0] == pytest.approx(re**2 * (q**2 * math.cos(th)**2 + math.sin(th)**2))
     assert S[1, 1] == pytest.approx(re**2 * (q**2 * math.sin(th)**2 + math.cos(th)**2))

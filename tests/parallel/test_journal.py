@@ -6,54 +6,54 @@ import os
 import pytest
 
 from tract7dt_mpi.errors import InputError
-from tract7dt_mpi.parallel import journal as J
+from tract7dt_mpi.parallel import journal
 
 
 def test_records_and_resume_states(tmp_path):
     p = tmp_path / "journal.jsonl"
-    with J.Journal(p, "A") as jr:
+    with journal.Journal(p, "A") as jr:
         jr.record_planned(["a", "b", "c"])
-        jr.record("a", J.STARTED, rank=1, host="h")
-        jr.record("a", J.DONE, rank=1, host="h", wall=1.5, rss_mb=10.0)
-        jr.record("b", J.STARTED, rank=2, host="h")
-        jr.record("b", J.FAILED, rank=2, host="h", error="Traceback...\nValueError: boom")
-        jr.record("c", J.STARTED, rank=1, host="h")
+        jr.record("a", journal.STARTED, rank=1, host="h")
+        jr.record("a", journal.DONE, rank=1, host="h", wall=1.5, rss_mb=10.0)
+        jr.record("b", journal.STARTED, rank=2, host="h")
+        jr.record("b", journal.FAILED, rank=2, host="h", error="Traceback...\nValueError: boom")
+        jr.record("c", journal.STARTED, rank=1, host="h")
     with open(p, "a") as fh:          # a line cut by a kill
         fh.write('{"task": "c", "sta')
-    jr = J.Journal(p, "A", resume=True)
-    assert jr.state("a") == J.DONE and jr.state("b") == J.FAILED and jr.state("c") == J.STARTED
+    jr = journal.Journal(p, "A", resume=True)
+    assert jr.state("a") == journal.DONE and jr.state("b") == journal.FAILED and jr.state("c") == journal.STARTED
     assert jr.attempts("b") == 1
-    jr.record("b", J.STARTED, rank=3, host="h")
+    jr.record("b", journal.STARTED, rank=3, host="h")
     assert jr.last["b"]["attempt"] == 2
     jr.close()
-    recs = J.read_journal(p)
+    recs = journal.read_journal(p)
     assert sum(1 for r in recs if r.get("type") == "header") == 2
-    fail = [r for r in recs if r.get("state") == J.FAILED][0]
+    fail = [r for r in recs if r.get("state") == journal.FAILED][0]
     assert "ValueError: boom" in fail["error"]
 
 
 def test_plan_hash_refusal_and_force(tmp_path):
     p = tmp_path / "j.jsonl"
-    with J.Journal(p, "A") as jr:
-        jr.record("a", J.STARTED)
-        jr.record("a", J.DONE)
+    with journal.Journal(p, "A") as jr:
+        jr.record("a", journal.STARTED)
+        jr.record("a", journal.DONE)
     with pytest.raises(InputError, match="refusing to resume.*--force"):
-        J.Journal(p, "B", resume=True)
-    jr = J.Journal(p, "B", resume=True, force=True)
+        journal.Journal(p, "B", resume=True)
+    jr = journal.Journal(p, "B", resume=True, force=True)
     assert jr.state("a") is None           # old results not reusable after a forced re-plan
     jr.close()
-    jr = J.Journal(p, "B", resume=True)   # and the new plan is now the reference
+    jr = journal.Journal(p, "B", resume=True)   # and the new plan is now the reference
     assert jr.state("a") is None
     jr.close()
 
 
 def test_fresh_run_truncates(tmp_path):
     p = tmp_path / "j.jsonl"
-    with J.Journal(p, "A") as jr:
-        jr.record("a", J.DONE)
-    with J.Journal(p, "A") as jr:
+    with journal.Journal(p, "A") as jr:
+        jr.record("a", journal.DONE)
+    with journal.Journal(p, "A") as jr:
         assert jr.state("a") is None
-    assert len(J.read_journal(p)) == 1
+    assert len(journal.read_journal(p)) == 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,32 +85,34 @@ def test_plan_hash_tracks_config_and_inputs(tmp_path):
     img.write_bytes(b"x" * 5000)
     lst.write_text("# comment\n\na.fits\n")
     cfg = _Cfg(_Inputs(str(cat), str(lst)), config_dir=str(tmp_path))
-    h0 = J.plan_hash(cfg)
-    assert str(img) in J.input_paths(cfg)
+    images = [str(img)]
+    h0 = journal.plan_hash(cfg, images=images)
+    assert str(img) in journal.input_paths(cfg, images)
     # result-irrelevant keys do not change it
-    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(resume=True, fault_inject=("x",)))) == h0
-    assert J.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(n_opt_iters=3))) != h0
+    assert journal.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(resume=True, fault_inject=("x",))),
+                       images=images) == h0
+    assert journal.plan_hash(dataclasses.replace(cfg, patch_run=_Sec(n_opt_iters=3)), images=images) != h0
     img.write_bytes(b"y" * 5000)           # same size, different content
-    assert J.plan_hash(cfg) != h0
+    assert journal.plan_hash(cfg, images=images) != h0
 
 
 # ---------------------------------------------------------------- unreadable lines, moved tiles
 
 def test_non_utf8_line_is_skipped_with_a_warning(tmp_path, caplog):
     p = tmp_path / "j.jsonl"
-    with J.Journal(p, "A") as jr:
-        jr.record("a", J.STARTED)
-        jr.record("a", J.DONE)
+    with journal.Journal(p, "A") as jr:
+        jr.record("a", journal.STARTED)
+        jr.record("a", journal.DONE)
     with open(p, "ab") as fh:                   # one damaged byte in an otherwise good record
         fh.write(b'{"task": "b", "state": "DONE", "note": "\xff"}\n')
         fh.write(b'{"task": "c", "state": "DONE"}\n')
     with caplog.at_level("WARNING", logger="tract7dt_mpi.parallel.journal"):
-        jr = J.Journal(p, "A", resume=True)
-    assert jr.state("a") == J.DONE and jr.state("b") is None and jr.state("c") == J.DONE
+        jr = journal.Journal(p, "A", resume=True)
+    assert jr.state("a") == journal.DONE and jr.state("b") is None and jr.state("c") == journal.DONE
     assert jr.skipped_lines == 1
     assert any("line 4 is not UTF-8" in r.getMessage() for r in caplog.records)
     jr.close()
-    assert [r.get("task") for r in J.read_journal(p) if r.get("task")] == ["a", "a", "c"]
+    assert [r.get("task") for r in journal.read_journal(p) if r.get("task")] == ["a", "a", "c"]
 
 
 def _tile(folder):
@@ -131,24 +133,26 @@ def test_moved_tile_keeps_its_plan_hash(tmp_path):
     from tract7dt_mpi.config import load_config
     a = _tile(tmp_path / "a")
     shutil.copytree(a, tmp_path / "elsewhere" / "b")
-    ha = J.plan_hash(load_config(a / "c.yaml"))
-    hb = J.plan_hash(load_config(tmp_path / "elsewhere" / "b" / "c.yaml"))
+    b = tmp_path / "elsewhere" / "b"
+    ha = journal.plan_hash(load_config(a / "c.yaml"), images=[str(a / "img" / "g.fits")])
+    hb = journal.plan_hash(load_config(b / "c.yaml"), images=[str(b / "img" / "g.fits")])
     assert ha == hb
     os.utime(a / "img" / "g.fits", (1.0, 1.0))          # a touched file is not a changed file
-    assert J.plan_hash(load_config(a / "c.yaml")) == ha
+    assert journal.plan_hash(load_config(a / "c.yaml"), images=[str(a / "img" / "g.fits")]) == ha
 
 
 def test_refusal_says_what_changed(tmp_path):
     from tract7dt_mpi.config import load_config
     a = _tile(tmp_path / "a")
     cfg = load_config(a / "c.yaml")
-    plan = J.plan_doc(cfg)
-    J.Journal(a / "j.jsonl", J.hash_of(plan), plan=plan).close()
+    images = [str(a / "img" / "g.fits")]
+    plan = journal.plan_doc(cfg, images=images)
+    journal.Journal(a / "j.jsonl", journal.hash_of(plan), plan=plan).close()
     edited = cfg.with_overrides({"patch_run": {"n_opt_iters": 7}})
-    plan2 = J.plan_doc(edited)
+    plan2 = journal.plan_doc(edited, images=images)
     with pytest.raises(InputError, match=r"config patch_run\.n_opt_iters: 5 -> 7"):
-        J.Journal(a / "j.jsonl", J.hash_of(plan2), resume=True, plan=plan2)
+        journal.Journal(a / "j.jsonl", journal.hash_of(plan2), resume=True, plan=plan2)
     (a / "img" / "g.fits").write_bytes(b"SIMPLE  =" + b"y" * 5000)
-    plan3 = J.plan_doc(cfg)
+    plan3 = journal.plan_doc(cfg, images=images)
     with pytest.raises(InputError, match=r"image g\.fits changed"):
-        J.Journal(a / "j.jsonl", J.hash_of(plan3), resume=True, plan=plan3)
+        journal.Journal(a / "j.jsonl", journal.hash_of(plan3), resume=True, plan=plan3)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tract7dt_mpi.parallel import journal as J
+from tract7dt_mpi.parallel import journal
 from tract7dt_mpi.parallel.launch import exit_status
 
 from .conftest import SCRIPTS, mpi_env, mpirun_cmd, need_mpirun, run
@@ -71,7 +71,7 @@ def _resume_matches_clean(tmp_path, d):
 
 
 def _drained(d):
-    recs = J.read_journal(os.path.join(d, "journal.jsonl"))
+    recs = journal.read_journal(os.path.join(d, "journal.jsonl"))
     started = {x["task"] for x in recs if x.get("state") == "STARTED"}
     finished = {x["task"] for x in recs if x.get("state") in ("DONE", "FAILED")}
     return started == finished and 0 < len(finished) < 24
@@ -254,5 +254,5 @@ def test_slurm_script_scancel_every_process_exit3_no_requeue(tmp_path):
 
 
 def _last_resumable(d):
-    recs = J.read_journal(os.path.join(d, "journal.jsonl"))
+    recs = journal.read_journal(os.path.join(d, "journal.jsonl"))
     return recs and recs[0].get("type") == "header" and any(x.get("state") == "DONE" for x in recs)

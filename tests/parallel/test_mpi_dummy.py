@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tract7dt_mpi.parallel import journal as J
+from tract7dt_mpi.parallel import journal
 from tract7dt_mpi.parallel.store import read_store
 
 from .conftest import SCRIPTS, need_mpirun, popen, run
@@ -75,7 +75,7 @@ def test_raising_task_is_isolated_exit4(tmp_path):
     s = _summary(d)
     assert sorted(s["failed"]) == ["t005", "t009"] and s["done"] == 22
     assert "injected failure in t005" in r.stderr + r.stdout          # traceback in the log
-    recs = [x for x in J.read_journal(os.path.join(d, "journal.jsonl")) if x.get("state") == "FAILED"]
+    recs = [x for x in journal.read_journal(os.path.join(d, "journal.jsonl")) if x.get("state") == "FAILED"]
     assert {x["task"] for x in recs} == {"t005", "t009"}
     assert all("Traceback" in x["error"] and x["host"] and x["wall"] >= 0 for x in recs)
     cat, status, plan = _contents(d)
@@ -131,7 +131,7 @@ def test_sigterm_drains_exit3_then_resume(tmp_path):
     assert p.returncode == 3, err[-3000:]
     s = _summary(d)
     assert s["stopped"] and s["done"] < 24
-    recs = J.read_journal(jpath)
+    recs = journal.read_journal(jpath)
     started = {x["task"] for x in recs if x.get("state") == "STARTED"}
     finished = {x["task"] for x in recs if x.get("state") in ("DONE", "FAILED")}
     assert started == finished                     # drained: nothing left running
@@ -226,7 +226,7 @@ def test_master_works_failure_on_master_isolated(tmp_path):
     assert r.returncode == 4, r.stderr[-3000:]
     s = _summary(d)
     assert s["failed"] == ["t006"] and s["done"] == 23
-    rec = [x for x in J.read_journal(os.path.join(d, "journal.jsonl")) if x.get("state") == "FAILED"]
+    rec = [x for x in journal.read_journal(os.path.join(d, "journal.jsonl")) if x.get("state") == "FAILED"]
     assert rec[0]["rank"] == 0 and "injected failure in t006" in rec[0]["error"]
 
 
@@ -248,7 +248,7 @@ def test_master_works_halves_wall_and_idle_ranks_sleep(tmp_path):
 # ---------------------------------------------------------------- frozen and late workers
 def _last_states(d):
     last = {}
-    for x in J.read_journal(os.path.join(d, "journal.jsonl")):
+    for x in journal.read_journal(os.path.join(d, "journal.jsonl")):
         if "task" in x:
             last[x["task"]] = x["state"]
     return last
@@ -308,7 +308,7 @@ def test_late_duplicate_result_ignored(tmp_path):
                 "--slow-sec", "2.5", "--task-timeout-sec", "1.5"], timeout=90)
     assert r.returncode == 0, r.stderr[-3000:]
     s = _summary(d)
-    recs = J.read_journal(os.path.join(d, "journal.jsonl"))
+    recs = journal.read_journal(os.path.join(d, "journal.jsonl"))
     late = [x for x in recs if x.get("state") == "STARTED" and x.get("attempt") == 2]
     assert len(late) == 1 and late[0]["rank"] == 2
     tid = late[0]["task"]

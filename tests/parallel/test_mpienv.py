@@ -81,3 +81,15 @@ def test_master_works_resolution(monkeypatch):
     assert resolve_master_works(True, 300) and not resolve_master_works(False, 3)
     monkeypatch.setenv("TRACT7DT_MASTER_WORKS", "0")
     assert not resolve_master_works("true", 4)
+
+
+def test_rank_and_size_read_from_every_listed_launcher_variable(monkeypatch):
+    from tract7dt_mpi.logsetup import launcher_rank_size
+    for v in mpienv.RANK_VARS + mpienv.SIZE_VARS:
+        monkeypatch.delenv(v, raising=False)
+    for rank_var, size_var in zip(mpienv.RANK_VARS, mpienv.SIZE_VARS + mpienv.SIZE_VARS[:1]):
+        monkeypatch.setenv(rank_var, "3")
+        monkeypatch.setenv(size_var, "5")
+        assert launcher_rank_size() == (3, 5)
+        monkeypatch.delenv(rank_var)
+        monkeypatch.delenv(size_var)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tract7dt_mpi.errors import InputError
-from tract7dt_mpi.parallel import journal as J
+from tract7dt_mpi.parallel import journal
 from tract7dt_mpi.parallel import scaling
 from tract7dt_mpi.parallel.mpienv import Comm
 from tract7dt_mpi.parallel.runner import TaskResult, plan_resume, run_phase, write_carried
@@ -67,7 +67,7 @@ def test_serial_phase_then_resume_carries_rows(tmp_path):
     path, jpath = str(tmp_path / "r.h5"), str(tmp_path / "j.jsonl")
     plan = _plan()
     tasks = [Task(e.id, e.kind, e.cost, i, e.rows) for i, e in enumerate(plan.entries) if e.kind == "patch"]
-    jr = J.Journal(jpath, "H")
+    jr = journal.Journal(jpath, "H")
     st = ResultsStore.create(Comm(None), path, plan, COLS)
     rep = run_phase(Comm(None), "p", tasks, _task_fn, store=st, journal=jr, heartbeat_sec=0)
     st.close()
@@ -75,7 +75,7 @@ def test_serial_phase_then_resume_carries_rows(tmp_path):
     assert rep.done == 2
     first = read_store(path)
     # resume: both DONE -> nothing to run; rows carried into a fresh store
-    jr = J.Journal(jpath, "H", resume=True)
+    jr = journal.Journal(jpath, "H", resume=True)
     to_run, carried = plan_resume(path, jr, tasks)
     assert to_run == [] and set(carried) == {"patch/p0", "patch/p1"}
     st = ResultsStore.create(Comm(None), path, plan, COLS)

@@ -1,4 +1,4 @@
-"""Bright-source mask (spec S3) and final-mask composition (spec S6)."""
+"""Bright-source mask and final-mask composition."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Catalog reading, case-insensitive column lookup and validation (inputs spec §1)."""
+"""Catalog reading, case-insensitive column lookup and validation."""
 from __future__ import annotations
 
 import logging

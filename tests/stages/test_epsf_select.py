@@ -1,4 +1,4 @@
-"""ePSF grid helpers and star-selection rules (spec S4.1-S4.6g), on small GalSim-rendered cells."""
+"""ePSF grid helpers and star-selection rules, on small GalSim-rendered cells."""
 import numpy as np
 import pandas as pd
 import pytest

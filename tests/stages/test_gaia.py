@@ -1,4 +1,4 @@
-"""Gaia augmentation (spec S2): window, box, sky match, backfill, injection, saturation filter."""
+"""Gaia augmentation: window, box, sky match, backfill, injection, saturation filter."""
 from __future__ import annotations
 
 import logging

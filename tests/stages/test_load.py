@@ -1,4 +1,4 @@
-"""Load stage (spec S1): streaming preparation, white stack, crop, saturation cut, bad inputs."""
+"""Load stage: streaming preparation, white stack, crop, saturation cut, bad inputs."""
 from __future__ import annotations
 
 import logging

@@ -103,27 +103,6 @@ def test_write_final_catalog_csv_and_fits(tmp_path):
         assert np.isnan(t.data["FLUX_g_fit"][1])
 
 
-def test_read_patch_csvs_and_merge(tmp_path):
-    import pytest
-
-    from tract7dt_mpi.errors import InputError
-    from tract7dt_mpi.stages.merge import read_patch_csvs
-
-    with pytest.raises(InputError, match="No patch result CSVs found"):
-        read_patch_csvs(str(tmp_path))
-    res = _results().drop(columns=["patch_tag"])
-    for i, tag in enumerate(("r00_c00_pr00_pc00", "r00_c00_pr00_pc01")):
-        (tmp_path / tag).mkdir()
-        part = res.iloc[2 * i:2 * i + 2].copy()
-        part.insert(0, "ID", ["00007", "x"])
-        part.to_csv(tmp_path / tag / f"{tag}_cat_fit.csv", index=False)
-    got = read_patch_csvs(str(tmp_path))
-    assert got["ID"].tolist() == ["00007", "x", "00007", "x"] and len(got) == 4
-    out = merge_catalog(_base(), got, _car_wcs())
-    assert out["ID"].tolist() == ["00019", "a b", "c", "d", "gaia_1"]   # base column wins
-    assert out["FLUX_g_fit"].iloc[0] == 2.0
-
-
 def test_image_positions_are_one_based_in_the_input_frame():
     res = _results()
     res["x_pix_patch_fit"] = 1.0

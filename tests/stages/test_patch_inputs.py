@@ -1,5 +1,4 @@
-"""Patch inputs (S7.5-S7.6): ROI cut-outs from the prepared store, catalog sub-table, dumps."""
-import json
+"""Patch inputs: ROI cut-outs from the prepared store, catalog sub-table, dumps."""
 
 import numpy as np
 import pandas as pd
@@ -8,8 +7,7 @@ import pytest
 from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
 from tract7dt_mpi.stages.patch_inputs import (PsfChoiceInput, build_patch_input,
-                                              load_patch_inputs, psf_choice_from_files,
-                                              save_patch_inputs)
+                                              load_patch_inputs, save_patch_inputs)
 from tract7dt_mpi.stages.patches import assign_sources, build_patch_plan
 
 H, W = 60, 80
@@ -100,19 +98,6 @@ def test_dump_round_trip(store, tmp_path):
     np.testing.assert_array_equal(back.images["m425"].bad_final, pin.images["m425"].bad_final)
     assert back.psfs["m400"].nstars_used == 7 and back.psfs["m425"].stamp is None
     assert back.band_info["m425"].scale == 2.0
-
-
-def test_psf_choice_from_files(tmp_path):
-    cell = tmp_path / "EPSFs" / "m400" / "r00_c01"
-    cell.mkdir(parents=True)
-    np.save(cell / "epsf.npy", np.ones((5, 5), np.float32) / 25)
-    (cell / "meta.json").write_text(json.dumps({"nstars_used": 3}))
-    ch = psf_choice_from_files(str(tmp_path / "EPSFs"), "m400", "r00_c01")
-    assert ch.exists and ch.nstars_used == 3 and ch.path.endswith("m400/r00_c01/epsf.npy")
-    miss = psf_choice_from_files(str(tmp_path / "EPSFs"), "m425", "r00_c01")
-    assert not miss.exists and miss.nstars_used is None
-    (cell / "meta.json").write_text("{broken")
-    assert psf_choice_from_files(str(tmp_path / "EPSFs"), "m400", "r00_c01").nstars_used is None
 
 
 def test_saturated_stars_join_as_halo_rows_near_the_roi():

@@ -1,6 +1,6 @@
 """Read, validate and resolve a tract7dt-mpi YAML config into a frozen :class:`Config`.
 
-Rules (config-reference §0, §0.1): missing keys take the schema defaults; unknown keys and wrong
+Rules: missing keys take the schema defaults; unknown keys and wrong
 types raise :class:`ConfigError` naming the dotted key (with a did-you-mean hint); bool and int are
 strict, float also accepts int; paths expand ``~`` and resolve against the YAML folder (inputs,
 ``outputs.work_dir``) or ``work_dir`` (other outputs); keys that mean nothing under MPI are accepted
@@ -322,6 +322,14 @@ def config_from_dict(d: dict | None, base_dir=None, *, config_path=None) -> Conf
         n = sections["patch_run"].threads_per_process
         sections["mpi"] = dataclasses.replace(sections["mpi"], threads_per_rank=n)
         notices.append(f"patch_run.threads_per_process: used as mpi.threads_per_rank = {n}")
+
+    # outputs.tractor_out_dir is the legacy name of outputs.patch_results_dir.
+    raw_out = d.get("outputs") or {}
+    if "tractor_out_dir" in raw_out and "patch_results_dir" not in raw_out:
+        sections["outputs"] = dataclasses.replace(sections["outputs"],
+                                                  patch_results_dir=sections["outputs"].tractor_out_dir)
+        notices.append("outputs.tractor_out_dir: used as outputs.patch_results_dir "
+                       f"= {sections['outputs'].tractor_out_dir!r} (rename the key)")
 
     inp, out = sections["inputs"], sections["outputs"]
     sections["inputs"] = dataclasses.replace(inp, **{

@@ -1,6 +1,6 @@
 """Every configuration key of tract7dt-mpi: type, default, unit and a one-line meaning.
 
-This module is the single source of defaults (config-reference §19). Each section is a frozen
+This module is the single source of defaults. Each section is a frozen
 dataclass whose attribute names are the YAML key names; each field's ``metadata`` carries the
 value kind used by the loader (``kind``), the unit, the doc line, and optional value rules
 (``null``, ``choices``, ``ge``/``gt``/``le``, ``length``, ``legacy`` notice text).
@@ -61,7 +61,8 @@ class Outputs:
     epsf_dir: str = K("EPSFs", "path", _NONE, "ePSF tree {band}/{rNN_cNN}/ and epsf_summary.json (under work_dir).")
     patches_dir: str = K("patches", "path", _NONE, "patches.csv and patches.json (under work_dir).")
     patch_inputs_dir: str = K("patch_payloads", "path", _NONE, "Per-patch input products (under work_dir).")
-    tractor_out_dir: str = K("outputs", "path", _NONE, "Per-patch result folders and run_summary.csv (under work_dir).")
+    patch_results_dir: str = K("outputs", "path", _NONE, "Per-patch result folders and run_summary.csv (under work_dir).")
+    tractor_out_dir: str = K("outputs", "path", _NONE, "Legacy name of outputs.patch_results_dir; used as it when that is not set.")
     final_catalog: str = K("output_catalog.csv", "path", _NONE, "Merged catalog; rewritten in place by the ZP stage.")
     cropped_images_dir: str = K("cropped_images", "path", _NONE, "White-stack crop plots (under work_dir).")
     overlay_dir: str = K("overlay", "path", _NONE, "White-stack overlay plots (under work_dir).")
@@ -243,11 +244,14 @@ class Patches:
 class PatchInputs:
     save_patch_inputs: bool = K(True, "bool", _NONE, "Write per-patch input products.")
     skip_empty_patch: bool = K(True, "bool", _NONE, "Patches without base sources are neither built nor fitted.")
-    include_wcs_in_payload: bool = K(False, "bool", _NONE, "Also store full and ROI WCS per band (reserved).")
+    include_wcs_in_payload: bool = K(False, "bool", _NONE, "Legacy: store full and ROI WCS per band.",
+                                     legacy="is ignored; no WCS is stored in the patch inputs")
     max_workers: int = K(16, "int", "threads", "Legacy writer thread count.", ge=1,
                          legacy=f"{_NOT_MPI}; each rank writes the patches it owns")
-    gzip_compresslevel: int = K(1, "int", _NONE, "Compression level 1-9 for patch input products.", ge=1, le=9)
-    keep_payloads_in_memory: bool = K(False, "bool", _NONE, "Keep built patch inputs in RAM (reserved).")
+    gzip_compresslevel: int = K(1, "int", _NONE, "Legacy compression level 1-9 for patch input products.", ge=1, le=9,
+                                legacy="is ignored; patch inputs are written as uncompressed .npz")
+    keep_payloads_in_memory: bool = K(False, "bool", _NONE, "Legacy: keep built patch inputs in RAM.",
+                                      legacy=f"{_NOT_MPI}; each rank builds the inputs of the patches it fits")
 
 
 @dataclass(frozen=True)

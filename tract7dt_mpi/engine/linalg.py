@@ -70,23 +70,34 @@ def own_products(r, *weighted) -> list:
     return out
 
 
+def solve_ridged(M: np.ndarray, b: np.ndarray, ridge) -> np.ndarray:
+    """Solve (M + diag(ridge)) x = b for one system (M (n, n), b (n,)) or a batch (M (k, n, n),
+    b (k, n)); ``ridge`` broadcasts to b's shape.  Least squares (rcond 1e-12) where the ridged
+    matrix is still singular.  The one regularised solve of the engine."""
+    n = M.shape[-1]
+    Mr = M + np.eye(n) * np.broadcast_to(ridge, b.shape)[..., None, :]
+    try:
+        return np.linalg.solve(Mr, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        if Mr.ndim == 2:
+            return np.linalg.lstsq(Mr, b, rcond=1e-12)[0]
+        return np.stack([np.linalg.lstsq(Mr[k], b[k], rcond=1e-12)[0] for k in range(Mr.shape[0])])
+
+
+def _relative_ridge(G: np.ndarray, rel: float = 1e-12) -> np.ndarray:
+    """``rel`` x |diag G| per row (``rel`` where the diagonal is zero)."""
+    d = np.abs(np.diagonal(G, axis1=-2, axis2=-1))
+    return rel * np.where(d > 0, d, 1.0)
+
+
 def solve_batched(G: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve G[b] x[b] = rhs[b] with a tiny relative ridge; least squares if still singular."""
-    n = G.shape[-1]
-    d = np.abs(np.diagonal(G, axis1=-2, axis2=-1))
-    scale = np.where(d > 0, d, 1.0)
-    Gr = G + np.eye(n)[None] * (1e-12 * scale)[:, None, :]
-    try:
-        return np.linalg.solve(Gr, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return np.stack([np.linalg.lstsq(Gr[b], rhs[b], rcond=1e-12)[0] for b in range(G.shape[0])])
+    return solve_ridged(G, rhs, _relative_ridge(G))
 
 
 def inv_batched(G: np.ndarray) -> np.ndarray:
-    n = G.shape[-1]
-    d = np.abs(np.diagonal(G, axis1=-2, axis2=-1))
-    scale = np.where(d > 0, d, 1.0)
-    Gr = G + np.eye(n)[None] * (1e-12 * scale)[:, None, :]
+    """Inverse of every G[b] with the same relative ridge; pseudo-inverse if still singular."""
+    Gr = G + np.eye(G.shape[-1]) * _relative_ridge(G)[..., None, :]
     try:
         return np.linalg.inv(Gr)
     except np.linalg.LinAlgError:

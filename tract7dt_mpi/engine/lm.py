@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .linalg import solve_ridged
+
 
 def free_set(theta, lo, hi, g) -> np.ndarray:
     """Parameters that may move: not on a bound with the gradient pointing outwards."""
@@ -25,11 +27,9 @@ def free_set(theta, lo, hi, g) -> np.ndarray:
     return ~(at_lo | at_hi)
 
 
-def _solve(M, b):
-    try:
-        x = np.linalg.solve(M, b)
-    except np.linalg.LinAlgError:
-        x = np.linalg.lstsq(M, b, rcond=1e-12)[0]
+def _solve(M, b, ridge):
+    """(M + diag(ridge))^-1 b; zeros when that is not finite (no step rather than a wild one)."""
+    x = solve_ridged(M, b, ridge)
     return x if np.all(np.isfinite(x)) else np.zeros_like(b)
 
 
@@ -56,7 +56,7 @@ def gn_gain(H, g, act) -> float:
     Ha, ga = H[np.ix_(act, act)], g[act]
     dmax = np.clip(np.diag(Ha), 0.0, None).max(initial=0.0)
     ridge = 1e-10 * (dmax if dmax > 0 else 1.0)
-    x = _solve(Ha + ridge * np.eye(ga.size), ga)
+    x = _solve(Ha, ga, ridge)
     return float(0.5 * ga @ x)
 
 
@@ -73,7 +73,7 @@ def lm_step(H, g, lam, theta, lo, hi, caps, owner, n_owner, hold=None):
     dmax = d.max(initial=0.0)
     # relative ridge keeps exactly singular directions (no information at all) solvable
     D = np.maximum(d, 1e-12 * dmax if dmax > 0 else 1.0)
-    step[act] = _solve(Ha + np.diag((lam + 1e-10) * D), ga)
+    step[act] = _solve(Ha, ga, (lam + 1e-10) * D)
     ratio = np.abs(step) / caps
     worst = np.zeros(n_owner)
     np.maximum.at(worst, owner, ratio)

@@ -1,6 +1,6 @@
 """Galaxy profiles as mixtures of concentric Gaussians (amplitudes sum to 1; variances in re^2).
 
-exp and dev are the Tractor's published tables (engine-math §1.2; a var-0 component is a delta
+exp and dev are the Tractor's published tables (a var-0 component is a delta
 core).  The Sersic family is our own fit (see ``_tools/make_sersic_table.py``), linear in n between
 nodes, clamped to [0.29, 6.3].
 """

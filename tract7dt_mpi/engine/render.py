@@ -149,7 +149,7 @@ def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=No
 
 
 def _hybrid_mog_weights(var_unit, S, re, kind, psf, sz_fft):
-    """Tractor rule (engine-math §3.6): component share rendered with the PSF's Gaussian mixture."""
+    """Tractor rule: component share rendered with the PSF's Gaussian mixture."""
     r_t = psf.tractor_radius
     hs = max(NRE[kind] * re, r_t)
     sz_t = 2 ** int(math.ceil(math.log2(max(2.0 * hs, 1.0))))

@@ -1,4 +1,4 @@
-"""EllipseESoft shape parameters (logre, ee1, ee2) and their pixel covariance (engine-math §1.3).
+"""EllipseESoft shape parameters (logre, ee1, ee2) and their pixel covariance.
 
 ``re`` is the semi-major effective radius in pixels, ``ab`` the axis ratio b/a and ``phi_deg`` the
 Tractor angle (degrees); the catalog THETA <-> phi conversion is the fitting stage's job.  The unit

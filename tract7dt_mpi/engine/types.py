@@ -95,7 +95,7 @@ class FitOptions:
     #: flux errors marginalised over the free position, shape and Sersic index (a galaxy's flux
     #: trades against its radius); False = errors at the fitted shape, as the Tractor reports
     marginal_flux_errors: bool = True
-    #: stage 2 (positions only) keeps fluxes and sky frozen (the spec); False re-solves them
+    #: stage 2 (positions only) keeps fluxes and sky frozen (as the serial pipeline); False re-solves them
     stage2_freeze_fluxes: bool = True
     #: galaxies whose flux S/N (all bands combined, sky-only errors, at the start) is below this
     #: keep their initial shape and Sersic index: such a shape is unmeasurable and a free one can

@@ -1,4 +1,4 @@
-"""``{tractor_out_dir}/{tag}/residual_part.npy``: one patch's block sums for the tile residual image.
+"""``{patch_results_dir}/{tag}/residual_part.npy``: one patch's block sums for the tile residual image.
 
 One float32 array of shape (3, channels, h, w): the weighted data sums, model sums and weight sums
 of a :class:`ResidualPart`.  Its grid origin, block size and

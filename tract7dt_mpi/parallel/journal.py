@@ -91,32 +91,18 @@ def file_signature(path: str, sample: int = 1 << 20, whole: bool = False) -> dic
     return {"name": p.name, "size": size, "sha256": h.hexdigest()}
 
 
-def image_paths(cfg) -> list[str]:
-    """Every image named by the image list (resolved as the loader does; unreadable list: [])."""
-    lst = getattr(cfg.inputs, "image_list_file", None)
-    base = getattr(cfg, "config_dir", None) or (os.path.dirname(lst) if lst else ".")
-    paths = []
-    if lst and os.path.isfile(lst):
-        with open(lst, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                s = line.strip()
-                if s and not s.startswith("#"):
-                    s = os.path.expanduser(s)
-                    paths.append(s if os.path.isabs(s) else os.path.join(base, s))
-    return paths
-
-
-def input_paths(cfg) -> list[str]:
-    """Catalog, GaiaXP CSV and every listed image named by ``cfg.inputs``."""
+def input_paths(cfg, images=()) -> list[str]:
+    """Catalog and GaiaXP CSV named by ``cfg.inputs``, then the image files ``images``."""
     inp = cfg.inputs
     return [p for p in (getattr(inp, "input_catalog", None), getattr(inp, "gaiaxp_synphot_csv", None))
-            if p] + image_paths(cfg)
+            if p] + list(images)
 
 
-def input_signatures(cfg) -> dict:
+def input_signatures(cfg, images=()) -> dict:
     """Content signatures of the inputs: whole-file hashes of the tables, sampled ones of images.
 
-    The image list itself is not hashed (it holds paths); the images it names are, in order.
+    The image list itself is not hashed (it holds paths); the image files it names (``images``,
+    read by the caller with the image-list parser) are, in order.
     """
     inp = cfg.inputs
     out = {}
@@ -124,14 +110,15 @@ def input_signatures(cfg) -> dict:
         p = getattr(inp, key, None)
         if p:
             out[key] = file_signature(p, whole=True)
-    out["images"] = [file_signature(p) for p in image_paths(cfg)]
+    out["images"] = [file_signature(p) for p in images]
     return out
 
 
-def plan_doc(cfg, extra: dict | None = None) -> dict:
-    """What identifies a plan: result-relevant config, input contents, code version, ``extra``."""
+def plan_doc(cfg, extra: dict | None = None, images=()) -> dict:
+    """What identifies a plan: result-relevant config, input contents (tables and the image files
+    ``images``), code version, ``extra``."""
     from .._version import __version__
-    return {"config": config_fingerprint(cfg), "inputs": input_signatures(cfg),
+    return {"config": config_fingerprint(cfg), "inputs": input_signatures(cfg, images),
             "version": __version__, "extra": extra or {}}
 
 
@@ -149,9 +136,9 @@ def hash_of(doc: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def plan_hash(cfg, extra: dict | None = None) -> str:
+def plan_hash(cfg, extra: dict | None = None, images=()) -> str:
     """Hash of (config, input file contents, code version, ``extra``) identifying a plan."""
-    return hash_of(plan_doc(cfg, extra))
+    return hash_of(plan_doc(cfg, extra, images))
 
 
 def _flat(obj, prefix=""):
@@ -239,19 +226,9 @@ class Journal:
         self._write(head, sync=True)
 
     def _read(self) -> None:
-        for rec in _records(self.path, self):
-            if rec.get("type") == "header":
-                if rec.get("plan_hash") != self.previous_hash and self.previous_hash is not None:
-                    self.last, self._attempts = {}, {}   # a forced re-plan started afresh
-                self.previous_hash = rec.get("plan_hash")
-                self.previous_plan = rec.get("plan")
-                continue
-            tid = rec.get("task")
-            if tid is None:
-                continue
-            self.last[tid] = rec
-            if rec.get("state") == STARTED:
-                self._attempts[tid] = max(self._attempts.get(tid, 0), int(rec.get("attempt", 1)))
+        h = replay(self.path, self)
+        self.last, self._attempts = h.last, h.attempts
+        self.previous_hash, self.previous_plan = h.plan_hash, h.plan
 
     def _write(self, rec: dict, sync: bool = False) -> None:
         self._fh.write(json.dumps(rec, default=_json_default, allow_nan=True) + "\n")
@@ -343,5 +320,35 @@ def _records(path: str, counter=None):
 
 
 def read_journal(path: str) -> list[dict]:
-    """All parseable records of a journal (tests, campaign tools)."""
+    """All parseable records of a journal, in order."""
     return list(_records(path))
+
+
+@dataclasses.dataclass
+class History:
+    """What a journal says now: each task's latest record and its number of attempts, and the
+    plan hash and plan document of the latest header."""
+
+    last: dict = dataclasses.field(default_factory=dict)
+    attempts: dict = dataclasses.field(default_factory=dict)
+    plan_hash: str | None = None
+    plan: dict | None = None
+
+
+def replay(path: str, counter=None) -> History:
+    """Replay a journal file as ``--resume`` does: a header with a new plan hash (a forced
+    re-plan) discards the states recorded before it.  ``counter`` as for :func:`_records`."""
+    h = History()
+    for rec in _records(path, counter):
+        if rec.get("type") == "header":
+            if rec.get("plan_hash") != h.plan_hash and h.plan_hash is not None:
+                h.last, h.attempts = {}, {}
+            h.plan_hash, h.plan = rec.get("plan_hash"), rec.get("plan")
+            continue
+        tid = rec.get("task")
+        if tid is None:
+            continue
+        h.last[tid] = rec
+        if rec.get("state") == STARTED:
+            h.attempts[tid] = max(h.attempts.get(tid, 0), int(rec.get("attempt", 1)))
+    return h

@@ -17,11 +17,15 @@ import traceback
 
 log = logging.getLogger(__name__)
 
+#: the thread-count variables of the numerical libraries (OpenMP, OpenBLAS, MKL, numexpr, Accelerate)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 #: environment variables set by common launchers (Open MPI, MPICH/Hydra, PMIx, Slurm srun, Intel MPI)
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS",
                   "SLURM_STEP_NUM_TASKS", "MV2_COMM_WORLD_SIZE", "I_MPI_HYDRA_HOST_FILE")
+#: where launchers put this process's rank and the world size (read without importing mpi4py)
+RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 _POLL_MIN, _POLL_MAX = 0.0005, 0.02     # seconds between polls of a pending receive/barrier
 
 
@@ -31,7 +35,7 @@ THREADS_ENV = "TRACT7DT_THREADS_PER_RANK"
 
 def configured_threads(cfg) -> int | None:
     """``mpi.threads_per_rank`` when the user's YAML set it (or its legacy spelling), else None."""
-    raw = getattr(cfg, "_raw", None) or {}
+    raw = cfg._raw or {}
     given = "threads_per_rank" in (raw.get("mpi") or {}) or \
         "threads_per_process" in (raw.get("patch_run") or {})
     n = int(cfg.mpi.threads_per_rank)

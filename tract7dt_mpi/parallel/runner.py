@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from typing import Any, Callable
 
-from . import journal as J
+from .journal import DONE, FAILED, STARTED, Journal
 from .scheduler import RunReport, Task, TaskInfo, run_tasks
 from .store import ST_DONE, ST_FAILED, ST_STARTED, ResultsStore
 from .watchdog import TaskTimeout
@@ -27,7 +27,7 @@ class TaskResult:
 
 
 def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], TaskResult], *,
-              store: ResultsStore | None = None, journal: J.Journal | None = None,
+              store: ResultsStore | None = None, journal: Journal | None = None,
               on_result: Callable[[Task, Any, TaskInfo], None] | None = None,
               heartbeat_sec: float = 30.0, master_works: bool = False,
               prefetch: int | None = None, timeout: TaskTimeout | None = None) -> RunReport:
@@ -50,7 +50,7 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
 
     def on_start(task: Task, rank: int, host: str):
         if journal is not None:
-            journal.record(task.id, J.STARTED, rank=rank, host=host)
+            journal.record(task.id, STARTED, rank=rank, host=host)
         if store is not None and task.id in store.plan.index:
             store.set_status(task.id, ST_STARTED)
 
@@ -61,7 +61,7 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
         if store is not None and task.id in store.plan.index:
             store.set_status(task.id, ST_DONE, (info.started, info.wall, info.rss_mb, info.rank, attempt))
         if journal is not None:
-            journal.record(task.id, J.DONE, rank=info.rank, host=info.host, wall=round(info.wall, 4),
+            journal.record(task.id, DONE, rank=info.rank, host=info.host, wall=round(info.wall, 4),
                            rss_mb=round(info.rss_mb, 1))
         if on_result is not None:
             on_result(task, None if res is None else res.data, info)
@@ -71,7 +71,7 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
         if store is not None and task.id in store.plan.index:
             store.set_status(task.id, ST_FAILED, (info.started, info.wall, info.rss_mb, info.rank, attempt))
         if journal is not None:
-            journal.record(task.id, J.FAILED, rank=info.rank, host=info.host, wall=round(info.wall, 4),
+            journal.record(task.id, FAILED, rank=info.rank, host=info.host, wall=round(info.wall, 4),
                            rss_mb=round(info.rss_mb, 1), error=info.error)
         if on_result is not None:
             on_result(task, None, info)
@@ -88,27 +88,7 @@ def run_phase(comm, label: str, tasks: list[Task] | None, fn: Callable[[Task], T
                      on_abort=on_abort)
 
 
-def split_resumable(tasks: list[Task], journal: J.Journal | None, is_recoverable=None,
-                    max_attempts: int | None = None):
-    """Split tasks into (to_run, skipped_done) from the journal's last states.
-
-    DONE tasks are skipped when ``is_recoverable(task)`` (default: always) confirms their products
-    still exist; STARTED/FAILED/PLANNED/unknown tasks run again (a FAILED task that already used
-    ``max_attempts`` attempts is kept FAILED and reported, not re-run).
-    """
-    run, skip = [], []
-    for t in tasks:
-        st = journal.state(t.id) if journal is not None else None
-        if st == J.DONE and (is_recoverable is None or is_recoverable(t)):
-            skip.append(t)
-        elif st == J.FAILED and max_attempts and journal.attempts(t.id) >= max_attempts:
-            skip.append(t)
-        else:
-            run.append(t)
-    return run, skip
-
-
-def plan_resume(store_path: str, journal: J.Journal | None, tasks: list[Task], recover=None):
+def plan_resume(store_path: str, journal: Journal | None, tasks: list[Task], recover=None):
     """Rank 0, before the store is recreated: which tasks to run and which rows to carry over.
 
     A task the journal calls DONE keeps its rows from the previous store when that file is readable
@@ -116,7 +96,7 @@ def plan_resume(store_path: str, journal: J.Journal | None, tasks: list[Task], r
     them; failing both, it runs again.  Returns ``(to_run, carried)`` with carried = {id: rows}.
     """
     from .store import catalog_frame, read_store
-    done = [t for t in tasks if journal is not None and journal.state(t.id) == J.DONE]
+    done = [t for t in tasks if journal is not None and journal.state(t.id) == DONE]
     if not done:
         return list(tasks), {}
     old = None
@@ -155,7 +135,7 @@ def plan_resume(store_path: str, journal: J.Journal | None, tasks: list[Task], r
     return to_run, carried
 
 
-def write_carried(store: ResultsStore | None, carried: dict, journal: J.Journal | None = None) -> None:
+def write_carried(store: ResultsStore | None, carried: dict, journal: Journal | None = None) -> None:
     """Rank 0, after the store was (re)created: write carried-over rows and mark them DONE."""
     if store is None or not store.writable_here or not store.comm.is_master:
         return

@@ -1,4 +1,4 @@
-"""Bright-mask overlay (spec S3.6): the mask and the detections/catalog rows that explain it."""
+"""Bright-mask overlay: the mask and the detections/catalog rows that explain it."""
 from __future__ import annotations
 
 import numpy as np

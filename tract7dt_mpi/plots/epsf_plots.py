@@ -1,4 +1,4 @@
-"""Diagnostic PNGs of one ePSF cell (spec S4.6a, h, m; outputs-reference ePSF rows).
+"""Diagnostic PNGs of one ePSF cell (the ePSF rows of docs/outputs.md).
 
 Every function writes one PNG with the Agg backend and closes its figure. Callers wrap them with
 :func:`safe_plot`, so a plotting problem only logs a warning and never fails a cell.
@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
+
+from .common import savefig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def _limits(img, lo=1.0, hi=99.5):
 
 
 def _save(fig, path, dpi):
-    fig.savefig(path, dpi=dpi)
+    savefig(fig, path, dpi, tight=False)
     plt.close(fig)
 
 

@@ -1,4 +1,4 @@
-"""Gaia-augmentation overlay (spec S2.11): what was matched, injected and rejected."""
+"""Gaia-augmentation overlay: what was matched, injected and rejected."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Load-stage PNGs (spec S1.4 and S1.6): white stack before/after crop and the catalog overlay."""
+"""Load-stage PNGs: white stack before/after crop and the catalog overlay."""
 from __future__ import annotations
 
 import os
@@ -134,31 +134,27 @@ def plot_overlay_zoom(white, catalog, cmap, zoom_box, path, dpi, gal_model="exp"
     return savefig(fig, path, dpi)
 
 
-def _get(section, name, default):
-    return getattr(section, name, default) if section is not None else default
-
-
 def make_load_plots(cfg, res, white_full, ds, logger) -> None:
     """Write the crop and overlay PNGs behind their toggles; a failing plot only warns."""
-    dpi = int(_get(getattr(cfg, "plotting", None), "dpi", 150))
+    dpi = int(cfg.plotting.dpi)
     out = cfg.outputs
     crop = cfg.crop
     jobs = []
     if white_full is not None:
         jobs.append((out.cropped_images_dir, "white_before_crop.png",
                      lambda p: plot_before_crop(white_full, res.crop, ds, p, dpi)))
-    if _get(crop, "enabled", False) and _get(crop, "plot_post_crop", True):
-        pds = max(1, int(_get(crop, "post_crop_display_downsample", 4)))
+    if crop.enabled and crop.plot_post_crop:
+        pds = max(1, int(crop.post_crop_display_downsample))
         jobs.append((out.cropped_images_dir, "white_after_crop.png",
                      lambda p: plot_after_crop(res.white, pds, p, dpi)))
-    ov = getattr(cfg, "overlay", None)
-    gal_model = str(_get(getattr(cfg, "patch_run", None), "gal_model", "exp"))
-    if _get(ov, "enabled", True):
-        ods = max(1, int(_get(ov, "downsample_full", 4)))
+    ov = cfg.overlay
+    gal_model = str(cfg.patch_run.gal_model)
+    if ov.enabled:
+        ods = max(1, int(ov.downsample_full))
         jobs.append((out.overlay_dir, "white_overlay.png", lambda p: plot_overlay(
             res.white, res.wcs, res.catalog, res.column_map, p, dpi, ods, gal_model)))
-        if _get(ov, "zoom_enabled", True):
-            box = list(_get(ov, "zoom_box", [4000, 5000, 4000, 5000]))
+        if ov.zoom_enabled:
+            box = list(ov.zoom_box)
             jobs.append((out.overlay_dir, "white_overlay_zoom.png", lambda p: plot_overlay_zoom(
                 res.white, res.catalog, res.column_map, box, p, dpi, gal_model)))
     for folder, name, fn in jobs:

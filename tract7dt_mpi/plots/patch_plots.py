@@ -1,4 +1,4 @@
-"""Per-patch diagnostics (spec S9.7, outputs §4): ``patch_overview.png`` (inverse-variance white
+"""Per-patch diagnostics: ``patch_overview.png`` (inverse-variance white
 of data, model+sky and residual) and per-source cut-out montages (bands x Data/Model/Residual).
 
 Inputs come from ``PatchResult.plot`` (the PatchInput, the per-row fit values incl. halo rows,
@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io.atomic import atomic_path  # noqa: E402
+from .common import savefig  # noqa: E402
 
 def _limits(arr, mask, p_lo, p_hi):
     v = arr[~mask & np.isfinite(arr)] if mask is not None else arr[np.isfinite(arr)]
@@ -99,8 +99,7 @@ def plot_patch_overview(path: str, plot: dict, meta: dict, pr, dpi: int = 150) -
     fig.suptitle(f"patch={meta.get('patch_tag')} | n_sources={meta.get('n_sources')} + "
                  f"{meta.get('n_halo_sources')} halo")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+    savefig(fig, path, dpi, tight=False)
     plt.close(fig)
 
 
@@ -162,8 +161,7 @@ def plot_cutouts(out_dir: str, plot: dict, pr, names, dpi: int = 150) -> int:
             axes[1, 0].set_ylabel("Model+Sky")
             axes[2, 0].set_ylabel("Residual")
         fig.tight_layout()
-        with atomic_path(os.path.join(out_dir, names[i])) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+        savefig(fig, os.path.join(out_dir, names[i]), dpi, tight=False)
         plt.close(fig)
         count += 1
     return count

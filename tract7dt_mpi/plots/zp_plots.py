@@ -1,4 +1,4 @@
-"""Zero-point diagnostics (spec S11.11, outputs §4): per-star ZP against Gaia magnitude.
+"""Zero-point diagnostics: per-star ZP against Gaia magnitude.
 
 Two files per band: ``zp_vs_mag__{b}.png`` with fixed axes (x in [plot_mag_lo, plot_mag_hi],
 y = median +/- plot_zp_offset) so bands and tiles compare at a glance, and
@@ -16,12 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io.atomic import atomic_path  # noqa: E402
+from .common import savefig  # noqa: E402
 
 
 def _draw(ax, band, per_band: pd.DataFrame, unreliable: pd.DataFrame, summ: dict, cfg_zp,
           mag_cover: tuple[float, float]) -> None:
-    zp, method = summ["zp_median"], str(getattr(cfg_zp, "zp_err_method", "all_mad"))
+    zp, method = summ["zp_median"], str(cfg_zp.zp_err_method)
     err = summ["zp_err_std"] if method == "bright_std" else summ["zp_err_mad"]
     if len(unreliable):
         ax.scatter(unreliable["gaiaxp_mag"], unreliable["zp"], marker="D", s=14, color="0.6",
@@ -80,8 +80,7 @@ def plot_zp_band(out_dir: str, band: str, per_band: pd.DataFrame, unreliable: pd
             ax.set_ylim(summ["zp_median"] - off, summ["zp_median"] + off)
         fig.tight_layout()
         path = os.path.join(out_dir, f"zp_vs_mag__{band}{'_fullrange' if full else ''}.png")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+        savefig(fig, path, dpi, tight=False)
         plt.close(fig)
         paths.append(path)
     return paths

@@ -1,6 +1,6 @@
 """The ready-to-run ``config.yaml`` written next to a synthetic tile.
 
-Only keys that differ from the documented defaults (docs/spec config-reference) are written, plus
+Only keys that differ from the documented defaults (docs/config-reference.md) are written, plus
 the input/output paths (relative to the YAML file's folder, so the tile folder can be moved).
 """
 from __future__ import annotations

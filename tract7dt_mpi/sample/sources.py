@@ -2,7 +2,7 @@
 
 Everything is drawn from ``numpy.random.default_rng([seed, stream])`` so a seed fixes the sky.
 
-Conventions (identical to the pipeline's, see docs/spec inputs-reference 1.4 and engine-math 1.3):
+Conventions (identical to the pipeline's, see docs/inputs.md and docs/dev/engine.md):
 
 * ``x, y``: 0-based pixel coordinates of the full image, x = column, integer = pixel centre.
 * ``re``: half-light radius along the MAJOR axis in pixels (the Tractor's ``re``: the minor axis is

@@ -83,6 +83,3 @@ def true_psf_stamp(band: str, x: float, y: float, size: int = 55, header_or_para
     return draw_psf_stamp(psf_params(band, header_or_params), float(x), float(y), size, offset)
 
 
-def true_psf_fwhm(band: str, x: float, y: float, header_or_params) -> float:
-    """FWHM in pixels of the true PSF (before its slight shear) at (x, y)."""
-    return psf_params(band, header_or_params).at(float(x), float(y))[0]

@@ -1,4 +1,4 @@
-"""Bright-source mask (spec S3): mask white-stack detections that have no catalog counterpart.
+"""Bright-source mask: mask white-stack detections that have no catalog counterpart.
 
 SEP runs on the white stack with ``sigma_white`` as the per-pixel error. The detection keys,
 which the original docs leave unnamed, live in the ``bright_mask`` config block:
@@ -124,7 +124,7 @@ def saturated_unmatched(det: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=None):
-    """Return (dilated ellipse mask, detections DataFrame, info) for spec S3.1-S3.4.
+    """Return (dilated ellipse mask, detections DataFrame, info) of the white stack.
 
     ``catalog_xy_active``: (N, 2) working-frame (x, y) of active catalog sources.
     ``info['fits_mask']`` is the FITS product (ellipses OR ``satur_any``).

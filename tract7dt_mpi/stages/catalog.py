@@ -1,4 +1,4 @@
-"""Input-catalog reading, case-insensitive column lookup and validation (spec S1.1, inputs §1).
+"""Input-catalog reading, case-insensitive column lookup and validation.
 
 One rule for every documented column: names are matched after stripping and lower-casing, an
 exact-case match wins when several columns differ only by case. ``FLUX_{band}`` columns match the

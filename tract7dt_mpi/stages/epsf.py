@@ -1,4 +1,4 @@
-"""One (band, cell) ePSF unit of work and the grid helpers around it (spec S4).
+"""One (band, cell) ePSF unit of work and the grid helpers around it.
 
 :func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
 ``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import epsf_build as B
+from . import epsf_build
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
 from .epsf_locus import min_cell_side
@@ -37,7 +37,7 @@ class EpsfCellInput:
     """Everything one cell needs; arrays are the cell's own (y1-y0, x1-x0) slices of the band.
 
     img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
-    (the ePSF stage keeps saturated pixels' weights, spec S4); satur: saturation mask (or None);
+    (the ePSF stage keeps saturated pixels' weights); satur: saturation mask (or None);
     saturate_scaled: SATURATE*scale (inf if unknown); fwhm_pix: seeing FWHM in px (nan if unknown);
     gaia_xy: (N, 2) magnitude-filtered Gaia seeds in working-frame pixels, or None;
     gain_scaled: electrons per scaled image unit (EGAIN / scale) for the Poisson term of the
@@ -64,7 +64,7 @@ class EpsfCellInput:
 
 @dataclass
 class EpsfCellResult:
-    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the S4.6o record;
+    """``stamp``: float32 unit-sum ePSF (None on failure); ``meta``: the cell record written to meta.json;
     ``stars``: the used stars' flux-normalised grid-aligned stamps for the band's PSF field
     (``xy`` working frame (n, 2), ``vals`` and inverse variances ``w`` (n, S, S), float32)."""
 
@@ -92,7 +92,7 @@ class FigureSpec:
 def epsf_settings(cfg_epsf):
     """The ``epsf`` section as a schema dataclass; a plain dict (tests) is merged onto the defaults.
 
-    An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning (config-reference §12).
+    An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning.
     """
     from tract7dt_mpi.config.schema import Epsf
 
@@ -124,7 +124,7 @@ def cell_tag(r: int, c: int) -> str:
 
 
 def cell_bounds(shape, n: int, r: int, c: int):
-    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid (S4.2).
+    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid.
 
     step = W // n (H // n for rows); the last column/row extends to the frame edge.
     """
@@ -137,7 +137,7 @@ def cell_bounds(shape, n: int, r: int, c: int):
 
 
 def active_cells(catalog_xy_active, shape, n: int):
-    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels (S4.1)."""
+    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels."""
     h, w = int(shape[0]), int(shape[1])
     xy = np.asarray(catalog_xy_active, dtype=float).reshape(-1, 2)
     x, y = xy[:, 0], xy[:, 1]
@@ -149,7 +149,7 @@ def active_cells(catalog_xy_active, shape, n: int):
 
 
 def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
-    """Gaia forced-aperture radius in px (S4.4): clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
+    """Gaia forced-aperture radius in px: clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
 
     An unknown FWHM gives 3.0 px (with a warning unless ``warn`` is false: cells stay quiet and the
     band-level caller warns once).
@@ -168,7 +168,7 @@ def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
 
 
 def gaia_seeds_for_band(gaia_df, band, wcs, cfg_epsf) -> np.ndarray:
-    """Gaia seeds of one band in working-frame pixels, (N, 2), table order kept (S4.5).
+    """Gaia seeds of one band in working-frame pixels, (N, 2), table order kept.
 
     Rows with finite ra/dec/mag_{band} inside [gaia_mag_min, gaia_mag_max] (inclusive). No table,
     a mode without Gaia, or a missing column gives an empty array (with a warning for the column).
@@ -219,7 +219,7 @@ def _base_meta(inp: EpsfCellInput, s) -> dict:
 # ------------------------------------------------------------------------------------- the build
 
 def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> EpsfCellResult:
-    """Select stars, build, crop and normalise the ePSF of one (band, cell) (S4.6a-o).
+    """Select stars, build, crop and normalise the ePSF of one (band, cell).
 
     Data problems never raise: they return ``stamp=None`` and ``meta['status'] == 'fail'`` with
     ``meta['error']``. With ``figures`` the result lists the diagnostic PNGs each config toggle asks
@@ -238,7 +238,7 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> Epsf
         stamp, stars = _build(inp, s, meta, figs)
         meta["status"] = "ok"
         return EpsfCellResult(stamp, meta, stars, figs or [])
-    except B.CellFailure as exc:
+    except epsf_build.CellFailure as exc:
         meta["status"], meta["error"] = "fail", str(exc)
         if meta["nstars_sel"] == 0:   # no star: say why at INFO (small cells: said at planning)
             level = logging.DEBUG if meta.get("cell_too_small") else logging.INFO
@@ -260,7 +260,7 @@ def _plot(figs, enabled, func, name, *args, status=None, **kwargs):
 
 
 def _select(inp, s, img, sigma, bad, satur, work, meta):
-    """Run S4.6b-g on the cell; returns the Selection."""
+    """Star selection on the cell (background, candidates, Gaia seeds, cuts); returns the Selection."""
     h, w = img.shape
     need, sat_thr, sat_r = sel_mod.selection_limits(s, inp.saturate_scaled)
     use_gaia = s.psfstar_mode in ("gaia", "sep+gaia")
@@ -307,7 +307,7 @@ def _prepare(inp):
 
 
 def select_psf_stars(inp: EpsfCellInput, cfg_epsf):
-    """Background + star selection only (S4.6a-g), for QA and tests.
+    """Background + star selection only, for QA and tests.
 
     Returns (Selection with cell-local x, y, origin and rejection counts, meta dict).
     """
@@ -323,11 +323,11 @@ def _build(inp, s, meta, figs):
     """The body of :func:`build_epsf_cell`; raises CellFailure for data problems."""
     img, sigma, bad, satur = _prepare(inp)
     if not (~bad).any():
-        raise B.CellFailure("cell has no valid pixel")
+        raise epsf_build.CellFailure("cell has no valid pixel")
     side = min_cell_side(s)
     if min(img.shape) < side:
         meta["cell_too_small"] = True
-        raise B.CellFailure(f"cell {img.shape[1]}x{img.shape[0]} px is smaller than the star cut-out "
+        raise epsf_build.CellFailure(f"cell {img.shape[1]}x{img.shape[0]} px is smaller than the star cut-out "
                             f"plus its pad ({side} px): it cannot hold a PSF star")
 
     bg = sel_mod.cell_background(img, sigma, bad, s)
@@ -344,7 +344,7 @@ def _build(inp, s, meta, figs):
         _plot(figs, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
               title=title + " bg-sub")
     if len(sel) == 0:
-        raise B.CellFailure("no PSF star selected")
+        raise epsf_build.CellFailure("no PSF star selected")
 
     build = _build_stacked if int(s.oversamp) == 1 else _build_photutils
     stamp, good, stars, bkg_rows, ef, payload = build(inp, s, meta, work, sigma, bad, sel)
@@ -352,7 +352,7 @@ def _build(inp, s, meta, figs):
     meta["epsf_shape"] = [int(stamp.shape[0]), int(stamp.shape[1])]
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
-    stacks = B.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
+    stacks = epsf_build.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
     _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel)
     return stamp, payload
 
@@ -362,7 +362,7 @@ def _stamps(work, sigma, bad, sel, s):
     (rows [(k, x0, y0, data, 1/sigma with bad and neighbour pixels at 0, (cx, cy))], masked frac)."""
     size = int(s.cutout_size) | 1
     half = size // 2
-    err = B.error_image(sigma, bad)
+    err = epsf_build.error_image(sigma, bad)
     h, w = work.shape
     out, fracs = [], []
     for k in range(len(sel)):
@@ -391,12 +391,12 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["nstars_extract"] = len(rows)
     meta["selection"]["neighbour_masked_frac_mean"] = frac
     if not rows:
-        raise B.CellFailure("no star stamp fits inside the cell")
+        raise epsf_build.CellFailure("no star stamp fits inside the cell")
     b0, f0, bkg_rows, stats = [], [], [], []
     for k, x0, y0, data, wt, c in rows:
         v = 0.0
         if s.star_local_bkg_subtract:
-            v, status, _ = B.annulus_background(data, wt, s)
+            v, status, _ = epsf_build.annulus_background(data, wt, s)
             stats.append(status)
         b0.append(v)
         f0.append(qa.symmetric_flux(data - v, wt > 0, c))
@@ -406,7 +406,7 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
                          inp.fwhm_pix, f0, b0, fit_background=bool(s.star_local_bkg_subtract),
                          wing_tail=bool(s.wing_tail), combine=str(s.combine))
     except ValueError as exc:
-        raise B.CellFailure(f"ePSF stack failed: {exc}") from None
+        raise epsf_build.CellFailure(f"ePSF stack failed: {exc}") from None
     stars = res.stars
     if s.star_local_bkg_subtract:
         meta["local_star_background"] = qa.local_bkg_summary([st.background for st in stars], stats)
@@ -419,18 +419,18 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
                        "fwhm_pix": res.info["fwhm_pix"]}
     meta["wings"] = res.info["wings"]
     _record_used(meta, good, inp)
-    wts = B.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
+    wts = epsf_build.star_weights(good, float(np.nanmax(res.psf)), inp.gain_scaled)
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
     used, vals, w = epsf_stack.normalised_stamps(stars, res.psf, inp.gain_scaled)
     payload = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
                "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
-    crop = B.finish_stamp(res.psf, 1, s.final_psf_size)
+    crop = epsf_build.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
     o0, o1 = max(0, (res.psf.shape[0] - fs) // 2), max(0, (res.psf.shape[1] - fs) // 2)
     ef = float(min(res.psf[o0:o0 + fs, o1:o1 + fs].sum(), 1.0))
     if not crop.sum() > 0:
-        raise B.CellFailure("ePSF has no positive flux")
+        raise epsf_build.CellFailure("ePSF has no positive flux")
     return crop, good, stars, bkg_rows, ef, payload
 
 
@@ -441,25 +441,25 @@ def _record_used(meta, good, inp):
     meta["used_stars_xy"] = [[round(float(st.center[0]) + inp.x0, 3), round(float(st.center[1]) + inp.y0, 3)]
                              for st in good]
     if len(good) <= 0:
-        raise B.CellFailure("the ePSF build kept no star")
+        raise epsf_build.CellFailure("the ePSF build kept no star")
 
 
 def _build_photutils(inp, s, meta, work, sigma, bad, sel):
     """photutils' EPSFBuilder (oversampled ePSFs); returns what :func:`_build_stacked` does
     (no PSF-field stamps: None)."""
-    stars = B.extract(work, sigma, bad, sel, s)
-    meta["nstars_extract"] = int(len(B.star_list(stars)))
-    stars, bkg_rows = B.prepare_stars(stars, sel, s, meta)
-    builder = B.make_builder(s)
+    stars = epsf_build.extract(work, sigma, bad, sel, s)
+    meta["nstars_extract"] = int(len(epsf_build.star_list(stars)))
+    stars, bkg_rows = epsf_build.prepare_stars(stars, sel, s, meta)
+    builder = epsf_build.make_builder(s)
     result = builder(stars)
     epsf, fitted = result[0], result[1]
     meta["builder"] = {
         "combine": "median", "method": "photutils",
-        "smoothing_kernel": B.smoothing_kernel(s.oversamp),
+        "smoothing_kernel": epsf_build.smoothing_kernel(s.oversamp),
         "iterations": int(getattr(result, "iterations", -1)),
         "converged": bool(getattr(result, "converged", False)),
     }
-    good = B.good_fitted(fitted)
+    good = epsf_build.good_fitted(fitted)
     _record_used(meta, good, inp)
     wts = np.full(len(good), 1.0 / len(good))
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
@@ -467,9 +467,9 @@ def _build_photutils(inp, s, meta, work, sigma, bad, sel):
         st.model = np.asarray(st.register_epsf(epsf), dtype=float)
     _psf_flux_check(stamp_fwhm(native_stamp_of(epsf)), good, [st.model for st in good], wts,
                     inp.gain_scaled, s, meta)
-    stamp = B.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
+    stamp = epsf_build.finish_stamp(epsf.data, s.oversamp, s.final_psf_size)
     if not stamp.sum() > 0:
-        raise B.CellFailure("ePSF has no positive flux")
+        raise epsf_build.CellFailure("ePSF has no positive flux")
     tailed, meta["wings"] = with_wing_tail(stamp, stamp_fwhm(stamp.astype(float)))
     if s.wing_tail:
         stamp = tailed
@@ -492,11 +492,11 @@ def _psf_flux_check(fwhm, good, models, shares, gain, s, meta):
 
 
 def native_stamp_of(epsf):
-    return B.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
+    return epsf_build.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
 
 
 def _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel):
-    """Success-only PNGs (S4.6m) and the local-background diagnostic status."""
+    """Success-only PNGs and the local-background diagnostic status."""
     origin_of = {i: o for i, o in enumerate(sel.origin)}
     _plot(figs, True, "plot_epsf", "epsf.png", stamp,
           title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}")
@@ -512,14 +512,14 @@ def _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel):
         used = good[:nmax]
         _plot(figs, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
               [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})")
-        ext = B.star_list(stars)[:nmax]
+        ext = epsf_build.star_list(stars)[:nmax]
         _plot(figs, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
               [origin_of.get(st.id_label, "") for st in ext],
               title=f"extracted stars ({meta['nstars_extract']})")
 
 
 def _local_bkg_plot(s, meta, figs, good, bkg_rows):
-    """star_local_background_diagnostics.png for the used stars, or a skipped_* status (S4.6m)."""
+    """star_local_background_diagnostics.png for the used stars, or a skipped_* status."""
     rec = meta["local_bkg_diagnostics"]
     if figs is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
         return
@@ -570,7 +570,7 @@ def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
 
 
 def count_status(metas):
-    """(total, ok, fail) counts for the summary log line (S4.7)."""
+    """(total, ok, fail) counts for the summary log line."""
     total = len(metas)
     ok = sum(1 for m in metas if m.get("status") == "ok")
     return total, ok, total - ok

@@ -58,9 +58,9 @@ def annulus_background(data, weights, s):
 
 
 def prepare_stars(stars, sel, s, meta):
-    """Mask neighbours and subtract the per-star annulus background (S4.6j) in every stamp.
+    """Mask neighbours and subtract the per-star annulus background in every stamp.
 
-    Neighbour masking (an addition to the spec): pixels within the grown SEP segment of any other
+    Neighbour masking (an addition to the serial pipeline): pixels within the grown SEP segment of any other
     object get zero weight, so the builder's per-pixel median never sees a neighbour's light; the
     annulus background uses the same weights. Returns (new EPSFStars, diagnostic rows).
     """
@@ -165,7 +165,7 @@ def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
 
 
 def make_builder(s):
-    """photutils' EPSFBuilder with the spec settings (oversampled ePSFs only; native-sampling
+    """photutils' EPSFBuilder with the serial pipeline's settings (oversampled ePSFs only; native-sampling
     ePSFs are built by :mod:`.epsf_stack`); keywords the installed photutils lacks are dropped."""
     from astropy.stats import SigmaClip
     from photutils.psf import EPSFBuilder
@@ -202,7 +202,7 @@ def native_stamp(data, oversamp: int) -> np.ndarray:
 
 
 def finish_stamp(data, oversamp, final_size) -> np.ndarray:
-    """NaN->0, native sampling, centre-crop to ``final_size`` (offset (H-s)//2), unit sum (S4.6l)."""
+    """NaN->0, native sampling, centre-crop to ``final_size`` (offset (H-s)//2), unit sum."""
     a = np.asarray(data, dtype=float)
     a = np.where(np.isfinite(a), a, 0.0)
     a = native_stamp(a, oversamp)

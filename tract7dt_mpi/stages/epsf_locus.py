@@ -66,7 +66,7 @@ def min_cell_side(s) -> int:
 
 
 def cell_candidate_sizes(img, sigma, bad, satur, s, fwhm_pix, saturate_scaled) -> np.ndarray:
-    """Half-flux radii of one cell's star candidates (background, SEP, S4.6d-e and blend cuts
+    """Half-flux radii of one cell's star candidates (background, SEP, candidate and blend cuts
     exactly as the cell's own selection) for the band's locus."""
     img = np.asarray(img, np.float64)
     sigma = np.asarray(sigma, np.float64)

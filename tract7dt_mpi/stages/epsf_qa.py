@@ -1,4 +1,4 @@
-"""ePSF star-stamp background and quality metrics (spec S4.6j, S4.6m-n).
+"""ePSF star-stamp background and quality metrics.
 
 Pure numpy on small stamps: per-star annulus background, encircled-energy growth metrics of the
 final stamp and star-minus-model residual statistics. Nothing here writes files.
@@ -15,7 +15,7 @@ NAN = float("nan")
 # --------------------------------------------------------------------------------- local background
 
 def annulus_radii(shape, rin_cfg, rout_cfg):
-    """Annulus radii clamped into a stamp of ``shape`` (S4.6j): returns (rin, rout)."""
+    """Annulus radii clamped into a stamp of ``shape``: returns (rin, rout)."""
     h, w = shape
     rmax = max(2.0, min((w - 1) / 2.0, (h - 1) / 2.0) - 1.0)
     rout = float(np.clip(rout_cfg, 2.0, rmax))
@@ -32,7 +32,7 @@ def annulus_mask(shape, rin, rout) -> np.ndarray:
 
 
 def _sigma_clip_values(v, nsig, iters=5):
-    """Iterative median/std sigma clip of a 1-D array (5 iterations, as the spec fixes)."""
+    """Iterative median/std sigma clip of a 1-D array (5 iterations, as the serial pipeline)."""
     for _ in range(iters):
         if v.size == 0:
             break

@@ -1,4 +1,4 @@
-"""ePSF star selection for one cell: cell background, SEP candidates, Gaia seeds (spec S4.6a-h).
+"""ePSF star selection for one cell: cell background, SEP candidates, Gaia seeds.
 
 Everything here works in cell-local pixel coordinates (0-based, x = column, y = row) on the cell's
 own arrays, so the result depends only on those arrays and the settings (deterministic, rank-free).
@@ -14,7 +14,7 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-# SEP limits of the spec (S4.6d): generous pixel stack and sub-object limit for crowded cells.
+# SEP limits: generous pixel stack and sub-object limit for crowded cells.
 SEP_PIXSTACK = 1_000_000
 SEP_SUB_OBJECT_LIMIT = 200_000
 STELLAR_LOCUS_TOL = 0.10   # candidates with half-flux radius > 1.10 x the median are not stars
@@ -28,7 +28,7 @@ def _c64(a) -> np.ndarray:
 
 
 def set_sep_limits() -> None:
-    """Raise SEP's extraction limits to the spec values (idempotent, process-wide)."""
+    """Raise SEP's extraction limits to the serial pipeline's values (idempotent, process-wide)."""
     sep.set_extract_pixstack(SEP_PIXSTACK)
     if hasattr(sep, "set_sub_object_limit"):
         sep.set_sub_object_limit(SEP_SUB_OBJECT_LIMIT)
@@ -38,7 +38,7 @@ def set_sep_limits() -> None:
 
 @dataclass
 class CellBackground:
-    """Result of the optional per-cell SEP background fit (S4.6a)."""
+    """Result of the optional per-cell SEP background fit."""
 
     work: np.ndarray                  # image the selection and the builder use (img - back, or img)
     back: np.ndarray | None = None    # background map (None if disabled or failed)
@@ -61,7 +61,7 @@ def bkg_stats(status, back=None, rms=None, mask_frac=float("nan"), error=None) -
 
 
 def cell_background(img, sigma, bad, s) -> CellBackground:
-    """Fit and subtract a SEP background map with bright pixels masked (S4.6a).
+    """Fit and subtract a SEP background map with bright pixels masked.
 
     Source mask: good pixels above median(img) + k * median(sigma), dilated ``background_mask_dilate``
     times with a 3x3 (8-connected) element. On any SEP error the image is returned unchanged.
@@ -140,7 +140,7 @@ class Candidates:
 
 
 def sep_detect(work, sigma, bad, s) -> Candidates:
-    """Run SEP on the cell (error = sky-only sigma, mask = bad) and keep every object (S4.6d)."""
+    """Run SEP on the cell (error = sky-only sigma, mask = bad) and keep every object."""
     set_sep_limits()
     err = np.array(sigma, dtype=np.float64)
     finite = np.isfinite(err) & (err > 0)
@@ -239,7 +239,7 @@ def box_has_saturated(satur, x, y, r) -> bool:
 
 
 def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range, nb=None) -> Candidates:
-    """Apply the S4.6d-e cuts (+ blend rejection when ``nb`` = (dilate, r_core) is given);
+    """Apply the candidate cuts (+ blend rejection when ``nb`` = (dilate, r_core) is given);
     fill ``c.ok`` (best score first) and ``c.reasons``."""
     h, w = shape
     reasons = {"edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0, "blended": 0}
@@ -279,7 +279,7 @@ def half_flux_radii(work, bad, x, y, a) -> np.ndarray:
 
 def stellar_locus_cut(c: Candidates, work, bad, tol=STELLAR_LOCUS_TOL, min_n=5,
                       band_locus=None) -> Candidates:
-    """Drop candidates resolved beyond the stellar locus (an addition to the spec).
+    """Drop candidates resolved beyond the stellar locus (an addition to the serial pipeline).
 
     size = SEP half-flux radius of every detection (``c.r50``); cell locus = median size of the
     kept candidates (bright compact objects are mostly stars), used with at least ``min_n`` of
@@ -368,7 +368,7 @@ def forced_snr(work, sigma, bad, x, y, r):
 
 def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sigma, bad, satur, s,
               sat_thr, sat_r, r_forced, nb=None) -> None:
-    """Accept Gaia seeds in table order (S4.6f); mutates ``sel`` and ``used``.
+    """Accept Gaia seeds in table order; mutates ``sel`` and ``used``.
 
     ``nb`` = (dilate, r_core) also rejects blended seeds (see :func:`is_blended`); a seed whose
     object is larger than the stellar locus (``cand.too_big``; Gaia also catalogues galaxy
@@ -431,7 +431,7 @@ def gaia_pass(sel: Selection, seeds, cand: Candidates, used: set, img, work, sig
 
 
 def sep_pass(sel: Selection, cand: Candidates, used: set, s) -> None:
-    """Fill with SEP candidates by descending score, min_sep apart, up to max_stars (S4.6g)."""
+    """Fill with SEP candidates by descending score, min_sep apart, up to max_stars."""
     for i in cand.ok:
         if len(sel) >= s.max_stars:
             break
@@ -445,7 +445,7 @@ def sep_pass(sel: Selection, cand: Candidates, used: set, s) -> None:
 
 
 def seeds_in_window(gaia_xy, x0, y0, shape, need):
-    """Working-frame seeds inside the edge-clearance window, as cell-local (N, 2) (S4.6c)."""
+    """Working-frame seeds inside the edge-clearance window, as cell-local (N, 2)."""
     if gaia_xy is None:
         return np.zeros((0, 2))
     xy = np.asarray(gaia_xy, dtype=float).reshape(-1, 2)

@@ -1,9 +1,9 @@
-"""Fit one patch with the engine (spec S9.5-S9.7) and build its fixed-schema result table.
+"""Fit one patch with the engine and build its fixed-schema result table.
 
 ``fit_patch_input`` turns a :class:`~.patch_inputs.PatchInput` into a :class:`PatchResult`: the
 base rows (halo rows are fitted too, so their light is modelled, but reported only by their home
-patch) with the columns of outputs spec §2.3-2.5 plus ``_row``; the patch ``meta.json`` record
-(S9.6.5) and the patch log lines. ``result_columns`` fixes names and numpy dtypes (strings as
+patch) with the fit columns of docs/outputs.md plus ``_row``; the patch ``meta.json`` record
+and the patch log lines. ``result_columns`` fixes names and numpy dtypes (strings as
 fixed-width bytes) so a results store can pre-allocate them.
 """
 
@@ -51,7 +51,7 @@ def clip_text(value, width: int) -> str:
 
 
 def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
-    """Names and numpy dtypes of the result table, in order (outputs spec §2.3-2.5 + ``_row``).
+    """Names and numpy dtypes of the result table, in order (the fit columns of docs/outputs.md + ``_row``).
 
     Multi-band: bands in the given (image-list) order; single-band: suffixed columns per band in
     alphabetical order.
@@ -104,31 +104,6 @@ def empty_table(bands, multi_band: bool) -> pd.DataFrame:
                          for n, d in result_columns(bands, multi_band)})
 
 
-def to_structured(table: pd.DataFrame, bands, multi_band: bool) -> np.ndarray:
-    """The table as a numpy structured array of the fixed schema (strings UTF-8, truncated)."""
-    cols = result_columns(bands, multi_band)
-    arr = np.zeros(len(table), dtype=cols)
-    for name, dt in cols:
-        if name not in table.columns:
-            raise InputError(f"result table: missing column {name!r}")
-        v = table[name]
-        if dt.kind == "S":
-            arr[name] = [clip_text("" if x is None else x, dt.itemsize).encode("utf-8") for x in v]
-        else:
-            arr[name] = v.to_numpy()
-    return arr
-
-
-def from_structured(arr: np.ndarray) -> pd.DataFrame:
-    """Inverse of :func:`to_structured`: byte strings decoded to str."""
-    out = {}
-    for name in arr.dtype.names:
-        col = arr[name]
-        out[name] = ([x.decode("utf-8", "replace") for x in col] if col.dtype.kind == "S"
-                     else col)
-    return pd.DataFrame(out)
-
-
 @dataclass
 class PatchResult:
     """One patch's output. ``plot`` holds arrays for the diagnostics (None once written)."""
@@ -158,7 +133,7 @@ class _PatchLog:
 
 
 def _fit_function(pr):
-    engine = str(getattr(pr, "engine", "native")).lower()
+    engine = str(pr.engine).lower()
     if engine == "tractor":
         try:
             from ..engine import tractor_backend
@@ -275,19 +250,19 @@ def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
     if cand.size == 0:
         return sources, res, {}
     fw = [stamp_fwhm(np.asarray(p.stamp, float)) for p in psfs.values() if getattr(p, "stamp", None) is not None]
-    fwhm = float(np.nanmedian(fw)) if fw else float(getattr(pr, "fallback_default_fwhm_pix", 4.0))
+    fwhm = float(np.nanmedian(fw)) if fw else float(pr.fallback_default_fwhm_pix)
     return select_point_sources(fit_fn, images, sources, res, opts, cand, fwhm,
                                 float(pr.model_selection_dchisq))
 
 
 def fit_patch_input(pin, cfg) -> PatchResult:
-    """Fit one patch (S9) -> PatchResult (written by :func:`write_patch_products`).
+    """Fit one patch -> PatchResult (written by :func:`write_patch_products`).
 
     ``cfg`` is the full Config (patch_run, moffat_psf, plotting). A patch tag listed in
     ``patch_run.fault_inject`` raises RuntimeError (test hook for the scheduler).
     """
     pr = cfg.patch_run
-    if pin.tag in (getattr(pr, "fault_inject", None) or []):
+    if pin.tag in (pr.fault_inject or []):
         raise RuntimeError("fault injected for test")
     t0 = time.perf_counter()
     plog = _PatchLog(pin.tag)
@@ -316,13 +291,13 @@ def fit_patch_input(pin, cfg) -> PatchResult:
         "psf_frozen_bands_for_optimizer": psum["psf_frozen_bands_for_optimizer"].split(",")
         if psum["psf_frozen_bands_for_optimizer"] else [],
         "staged_fit_enabled": bool(pr.enable_staged_fit), "engine": engine_name,
-        "flux_error_model": str(getattr(pr, "flux_error_model", "total"))})
+        "flux_error_model": str(pr.flux_error_model)})
     psf_frac = psf_term_fractions(bands, pin, audits, meta["flux_error_model"])
     meta["psf_flux_err_frac"] = {b: (None if not np.isfinite(v) else round(v, 6)) for b, v in psf_frac.items()}
 
     images = engine_images(pin, psfs)
     fit_sky = apply_sky_choice(images, pr)
-    meta["sky_mode"] = str(getattr(pr, "sky", "fit"))
+    meta["sky_mode"] = str(pr.sky)
     is_halo = cat["_is_halo_source"].to_numpy(bool)
     if (~is_halo).sum() == 0:
         plog("no base sources: nothing to fit", logging.WARNING)
@@ -336,7 +311,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
                       flux_error_model=meta["flux_error_model"],
                       marginal_flux_errors=bool(pr.flux_error_marginal),
                       shape_min_snr=float(pr.shape_fit_min_snr),
-                      pos_min_snr=float(getattr(pr, "pos_fit_min_snr", 0.0)))
+                      pos_min_snr=float(pr.pos_fit_min_snr))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
@@ -344,7 +319,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
          f"{n_cat_flux}/{len(sources) * len(bands)}")
     res = fit_fn(images, sources, opts)
     chosen = {}
-    if multi and str(getattr(pr, "model_selection", "off")) == "untyped":
+    if multi and str(pr.model_selection) == "untyped":
         sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo)
         for i, d in chosen.items():
             inits[i] = dataclasses.replace(inits[i], kind=res.sources[i].kind)
@@ -388,7 +363,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                            np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
-    gmode = str(getattr(pr, "galaxy_flux", "total"))
+    gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode) for b in bands}
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
@@ -474,7 +449,7 @@ def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
 
 def patch_is_complete(out_dir: str, tag: str) -> bool:
     """True when ``{out_dir}/{tag}/{tag}_cat_fit.csv`` exists (written last, atomically), the
-    resume test of spec S8.2 — a folder alone does not count."""
+    test ``--resume`` uses — a folder alone does not count."""
     return os.path.isfile(os.path.join(out_dir, tag, f"{tag}_cat_fit.csv"))
 
 
@@ -501,6 +476,5 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["PatchResult", "fit_patch_input", "result_columns", "to_structured",
-           "from_structured", "write_patch_products", "patch_csv_frame", "patch_is_complete",
+__all__ = ["PatchResult", "fit_patch_input", "result_columns", "write_patch_products", "patch_csv_frame", "patch_is_complete",
            "safe_name", "clip_text", "empty_table"]

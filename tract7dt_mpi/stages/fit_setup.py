@@ -1,4 +1,4 @@
-"""Per-patch fit set-up (spec S9.2-S9.4, inputs §1.3-1.5): one PSF per band with its audit, the
+"""Per-patch fit set-up: one PSF per band with its audit, the
 engine images (inverse variance from the sky sigma) and the engine sources (model from TYPE,
 initial fluxes, shape, priors, position bounds).
 
@@ -56,7 +56,7 @@ def header_fwhm_pix(header_text: str) -> float:
 
 
 def fallback_fwhm(info, default_fwhm: float) -> tuple[float, str]:
-    """FWHM (px, >= 1) for the fallback PSF and where it came from (S9.2.4)."""
+    """FWHM (px, >= 1) for the fallback PSF and where it came from."""
     v = float(getattr(info, "fwhm_pix", float("nan")))
     src = "prepared fwhm_pix"
     if not (math.isfinite(v) and v > 0):
@@ -132,7 +132,7 @@ def epsf_psf(stamp: np.ndarray, pr):
 
 
 def choose_psf(band: str, choice, info, pr, moffat):
-    """(psf, audit, log line) for one band (S9.2). ``choice`` is a PsfChoiceInput or None."""
+    """(psf, audit, log line) for one band. ``choice`` is a PsfChoiceInput or None."""
     gate = int(pr.min_epsf_nstars_for_use)
     stamp = getattr(choice, "stamp", None)
     nstars = getattr(choice, "nstars_used", None)
@@ -174,7 +174,7 @@ def choose_psf(band: str, choice, info, pr, moffat):
 # --------------------------------------------------------------------------- images
 
 def invvar_of(cut) -> np.ndarray:
-    """1/max(sigma_sky², 1e-12) on good pixels, 0 on bad_final / non-finite / sigma <= 0 (S9.3)."""
+    """1/max(sigma_sky², 1e-12) on good pixels, 0 on bad_final / non-finite / sigma <= 0."""
     sig = np.asarray(cut.sigma_sky, float)
     img = np.asarray(cut.img, float)
     good = ~np.asarray(cut.bad_final, bool) & np.isfinite(img) & np.isfinite(sig) & (sig > 0)
@@ -200,7 +200,7 @@ def engine_images(pin, psfs: dict) -> list:
 
 def aperture_fluxes(data: np.ndarray, invvar: np.ndarray, x: np.ndarray, y: np.ndarray,
                     r_ap: float) -> np.ndarray:
-    """Circular-aperture sums (radius r_ap) on masked pixels excluded; non-finite -> 0 (§1.5.1)."""
+    """Circular-aperture sums (radius r_ap) on masked pixels excluded; non-finite -> 0."""
     import sep
 
     if len(x) == 0:
@@ -254,7 +254,7 @@ def source_kinds(cat: pd.DataFrame, type_col: str | None, gal_model: str) -> lis
 
 
 def theta_to_phi(theta: np.ndarray) -> np.ndarray:
-    """Catalog THETA (deg) -> engine phi (deg): THETA-90 if THETA >= 0 else THETA+90 (§1.4.2)."""
+    """Catalog THETA (deg) -> engine phi (deg): THETA-90 if THETA >= 0 else THETA+90."""
     t = np.asarray(theta, float)
     return np.where(t >= 0, t - 90.0, t + 90.0)
 
@@ -300,9 +300,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     n0 = np.where(np.isfinite(sers) & (sers > 0), sers, float(pr.sersic_n_init))
     pos_err, re_err = _num(cat, cm.pos_err), _num(cat, cm.re_err)
     ell_err, th_err = _num(cat, cm.ell_err), _num(cat, cm.theta_err)
-    shift = getattr(pr, "pos_max_shift_pix", None)
+    shift = pr.pos_max_shift_pix
     shift = float(shift) if shift is not None else None
-    re_factor = float(getattr(pr, "re_max_factor", 0.0) or 0.0)
+    re_factor = float(pr.re_max_factor or 0.0)
     re_factor = re_factor if re_factor > 1 else None
     hgt, wid = images[0].data.shape if images else (0, 0)
     # halo sources centred outside the ROI: only their wings are seen, so hold position and shape
@@ -356,7 +356,7 @@ def apply_sky_choice(images: list, pr) -> bool:
     Gaussian prior centred on 0 of ``sky_prior_sigma`` x the band's sky noise per pixel (median
     1/sqrt(invvar) of the unmasked pixels).
     """
-    mode = str(getattr(pr, "sky", "fit")).lower()
+    mode = str(pr.sky).lower()
     if mode not in SKY_CHOICES:
         raise InputError(f"patch_run.sky: expected one of {list(SKY_CHOICES)}, got {mode!r}")
     for im in images:

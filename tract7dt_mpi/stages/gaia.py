@@ -1,4 +1,4 @@
-"""GaiaXP augmentation of the working catalog (spec S2, when ``zp.enabled``).
+"""GaiaXP augmentation of the working catalog (when ``zp.enabled``).
 
 Gaia stars in the G-magnitude window and inside a square box around the active sources are
 matched on the sky to catalog rows (``gaia_source_id``), used to backfill missing/zero
@@ -33,7 +33,7 @@ def gaia_missing_columns(df: pd.DataFrame) -> list[str]:
 
 
 def selection_box(x, y, shape, min_side: int) -> tuple[int, int, int, int]:
-    """Square (x0, x1, y0, y1) around the points (spec S2.4): side = max(min_side, extent), shifted
+    """Square (x0, x1, y0, y1) around the points: side = max(min_side, extent), shifted
     back inside the frame, then floor/ceil and clamped; image-centred when there are no points."""
     H, W = shape
     x = np.asarray(x, float)
@@ -89,7 +89,7 @@ def _mag_to_flux(mag, zp_ref):
 
 def augment_with_gaia(catalog: pd.DataFrame, gaia_df: pd.DataFrame, wcs, shape, bands, cfg,
                       satur_hits_fn=None, cmap: ColumnMap | None = None):
-    """Return (augmented catalog, info) per spec S2.2-S2.10 (no file I/O).
+    """Return (augmented catalog, info) (no file I/O).
 
     ``satur_hits_fn(x, y) -> bool array`` applies the saturation-cut rule at working-frame pixel
     positions (``LoadResult.satur_hits`` with the configured radius/rule); None disables it.

@@ -1,4 +1,4 @@
-"""Load and validate the inputs (spec S1), streaming one band at a time.
+"""Load and validate the inputs, streaming one band at a time.
 
 ``load_inputs`` first reads every FITS *header* (cheap) and runs all checks that can fail
 (header keywords, duplicate FILTER, shape, WCS alignment, catalog bands), so a bad input stops
@@ -34,7 +34,7 @@ log = logging.getLogger("tract7dt_mpi.stages.load")
 
 
 class WhiteStack:
-    """Inverse-variance white stack accumulated one band at a time (spec S1.3).
+    """Inverse-variance white stack accumulated one band at a time.
 
     Per band ``w = 1/max(sigma_sky^2, 1e-12)`` on finite pixels (saturated pixels keep their
     weight), 0 elsewhere; ``white = sum(w*img)/sum(w)`` (NaN where sum(w) = 0) and
@@ -81,7 +81,7 @@ class WhiteStack:
 
 def _hits_one_band(xc, yc, pix, radius) -> np.ndarray:
     """True where a saturated pixel (rows of ``pix`` = (y, x)) lies within ``radius`` of the
-    integer centre (xc, yc): the same set as the spec's in-bounds integer disk offsets."""
+    integer centre (xc, yc): the in-bounds integer offsets of the disk."""
     hit = np.zeros(len(xc), dtype=bool)
     if len(pix) == 0 or len(xc) == 0:
         return hit
@@ -93,7 +93,7 @@ def _hits_one_band(xc, yc, pix, radius) -> np.ndarray:
 
 
 def saturation_hits(x, y, band_pixels, radius: float, require_all: bool = False) -> np.ndarray:
-    """Saturation-cut flag at pixel positions (spec S1.5): any (or all) bands hit within
+    """Saturation-cut flag at pixel positions: any (or all) bands hit within
     ``radius`` of the rounded position; non-finite positions are never flagged."""
     x = np.asarray(x, float)
     y = np.asarray(y, float)
@@ -104,7 +104,7 @@ def saturation_hits(x, y, band_pixels, radius: float, require_all: bool = False)
 
 
 class SaturationCut:
-    """Streaming any-band / all-bands saturation cut over catalog positions (spec S1.5)."""
+    """Streaming any-band / all-bands saturation cut over catalog positions."""
 
     def __init__(self, x, y, radius: float, require_all: bool = False):
         self.radius = max(0.0, float(radius))
@@ -192,7 +192,7 @@ def parse_band_header(header, path: str, zp_ref: float, logger=None) -> BandInfo
 
 @dataclass
 class PreparedBand:
-    """One band in the working frame: scaled image and the two masks kept apart (spec S1.2)."""
+    """One band in the working frame: scaled image and the two masks kept apart."""
 
     info: BandInfo
     img: np.ndarray        # float32, raw * scale
@@ -265,7 +265,7 @@ def check_alignment(ref: WCS, other: WCS, checks, path: str, logger=None) -> Non
 def crop_box(shape, crop_cfg) -> tuple[int, int, int, int]:
     """(x0, x1, y0, y1) kept by the crop (whole frame when disabled); InputError when empty."""
     H, W = shape
-    if not getattr(crop_cfg, "enabled", False):
+    if not crop_cfg.enabled:
         return 0, W, 0, H
     m = int(crop_cfg.margin)
     x0, x1, y0, y1 = m, W - m, m, H - m
@@ -327,10 +327,6 @@ class LoadResult:
         return saturation_hits(x, y, [self.satur_pixels[b] for b in use], radius, require_all)
 
 
-def _get(section, name, default):
-    return getattr(section, name, default) if section is not None else default
-
-
 def _headers_pass(paths, cfg, logger):
     """Read and check every header; returns (infos, shape, ref_wcs) without touching pixels."""
     zp_ref = float(cfg.image_scaling.zp_ref)
@@ -348,13 +344,13 @@ def _headers_pass(paths, cfg, logger):
             shape, ref_wcs = shp, wcs
         else:
             if shp != shape:
-                extra = "" if _get(checks, "require_same_shape", True) else \
+                extra = "" if checks.require_same_shape else \
                     " (checks.require_same_shape is off, but stacking needs one shape)"
                 raise InputError(f"Image shape mismatch: {path} has {shp}, expected {shape}{extra}")
-            if _get(checks, "require_wcs_alignment", True):
+            if checks.require_wcs_alignment:
                 check_alignment(ref_wcs, wcs, checks, path, logger)
         infos.append(info)
-    if _get(checks, "require_wcs_alignment", True):
+    if checks.require_wcs_alignment:
         logger.info("[CHECK] WCS alignment PASSED for all images.")
     return infos, shape, ref_wcs
 
@@ -372,7 +368,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     cat_path = cfg.inputs.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
-    entries = read_image_entries(cfg.inputs.image_list_file, getattr(cfg, "config_dir", None))
+    entries = read_image_entries(cfg.inputs.image_list_file, cfg.config_dir)
     paths = [e.image for e in entries]
     logger.info("Image list: %d image(s) from %s", len(paths), cfg.inputs.image_list_file)
     infos, shape, ref_wcs = _headers_pass(paths, cfg, logger)
@@ -387,7 +383,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     catalog["_row"] = np.arange(len(catalog), dtype=np.int64)
     xw, yw = project_catalog(catalog, cmap, wcs)
     catalog["x_pix_white"], catalog["y_pix_white"] = xw, yw
-    cropping = bool(_get(cfg.crop, "enabled", False))
+    cropping = bool(cfg.crop.enabled)
     inside = np.isfinite(xw) & (xw >= 0) & (xw < wshape[1]) & (yw >= 0) & (yw < wshape[0])
     no_coords = _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger)
     catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
@@ -395,12 +391,12 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     tm["crop"] += time.perf_counter() - t0
 
     sc = cfg.source_saturation_cut
-    sat_on = bool(_get(sc, "enabled", True))
-    satcut = SaturationCut(xw, yw, float(_get(sc, "radius_pix", 20.0)), bool(_get(sc, "require_all_bands", False)))
-    divisor = float(_get(sc, "saturation_divisor", 1.3))
+    sat_on = bool(sc.enabled)
+    satcut = SaturationCut(xw, yw, float(sc.radius_pix), bool(sc.require_all_bands))
+    divisor = float(sc.saturation_divisor)
     white = WhiteStack(wshape)
-    ds = max(1, int(_get(cfg.crop, "display_downsample", 4)))
-    pre_plot = plots and cropping and bool(_get(cfg.crop, "plot_pre_crop", True))
+    ds = max(1, int(cfg.crop.display_downsample))
+    pre_plot = plots and cropping and bool(cfg.crop.plot_pre_crop)
     white_full = WhiteStack((len(range(0, shape[0], ds)), len(range(0, shape[1], ds)))) if pre_plot else None
     satur_any = np.zeros(wshape, dtype=bool)
     satur_pixels, band_infos = {}, {}
@@ -491,7 +487,7 @@ def _band_attrs(info: BandInfo) -> dict:
 
 def _with_entry_files(infos, entries, shape, cfg):
     """BandInfos with their weight map / PSFEx file from the image list or header (checked)."""
-    need_psf = getattr(cfg.patch_run, "psf_source", "epsf") == "psfex"
+    need_psf = cfg.patch_run.psf_source == "psfex"
     return [attach_entry_files(i, e, fio.header_from_text(i.header), shape, need_psf)
             for i, e in zip(infos, entries)]
 

@@ -1,4 +1,4 @@
-"""Final catalog (spec S10): every base row left-joined with its patch fit result on ``_row``.
+"""Final catalog: every base row left-joined with its patch fit result on ``_row``.
 
 The base catalog (augmented when Gaia ran, else the input catalog — always with the exclusion
 flags) keeps its row order and every original column; fit columns come from the concatenated
@@ -11,7 +11,6 @@ columns (``fit_is_reliable``, ``fit_quality_issues``, ``FIT_FLAGS``) use the tag
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pandas as pd
@@ -181,20 +180,3 @@ def _log_summary(df: pd.DataFrame) -> None:
     log.info("Reliable fits: %d/%d", int(df["fit_is_reliable"].sum()), len(df))
 
 
-def read_patch_csvs(tractor_out_dir: str, pattern: str = "*_cat_fit.csv") -> pd.DataFrame:
-    """Concatenate every ``**/{pattern}`` under ``tractor_out_dir`` (sorted), for the legacy
-    file-based merge. Text identifiers stay text. InputError when none is found."""
-    import glob
-
-    files = sorted(glob.glob(os.path.join(tractor_out_dir, "**", pattern), recursive=True))
-    if not files:
-        raise InputError(f"No patch result CSVs found: {tractor_out_dir}/**/{pattern}")
-    frames = []
-    for f in files:
-        head = pd.read_csv(f, nrows=0)
-        text = {c: str for c in head.columns if c.strip().lower() in ("id", "gaia_source_id")}
-        frames.append(pd.read_csv(f, dtype=text, keep_default_na=True))
-    out = pd.concat(frames, ignore_index=True)
-    if "_row" not in out.columns:
-        raise InputError(f"patch result CSVs under {tractor_out_dir} lack the '_row' column")
-    return out

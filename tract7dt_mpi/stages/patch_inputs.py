@@ -1,4 +1,4 @@
-"""One patch's in-memory unit of work (spec S7.5-S7.6): ROI cut-outs of every band, the PSF
+"""One patch's in-memory unit of work: ROI cut-outs of every band, the PSF
 choice inputs and the catalog sub-table, built from the prepared-image store by any rank.
 
 Replaces the original gzip-pickle payloads: nothing is written by default;
@@ -70,7 +70,7 @@ class PatchInput:
         return self.spec.patch_tag
 
     def meta(self) -> dict:
-        """Payload meta of spec S7.6 (+ n_halo_sources)."""
+        """Payload meta: tags, cell and patch indices, halo, base and ROI boxes, source counts."""
         s = self.spec
         return {"patch_tag": s.patch_tag, "epsf_tag": s.epsf_tag, "epsf_r": s.epsf_r,
                 "epsf_c": s.epsf_c, "patch_r": s.patch_r, "patch_c": s.patch_c,
@@ -81,35 +81,9 @@ class PatchInput:
                 "n_halo_sources": int(self.cat["_is_halo_source"].sum())}
 
 
-def psf_choice_from_files(epsf_dir: str, band: str, epsf_tag: str) -> PsfChoiceInput:
-    """Read ``{epsf_dir}/{band}/{epsf_tag}/epsf.npy`` and ``nstars_used`` from its meta.json.
-
-    Missing stamp -> ``stamp=None``; unreadable meta -> ``nstars_used=None`` (the gate then
-    accepts the ePSF, spec S9.2.2).
-    """
-    cell = os.path.join(epsf_dir, band, epsf_tag)
-    path = os.path.join(cell, "epsf.npy")
-    stamp = None
-    if os.path.exists(path):
-        try:
-            stamp = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            stamp = None
-    nstars, ef = None, 1.0
-    try:
-        with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        v = meta.get("nstars_used")
-        nstars = int(v) if v is not None else None
-        ef = float(meta.get("psf_flux_in_stamp") or 1.0)
-    except (OSError, ValueError, TypeError, AttributeError):
-        nstars = None
-    return PsfChoiceInput(stamp=stamp, nstars_used=nstars, path=path, flux_in_stamp=ef)
-
-
 def patch_catalog(spec: PatchSpec, catalog: pd.DataFrame, extra: pd.DataFrame | None = None,
                   outer: int = 0) -> pd.DataFrame:
-    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source`` (S7.3-5).
+    """Sub-table of base then halo rows with ``x/y_pix_patch`` and ``_is_halo_source``.
 
     ``extra``: unmatched saturated stars (``x, y`` working frame; stages.bright_mask); those within
     ``outer`` px of the ROI are appended as halo STAR rows with ``_row`` < 0, so their wings are

@@ -1,4 +1,4 @@
-"""Patch plan (spec S5) and source assignment (spec S7.1-S7.4) with a per-patch cost estimate.
+"""Patch plan and source assignment with a per-patch cost estimate.
 
 Every active ePSF cell is split into ``ngrid x ngrid`` base boxes that tile the cell; the fitting
 region (ROI) is the base box grown by a halo wide enough to hold the PSF wings of sources near
@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import InputError
 
-#: patch fields that go into patches.csv / patches.json (outputs spec §3.1), in order
+#: patch fields that go into patches.csv / patches.json (docs/outputs.md), in order
 RECORD_FIELDS = ("epsf_r", "epsf_c", "patch_r", "patch_c", "epsf_tag", "patch_tag",
                  "x0_base", "x1_base", "y0_base", "y1_base",
                  "x0_roi", "x1_roi", "y0_roi", "y1_roi", "halo_pix")
@@ -61,7 +61,7 @@ class PatchSpec:
         return int(len(self.halo_rows))
 
     def record(self) -> dict:
-        """The patches.csv/json record (plain Python types): the §3.1 fields, then the source
+        """The patches.csv/json record (plain Python types): the patch fields, then the source
         counts and the cost estimate (extra columns, useful when reading the plan)."""
         out = {}
         for k in RECORD_FIELDS:
@@ -87,7 +87,7 @@ def _splits(lo: int, hi: int, n: int, what: str) -> list[tuple[int, int]]:
 
 
 def cell_bounds(shape: tuple[int, int], epsf_ngrid: int) -> tuple[list, list]:
-    """ePSF cell boundaries (spec S4.2): ``(rows[(y0, y1)], cols[(x0, x1)])``."""
+    """ePSF cell boundaries: ``(rows[(y0, y1)], cols[(x0, x1)])``."""
     h, w = int(shape[0]), int(shape[1])
     n = int(epsf_ngrid)
     if n < 1:
@@ -152,10 +152,10 @@ def active_positions(catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
 
 def assign_sources(plan: list[PatchSpec], catalog: pd.DataFrame, skip_empty: bool,
                    n_bands: int = 1, outer: int = 0) -> list[PatchSpec]:
-    """Fill base/halo rows (catalog ``_row`` values) and the cost of every patch (spec S7.1-S7.4).
+    """Fill base/halo rows (catalog ``_row`` values) and the cost of every patch.
 
     Base = inside the half-open base box; halo = inside the half-open ROI grown by ``outer`` px
-    but not the base box. The spec's halo stops at the ROI edge; a bright source just outside it
+    but not the base box. The serial pipeline's halo stops at the ROI edge; a bright source just outside it
     then shines into the ROI unmodelled and the fit bends every model near it, so the pipeline
     passes ``outer`` = the PSF radius (those sources are fitted with their position and shape
     held, and never written).
@@ -249,12 +249,12 @@ def _limit(lo: int, hi: int, centre: float, max_side: int, base_lo: int, base_hi
 
 
 def patches_records(plan: list[PatchSpec]) -> list[dict]:
-    """Records for patches.csv / patches.json (outputs spec §3.1), plan order."""
+    """Records for patches.csv / patches.json (docs/outputs.md), plan order."""
     return [p.record() for p in plan]
 
 
 def patches_frame(plan: list[PatchSpec]) -> pd.DataFrame:
-    """patches.csv as a DataFrame with the §3.1 columns."""
+    """patches.csv as a DataFrame with the patch columns."""
     cols = list(RECORD_FIELDS) + ["n_sources", "n_halo_sources", "cost"]
     return pd.DataFrame(patches_records(plan), columns=cols)
 

@@ -1,4 +1,4 @@
-"""Photometric zero points from reference stars (spec S11).
+"""Photometric zero points from reference stars.
 
 The reference table is the GaiaXP CSV (matched through ``gaia_source_id``) or any table with
 ``ra, dec, mag_<band>`` columns (matched by position; :mod:`.zp_match`).
@@ -32,7 +32,7 @@ _FLUX_FIT = re.compile(r"^FLUX_(.+)_fit$")
 
 
 def mad_clip(z: np.ndarray, clip_sigma: float, max_iters: int) -> np.ndarray:
-    """Keep-mask of iterative clipping at ``clip_sigma`` x 1.4826 MAD around the median (S11.5)."""
+    """Keep-mask of iterative clipping at ``clip_sigma`` x 1.4826 MAD around the median."""
     z = np.asarray(z, float)
     finite = np.isfinite(z)
     keep = finite.copy()
@@ -51,7 +51,7 @@ def mad_clip(z: np.ndarray, clip_sigma: float, max_iters: int) -> np.ndarray:
 
 
 def weighted_median(values: np.ndarray, errors: np.ndarray) -> float:
-    """Weighted median with weights 1/err² over values with finite err > 0 (S11.6).
+    """Weighted median with weights 1/err² over values with finite err > 0.
 
     Sorted by value; the first value whose cumulative weight reaches half the total. Without any
     valid error the plain median.
@@ -92,7 +92,7 @@ def catalog_bands(catalog: pd.DataFrame) -> list[str]:
 
 def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg_zp,
                         zp_ref: float = 25.0):
-    """Zero points per band and MAG/MAGERR columns (S11).
+    """Zero points per band and MAG/MAGERR columns.
 
     Returns ``(catalog_out, summary, per_object)``; ``per_object`` holds the reliable Gaia stars
     only (the unreliable ones, shown grey in the plots, come from :func:`unreliable_points`).
@@ -104,7 +104,7 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
     if gaia_df is None:
         log.warning("ZP: no reference table; skipping zero points")
         return empty
-    radius = float(getattr(cfg_zp, "match_radius_arcsec", 3.0))
+    radius = float(cfg_zp.match_radius_arcsec)
     match = reference_match(catalog, gaia_df, radius)
     if match is None:
         return empty
@@ -118,8 +118,8 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
     reliable = (flags.as_bool(catalog["fit_is_reliable"]) if "fit_is_reliable" in catalog.columns
                 else np.ones(len(catalog), bool))
     clip_sigma = float(cfg_zp.clip_sigma)
-    method = str(getattr(cfg_zp, "zp_err_method", "all_mad"))
-    snr_min = float(getattr(cfg_zp, "zp_err_snr_min", 100.0))
+    method = str(cfg_zp.zp_err_method)
+    snr_min = float(cfg_zp.zp_err_snr_min)
     summaries, per_obj, zps = [], [], {}
     for b in bands:
         mag = match.mags(gaia_df, b)
@@ -175,7 +175,7 @@ def compute_zero_points(catalog: pd.DataFrame, gaia_df: pd.DataFrame | None, cfg
 
 
 def add_magnitudes(catalog: pd.DataFrame, zps: dict) -> pd.DataFrame:
-    """Replace every ``MAG_{b}_fit``/``MAGERR_{b}_fit`` column (S11.10); ``zps[b] = (zp, zp_err)``.
+    """Replace every ``MAG_{b}_fit``/``MAGERR_{b}_fit`` column; ``zps[b] = (zp, zp_err)``.
 
     Bands without an entry get NaN columns. Idempotent: existing MAG columns are dropped first.
     """

@@ -24,7 +24,7 @@ import numpy as np
 
 from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.parallel import get_comm, install_excepthook, signals
-from tract7dt_mpi.parallel import journal as J
+from tract7dt_mpi.parallel import journal
 from tract7dt_mpi.parallel.runner import TaskResult, plan_resume, run_phase, write_carried
 from tract7dt_mpi.parallel.scheduler import Task
 from tract7dt_mpi.parallel.store import PlanEntry, ResultsStore, StorePlan, use_parallel_h5
@@ -108,7 +108,7 @@ def main():
     jr, carried, to_run, status = None, {}, tasks, "ok"
     if comm.is_master:
         try:
-            jr = J.Journal(os.path.join(args.out, "journal.jsonl"), args.hash, resume=args.resume,
+            jr = journal.Journal(os.path.join(args.out, "journal.jsonl"), args.hash, resume=args.resume,
                            force=args.force)
         except InputError as exc:
             status = str(exc)
