@@ -1,4 +1,4 @@
-"""Benchmark the results store (``parallel/store.py``): write time per patch task at 40 bands.
+"""Benchmark the results store (``io/store.py``): write time per patch task at 40 bands.
 
 Builds a plan of ``--tasks`` patch tasks of ``--rows`` sources each with the fit columns of a
 40-band multi-band run (``stages.fit.result_columns``), then times, per task:
@@ -40,7 +40,7 @@ def _tables(cols, plan, seed=0):
 
 def run(n_tasks: int, n_rows: int, n_bands: int) -> dict:
     from tract7dt_mpi.parallel.mpienv import Comm
-    from tract7dt_mpi.parallel.store import PlanEntry, ResultsStore, StorePlan
+    from tract7dt_mpi.io.store import PlanEntry, ResultsStore, StorePlan
     from tract7dt_mpi.stages.fit import result_columns
 
     cols = result_columns([f"m{400 + 10 * i}" for i in range(n_bands)], True)

@@ -104,7 +104,7 @@ def test_full_disk_while_loading_exit_2_and_no_temporary_left(tile, tmp_path):
 def test_full_disk_once_the_journal_exists_exit_3(tile, tmp_path):
     t, proc = _run_with_fault(tile, """
         import errno
-        from tract7dt_mpi.parallel import journal
+        from tract7dt_mpi.io import journal
         real = journal.Journal.record
         def record(self, task, state, **kw):
             if state == journal.DONE:

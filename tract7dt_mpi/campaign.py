@@ -131,7 +131,7 @@ def read_journal(path: str | os.PathLike) -> Counter:
     Returns a Counter over ``done``, ``failed``, ``open`` (planned or started, not finished) and
     ``total``; an absent or unreadable journal gives an empty Counter.
     """
-    from .parallel.journal import DONE, FAILED, replay
+    from .io.journal import DONE, FAILED, replay
     try:
         last = replay(os.fspath(path)).last
     except OSError:

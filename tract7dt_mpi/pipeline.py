@@ -21,10 +21,10 @@ from . import pipeline_steps as steps
 from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
                      disk_full_error, is_disk_full)
 from .parallel import get_comm, install_excepthook, signals
-from .parallel import journal
+from .io import journal
 from .parallel.runner import plan_resume, run_phase, write_carried
 from .parallel.scheduler import Task, resolve_master_works
-from .parallel.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
+from .io.store import ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, write_run_attrs
 from .parallel.watchdog import TaskTimeout
 
 log = logging.getLogger("tract7dt_mpi.pipeline")

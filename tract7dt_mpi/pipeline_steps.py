@@ -478,7 +478,7 @@ def write_run_summary(cfg, plan, report, skipped_ids):
 
 def results_table(cfg, plan):
     """Fit rows for merge: from the results store, else from the per-patch CSVs."""
-    from .parallel.store import catalog_frame, read_store
+    from .io.store import catalog_frame, read_store
     try:
         return catalog_frame(read_store(cfg.outputs.results_h5))
     except Exception as exc:  # noqa: BLE001 - any problem: fall back to the CSVs
@@ -508,7 +508,7 @@ def write_catalog_files(cfg, catalog, zp_summary=None):
     """``output_catalog.csv``/``.fits`` with the run's provenance, also set on ``results.h5``."""
     from .flags import fit_bands
     from .io.catalog import write_final_catalog
-    from .parallel.store import read_root_attrs, write_root_attrs
+    from .io.store import read_root_attrs, write_root_attrs
     from .provenance import catalog_provenance
     h5 = cfg.outputs.results_h5
     store = read_root_attrs(h5) if os.path.exists(h5) else {}

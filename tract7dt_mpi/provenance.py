@@ -42,7 +42,7 @@ def git_revision() -> str:
 def config_hash(cfg) -> str:
     """SHA-256 prefix (16 hex) of the result-relevant config (logging, MPI and resume settings
     left out, as for the resume plan hash)."""
-    from .parallel.journal import config_fingerprint
+    from .io.journal import config_fingerprint
     text = json.dumps(config_fingerprint(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

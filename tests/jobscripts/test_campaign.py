@@ -92,7 +92,7 @@ def test_submit_errors_are_one_line(stubs):
 
 
 def test_read_journal_counts_what_the_program_wrote(tmp_path):
-    from tract7dt_mpi.parallel.journal import DONE, FAILED, STARTED, Journal
+    from tract7dt_mpi.io.journal import DONE, FAILED, STARTED, Journal
     j = tmp_path / "journal.jsonl"
     with Journal(str(j), "aaa") as jr:
         jr.record_planned(["a", "b", "c", "d"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tract7dt_mpi.parallel import journal
+from tract7dt_mpi.io import journal
 from tract7dt_mpi.parallel.launch import exit_status
 
 from .conftest import SCRIPTS, mpi_env, mpirun_cmd, need_mpirun, run

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from tract7dt_mpi.parallel import journal
-from tract7dt_mpi.parallel.store import read_store
+from tract7dt_mpi.io import journal
+from tract7dt_mpi.io.store import read_store
 
 from .conftest import SCRIPTS, need_mpirun, popen, run
 

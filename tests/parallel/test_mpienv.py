@@ -33,15 +33,6 @@ def test_one_process_comm_facade():
     c.barrier()
 
 
-def test_hdf5_locking_default_respects_user(monkeypatch):
-    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "TRUE")
-    mpienv.set_hdf5_env()
-    assert os.environ["HDF5_USE_FILE_LOCKING"] == "TRUE"
-    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
-    mpienv.set_hdf5_env()
-    assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"
-
-
 def _clear(monkeypatch):
     for v in mpienv.THREAD_VARS + (mpienv.THREADS_ENV,):
         monkeypatch.delenv(v, raising=False)

@@ -317,6 +317,3 @@ def install_excepthook(comm: Comm, logger: logging.Logger | None = None) -> None
     sys.excepthook = hook
 
 
-def set_hdf5_env() -> None:
-    """Disable HDF5 file locking (broken on Lustre/NFS) unless the user chose a value."""
-    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")

@@ -12,9 +12,9 @@ import dataclasses
 import logging
 from typing import Any, Callable
 
-from .journal import DONE, FAILED, STARTED, Journal
+from ..io.journal import DONE, FAILED, STARTED, Journal
 from .scheduler import RunReport, Task, TaskInfo, run_tasks
-from .store import ST_DONE, ST_FAILED, ST_STARTED, ResultsStore
+from ..io.store import ST_DONE, ST_FAILED, ST_STARTED, ResultsStore
 from .watchdog import TaskTimeout
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def plan_resume(store_path: str, journal: Journal | None, tasks: list[Task], rec
     and says DONE too; otherwise ``recover(task)`` (e.g. re-reading the per-patch CSV) may supply
     them; failing both, it runs again.  Returns ``(to_run, carried)`` with carried = {id: rows}.
     """
-    from .store import catalog_frame, read_store
+    from ..io.store import catalog_frame, read_store
     done = [t for t in tasks if journal is not None and journal.state(t.id) == DONE]
     if not done:
         return list(tasks), {}

@@ -30,7 +30,7 @@ import json
 
 import numpy as np
 
-from .store import read_store
+from ..io.store import read_store
 
 #: default per-run cost of an MPI launch (mpirun + MPI_Init + finalize) on top of a plain process
 DEFAULT_LAUNCH_S = 1.0

@@ -24,10 +24,10 @@ import numpy as np
 
 from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.parallel import get_comm, install_excepthook, signals
-from tract7dt_mpi.parallel import journal
+from tract7dt_mpi.io import journal
 from tract7dt_mpi.parallel.runner import TaskResult, plan_resume, run_phase, write_carried
 from tract7dt_mpi.parallel.scheduler import Task
-from tract7dt_mpi.parallel.store import PlanEntry, ResultsStore, StorePlan, use_parallel_h5
+from tract7dt_mpi.io.store import PlanEntry, ResultsStore, StorePlan, use_parallel_h5
 from tract7dt_mpi.parallel.watchdog import TaskTimeout
 
 COLUMNS = [("val", np.float64), ("n", np.int64), ("name", "S16"), ("flag", bool)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-log = logging.getLogger("tract7dt_mpi.parallel.journal")
+log = logging.getLogger("tract7dt_mpi.io.journal")
 
 PLANNED, STARTED, DONE, FAILED = "PLANNED", "STARTED", "DONE", "FAILED"
 

@@ -1,20 +1,22 @@
 """Results store (one process): layout, row alignment by ``_row``, resume carry-over, scaling CLI."""
 
 import json
+import os
 
 import h5py
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from tract7dt_mpi.errors import InputError
-from tract7dt_mpi.parallel import journal
+from tract7dt_mpi.io import journal
 from tract7dt_mpi.parallel import scaling
 from tract7dt_mpi.parallel.mpienv import Comm
 from tract7dt_mpi.parallel.runner import TaskResult, plan_resume, run_phase, write_carried
 from tract7dt_mpi.parallel.scheduler import Task
-from tract7dt_mpi.parallel.store import (ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan,
-                                         catalog_frame, read_store, write_run_attrs)
+from tract7dt_mpi.io.store import (ST_DONE, ST_FAILED, PlanEntry, ResultsStore, StorePlan, catalog_frame,
+                                   read_store, set_hdf5_env, write_run_attrs)
 
 COLS = [("_row", np.int64), ("flux", np.float64), ("stype", "S4"), ("ok", bool), ("n", np.int64)]
 
@@ -186,3 +188,12 @@ def test_int_column_given_as_float_with_nan_gets_the_fill_value(tmp_path):
     s = read_store(path)
     assert list(s["catalog"]["n"][3:]) == [4, -1] and list(s["catalog"]["ok"][3:]) == [False, True]
     assert list(s["catalog"]["stype"][3:]) == ["exp", ""]
+
+
+def test_hdf5_locking_default_respects_user(monkeypatch):
+    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "TRUE")
+    set_hdf5_env()
+    assert os.environ["HDF5_USE_FILE_LOCKING"] == "TRUE"
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
+    set_hdf5_env()
+    assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"

@@ -107,6 +107,11 @@ def fill_record(dtype: np.dtype) -> np.ndarray:
     return rec
 
 
+def set_hdf5_env() -> None:
+    """Disable HDF5 file locking (broken on Lustre/NFS) unless the user chose a value."""
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+
 def use_parallel_h5(comm) -> bool:
     """True when the mpio driver is available and worth using (size > 1, not forced serial)."""
     if comm.size <= 1 or os.environ.get("TRACT7DT_FORCE_SERIAL_H5", "") not in ("", "0"):
@@ -173,7 +178,6 @@ class ResultsStore:
         nstars list) or None.
         """
         import h5py
-        from .mpienv import set_hdf5_env
         set_hdf5_env()
         if parallel is None:
             parallel = use_parallel_h5(comm)
@@ -382,7 +386,6 @@ def read_store(path: str, decode: bool = True) -> dict:
     arrays; strings decoded), 'status', 'timing', 'epsf' (band -> (cells, stamps)), 'run'}.
     Raises ``OSError``/``KeyError`` when the file is unreadable or incomplete."""
     import h5py
-    from .mpienv import set_hdf5_env
     set_hdf5_env()
     out = {}
     with h5py.File(path, "r") as f:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tract7dt_mpi.errors import InputError
-from tract7dt_mpi.parallel import journal
+from tract7dt_mpi.io import journal
 
 
 def test_records_and_resume_states(tmp_path):
@@ -106,7 +106,7 @@ def test_non_utf8_line_is_skipped_with_a_warning(tmp_path, caplog):
     with open(p, "ab") as fh:                   # one damaged byte in an otherwise good record
         fh.write(b'{"task": "b", "state": "DONE", "note": "\xff"}\n')
         fh.write(b'{"task": "c", "state": "DONE"}\n')
-    with caplog.at_level("WARNING", logger="tract7dt_mpi.parallel.journal"):
+    with caplog.at_level("WARNING", logger="tract7dt_mpi.io.journal"):
         jr = journal.Journal(p, "A", resume=True)
     assert jr.state("a") == journal.DONE and jr.state("b") is None and jr.state("c") == journal.DONE
     assert jr.skipped_lines == 1
