@@ -401,6 +401,35 @@ def epsf_from_disk(cfg, band, tag):
     return meta, stamp
 
 
+def _light_sizes(cfg, catalog) -> dict:
+    """_row -> half-light radius (px) on the white stack of the rows without a catalogue Re
+    (typed STAR rows excepted): the size a galaxy's extent is taken from when the catalogue
+    has none. Empty when every row has an Re or no white stack is stored."""
+    from .io.prepared import PreparedImages
+    from .stages.catalog import find_column
+    from .stages.patches import active_positions, light_radii
+    rows, x, y = active_positions(catalog)
+    if not rows.size or not os.path.exists(cfg.mpi.prepared_store):
+        return {}
+    by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
+        else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
+    need = np.ones(rows.size, bool)
+    rcol, tcol = find_column(catalog.columns, "Re"), find_column(catalog.columns, "TYPE")
+    if rcol is not None:
+        re = pd.to_numeric(by_row[rcol], errors="coerce").reindex(rows).to_numpy(float)
+        need &= ~(np.isfinite(re) & (re > 0))
+    if tcol is not None:
+        need &= (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() != "STAR").to_numpy()
+    if not need.any():
+        return {}
+    with PreparedImages(cfg.mpi.prepared_store) as p:
+        if not p.has_white:
+            return {}
+        white, sigma = p.read_white()
+    r50 = light_radii(np.asarray(white, float), x[need], y[need], np.asarray(sigma, float))
+    return {int(r): float(v) for r, v in zip(rows[need], r50) if np.isfinite(v)}
+
+
 def assign_plan(cfg, geom, catalog, n_bands, shape=None):
     """Base/halo rows of every patch; the halo reaches one PSF radius beyond the ROI. With the
     frame ``shape``, ROIs too small for one of their galaxies' extents are grown and assigned
@@ -408,7 +437,9 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
     from .stages.patches import assign_sources, grow_for_big_sources, source_extents
     kw = dict(n_bands=n_bands, outer=int(cfg.epsf.final_psf_size) // 2)
     plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), **kw)
-    ext = source_extents(catalog, float(cfg.patches.big_source_re_factor)) if shape is not None else {}
+    factor = float(cfg.patches.big_source_re_factor)
+    ext = source_extents(catalog, factor, _light_sizes(cfg, catalog)) if shape is not None and factor > 0 \
+        else {}
     if ext:
         plan, n = grow_for_big_sources(plan, ext, shape, int(cfg.patches.max_roi_pix))
         if n:

@@ -185,18 +185,57 @@ def assign_sources(plan: list[PatchSpec], catalog: pd.DataFrame, skip_empty: boo
     return out
 
 
-def source_extents(catalog: pd.DataFrame, re_factor: float) -> dict:
-    """_row -> (x, y, radius px) of the active galaxies whose extent ``re_factor`` x catalogue
-    ``Re`` (px) is known: rows typed STAR and rows without a positive Re are left out."""
+#: growth-curve radii (px) of :func:`light_radii`; light beyond the last one is not measured
+LIGHT_RADII = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0,
+                        40.0, 50.0, 64.0, 80.0, 100.0])
+
+
+def light_radii(image: np.ndarray, x, y, sigma: np.ndarray | None = None) -> np.ndarray:
+    """Half-light radius (px) of the light around each (x, y) of ``image`` (0-based pixel
+    centres): the radius holding half of the flux inside ``LIGHT_RADII[-1]``, the background
+    the median of an annulus just beyond it. For sources without a catalogue size; neighbours'
+    light counts too, so it is an upper bound, which is what the patch plan needs. NaN where the
+    flux inside the largest radius is not positive, or (with the per-pixel ``sigma``) below 5x
+    its noise."""
+    import sep
+
+    img = np.ascontiguousarray(np.where(np.isfinite(image), image, 0.0), dtype=np.float64)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    rmax = float(LIGHT_RADII[-1])
+    ann = (rmax, rmax + 12.0)
+    growth = np.stack([sep.sum_circle(img, x, y, float(r), bkgann=ann, subpix=5)[0] for r in LIGHT_RADII],
+                      axis=1)
+    total = growth[:, -1]
+    ok = np.isfinite(total) & (total > 0)
+    if sigma is not None:
+        err = np.ascontiguousarray(np.where(np.isfinite(sigma), sigma, 0.0), dtype=np.float64)
+        noise = sep.sum_circle(img, x, y, rmax, err=err, bkgann=ann, subpix=5)[1]
+        ok &= total > 5.0 * noise
+    out = np.full(x.size, np.nan)
+    for i in np.flatnonzero(ok):
+        g = np.maximum.accumulate(growth[i] / total[i])
+        out[i] = float(np.interp(0.5, g, LIGHT_RADII))
+    return out
+
+
+def source_extents(catalog: pd.DataFrame, re_factor: float, light_r50: dict | None = None) -> dict:
+    """_row -> (x, y, radius px) of the active galaxies: ``re_factor`` x their catalogue ``Re``
+    (px), else x their half-light radius on the image (``light_r50``: _row -> px, from
+    :func:`light_radii`). Rows typed STAR and rows without a positive size are left out."""
     from .catalog import find_column
 
     col = find_column(catalog.columns, "Re")
-    if col is None or not re_factor > 0:
+    if not re_factor > 0 or (col is None and not light_r50):
         return {}
     rows, x, y = active_positions(catalog)
     by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
         else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
-    re = pd.to_numeric(by_row[col], errors="coerce").reindex(rows).to_numpy(float)
+    re = pd.to_numeric(by_row[col], errors="coerce").reindex(rows).to_numpy(float) if col is not None \
+        else np.full(rows.size, np.nan)
+    if light_r50:
+        lr = np.array([light_r50.get(int(r), np.nan) for r in rows], float)
+        re = np.where(np.isfinite(re) & (re > 0), re, lr)
     tcol = find_column(catalog.columns, "TYPE")
     star = (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() == "STAR").to_numpy() \
         if tcol is not None else np.zeros(rows.size, bool)
