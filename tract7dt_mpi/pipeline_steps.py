@@ -406,28 +406,16 @@ def _light_sizes(cfg, catalog) -> dict:
     (typed STAR rows excepted): the size a galaxy's extent is taken from when the catalogue
     has none. Empty when every row has an Re or no white stack is stored."""
     from .io.prepared import PreparedImages
-    from .stages.catalog import find_column
-    from .stages.patches import active_positions, light_radii
-    rows, x, y = active_positions(catalog)
+    from .stages.patches import light_radii, rows_without_size
+    rows, x, y = rows_without_size(catalog)
     if not rows.size or not os.path.exists(cfg.mpi.prepared_store):
-        return {}
-    by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
-        else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
-    need = np.ones(rows.size, bool)
-    rcol, tcol = find_column(catalog.columns, "Re"), find_column(catalog.columns, "TYPE")
-    if rcol is not None:
-        re = pd.to_numeric(by_row[rcol], errors="coerce").reindex(rows).to_numpy(float)
-        need &= ~(np.isfinite(re) & (re > 0))
-    if tcol is not None:
-        need &= (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() != "STAR").to_numpy()
-    if not need.any():
         return {}
     with PreparedImages(cfg.mpi.prepared_store) as p:
         if not p.has_white:
             return {}
         white, sigma = p.read_white()
-    r50 = light_radii(np.asarray(white, float), x[need], y[need], np.asarray(sigma, float))
-    return {int(r): float(v) for r, v in zip(rows[need], r50) if np.isfinite(v)}
+    r50 = light_radii(np.asarray(white, float), x, y, np.asarray(sigma, float))
+    return {int(r): float(v) for r, v in zip(rows, r50) if np.isfinite(v)}
 
 
 def assign_plan(cfg, geom, catalog, n_bands, shape=None):

@@ -219,26 +219,39 @@ def light_radii(image: np.ndarray, x, y, sigma: np.ndarray | None = None) -> np.
     return out
 
 
+def _catalog_sizes(catalog: pd.DataFrame):
+    """(_row, x, y, catalogue Re (NaN where absent), typed STAR) of the active rows."""
+    from .catalog import find_column
+
+    rows, x, y = active_positions(catalog)
+    by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
+        else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
+    col, tcol = find_column(catalog.columns, "Re"), find_column(catalog.columns, "TYPE")
+    re = pd.to_numeric(by_row[col], errors="coerce").reindex(rows).to_numpy(float) if col is not None \
+        else np.full(rows.size, np.nan)
+    star = (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() == "STAR").to_numpy() \
+        if tcol is not None else np.zeros(rows.size, bool)
+    return rows, x, y, np.where(re > 0, re, np.nan), star
+
+
+def rows_without_size(catalog: pd.DataFrame):
+    """(_row, x, y) of the active rows not typed STAR without a positive catalogue Re: those
+    whose size :func:`light_radii` measures."""
+    rows, x, y, re, star = _catalog_sizes(catalog)
+    need = ~np.isfinite(re) & ~star
+    return rows[need], x[need], y[need]
+
+
 def source_extents(catalog: pd.DataFrame, re_factor: float, light_r50: dict | None = None) -> dict:
     """_row -> (x, y, radius px) of the active galaxies: ``re_factor`` x their catalogue ``Re``
     (px), else x their half-light radius on the image (``light_r50``: _row -> px, from
     :func:`light_radii`). Rows typed STAR and rows without a positive size are left out."""
-    from .catalog import find_column
-
-    col = find_column(catalog.columns, "Re")
-    if not re_factor > 0 or (col is None and not light_r50):
+    if not re_factor > 0:
         return {}
-    rows, x, y = active_positions(catalog)
-    by_row = catalog.set_index(catalog["_row"].to_numpy(np.int64)) if "_row" in catalog.columns \
-        else catalog.set_index(np.arange(len(catalog), dtype=np.int64))
-    re = pd.to_numeric(by_row[col], errors="coerce").reindex(rows).to_numpy(float) if col is not None \
-        else np.full(rows.size, np.nan)
+    rows, x, y, re, star = _catalog_sizes(catalog)
     if light_r50:
         lr = np.array([light_r50.get(int(r), np.nan) for r in rows], float)
-        re = np.where(np.isfinite(re) & (re > 0), re, lr)
-    tcol = find_column(catalog.columns, "TYPE")
-    star = (by_row[tcol].reindex(rows).fillna("").astype(str).str.strip().str.upper() == "STAR").to_numpy() \
-        if tcol is not None else np.zeros(rows.size, bool)
+        re = np.where(np.isfinite(re), re, lr)
     ok = np.isfinite(re) & (re > 0) & ~star
     return {int(r): (float(a), float(b), float(re_factor * e)) for r, a, b, e in
             zip(rows[ok], x[ok], y[ok], re[ok])}
