@@ -84,7 +84,8 @@ class StackResult:
     info: dict = field(default_factory=dict)
 
 
-def _grid_radius(size):
+def grid_radius(size):
+    """Distance (px) of every pixel of a ``size`` x ``size`` grid from its centre ((size-1)/2)."""
     c = (size - 1) / 2.0
     yy, xx = np.indices((size, size))
     return np.hypot(xx - c, yy - c)
@@ -123,7 +124,7 @@ def _pedestal(p, fwhm):
     from scipy.optimize import least_squares
 
     size = p.shape[0]
-    r = _grid_radius(size)
+    r = grid_radius(size)
     k = np.rint(r).astype(int)
     rmax = size // 2
     ks = np.arange(int(np.ceil(2.0 * fwhm)), rmax + 1)

@@ -8,20 +8,20 @@ Like PSFEx, this fits each ePSF pixel as a polynomial in (x, y) (degree ``degree
 the stars are too few to constrain it: at least 3 stars per term) to the flux-normalised,
 sub-pixel registered stamps of all the band's ePSF stars (the cells' stacks provide them, see
 :func:`tract7dt_mpi.stages.epsf_stack.normalised_stamps`), weighted by their inverse variances, with
-one 3-sigma clipping pass per pixel.  A cell of one or two stars cannot tell a compact galaxy or
-a binary from a star, but the band's other stars can: stars whose core does not follow the field
-at their position (flux within 1 FWHM over flux within 3 FWHM, beyond its noise and a
-tolerance) are left out
-and the field is fitted again; per-pixel clipping alone leaves a 10 % share of such objects in
-(on real KiDS r-band data they broadened the field by 3 % in FWHM and biased PSF fluxes high). The outer rings, where a single star is noise, take the
-band's Moffat tail (fitted once, on the field at the stars' centroid). :func:`evaluate_field` gives
-the unit-sum stamp and its enclosed fraction at any position.
+one 3-sigma clipping pass per pixel. A cell of one or two stars cannot tell a compact galaxy or
+a binary from a star, but the band's other stars can: stars whose concentration (flux within 1
+FWHM over flux within 3 FWHM) is off the field's at their position, fitted without them, by more
+than its noise and a tolerance are left out and the field is fitted again. Per-pixel clipping
+alone kept such objects (on real KiDS/VIKING bands they made the field 2-9 % wider in FWHM than
+the stars and the PSF fluxes of isolated stars several per cent high). The outer rings, where a
+single star is noise, take the band's Moffat tail (fitted once, on the field at the stars'
+centroid). :func:`evaluate_field` gives the unit-sum stamp and its enclosed fraction at any
+position.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,11 +96,6 @@ def _degree(degree: int, n: int) -> int:
     while degree > 0 and n < 3 * n_terms(degree):
         degree -= 1
     return degree
-
-
-def _grid_radius(size: int) -> np.ndarray:
-    yy, xx = np.indices((size, size))
-    return np.hypot(xx - (size - 1) / 2.0, yy - (size - 1) / 2.0)
 
 
 def _clipped_fit(X, V, W, keep):
@@ -184,7 +179,7 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     """Fit the field to ``vals`` (n, S, S) flux-normalised grid-aligned star stamps with inverse
     variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars, or when the
     field has no positive flux at the stars' centroid (the band then uses its cells' ePSFs)."""
-    from .epsf_stack import finish_psf
+    from .epsf_stack import finish_psf, grid_radius
 
     xy = np.asarray(xy, float).reshape(-1, 2)
     vals = np.asarray(vals, float)
@@ -198,7 +193,7 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     V, W = vals.reshape(n, -1), np.where(np.isfinite(vals), w, 0.0).reshape(n, -1)
     V = np.where(W > 0, V, 0.0)
     f = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 3.0
-    rad = _grid_radius(size).ravel()
+    rad = grid_radius(size).ravel()
     inner, outer = rad <= max(1.0 * f, 1.5), rad <= max(3.0 * f, 4.0)
     keep = ((W[:, inner] > 0).mean(axis=1) >= CORE_COVER) & ((W[:, outer] > 0).mean(axis=1) >= 0.5)
     if not keep.any():
