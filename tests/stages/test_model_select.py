@@ -88,3 +88,46 @@ def test_untyped_rows():
     cat = pd.DataFrame({"TYPE": ["STAR", "", None, "exp", "QSO", np.nan]})
     assert untyped_rows(cat, "TYPE", {"STAR", "EXP", "DEV", "SERSIC"}).tolist() == [False, True, True, False, True, True]
     assert untyped_rows(cat, None, {"STAR"}).all()
+
+
+# --------------------------------------------------------------- modes through fit_patch_input
+def _patch_with_types(types):
+    """tests/stages/test_fit.py's GalSim patch (stars 0, 1; EXP galaxies 2, 3) with ``types``."""
+    import dataclasses
+
+    galsim_mod = pytest.importorskip("galsim")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_fit import make_galsim_patch
+
+    pin = make_galsim_patch(galsim_mod)
+    cat = pin.cat.copy()
+    cat["TYPE"] = list(types) + ["STAR"]          # the halo row keeps its type
+    return dataclasses.replace(pin, cat=cat)
+
+
+def _run(pin, mode):
+    from tract7dt_mpi.config import config_from_dict
+    from tract7dt_mpi.stages.fit import fit_patch_input
+
+    cfg = config_from_dict({"patch_run": {"n_opt_iters": 50, "no_cutouts": True, "no_patch_overview": True,
+                                          "model_selection": mode}, "plotting": {"level": "none"}})
+    return fit_patch_input(pin, cfg).table
+
+
+def test_untyped_rows_are_chosen_and_off_keeps_gal_model():
+    pin = _patch_with_types(["", "", "", ""])
+    t = _run(pin, "untyped")
+    assert t["stype_fit"].tolist() == ["star", "star", "exp", "exp"]
+    assert t[["dchisq_PSF", "dchisq_EXP", "dchisq_DEV", "dchisq_SER"]].notna().all().all()
+    assert (t["dchisq_EXP"][2:] > t["dchisq_PSF"][2:] + 100).all()
+    for i, fg in enumerate((20000.0, 8000.0, 25000.0, 15000.0)):
+        assert t["FLUX_g_fit"][i] == pytest.approx(fg, rel=0.01 if i < 2 else 0.03)
+    off = _run(pin, "off")
+    assert off["stype_fit"].tolist() == ["exp"] * 4          # patch_run.gal_model
+    assert off[["dchisq_PSF", "dchisq_SER"]].isna().all().all() and not off["flag_model_close"].any()
+
+
+def test_all_ignores_the_catalogue_type():
+    pin = _patch_with_types(["EXP", "DEV", "STAR", "STAR"])   # every TYPE wrong
+    assert _run(pin, "untyped")["stype_fit"].tolist() == ["exp", "dev", "star", "star"]
+    assert _run(pin, "all")["stype_fit"].tolist() == ["star", "star", "exp", "exp"]
