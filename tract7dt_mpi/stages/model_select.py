@@ -14,8 +14,9 @@ in the spirit of legacypipe's choice between PSF/REX/EXP/DEV/SER:
   further ``threshold`` and ``GALAXY_FRAC`` of that galaxy's dchisq.
 
 The choice is "close" when the best two penalised models differ by less than ``threshold``. The
-whole patch is then refitted once with the chosen models (only when a model changed), so only the
-candidates pay: four small single-source fits each, plus at most one patch refit.
+whole patch is then refitted once with the chosen models (only when a model changed; one unstaged
+pass from the first fit's values), so only the candidates pay: four small single-source fits
+each, plus at most one patch refit.
 """
 from __future__ import annotations
 
@@ -164,7 +165,8 @@ def choose_models(fit_fn, images, sources, res, opts: FitOptions, candidates, fw
             if c.kind != "star":
                 new[i] = dataclasses.replace(new[i], re=lr.re, ab=lr.ab, phi_deg=lr.phi_deg)
     if any(new[i].kind != sources[i].kind for i in chosen):
-        res = fit_fn(images, new, opts)
+        # every source starts at (or, if re-typed, near) its optimum: one unstaged pass suffices
+        res = fit_fn(images, new, dataclasses.replace(opts, staged=False))
     else:
         new = list(sources)
     return new, res, chosen
