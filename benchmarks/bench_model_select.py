@@ -2,7 +2,7 @@
 
 usage: python benchmarks/bench_model_select.py [--out DIR] [--bands 3] [--size 768] [--reuse]
 
-Renders one tile with ``make_sample`` (every TYPE withheld, ``blank_type_frac`` 1.0) and runs the
+Renders one tile with ``make_sample`` (``TILE``: every TYPE withheld) and runs the
 pipeline (``python -m tract7dt_mpi.cli run``, one process, plots off as in bench_accuracy.py,
 ``model_selection: untyped``) on three catalogues of the same objects:
 
@@ -35,6 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_eval import load_matched  # noqa: E402
 from bench_accuracy import NO_PLOTS  # noqa: E402
 
+#: make_sample options: bench_accuracy's untruncated galaxies and complete stamps (so the true
+#: flux is the profile's total), brighter galaxies for more S/N > 50 ones, every TYPE withheld
+TILE = dict(galaxy_truncation=False, stamp_flux_tol=1e-3, psf_fwhm_blue=4.4, psf_fwhm_red=3.6,
+            psf_kind="moffat", psf_beta=3.0, galaxy_mag_min=14.5, galaxy_mag_max=19.5, blank_type_frac=1.0)
 SNR = 50.0
 GALAXIES = ("EXP", "DEV", "SERSIC")
 KIND = {"STAR": "star", "EXP": "exp", "DEV": "dev", "SERSIC": "sersic"}
@@ -44,7 +48,7 @@ def render(tile: Path, bands: int, size: int, reuse: bool) -> None:
     from tract7dt_mpi.sample import make_sample
     if reuse and (tile / "truth.csv").is_file():
         return
-    make_sample(tile, bands=bands, size=size, seed=11, blank_type_frac=1.0, verbose=False)
+    make_sample(tile, bands=bands, size=size, seed=11, verbose=False, **TILE)
 
 
 def catalogues(tile: Path) -> dict:
