@@ -69,12 +69,15 @@ def test_choice_rule():
     # a galaxy must pay for its three extra parameters plus the threshold
     assert choose({"star": 100.0, "exp": 110.0, "dev": 105.0, "sersic": 111.0}, 9.0).kind == "star"
     assert choose({"star": 100.0, "exp": 115.0, "dev": 105.0, "sersic": 116.0}, 9.0).kind == "exp"
-    # ... and 1 % of the point source's own dchisq (PSF mismatch of a bright star); SERSIC likewise
+    # ... and 1 % of the point source's own dchisq (PSF mismatch of a bright star)
     assert choose({"star": 1e5, "exp": 1e5 + 500, "dev": 1e5, "sersic": 1e5 + 500}, 9.0).kind == "star"
     assert choose({"star": 1e5, "exp": 1e5 + 5000, "dev": 1e5, "sersic": 1e5 + 5000}, 9.0).kind == "exp"
     # SERSIC only when it beats the better of EXP/DEV by a further threshold
     assert choose({"star": 0.0, "exp": 200.0, "dev": 190.0, "sersic": 205.0}, 9.0).kind == "exp"
     assert choose({"star": 0.0, "exp": 200.0, "dev": 190.0, "sersic": 240.0}, 9.0).kind == "sersic"
+    # ... plus 0.1 % of that galaxy's dchisq
+    assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 90}, 9.0).kind == "exp"
+    assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 130}, 9.0).kind == "sersic"
     c = choose({"star": 0.0, "exp": 200.0, "dev": 195.0, "sersic": 201.0}, 9.0)
     assert c.kind == "exp" and c.close
     assert not choose({"star": 0.0, "exp": 200.0, "dev": 100.0, "sersic": 180.0}, 9.0).close
