@@ -245,10 +245,10 @@ class PreparedImages:
         return self._wcs
 
     @property
-    @property
     def has_white(self) -> bool:
         return "white" in self._f
 
+    @property
     def has_bright_mask(self) -> bool:
         return "bright_mask" in self._f
 
