@@ -426,8 +426,8 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
     kw = dict(n_bands=n_bands, outer=int(cfg.epsf.final_psf_size) // 2)
     plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), **kw)
     factor = float(cfg.patches.big_source_re_factor)
-    ext = source_extents(catalog, factor, _light_sizes(cfg, catalog)) if shape is not None and factor > 0 \
-        else {}
+    light = _light_sizes(cfg, catalog) if cfg.patches.big_source_from_light else None
+    ext = source_extents(catalog, factor, light) if shape is not None and factor > 0 else {}
     if ext:
         plan, n = grow_for_big_sources(plan, ext, shape, int(cfg.patches.max_roi_pix))
         if n:

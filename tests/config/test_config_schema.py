@@ -25,7 +25,8 @@ MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi
 MPI_ERA |= {"mpi.task_timeout_factor", "mpi.task_timeout_min_sec", "mpi.task_timeout_sec",
             "epsf.field_degree", "plotting.level", "patch_run.model_selection",
             "patch_run.model_selection_dchisq", "patch_run.flux_error_marginal",
-            "patches.big_source_re_factor", "patches.max_roi_pix", "outputs.patch_results_dir"}
+            "patches.big_source_re_factor", "patches.max_roi_pix", "outputs.patch_results_dir",
+            "patches.big_source_from_light"}
 
 
 def keys():

@@ -236,7 +236,8 @@ class Epsf:
 @dataclass(frozen=True)
 class Patches:
     halo_pix_min: int = K(20, "int", _PX, "Halo = max((final_psf_size - 1)//2 + 2, halo_pix_min).", ge=0)
-    big_source_re_factor: float = K(4.0, "float", "Re", "MPI-era: a galaxy's extent is this many half-light radii (the catalogue's Re, else the half-light radius of its light on the white stack; 4 Re holds 99 % of an exponential's light): a patch whose ROI does not hold the extent of one of its own (base) galaxies, plus the halo, is grown to hold it, and the sources inside are fitted with it, so a galaxy larger than a patch is fitted whole. 0 disables.", ge=0)
+    big_source_re_factor: float = K(4.0, "float", "Re", "MPI-era: a galaxy's extent is this many half-light radii (the catalogue's Re; with patches.big_source_from_light also the half-light radius of its light on the white stack; 4 Re holds 99 % of an exponential's light): a patch whose ROI does not hold the extent of one of its own (base) galaxies, plus the halo, is grown to hold it, and the sources inside are fitted with it, so a galaxy larger than a patch is fitted whole. 0 disables.", ge=0)
+    big_source_from_light: bool = K(False, "bool", _NONE, "MPI-era: rows without a catalogue Re (not typed STAR) take their extent from the half-light radius of the light around them on the white stack. That radius includes the neighbours' light: on a crowded real field (KiDS, no Re column) it grew 432 of 859 ROIs, the largest to 797 px, and the fit time with them; so it is off unless asked for.")
     max_roi_pix: int = K(1536, "int", _PX, "MPI-era: largest side of a grown ROI (memory and time of one patch fit grow with its area); a galaxy larger than that is fitted in a ROI of this side centred on it.", ge=64)
 
 
