@@ -379,12 +379,7 @@ class Problem:
         use = np.isfinite(dg) & (dg > 0)             # a parameter the data do not constrain: none
         if not use.any():
             return out
-        d = np.sqrt(dg[use])
-        Hs = H[np.ix_(use, use)] / d[:, None] / d[None, :]
-        try:
-            Hinv = np.linalg.inv(Hs + 1e-9 * np.eye(d.size)) / d[:, None] / d[None, :]
-        except np.linalg.LinAlgError:
-            return out
+        Hinv = inv_batched(H[np.ix_(use, use)][None])[0]
         Xs = X[:, :self.S, :][:, :, use]
         dv = np.einsum("bsn,nm,bsm->bs", Xs, Hinv, Xs)
         return np.where(np.isfinite(dv) & (dv > 0), dv, 0.0)
