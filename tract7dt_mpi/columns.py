@@ -106,7 +106,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     *_fit("y_pix_white", _F, "pixel", "fitted y, working (cropped) frame, 0-based"),
     *_fit("RA", _F, "deg", "fitted right ascension"),
     *_fit("DEC", _F, "deg", "fitted declination"),
-    Column("stype_fit", _T, None, "fitted model: `star`, `exp`, `dev` or `sersic`", "multi"),
+    Column("stype_fit", _T, None, "fitted model: `star`, `exp`, `dev` or `sersic` (the catalogue TYPE, or the model chosen by `patch_run.model_selection`)", "multi"),
     *_fit("sersic_n", _F, "", "Sersic index (Sersic model only)"),
     *_fit("re_pix", _F, "pixel", "half-light radius"),
     *_fit("ab", _F, "", "axis ratio b/a"),
@@ -128,7 +128,9 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("flag_core_masked", _B, None, "in some band no usable pixel lies within 2 px of the fitted position (core masked or off the image): that band's flux rests on the wings only", "multi"),
     Column("flag_dead_data", _B, None, "in some band every usable pixel within 3 px of the fitted position has one value: no light was recorded there (e.g. a zero-filled gap); never `fit_is_reliable`", "multi"),
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
-    Column("dchisq_psf_gal", _F, "", "rows without a usable TYPE whose fitted galaxy was compact: chi^2 (all bands) of the patch with the source as a point source minus with it as a galaxy; the point source was kept (`stype_fit` star) when below `patch_run.model_selection_dchisq`; empty for other rows", "multi"),
+    *(Column(f"dchisq_{m}", _F, "", f"chi^2 improvement (all bands) over no source of the source fitted alone as {m} on its footprint, its neighbours' fitted models subtracted (`patch_run.model_selection`); empty where no choice was made", "multi")
+      for m in ("PSF", "EXP", "DEV", "SER")),
+    Column("flag_model_close", _B, None, "the model choice was close: the best two models' parameter-penalised dchisq differ by less than `patch_run.model_selection_dchisq` (soft tag `model_close`)", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability

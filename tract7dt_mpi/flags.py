@@ -45,6 +45,9 @@ TAGS = (
     Tag("not_converged", 6, False,
         "optimizer did not reach dlnp_stop but did not hit the iteration limit either"),
     Tag("all_psf_fallback", 7, False, "no band of the patch used a real ePSF (all fallback PSFs)"),
+    Tag("model_close", 9, False,
+        "the model choice of patch_run.model_selection was close (flag_model_close): the best two "
+        "models differ by less than model_selection_dchisq in penalised chi^2"),
 )
 #: hard-fail tags, in the order they appear in ``fit_quality_issues``
 HARD_TAGS = tuple(t.name for t in TAGS if t.hard)
@@ -170,6 +173,7 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
         "dead_data": fitted & _col_bool(df, "flag_dead_data"),
         "not_converged": fitted & not_conv & (len(conv_cols) > 0),
         "all_psf_fallback": fitted & all_fb,
+        "model_close": fitted & _col_bool(df, "flag_model_close"),
     }
 
 

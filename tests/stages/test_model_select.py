@@ -1,41 +1,89 @@
-"""Point source or galaxy for untyped rows, on GalSim scenes (engine fits, truth known)."""
+"""Model choice (PSF, EXP, DEV, SERSIC) on GalSim scenes with known types (engine fits, truth known)."""
 import sys
 from pathlib import Path
 
 import galsim
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from _truth import draw, moffat, psf_stamp  # noqa: E402
+from _truth import draw, galaxy, moffat, psf_stamp  # noqa: E402
 
 from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch  # noqa: E402
-from tract7dt_mpi.stages.model_select import select_point_sources, untyped_rows  # noqa: E402
+from tract7dt_mpi.stages.model_select import NPARAMS, choose, choose_models, untyped_rows  # noqa: E402
+
+SHAPE = (110, 110)
+#: (kind, GalSim profile, x, y): a star, an EXP and a DEV galaxy, bright (S/N of several hundred)
+TRUTH = [("star", galsim.DeltaFunction(flux=4e4), 25.3, 30.2),
+         ("exp", galaxy("exp", 1e4, 3.0, 0.6, 30.0), 78.4, 32.7),
+         ("dev", galaxy("dev", 1.5e4, 3.0, 0.7, 120.0), 50.6, 80.1)]
 
 
-def _scene(rng):
-    shape = (90, 90)
-    star = galsim.DeltaFunction(flux=4e4)          # drawn convolved with the PSF
-    gal = galsim.Exponential(half_light_radius=1.6, flux=4e4).shear(q=0.6, beta=30 * galsim.degrees)
-    objs = [(star, 25.3, 30.2), (gal, 62.4, 58.7)]
-    ims = []
-    for b in "gr":
-        clean = draw(objs, shape, psf=moffat())
-        ims.append(ImageData(b, clean + rng.normal(0, 2.0, shape), np.full(shape, 0.25), PixelizedPSF(psf_stamp(15))))
-    # both untyped: fitted as EXP first
-    srcs = [Source("exp", 25.0, 30.0, [3e4, 3e4], re=2.0, ab=0.8), Source("exp", 62.0, 59.0, [3e4, 3e4], re=2.0, ab=0.8)]
-    return ims, srcs
+def _true_flux(prof):
+    """Total flux of ``prof`` as drawn (truncated profiles included), PSF-convolved."""
+    return float(draw([(prof, 100.0, 100.0)], (201, 201), psf=moffat()).sum())
 
 
-def test_star_becomes_a_point_source_and_the_galaxy_stays():
-    ims, srcs = _scene(np.random.default_rng(3))
+def _images(rng):
+    objs = [(p, x, y) for _, p, x, y in TRUTH]
+    clean = draw(objs, SHAPE, psf=moffat())
+    return [ImageData(b, clean * s + rng.normal(0, 2.0, SHAPE), np.full(SHAPE, 0.25),
+                      PixelizedPSF(psf_stamp(15))) for b, s in (("g", 0.8), ("r", 1.0), ("i", 1.2))]
+
+
+def _untyped_start():
+    # every row untyped: started as EXP with the catalogue's guess, as the pipeline does
+    return [Source("exp", x + 0.4, y - 0.3, [3e4] * 3, re=2.0, ab=0.8) for _, _, x, y in TRUTH]
+
+
+@pytest.fixture(scope="module")
+def chosen():
+    ims = _images(np.random.default_rng(5))
     opts = FitOptions(n_opt_iters=30)
+    srcs = _untyped_start()
     res = fit_patch(ims, srcs, opts)
-    srcs2, res2, tried = select_point_sources(fit_patch, ims, srcs, res, opts, [0, 1], 4.0, 9.0)
-    assert res2.sources[0].kind == "star" and tried[0] < 9.0
-    assert res2.sources[1].kind == "exp"
-    assert tried.get(1, 1e9) > 9.0          # a resolved galaxy: chi^2 strongly prefers it
-    assert abs(res2.sources[0].fluxes[0] / 4e4 - 1) < 0.01
-    assert res2.sources[0].converged
+    return choose_models(fit_patch, ims, srcs, res, opts, [0, 1, 2], 4.0, 9.0)
+
+
+def test_types_are_recovered(chosen):
+    _, res, ch = chosen
+    assert [ch[i].kind for i in range(3)] == [k for k, *_ in TRUTH]
+    assert [s.kind for s in res.sources] == [k for k, *_ in TRUTH]
+    for c in ch.values():
+        assert set(c.dchisq) == {"star", "exp", "dev", "sersic"}
+        assert all(np.isfinite(v) and v > 1e3 for v in c.dchisq.values())   # all bright
+    assert ch[0].dchisq["star"] - NPARAMS["star"] >= ch[0].dchisq["exp"] - NPARAMS["exp"] - 9.0
+    assert ch[1].dchisq["exp"] - ch[1].dchisq["star"] > 100 and ch[1].dchisq["exp"] > ch[1].dchisq["dev"]
+    assert ch[2].dchisq["dev"] > ch[2].dchisq["exp"]
+
+
+def test_fluxes_of_retyped_sources_match_the_truth(chosen):
+    _, res, _ = chosen
+    for s, (kind, prof, x, y) in zip(res.sources, TRUTH):
+        for f, scale in zip(s.fluxes, (0.8, 1.0, 1.2)):
+            truth = _true_flux(prof) * scale
+            assert abs(f / truth - 1) < (0.005 if kind == "star" else 0.02), (kind, f, truth)
+
+
+def test_choice_rule():
+    # a galaxy must pay for its three extra parameters plus the threshold
+    assert choose({"star": 100.0, "exp": 110.0, "dev": 105.0, "sersic": 111.0}, 9.0).kind == "star"
+    assert choose({"star": 100.0, "exp": 115.0, "dev": 105.0, "sersic": 116.0}, 9.0).kind == "exp"
+    # ... and 1 % of the point source's own dchisq (PSF mismatch of a bright star)
+    assert choose({"star": 1e5, "exp": 1e5 + 500, "dev": 1e5, "sersic": 1e5 + 500}, 9.0).kind == "star"
+    assert choose({"star": 1e5, "exp": 1e5 + 5000, "dev": 1e5, "sersic": 1e5 + 5000}, 9.0).kind == "exp"
+    # SERSIC only when it beats the better of EXP/DEV by a further threshold
+    assert choose({"star": 0.0, "exp": 200.0, "dev": 190.0, "sersic": 205.0}, 9.0).kind == "exp"
+    assert choose({"star": 0.0, "exp": 200.0, "dev": 190.0, "sersic": 240.0}, 9.0).kind == "sersic"
+    # ... plus 0.1 % of that galaxy's dchisq
+    assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 90}, 9.0).kind == "exp"
+    assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 130}, 9.0).kind == "sersic"
+    c = choose({"star": 0.0, "exp": 200.0, "dev": 195.0, "sersic": 201.0}, 9.0)
+    assert c.kind == "exp" and c.close
+    assert not choose({"star": 0.0, "exp": 200.0, "dev": 100.0, "sersic": 180.0}, 9.0).close
+    # nothing computed: keep a point source, no flag
+    c = choose({"star": np.nan, "exp": np.nan}, 9.0)
+    assert c.kind == "star" and not c.close
 
 
 def test_untyped_rows():
@@ -43,3 +91,46 @@ def test_untyped_rows():
     cat = pd.DataFrame({"TYPE": ["STAR", "", None, "exp", "QSO", np.nan]})
     assert untyped_rows(cat, "TYPE", {"STAR", "EXP", "DEV", "SERSIC"}).tolist() == [False, True, True, False, True, True]
     assert untyped_rows(cat, None, {"STAR"}).all()
+
+
+# --------------------------------------------------------------- modes through fit_patch_input
+def _patch_with_types(types):
+    """tests/stages/test_fit.py's GalSim patch (stars 0, 1; EXP galaxies 2, 3) with ``types``."""
+    import dataclasses
+
+    galsim_mod = pytest.importorskip("galsim")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_fit import make_galsim_patch
+
+    pin = make_galsim_patch(galsim_mod)
+    cat = pin.cat.copy()
+    cat["TYPE"] = list(types) + ["STAR"]          # the halo row keeps its type
+    return dataclasses.replace(pin, cat=cat)
+
+
+def _run(pin, mode):
+    from tract7dt_mpi.config import config_from_dict
+    from tract7dt_mpi.stages.fit import fit_patch_input
+
+    cfg = config_from_dict({"patch_run": {"n_opt_iters": 50, "no_cutouts": True, "no_patch_overview": True,
+                                          "model_selection": mode}, "plotting": {"level": "none"}})
+    return fit_patch_input(pin, cfg).table
+
+
+def test_untyped_rows_are_chosen_and_off_keeps_gal_model():
+    pin = _patch_with_types(["", "", "", ""])
+    t = _run(pin, "untyped")
+    assert t["stype_fit"].tolist() == ["star", "star", "exp", "exp"]
+    assert t[["dchisq_PSF", "dchisq_EXP", "dchisq_DEV", "dchisq_SER"]].notna().all().all()
+    assert (t["dchisq_EXP"][2:] > t["dchisq_PSF"][2:] + 100).all()
+    for i, fg in enumerate((20000.0, 8000.0, 25000.0, 15000.0)):
+        assert t["FLUX_g_fit"][i] == pytest.approx(fg, rel=0.01 if i < 2 else 0.03)
+    off = _run(pin, "off")
+    assert off["stype_fit"].tolist() == ["exp"] * 4          # patch_run.gal_model
+    assert off[["dchisq_PSF", "dchisq_SER"]].isna().all().all() and not off["flag_model_close"].any()
+
+
+def test_all_ignores_the_catalogue_type():
+    pin = _patch_with_types(["EXP", "DEV", "STAR", "STAR"])   # every TYPE wrong
+    assert _run(pin, "untyped")["stype_fit"].tolist() == ["exp", "dev", "star", "star"]
+    assert _run(pin, "all")["stype_fit"].tolist() == ["star", "star", "exp", "exp"]

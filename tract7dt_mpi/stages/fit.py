@@ -71,7 +71,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("psf_fallback_reasons_json", s("psf_fallback_reasons_json")),
             ("stype_fit", s("stype_fit")), ("flag_core_masked", b1),
             ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1),
-            ("dchisq_psf_gal", f8),
+            ("dchisq_PSF", f8), ("dchisq_EXP", f8), ("dchisq_DEV", f8), ("dchisq_SER", f8),
+            ("flag_model_close", b1),
             ("fit_pos_held", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
@@ -240,19 +241,27 @@ def _log_fit(plog, r, label: str) -> None:
 
 
 def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
-    """stages.model_select on the patch's untyped base sources."""
+    """stages.model_select on the patch's base sources: the untyped ones, or all (``all``)."""
     from .catalog import ColumnMap
     from .fit_setup import TYPE_TO_KIND
-    from .model_select import select_point_sources, untyped_rows
+    from .model_select import choose_models, untyped_rows
     from .psf_error import stamp_fwhm
     cm = ColumnMap.from_frame(pin.cat, pin.bands)
-    cand = np.flatnonzero(untyped_rows(pin.cat, cm.type, set(TYPE_TO_KIND)) & ~is_halo)
+    pick = np.ones(len(pin.cat), bool) if str(pr.model_selection) == "all" \
+        else untyped_rows(pin.cat, cm.type, set(TYPE_TO_KIND))
+    cand = np.flatnonzero(pick & ~is_halo)
     if cand.size == 0:
         return sources, res, {}
     fw = [stamp_fwhm(np.asarray(p.stamp, float)) for p in psfs.values() if getattr(p, "stamp", None) is not None]
     fwhm = float(np.nanmedian(fw)) if fw else float(pr.fallback_default_fwhm_pix)
-    return select_point_sources(fit_fn, images, sources, res, opts, cand, fwhm,
-                                float(pr.model_selection_dchisq))
+    return choose_models(fit_fn, images, sources, res, opts, cand, fwhm, float(pr.model_selection_dchisq))
+
+
+def _dchisq_values(choice) -> dict:
+    """``dchisq_{PSF,EXP,DEV,SER}`` of one source's model choice (NaN where not computed)."""
+    from .model_select import MODELS
+    got = choice.dchisq if choice is not None else {}
+    return {f"dchisq_{col}": float(got.get(kind, np.nan)) for kind, col in MODELS.items()}
 
 
 def fit_patch_input(pin, cfg) -> PatchResult:
@@ -319,18 +328,20 @@ def fit_patch_input(pin, cfg) -> PatchResult:
          f"{n_cat_flux}/{len(sources) * len(bands)}")
     res = fit_fn(images, sources, opts)
     chosen = {}
-    if multi and str(pr.model_selection) == "untyped":
+    if multi and str(pr.model_selection) != "off":
         sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo)
-        for i, d in chosen.items():
+        for i, c in chosen.items():
             inits[i] = dataclasses.replace(inits[i], kind=res.sources[i].kind)
             plog(f"model selection: source {cat['ID'].iloc[i] if 'ID' in cat else i} -> "
-                 f"{res.sources[i].kind} (chi2 point - galaxy = {d:.1f})")
+                 f"{res.sources[i].kind} (dchisq " + " ".join(
+                     f"{k}={v:.1f}" for k, v in c.dchisq.items()) + (", close)" if c.close else ")"))
 
     x0, y0 = spec.x0_roi, spec.y0_roi
     rows = []
     per = {b: res.per_band[b] for b in bands} if not multi else None
     for i in range(len(cat)):
-        d = {"stype_fit": inits[i].kind, "dchisq_psf_gal": chosen.get(i, np.nan)}
+        d = {"stype_fit": inits[i].kind, "flag_model_close": bool(i in chosen and chosen[i].close)}
+        d.update(_dchisq_values(chosen.get(i)))
         if multi:
             d["flag_core_masked"] = core_masked(images, res.sources[i].x, res.sources[i].y)
             d["flag_dead_data"] = dead_near(images, res.sources[i].x, res.sources[i].y)

@@ -1,24 +1,46 @@
-"""Point source or galaxy for catalogue rows without a usable TYPE (``patch_run.model_selection``).
+"""Choose PSF, EXP, DEV or SERSIC for catalogue rows (``patch_run.model_selection``).
 
-A row with a blank or unknown TYPE is first fitted as ``patch_run.gal_model``. A star fitted as a
-galaxy shrinks its Re to the lower bound (and is then flagged, unconverged); a compact galaxy
-stays a little larger than the PSF. So every untyped source whose fitted galaxy is compact
-(Re below ``COMPACT_FWHM`` of the PSF FWHM, or stalled at a bound) is fitted again as a point
-source, with the rest of the patch as before, and the point source is kept unless the galaxy
-improves chi^2 by more than ``penalty`` (its three extra shape parameters must pay for
-themselves, as in legacypipe's choice between PSF and REX/EXP; all bands at once). The choice
-and the chi^2 difference are reported per source.
+After the patch's first fit, each candidate source (rows without a usable TYPE, or every base row
+with ``all``) is fitted alone on its own footprint, with the fitted models of its neighbours (and
+the fitted sky) subtracted, once per model. Each model's chi^2 improvement over "no source" on all
+bands at once (``dchisq``) is penalised by its number of non-flux parameters (2 for a point source,
+5 for EXP/DEV, 6 for SERSIC), and the simpler model is kept unless a richer one pays for itself,
+in the spirit of legacypipe's choice between PSF/REX/EXP/DEV/SER:
+
+* a galaxy replaces the point source only when it improves the penalised chi^2 by more than
+  ``threshold`` and by more than ``GALAXY_FRAC`` of the point source's own dchisq (a bright star's
+  small PSF mismatch must not turn it into a tiny galaxy);
+* among galaxies the better of EXP and DEV is kept, and SERSIC only when it improves on that by a
+  further ``threshold`` and ``SERSIC_FRAC`` of that galaxy's dchisq.
+
+The choice is "close" when the best two penalised models differ by less than ``threshold``. The
+whole patch is then refitted once with the chosen models (only when a model changed; one unstaged
+pass from the first fit's values), so only the candidates pay: four small single-source fits
+each, plus at most one patch refit.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["untyped_rows", "select_point_sources", "COMPACT_FWHM"]
+from ..engine import FitOptions, ImageData, Source
+from ..engine.problem import Problem
 
-#: a fitted galaxy with Re below this fraction of the PSF FWHM is a point-source candidate
-COMPACT_FWHM = 0.5
+__all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC"]
+
+#: the models tried, as engine kinds, with their catalogue column suffixes
+MODELS = {"star": "PSF", "exp": "EXP", "dev": "DEV", "sersic": "SER"}
+#: non-flux parameters of each model (the chi^2 penalty)
+NPARAMS = {"star": 2, "exp": 5, "dev": 5, "sersic": 6}
+#: a galaxy must also improve on a point source by this fraction of the point source's dchisq
+GALAXY_FRAC = 0.01
+#: SERSIC must also improve on the better of EXP/DEV by this fraction of that model's dchisq (on
+#: GalSim tiles: Sersic n = 2-3 galaxies gain 0.2-1 %, EXP and DEV galaxies up to ~0.05 %)
+SERSIC_FRAC = 0.001
+#: footprint half-size bounds (px) of the single-source fits
+MIN_HALF, MAX_HALF = 10, 64
 
 
 def untyped_rows(cat, type_col, known) -> np.ndarray:
@@ -32,31 +54,121 @@ def untyped_rows(cat, type_col, known) -> np.ndarray:
     return np.array(out, bool)
 
 
-def _as_star(src):
-    return dataclasses.replace(src, kind="star", re=np.nan, ab=np.nan, phi_deg=np.nan, sersic_n=np.nan,
-                               re_sigma=None, ell_sigma=None, theta_sigma_deg=None, re_factor=None,
-                               hold_shape=False)
+@dataclass
+class Choice:
+    """One source's model choice: the chosen kind, dchisq per kind, whether it was close."""
+
+    kind: str
+    dchisq: dict
+    close: bool
 
 
-def select_point_sources(fit_fn, images, sources, res, opts, candidates, fwhm_pix: float,
-                         penalty: float):
-    """Refit compact untyped galaxies as point sources; returns (sources, result, {index: dchisq})
-    where dchisq = chi^2(point source) - chi^2(galaxy) of each source tried (the point source was
-    kept when it is below ``penalty``)."""
-    tried = {}
-    limit = COMPACT_FWHM * (fwhm_pix if np.isfinite(fwhm_pix) and fwhm_pix > 0 else 4.0)
+def choose(dchisq: dict, threshold: float) -> Choice:
+    """Penalised choice among the kinds of ``dchisq`` (chi^2 improvement over no source)."""
+    pen = {k: v - NPARAMS[k] for k, v in dchisq.items() if np.isfinite(v)}
+    if not pen:
+        return Choice("star", dchisq, False)
+    best = "star" if "star" in pen else max(pen, key=pen.get)
+    gals = [k for k in ("exp", "dev") if k in pen]
+    if gals:
+        g = max(gals, key=pen.get)
+        base = pen.get("star", -np.inf)
+        need = threshold + GALAXY_FRAC * max(dchisq.get("star", 0.0), 0.0)
+        if best != "star" or pen[g] - base > need:
+            best = g
+    if best != "star" and "sersic" in pen and \
+            pen["sersic"] - pen[best] > threshold + SERSIC_FRAC * max(dchisq[best], 0.0):
+        best = "sersic"
+    ranked = sorted(pen.values(), reverse=True)
+    close = len(ranked) > 1 and ranked[0] - ranked[1] < threshold
+    return Choice(best, dchisq, bool(close))
+
+
+def _box(images, x, y, half):
+    H, W = images[0].data.shape
+    ix, iy = int(round(x)), int(round(y))
+    return max(iy - half, 0), min(iy + half + 1, H), max(ix - half, 0), min(ix + half + 1, W)
+
+
+def _own_model(images, box, sr) -> np.ndarray:
+    """(nb, h, w) model of fitted source ``sr`` on ``box`` (its fitted fluxes times unit renderings)."""
+    y0, y1, x0, x1 = box
+    crop = [ImageData(im.band, im.data[y0:y1, x0:x1], im.invvar[y0:y1, x0:x1], im.psf) for im in images]
+    src = Source(sr.kind, sr.x - x0, sr.y - y0, np.asarray(sr.fluxes, float), re=sr.re, ab=sr.ab,
+                 phi_deg=sr.phi_deg, sersic_n=sr.sersic_n)
+    prob = Problem(crop, [src], fit_sky=False)
+    r = prob.render(0, prob.p0[0], None)
+    out = np.zeros((len(images), y1 - y0, x1 - x0))
+    if not r.empty:
+        out[:, r.y0:r.y1, r.x0:r.x1] = r.A[:, 0] * np.asarray(sr.fluxes, float)[:, None, None]
+    return out
+
+
+def _start(src, sr, kind, x, y, fwhm):
+    """``src`` (the patch's Source) as ``kind``, started at the fitted position and fluxes."""
+    gal = sr.kind != "star" and np.isfinite(sr.re)
+    re = sr.re if gal else max(0.5 * fwhm, 1.0)
+    return dataclasses.replace(
+        src, kind=kind, x=x, y=y, fluxes=np.asarray(sr.fluxes, float).copy(),
+        re=np.nan if kind == "star" else max(re, 0.5), ab=np.nan if kind == "star" else (sr.ab if gal else 0.8),
+        phi_deg=np.nan if kind == "star" else (sr.phi_deg if gal else 0.0),
+        sersic_n=(sr.sersic_n if np.isfinite(sr.sersic_n) else 2.0) if kind == "sersic" else np.nan,
+        re_sigma=None, ell_sigma=None, theta_sigma_deg=None, re_factor=None, hold_shape=False)
+
+
+def local_dchisq(fit_fn, images, models, src, sr, opts: FitOptions, fwhm: float):
+    """dchisq per kind of one source fitted alone on its footprint, and the local fit results."""
+    size = max(sr.re, 0.0) if np.isfinite(sr.re) else 0.0
+    half = int(np.clip(np.ceil(3.0 * fwhm + 4.0 * size), MIN_HALF, MAX_HALF))
+    box = _box(images, sr.x, sr.y, half)
+    y0, y1, x0, x1 = box
+    own = _own_model(images, box, sr)
+    local = []
+    for b, im in enumerate(images):
+        rest = models[b][y0:y1, x0:x1] - own[b]          # neighbours + sky
+        local.append(ImageData(im.band, im.data[y0:y1, x0:x1] - rest, im.invvar[y0:y1, x0:x1], im.psf,
+                               gain=im.gain))
+    chi2_none = float(sum(np.sum(im.invvar * im.data ** 2) for im in local))
+    lopts = dataclasses.replace(opts, staged=False, fit_sky=False, marginal_flux_errors=False,
+                                multi_band=True)
+    dchisq, fits = {}, {}
+    for kind in MODELS:
+        s = _start(src, sr, kind, sr.x - x0, sr.y - y0, fwhm)
+        if s.max_shift is None:
+            s = dataclasses.replace(s, max_shift=float(max(2.0, fwhm)))
+        try:
+            r = fit_fn(local, [s], lopts)
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            dchisq[kind] = np.nan
+            continue
+        dchisq[kind] = chi2_none - float(r.chi2)
+        fits[kind] = (r.sources[0], x0, y0)
+    return dchisq, fits
+
+
+def choose_models(fit_fn, images, sources, res, opts: FitOptions, candidates, fwhm_pix: float,
+                  threshold: float):
+    """Choose each candidate's model and refit the patch with the choices.
+
+    Returns (sources, result, {index: Choice}). ``res`` is the patch's first fit; the patch is
+    refitted (``fit_fn``) only when some candidate changed model.
+    """
+    fwhm = fwhm_pix if np.isfinite(fwhm_pix) and fwhm_pix > 0 else 4.0
+    models = res.model_images()
+    chosen, new = {}, list(sources)
     for i in candidates:
-        s = res.sources[i]
-        if s.kind == "star":
-            continue
-        stalled = bool(getattr(s, "stalled", None))
-        if not (s.re < limit or stalled):
-            continue
-        alt = list(sources)
-        alt[i] = _as_star(sources[i])
-        res2 = fit_fn(images, alt, opts)
-        d = float(res2.chi2 - res.chi2)
-        tried[i] = d
-        if d < penalty:
-            sources, res = alt, res2
-    return sources, res, tried
+        sr = res.sources[i]
+        dchisq, fits = local_dchisq(fit_fn, images, models, sources[i], sr, opts, fwhm)
+        c = choose(dchisq, threshold)
+        chosen[i] = c
+        if c.kind != sources[i].kind and c.kind in fits:
+            lr, x0, y0 = fits[c.kind]
+            new[i] = _start(sources[i], lr, c.kind, lr.x + x0, lr.y + y0, fwhm)
+            if c.kind != "star":
+                new[i] = dataclasses.replace(new[i], re=lr.re, ab=lr.ab, phi_deg=lr.phi_deg)
+    if any(new[i].kind != sources[i].kind for i in chosen):
+        # every source starts at (or, if re-typed, near) its optimum: one unstaged pass suffices
+        res = fit_fn(images, new, dataclasses.replace(opts, staged=False))
+    else:
+        new = list(sources)
+    return new, res, chosen
