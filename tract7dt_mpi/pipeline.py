@@ -247,7 +247,8 @@ class _Run:
                             stamp, meta.get("nstars_used"))
                 self._write_epsf_summary(ordered)
                 stamps = steps.with_psf_flux_errors(stamps, ordered)
-                stamps = steps.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape)
+                stamps = steps.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape,
+                                               self.worker.prepared, lr.catalog)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
         self.stopped |= stopped
@@ -275,7 +276,8 @@ class _Run:
                 if got is not None and got[1] is not None:
                     stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
         return steps.with_psf_fields(self.cfg, steps.with_psf_flux_errors(stamps, metas), metas,
-                                 self.worker.prepared.shape)
+                                 self.worker.prepared.shape, self.worker.prepared,
+                                 steps.read_working_catalog(self.cfg))
 
     # ------------------------------------------------------------------ patch phase
     def patch_phase(self, plan, stamps, bands, fn=None, label="patches", use_store=True):

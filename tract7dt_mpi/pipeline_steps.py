@@ -327,13 +327,16 @@ def with_psf_flux_errors(stamps: dict, metas) -> dict:
                 for t, v in cells.items()} for b, cells in stamps.items()}
 
 
-def with_psf_fields(cfg, stamps: dict, metas, shape) -> dict:
+def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None) -> dict:
     """Add each band's polynomial PSF field (stages.psf_poly) under ``psf_poly.FIELD_KEY`` of its
-    entry in ``stamps``, fitted to the stars of its successful cells (their ``stars.npz``);
-    only under ``patch_run.epsf_interpolation: field``."""
+    entry in ``stamps``, fitted to the stars of its successful cells (their ``stars.npz``), with
+    its outer wing from the bright stars of ``catalog`` on the ``prepared`` images
+    (``epsf.bright_wing``); only under ``patch_run.epsf_interpolation: field``."""
     from .stages.psf_poly import FIELD_KEY, fit_psf_field
+    from .wing_step import BRIGHT_WING_STARS, add_bright_wing, star_candidates
     if cfg.patch_run.epsf_interpolation != "field":
         return stamps
+    candidates = None
     by_band = {}
     for m in metas:
         if m and m.get("status") == "ok":
@@ -357,10 +360,15 @@ def with_psf_fields(cfg, stamps: dict, metas, shape) -> dict:
             log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
                         "ePSFs", band, sum(len(v) for v in xy))
             continue
-        stamps.setdefault(band, {})[FIELD_KEY] = field
         log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
                  "or not following the field)", band, field.degree,
                  field.n_stars, len(xy), field.n_rejected)
+        if prepared is not None and cfg.epsf.bright_wing:
+            if candidates is None:
+                candidates = star_candidates(catalog, prepared, fwhm)
+            field = add_bright_wing(field, prepared, band, candidates, fwhm,
+                                    float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
+        stamps.setdefault(band, {})[FIELD_KEY] = field
     return stamps
 
 

@@ -208,6 +208,16 @@ class Epsf:
                         "star's flux that noise is a residual pattern neighbours absorb. false = the "
                         "builder's stamp as is.")
     recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
+    bright_wing: bool = K(True, "bool", _NONE,
+                          "MPI-era: measure each band's outer PSF wing (a power law beyond the field's wing "
+                          "radius) and its light beyond the stamp on the band's brightest catalogue stars, "
+                          "saturated ones included (stages.psf_wing), instead of extrapolating the field's "
+                          "Moffat tail; the field keeps its own tail when fewer than 3 stars show a wing. "
+                          "patch_run.epsf_interpolation: field only.")
+    bright_wing_radius_fwhm: float = K(25.0, "float", "FWHM",
+                                       "MPI-era: outer radius of the rings measured around each bright star "
+                                       "for epsf.bright_wing (a candidate with a brighter one inside it is "
+                                       "skipped).", gt=3.0)
     field_degree: int = K(2, "int", _NONE, "MPI-era: highest total degree in (x, y) of the band's polynomial PSF field (patch_run.epsf_interpolation: field); lowered while the band has fewer than 3 ePSF stars per polynomial term (degree 2: 18 stars, 1: 9).", ge=0, le=4)
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
