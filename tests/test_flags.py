@@ -9,7 +9,7 @@ from tract7dt_mpi import flags
 def test_registry_order_and_split():
     assert flags.HARD_TAGS == ("excluded", "no_fit_result", "hit_max_iters", "bound_stalled",
                                "bright_mask", "core_masked", "dead_data")
-    assert flags.SOFT_TAGS == ("not_converged", "all_psf_fallback", "model_close")
+    assert flags.SOFT_TAGS == ("not_converged", "all_psf_fallback", "model_close", "shape_fallback")
     assert set(flags.TAG_DOCS) == set(flags.TAG_ORDER)
 
 
@@ -80,7 +80,7 @@ def test_fit_flags_bits_are_fixed_and_unique():
     assert flags.TAG_BITS == {"excluded": 1, "no_fit_result": 2, "hit_max_iters": 4,
                               "bound_stalled": 8, "bright_mask": 16, "core_masked": 32, "dead_data": 256,
                               "not_converged": 64, "all_psf_fallback": 128,
-                              "model_close": 512}
+                              "model_close": 512, "shape_fallback": 1024}
     bits = [t.bit for t in flags.TAGS]
     assert len(set(bits)) == len(bits) and all(0 <= b < 31 for b in bits)   # fits int32
 

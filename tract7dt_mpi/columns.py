@@ -131,7 +131,8 @@ COLUMNS: tuple[Column, ...] = tuple([
     *(Column(f"dchisq_{m}", _F, "", f"chi^2 improvement (all bands) over no source of the source fitted alone as {m} on its footprint, its neighbours' fitted models subtracted (`patch_run.model_selection`); empty where no choice was made", "multi")
       for m in ("PSF", "EXP", "DEV", "SER")),
     Column("flag_model_close", _B, None, "the model choice was close: the best two models' parameter-penalised dchisq differ by less than `patch_run.model_selection_dchisq` (soft tag `model_close`)", "multi"),
-    Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
+    Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`, or a shape fallback; in single-band mode: in some band)", "multi"),
+    Column("flag_shape_fallback", _B, None, "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper Re bound or a bound of ellipticity or Sersic n, and it was refitted with its catalog shape held (soft tag `shape_fallback`)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability
     Column("fit_is_reliable", _B, None, "true when no hard tag applies", "quality"),

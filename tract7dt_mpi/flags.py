@@ -48,6 +48,10 @@ TAGS = (
     Tag("model_close", 9, False,
         "the model choice of patch_run.model_selection was close (flag_model_close): the best two "
         "models differ by less than model_selection_dchisq in penalised chi^2"),
+    Tag("shape_fallback", 10, False,
+        "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper "
+        "Re bound or a bound of ellipticity or Sersic n; its flux is from a refit with the catalog shape held "
+        "(flag_shape_fallback)"),
 )
 #: hard-fail tags, in the order they appear in ``fit_quality_issues``
 HARD_TAGS = tuple(t.name for t in TAGS if t.hard)
@@ -174,6 +178,7 @@ def tag_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
         "not_converged": fitted & not_conv & (len(conv_cols) > 0),
         "all_psf_fallback": fitted & all_fb,
         "model_close": fitted & _col_bool(df, "flag_model_close"),
+        "shape_fallback": fitted & _col_bool(df, "flag_shape_fallback"),
     }
 
 

@@ -99,12 +99,19 @@ def test_runaway_galaxy_is_not_converged():
     clean = draw([(galsim.Gaussian(sigma=25.0, flux=3e5), 40, 40)], shape) + \
         draw([(galaxy("exp", 3e3, 2.0, 0.8, 0.0), 40, 40)], shape, psf=moffat())
     im = _image(clean, 1.0, 2)
-    r = fit_patch([im], [Source("exp", 40.2, 39.9, [3e3], re=2.0, ab=0.8, phi_deg=0.0)],
-                  FitOptions(fit_sky=False))
+    src = [Source("exp", 40.2, 39.9, [3e3], re=2.0, ab=0.8, phi_deg=0.0)]
+    r = fit_patch([im], src, FitOptions(fit_sky=False, shape_fallback=False))
     s = r.sources[0]
     assert s.re > 10.0
     assert "re>5xstart" in s.runaway and "flux>3xaperture:r" in s.runaway
-    assert not s.converged
+    assert not s.converged and not s.shape_fallback
+    # by default such a galaxy is refitted with its catalog shape held: flagged, and its flux no
+    # longer the sheet's (the sheet adds ~9 counts/px under the galaxy's core)
+    fb = fit_patch([im], src, FitOptions(fit_sky=False)).sources[0]
+    assert fb.shape_fallback and fb.shape_fixed
+    assert fb.re == pytest.approx(2.0) and fb.ab == pytest.approx(0.8)
+    assert "re>5xstart" not in fb.runaway
+    assert fb.fluxes[0] < 0.2 * s.fluxes[0]
 
 
 def test_significantly_negative_flux_is_a_runaway():

@@ -310,6 +310,16 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         params, F, sky = ev.params, ev.F, ev.sky
         stages.append(info)
     last_free = STAGES[plan[-1]]
+    fallback = _shape_fallbacks(prob, ev, sources, last_free) if opts.shape_fallback \
+        else np.zeros(prob.S, dtype=bool)
+    if fallback.any():
+        prob.faint |= fallback
+        params = [prob.p0[s].copy() if fallback[s] else p for s, p in enumerate(params)]
+        _faint_position_priors(prob)
+        ev, info = _run_stage(prob, params, F, sky, last_free, True, opts, plan[-1])
+        params, F, sky = ev.params, ev.F, ev.sky
+        info["shape_fallback"] = int(fallback.sum())
+        stages.append(info)
     model = prob.data - ev.resid
     model_src = model - ev.sky[:, None, None]
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
@@ -331,7 +341,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         r = SourceResult(kind=src.kind, x=float(p[0]), y=float(p[1]), fluxes=ev.F[:, s].copy(),
                          flux_errs=errs[:, s].copy(), stalled=_stalled(prob, s, p, last_free),
                          no_data_bands=[bands[b] for b in np.flatnonzero(ev.pinned[:, s])],
-                         shape_fixed=bool(prob.faint[s]), pos_held=bool(prob.pos_held[s]))
+                         shape_fixed=bool(prob.faint[s]), pos_held=bool(prob.pos_held[s]),
+                         shape_fallback=bool(fallback[s]))
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":
@@ -349,6 +360,23 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                      last_dlnp=last["last_dlnp"], stages=stages, sky=ev.sky.copy(), chi2=ev.chi2,
                      lnp=ev.lnp, bands=bands, npix_used=int(np.count_nonzero(prob.w > 0)),
                      _models=[m for m in model])
+
+
+def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:
+    """Galaxies with a free shape whose Re ran beyond RUNAWAY_RE x its start or whose Re (upper),
+    ellipticity or Sersic n ended at a bound: they are refitted with the start (catalog) shape
+    held."""
+    out = np.zeros(prob.S, dtype=bool)
+    for s, src in enumerate(sources):
+        if prob.kinds[s] == "star" or prob.faint[s]:
+            continue
+        p = ev.params[s]
+        re = math.exp(p[2])
+        # a galaxy shrinking to the lower Re bound is a point source, not a runaway
+        bounds = [b for b in _stalled(prob, s, p, free)
+                  if b.split("@")[0] in SHAPE_LIKE and b != "shape.logre@lower"]
+        out[s] = bool(bounds) or (np.isfinite(re) and re > RUNAWAY_RE * float(src.re))
+    return out
 
 
 def _aperture(prob: Problem, sky, x, y, r):

@@ -105,6 +105,10 @@ class FitOptions:
     #: their start position: a faint source's flux may go negative, but its position must not
     #: wander onto noise or a neighbour's residual (0 disables)
     pos_min_snr: float = 0.0
+    #: a galaxy whose free shape ran away (Re beyond RUNAWAY_RE x its start) or ended at a bound
+    #: of Re or n is fitted once more with its start (catalog) shape held: forced photometry with
+    #: the catalog's shape is a measurement, a runaway is not (``SourceResult.shape_fallback``)
+    shape_fallback: bool = True
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:
@@ -125,7 +129,8 @@ class SourceResult:
     phi_deg: float = np.nan
     sersic_n: float = np.nan
     stalled: list = field(default_factory=list)
-    #: shape (and Sersic n) held at the start: flux S/N below FitOptions.shape_min_snr
+    #: shape (and Sersic n) held at the start: flux S/N below FitOptions.shape_min_snr, or a
+    #: shape fallback
     shape_fixed: bool = False
     #: bands (names) in which the source has no unmasked pixel (flux kept at its start, error nan)
     no_data_bands: list = field(default_factory=list)
@@ -140,6 +145,9 @@ class SourceResult:
     runaway: list = field(default_factory=list)
     #: position held at the start: start S/N below FitOptions.pos_min_snr
     pos_held: bool = False
+    #: the free shape ran away or ended at a bound of Re or n; the source was refitted with its
+    #: start shape held (``shape_fixed`` is then True too; FitOptions.shape_fallback)
+    shape_fallback: bool = False
 
 
 @dataclass

@@ -73,7 +73,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             ("fit_shape_fixed", b1), ("flux_total_factor", f8), ("flag_dead_data", b1),
             ("dchisq_PSF", f8), ("dchisq_EXP", f8), ("dchisq_DEV", f8), ("dchisq_SER", f8),
             ("flag_model_close", b1),
-            ("fit_pos_held", b1)]
+            ("fit_pos_held", b1), ("flag_shape_fallback", b1)]
     stall = s("flag_bound_stalled_which_parameter")
     if multi_band:
         cols += [("opt_niters", i8), ("opt_converged", b1), ("opt_hit_max_iters", b1),
@@ -347,6 +347,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
             d["flag_dead_data"] = dead_near(images, res.sources[i].x, res.sources[i].y)
             d["fit_shape_fixed"] = bool(getattr(res.sources[i], "shape_fixed", False))
             d["fit_pos_held"] = bool(getattr(res.sources[i], "pos_held", False))
+            d["flag_shape_fallback"] = bool(getattr(res.sources[i], "shape_fallback", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
@@ -362,6 +363,8 @@ def fit_patch_input(pin, cfg) -> PatchResult:
                                       for b, im in zip(bands, images))
             d["fit_shape_fixed"] = any(bool(getattr(per[b].sources[i], "shape_fixed", False)) for b in bands)
             d["fit_pos_held"] = any(bool(getattr(per[b].sources[i], "pos_held", False)) for b in bands)
+            d["flag_shape_fallback"] = any(bool(getattr(per[b].sources[i], "shape_fallback", False))
+                                           for b in bands)
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
