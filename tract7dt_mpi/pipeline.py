@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from . import pipeline_steps as steps
+from . import tasks as steps
 from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
                      disk_full_error, is_disk_full)
 from .parallel import get_comm, install_excepthook, signals

@@ -74,7 +74,7 @@ def test_missing_columns_are_named(caplog, ref_cols, cat_drop, msg):
 
 
 def test_null_gaiaxp_table_messages(tmp_path, caplog):
-    from tract7dt_mpi.pipeline_steps import zp_step
+    from tract7dt_mpi.tasks import zp_step
     from tract7dt_mpi.stages.gaia import run_augment_gaia
     cfg = config_from_dict({"inputs": {"gaiaxp_synphot_csv": None},
                             "outputs": {"work_dir": str(tmp_path)}}, base_dir=str(tmp_path))
