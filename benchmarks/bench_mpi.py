@@ -63,13 +63,14 @@ def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     from tract7dt_mpi.config import load_config
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.parallel.scheduler import Task
+    from tract7dt_mpi.stage_options import plan_options
     from tract7dt_mpi.stages.patches import build_patch_plan
     cfg = load_config(cfg_path).with_overrides({"outputs": {"patch_results_dir": out_dir}})
     cat = tasks.read_working_catalog(cfg)
     with PreparedImages(cfg.mpi.prepared_store) as p:
         shape, bands = p.shape, list(p.bands)
     cells = tasks.active_cells(cfg, cat, shape)
-    plan = tasks.assign_plan(cfg, build_patch_plan(shape, cells, cfg), cat, len(bands))
+    plan = tasks.assign_plan(cfg, build_patch_plan(shape, cells, plan_options(cfg)), cat, len(bands))
     stamps = {}
     for b in bands:
         for r, c in cells:
