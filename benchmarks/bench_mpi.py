@@ -59,26 +59,27 @@ def launch_cost(n: int, repeats: int = 3) -> float:
 def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     """Seconds this process needs to fit the ``n_patches`` largest patches of a finished run
     (the pipeline's own patch task, inputs from that run's prepared store and ePSFs)."""
-    from tract7dt_mpi import pipeline_steps
+    from tract7dt_mpi import tasks
     from tract7dt_mpi.config import load_config
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.parallel.scheduler import Task
+    from tract7dt_mpi.stage_options import plan_options
     from tract7dt_mpi.stages.patches import build_patch_plan
     cfg = load_config(cfg_path).with_overrides({"outputs": {"patch_results_dir": out_dir}})
-    cat = pipeline_steps.read_working_catalog(cfg)
+    cat = tasks.read_working_catalog(cfg)
     with PreparedImages(cfg.mpi.prepared_store) as p:
         shape, bands = p.shape, list(p.bands)
-    cells = pipeline_steps.active_cells(cfg, cat, shape)
-    plan = pipeline_steps.assign_plan(cfg, build_patch_plan(shape, cells, cfg), cat, len(bands))
+    cells = tasks.active_cells(cfg, cat, shape)
+    plan = tasks.assign_plan(cfg, build_patch_plan(shape, cells, plan_options(cfg)), cat, len(bands))
     stamps = {}
     for b in bands:
         for r, c in cells:
             from tract7dt_mpi.stages.epsf import cell_tag
-            got = pipeline_steps.epsf_from_disk(cfg, b, cell_tag(r, c))
+            got = tasks.epsf_from_disk(cfg, b, cell_tag(r, c))
             if got is not None and got[1] is not None:
                 stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
-    w = pipeline_steps.Worker(cfg)
-    w.catalog, w.plan, w.psfs = cat, plan, pipeline_steps.psf_choices(cfg, stamps)
+    w = tasks.Worker(cfg)
+    w.catalog, w.plan, w.psfs = cat, plan, tasks.psf_choices(cfg, stamps)
     order = sorted(range(len(plan)), key=lambda i: -plan[i].cost)[:n_patches]
     w.patch_fit(Task("warm", "patch", payload=order[-1]))         # imports, caches
     t = time.perf_counter()

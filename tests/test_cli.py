@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tract7dt_mpi import __version__, cli
+from tract7dt_mpi import __version__
+from tract7dt_mpi.cli import command as cli
 from tract7dt_mpi.config import config_from_dict, load_config
 from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.logsetup import reset_logging

@@ -21,10 +21,31 @@ ROOT = Path(__file__).resolve().parents[1] / PKG
 RULES = [
     ("engine", None, "the engine knows nothing of files, MPI, config or the application"),
     ("stages", {"plots"}, "stages return data; the pipeline decides what to draw"),
+    ("stages", {"config"}, "stages take their own options; tract7dt_mpi/stage_options.py builds them"),
     ("plots", {"stages"}, "plots draw plain data; they do not call stages"),
     ("io", {"stages", "plots", "parallel"}, "file formats do not depend on stages, plots or MPI"),
     ("parallel", {"stages", "plots"}, "parallel/ keeps only MPI; stage glue lives in the pipeline"),
 ]
+
+
+# Layers whose functions never read the config object: no parameter named like it and
+# no attribute read on such a name (``cfg.patch_run``); the options come from stage_options.py.
+NO_CONFIG_READS = ("stages",)
+CONFIG_NAMES = {"cfg", "config"}
+
+
+def config_reads(path: Path):
+    """Yield (line, what) for every parameter named cfg/config and every ``cfg.x`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]:
+                if arg is not None and arg.arg in CONFIG_NAMES:
+                    yield node.lineno, f"takes a parameter {arg.arg!r}"
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id in CONFIG_NAMES):
+            yield node.lineno, f"reads {node.value.id}.{node.attr}"
 
 
 def _module_name(path: Path, root: Path = ROOT) -> list[str]:
@@ -85,6 +106,11 @@ def violations(root: Path = ROOT):
                 if bad:
                     rel = path.relative_to(root.parent)
                     out.append(f"{rel}:{line}: imports {target} ({name}/: {why})")
+        if layer in NO_CONFIG_READS:
+            for line, what in config_reads(path):
+                rel = path.relative_to(root.parent)
+                out.append(f"{rel}:{line}: {what} ({layer}/: stages take their own options, "
+                           "built by tract7dt_mpi/stage_options.py)")
     return out
 
 
@@ -108,6 +134,8 @@ def test_layer_rules_hold():
         ("engine", "from .psf import PSF\nfrom . import lm\n", False),
         ("stages", "def f():\n    from ..plots import epsf_plots\n", True),
         ("stages", "from ..engine import fit\n", False),
+        ("stages", "from ..config.schema import Epsf\n", True),
+        ("stages", "def f():\n    import tract7dt_mpi.config\n", True),
         ("plots", "from ..stages.fit import FitResult\n", True),
         ("plots", "from tract7dt_mpi import stages\n", True),
         ("io", "from ..stages.masks import BIT\n", True),
@@ -127,3 +155,27 @@ def test_checker_catches_forbidden_imports(tmp_path, layer, source, forbidden):
     assert bool(bad) is forbidden, bad
     if forbidden:
         assert "probe.py:" in bad[0] and "imports tract7dt_mpi." in bad[0]
+
+
+@pytest.mark.parametrize(
+    "source, forbidden",
+    [
+        ("def f(cfg):\n    return 1\n", True),
+        ("def f(x, *, config=None):\n    return x\n", True),
+        ("g = lambda cfg: 0\n", True),
+        ("def f(opts):\n    return opts.patch_run.n_opt_iters\n", False),
+        ("def f(s):\n    cfg = s\n    return cfg.epsf\n", True),
+        ("def f(crop):\n    return crop.margin, 'cfg.x'\n", False),
+    ],
+)
+def test_checker_catches_config_reads_in_stages(tmp_path, source, forbidden):
+    """The checker itself: a planted config read in stages/ (elsewhere it is allowed)."""
+    root = tmp_path / PKG
+    for sub in (root, root / "stages", root / "parallel"):
+        sub.mkdir(exist_ok=True)
+        (sub / "__init__.py").write_text("")
+    (root / "stages" / "probe.py").write_text(source)
+    (root / "parallel" / "other.py").write_text(source)
+    bad = violations(root)
+    assert bool(bad) is forbidden, bad
+    assert all("stages/probe.py:" in b and "stage_options.py" in b for b in bad), bad

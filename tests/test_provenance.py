@@ -33,7 +33,7 @@ def test_config_hash_follows_result_relevant_keys_only():
 
 def test_catalog_files_and_results_store_carry_the_same_provenance(tmp_path):
     from tract7dt_mpi.io.store import read_root_attrs
-    from tract7dt_mpi.pipeline_steps import write_catalog_files
+    from tract7dt_mpi.tasks import write_catalog_files
 
     cfg = config_from_dict({"outputs": {"work_dir": str(tmp_path)}}, base_dir=str(tmp_path))
     with h5py.File(cfg.outputs.results_h5, "w") as f:     # as ResultsStore.create leaves it

@@ -1,6 +1,7 @@
-"""Stage orchestration for every pipeline command, on one process or across MPI ranks.
+"""The order of the stages of every pipeline command, and which rank runs what.
 
-Rank 0 is the master: it loads inputs into the prepared-image store, runs the rank-0-only steps
+The work itself lives in :mod:`tract7dt_mpi.tasks`; this module only sequences it.  Rank 0 is
+the master: it loads inputs into the prepared-image store, runs the rank-0-only steps
 and dispatches units of work (ePSF cells, then patches, largest first) through
 :mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
 status is broadcast, so an input error found by rank 0 reaches the user once with exit code 2 on
@@ -17,7 +18,7 @@ import os
 import sys
 import time
 
-from . import pipeline_steps as steps
+from . import tasks as steps
 from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
                      disk_full_error, is_disk_full)
 from .parallel import get_comm, install_excepthook, signals
@@ -52,16 +53,6 @@ def _disk_guard(cfg, fn, *args):
         if not is_disk_full(exc):
             raise
         raise disk_full_error(exc, cfg.outputs.work_dir) from None
-
-
-def _listed_image_files(cfg) -> list[str]:
-    """The image files the image list names (none when there is no list), for the plan hash."""
-    from .io.fits import split_hdu_spec
-    from .stages.image_list import read_image_entries
-    lst = cfg.inputs.image_list_file
-    if not (lst and os.path.isfile(lst)):
-        return []
-    return [split_hdu_spec(e.image)[0] for e in read_image_entries(lst, cfg.config_dir)]
 
 
 class _InputStop(Exception):
@@ -152,7 +143,7 @@ class _Run:
     # ------------------------------------------------------------------ journal
     def open_journal(self):
         def _open():
-            plan = journal.plan_doc(self.cfg, {"command_family": "pipeline"}, _listed_image_files(self.cfg))
+            plan = journal.plan_doc(self.cfg, {"command_family": "pipeline"}, steps.listed_image_files(self.cfg))
             self.journal = journal.Journal(self.cfg.outputs.journal, journal.hash_of(plan),
                                      resume=bool(self.opt.get("resume")),
                                      force=bool(self.opt.get("force")), plan=plan,
@@ -236,16 +227,8 @@ class _Run:
             self._account("epsf", rep)
             stamps = None
             if self.master:
-                stamps, ordered = {}, []
-                for t in tasks:
-                    meta, stamp = skipped.get(t.id) or metas.get(t.id) or (None, None)
-                    if meta is None:
-                        continue
-                    ordered.append(meta)
-                    if stamp is not None:
-                        stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
-                            stamp, meta.get("nstars_used"))
-                self._write_epsf_summary(ordered)
+                stamps, ordered = steps.collect_epsf_cells(tasks, skipped, metas)
+                steps.write_epsf_summary(cfg, ordered)
                 stamps = steps.with_psf_flux_errors(stamps, ordered)
                 stamps = steps.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape,
                                                self.worker.prepared, lr.catalog)
@@ -253,31 +236,6 @@ class _Run:
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
         self.stopped |= stopped
         return stamps
-
-    def _write_epsf_summary(self, metas):
-        from .io.atomic import atomic_write_json
-        from .stages.epsf import count_status, epsf_summary
-        os.makedirs(self.cfg.outputs.epsf_dir, exist_ok=True)
-        atomic_write_json(os.path.join(self.cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
-        total, ok, fail = count_status(metas)
-        log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
-        from .stages.epsf_select import failure_summary
-        for line in failure_summary(metas):
-            log.info(line)
-
-    def stamps_from_disk(self, bands, cells):
-        from .stages.epsf import cell_tag
-        stamps, metas = {}, []
-        for b in bands:
-            for r, c in cells:
-                got = steps.epsf_from_disk(self.cfg, b, cell_tag(r, c))
-                if got is not None:
-                    metas.append(got[0])
-                if got is not None and got[1] is not None:
-                    stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
-        return steps.with_psf_fields(self.cfg, steps.with_psf_flux_errors(stamps, metas), metas,
-                                 self.worker.prepared.shape, self.worker.prepared,
-                                 steps.read_working_catalog(self.cfg))
 
     # ------------------------------------------------------------------ patch phase
     def patch_phase(self, plan, stamps, bands, fn=None, label="patches", use_store=True):
@@ -302,7 +260,7 @@ class _Run:
             if use_store:
                 store = ResultsStore.create(
                     self.comm, cfg.outputs.results_h5, StorePlan(self._store_entries(plan)),
-                    result_columns(bands, multi), epsf=self._store_epsf(stamps),
+                    result_columns(bands, multi), epsf=steps.store_epsf_stamps(stamps),
                     attrs={"plan_hash": self.journal.plan_hash if self.journal else "",
                            "bands": list(bands), "command": self.command})
             if self.master and store is not None:
@@ -337,19 +295,6 @@ class _Run:
                                  bbox=(p.x0_roi, p.x1_roi, p.y0_roi, p.y1_roi), cost=float(p.cost),
                                  rows=p.base_rows))
         return ent
-
-    @staticmethod
-    def _store_epsf(stamps):
-        import numpy as np
-        out = {}
-        from .stages.psf_poly import FIELD_KEY
-        for band, cells in (stamps or {}).items():
-            tags = sorted(t for t in cells if t != FIELD_KEY)
-            shapes = {cells[t][0].shape for t in tags}
-            if len(shapes) != 1:
-                continue      # mixed stamp sizes: keep them in the ePSF folders only
-            out[band] = (tags, np.stack([cells[t][0] for t in tags]), [cells[t][1] for t in tags])
-        return out
 
     def _epsf_status(self, store):
         rep = getattr(self, "epsf_report", None)
@@ -464,7 +409,8 @@ def _cmd_build_patches(R: _Run, dumps=False):
         plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
     if not dumps:
         return R.finish()
-    stamps = R.on_master(lambda: R.stamps_from_disk(lr.bands, cells), share=True)
+    stamps = R.on_master(lambda: steps.stamps_from_disk(R.cfg, lr.bands, cells, R.worker.prepared),
+                         share=True)
     bands = R.comm.bcast(lr.bands if R.master else None)
     R.patch_phase(plan, stamps, bands, fn=R.worker.patch_dump, label="patch_inputs", use_store=False)
     return R.finish()
@@ -472,18 +418,11 @@ def _cmd_build_patches(R: _Run, dumps=False):
 
 def _cmd_run_patches(R: _Run):
     R.open_journal()
-
-    def _inputs():
-        shape, bands, _wcs, _crop = steps.prepared_frame(R.cfg)
-        cat = steps.read_working_catalog(R.cfg)
-        cells = steps.active_cells(R.cfg, cat, shape)
-        return cat, shape, bands, cells
-
-    cat, shape, bands, cells = R.on_master(_inputs, share=True)
+    cat, shape, bands, cells = R.on_master(steps.saved_inputs, R.cfg, share=True)
     R.worker.catalog = R._local_copy(cat)
     with R.stage("build_patches"):
         plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
-    stamps = R.on_master(lambda: R.stamps_from_disk(bands, cells), share=True)
+    stamps = R.on_master(lambda: steps.stamps_from_disk(R.cfg, bands, cells, R.worker.prepared), share=True)
     R.patch_phase(plan, stamps, bands)
     return R.finish()
 
@@ -491,14 +430,7 @@ def _cmd_run_patches(R: _Run):
 def _cmd_merge(R: _Run):
     """Merge from the working catalog and the prepared store's frame (the images are not read)."""
     with R.stage("merge"):
-        def _merge():
-            from .stages.patches import build_patch_plan
-            cat = steps.read_working_catalog(R.cfg)
-            shape, bands, wcs, crop = steps.prepared_frame(R.cfg)
-            cells = steps.active_cells(R.cfg, cat, shape)
-            plan = steps.assign_plan(R.cfg, build_patch_plan(shape, cells, R.cfg), cat, len(bands), shape)
-            return steps.merge_step(R.cfg, cat, steps.results_table(R.cfg, plan), wcs, crop)
-        R.on_master(_merge)
+        R.on_master(steps.merge_saved, R.cfg)
     return R.finish()
 
 

@@ -4,7 +4,7 @@ A patch task (any rank) reduces its data and model to block sums (:mod:`.stages.
 and writes them next to its other products; after the merge one task per band draws the band's
 ePSF summary and one task assembles and draws the tile residual image, all through the ordinary
 task queue, so no rank draws for long and rank 0 draws nothing unless it runs tasks.  Plot
-problems only warn: a summary figure never fails a run.  MPI-free, like :mod:`.pipeline_steps`.
+problems only warn: a summary figure never fails a run.  MPI-free, like :mod:`.tasks`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_summary_task(cfg, prepared, plan, task: Task) -> TaskResult:
 
 def _band_cells(cfg, band) -> dict:
     """tag -> (meta, stamp or None) of every cell of ``band`` in the ePSF folder."""
-    from .pipeline_steps import epsf_from_disk
+    from .tasks import epsf_from_disk
     out = {}
     for meta_path in sorted(glob.glob(os.path.join(cfg.outputs.epsf_dir, band, "*", "meta.json"))):
         tag = os.path.basename(os.path.dirname(meta_path))

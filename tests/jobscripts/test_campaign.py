@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tract7dt_mpi import campaign
+from tract7dt_mpi.cli import campaign
 
 from .conftest import JOBSCRIPTS
 

@@ -8,6 +8,7 @@ from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit
 from tract7dt_mpi.engine.profiles import total_flux_factor
 from tract7dt_mpi.stages.patches import (assign_sources, build_patch_plan, grow_for_big_sources,
                                          source_extents)
+from tract7dt_mpi.stage_options import plan_options
 
 N = 600
 X0 = Y0 = 300.0
@@ -37,7 +38,7 @@ def test_a_galaxy_larger_than_its_patch_is_fitted_whole():
     cfg = config_from_dict({"epsf": {"epsf_ngrid": 2, "ngrid": 2, "final_psf_size": 55}})
     cat = pd.DataFrame({"_row": [0], "x_pix_white": [X0], "y_pix_white": [Y0], "Re": [30.0],
                         "TYPE": ["SERSIC"]})
-    plan = assign_sources(build_patch_plan((N, N), None, cfg), cat, True, outer=27)
+    plan = assign_sources(build_patch_plan((N, N), None, plan_options(cfg)), cat, True, outer=27)
     small = next(p for p in plan if 0 in p.base_rows)
     grown, n = grow_for_big_sources(plan, source_extents(cat, 4.0), (N, N), 1536)
     big = next(p for p in grown if 0 in p.base_rows)

@@ -12,6 +12,7 @@ from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.stages.bright_mask import (build_bright_mask, ellipse_mask, flag_affected,
                                              run_bright_mask)
 from tract7dt_mpi.masks import compose_final_mask
+from tract7dt_mpi.stage_options import bright_mask_options
 
 SHAPE = (150, 160)
 UNCAT = (40.0, 50.0)   # planted bright star with no catalog row
@@ -88,7 +89,7 @@ def test_run_writes_fits_and_overlay_and_flags(tmp_path, white, synth):
     satur[5, 150] = True
     cat = pd.DataFrame({"ID": ["cat", "near_uncat", "excl"], "x_pix_white": [CAT[0], UNCAT[0] + 5, 140.0],
                         "y_pix_white": [CAT[1], UNCAT[1], 5.0], "excluded_any": [False, False, True]})
-    out, mask, info = run_bright_mask(cfg, cat, white, sig, satur, wcs)
+    out, mask, info = run_bright_mask(bright_mask_options(cfg), cat, white, sig, satur, wcs)
     # near_uncat is 5 px from the uncatalogued star: beyond match radius 3, so the star is
     # masked and the row is flagged (still kept, still active)
     assert list(out["affected_by_bright_mask"]) == [False, True, False]

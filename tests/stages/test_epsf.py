@@ -5,6 +5,7 @@ sky gradient and Gaussian sky noise), so the truth is independent of the code un
 """
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 galsim = pytest.importorskip("galsim")
 pytest.importorskip("photutils")
 
+from tract7dt_mpi.config.schema import Epsf  # noqa: E402
 from tract7dt_mpi.stages.epsf import (EpsfCellInput, build_epsf_cell, epsf_summary,  # noqa: E402
                                       write_cell_products)
 
@@ -81,7 +83,7 @@ def centroid(stamp, r=8.0):
 @pytest.fixture(scope="module")
 def built512():
     stars = grid_stars(5, 60, 90)           # 25 stars, S/N >> 100, well separated
-    res = build_epsf_cell(cell_input(render(512, stars)), {"psfstar_mode": "sep"})
+    res = build_epsf_cell(cell_input(render(512, stars)), Epsf(psfstar_mode="sep"))
     return res, stars
 
 
@@ -158,7 +160,7 @@ def test_crowded_cell_with_galaxies_and_poisson_noise():
     inp = cell_input(data)
     inp.sigma_sky = np.full(data.shape, np.sqrt(sky))
     inp.saturate_scaled = 6e5
-    res = build_epsf_cell(inp, {"psfstar_mode": "sep"})
+    res = build_epsf_cell(inp, Epsf(psfstar_mode="sep"))
     assert res.meta["status"] == "ok", res.meta.get("error")
     truth = truth_stamp(55)
     assert np.abs(res.stamp - truth).max() / truth.max() < 0.02
@@ -169,8 +171,8 @@ def test_crowded_cell_with_galaxies_and_poisson_noise():
 
 # -------------------------------------------------------------------- small cell: products, plots
 
-SMALL = {"psfstar_mode": "sep", "maxiters": 4, "cutout_size": 31, "final_psf_size": 25, "min_sep": 20.0,
-         "edge_pad": 2, "star_local_bkg_annulus_rin_pix": 10.0, "star_local_bkg_annulus_rout_pix": 14.0}
+SMALL = Epsf(psfstar_mode="sep", maxiters=4, cutout_size=31, final_psf_size=25, min_sep=20.0,
+             edge_pad=2, star_local_bkg_annulus_rin_pix=10.0, star_local_bkg_annulus_rout_pix=14.0)
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +208,9 @@ def test_plots_follow_toggles(tiny_field, tmp_path):
     assert sorted(os.listdir(on)) == sorted(PLOTS)
     assert res.meta["local_bkg_diagnostics"]["local_bkg_diag_status"] == "ok"
     off = tmp_path / "off"
-    cfg = dict(SMALL, save_patch_background_diagnostics=False, save_growth_curve=False,
-               save_residual_diagnostics=False, save_star_local_background_diagnostics=False,
-               save_star_montage_max=0)
+    cfg = replace(SMALL, save_patch_background_diagnostics=False, save_growth_curve=False,
+                  save_residual_diagnostics=False, save_star_local_background_diagnostics=False,
+                  save_star_montage_max=0)
     res = build_epsf_cell(cell_input(small_field), cfg, figures=True)
     draw_epsf_cell(res, str(off), dpi=40)
     assert res.meta["status"] == "ok"
@@ -294,7 +296,7 @@ def test_weighted_stack_beats_median_on_mixed_snr_stars(mixed_snr_field):
     truth = truth_stamp(55)
     out = {}
     for combine in ("weighted_mean", "median"):
-        res = build_epsf_cell(mixed_snr_field, {"psfstar_mode": "sep", "combine": combine, "thresh_sigma": 5.0})
+        res = build_epsf_cell(mixed_snr_field, Epsf(psfstar_mode="sep", combine=combine, thresh_sigma=5.0))
         assert res.meta["status"] == "ok", res.meta.get("error")
         assert res.meta["builder"]["combine"] == combine
         out[combine] = np.abs(res.stamp - truth).max() / truth.max()

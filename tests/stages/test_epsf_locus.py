@@ -1,12 +1,14 @@
 """The band's stellar size locus rejects compact galaxies and galaxy nuclei in cells with 1-4
 candidates; cells too small for a star are reported once; a cell without a star says why."""
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 galsim = pytest.importorskip("galsim")
 
+from tract7dt_mpi.config.schema import Epsf  # noqa: E402
 from tract7dt_mpi.stages.epsf import EpsfCellInput, build_epsf_cell, epsf_settings, select_psf_stars  # noqa: E402
 from tract7dt_mpi.stages.epsf_locus import (SizeLocus, band_size_locus, locus_cells,  # noqa: E402
                                             min_cell_side, too_small_cells)
@@ -14,7 +16,7 @@ from tract7dt_mpi.stages.epsf_select import failure_summary  # noqa: E402
 
 SIG, FWHM = 2.0, 4.0
 # cutout 31 -> edge clearance 17 px; cells must be >= 36 px
-BASE = {"psfstar_mode": "sep", "cutout_size": 31, "edge_pad": 2, "min_sep": 30.0}
+BASE = Epsf(psfstar_mode="sep", cutout_size=31, edge_pad=2, min_sep=30.0)
 MOFFAT_R50 = 2.41    # half-light radius (px) of a Moffat beta 3.5, FWHM 4 (pixel-convolved ~2.45)
 
 
@@ -98,7 +100,7 @@ def test_compact_galaxy_as_the_only_candidate_is_rejected(band_locus):
 def test_gaia_seed_on_a_galaxy_nucleus_is_rejected(band_locus):
     arr = field([(50, 50, 3e4)], [(100, 100, 2e4, 4.0, 2e4)], seed=9)
     seeds = np.array([[50.0, 50.0], [100.0, 100.0]])
-    sel, meta = select_psf_stars(cell(arr, band_locus, seeds), {**BASE, "psfstar_mode": "gaia"})
+    sel, meta = select_psf_stars(cell(arr, band_locus, seeds), replace(BASE, psfstar_mode="gaia"))
     assert chosen(sel) == [(50, 50)]
     assert meta["selection"]["rejected"]["gaia_resolved"] == 1
 

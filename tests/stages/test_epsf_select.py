@@ -1,4 +1,6 @@
 """ePSF grid helpers and star-selection rules, on small GalSim-rendered cells."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from tract7dt_mpi.stages.epsf import (EpsfCellInput, active_cells, cell_bounds, 
 
 SIG = 2.0
 # cutout 31 -> edge clearance need = 15 + 2 = 17 px
-BASE = {"psfstar_mode": "sep", "cutout_size": 31, "edge_pad": 2, "min_sep": 30.0}
+BASE = Epsf(psfstar_mode="sep", cutout_size=31, edge_pad=2, min_sep=30.0)
 
 
 def render(stars, n=200, seed=1, sky=100.0):
@@ -69,12 +71,12 @@ def test_gaia_seeds_window_and_projection():
     w.wcs.cdelt = [-0.5 / 3600, 0.5 / 3600]
     df = pd.DataFrame({"ra": [150.0] * 6, "dec": [2.0] * 6,
                        "mag_m500": [9.9, 10.0, 20.0, 30.0, 30.1, np.nan]})
-    xy = gaia_seeds_for_band(df, "m500", w, {})
+    xy = gaia_seeds_for_band(df, "m500", w, Epsf())
     assert xy.shape == (3, 2)
     assert np.allclose(xy, 50.0)
-    assert gaia_seeds_for_band(df, "m525", w, {}).shape == (0, 2)          # no mag column
-    assert gaia_seeds_for_band(df, "m500", w, {"psfstar_mode": "sep"}).shape == (0, 2)
-    assert gaia_seeds_for_band(None, "m500", w, {}).shape == (0, 2)
+    assert gaia_seeds_for_band(df, "m525", w, Epsf()).shape == (0, 2)          # no mag column
+    assert gaia_seeds_for_band(df, "m500", w, Epsf(psfstar_mode="sep")).shape == (0, 2)
+    assert gaia_seeds_for_band(None, "m500", w, Epsf()).shape == (0, 2)
 
 
 # --------------------------------------------------------------------------------- SEP selection
@@ -84,9 +86,9 @@ def test_min_sep_and_max_stars():
     sel, meta = select_psf_stars(inp(arr), BASE)
     assert chosen(sel) == [(60, 100), (140, 140)]
     assert sel.reasons["min_sep"] == 1 and meta["nstars_sel"] == 2
-    sel, _ = select_psf_stars(inp(arr), dict(BASE, min_sep=10.0))
+    sel, _ = select_psf_stars(inp(arr), replace(BASE, min_sep=10.0))
     assert len(sel) == 3
-    sel, _ = select_psf_stars(inp(arr), dict(BASE, max_stars=1))
+    sel, _ = select_psf_stars(inp(arr), replace(BASE, max_stars=1))
     assert chosen(sel) == [(60, 100)]          # highest flux first
 
 
@@ -101,7 +103,7 @@ def test_roundness_q_range():
     arr = render([(60, 60, 5e4, 0.5), (140, 140, 5e4)])   # e=0.5 -> a/b = sqrt(3)
     sel, _ = select_psf_stars(inp(arr), BASE)
     assert chosen(sel) == [(140, 140)] and sel.reasons["roundness"] == 1
-    sel, _ = select_psf_stars(inp(arr), dict(BASE, q_range=(0.5, 2.0)))
+    sel, _ = select_psf_stars(inp(arr), replace(BASE, q_range=(0.5, 2.0)))
     assert len(sel) == 2
 
 
@@ -111,7 +113,7 @@ def test_saturated_stamp_and_peak_rejection():
     satur[60, 72] = True                                 # 12 px from the first star
     sel, _ = select_psf_stars(inp(arr, satur=satur), BASE)   # star_sat_check_r null -> 31//2 = 15
     assert chosen(sel) == [(140, 140)] and sel.reasons["saturated_stamp"] == 1
-    sel, _ = select_psf_stars(inp(arr, satur=satur), dict(BASE, star_sat_check_r=5))
+    sel, _ = select_psf_stars(inp(arr, satur=satur), replace(BASE, star_sat_check_r=5))
     assert len(sel) == 2
     # peak (bg-subtracted) ~ 0.0437 * 5e4 = 2200 > 2000 / 1.3: both rejected as saturated peaks
     sel, _ = select_psf_stars(inp(arr, saturate=2000.0), BASE)
@@ -127,27 +129,27 @@ def test_gaia_mode_snap_snr_and_origins():
     arr = render(STARS)
     x0, y0 = 1000, 2000     # cell placed inside a larger working frame: seeds are frame coordinates
     seeds = np.array([[60.8, 59.6], [60, 140], [100, 100], [140.3, 60.0]]) + [x0, y0]
-    s = dict(BASE, psfstar_mode="gaia", gaia_snr_min=20.0)
+    s = replace(BASE, psfstar_mode="gaia", gaia_snr_min=20.0)
     sel, meta = select_psf_stars(inp(arr, gaia_xy=seeds, x0=x0, y0=y0), s)
     assert meta["nstars_seed"] == 4
     assert chosen(sel) == [(60, 60), (140, 60)]          # faint star and empty sky fail the S/N test
     assert sel.origin == ["both", "both"]
     assert abs(sel.x[0] - 60.0) < 0.2 and abs(sel.y[0] - 60.0) < 0.2   # snapped to the SEP centroid
     assert sel.reasons["gaia_low_snr"] == 2
-    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, x0=x0, y0=y0), dict(s, gaia_snr_min=5.0))
+    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, x0=x0, y0=y0), replace(s, gaia_snr_min=5.0))
     origin_at = {(round(x), round(y)): o for x, y, o in zip(sel.x, sel.y, sel.origin)}
     assert origin_at[(60, 140)] == "gaia"                # too faint for SEP at thresh 10 sigma
-    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, x0=x0, y0=y0), dict(s, gaia_snap_to_sep=False))
+    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, x0=x0, y0=y0), replace(s, gaia_snap_to_sep=False))
     assert sel.x[0] == pytest.approx(60.8) and sel.origin[0] == "both"   # seen by SEP, not moved
 
 
 def test_sep_plus_gaia_puts_gaia_first():
     arr = render(STARS)
     seeds = np.array([[140, 140]])
-    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds), dict(BASE, psfstar_mode="sep+gaia", max_stars=2))
+    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds), replace(BASE, psfstar_mode="sep+gaia", max_stars=2))
     assert sel.origin == ["both", "sep"]
     assert chosen(sel) == [(60, 60), (140, 140)]        # Gaia star, then the brightest SEP star
-    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds), dict(BASE, psfstar_mode="sep", max_stars=2))
+    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds), replace(BASE, psfstar_mode="sep", max_stars=2))
     assert chosen(sel) == [(60, 60), (140, 140)]          # the two highest fluxes
     assert sel.origin == ["sep", "sep"]
 
@@ -156,19 +158,19 @@ def test_gaia_seed_on_saturated_box_is_skipped():
     arr = render(STARS)
     seeds = np.array([[60, 60], [140, 140]])
     # raw peak ~ 100 + 0.0437*5e4 = 2285 for the first seed; threshold 2600/1.3 = 2000
-    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, saturate=2600.0), dict(BASE, psfstar_mode="gaia"))
+    sel, _ = select_psf_stars(inp(arr, gaia_xy=seeds, saturate=2600.0), replace(BASE, psfstar_mode="gaia"))
     assert chosen(sel) == [(140, 140)] and sel.reasons["gaia_saturated"] == 1
 
 
 def test_invalid_mode_falls_back():
     arr = render(STARS)
-    sel, meta = select_psf_stars(inp(arr), dict(BASE, psfstar_mode="bogus"))
+    sel, meta = select_psf_stars(inp(arr), replace(BASE, psfstar_mode="bogus"))
     assert meta["psfstar_mode"] == "sep+gaia" and len(sel) >= 2
 
 
 def test_background_disabled_uses_the_image_as_is():
     stars = [(60, 60, 5e4), (140, 140, 3e4)]
-    sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), dict(BASE, background_subtract_patch=False))
+    sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), replace(BASE, background_subtract_patch=False))
     assert meta["patch_background"]["patch_bkg_status"] == "disabled"
     assert chosen(sel) == [(60, 60), (140, 140)]
     sel, meta = select_psf_stars(inp(render(stars, sky=0.0)), BASE)

@@ -10,6 +10,7 @@ import pytest
 
 galsim = pytest.importorskip("galsim")
 
+from tract7dt_mpi.config.schema import Epsf  # noqa: E402
 from tract7dt_mpi.stages.epsf import EpsfCellInput, build_epsf_cell  # noqa: E402
 
 FWHM = 4.0
@@ -42,7 +43,7 @@ def _build(data, **cfg):
     inp = EpsfCellInput(band="b", tag="r00_c00", x0=0, x1=data.shape[1], y0=0, y1=data.shape[0], img=data,
                         sigma_sky=np.full(data.shape, 10.0), bad=np.zeros(data.shape, bool),
                         satur=np.zeros(data.shape, bool), saturate_scaled=np.inf, fwhm_pix=FWHM, gain_scaled=1.0)
-    res = build_epsf_cell(inp, dict({"psfstar_mode": "sep"}, **cfg))
+    res = build_epsf_cell(inp, Epsf(**dict({"psfstar_mode": "sep"}, **cfg)))
     assert res.meta["status"] == "ok", res.meta.get("error")
     return res
 
@@ -88,7 +89,7 @@ def test_single_star_cell_builds():
                         sigma_sky=np.full(data.shape, 3.0), bad=np.zeros(data.shape, bool),
                         satur=np.zeros(data.shape, bool), saturate_scaled=np.inf, fwhm_pix=FWHM)
     for combine in ("weighted_mean", "median"):
-        res = build_epsf_cell(inp, {"psfstar_mode": "sep", "combine": combine})
+        res = build_epsf_cell(inp, Epsf(psfstar_mode="sep", combine=combine))
         assert res.meta["status"] == "ok", res.meta.get("error")
         assert res.meta["nstars_used"] == 1
         ratio, _, _ = _flux_ratio(res, psf)

@@ -12,6 +12,7 @@ from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.stages.fit import clip_text, result_columns, safe_name
 from tract7dt_mpi.stages.patch_inputs import PatchInput, PsfChoiceInput
 from tract7dt_mpi.stages.patches import PatchSpec
+from tract7dt_mpi.stage_options import fit_options
 
 
 def _engine():
@@ -254,9 +255,9 @@ def test_fit_recovers_galsim_fluxes(galsim_patch, tmp_path):
     from tract7dt_mpi.stages.fit import write_patch_products
 
     cfg = _fit_cfg(no_cutouts=False, no_patch_overview=False, cutout_max_sources=2)
-    res = fit_patch_input(galsim_patch, cfg)
+    res = fit_patch_input(galsim_patch, fit_options(cfg))
     draw_patch(res, str(tmp_path), cfg)        # the pipeline's order: figures, then the products
-    write_patch_products(res, str(tmp_path), cfg)
+    write_patch_products(res, str(tmp_path))
     t = res.table
     assert t["_row"].tolist() == [10, 11, 12, 13]            # halo row fitted but dropped
     assert [n for n, _ in result_columns(["g", "r"], True)] == list(t.columns)
@@ -306,8 +307,8 @@ def test_fit_single_band_and_fallback_audit(galsim_patch):
     pin = PatchInput(galsim_patch.spec, galsim_patch.bands, galsim_patch.images,
                      galsim_patch.band_info, galsim_patch.cat,
                      {"g": galsim_patch.psfs["g"], "r": PsfChoiceInput(None, None, "")})
-    res = fit_patch_input(pin, _fit_cfg(enable_multi_band_simultaneous_fitting=False,
-                                        enable_staged_fit=False))
+    res = fit_patch_input(pin, fit_options(_fit_cfg(enable_multi_band_simultaneous_fitting=False,
+                                        enable_staged_fit=False)))
     t = res.table
     assert [n for n, _ in result_columns(["g", "r"], False)] == list(t.columns)
     assert t["FLUX_g_fit"][0] == pytest.approx(20000.0, rel=0.01)
@@ -322,7 +323,7 @@ def test_fault_injection(galsim_patch):
     from tract7dt_mpi.stages.fit import fit_patch_input
 
     with pytest.raises(RuntimeError, match="fault injected for test"):
-        fit_patch_input(galsim_patch, _fit_cfg(fault_inject=["r00_c00_pr00_pc00"]))
+        fit_patch_input(galsim_patch, fit_options(_fit_cfg(fault_inject=["r00_c00_pr00_pc00"])))
 
 
 def test_engine_images_mask_and_gain():
@@ -350,11 +351,11 @@ def test_fit_iteration_limit_and_position_bounds(galsim_patch):
     _engine()
     from tract7dt_mpi.stages.fit import fit_patch_input
 
-    t = fit_patch_input(galsim_patch, _fit_cfg(n_opt_iters=1, enable_staged_fit=False)).table
+    t = fit_patch_input(galsim_patch, fit_options(_fit_cfg(n_opt_iters=1, enable_staged_fit=False))).table
     assert (t["opt_niters"] == 1).all() and t["opt_hit_max_iters"].all()
     assert not t["opt_converged"].any()
-    t = fit_patch_input(galsim_patch, _fit_cfg(pos_max_shift_pix=0.05,
-                                               enable_staged_fit=False)).table
+    t = fit_patch_input(galsim_patch, fit_options(_fit_cfg(pos_max_shift_pix=0.05,
+                                               enable_staged_fit=False))).table
     x0 = galsim_patch.cat["x_pix_patch"].to_numpy()[:4]
     y0 = galsim_patch.cat["y_pix_patch"].to_numpy()[:4]
     assert np.all(np.abs(t["x_pix_patch_fit"] - x0) <= 0.05 + 1e-6)
@@ -377,7 +378,7 @@ def test_band_without_usable_pixels_reports_nan(galsim_patch):
     pin = PatchInput(galsim_patch.spec, galsim_patch.bands, {"g": galsim_patch.images["g"],
                                                              "r": dead},
                      galsim_patch.band_info, galsim_patch.cat, galsim_patch.psfs)
-    res = fit_patch_input(pin, _fit_cfg(enable_staged_fit=False))
+    res = fit_patch_input(pin, fit_options(_fit_cfg(enable_staged_fit=False)))
     assert res.table["FLUX_r_fit"].isna().all() and res.table["FLUXERR_r_fit"].isna().all()
     assert res.table["FLUX_g_fit"][0] == pytest.approx(20000.0, rel=0.01)
     assert res.meta["bands_without_data"] == ["r"]
@@ -424,11 +425,11 @@ def test_fit_to_a_zero_filled_band_is_flagged_dead(galsim_patch):
                   nonfinite=r.nonfinite, saturated=r.saturated, bright=r.bright, bad_final=r.bad_final)
     pin = PatchInput(galsim_patch.spec, galsim_patch.bands, {"g": galsim_patch.images["g"], "r": zero},
                      galsim_patch.band_info, galsim_patch.cat, galsim_patch.psfs)
-    res = fit_patch_input(pin, _fit_cfg(enable_staged_fit=False))
+    res = fit_patch_input(pin, fit_options(_fit_cfg(enable_staged_fit=False)))
     assert res.table["flag_dead_data"].all()
     ok, issues = flags.reliability(res.table)
     assert not ok.any() and all("dead_data" in s for s in issues)
-    live = fit_patch_input(galsim_patch, _fit_cfg(enable_staged_fit=False))
+    live = fit_patch_input(galsim_patch, fit_options(_fit_cfg(enable_staged_fit=False)))
     assert not live.table["flag_dead_data"].any()
 
 
@@ -457,4 +458,4 @@ def test_engine_value_error_on_catalog_data_is_input_error(galsim_patch):
     pin = PatchInput(galsim_patch.spec, galsim_patch.bands, galsim_patch.images,
                      galsim_patch.band_info, cat, galsim_patch.psfs)
     with pytest.raises(InputError, match=r"input catalog source 'src 1': Source position must be finite"):
-        fit_patch_input(pin, _fit_cfg(enable_staged_fit=False))
+        fit_patch_input(pin, fit_options(_fit_cfg(enable_staged_fit=False)))

@@ -5,6 +5,7 @@ import pytest
 from tract7dt_mpi.engine import ImageData, PixelizedPSF
 from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.stages.fit_setup import apply_sky_choice
+from tract7dt_mpi.stage_options import fit_options
 
 from test_fit import _fit_cfg, make_galsim_patch  # tests/stages is on sys.path (no package)
 
@@ -40,9 +41,9 @@ def test_fit_stage_holds_the_sky_at_zero_or_pulls_it_with_the_prior():
     galsim = pytest.importorskip("galsim")
     pin = make_galsim_patch(galsim)
     from tract7dt_mpi.stages.fit import fit_patch_input as fit
-    free = fit(pin, _fit_cfg()).meta
-    zero = fit(pin, _fit_cfg(sky="zero")).meta
-    tight = fit(pin, _fit_cfg(sky="prior", sky_prior_sigma=1e-6)).meta
+    free = fit(pin, fit_options(_fit_cfg())).meta
+    zero = fit(pin, fit_options(_fit_cfg(sky="zero"))).meta
+    tight = fit(pin, fit_options(_fit_cfg(sky="prior", sky_prior_sigma=1e-6))).meta
     assert zero["sky_mode"] == "zero" and free["sky_mode"] == "fit"
     assert all(v == 0.0 for v in zero["sky_fit"].values())
     assert all(v != 0.0 for v in free["sky_fit"].values())
@@ -55,10 +56,10 @@ def test_sources_on_their_position_bound_are_not_opt_converged():
     from tract7dt_mpi.stages.fit import fit_patch_input
     pin = make_galsim_patch(galsim)
     # every input position is off by more than 0.05 px: each source ends on its box
-    t = fit_patch_input(pin, _fit_cfg(pos_max_shift_pix=0.05)).table
+    t = fit_patch_input(pin, fit_options(_fit_cfg(pos_max_shift_pix=0.05))).table
     assert t["flag_bound_stalled"].all()
     assert not t["opt_converged"].any()
-    t = fit_patch_input(pin, _fit_cfg()).table                  # 3 px box: free, converged
+    t = fit_patch_input(pin, fit_options(_fit_cfg())).table                  # 3 px box: free, converged
     assert t["opt_converged"].all() and not t["flag_bound_stalled"].any()
 
 
@@ -66,10 +67,10 @@ def test_sources_below_pos_fit_min_snr_keep_their_catalog_position():
     galsim = pytest.importorskip("galsim")
     from tract7dt_mpi.stages.fit import fit_patch_input
     pin = make_galsim_patch(galsim)
-    t = fit_patch_input(pin, _fit_cfg(pos_fit_min_snr=1e9)).table      # every source is "faint"
+    t = fit_patch_input(pin, fit_options(_fit_cfg(pos_fit_min_snr=1e9))).table      # every source is "faint"
     base = pin.cat[~pin.cat["_is_halo_source"]]
     assert t["fit_pos_held"].all()
     assert np.allclose(t["x_pix_patch_fit"], base["x_pix_patch"]) and np.allclose(t["y_pix_patch_fit"], base["y_pix_patch"])
-    t = fit_patch_input(pin, _fit_cfg()).table                          # default 3: bright ones move
+    t = fit_patch_input(pin, fit_options(_fit_cfg())).table                          # default 3: bright ones move
     assert not t["fit_pos_held"].any()
     assert not np.allclose(t["x_pix_patch_fit"], base["x_pix_patch"])

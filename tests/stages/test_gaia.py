@@ -12,6 +12,7 @@ import pytest
 from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.stages.catalog import ColumnMap
 from tract7dt_mpi.stages.gaia import augment_with_gaia, run_augment_gaia, selection_box, sky_match
+from tract7dt_mpi.stage_options import gaia_options
 
 SHAPE = (200, 300)
 
@@ -86,7 +87,7 @@ def test_match_backfill_inject_and_saturation_filter():
     def hits(x, y):
         sat_x.extend(list(x))
         return np.abs(np.asarray(x) - 130.0) < 1.0  # g4 sits on a saturated core
-    out, info = augment_with_gaia(cat, gaia, WCS0, SHAPE, ["m400", "m500"], _cfg(), hits)
+    out, info = augment_with_gaia(cat, gaia, WCS0, SHAPE, ["m400", "m500"], gaia_options(_cfg()), hits)
     assert info["box"] == (100, 200, 65, 165)
     assert info["n_candidates"] == 3 + 1  # g0, g1, g2, g4 (g3 faint, g5 outside box)
     assert list(out["gaia_source_id"][:4]) == ["4295806720123456789", "11", "", ""]
@@ -111,10 +112,10 @@ def test_match_backfill_inject_and_saturation_filter():
 
 def test_no_injection_and_pos_err_null():
     out, info = augment_with_gaia(_catalog(), _gaia(), WCS0, SHAPE, ["m400", "m500"],
-                                  _cfg(inject_gaia_sources=False), None)
+                                  gaia_options(_cfg(inject_gaia_sources=False)), None)
     assert len(out) == 4 and info["n_injected"] == 0 and out["gaia_source_id"][1] == "11"
     out2, _ = augment_with_gaia(_catalog(), _gaia(), WCS0, SHAPE, ["m400", "m500"],
-                                _cfg(gaia_pos_err_pix=None), None)
+                                gaia_options(_cfg(gaia_pos_err_pix=None)), None)
     assert "POS_ERR" not in out2.columns and len(out2) == 6  # g2 and g4 injected without a sat filter
 
 
@@ -122,13 +123,13 @@ def test_excluded_rows_matched_but_not_used_for_box():
     cat = _catalog()
     cat.loc[2, "excluded_any"] = True  # s3 at x=200 no longer defines the box
     gaia = _gaia()
-    out, info = augment_with_gaia(cat, gaia, WCS0, SHAPE, ["m400", "m500"], _cfg(), None)
+    out, info = augment_with_gaia(cat, gaia, WCS0, SHAPE, ["m400", "m500"], gaia_options(_cfg()), None)
     assert info["box"][1] <= 180
 
 
 def test_window_excludes_everything():
     out, info = augment_with_gaia(_catalog(), _gaia(), WCS0, SHAPE, ["m400", "m500"],
-                                  _cfg(gaia_mag_min=30.0, gaia_mag_max=31.0), None)
+                                  gaia_options(_cfg(gaia_mag_min=30.0, gaia_mag_max=31.0)), None)
     assert info["n_candidates"] == 0 and (out["gaia_source_id"] == "").all() and len(out) == 4
 
 
@@ -146,7 +147,7 @@ def test_run_writes_csv_and_overlay(tmp_path):
                             "zp": {"min_box_size_pix": 60, "match_radius_arcsec": 1.0}, "plotting": {"dpi": 40}},
                            base_dir=str(tmp_path))
     fl = _fake_load(tmp_path)
-    cat, info = run_augment_gaia(cfg, fl)
+    cat, info = run_augment_gaia(gaia_options(cfg), fl)
     csv = tmp_path / "w" / "ZP" / "in_with_Gaia.csv"
     back = pd.read_csv(csv, dtype={"ID": str, "gaia_source_id": str}, keep_default_na=False)
     assert len(back) == len(cat) == 6
@@ -162,14 +163,14 @@ def test_missing_gaia_file_or_columns_warns_and_skips(tmp_path, caplog):
     cfg = config_from_dict({"inputs": {"gaiaxp_synphot_csv": str(tmp_path / "nope.csv")},
                             "outputs": {"work_dir": str(tmp_path / "w")}}, base_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        cat, info = run_augment_gaia(cfg, fl)
+        cat, info = run_augment_gaia(gaia_options(cfg), fl)
     assert info["status"] == "skipped" and "GaiaXP CSV not found" in caplog.text
     assert "gaia_source_id" not in cat.columns
     gpath = tmp_path / "gaia.csv"
     _gaia().drop(columns=["phot_g_mean_mag"]).to_csv(gpath, index=False)
     cfg = cfg.with_overrides({"inputs": {"gaiaxp_synphot_csv": str(gpath)}})
     with caplog.at_level(logging.WARNING):
-        cat, info = run_augment_gaia(cfg, fl)
+        cat, info = run_augment_gaia(gaia_options(cfg), fl)
     assert info["status"] == "skipped"
     assert "GaiaXP CSV missing required column: phot_g_mean_mag" in caplog.text
     assert not (tmp_path / "w" / "ZP").exists()

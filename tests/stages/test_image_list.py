@@ -12,6 +12,7 @@ from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
 from tract7dt_mpi.stages.image_list import read_image_entries
 from tract7dt_mpi.stages.load import load_inputs
+from tract7dt_mpi.stage_options import load_options
 
 
 def _write(tmp_path, text):
@@ -45,7 +46,7 @@ def test_entry_errors_name_list_and_line(tmp_path, line, msg):
 
 def _load(tile, store, **sections):
     with PreparedWriter(store) as w:
-        return load_inputs(tile.cfg(**sections), writer=w, plots=False)
+        return load_inputs(load_options(tile.cfg(**sections)), writer=w, plots=False)
 
 
 def _fz_tile(tile, with_weight_key=False):
@@ -107,11 +108,11 @@ def test_weight_map_shape_checked_before_pixels(tile_factory):
         fh.write(f"{os.path.basename(tile.image_paths[0])} weight=small_w.fits\n"
                  f"{os.path.basename(tile.image_paths[1])}\n")
     with pytest.raises(InputError, match=r"weight map .*small_w.fits has shape \(10, 10\), expected \(120, 140\)"):
-        load_inputs(tile.cfg(), plots=False)
+        load_inputs(load_options(tile.cfg()), plots=False)
     with open(tile.image_list, "w") as fh:
         fh.write(f"{os.path.basename(tile.image_paths[0])} rms=none.fits\n")
     with pytest.raises(InputError, match="FITS image not found: .*none.fits"):
-        load_inputs(tile.cfg(), plots=False)
+        load_inputs(load_options(tile.cfg()), plots=False)
 
 
 KIDS = "/work/shared/data/kids-viking"
@@ -142,4 +143,4 @@ def test_load_real_kids_fz_bands(tmp_path):
 
 def _load_cfg(cfg, store):
     with PreparedWriter(store) as w:
-        return load_inputs(cfg, writer=w, plots=False)
+        return load_inputs(load_options(cfg), writer=w, plots=False)

@@ -13,10 +13,11 @@ from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
 from tract7dt_mpi.stages.load import (SaturationCut, WhiteStack, load_inputs, read_image_list,
                                       saturation_hits)
+from tract7dt_mpi.stage_options import load_options
 
 
 def _load(tile, writer=None, **sections):
-    return load_inputs(tile.cfg(**sections), writer=writer, plots=False)
+    return load_inputs(load_options(tile.cfg(**sections)), writer=writer, plots=False)
 
 
 # ---------------------------------------------------------------- image list
@@ -170,7 +171,7 @@ def test_streams_into_prepared_store_and_logs(tile_factory, caplog, tmp_path):
 def test_progress_callback_once_per_band_in_list_order(tile_factory):
     t = tile_factory()
     calls = []
-    res = load_inputs(t.cfg(), plots=False, on_band=lambda *a: calls.append(a))
+    res = load_inputs(load_options(t.cfg()), plots=False, on_band=lambda *a: calls.append(a))
     n = len(res.bands)
     assert n >= 2 and [c[:3] for c in calls] == [(i + 1, n, b) for i, b in enumerate(res.bands)]
     assert all(c[3] >= 0 and c[4] == res.shape for c in calls)
@@ -206,7 +207,7 @@ def _peak_bytes(tile, tmp):
     cfg = tile.cfg(crop={"enabled": False})
     tracemalloc.start()
     w = PreparedWriter(os.path.join(tmp, f"p{len(tile.raw)}.h5"))
-    load_inputs(cfg, writer=w, plots=False)
+    load_inputs(load_options(cfg), writer=w, plots=False)
     w.close()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -324,7 +325,7 @@ def test_load_plots_written_with_toggles(tile_factory):
     t = tile_factory()
     cfg = t.cfg(crop={"plot_pre_crop": True, "plot_post_crop": True, "display_downsample": 2},
                 overlay={"enabled": True, "zoom_box": [0, 50, 0, 50], "downsample_full": 2})
-    draw_load(cfg, load_inputs(cfg, plots=True))
+    draw_load(cfg, load_inputs(load_options(cfg), plots=True))
     for p in (os.path.join(cfg.outputs.cropped_images_dir, "white_before_crop.png"),
               os.path.join(cfg.outputs.cropped_images_dir, "white_after_crop.png"),
               os.path.join(cfg.outputs.overlay_dir, "white_overlay.png"),
@@ -332,7 +333,7 @@ def test_load_plots_written_with_toggles(tile_factory):
         assert os.path.getsize(p) > 1000, p
     t2 = tile_factory()
     cfg2 = t2.cfg(overlay={"enabled": True, "zoom_enabled": False})
-    draw_load(cfg2, load_inputs(cfg2, plots=True))
+    draw_load(cfg2, load_inputs(load_options(cfg2), plots=True))
     assert os.path.exists(os.path.join(cfg2.outputs.overlay_dir, "white_overlay.png"))
     assert not os.path.exists(os.path.join(cfg2.outputs.overlay_dir, "white_overlay_zoom.png"))
     assert not os.path.exists(os.path.join(cfg2.outputs.cropped_images_dir, "white_before_crop.png"))

@@ -9,6 +9,7 @@ from astropy.wcs import WCS
 from tract7dt_mpi import flags
 from tract7dt_mpi.io.catalog import write_final_catalog
 from tract7dt_mpi.stages.merge import fit_summary, merge_catalog
+from tract7dt_mpi.stage_options import fit_options, load_options, plan_options, psf_reach
 
 
 def _car_wcs():
@@ -172,17 +173,17 @@ def test_x_image_of_a_galsim_star_is_its_true_one_based_pixel(tmp_path, synth):
     }, base_dir=str(tmp_path))
     store = str(tmp_path / "prepared.h5")
     w = PreparedWriter(store)
-    lr = load_inputs(cfg, writer=w, plots=False)
+    lr = load_inputs(load_options(cfg), writer=w, plots=False)
     w.close()
     assert lr.crop[0] == margin and lr.crop[2] == margin
     cat = lr.catalog.copy()
     cat["_row"] = np.arange(len(cat))
-    spec = assign_sources(build_patch_plan(lr.shape, None, cfg), cat, True, 1)[0]
+    spec = assign_sources(build_patch_plan(lr.shape, None, plan_options(cfg)), cat, True, 1)[0]
     stamp = psf.drawImage(nx=41, ny=41, scale=1.0).array
     with PreparedImages(store) as p:
-        pin = build_patch_input(spec, p, cat, {"g": PsfChoiceInput((stamp / stamp.sum()).astype(np.float32), 10)}, cfg)
-    fit = fit_patch_input(pin, cfg).table
-    out = merge_catalog(cat, fit, lr.wcs, cfg, crop_offset=lr.crop[::2])
+        pin = build_patch_input(spec, p, cat, {"g": PsfChoiceInput((stamp / stamp.sum()).astype(np.float32), 10)}, psf_reach(cfg))
+    fit = fit_patch_input(pin, fit_options(cfg)).table
+    out = merge_catalog(cat, fit, lr.wcs, crop_offset=lr.crop[::2])
     assert out["X_IMAGE"].iloc[0] == pytest.approx(true_x, abs=0.05)
     assert out["Y_IMAGE"].iloc[0] == pytest.approx(true_y, abs=0.05)
     # the sky position agrees with the input image's own WCS at that 1-based pixel

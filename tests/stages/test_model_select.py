@@ -11,6 +11,7 @@ from _truth import draw, galaxy, moffat, psf_stamp  # noqa: E402
 
 from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch  # noqa: E402
 from tract7dt_mpi.stages.model_select import NPARAMS, choose, choose_models, untyped_rows  # noqa: E402
+from tract7dt_mpi.stage_options import fit_options  # noqa: E402
 
 SHAPE = (110, 110)
 #: (kind, GalSim profile, x, y): a star, an EXP and a DEV galaxy, bright (S/N of several hundred)
@@ -114,7 +115,7 @@ def _run(pin, mode):
 
     cfg = config_from_dict({"patch_run": {"n_opt_iters": 50, "no_cutouts": True, "no_patch_overview": True,
                                           "model_selection": mode}, "plotting": {"level": "none"}})
-    return fit_patch_input(pin, cfg).table
+    return fit_patch_input(pin, fit_options(cfg)).table
 
 
 def test_untyped_rows_are_chosen_and_off_keeps_gal_model():

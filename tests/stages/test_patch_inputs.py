@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 
 from tract7dt_mpi.config import config_from_dict
+from tract7dt_mpi.io.patch_dumps import read_patch_dump, write_patch_dump
 from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
-from tract7dt_mpi.stages.patch_inputs import (PsfChoiceInput, build_patch_input,
-                                              load_patch_inputs, save_patch_inputs)
+from tract7dt_mpi.stages.patch_inputs import (PsfChoiceInput, build_patch_input, patch_input_from_record,
+                                              patch_input_record)
 from tract7dt_mpi.stages.patches import assign_sources, build_patch_plan
+from tract7dt_mpi.stage_options import plan_options, psf_reach
 
 H, W = 60, 80
 
@@ -49,14 +51,14 @@ def _catalog():
 
 def test_build_patch_input(store):
     path, imgs = store
-    plan = assign_sources(build_patch_plan((H, W), None, _cfg()), _catalog(), skip_empty=True)
+    plan = assign_sources(build_patch_plan((H, W), None, plan_options(_cfg())), _catalog(), skip_empty=True)
     spec = next(p for p in plan if p.patch_tag == "r00_c00_pr00_pc00")
     # base box [0,40) x [0,30), halo 7 -> ROI [0,47) x [0,37)
     assert (spec.x0_roi, spec.x1_roi, spec.y0_roi, spec.y1_roi) == (0, 47, 0, 37)
     assert spec.base_rows.tolist() == [0, 1] and spec.halo_rows.tolist() == [2]
     with PreparedImages(path) as p:
         pin = build_patch_input(spec, p, _catalog(), {"m400": PsfChoiceInput(
-            stamp=np.ones((3, 3), np.float32) / 9, nstars_used=7, path="x/epsf.npy")}, _cfg())
+            stamp=np.ones((3, 3), np.float32) / 9, nstars_used=7, path="x/epsf.npy")}, psf_reach(_cfg()))
     assert pin.bands == ["m400", "m425"]
     c = pin.images["m425"]
     assert c.img.shape == (37, 47)
@@ -74,7 +76,7 @@ def test_build_patch_input(store):
     # a patch away from the origin: pixel columns shift by the ROI origin
     spec2 = next(p for p in plan if p.patch_tag == "r00_c00_pr00_pc01")
     with PreparedImages(path) as p:
-        pin2 = build_patch_input(spec2, p, _catalog(), {}, _cfg())
+        pin2 = build_patch_input(spec2, p, _catalog(), {}, psf_reach(_cfg()))
     assert spec2.x0_roi == 33
     np.testing.assert_allclose(pin2.cat["x_pix_patch"], pin2.cat["x_pix_white"] - 33)
     np.testing.assert_array_equal(pin2.images["m400"].img, imgs["m400"][0:37, 33:80])
@@ -82,14 +84,14 @@ def test_build_patch_input(store):
 
 def test_dump_round_trip(store, tmp_path):
     path, _ = store
-    plan = assign_sources(build_patch_plan((H, W), None, _cfg()), _catalog(), skip_empty=True)
+    plan = assign_sources(build_patch_plan((H, W), None, plan_options(_cfg())), _catalog(), skip_empty=True)
     spec = plan[0]
     with PreparedImages(path) as p:
         pin = build_patch_input(spec, p, _catalog(), {"m400": PsfChoiceInput(
             stamp=np.ones((3, 3), np.float32) / 9, nstars_used=7, path="x/epsf.npy")})
-    npz, js = save_patch_inputs(pin, str(tmp_path / "dump"))
+    npz, js = write_patch_dump(str(tmp_path / "dump"), pin.tag, *patch_input_record(pin))
     assert npz.endswith(f"{spec.patch_tag}.npz") and js.endswith(f"{spec.patch_tag}.json")
-    back = load_patch_inputs(js)
+    back = patch_input_from_record(*read_patch_dump(js))
     assert back.spec.patch_tag == spec.patch_tag
     assert back.spec.base_rows.tolist() == spec.base_rows.tolist()
     assert back.cat["ID"].tolist() == ["00019", "b", "c"]          # text ids survive
@@ -102,7 +104,7 @@ def test_dump_round_trip(store, tmp_path):
 
 def test_saturated_stars_join_as_halo_rows_near_the_roi():
     from tract7dt_mpi.stages.patch_inputs import patch_catalog
-    plan = assign_sources(build_patch_plan((H, W), None, _cfg()), _catalog(), skip_empty=True)
+    plan = assign_sources(build_patch_plan((H, W), None, plan_options(_cfg())), _catalog(), skip_empty=True)
     spec = plan[0]
     extra = pd.DataFrame({"x": [spec.x1_roi + 3.0, spec.x1_roi + 40.0, spec.x0_roi + 2.0],
                           "y": [spec.y0_roi + 5.0, spec.y0_roi + 5.0, spec.y0_roi + 1.0]})

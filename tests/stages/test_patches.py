@@ -7,6 +7,7 @@ from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.errors import InputError
 from tract7dt_mpi.stages.patches import (RECORD_FIELDS, assign_sources, build_patch_plan,
                                          halo_pix, patches_frame)
+from tract7dt_mpi.stage_options import plan_options
 
 
 def _cfg(**epsf):
@@ -22,7 +23,7 @@ def test_halo_formula():
 
 
 def test_plan_geometry_hand_computed():
-    plan = build_patch_plan((100, 130), None, _cfg())
+    plan = build_patch_plan((100, 130), None, plan_options(_cfg()))
     assert len(plan) == 2 * 2 * 3 * 3
     # cell columns [0,65) [65,130); patch width 65//3 = 21, last ends at the cell edge
     xs = sorted({(p.x0_base, p.x1_base) for p in plan})
@@ -43,12 +44,12 @@ def test_plan_geometry_hand_computed():
 
 
 def test_active_cells_and_errors():
-    plan = build_patch_plan((100, 130), [(1, 1)], _cfg())
+    plan = build_patch_plan((100, 130), [(1, 1)], plan_options(_cfg()))
     assert len(plan) == 9 and all(p.epsf_tag == "r01_c01" for p in plan)
     with pytest.raises(InputError, match="ngrid"):
-        build_patch_plan((100, 130), None, _cfg(ngrid=60))
+        build_patch_plan((100, 130), None, plan_options(_cfg(ngrid=60)))
     with pytest.raises(InputError):
-        build_patch_plan((100, 130), [(2, 0)], _cfg())
+        build_patch_plan((100, 130), [(2, 0)], plan_options(_cfg()))
 
 
 def _catalog(n=400, seed=1):
@@ -65,7 +66,7 @@ def _catalog(n=400, seed=1):
 
 def test_every_active_source_base_in_exactly_one_patch():
     cat = _catalog()
-    plan = assign_sources(build_patch_plan((100, 130), None, _cfg()), cat, skip_empty=False,
+    plan = assign_sources(build_patch_plan((100, 130), None, plan_options(_cfg())), cat, skip_empty=False,
                           n_bands=3)
     inside = (cat.x_pix_white >= 0) & (cat.x_pix_white < 130) & (cat.y_pix_white >= 0) & (
         cat.y_pix_white < 100) & ~cat.excluded_any
@@ -93,7 +94,7 @@ def test_every_active_source_base_in_exactly_one_patch():
 def test_skip_empty_uses_base_rows_only():
     # one source in patch r00_c00_pr00_pc00, near its right edge -> halo of pr00_pc01
     cat = pd.DataFrame({"_row": [0], "x_pix_white": [19.0], "y_pix_white": [3.0]})
-    plan = build_patch_plan((100, 130), None, _cfg())
+    plan = build_patch_plan((100, 130), None, plan_options(_cfg()))
     kept = assign_sources(plan, cat, skip_empty=True)
     assert [p.patch_tag for p in kept] == ["r00_c00_pr00_pc00"]
     allp = assign_sources(plan, cat, skip_empty=False)
@@ -102,7 +103,7 @@ def test_skip_empty_uses_base_rows_only():
 
 
 def test_patches_frame_columns():
-    plan = build_patch_plan((100, 130), [(0, 0)], _cfg())
+    plan = build_patch_plan((100, 130), [(0, 0)], plan_options(_cfg()))
     df = patches_frame(plan)
     assert list(df.columns[:len(RECORD_FIELDS)]) == list(RECORD_FIELDS)
     assert len(df) == 9 and df["halo_pix"].eq(7).all()
@@ -113,7 +114,7 @@ def test_write_patch_plan(tmp_path):
 
     from tract7dt_mpi.stages.patches import write_patch_plan
 
-    plan = build_patch_plan((100, 130), [(0, 1)], _cfg())
+    plan = build_patch_plan((100, 130), [(0, 1)], plan_options(_cfg()))
     csv, js = write_patch_plan(plan, str(tmp_path / "patches"))
     df = pd.read_csv(csv)
     recs = json.loads(open(js).read())
@@ -124,7 +125,7 @@ def test_write_patch_plan(tmp_path):
 
 def test_outer_halo_reaches_beyond_the_roi_by_the_given_margin():
     cat = _catalog()
-    geom = build_patch_plan((100, 130), None, _cfg())
+    geom = build_patch_plan((100, 130), None, plan_options(_cfg()))
     inner = {p.patch_tag: p for p in assign_sources(geom, cat, skip_empty=False)}
     outer = {p.patch_tag: p for p in assign_sources(geom, cat, skip_empty=False, outer=5)}
     pos = cat.set_index("_row")
@@ -153,7 +154,7 @@ def test_roi_grows_to_hold_a_big_galaxy_and_its_neighbours():
     cfg = config_from_dict({"epsf": {"epsf_ngrid": 4, "ngrid": 2, "final_psf_size": 55}})
     shape = (1024, 1024)
     cat = _big_galaxy_catalog()
-    plan = assign_sources(build_patch_plan(shape, None, cfg), cat, True, outer=27)
+    plan = assign_sources(build_patch_plan(shape, None, plan_options(cfg)), cat, True, outer=27)
     ext = source_extents(cat, 4.0)
     assert set(ext) == {0, 1, 2}                 # the star has no extent
     grown, n = grow_for_big_sources(plan, ext, shape, 1536)
@@ -174,7 +175,7 @@ def test_grown_roi_is_capped_and_keeps_its_base():
     from tract7dt_mpi.stages.patches import grow_for_big_sources, source_extents
     cfg = config_from_dict({"epsf": {"epsf_ngrid": 4, "ngrid": 2, "final_psf_size": 55}})
     cat = _big_galaxy_catalog().assign(Re=[400.0, 3.0, 2.0, 50.0])
-    plan = assign_sources(build_patch_plan((2048, 2048), None, cfg), cat, True, outer=27)
+    plan = assign_sources(build_patch_plan((2048, 2048), None, plan_options(cfg)), cat, True, outer=27)
     grown, n = grow_for_big_sources(plan, source_extents(cat, 4.0), (2048, 2048), 512)
     home = next(p for p in grown if 0 in p.base_rows)
     assert n >= 1 and home.x1_roi - home.x0_roi <= 512 + 256 and home.y1_roi - home.y0_roi <= 512 + 256
@@ -212,7 +213,7 @@ def test_a_catalogue_without_sizes_grows_from_the_light():
     from tract7dt_mpi.stages.patches import grow_for_big_sources, source_extents
     cfg = config_from_dict({"epsf": {"epsf_ngrid": 4, "ngrid": 2, "final_psf_size": 55}})
     cat = _big_galaxy_catalog().drop(columns=["Re"])
-    plan = assign_sources(build_patch_plan((1024, 1024), None, cfg), cat, True, outer=27)
+    plan = assign_sources(build_patch_plan((1024, 1024), None, plan_options(cfg)), cat, True, outer=27)
     assert source_extents(cat, 4.0) == {}
     ext = source_extents(cat, 4.0, light_r50={0: 30.0, 1: 3.0, 3: 50.0})
     assert set(ext) == {0, 1}                    # the star (row 3) never grows a patch

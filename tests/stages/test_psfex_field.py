@@ -18,6 +18,7 @@ from tract7dt_mpi.io.psfex import read_psfex
 from tract7dt_mpi.stages.image_list import ImageEntry, attach_entry_files
 from tract7dt_mpi.stages.patches import PatchSpec
 from tract7dt_mpi.stages.psfex_field import psfex_patch_choices
+from tract7dt_mpi.stage_options import fit_options
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "io"))
 from _psfex_files import write_psfex  # noqa: E402
@@ -114,7 +115,7 @@ def test_fit_with_psfex_recovers_galsim_star_fluxes(tmp_path):
 
     def fit(prep):
         pin = PatchInput(spec, ["g"], {"g": cut}, {"g": info}, cat, psfex_patch_choices(prep, spec, {}))
-        return fit_patch_input(pin, cfg).table
+        return fit_patch_input(pin, fit_options(cfg)).table
 
     t = fit(prepared)
     for i, (x, y, flux) in enumerate(stars):

@@ -15,6 +15,7 @@ from tract7dt_mpi.io.prepared import BandInfo, Cutout, PreparedImages, PreparedW
 from tract7dt_mpi.stages.fit_setup import invvar_of
 from tract7dt_mpi.stages.load import load_inputs
 from tract7dt_mpi.stages.weights import ivar_from_map, sigma_from_ivar
+from tract7dt_mpi.stage_options import fit_options, load_options
 
 
 def test_ivar_from_map_by_hand():
@@ -69,7 +70,7 @@ def test_load_stores_ivar_and_sigma(tile_factory, tmp_path, kind):
     sig, _ = _with_weight_maps(tile, kind)
     store = str(tmp_path / "prep.h5")
     with PreparedWriter(store) as w:
-        res = load_inputs(tile.cfg(), writer=w, plots=False)     # crop margin 10
+        res = load_inputs(load_options(tile.cfg()), writer=w, plots=False)     # crop margin 10
     b0, b1 = list(tile.headers)
     with PreparedImages(store) as p:
         ivs, imgs = {}, {}
@@ -145,7 +146,7 @@ def test_fit_flux_errors_follow_the_weight_map_and_zero_weight_masks():
     ivar[:, 61] = 0.0
     cfg = config_from_dict({"patch_run": {"n_opt_iters": 30, "no_cutouts": True, "no_patch_overview": True,
                                           "flux_error_model": "sky"}})
-    t = fit_patch_input(_patch(ivar, data, [s[:2] for s in stars]), cfg).table
+    t = fit_patch_input(_patch(ivar, data, [s[:2] for s in stars]), fit_options(cfg)).table
     fl, fe = t["FLUX_g_fit"].to_numpy(), t["FLUXERR_g_fit"].to_numpy()
     # sky-only error of a PSF flux: 1/sqrt(sum(P² ivar)) with the PSF sampled on the pixels
     for i, (x, y, f) in enumerate(stars):

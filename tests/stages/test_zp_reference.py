@@ -11,6 +11,7 @@ import pytest
 
 from tract7dt_mpi.config import config_from_dict
 from tract7dt_mpi.stages.zp import compute_zero_points
+from tract7dt_mpi.stage_options import gaia_options
 
 ARCSEC = 1 / 3600.0
 
@@ -74,14 +75,14 @@ def test_missing_columns_are_named(caplog, ref_cols, cat_drop, msg):
 
 
 def test_null_gaiaxp_table_messages(tmp_path, caplog):
-    from tract7dt_mpi.pipeline_steps import zp_step
+    from tract7dt_mpi.tasks import zp_step
     from tract7dt_mpi.stages.gaia import run_augment_gaia
     cfg = config_from_dict({"inputs": {"gaiaxp_synphot_csv": None},
                             "outputs": {"work_dir": str(tmp_path)}}, base_dir=str(tmp_path))
     cat = _catalog()
     with caplog.at_level(logging.WARNING):
         assert zp_step(cfg, cat) is cat
-        back, info = run_augment_gaia(cfg, SimpleNamespace(catalog=cat))
+        back, info = run_augment_gaia(gaia_options(cfg), SimpleNamespace(catalog=cat))
     assert back is cat and info["status"] == "skipped"
     assert "no GaiaXP table given: zero points skipped" in caplog.text
     assert "no GaiaXP table given: Gaia augmentation skipped" in caplog.text

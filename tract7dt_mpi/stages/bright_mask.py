@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["build_bright_mask", "flag_affected", "run_bright_mask", "sep_detect", "ellipse_mask",
-           "DEFAULTS"]
+           "BrightMaskOptions", "DEFAULTS"]
 
 log = logging.getLogger("tract7dt_mpi.stages.bright_mask")
 
@@ -178,7 +179,17 @@ def flag_affected(x, y, mask) -> np.ndarray:
     return out
 
 
-def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=None):
+@dataclass(frozen=True)
+class BrightMaskOptions:
+    """What the stage wrapper reads from the config (built by
+    :func:`tract7dt_mpi.stage_options.bright_mask_options`): the ``bright_mask`` section and the
+    work folder its products go under."""
+
+    settings: object
+    work_dir: str
+
+
+def run_bright_mask(opts: BrightMaskOptions, catalog, white, sigma_white, satur_any, wcs, logger=None):
     """Stage wrapper: build the mask, flag ``affected_by_bright_mask`` and write
     ``bright_mask/white_bright_mask.fits``. Returns (catalog, mask, info); ``info['detections']``
     holds the SEP detections (for the overlay the pipeline draws); the caller stores ``mask`` with
@@ -186,7 +197,7 @@ def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=Non
     from ..io.atomic import atomic_write_text
     from ..io.fits import write_mask_fits
     logger = logger or log
-    bm = cfg.bright_mask
+    bm = opts.settings
     cat = catalog.copy()
     x = cat["x_pix_white"].to_numpy(float)
     y = cat["y_pix_white"].to_numpy(float)
@@ -194,7 +205,7 @@ def run_bright_mask(cfg, catalog, white, sigma_white, satur_any, wcs, logger=Non
     mask, det, info = build_bright_mask(white, sigma_white, np.column_stack([x[act], y[act]]), bm, satur_any)
     cat["affected_by_bright_mask"] = flag_affected(x, y, mask)
     info["n_affected"] = int(cat["affected_by_bright_mask"].sum())
-    out_dir = os.path.join(cfg.outputs.work_dir, "bright_mask")
+    out_dir = os.path.join(opts.work_dir, "bright_mask")
     fits_path = os.path.join(out_dir, "white_bright_mask.fits")
     write_mask_fits(fits_path, info.pop("fits_mask"), wcs)
     info["fits_path"] = fits_path

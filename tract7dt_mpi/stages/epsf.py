@@ -89,19 +89,11 @@ class FigureSpec:
 
 # ---------------------------------------------------------------------------------------- settings
 
-def epsf_settings(cfg_epsf):
-    """The ``epsf`` section as a schema dataclass; a plain dict (tests) is merged onto the defaults.
+def epsf_settings(s):
+    """The ``epsf`` config section ``s`` (a frozen dataclass) as the ePSF functions use it.
 
     An invalid ``psfstar_mode`` falls back to ``sep+gaia`` with a warning.
     """
-    from tract7dt_mpi.config.schema import Epsf
-
-    if cfg_epsf is None:
-        s = Epsf()
-    elif isinstance(cfg_epsf, dict):
-        s = dataclasses.replace(Epsf(), **cfg_epsf)
-    else:
-        s = cfg_epsf
     if s.psfstar_mode not in MODES:
         log.warning("epsf.psfstar_mode=%r is not one of %s; using 'sep+gaia'", s.psfstar_mode, MODES)
         s = dataclasses.replace(s, psfstar_mode="sep+gaia")
@@ -148,7 +140,7 @@ def active_cells(catalog_xy_active, shape, n: int):
     return sorted({(int(r), int(c)) for r, c in zip(rr, cc)})
 
 
-def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
+def forced_radius(fwhm_pix, cutout_size, settings, warn: bool = True) -> float:
     """Gaia forced-aperture radius in px: clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.
 
     An unknown FWHM gives 3.0 px (with a warning unless ``warn`` is false: cells stay quiet and the
@@ -162,7 +154,7 @@ def forced_radius(fwhm_pix, cutout_size, cfg, warn: bool = True) -> float:
         if warn:
             log.warning("seeing FWHM unavailable; Gaia forced-aperture radius set to 3.0 px")
         return 3.0
-    s = epsf_settings(cfg)
+    s = epsf_settings(settings)
     r = float(np.clip(s.gaia_forced_k_fwhm * f, s.gaia_forced_rmin_pix, s.gaia_forced_rmax_pix))
     return float(min(r, int(cutout_size) // 2 - 2))
 

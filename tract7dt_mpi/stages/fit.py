@@ -264,13 +264,22 @@ def _dchisq_values(choice) -> dict:
     return {f"dchisq_{col}": float(got.get(kind, np.nan)) for kind, col in MODELS.items()}
 
 
-def fit_patch_input(pin, cfg) -> PatchResult:
+@dataclass(frozen=True)
+class PatchFitOptions:
+    """The config sections a patch fit reads: ``patch_run`` and ``moffat_psf`` (built by
+    :func:`tract7dt_mpi.stage_options.fit_options`)."""
+
+    patch_run: object
+    moffat_psf: object
+
+
+def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     """Fit one patch -> PatchResult (written by :func:`write_patch_products`).
 
-    ``cfg`` is the full Config (patch_run, moffat_psf, plotting). A patch tag listed in
-    ``patch_run.fault_inject`` raises RuntimeError (test hook for the scheduler).
+    A patch tag listed in ``patch_run.fault_inject`` raises RuntimeError (test hook for the
+    scheduler).
     """
-    pr = cfg.patch_run
+    pr = opts.patch_run
     if pin.tag in (pr.fault_inject or []):
         raise RuntimeError("fault injected for test")
     t0 = time.perf_counter()
@@ -283,7 +292,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
 
     psfs, audits = {}, {}
     for b in bands:
-        psf, audit, line = choose_psf(b, pin.psfs.get(b), pin.band_info[b], pr, cfg.moffat_psf)
+        psf, audit, line = choose_psf(b, pin.psfs.get(b), pin.band_info[b], pr, opts.moffat_psf)
         psfs[b], audits[b] = psf, audit
         plog(line, logging.WARNING if audit["fallback_reason"].startswith("low-star")
              else logging.INFO)
@@ -441,7 +450,7 @@ def fit_patch_input(pin, cfg) -> PatchResult:
     return PatchResult(tab, meta, plog.lines, plot)
 
 
-def write_patch_products(result: PatchResult, out_dir: str, cfg) -> str:
+def write_patch_products(result: PatchResult, out_dir: str) -> str:
     """Write ``{out_dir}/{tag}/``: meta.json, ``{tag}.log``, then the ``{tag}_cat_fit.csv`` last
     (its presence marks the patch complete). The pipeline draws the patch's figures from
     ``result.plot`` before (:mod:`tract7dt_mpi.figures`). Clears ``result.plot``. Returns the folder.
@@ -490,5 +499,5 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["PatchResult", "fit_patch_input", "result_columns", "write_patch_products", "patch_csv_frame", "patch_is_complete",
+__all__ = ["PatchResult", "PatchFitOptions", "fit_patch_input", "result_columns", "write_patch_products", "patch_csv_frame", "patch_is_complete",
            "safe_name", "clip_text", "empty_table"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,13 +20,29 @@ from ..io.tables import read_gaiaxp, write_csv
 from .catalog import ColumnMap
 
 __all__ = ["GAIA_REQUIRED", "gaia_missing_columns", "selection_box", "sky_match", "augment_with_gaia",
-           "run_augment_gaia", "INTERNAL_COLUMNS"]
+           "run_augment_gaia", "GaiaOptions", "INTERNAL_COLUMNS"]
 
 log = logging.getLogger("tract7dt_mpi.stages.gaia")
 
 GAIA_REQUIRED = ("source_id", "ra", "dec", "phot_g_mean_mag")
 #: working-catalog columns not written to the augmented CSV
 INTERNAL_COLUMNS = ("_row", "x_pix_white", "y_pix_white")
+
+
+@dataclass(frozen=True)
+class GaiaOptions:
+    """What the augmentation reads from the config (built by :func:`tract7dt_mpi.stage_options.gaia_options`).
+
+    ``gaiaxp_csv``: ``inputs.gaiaxp_synphot_csv`` (None: none given); ``zp`` and
+    ``saturation_cut``: the ``zp`` and ``source_saturation_cut`` sections; ``zp_ref``:
+    ``image_scaling.zp_ref``.
+    """
+
+    gaiaxp_csv: str | None
+    work_dir: str
+    zp: object
+    zp_ref: float
+    saturation_cut: object
 
 
 def gaia_missing_columns(df: pd.DataFrame) -> list[str]:
@@ -87,15 +104,15 @@ def _mag_to_flux(mag, zp_ref):
     return 10.0 ** ((zp_ref - np.asarray(mag, float)) / 2.5)
 
 
-def augment_with_gaia(catalog: pd.DataFrame, gaia_df: pd.DataFrame, wcs, shape, bands, cfg,
+def augment_with_gaia(catalog: pd.DataFrame, gaia_df: pd.DataFrame, wcs, shape, bands, opts: GaiaOptions,
                       satur_hits_fn=None, cmap: ColumnMap | None = None):
     """Return (augmented catalog, info) (no file I/O).
 
     ``satur_hits_fn(x, y) -> bool array`` applies the saturation-cut rule at working-frame pixel
     positions (``LoadResult.satur_hits`` with the configured radius/rule); None disables it.
     """
-    zc = cfg.zp
-    zp_ref = float(cfg.image_scaling.zp_ref)
+    zc = opts.zp
+    zp_ref = float(opts.zp_ref)
     cmap = cmap or ColumnMap.from_frame(catalog, bands)
     cat = catalog.copy()
     H, W = shape
@@ -200,7 +217,7 @@ def augment_with_gaia(catalog: pd.DataFrame, gaia_df: pd.DataFrame, wcs, shape, 
     return out, info
 
 
-def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None):
+def run_augment_gaia(opts: GaiaOptions, load_result, logger: logging.Logger | None = None):
     """Stage wrapper: read the GaiaXP CSV, augment, write ``ZP/{stem}_with_Gaia.csv``.
 
     A missing file or a file without the required columns only warns: the catalog comes back
@@ -208,7 +225,7 @@ def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None):
     """
     logger = logger or log
     res = load_result
-    path = cfg.inputs.gaiaxp_synphot_csv
+    path = opts.gaiaxp_csv
     if not path:
         logger.warning("no GaiaXP table given: Gaia augmentation skipped.")
         return res.catalog, {"status": "skipped", "reason": "no table given"}
@@ -221,19 +238,19 @@ def run_augment_gaia(cfg, load_result, logger: logging.Logger | None = None):
         logger.warning("GaiaXP CSV missing required column: %s (%s); Gaia augmentation skipped "
                        "(zero points can still match its ra, dec by position).", ", ".join(miss), path)
         return res.catalog, {"status": "skipped", "reason": f"missing columns {miss}"}
-    sc = cfg.source_saturation_cut
+    sc = opts.saturation_cut
     hits = None
     if sc.enabled:
         def hits(xx, yy):
             return res.satur_hits(xx, yy, sc.radius_pix, sc.require_all_bands)
-    cat, info = augment_with_gaia(res.catalog, gaia, res.wcs, res.shape, res.bands, cfg, hits, None)
+    cat, info = augment_with_gaia(res.catalog, gaia, res.wcs, res.shape, res.bands, opts, hits, None)
     info["status"] = "ok"
     logger.info("Gaia augmentation: %d Gaia star(s) in G window, %d in box %s; matched %d catalog row(s) "
                 "to %d star(s); injected %d; rejected %d near saturation.", info["n_gaia_window"],
                 info["n_candidates"], list(info["box"]), info["n_matched_rows"], info["n_matched_gaia"],
                 info["n_injected"], info["n_sat_rejected"])
     stem = os.path.splitext(os.path.basename(res.catalog_path))[0]
-    out_csv = os.path.join(cfg.outputs.work_dir, "ZP", f"{stem}_with_Gaia.csv")
+    out_csv = os.path.join(opts.work_dir, "ZP", f"{stem}_with_Gaia.csv")
     write_csv(cat.drop(columns=[c for c in INTERNAL_COLUMNS if c in cat.columns]), out_csv)
     info["csv_path"] = out_csv
     logger.info("Saved Gaia-augmented catalog: %s (%d rows)", out_csv, len(cat))

@@ -27,8 +27,8 @@ from .image_list import attach_entry_files, read_image_entries, read_image_list
 from .weights import band_ivar, sigma_from_ivar
 
 __all__ = ["read_image_list", "parse_band_header", "prepare_band", "PreparedBand", "check_alignment",
-           "crop_box", "load_inputs", "LoadResult", "WhiteStack", "SaturationCut", "saturation_hits",
-           "project_catalog"]
+           "crop_box", "load_inputs", "LoadOptions", "LoadResult", "WhiteStack", "SaturationCut",
+           "saturation_hits", "project_catalog"]
 
 log = logging.getLogger("tract7dt_mpi.stages.load")
 
@@ -262,12 +262,12 @@ def check_alignment(ref: WCS, other: WCS, checks, path: str, logger=None) -> Non
         raise InputError(f"WCS mismatch with reference: {path} ({why})")
 
 
-def crop_box(shape, crop_cfg) -> tuple[int, int, int, int]:
-    """(x0, x1, y0, y1) kept by the crop (whole frame when disabled); InputError when empty."""
+def crop_box(shape, crop) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1) kept by the ``crop`` section (whole frame when disabled); InputError when empty."""
     H, W = shape
-    if not crop_cfg.enabled:
+    if not crop.enabled:
         return 0, W, 0, H
-    m = int(crop_cfg.margin)
+    m = int(crop.margin)
     x0, x1, y0, y1 = m, W - m, m, H - m
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"Invalid crop region: crop.margin={m} leaves nothing of a {W}x{H} frame")
@@ -299,6 +299,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the load stage reads from the config (built by :func:`tract7dt_mpi.stage_options.load_options`).
+
+    ``checks``, ``crop`` and ``saturation_cut`` are the config sections of those names
+    (``source_saturation_cut`` for the last); ``need_psf``: every band needs a PSFEx file
+    (``patch_run.psf_source: psfex``).
+    """
+
+    input_catalog: str
+    image_list_file: str
+    config_dir: str
+    work_dir: str
+    zp_ref: float
+    checks: object
+    crop: object
+    saturation_cut: object
+    need_psf: bool
+
+
 @dataclass
 class LoadResult:
     """Everything later stages need from the load stage (per-band arrays live in the store)."""
@@ -327,10 +347,8 @@ class LoadResult:
         return saturation_hits(x, y, [self.satur_pixels[b] for b in use], radius, require_all)
 
 
-def _headers_pass(paths, cfg, logger):
+def _headers_pass(paths, zp_ref, checks, logger):
     """Read and check every header; returns (infos, shape, ref_wcs) without touching pixels."""
-    zp_ref = float(cfg.image_scaling.zp_ref)
-    checks = cfg.checks
     infos, shape, ref_wcs, seen = [], None, None, {}
     for path in paths:
         hdr = fio.read_header(path)
@@ -355,7 +373,7 @@ def _headers_pass(paths, cfg, logger):
     return infos, shape, ref_wcs
 
 
-def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: bool = True,
+def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = None, plots: bool = True,
                 on_band=None) -> LoadResult:
     """Run stage S1 and return a :class:`LoadResult`; per-band arrays go to ``writer``
     (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed.
@@ -365,43 +383,43 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     logger = logger or log
     t_all = time.perf_counter()
     tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0)
-    cat_path = cfg.inputs.input_catalog
+    cat_path = opts.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
-    entries = read_image_entries(cfg.inputs.image_list_file, cfg.config_dir)
+    entries = read_image_entries(opts.image_list_file, opts.config_dir)
     paths = [e.image for e in entries]
-    logger.info("Image list: %d image(s) from %s", len(paths), cfg.inputs.image_list_file)
-    infos, shape, ref_wcs = _headers_pass(paths, cfg, logger)
-    infos = _with_entry_files(infos, entries, shape, cfg)
+    logger.info("Image list: %d image(s) from %s", len(paths), opts.image_list_file)
+    infos, shape, ref_wcs = _headers_pass(paths, float(opts.zp_ref), opts.checks, logger)
+    infos = _with_entry_files(infos, entries, shape, opts.need_psf)
     check_bands(catalog, [i.band for i in infos], cat_path, logger)
 
     t0 = time.perf_counter()
-    x0, x1, y0, y1 = crop_box(shape, cfg.crop)
+    x0, x1, y0, y1 = crop_box(shape, opts.crop)
     wcs = ref_wcs[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, shape[1], shape[0]) else ref_wcs.deepcopy()
     wshape = (y1 - y0, x1 - x0)
     catalog = catalog.copy()
     catalog["_row"] = np.arange(len(catalog), dtype=np.int64)
     xw, yw = project_catalog(catalog, cmap, wcs)
     catalog["x_pix_white"], catalog["y_pix_white"] = xw, yw
-    cropping = bool(cfg.crop.enabled)
+    cropping = bool(opts.crop.enabled)
     inside = np.isfinite(xw) & (xw >= 0) & (xw < wshape[1]) & (yw >= 0) & (yw < wshape[0])
     no_coords = _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger)
     catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
     catalog["excluded_coords"] = no_coords
     tm["crop"] += time.perf_counter() - t0
 
-    sc = cfg.source_saturation_cut
+    sc = opts.saturation_cut
     sat_on = bool(sc.enabled)
     satcut = SaturationCut(xw, yw, float(sc.radius_pix), bool(sc.require_all_bands))
     divisor = float(sc.saturation_divisor)
     white = WhiteStack(wshape)
-    ds = max(1, int(cfg.crop.display_downsample))
-    pre_plot = plots and cropping and bool(cfg.crop.plot_pre_crop)
+    ds = max(1, int(opts.crop.display_downsample))
+    pre_plot = plots and cropping and bool(opts.crop.plot_pre_crop)
     white_full = WhiteStack((len(range(0, shape[0], ds)), len(range(0, shape[1], ds)))) if pre_plot else None
     satur_any = np.zeros(wshape, dtype=bool)
     satur_pixels, band_infos = {}, {}
     if writer is not None:
-        writer.create(wshape, x0, y0, float(cfg.image_scaling.zp_ref), fio.header_to_text(wcs.to_header(relax=True)))
+        writer.create(wshape, x0, y0, float(opts.zp_ref), fio.header_to_text(wcs.to_header(relax=True)))
 
     for k, info in enumerate(infos):  # ---- stream: one band in memory at a time ----
         t0 = t_band = time.perf_counter()
@@ -450,8 +468,7 @@ def load_inputs(cfg, writer=None, logger: logging.Logger | None = None, plots: b
     n_act = int((~catalog["excluded_any"]).sum())
     logger.info("Active (non-excluded) sources: %d/%d", n_act, len(catalog))
 
-    work_dir = cfg.outputs.work_dir
-    wcs_path = os.path.join(work_dir, "wcs.fits")
+    wcs_path = os.path.join(opts.work_dir, "wcs.fits")
     fio.write_wcs_snapshot(wcs_path, wcs, wshape)
     logger.info("Saved WCS snapshot: %s", wcs_path)
 
@@ -485,9 +502,8 @@ def _band_attrs(info: BandInfo) -> dict:
                 weight_kind=info.weight_kind, psf_file=info.psf_file)
 
 
-def _with_entry_files(infos, entries, shape, cfg):
+def _with_entry_files(infos, entries, shape, need_psf):
     """BandInfos with their weight map / PSFEx file from the image list or header (checked)."""
-    need_psf = cfg.patch_run.psf_source == "psfex"
     return [attach_entry_files(i, e, fio.header_from_text(i.header), shape, need_psf)
             for i, e in zip(infos, entries)]
 

@@ -57,7 +57,7 @@ def _fill_sky(df: pd.DataFrame, wcs, xcol: str, ycol: str, racol: str, deccol: s
 
 
 def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None, wcs,
-                  cfg=None, crop_offset=(0, 0)) -> pd.DataFrame:
+                  crop_offset=(0, 0)) -> pd.DataFrame:
     """Left-join ``results_table`` (concatenated PatchResult tables) onto ``base_catalog``.
 
     ``base_catalog`` needs ``_row`` (else its positional index is used); ``wcs`` is the working
@@ -65,7 +65,7 @@ def merge_catalog(base_catalog: pd.DataFrame, results_table: pd.DataFrame | None
     of the working frame in the input images (``LoadResult.crop``), for ``X_IMAGE``/``Y_IMAGE``.
     Duplicate ``_row`` in the results: warning, first kept. Returns the final catalog in base
     order, without ``_row``; the columns of the results store only (``columns.py``) are still in
-    it and are dropped when it is written. ``cfg`` is accepted for symmetry with other stages.
+    it and are dropped when it is written.
     """
     base = base_catalog.copy()
     if "_row" not in base.columns:

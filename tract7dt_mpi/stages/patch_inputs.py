@@ -1,18 +1,16 @@
 """One patch's in-memory unit of work: ROI cut-outs of every band, the PSF
 choice inputs and the catalog sub-table, built from the prepared-image store by any rank.
 
-Replaces the original gzip-pickle payloads: nothing is written by default;
-:func:`save_patch_inputs` dumps a patch to ``{patch_tag}.npz`` (arrays) + ``{patch_tag}.json``
-(catalog, band numbers, geometry) for debugging or re-running one patch, and
-:func:`load_patch_inputs` reads it back. No pickles are written or read anywhere.
+Replaces the original gzip-pickle payloads: nothing is written by default; for debugging or
+re-running one patch, :func:`patch_input_record` turns a patch into named arrays (cut-outs, PSF
+stamps) and a JSON-ready document (catalog, band numbers, geometry), which
+:mod:`tract7dt_mpi.io.patch_dumps` writes as ``{patch_tag}.npz`` + ``{patch_tag}.json``, and
+:func:`patch_input_from_record` turns them back into a PatchInput. No pickles anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io as _io
-import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,11 +122,12 @@ def _catalog_rows(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,
-                      cfg=None, extra: pd.DataFrame | None = None) -> PatchInput:
+                      outer: int = 0, extra: pd.DataFrame | None = None) -> PatchInput:
     """Read the ROI of every band from ``prepared`` (io.prepared.PreparedImages) into a PatchInput.
 
     ``psfs`` maps band -> PsfChoiceInput (missing bands get "no ePSF"); ``extra``: unmatched
-    saturated stars to model as halo sources (within ``epsf.final_psf_size // 2`` of the ROI).
+    saturated stars to model as halo sources (within ``outer`` px of the ROI: the pipeline uses
+    ``epsf.final_psf_size // 2``).
     """
     bands = list(prepared.bands)
     images, infos = {}, {}
@@ -138,8 +137,7 @@ def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: di
         infos[b] = prepared.band_info(b)
     choice = {b: psfs.get(b) or PsfChoiceInput(stamp=None) for b in bands}
     return PatchInput(spec=spec, bands=bands, images=images, band_info=infos,
-                      cat=patch_catalog(spec, catalog, extra,
-                                        int(cfg.epsf.final_psf_size) // 2 if cfg is not None else 0),
+                      cat=patch_catalog(spec, catalog, extra, int(outer)),
                       psfs=choice)
 
 
@@ -165,14 +163,9 @@ def _spec_json(spec: PatchSpec) -> dict:
     return d
 
 
-def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
-    """Write ``{tag}.npz`` (cut-outs, PSF stamps) and ``{tag}.json`` (everything else).
-
-    Both written to temporary names and renamed. Returns the two paths.
-    """
-    from ..io.atomic import atomic_write_bytes, atomic_write_text
-
-    os.makedirs(out_dir, exist_ok=True)
+def patch_input_record(pin: PatchInput) -> tuple[dict, dict]:
+    """(arrays, doc) of one patch: ``arrays`` name -> ndarray (cut-outs, PSF stamps), ``doc`` the
+    rest as plain JSON values (written by :func:`tract7dt_mpi.io.patch_dumps.write_patch_dump`)."""
     arrays = {}
     for b in pin.bands:
         c = pin.images[b]
@@ -181,10 +174,6 @@ def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
         st = pin.psfs[b].stamp if b in pin.psfs else None
         if st is not None:
             arrays[f"{b}/psf_stamp"] = np.asarray(st, np.float32)
-    buf = _io.BytesIO()
-    np.savez(buf, **arrays)
-    npz = os.path.join(out_dir, f"{pin.tag}.npz")
-    atomic_write_bytes(npz, buf.getvalue())
     doc = {
         "format": "tract7dt-mpi patch input v1",
         "spec": _spec_json(pin.spec),
@@ -199,22 +188,14 @@ def save_patch_inputs(pin: PatchInput, out_dir: str) -> tuple[str, str]:
                 "dtypes": [str(t) for t in pin.cat.dtypes],
                 "data": [[_plain(v) for v in row] for row in pin.cat.itertuples(index=False)]},
     }
-    js = os.path.join(out_dir, f"{pin.tag}.json")
-    atomic_write_text(js, json.dumps(doc, indent=1, allow_nan=True))
-    return npz, js
+    return arrays, doc
 
 
-def load_patch_inputs(json_path: str) -> PatchInput:
-    """Read back a dump written by :func:`save_patch_inputs` (path of the .json or .npz)."""
+def patch_input_from_record(doc: dict, arrs: dict) -> PatchInput:
+    """The PatchInput of a record made by :func:`patch_input_record` (read back from a dump by
+    :func:`tract7dt_mpi.io.patch_dumps.read_patch_dump`)."""
     from ..io.prepared import BandInfo, Cutout
 
-    base = os.path.splitext(json_path)[0]
-    try:
-        with open(base + ".json", encoding="utf-8") as fh:
-            doc = json.load(fh)
-        arrs = np.load(base + ".npz", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read patch input dump {base}.json/.npz: {exc}") from None
     sd = dict(doc["spec"])
     for k in ("n_sources", "n_halo_sources"):
         sd.pop(k, None)

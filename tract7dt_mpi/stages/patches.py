@@ -95,19 +95,29 @@ def cell_bounds(shape: tuple[int, int], epsf_ngrid: int) -> tuple[list, list]:
     return _splits(0, h, n, "epsf.epsf_ngrid"), _splits(0, w, n, "epsf.epsf_ngrid")
 
 
-def build_patch_plan(shape, active_cells: Iterable[tuple[int, int]] | None, cfg) -> list[PatchSpec]:
+@dataclass(frozen=True)
+class PlanOptions:
+    """The grid of the patch plan (built by :func:`tract7dt_mpi.stage_options.plan_options`):
+    ``epsf.epsf_ngrid``, ``epsf.ngrid``, ``epsf.final_psf_size`` and ``patches.halo_pix_min``."""
+
+    epsf_ngrid: int
+    ngrid: int
+    final_psf_size: int
+    halo_pix_min: int
+
+
+def build_patch_plan(shape, active_cells: Iterable[tuple[int, int]] | None, opts: PlanOptions) -> list[PatchSpec]:
     """Patch geometry for every active cell (row-major er, ec, pr, pc); no sources yet.
 
     ``shape`` is the working-frame (H, W); ``active_cells`` an iterable of (epsf_r, epsf_c) or None
-    for all cells. Uses ``cfg.epsf.epsf_ngrid``, ``cfg.epsf.ngrid``, ``cfg.epsf.final_psf_size`` and
-    ``cfg.patches.halo_pix_min``.
+    for all cells.
     """
     h, w = int(shape[0]), int(shape[1])
-    n_cell = int(cfg.epsf.epsf_ngrid)
-    ngrid = int(cfg.epsf.ngrid)
+    n_cell = int(opts.epsf_ngrid)
+    ngrid = int(opts.ngrid)
     if ngrid < 1:
         raise InputError(f"epsf.ngrid: expected an integer >= 1, got {ngrid}")
-    halo = halo_pix(cfg.epsf.final_psf_size, cfg.patches.halo_pix_min)
+    halo = halo_pix(opts.final_psf_size, opts.halo_pix_min)
     rows, cols = cell_bounds((h, w), n_cell)
     if active_cells is None:
         cells = [(r, c) for r in range(n_cell) for c in range(n_cell)]

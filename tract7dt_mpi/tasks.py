@@ -1,9 +1,12 @@
-"""The pipeline's units of work and rank-0 steps, called by :mod:`tract7dt_mpi.pipeline`.
+"""The units of work the ranks run; :mod:`tract7dt_mpi.pipeline` decides their order and which rank
+runs each.
 
-Everything here is MPI-free: rank-0 steps (load, augmentation, bright mask, patch plan, merge, ZP,
-summary files) and the two task functions (one ePSF cell, one patch) that any rank runs from a
-small task descriptor plus state every rank already holds (config, working catalog, ePSF stamps,
-patch plan).  Task results depend on the task only, never on the rank that ran it.
+Everything here is MPI-free: the rank-0 steps (load, augmentation, bright mask, patch plan, merge,
+ZP, the ePSF and run summaries, reading back what an earlier command wrote) and the task functions
+(one ePSF cell, one patch, one patch dump, one summary figure) that any rank runs from a small
+task descriptor plus state every rank already holds (config, working catalog, ePSF stamps, patch
+plan).  Task results depend on the task only, never on the rank that ran it.  Stages get their
+options from :mod:`tract7dt_mpi.stage_options`.
 """
 
 from __future__ import annotations
@@ -55,14 +58,15 @@ def _band_loaded(i, n, band, sec, shape):
 def load_step(cfg, write_store: bool = True, plots: bool = True):
     """S1: stream bands into the prepared store (``mpi.prepared_store``); return LoadResult."""
     from .io.prepared import PreparedWriter
+    from .stage_options import load_options
     from .stages.load import load_inputs
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     if not write_store:
-        res = load_inputs(cfg, writer=None, logger=log, plots=plots, on_band=_band_loaded)
+        res = load_inputs(load_options(cfg), writer=None, logger=log, plots=plots, on_band=_band_loaded)
     else:
         writer = PreparedWriter(cfg.mpi.prepared_store)
         try:
-            res = load_inputs(cfg, writer=writer, logger=log, plots=plots, on_band=_band_loaded)
+            res = load_inputs(load_options(cfg), writer=writer, logger=log, plots=plots, on_band=_band_loaded)
         except BaseException:
             writer.abort()
             raise
@@ -75,8 +79,9 @@ def load_step(cfg, write_store: bool = True, plots: bool = True):
 
 def augment_step(cfg, load_res, plots: bool = True):
     """S2 (zp.enabled): Gaia augmentation; returns the working catalog."""
+    from .stage_options import gaia_options
     from .stages.gaia import run_augment_gaia
-    cat, info = run_augment_gaia(cfg, load_res, logger=log)
+    cat, info = run_augment_gaia(gaia_options(cfg), load_res, logger=log)
     if plots:
         from .figures import draw_gaia
         draw_gaia(cfg, load_res.white, cat, info, log)
@@ -87,8 +92,9 @@ def augment_step(cfg, load_res, plots: bool = True):
 def bright_mask_step(cfg, load_res, write_store: bool = True, plots: bool = True):
     """S3: bright-source mask into the prepared store + ``affected_by_bright_mask``."""
     from .io.prepared import PreparedWriter
+    from .stage_options import bright_mask_options
     from .stages.bright_mask import run_bright_mask
-    cat, mask, info = run_bright_mask(cfg, load_res.catalog, load_res.white, load_res.sigma_white,
+    cat, mask, info = run_bright_mask(bright_mask_options(cfg), load_res.catalog, load_res.white, load_res.sigma_white,
                                       load_res.satur_any, load_res.wcs, logger=log)
     if plots:
         from .figures import draw_bright_mask
@@ -105,6 +111,16 @@ def save_working_catalog(cfg, catalog: pd.DataFrame) -> str:
     """The base catalog of this run (flags, pixels, ``_row``) for ``run-patches``/``merge``."""
     from .io.atomic import atomic_write_csv
     return atomic_write_csv(os.path.join(cfg.outputs.work_dir, WORKING_CATALOG), catalog)
+
+
+def listed_image_files(cfg) -> list[str]:
+    """The image files the image list names (none when there is no list), for the plan hash."""
+    from .io.fits import split_hdu_spec
+    from .stages.image_list import read_image_entries
+    lst = cfg.inputs.image_list_file
+    if not (lst and os.path.isfile(lst)):
+        return []
+    return [split_hdu_spec(e.image)[0] for e in read_image_entries(lst, cfg.config_dir)]
 
 
 def read_working_catalog(cfg) -> pd.DataFrame:
@@ -133,6 +149,14 @@ def prepared_frame(cfg):
         raise InputError(f"{path} not found: run 'run', 'build-patches' or 'run-epsf' first")
     with PreparedImages(path) as p:
         return tuple(p.shape), list(p.bands), p.wcs, (p.crop_x0, p.crop_y0)
+
+
+def saved_inputs(cfg):
+    """(working catalog, frame shape, bands, active cells) of an earlier ``run``/``build-patches``
+    (``run-patches`` starts from them)."""
+    shape, bands, _wcs, _crop = prepared_frame(cfg)
+    cat = read_working_catalog(cfg)
+    return cat, shape, bands, active_cells(cfg, cat, shape)
 
 
 def active_cells(cfg, catalog, shape):
@@ -249,15 +273,21 @@ class Worker:
         return patch_psf_choices(self.psfs, spec, self.prepared.shape, int(self.cfg.epsf.epsf_ngrid),
                                  int(pr.min_epsf_nstars_for_use), pr.epsf_interpolation)
 
-    def patch_fit(self, task: Task) -> TaskResult:
-        from .stages.fit import fit_patch_input, write_patch_products
+    def patch_input(self, spec):
+        """The PatchInput of one patch, read from the prepared store."""
+        from .stage_options import psf_reach
         from .stages.patch_inputs import build_patch_input
+        return build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), psf_reach(self.cfg),
+                                 self.saturated_stars)
+
+    def patch_fit(self, task: Task) -> TaskResult:
+        from .stage_options import fit_options
+        from .stages.fit import fit_patch_input, write_patch_products
         spec = self.plan[task.payload]
         t0 = time.perf_counter()
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
-                                self.saturated_stars)
+        pin = self.patch_input(spec)
         out_dir = self.cfg.outputs.patch_results_dir
-        res = fit_patch_input(pin, self.cfg)
+        res = fit_patch_input(pin, fit_options(self.cfg))
         if res.plot is not None:       # None: nothing was fitted, no products (as fit_patch_input)
             if self.cfg.plotting.level != "none":
                 from .summary_steps import write_residual_part
@@ -265,7 +295,7 @@ class Worker:
             if self.cfg.plotting.level == "full":
                 from .figures import draw_patch
                 draw_patch(res, out_dir, self.cfg)
-            write_patch_products(res, out_dir, self.cfg)
+            write_patch_products(res, out_dir)
         write_runner_log(out_dir, spec.patch_tag, "ok", time.perf_counter() - t0)
         return TaskResult(rows=res.table, data=None)
 
@@ -274,11 +304,10 @@ class Worker:
         return run_summary_task(self.cfg, self.prepared, self.plan, task)
 
     def patch_dump(self, task: Task) -> TaskResult:
-        from .stages.patch_inputs import build_patch_input, save_patch_inputs
-        spec = self.plan[task.payload]
-        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), self.cfg,
-                                self.saturated_stars)
-        save_patch_inputs(pin, self.cfg.outputs.patch_inputs_dir)
+        from .io.patch_dumps import write_patch_dump
+        from .stages.patch_inputs import patch_input_record
+        pin = self.patch_input(self.plan[task.payload])
+        write_patch_dump(self.cfg.outputs.patch_inputs_dir, pin.tag, *patch_input_record(pin))
         return TaskResult()
 
 
@@ -392,6 +421,64 @@ def psf_choices(cfg, stamps: dict):
     return out
 
 
+def collect_epsf_cells(tasks, skipped, metas):
+    """Stamps {band: {tag: (stamp, nstars)}} and the cell metas in task order, from the cells run
+    now (``metas``: task id -> (meta, stamp)) and those carried over (``skipped``, same form)."""
+    stamps, ordered = {}, []
+    for t in tasks:
+        meta, stamp = skipped.get(t.id) or metas.get(t.id) or (None, None)
+        if meta is None:
+            continue
+        ordered.append(meta)
+        if stamp is not None:
+            stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
+                stamp, meta.get("nstars_used"))
+    return stamps, ordered
+
+
+def write_epsf_summary(cfg, metas):
+    """``epsf_summary.json`` of the cells and the count/failure lines of the log."""
+    from .io.atomic import atomic_write_json
+    from .stages.epsf import count_status, epsf_summary
+    os.makedirs(cfg.outputs.epsf_dir, exist_ok=True)
+    atomic_write_json(os.path.join(cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
+    total, ok, fail = count_status(metas)
+    log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
+    from .stages.epsf_select import failure_summary
+    for line in failure_summary(metas):
+        log.info(line)
+
+
+def stamps_from_disk(cfg, bands, cells, prepared):
+    """The stamps of an earlier ePSF phase, as :func:`with_psf_fields` returns them after a run
+    (``prepared``: the prepared store, for the bright-star wings)."""
+    from .stages.epsf import cell_tag
+    stamps, metas = {}, []
+    for b in bands:
+        for r, c in cells:
+            got = epsf_from_disk(cfg, b, cell_tag(r, c))
+            if got is not None:
+                metas.append(got[0])
+            if got is not None and got[1] is not None:
+                stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
+    return with_psf_fields(cfg, with_psf_flux_errors(stamps, metas), metas, prepared.shape, prepared,
+                           read_working_catalog(cfg))
+
+
+def store_epsf_stamps(stamps):
+    """band -> (tags, stacked stamps, nstars) for the results store; bands whose cells have mixed
+    stamp sizes are left out (they stay in the ePSF folders only)."""
+    from .stages.psf_poly import FIELD_KEY
+    out = {}
+    for band, cells in (stamps or {}).items():
+        tags = sorted(t for t in cells if t != FIELD_KEY)
+        shapes = {cells[t][0].shape for t in tags}
+        if len(shapes) != 1:
+            continue
+        out[band] = (tags, np.stack([cells[t][0] for t in tags]), [cells[t][1] for t in tags])
+    return out
+
+
 def epsf_from_disk(cfg, band, tag):
     """(meta, stamp) of an ePSF cell written by an earlier run (resume); None when incomplete."""
     cell = os.path.join(cfg.outputs.epsf_dir, band, tag)
@@ -430,8 +517,9 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
     """Base/halo rows of every patch; the halo reaches one PSF radius beyond the ROI. With the
     frame ``shape``, ROIs too small for one of their galaxies' extents are grown and assigned
     again (``patches.big_source_re_factor``)."""
+    from .stage_options import psf_reach
     from .stages.patches import assign_sources, grow_for_big_sources, source_extents
-    kw = dict(n_bands=n_bands, outer=int(cfg.epsf.final_psf_size) // 2)
+    kw = dict(n_bands=n_bands, outer=psf_reach(cfg))
     plan = assign_sources(geom, catalog, bool(cfg.patch_inputs.skip_empty_patch), **kw)
     factor = float(cfg.patches.big_source_re_factor)
     light = _light_sizes(cfg, catalog) if cfg.patches.big_source_from_light else None
@@ -449,8 +537,9 @@ def assign_plan(cfg, geom, catalog, n_bands, shape=None):
 
 def patch_plan(cfg, catalog, shape, cells, n_bands):
     """Patch geometry and source assignment; writes patches.csv/json."""
+    from .stage_options import plan_options
     from .stages.patches import build_patch_plan, write_patch_plan
-    geom = build_patch_plan(shape, cells, cfg)
+    geom = build_patch_plan(shape, cells, plan_options(cfg))
     plan = assign_plan(cfg, geom, catalog, n_bands, shape)
     write_patch_plan(plan, cfg.outputs.patches_dir)
     halo = geom[0].halo_pix if geom else 0
@@ -525,10 +614,22 @@ def merge_step(cfg, base_catalog, results, wcs, crop_offset=(0, 0)):
     # RA/DEC of the fits are computed by merge from the fitted pixels; the store holds NaN there
     sky = [c for c in results.columns if re.fullmatch(r"(RA|DEC)(_.+)?_fit", c)
            and results[c].isna().all()]
-    out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, cfg, crop_offset=crop_offset)
+    out = merge_catalog(base_catalog, results.drop(columns=sky), wcs, crop_offset=crop_offset)
     out = _fitted_psf_errors(cfg, out)
     write_catalog_files(cfg, out)
     return out
+
+
+def merge_saved(cfg):
+    """``merge`` alone: the plan again from the working catalog and the prepared store's frame, then
+    :func:`merge_step` (the input images are not read)."""
+    from .stage_options import plan_options
+    from .stages.patches import build_patch_plan
+    cat = read_working_catalog(cfg)
+    shape, bands, wcs, crop = prepared_frame(cfg)
+    cells = active_cells(cfg, cat, shape)
+    plan = assign_plan(cfg, build_patch_plan(shape, cells, plan_options(cfg)), cat, len(bands), shape)
+    return merge_step(cfg, cat, results_table(cfg, plan), wcs, crop)
 
 
 def write_catalog_files(cfg, catalog, zp_summary=None):

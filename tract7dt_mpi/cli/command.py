@@ -14,8 +14,8 @@ import sys
 import time
 import traceback
 
-from ._version import __version__
-from .errors import (EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, InputError, disk_full_error,
+from .._version import __version__
+from ..errors import (EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, InputError, disk_full_error,
                      is_disk_full)
 
 PROG = "tract7dt-mpi"
@@ -36,7 +36,7 @@ _VALUE_OPTIONS = {"--config", "-c", "--deadline", "--log-level", "--out", "--ban
 
 
 def _rank_size():
-    from .logsetup import launcher_rank_size
+    from ..logsetup import launcher_rank_size
     return launcher_rank_size()
 
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, help="random seed (default 7)")
     sp.add_argument("--sources", type=int, help="number of catalogued sources")
     sp.add_argument("--full-size", action="store_true", help="full 7DT tile size (slow)")
-    from .sample.options import add_option_arguments
+    from ..sample.options import add_option_arguments
     add_option_arguments(sp)          # scene options: --psf, --psf-beta, --blends, ... (sample/options.py)
     sp = sub.add_parser("simulate-scaling", help="predict wall time at other rank counts from a results store")
     sp.add_argument("--store", required=True, help="results.h5 of a finished run")
@@ -148,7 +148,7 @@ def _abort_if_mpi(code: int) -> None:
 def _init_runtime(cfg):
     """Thread variables and MPI (when launched by an MPI launcher); return (rank, size)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from .parallel import mpienv
+    from ..parallel import mpienv
     mpienv.set_thread_env(mpienv.configured_threads(cfg))   # job scripts' variable wins
     mpi = mpienv.get_mpi(cfg.mpi.threads_per_rank)
     if mpi is None:
@@ -191,7 +191,7 @@ def _pipeline_entry(command: str):
 
 
 def _run_pipeline(args, argv, state) -> int:
-    from .config import load_config
+    from ..config import load_config
 
     cfg_path = args.config or args.config_pos
     if args.config and args.config_pos and os.path.abspath(args.config) != os.path.abspath(args.config_pos):
@@ -209,7 +209,7 @@ def _run_pipeline(args, argv, state) -> int:
 
     rank, size = _init_runtime(cfg)
     state.update(rank=rank, size=size)
-    from .parallel.workdir import claim_work_dir
+    from ..parallel.workdir import claim_work_dir
     lock = claim_work_dir(cfg, " ".join([PROG] + list(argv)), bool(args.force_unlock))
     try:
         return _run_locked(args, argv, state, cfg, deadline, run_command, lock)
@@ -219,7 +219,7 @@ def _run_pipeline(args, argv, state) -> int:
 
 
 def _run_locked(args, argv, state, cfg, deadline, run_command, lock) -> int:
-    from .logsetup import log_config, log_header, setup_logging, snapshot_config
+    from ..logsetup import log_config, log_header, setup_logging, snapshot_config
     rank, size = state["rank"], state["size"]
     logger, logfile = setup_logging(cfg, args.command, rank, size)
     state.update(logger=logger, logfile=logfile)
@@ -237,7 +237,7 @@ def _run_locked(args, argv, state, cfg, deadline, run_command, lock) -> int:
 
 
 def _dump_config(args) -> int:
-    from .config.template import render_template, write_template
+    from ..config.template import render_template, write_template
     if args.out == "-":
         sys.stdout.write(render_template())
         return EXIT_OK
@@ -254,7 +254,7 @@ def _make_sample(args, rank: int) -> int:
                                            ("n_sources", "sources")) if getattr(args, a) is not None}
     if args.full_size:
         kw["full_size"] = True
-    from .sample.options import options_from_namespace
+    from ..sample.options import options_from_namespace
     out = make_sample(args.out_dir, **kw, **options_from_namespace(args))
     cfg = out.get("config") if isinstance(out, dict) else None
     print(f"Sample tile written to {os.path.abspath(args.out_dir)}"
@@ -282,7 +282,7 @@ def _disk_full_exit(exc: OSError, state) -> int:
     msg = str(err) + (" with --resume" if code == EXIT_RESUMABLE else "")
     _say(f"error: {msg}", state["rank"], state["size"], all_ranks=True)
     if state["logger"] is not None:
-        from .logsetup import log_to_files
+        from ..logsetup import log_to_files
         log_to_files(state["logger"], 40, f"Disk full: {msg}", exc_info=sys.exc_info())
     _abort_if_mpi(code)
     return code
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         _say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", state["rank"])
         if state["logger"] is not None:
-            from .logsetup import log_to_files
+            from ..logsetup import log_to_files
             log_to_files(state["logger"], 40, f"Input error: {exc}")
         if not getattr(exc, "collective", False):    # else every rank stops by itself
             _abort_if_mpi(EXIT_INPUT)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (full traceback in {logfile})" if logfile else ""
         _say(f"internal error: {type(exc).__name__}: {first}{where}", state["rank"], state["size"], all_ranks=True)
         if state["logger"] is not None and logfile:
-            from .logsetup import log_to_files
+            from ..logsetup import log_to_files
             log_to_files(state["logger"], 50, f"Unhandled exception: {type(exc).__name__}: {exc}",
                          exc_info=sys.exc_info())
         else:
