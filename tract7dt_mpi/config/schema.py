@@ -350,7 +350,7 @@ class PatchRun:
 class MoffatPsf:
     fwhm_default_pix: float = K(4.0, "float", _PX, "Legacy; ignored.", gt=0,
                                 legacy="is ignored; use patch_run.fallback_default_fwhm_pix")
-    beta: float = K(3.5, "float", _NONE, "Moffat power index (> 1).", gt=1)
+    beta: float = K(3.5, "float", _NONE, "Moffat power index (> 1) of the fallback PSF of a band whose stars give none (each band's own beta, fitted to its stars at load, comes first).", gt=1)
     radius_pix: float = K(25.0, "float", _PX, "Moffat stamp half-size (side 2*ceil(r)+1).", gt=0)
     module_path: str | None = K(None, "path", _NONE, "Legacy; ignored.", null=True,
                                 legacy="is ignored; the Moffat PSF is built in")

@@ -56,6 +56,8 @@ class BandInfo:
     weight: str = ""         # FITS spec of the weight / RMS map ("" = none: scalar SKYSIG)
     weight_kind: str = ""    # "weight" (inverse variance) or "rms"
     psf_file: str = ""       # PSFEx model of the image ("" = none)
+    star_fwhm_pix: float = float("nan")   # Moffat FWHM fitted to the band's stars (stages.star_moffat)
+    star_beta: float = float("nan")       # and its beta: the analytic fallback's PSF
 
     @property
     def saturate_scaled(self) -> float:
@@ -263,7 +265,9 @@ class PreparedImages:
                 egain=float(a["egain"]), saturate=float(a.get("saturate", np.inf)),
                 fwhm_pix=float(a.get("fwhm_pix", np.nan)), all_nan=bool(a.get("all_nan", False)),
                 header=str(a.get("header", "")), weight=str(a.get("weight", "")),
-                weight_kind=str(a.get("weight_kind", "")), psf_file=str(a.get("psf_file", "")))
+                weight_kind=str(a.get("weight_kind", "")), psf_file=str(a.get("psf_file", "")),
+                star_fwhm_pix=float(a.get("star_fwhm_pix", np.nan)),
+                star_beta=float(a.get("star_beta", np.nan)))
         return self._info[band]
 
     def _box(self, y0, y1, x0, x1):

@@ -56,9 +56,12 @@ def header_fwhm_pix(header_text: str) -> float:
 
 
 def fallback_fwhm(info, default_fwhm: float) -> tuple[float, str]:
-    """FWHM (px, >= 1) for the fallback PSF and where it came from."""
-    v = float(getattr(info, "fwhm_pix", float("nan")))
-    src = "prepared fwhm_pix"
+    """FWHM (px, >= 1) for the fallback PSF and where it came from: the band's stars, the header
+    (seeing), or the configured default."""
+    v = float(getattr(info, "star_fwhm_pix", float("nan")))
+    src = "the band's stars"
+    if not (math.isfinite(v) and v > 0):
+        v, src = float(getattr(info, "fwhm_pix", float("nan"))), "prepared fwhm_pix"
     if not (math.isfinite(v) and v > 0):
         v = header_fwhm_pix(getattr(info, "header", ""))
         src = "header PEEING/SEEING"
@@ -75,8 +78,9 @@ def gaussian_stamp(sigma: float, radius: float) -> np.ndarray:
     return st / st.sum()
 
 
-def fallback_psf(fwhm: float, pr, moffat):
-    """The fallback PSF object of ``patch_run.psf_fallback_model`` and a short description."""
+def fallback_psf(fwhm: float, pr, moffat, star_beta: float = float("nan")):
+    """The fallback PSF object of ``patch_run.psf_fallback_model`` and a short description; a
+    Moffat takes the band's own ``star_beta`` when known, else ``moffat_psf.beta``."""
     eng = _engine()
     model = str(pr.psf_fallback_model)
     sigma = fwhm * FWHM_TO_SIGMA
@@ -89,6 +93,8 @@ def fallback_psf(fwhm: float, pr, moffat):
             f"NCircularGaussianPSF(n={n}, fwhm={fwhm:.3f})"
     if model == "moffat":
         beta, radius = float(moffat.beta), float(moffat.radius_pix)
+        if math.isfinite(star_beta) and star_beta > 1:
+            beta = round(float(star_beta), 3)
         if not beta > 1:
             raise InputError(f"moffat_psf.beta: expected > 1, got {beta}")
         if not radius >= 1:
@@ -160,7 +166,7 @@ def choose_psf(band: str, choice, info, pr, moffat):
     else:
         audit["fallback_reason"] = "missing ePSF"
     fwhm, src = fallback_fwhm(info, float(pr.fallback_default_fwhm_pix))
-    psf, desc = fallback_psf(fwhm, pr, moffat)
+    psf, desc = fallback_psf(fwhm, pr, moffat, float(getattr(info, "star_beta", float("nan"))))
     audit.update(psf_model=str(pr.psf_fallback_model), psf_desc=desc, fallback_fwhm_pix=fwhm,
                  fallback_fwhm_source=src, psf_flux_in_stamp=fallback_flux_in_stamp(psf))
     if audit["fallback_reason"].startswith("low-star"):

@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from ..io.prepared import MASK_NONFINITE, MASK_SATURATED, BandInfo
 from . import data_checks
 from .catalog import ColumnMap, check_bands, read_catalog, validate_catalog
 from .image_list import attach_entry_files, read_image_entries, read_image_list
+from .star_moffat import band_moffat
 from .weights import band_ivar, sigma_from_ivar
 
 __all__ = ["read_image_list", "parse_band_header", "prepare_band", "PreparedBand", "check_alignment",
@@ -406,6 +407,7 @@ def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = 
     no_coords = _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger)
     catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
     catalog["excluded_coords"] = no_coords
+    star_xy = _star_candidates(catalog, cmap.type)
     tm["crop"] += time.perf_counter() - t0
 
     sc = opts.saturation_cut
@@ -431,6 +433,7 @@ def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = 
         data_checks.check_not_constant(raw, info.path)
         pb = prepare_band(raw, info, divisor, logger)
         del raw
+        pb.info = _with_star_moffat(pb, star_xy, logger)
         ivar = _weight_masked(pb, band_ivar(pb.info, (y0, y1, x0, x1), logger))
         tm["prep"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -499,13 +502,42 @@ def _band_attrs(info: BandInfo) -> dict:
     return dict(filter=info.filter, path=info.path, scale=info.scale, zp_auto=info.zp_auto,
                 skysig=info.skysig, egain=info.egain, saturate=info.saturate, fwhm_pix=info.fwhm_pix,
                 all_nan=info.all_nan, header=info.header, weight=info.weight,
-                weight_kind=info.weight_kind, psf_file=info.psf_file)
+                weight_kind=info.weight_kind, psf_file=info.psf_file,
+                star_fwhm_pix=info.star_fwhm_pix, star_beta=info.star_beta)
 
 
 def _with_entry_files(infos, entries, shape, need_psf):
     """BandInfos with their weight map / PSFEx file from the image list or header (checked)."""
     return [attach_entry_files(i, e, fio.header_from_text(i.header), shape, need_psf)
             for i, e in zip(infos, entries)]
+
+
+def _star_candidates(catalog, type_col: str | None) -> np.ndarray:
+    """Working-frame (x, y) of the rows the fallback Moffat is fitted to: the catalogue's STAR
+    rows when it types any, else every row (stages.star_moffat keeps the stellar locus)."""
+    x = pd.to_numeric(catalog["x_pix_white"], errors="coerce").to_numpy(float)
+    y = pd.to_numeric(catalog["y_pix_white"], errors="coerce").to_numpy(float)
+    sel = np.ones(len(catalog), bool)
+    if type_col and type_col in catalog.columns:
+        star = catalog[type_col].astype(str).str.strip().str.upper().eq("STAR").to_numpy()
+        if star.sum() >= 3:
+            sel = star
+    return np.stack([x[sel], y[sel]], axis=1)
+
+
+def _with_star_moffat(pb: PreparedBand, xy, logger) -> BandInfo:
+    """The band's info with the Moffat FWHM and beta of its own stars (the fallback PSF)."""
+    if pb.info.all_nan or len(xy) == 0:
+        return pb.info
+    got = band_moffat(pb.img, pb.nonfinite | pb.satur, xy, pb.info.fwhm_pix)
+    if got is None:
+        logger.info("Band %s: no Moffat from its stars (fewer than 3 clean fits); the fallback PSF "
+                    "uses the header FWHM and moffat_psf.beta", pb.info.band)
+        return pb.info
+    logger.info("Band %s: stars' Moffat FWHM %.2f px, beta %.2f from %d stars (header FWHM %s)",
+                pb.info.band, got.fwhm, got.beta, got.n_stars,
+                f"{pb.info.fwhm_pix:.2f} px" if np.isfinite(pb.info.fwhm_pix) else "none")
+    return replace(pb.info, star_fwhm_pix=got.fwhm, star_beta=got.beta)
 
 
 def _weight_masked(pb: PreparedBand, ivar):
