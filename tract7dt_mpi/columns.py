@@ -117,7 +117,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("FLUX_{band}_fit", _F, _CNT, f"fitted total flux ({_CNT_NOTE}; divided by the PSF's enclosed fraction in its stamp; galaxies: the profile integrated to infinity under `patch_run.galaxy_flux: total`)", "multi"),
     Column("FLUXERR_{band}_fit", _F, _CNT, "1 sigma flux error (see `patch_run.flux_error_model`)", "multi"),
     Column("FLUXERR_STAT_{band}_fit", _F, _CNT, "statistical part of the 1 sigma error (sky, plus the source's Poisson noise under `flux_error_model: total`), without the band's PSF term: use it for S/N cuts", "multi"),
-    Column("PSFCHK_{band}_fit", _F, "", "fitted stars: residual of the patch model within 3 FWHM over the fitted flux; pooled at merge into the band's PSF flux error", "multi", "store"),
+    Column("PSFCHK_{band}_fit", _F, "", "fitted stars: flux fraction the fit missed, from the local-background-subtracted residual of the patch model within 2 FWHM; pooled at merge into the band's PSF flux error", "multi", "store"),
     Column("PSFCHK_ERR_{band}_fit", _F, "", "1 sigma noise of PSFCHK", "multi", "store"),
     *_opt("opt_converged", _B, None, "the optimizer reached `patch_run.dlnp_stop`, or this source's own share of the remaining gain is below 0.1 in ln p, or the last step gained less than 0.1; false whenever the source ended on a bound or its model ran away (see \"What `opt_converged` and `fit_is_reliable` promise\")"),
     *_opt("opt_hit_max_iters", _B, None, "stopped at the iteration limit without converging"),
