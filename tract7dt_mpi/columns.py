@@ -130,7 +130,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
     *(Column(f"dchisq_{m}", _F, "", f"chi^2 improvement (all bands) over no source of the source fitted alone as {m} on its footprint, its neighbours' fitted models subtracted (`patch_run.model_selection`); empty where no choice was made", "multi")
       for m in ("PSF", "EXP", "DEV", "SER")),
-    Column("flag_model_close", _B, None, "the model choice was close: the best two models' parameter-penalised dchisq differ by less than `patch_run.model_selection_dchisq` (soft tag `model_close`)", "multi"),
+    Column("flag_model_close", _B, None, "the model choice was close: a decision that led to it (galaxy over point source, EXP against DEV, SERSIC over EXP/DEV) lies within 4 in penalised chi^2 of its boundary (soft tag `model_close`)", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`; in single-band mode: in some band)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability
