@@ -123,7 +123,8 @@ def test_close_flags_a_faint_ambiguous_galaxy_only(chosen):
     srcs = [Source("exp", 30.6, 29.4, [1e3] * 3, re=2.0, ab=0.8)]
     res = fit_patch(ims, srcs, opts)
     c = choose_models(fit_patch, ims, srcs, res, opts, [0], 4.0, 9.0)[2][0]
-    gain = max(c.dchisq["exp"], c.dchisq["dev"]) - c.dchisq["star"] - 3.0 - 9.0 - 0.01 * c.dchisq["star"]
+    need = 3.0 + 9.0 + 0.01 * c.dchisq["star"]           # penalty + threshold + GALAXY_FRAC
+    gain = max(c.dchisq["exp"], c.dchisq["dev"]) - c.dchisq["star"] - need
     assert abs(gain) < CLOSE_DCHISQ and c.close
 
 

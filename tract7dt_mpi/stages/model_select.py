@@ -29,7 +29,8 @@ import numpy as np
 from ..engine import FitOptions, ImageData, Source
 from ..engine.problem import Problem
 
-__all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC", "CLOSE_DCHISQ"]
+__all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC",
+           "CLOSE_DCHISQ"]
 
 #: the models tried, as engine kinds, with their catalogue column suffixes
 MODELS = {"star": "PSF", "exp": "EXP", "dev": "DEV", "sersic": "SER"}
