@@ -117,7 +117,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("FLUX_{band}_fit", _F, _CNT, f"fitted total flux ({_CNT_NOTE}; divided by the PSF's enclosed fraction in its stamp; galaxies: the profile integrated to infinity under `patch_run.galaxy_flux: total`)", "multi"),
     Column("FLUXERR_{band}_fit", _F, _CNT, "1 sigma flux error (see `patch_run.flux_error_model`)", "multi"),
     Column("FLUXERR_STAT_{band}_fit", _F, _CNT, "statistical part of the 1 sigma error (sky, plus the source's Poisson noise under `flux_error_model: total`), without the band's PSF term: use it for S/N cuts", "multi"),
-    Column("PSFCHK_{band}_fit", _F, "", "fitted stars: residual of the patch model within 3 FWHM over the fitted flux; pooled at merge into the band's PSF flux error", "multi", "store"),
+    Column("PSFCHK_{band}_fit", _F, "", "fitted stars: flux fraction the fit missed, from the local-background-subtracted residual of the patch model within 2 FWHM; pooled at merge into the band's PSF flux error", "multi", "store"),
     Column("PSFCHK_ERR_{band}_fit", _F, "", "1 sigma noise of PSFCHK", "multi", "store"),
     *_opt("opt_converged", _B, None, "the optimizer reached `patch_run.dlnp_stop`, or this source's own share of the remaining gain is below 0.1 in ln p, or the last step gained less than 0.1; false whenever the source ended on a bound or its model ran away (see \"What `opt_converged` and `fit_is_reliable` promise\")"),
     *_opt("opt_hit_max_iters", _B, None, "stopped at the iteration limit without converging"),
@@ -130,7 +130,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
     *(Column(f"dchisq_{m}", _F, "", f"chi^2 improvement (all bands) over no source of the source fitted alone as {m} on its footprint, its neighbours' fitted models subtracted (`patch_run.model_selection`); empty where no choice was made", "multi")
       for m in ("PSF", "EXP", "DEV", "SER")),
-    Column("flag_model_close", _B, None, "the model choice was close: the best two models' parameter-penalised dchisq differ by less than `patch_run.model_selection_dchisq` (soft tag `model_close`)", "multi"),
+    Column("flag_model_close", _B, None, "the model choice was close: a decision that led to it (galaxy over point source, EXP against DEV, SERSIC over EXP/DEV) lies within 4 in penalised chi^2 of its boundary (soft tag `model_close`)", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`, or a shape fallback; in single-band mode: in some band)", "multi"),
     Column("flag_shape_fallback", _B, None, "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper Re bound or a bound of ellipticity or Sersic n, and it was refitted with its catalog shape held (soft tag `shape_fallback`)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),

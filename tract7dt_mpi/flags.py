@@ -46,8 +46,8 @@ TAGS = (
         "optimizer did not reach dlnp_stop but did not hit the iteration limit either"),
     Tag("all_psf_fallback", 7, False, "no band of the patch used a real ePSF (all fallback PSFs)"),
     Tag("model_close", 9, False,
-        "the model choice of patch_run.model_selection was close (flag_model_close): the best two "
-        "models differ by less than model_selection_dchisq in penalised chi^2"),
+        "the model choice of patch_run.model_selection was close (flag_model_close): one of its "
+        "decisions lies within 4 in penalised chi^2 of its boundary"),
     Tag("shape_fallback", 10, False,
         "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper "
         "Re bound or a bound of ellipticity or Sersic n; its flux is from a refit with the catalog shape held "

@@ -660,7 +660,7 @@ def _fitted_psf_errors(cfg, catalog):
     out, summary = apply_fitted_psf_errors(catalog, bands)
     for r in summary.itertuples():
         if r.psf_flux_err_frac is not None:
-            log.info("PSF flux error %s: %.2f%% from %d fitted stars above S/N %g (residual within 3 FWHM)",
+            log.info("PSF flux error %s: %.2f%% from %d fitted stars above S/N %g (local-background-subtracted residual within 2 FWHM)",
                      r.band, 100 * r.psf_flux_err_frac, r.n_stars, r.min_snr)
         else:
             log.info("PSF flux error %s: kept the ePSF stars' estimate (%d fitted stars usable)",

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from _truth import draw, galaxy, moffat, psf_stamp  # noqa: E402
 
 from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch  # noqa: E402
-from tract7dt_mpi.stages.model_select import NPARAMS, choose, choose_models, untyped_rows  # noqa: E402
+from tract7dt_mpi.stages.model_select import CLOSE_DCHISQ, NPARAMS, choose, choose_models, untyped_rows  # noqa: E402
 from tract7dt_mpi.stage_options import fit_options  # noqa: E402
 
 SHAPE = (110, 110)
@@ -79,12 +79,54 @@ def test_choice_rule():
     # ... plus 0.1 % of that galaxy's dchisq
     assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 90}, 9.0).kind == "exp"
     assert choose({"star": 0.0, "exp": 1e5, "dev": 9e4, "sersic": 1e5 + 130}, 9.0).kind == "sersic"
-    c = choose({"star": 0.0, "exp": 200.0, "dev": 195.0, "sersic": 201.0}, 9.0)
-    assert c.kind == "exp" and c.close
+    c = choose({"star": 0.0, "exp": 200.0, "dev": 198.0, "sersic": 201.0}, 9.0)
+    assert c.kind == "exp" and c.close                       # EXP and DEV within 4 in chi^2
+    assert not choose({"star": 0.0, "exp": 200.0, "dev": 195.0, "sersic": 201.0}, 9.0).close
     assert not choose({"star": 0.0, "exp": 200.0, "dev": 100.0, "sersic": 180.0}, 9.0).close
     # nothing computed: keep a point source, no flag
     c = choose({"star": np.nan, "exp": np.nan}, 9.0)
     assert c.kind == "star" and not c.close
+
+
+def test_close_marks_choices_a_small_chi2_change_flips():
+    """model_close: a decision within CLOSE_DCHISQ (chi^2) of its boundary, not the raw ranking
+    (a galaxy shrunk to a point source ties with it but loses by its penalty: not close)."""
+    assert CLOSE_DCHISQ == 4.0
+    # a faint point source whose galaxy fits reproduce it: the galaxy loses by 3 + 9, not close
+    assert not choose({"star": 60.0, "exp": 60.0, "dev": 59.5, "sersic": 59.0}, 9.0).close
+    # ... nor one whose galaxy gains what noise gives three more parameters (3.5 < 3 + 9 - 4)
+    assert not choose({"star": 60.0, "exp": 63.5, "dev": 62.0, "sersic": 63.0}, 9.0).close
+    # the galaxy misses the required gain (3 + 9) by 2, or passes it by 2: close either way
+    assert choose({"star": 60.0, "exp": 70.0, "dev": 62.0, "sersic": 70.0}, 9.0).close
+    c = choose({"star": 60.0, "exp": 74.0, "dev": 62.0, "sersic": 74.5}, 9.0)
+    assert c.kind == "exp" and c.close
+    # a SERSIC kept by a margin of 1 above EXP + 1 + 9 + 0.1 % of EXP's dchisq
+    c = choose({"star": 0.0, "exp": 1000.0, "dev": 900.0, "sersic": 1012.0}, 9.0)
+    assert c.kind == "sersic" and c.close
+    assert not choose({"star": 0.0, "exp": 1000.0, "dev": 900.0, "sersic": 1030.0}, 9.0).close
+    # a bright star and a bright galaxy
+    assert not choose({"star": 1e5, "exp": 1e5 - 10, "dev": 1e5 - 200, "sersic": 1e5 - 20}, 9.0).close
+    assert not choose({"star": 5e5, "exp": 6e5, "dev": 5.9e5, "sersic": 6e5}, 9.0).close
+
+
+def test_close_flags_a_faint_ambiguous_galaxy_only(chosen):
+    """GalSim: the bright star, EXP and DEV of the fixture are clear choices; a faint small EXP
+    galaxy (flux 200, r_e 1.5 px, S/N ~ 19), whose galaxy fit gains about the required chi^2
+    over a point source, is flagged."""
+    _, _, ch = chosen
+    assert not any(c.close for c in ch.values())
+    rng = np.random.default_rng(1)
+    shape = (60, 60)
+    clean = draw([(galaxy("exp", 200.0, 1.5, 0.7, 30.0), 30.2, 29.7)], shape, psf=moffat())
+    ims = [ImageData(b, clean * s + rng.normal(0, 2.0, shape), np.full(shape, 0.25),
+                     PixelizedPSF(psf_stamp(15))) for b, s in (("g", 0.8), ("r", 1.0), ("i", 1.2))]
+    opts = FitOptions(n_opt_iters=30)
+    srcs = [Source("exp", 30.6, 29.4, [1e3] * 3, re=2.0, ab=0.8)]
+    res = fit_patch(ims, srcs, opts)
+    c = choose_models(fit_patch, ims, srcs, res, opts, [0], 4.0, 9.0)[2][0]
+    need = 3.0 + 9.0 + 0.01 * c.dchisq["star"]           # penalty + threshold + GALAXY_FRAC
+    gain = max(c.dchisq["exp"], c.dchisq["dev"]) - c.dchisq["star"] - need
+    assert abs(gain) < CLOSE_DCHISQ and c.close
 
 
 def test_untyped_rows():

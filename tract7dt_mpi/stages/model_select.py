@@ -13,7 +13,8 @@ in the spirit of legacypipe's choice between PSF/REX/EXP/DEV/SER:
 * among galaxies the better of EXP and DEV is kept, and SERSIC only when it improves on that by a
   further ``threshold`` and ``SERSIC_FRAC`` of that galaxy's dchisq.
 
-The choice is "close" when the best two penalised models differ by less than ``threshold``. The
+The choice is "close" when one of the decisions that led to it lies within ``CLOSE_DCHISQ`` (4)
+of its boundary in chi^2, so that a change of the data's chi^2 that small flips it (:func:`choose`). The
 whole patch is then refitted once with the chosen models (only when a model changed; one unstaged
 pass from the first fit's values), so only the candidates pay: four small single-source fits
 each, plus at most one patch refit.
@@ -28,7 +29,8 @@ import numpy as np
 from ..engine import FitOptions, ImageData, Source
 from ..engine.problem import Problem
 
-__all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC"]
+__all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC",
+           "CLOSE_DCHISQ"]
 
 #: the models tried, as engine kinds, with their catalogue column suffixes
 MODELS = {"star": "PSF", "exp": "EXP", "dev": "DEV", "sersic": "SER"}
@@ -39,6 +41,9 @@ GALAXY_FRAC = 0.01
 #: SERSIC must also improve on the better of EXP/DEV by this fraction of that model's dchisq (on
 #: GalSim tiles: Sersic n = 2-3 galaxies gain 0.2-1 %, EXP and DEV galaxies up to ~0.05 %)
 SERSIC_FRAC = 0.001
+#: a decision of the choice whose chi^2 margin from its boundary is below this is "close"
+#: (flag_model_close): a change of the data's chi^2 by 4, a 2-sigma shift of one parameter, flips it
+CLOSE_DCHISQ = 4.0
 #: footprint half-size bounds (px) of the single-source fits
 MIN_HALF, MAX_HALF = 10, 64
 
@@ -63,25 +68,45 @@ class Choice:
     close: bool
 
 
-def choose(dchisq: dict, threshold: float) -> Choice:
-    """Penalised choice among the kinds of ``dchisq`` (chi^2 improvement over no source)."""
+def choose(dchisq: dict, threshold: float, close_dchisq: float = CLOSE_DCHISQ) -> Choice:
+    """Penalised choice among the kinds of ``dchisq`` (chi^2 improvement over no source).
+
+    Each decision of the rule compares a penalised chi^2 difference with a required gain (0 for
+    EXP against DEV); its margin is how far the difference lies from that boundary, i.e. by how
+    much the chi^2 of one model would have to change to flip it.  The choice is ``close`` when
+    a decision on the path to the chosen model has a margin below ``close_dchisq``: a star whose
+    best galaxy falls short of the required gain by less, a galaxy that passes it by less, EXP
+    and DEV within ``close_dchisq`` of each other (when one of them is kept), a SERSIC (or the
+    EXP/DEV kept instead) that near its boundary.  A source where a galaxy model merely
+    reproduces the point source (a galaxy shrunk to the PSF: equal chi^2, so the point source
+    wins by its penalty plus the required gain) is not close, nor is a point source whose galaxy
+    fit gains what noise gives three extra parameters (chi^2_3 exceeds 8 in 5 % of cases).
+    """
     pen = {k: v - NPARAMS[k] for k, v in dchisq.items() if np.isfinite(v)}
     if not pen:
         return Choice("star", dchisq, False)
     best = "star" if "star" in pen else max(pen, key=pen.get)
+    margins = []
     gals = [k for k in ("exp", "dev") if k in pen]
+    g = None
     if gals:
         g = max(gals, key=pen.get)
-        base = pen.get("star", -np.inf)
-        need = threshold + GALAXY_FRAC * max(dchisq.get("star", 0.0), 0.0)
-        if best != "star" or pen[g] - base > need:
+        if "star" in pen:
+            need = threshold + GALAXY_FRAC * max(dchisq.get("star", 0.0), 0.0)
+            gain = pen[g] - pen["star"] - need
+            margins.append(abs(gain))
+            if gain > 0:
+                best = g
+        else:
             best = g
-    if best != "star" and "sersic" in pen and \
-            pen["sersic"] - pen[best] > threshold + SERSIC_FRAC * max(dchisq[best], 0.0):
-        best = "sersic"
-    ranked = sorted(pen.values(), reverse=True)
-    close = len(ranked) > 1 and ranked[0] - ranked[1] < threshold
-    return Choice(best, dchisq, bool(close))
+    if best != "star" and "sersic" in pen:
+        ser = pen["sersic"] - pen[best] - threshold - SERSIC_FRAC * max(dchisq[best], 0.0)
+        margins.append(abs(ser))
+        if ser > 0:
+            best = "sersic"
+    if best in ("exp", "dev") and len(gals) == 2:
+        margins.append(abs(pen["exp"] - pen["dev"]))
+    return Choice(best, dchisq, bool(margins) and min(margins) < close_dchisq)
 
 
 def _box(images, x, y, half):

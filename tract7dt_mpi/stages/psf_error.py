@@ -10,10 +10,15 @@ a band the spread of ``delta`` beyond ``sigma`` is the PSF error of a source fit
 ePSFs (the change of the PSF within cells, between cells, and the ePSF's own noise). The fit
 stage adds that fraction of the flux to ``FLUXERR`` in quadrature (``flux_error_model: total``).
 
-After the patch fits the same check is repeated on every fitted star (``fitted_star_checks``: the
-residual of the whole patch model within 3 FWHM, so the PSF the fit actually used, interpolated
-between cells, and the fitted sky and neighbours are included); pooled over the band's stars at
-merge (``fitted_psf_flux_errors``) it replaces the ePSF-stage estimate when enough stars have it.
+After the patch fits the check is repeated on every fitted star (``fitted_star_checks``), with
+the PSF the fit actually used and the fitted sky and neighbours subtracted: aperture photometry of
+the residual within 2 FWHM, minus its local background from an annulus out to 4 FWHM (a neighbour's
+or the sky's smooth misfit moves an aperture sum ~10 times more than the PSF-fit flux, and is no
+PSF error), over the PSF's own annulus-subtracted aperture sum and the share of a width error the
+aperture sees (``width_capture``). Its noise is that of the linear estimate with the fit's flux
+taken out: the part of the aperture's noise the fit already put into the flux (and FLUXERR_STAT)
+is not counted again. Pooled over the band's brightest stars at merge (``fitted_psf_flux_errors``)
+it replaces the ePSF-stage estimate when enough stars have it.
 """
 from __future__ import annotations
 
@@ -137,9 +142,11 @@ def band_psf_flux_errors(metas) -> dict:
 
 # ---- the same check on the patch fits: every fitted star, with the PSF the fit used ----------
 
-#: aperture of the post-fit check in FWHM of the band's PSF (holds ~97 % of the flux a PSF-width
-#: error moves; 2 FWHM holds ~89 %)
-CHECK_FWHM = 3.0
+#: aperture of the post-fit check and the outer radius of its local-background annulus, in FWHM
+#: of the band's PSF.  A smaller aperture is less noisy and less sensitive to the neighbours'
+#: misfit; the part of a PSF-width error it does not see is restored by :func:`width_capture`.
+CHECK_FWHM = 2.0
+ANNULUS_FWHM = 4.0
 #: statistical S/N cuts tried in turn for the fitted stars of a band: the first that leaves
 #: CHECK_MIN_STARS stars is used.  Stars where the PSF term dominates their noise carry the
 #: information; fainter ones mostly add noise and the errors of the noise model.
@@ -147,17 +154,85 @@ CHECK_SNR_CUTS = (100.0, 50.0, 20.0)
 CHECK_MIN_STARS = 10
 
 
-def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius):
-    """(delta, sigma) per star of one band from a patch fit: the residual of the whole model
-    (data - every source - sky) summed within ``radius`` of the fitted position, over the fitted
-    flux, and its noise (sky from ``invvar`` plus the Poisson noise of ``src_model``, the sources'
-    model without sky, with ``gain`` e-/unit; None: sky only). The fit's own least squares removed
-    the part of a PSF mismatch the PSF can absorb; what is left in the aperture is the flux the
-    fit misses.  NaN for a star with less than 80 % of its aperture usable or a flux <= 0."""
+def _placed(stamp, shape, ix, iy):
+    """``stamp`` (odd sides) centred on pixel (ix, iy) of a zero image of ``shape``."""
+    out = np.zeros(shape)
+    hy, hx = stamp.shape[0] // 2, stamp.shape[1] // 2
+    y0, y1 = max(iy - hy, 0), min(iy + hy + 1, shape[0])
+    x0, x1 = max(ix - hx, 0), min(ix + hx + 1, shape[1])
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = stamp[y0 - iy + hy:y1 - iy + hy, x0 - ix + hx:x1 - ix + hx]
+    return out
+
+
+def _aperture_weights(shape, cx, cy, radius, outer, ok=None):
+    """1 within ``radius`` of (cx, cy), -N_ap / N_ann in the annulus up to ``outer`` (only where
+    ``ok``), and the aperture and annulus masks."""
+    yy, xx = np.indices(shape)
+    d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    ap, ann = d2 <= radius * radius, (d2 > radius * radius) & (d2 <= outer * outer)
+    if ok is not None:
+        ap, ann = ap & ok, ann & ok
+    a = ap.astype(float)
+    if ann.any():
+        a[ann] = -ap.sum() / ann.sum()
+    return a, ap, ann
+
+
+def width_capture(psf, radius, outer, stretch=0.02) -> float:
+    """Share of a PSF-width error's flux error that the annulus-subtracted aperture sees.
+
+    A source ``stretch`` wider than ``psf`` (unit-sum stamp), fitted by least squares with it,
+    loses (1 - f) / f of its flux; the residual's annulus-subtracted sum over A (the same sum of
+    the PSF) shows ``capture`` times that (1 for a large aperture; ~0.85 within 2 FWHM for a
+    Moffat beta = 3, less for broad wings).  Dividing the check by it makes the check an
+    unbiased measure of width errors of the PSF model.
+    """
+    from scipy.ndimage import map_coordinates
+    p = np.asarray(psf, float)
+    p = p / p.sum()
+    cy, cx = (p.shape[0] - 1) / 2.0, (p.shape[1] - 1) / 2.0
+    yy, xx = np.indices(p.shape, dtype=float)
+    k = 1.0 + stretch
+    wide = map_coordinates(p, [cy + (yy - cy) / k, cx + (xx - cx) / k], order=3, mode="constant")
+    wide = wide / wide.sum()
+    f = float((wide * p).sum() / (p * p).sum())
+    a, _, _ = _aperture_weights(p.shape, cx, cy, radius, outer)
+    A = float((a * p).sum())
+    seen = float((a * (wide - f * p)).sum()) / (A * f) if A > 0 else float("nan")
+    c = seen / ((1.0 - f) / f)
+    return float(np.clip(c, 0.3, 1.2)) if np.isfinite(c) else 1.0
+
+
+def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius, psf, outer=None):
+    """(delta, sigma) per star of one band from a patch fit: the flux the fit missed, as a
+    fraction of the fitted flux, from aperture photometry of the residual of the whole model
+    (data - every source - sky), and its 1-sigma noise.
+
+    The reference is the residual summed within ``radius`` of the fitted position minus the
+    aperture's share of the mean residual in the annulus ``radius``..``outer`` (default 2 radius),
+    divided by A, the same sum of the PSF (``psf``: unit-sum stamp, odd sides), and by the
+    :func:`width_capture` of that aperture: a flux error dF of a point source gives
+    delta = dF / f, a width error of the PSF its whole flux error, while a smooth residual
+    background under the star (a neighbour's or the sky's misfit, which moves the PSF-fit flux
+    far less than an aperture sum) cancels.
+
+    The noise is that of this linear estimate with the fit's least-squares flux taken out: the
+    residual sum is sum_j c_j d_j with c = a - A w P / sum(w P^2) (a: the aperture weights, 1
+    inside, -N_ap / N_ann in the annulus; w = ``invvar``, the fit's weights), so its variance is
+    sum c^2 V, with V the pixel variance (1 / invvar plus ``src_model`` / ``gain``, the sources'
+    Poisson noise; None: sky only).  The aperture's variance alone would count the part of the
+    noise the fit already took into its flux (and FLUXERR_STAT) a second time.  NaN for a star
+    with less than 80 % of its aperture or annulus usable or a flux <= 0."""
     h, w = resid.shape
     r = float(radius)
-    rr = int(math.ceil(r))
+    ro = float(outer) if outer else 2.0 * r
+    psf = np.asarray(psf, float)
+    psf = psf / psf.sum()
+    cap = width_capture(psf, r, ro)
+    rr = int(math.ceil(max(ro, psf.shape[0] // 2, psf.shape[1] // 2)))
     dy, dx = np.mgrid[-rr:rr + 1, -rr:rr + 1]
+    P = _placed(psf, dx.shape, rr, rr)
     deltas, sigmas = [], []
     for (x, y), f in zip(xy, fluxes):
         if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(f) and f > 0):
@@ -166,20 +241,27 @@ def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius):
             continue
         ix, iy = int(round(x)), int(round(y))
         px, py = ix + dx, iy + dy
-        disk = (px - x) ** 2 + (py - y) ** 2 <= r * r
-        inside = disk & (px >= 0) & (px < w) & (py >= 0) & (py < h)
-        pxi, pyi = px[inside], py[inside]
-        iv = invvar[pyi, pxi]
-        ok = (iv > 0) & np.isfinite(resid[pyi, pxi])
-        if ok.sum() < 0.8 * disk.sum():
+        inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        pxc, pyc = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
+        iv = np.where(inside, invvar[pyc, pxc], 0.0)
+        res = resid[pyc, pxc]
+        ok = inside & (iv > 0) & np.isfinite(res)
+        a, ap, ann = _aperture_weights(dx.shape, rr + x - ix, rr + y - iy, r, ro, ok)
+        full, _, ring = _aperture_weights(dx.shape, rr + x - ix, rr + y - iy, r, ro)
+        A = float((a * P).sum())
+        wP = np.where(ok, iv * P, 0.0)
+        S = float((wP * P).sum())
+        if ap.sum() < 0.8 * (full > 0).sum() or ann.sum() < 0.8 * ring.sum() or not (A > 0 and S > 0):
             deltas.append(float("nan"))
             sigmas.append(float("nan"))
             continue
-        var = 1.0 / iv[ok]
+        var = np.where(ok, 1.0 / np.where(ok, iv, 1.0), 0.0)
         if gain:
-            var = var + np.maximum(src_model[pyi, pxi][ok], 0.0) / gain
-        deltas.append(float(resid[pyi, pxi][ok].sum() / f))
-        sigmas.append(float(math.sqrt(var.sum()) / f))
+            var = var + np.where(ok, np.maximum(src_model[pyc, pxc], 0.0), 0.0) / gain
+        c = a - A * wP / S
+        norm = A * f * cap
+        deltas.append(float((a * np.where(ok, res, 0.0)).sum() / norm))
+        sigmas.append(float(math.sqrt(float((c * c * var).sum())) / norm))
     return deltas, sigmas
 
 
@@ -283,11 +365,12 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
             im = images[j]
             idx = np.flatnonzero(star)
             srcs = [r.sources[i] for i in idx]
-            radius = CHECK_FWHM * stamp_fwhm(np.asarray(stamp, float))
+            fwhm = stamp_fwhm(np.asarray(stamp, float))
             dd, ee = fitted_star_checks(
                 np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
                 model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
-                [float(s.fluxes[jj]) for s in srcs], radius)
+                [float(s.fluxes[jj]) for s in srcs], CHECK_FWHM * fwhm, np.asarray(stamp, float),
+                ANNULUS_FWHM * fwhm)
             k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
                                   getattr(pin.psfs.get(b), "stars", ()))
             d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
