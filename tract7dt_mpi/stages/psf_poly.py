@@ -148,7 +148,7 @@ def _concentration_offsets(model, V, W, inner, outer):
     return np.where(ok, off, np.inf), np.where(ok, es, np.inf)
 
 
-def _half_sample_mode(x) -> float:
+def half_sample_mode(x) -> float:
     """Robust mode of ``x`` (Bickel's half-sample mode): the densest half, recursively."""
     x = np.sort(np.asarray(x, float))
     while x.size > 3:
@@ -167,7 +167,7 @@ def _outliers(off, err, keep):
     pass a cell's selection spread only to one side, and in a band where they are a third of the
     candidates they move the median."""
     ref = keep & np.isfinite(off)
-    mode = _half_sample_mode(off[ref]) if ref.any() else 0.0
+    mode = half_sample_mode(off[ref]) if ref.any() else 0.0
     lim = CONC_SIGMA * err
     low = off < mode - np.maximum(lim, CONC_TOL)
     high = off > mode + np.maximum(lim, 2.0 * CONC_TOL)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
+from .psf_poly import half_sample_mode
+
 __all__ = ["StarMoffat", "fit_star_moffat", "band_moffat"]
 
 #: candidates fitted per band (brightest first)
@@ -75,16 +77,6 @@ def fit_star_moffat(stamp, good, x0: float, y0: float, fwhm_guess: float):
     return 2.0 * alpha * np.sqrt(2.0 ** (1.0 / beta) - 1.0), beta
 
 
-def _half_sample_mode(v) -> float:
-    v = np.sort(np.asarray(v, float))
-    while v.size > 3:
-        h = (v.size + 1) // 2
-        w = v[h - 1:] - v[:v.size - h + 1]
-        i = int(np.argmin(w))
-        v = v[i:i + h]
-    return float(np.mean(v))
-
-
 def band_moffat(img, bad, xy, fwhm_guess: float) -> StarMoffat | None:
     """The band's Moffat from the candidates ``xy`` (n, 2; working-frame pixels, any order) on
     ``img`` with ``bad`` (saturated / missing) pixels; None with fewer than ``MIN_STARS`` fits."""
@@ -117,7 +109,7 @@ def band_moffat(img, bad, xy, fwhm_guess: float) -> StarMoffat | None:
         return None
     fw = np.array([f[0] for f in fits])
     be = np.array([f[1] for f in fits])
-    mode = _half_sample_mode(fw)
+    mode = half_sample_mode(fw)
     near = np.abs(fw / mode - 1.0) <= LOCUS_TOL
     if near.sum() < MIN_STARS:
         return None
