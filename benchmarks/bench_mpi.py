@@ -59,7 +59,7 @@ def launch_cost(n: int, repeats: int = 3) -> float:
 def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     """Seconds this process needs to fit the ``n_patches`` largest patches of a finished run
     (the pipeline's own patch task, inputs from that run's prepared store and ePSFs)."""
-    from tract7dt_mpi import tasks
+    from tract7dt_mpi import band_psfs, tasks
     from tract7dt_mpi.config import load_config
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.parallel.scheduler import Task
@@ -75,11 +75,11 @@ def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     for b in bands:
         for r, c in cells:
             from tract7dt_mpi.stages.epsf import cell_tag
-            got = tasks.epsf_from_disk(cfg, b, cell_tag(r, c))
+            got = band_psfs.epsf_from_disk(cfg, b, cell_tag(r, c))
             if got is not None and got[1] is not None:
                 stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
     w = tasks.Worker(cfg)
-    w.catalog, w.plan, w.psfs = cat, plan, tasks.psf_choices(cfg, stamps)
+    w.catalog, w.plan, w.psfs = cat, plan, band_psfs.psf_choices(cfg, stamps)
     order = sorted(range(len(plan)), key=lambda i: -plan[i].cost)[:n_patches]
     w.patch_fit(Task("warm", "patch", payload=order[-1]))         # imports, caches
     t = time.perf_counter()

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from . import band_psfs
 from . import tasks as steps
 from .errors import (EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError,
                      disk_full_error, is_disk_full)
@@ -199,7 +200,7 @@ class _Run:
             if self.opt.get("resume") and self.journal is not None:
                 keep = []
                 for t in tasks:
-                    got = steps.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
+                    got = band_psfs.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
                         if self.journal.state(t.id) == journal.DONE else None
                     if got is None:
                         keep.append(t)
@@ -227,10 +228,10 @@ class _Run:
             self._account("epsf", rep)
             stamps = None
             if self.master:
-                stamps, ordered = steps.collect_epsf_cells(tasks, skipped, metas)
-                steps.write_epsf_summary(cfg, ordered)
-                stamps = steps.with_psf_flux_errors(stamps, ordered)
-                stamps = steps.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape,
+                stamps, ordered = band_psfs.collect_epsf_cells(tasks, skipped, metas)
+                band_psfs.write_epsf_summary(cfg, ordered)
+                stamps = band_psfs.with_psf_flux_errors(stamps, ordered)
+                stamps = band_psfs.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape,
                                                self.worker.prepared, lr.catalog)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
             stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
@@ -243,7 +244,7 @@ class _Run:
         from .stages.fit import result_columns
         cfg = self.cfg
         self.worker.plan = plan
-        self.worker.psfs = steps.psf_choices(cfg, self._local_copy(stamps))
+        self.worker.psfs = band_psfs.psf_choices(cfg, self._local_copy(stamps))
         prefix = "patch" if use_store else label
         tasks = [Task(f"{prefix}/{p.patch_tag}", prefix, cost=float(p.cost), index=i, payload=i)
                  for i, p in enumerate(plan)]
@@ -260,7 +261,7 @@ class _Run:
             if use_store:
                 store = ResultsStore.create(
                     self.comm, cfg.outputs.results_h5, StorePlan(self._store_entries(plan)),
-                    result_columns(bands, multi), epsf=steps.store_epsf_stamps(stamps),
+                    result_columns(bands, multi), epsf=band_psfs.store_epsf_stamps(stamps),
                     attrs={"plan_hash": self.journal.plan_hash if self.journal else "",
                            "bands": list(bands), "command": self.command})
             if self.master and store is not None:
@@ -409,7 +410,7 @@ def _cmd_build_patches(R: _Run, dumps=False):
         plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, lr.shape, cells, len(lr.bands)), share=True)
     if not dumps:
         return R.finish()
-    stamps = R.on_master(lambda: steps.stamps_from_disk(R.cfg, lr.bands, cells, R.worker.prepared),
+    stamps = R.on_master(lambda: band_psfs.stamps_from_disk(R.cfg, lr.bands, cells, R.worker.prepared),
                          share=True)
     bands = R.comm.bcast(lr.bands if R.master else None)
     R.patch_phase(plan, stamps, bands, fn=R.worker.patch_dump, label="patch_inputs", use_store=False)
@@ -422,7 +423,7 @@ def _cmd_run_patches(R: _Run):
     R.worker.catalog = R._local_copy(cat)
     with R.stage("build_patches"):
         plan = R.on_master(lambda: steps.patch_plan(R.cfg, cat, shape, cells, len(bands)), share=True)
-    stamps = R.on_master(lambda: steps.stamps_from_disk(R.cfg, bands, cells, R.worker.prepared), share=True)
+    stamps = R.on_master(lambda: band_psfs.stamps_from_disk(R.cfg, bands, cells, R.worker.prepared), share=True)
     R.patch_phase(plan, stamps, bands)
     return R.finish()
 

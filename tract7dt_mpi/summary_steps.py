@@ -65,7 +65,7 @@ def run_summary_task(cfg, prepared, plan, task: Task) -> TaskResult:
 
 def _band_cells(cfg, band) -> dict:
     """tag -> (meta, stamp or None) of every cell of ``band`` in the ePSF folder."""
-    from .tasks import epsf_from_disk
+    from .band_psfs import epsf_from_disk
     out = {}
     for meta_path in sorted(glob.glob(os.path.join(cfg.outputs.epsf_dir, band, "*", "meta.json"))):
         tag = os.path.basename(os.path.dirname(meta_path))

@@ -25,21 +25,12 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["build_bright_mask", "flag_affected", "run_bright_mask", "sep_detect", "ellipse_mask",
-           "BrightMaskOptions", "DEFAULTS"]
+           "BrightMaskOptions"]
 
 log = logging.getLogger("tract7dt_mpi.stages.bright_mask")
 
-#: defaults used when a key is missing from the config section
-DEFAULTS = dict(match_radius_pix=3.0, ellipse_scale=3.0, min_radius_pix=6.0, dilate_pix=1,
-                thresh_sigma=5.0, minarea=25, deblend_nthresh=32, deblend_cont=0.005)
-
-
 #: unmatched saturated detections, under work_dir/bright_mask/
 SATURATED_CSV = "saturated_unmatched.csv"
-
-
-def _p(cfg_bm, name):
-    return getattr(cfg_bm, name, DEFAULTS[name]) if cfg_bm is not None else DEFAULTS[name]
 
 
 def sep_detect(img, sigma, thresh_sigma=5.0, minarea=25, deblend_nthresh=32, deblend_cont=0.005):
@@ -132,8 +123,8 @@ def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=N
     """
     from scipy.ndimage import binary_dilation
     from scipy.spatial import cKDTree
-    objs = sep_detect(white, sigma_white, _p(cfg_bm, "thresh_sigma"), _p(cfg_bm, "minarea"),
-                      _p(cfg_bm, "deblend_nthresh"), _p(cfg_bm, "deblend_cont"))
+    objs = sep_detect(white, sigma_white, cfg_bm.thresh_sigma, cfg_bm.minarea,
+                      cfg_bm.deblend_nthresh, cfg_bm.deblend_cont)
     det = pd.DataFrame({k: np.asarray(objs[k], float) for k in ("x", "y", "a", "b", "theta", "flux", "peak")})
     det["npix"] = np.asarray(objs["npix"], int) if len(objs) else np.zeros(0, int)
     xy = np.asarray(catalog_xy_active, float).reshape(-1, 2)
@@ -142,10 +133,10 @@ def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=N
     if len(det) and len(xy):
         dist, _ = cKDTree(xy).query(det[["x", "y"]].to_numpy(), k=1)
     det["match_dist_pix"] = dist
-    det["matched"] = dist <= float(_p(cfg_bm, "match_radius_pix"))
+    det["matched"] = dist <= float(cfg_bm.match_radius_pix)
     det["saturated"] = saturated_at(satur_any, det["x"].to_numpy(), det["y"].to_numpy())
     um = det[~det["matched"]]
-    scale, floor = float(_p(cfg_bm, "ellipse_scale")), float(_p(cfg_bm, "min_radius_pix"))
+    scale, floor = float(cfg_bm.ellipse_scale), float(cfg_bm.min_radius_pix)
     ra = np.maximum(scale * um["a"].to_numpy(), floor)
     rb = np.maximum(scale * um["b"].to_numpy(), floor)
     det["mask_a"] = np.nan
@@ -153,7 +144,7 @@ def build_bright_mask(white, sigma_white, catalog_xy_active, cfg_bm, satur_any=N
     det.loc[um.index, "mask_a"] = ra
     det.loc[um.index, "mask_b"] = rb
     mask = ellipse_mask(white.shape, um["x"].to_numpy(), um["y"].to_numpy(), ra, rb, um["theta"].to_numpy())
-    nd = int(_p(cfg_bm, "dilate_pix"))
+    nd = int(cfg_bm.dilate_pix)
     if nd > 0 and mask.any():
         mask = binary_dilation(mask, iterations=nd)
     fits_mask = mask | satur_any if satur_any is not None else mask.copy()
@@ -211,7 +202,7 @@ def run_bright_mask(opts: BrightMaskOptions, catalog, white, sigma_white, satur_
     info["fits_path"] = fits_path
     logger.info("Bright mask: %d SEP detection(s) (thresh_sigma=%s, minarea=%s), %d matched, %d masked; "
                 "%.3f%% of pixels masked; %d catalog row(s) affected_by_bright_mask. Saved %s",
-                info["n_detections"], _p(bm, "thresh_sigma"), _p(bm, "minarea"), info["n_matched"],
+                info["n_detections"], bm.thresh_sigma, bm.minarea, info["n_matched"],
                 info["n_unmatched"], 100 * info["masked_fraction"], info["n_affected"], fits_path)
     info["detections"] = det
     sat = saturated_unmatched(det)

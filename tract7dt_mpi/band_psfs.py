@@ -1,0 +1,267 @@
+"""Each band's PSFs after the ePSF phase, assembled on rank 0 and shared with every rank.
+
+The cells' ePSF stamps and their PSF flux error (stages.psf_error), the band's polynomial PSF
+field (stages.psf_poly) with its outer wing measured on the band's bright stars
+(stages.psf_wing; candidates ranked on the white stack, cut-outs read from the prepared
+store), the per-patch PSF choices, and the same read back from the ePSF folders for commands
+that start after the ePSF phase (``run-patches``, ``build-patch-inputs``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from .stages.psf_poly import evaluate_field
+from .stages.psf_wing import measure_wing, with_bright_wing
+from .tasks import read_working_catalog
+
+log = logging.getLogger("tract7dt_mpi.pipeline")
+
+#: candidates ranked on the white stack (per band the brightest isolated ones are used)
+N_CANDIDATES = 60
+#: bright stars measured per band
+BRIGHT_WING_STARS = 20
+
+
+def _truthy(col) -> np.ndarray:
+    return col.astype(str).str.strip().str.lower().isin(("true", "1")).to_numpy()
+
+
+def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
+    """(n, 2) working-frame (x, y) of the catalogue's likely stars, brightest first on the white
+    stack (saturated ones first), at most ``N_CANDIDATES``."""
+    if catalog is None or len(catalog) == 0 or not {"x_pix_white", "y_pix_white"} <= set(catalog.columns):
+        return np.zeros((0, 2))
+    star = np.zeros(len(catalog), bool)
+    if "TYPE" in catalog.columns:
+        star |= catalog["TYPE"].astype(str).str.strip().str.upper().eq("STAR").to_numpy()
+    if "gaia_source_id" in catalog.columns:
+        gid = catalog["gaia_source_id"].astype(str).str.strip()
+        star |= ~gid.isin(("", "nan", "None", "<NA>")).to_numpy()
+    sat = _truthy(catalog["excluded_saturation"]) if "excluded_saturation" in catalog.columns \
+        else np.zeros(len(catalog), bool)
+    star |= sat
+    x = catalog["x_pix_white"].to_numpy(float)
+    y = catalog["y_pix_white"].to_numpy(float)
+    h, w = prepared.shape
+    ok = star & np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x < w) & (y < h)
+    idx = np.where(ok)[0]
+    if idx.size == 0 or not prepared.has_white:
+        return np.zeros((0, 2))
+    r = max(3.0 * float(fwhm), 3.0)
+    light = np.zeros(idx.size)
+    for j, i in enumerate(idx):
+        x0, y0 = int(x[i] - r), int(y[i] - r)
+        img, _ = prepared.read_white(max(y0, 0), int(y[i] + r) + 1, max(x0, 0), int(x[i] + r) + 1)
+        light[j] = np.nansum(img)
+    order = np.lexsort((-light, ~sat[idx]))[:N_CANDIDATES]
+    return np.stack([x[idx[order]], y[idx[order]]], axis=1)
+
+
+def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float):
+    """Up to ``n_stars`` (image, good, x, y, r_core) cut-outs of ``band`` around isolated
+    candidates (no brighter candidate within ``r_max``)."""
+    out, used = [], []
+    R = int(np.ceil(r_max)) + 1
+    for k, (x, y) in enumerate(xy):
+        if len(out) >= n_stars:
+            break
+        if k and np.any(np.hypot(xy[:k, 0] - x, xy[:k, 1] - y) < r_max):
+            continue
+        ix, iy = int(round(x)), int(round(y))
+        y0, x0 = max(iy - R, 0), max(ix - R, 0)
+        cut = prepared.read(band, y0, iy + R + 1, x0, ix + R + 1, with_bright=False)
+        bad = cut.nonfinite | cut.saturated
+        cx, cy = x - x0, y - y0
+        yy, xx = np.indices(bad.shape)
+        rr = np.hypot(xx - cx, yy - cy)
+        near = bad & (rr < 10.0 * fwhm)
+        r_core = float(rr[near].max()) if near.any() else 0.0
+        out.append((cut.img, ~bad, cx, cy, r_core))
+        used.append((x, y))
+    return out, np.asarray(used).reshape(-1, 2)
+
+
+def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float, n_stars: int):
+    """``field`` with its outer wing and light beyond the stamp measured on the band's bright
+    stars (stages.psf_wing), or ``field`` unchanged (logged) when too few stars show one."""
+    r_join = field.wings.get("wing_radius_pix") or 3.0 * fwhm
+    r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
+    cuts, used = _cutouts(prepared, band, np.asarray(xy, float).reshape(-1, 2), r_max, n_stars, fwhm)
+    stamps = []
+    for x, y in used:
+        st, ef = evaluate_field(field, float(x), float(y))
+        stamps.append(np.zeros((1, 1)) if st is None else np.asarray(st, float) * ef)
+    wing = measure_wing(cuts, stamps, fwhm, float(r_join), r_max) if cuts else None
+    if wing is None:
+        log.info("ePSF %s: no bright-star wing (%d candidate stars); the field's own tail is kept",
+                 band, len(cuts))
+        return field
+    new = with_bright_wing(field, wing)
+    log.info("ePSF %s: wing r^-%.2f beyond %.0f px from %d bright stars (%d dropped), out to %.0f px; "
+             "light beyond the stamp %.2f%% (field's own tail: %.2f%%)", band, wing.slope, wing.r_join,
+             wing.n_stars, wing.n_rejected, wing.r_max, 100 * new.tail_beyond, 100 * field.tail_beyond)
+    return new
+
+
+def with_psf_flux_errors(stamps: dict, metas) -> dict:
+    """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band,
+    ((x, y, share), ...) of the cell's ePSF stars, fraction of the PSF's total flux in the stamp)}}."""
+    from .stages.psf_error import band_psf_flux_errors
+    frac = band_psf_flux_errors(metas)
+    stars, ef = {}, {}
+    for m in metas:
+        if m and m.get("psf_flux_in_stamp") is not None:
+            ef[(m.get("band"), m.get("patch"))] = float(m["psf_flux_in_stamp"])
+        xy, wt = (m or {}).get("used_stars_xy") or [], (m or {}).get("used_stars_weight") or []
+        if m and len(xy) == len(wt):
+            stars[(m.get("band"), m.get("patch"))] = tuple((float(a), float(b), float(w))
+                                                           for (a, b), w in zip(xy, wt))
+    for band in sorted(stamps):
+        v = frac.get(band, float("nan"))
+        log.info("ePSF %s: PSF flux error %s (ePSF stars: PSF-fit flux vs their flux within 3 FWHM)", band,
+                 f"{100 * v:.2f}%" if np.isfinite(v) else "unknown (fewer than 5 usable stars)")
+    return {b: {t: (v[0], v[1], frac.get(b, float("nan")), stars.get((b, t), ()), ef.get((b, t), 1.0))
+                for t, v in cells.items()} for b, cells in stamps.items()}
+
+
+def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None) -> dict:
+    """Add each band's polynomial PSF field (stages.psf_poly) under ``psf_poly.FIELD_KEY`` of its
+    entry in ``stamps``, fitted to the stars of its successful cells (their ``stars.npz``), with
+    its outer wing from the bright stars of ``catalog`` on the ``prepared`` images
+    (``epsf.bright_wing``); only under ``patch_run.epsf_interpolation: field``."""
+    from .stages.psf_poly import FIELD_KEY, fit_psf_field
+    if cfg.patch_run.epsf_interpolation != "field":
+        return stamps
+    candidates = None
+    by_band = {}
+    for m in metas:
+        if m and m.get("status") == "ok":
+            by_band.setdefault(m.get("band"), []).append(m)
+    for band, ms in sorted(by_band.items()):
+        xy, vals, w = [], [], []
+        for m in ms:
+            path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
+            try:
+                with np.load(path) as z:
+                    xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
+            except (OSError, KeyError, ValueError):
+                continue
+        if not xy or len({v.shape[1:] for v in vals}) != 1:
+            continue
+        fwhm = float(np.nanmedian([((m.get("builder") or {}).get("fwhm_pix") or np.nan) for m in ms]))
+        field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
+                              int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
+                              wing_tail=bool(cfg.epsf.wing_tail))
+        if field is None:
+            log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
+                        "ePSFs", band, sum(len(v) for v in xy))
+            continue
+        log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
+                 "or not following the field)", band, field.degree,
+                 field.n_stars, len(xy), field.n_rejected)
+        if prepared is not None and cfg.epsf.bright_wing:
+            if candidates is None:
+                candidates = star_candidates(catalog, prepared, fwhm)
+            field = add_bright_wing(field, prepared, band, candidates, fwhm,
+                                    float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
+        stamps.setdefault(band, {})[FIELD_KEY] = field
+    return stamps
+
+
+def psf_choices(cfg, stamps: dict):
+    """epsf_tag -> band -> PsfChoiceInput from the broadcast stamps {band: {tag: (stamp, n[, frac])}}."""
+    from .stages.patch_inputs import PsfChoiceInput
+    from .stages.psf_poly import FIELD_KEY
+    out = {}
+    for band, cells in stamps.items():
+        for tag, v in cells.items():
+            if tag == FIELD_KEY:
+                out.setdefault(FIELD_KEY, {})[band] = v
+                continue
+            stamp, nstars, *rest = v
+            out.setdefault(tag, {})[band] = PsfChoiceInput(
+                stamp=stamp, nstars_used=nstars,
+                path=os.path.join(cfg.outputs.epsf_dir, band, tag, "epsf.npy"),
+                flux_err_frac=float(rest[0]) if rest else float("nan"),
+                stars=tuple(rest[1]) if len(rest) > 1 else (),
+                flux_in_stamp=float(rest[2]) if len(rest) > 2 else 1.0)
+    return out
+
+
+def collect_epsf_cells(tasks, skipped, metas):
+    """Stamps {band: {tag: (stamp, nstars)}} and the cell metas in task order, from the cells run
+    now (``metas``: task id -> (meta, stamp)) and those carried over (``skipped``, same form)."""
+    stamps, ordered = {}, []
+    for t in tasks:
+        meta, stamp = skipped.get(t.id) or metas.get(t.id) or (None, None)
+        if meta is None:
+            continue
+        ordered.append(meta)
+        if stamp is not None:
+            stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (
+                stamp, meta.get("nstars_used"))
+    return stamps, ordered
+
+
+def write_epsf_summary(cfg, metas):
+    """``epsf_summary.json`` of the cells and the count/failure lines of the log."""
+    from .io.atomic import atomic_write_json
+    from .stages.epsf import count_status, epsf_summary
+    os.makedirs(cfg.outputs.epsf_dir, exist_ok=True)
+    atomic_write_json(os.path.join(cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
+    total, ok, fail = count_status(metas)
+    log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
+    from .stages.epsf_select import failure_summary
+    for line in failure_summary(metas):
+        log.info(line)
+
+
+def stamps_from_disk(cfg, bands, cells, prepared):
+    """The stamps of an earlier ePSF phase, as :func:`with_psf_fields` returns them after a run
+    (``prepared``: the prepared store, for the bright-star wings)."""
+    from .stages.epsf import cell_tag
+    stamps, metas = {}, []
+    for b in bands:
+        for r, c in cells:
+            got = epsf_from_disk(cfg, b, cell_tag(r, c))
+            if got is not None:
+                metas.append(got[0])
+            if got is not None and got[1] is not None:
+                stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))
+    return with_psf_fields(cfg, with_psf_flux_errors(stamps, metas), metas, prepared.shape, prepared,
+                           read_working_catalog(cfg))
+
+
+def store_epsf_stamps(stamps):
+    """band -> (tags, stacked stamps, nstars) for the results store; bands whose cells have mixed
+    stamp sizes are left out (they stay in the ePSF folders only)."""
+    from .stages.psf_poly import FIELD_KEY
+    out = {}
+    for band, cells in (stamps or {}).items():
+        tags = sorted(t for t in cells if t != FIELD_KEY)
+        shapes = {cells[t][0].shape for t in tags}
+        if len(shapes) != 1:
+            continue
+        out[band] = (tags, np.stack([cells[t][0] for t in tags]), [cells[t][1] for t in tags])
+    return out
+
+
+def epsf_from_disk(cfg, band, tag):
+    """(meta, stamp) of an ePSF cell written by an earlier run (resume); None when incomplete."""
+    cell = os.path.join(cfg.outputs.epsf_dir, band, tag)
+    try:
+        with open(os.path.join(cell, "meta.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    stamp = None
+    if meta.get("status") == "ok":
+        try:
+            stamp = np.load(os.path.join(cell, "epsf.npy"), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+    return meta, stamp
