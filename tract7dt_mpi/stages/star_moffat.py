@@ -21,12 +21,12 @@ from .psf_poly import half_sample_mode
 __all__ = ["StarMoffat", "fit_star_moffat", "band_moffat"]
 
 #: candidates fitted per band (brightest first)
-N_FIT = 25
+N_FIT = 15
 #: fits within this fraction of the modal FWHM count as stars
 LOCUS_TOL = 0.12
 #: fewest star fits for a result
 MIN_STARS = 3
-_SUB = 3                      # sub-pixel samples per axis for the pixel integration
+_SUB = 2                      # sub-pixel samples per axis for the pixel integration
 
 
 @dataclass(frozen=True)
