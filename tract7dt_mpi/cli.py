@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="speed of each process when 1,2,3,... run at once, e.g. 1,0.6,0.4")
     sp.add_argument("--launch", type=float, default=None,
                     help="seconds an MPI launch adds to a plain process")
+    sp.add_argument("--tiles", type=int, default=1,
+                    help="predict a multi-tile run (run --tiles) of this many copies of the tile")
     return p
 
 
@@ -309,7 +311,8 @@ def _make_sample(args, rank: int) -> int:
 
 def _simulate_scaling(args) -> int:
     scaling_main = _lazy("tract7dt_mpi.parallel.scaling", "main", "simulate-scaling")
-    ns = argparse.Namespace(store=args.store, ranks=args.ranks, cores=args.cores, speed=args.speed)
+    ns = argparse.Namespace(store=args.store, ranks=args.ranks, cores=args.cores, speed=args.speed,
+                            tiles=args.tiles)
     if args.launch is not None:
         ns.launch = args.launch
     rc = scaling_main(ns)

@@ -28,7 +28,7 @@ import time
 import types
 
 from . import pipeline_steps as steps
-from .errors import EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
+from .errors import EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
 from .io import journal as jr
 from .io.store import ST_DONE, ST_FAILED, ST_STARTED, PlanEntry, ResultsStore, StorePlan
 from .io.tiles import read_context, write_context
@@ -187,6 +187,7 @@ class TileRun:
         self.k, self.name = tile.index, tile.name
         self.status = "pending"      # running | done | done_with_failures | failed | skipped | stopped
         self.error = None
+        self.code = None             # the tile's own exit code (as if it had run alone)
         self.lock = self.journal = self.store = None
         self.waiting: set[str] = set()        # inner ids of the current step's unfinished tasks
         self.infos: dict = {}                 # inner id -> TaskInfo
@@ -214,9 +215,11 @@ class TileRun:
                                             "ranks": self.comm.size})
         except InputError as exc:
             return self.fail(str(exc).splitlines()[0])
+        except OSError as exc:
+            return self.fail(f"{type(exc).__name__}: {exc}", EXIT_ABORT)
         if resume and self.journal.state(TILE_TASK) == jr.DONE:
             log.info("[tile %s] finished in an earlier run: skipped (%s)", self.name, self.tile.config)
-            self.status = "skipped"
+            self.status, self.code = "skipped", EXIT_OK
             return self._release()
         self.status = "running"
         log.info("[tile %s] started (%s, work folder %s)", self.name, self.tile.config,
@@ -239,10 +242,16 @@ class TileRun:
         if self.status != "running":
             return
         self.infos[inner.id] = info
-        self._record(inner, res, info)
+        try:
+            self._record(inner, res, info)
+        except Exception as exc:  # noqa: BLE001 - e.g. the tile's results file is gone
+            log.exception("[tile %s] recording %s", self.name, inner.id)
+            return self.fail(f"recording {inner.id}: {type(exc).__name__}: {exc}", EXIT_ABORT)
         if inner.kind in _STEP_KINDS and not info.ok:
             err = (info.error or "").splitlines()
-            return self.fail(f"{inner.kind[5:]} step failed: {err[0] if err else 'unknown error'}")
+            first = err[0] if err else "unknown error"
+            bad_input = first.split(":", 1)[0] in ("InputError", "ConfigError", "DiskFullError")
+            return self.fail(f"{inner.kind[5:]} step failed: {first}", EXIT_INPUT if bad_input else EXIT_ABORT)
         data = None if res is None else res.data
         try:
             if inner.kind == PREPARE:
@@ -259,6 +268,10 @@ class TileRun:
                 self._summary_result(inner)
         except InputError as exc:
             self.fail(str(exc).splitlines()[0])
+        except Exception as exc:  # noqa: BLE001 - one tile's trouble must not end the others
+            log.exception("[tile %s] rank 0 step after %s", self.name, inner.id)
+            self.fail(f"after {inner.id}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                      EXIT_ABORT)
 
     def _record(self, inner, res, info):
         if not info.ok:
@@ -400,6 +413,7 @@ class TileRun:
         from .io.store import write_run_attrs
         self.wall = time.monotonic() - self.t0
         self.status = "done_with_failures" if self.failed_tasks else "done"
+        self.code = EXIT_TASK_FAILURES if self.failed_tasks else EXIT_OK
         write_run_attrs(self.cfg.outputs.results_h5, {"pipeline_seconds": self.wall, "n_ranks": self.comm.size,
                                                       "multi_tile": True})
         self.journal.record(TILE_TASK, jr.DONE, wall=round(self.wall, 3))
@@ -408,8 +422,8 @@ class TileRun:
                  self.cfg.outputs.final_catalog)
         self._release()
 
-    def fail(self, message: str) -> None:
-        self.status, self.error = "failed", message
+    def fail(self, message: str, code: int = EXIT_INPUT) -> None:
+        self.status, self.error, self.code = "failed", message, code
         self.wall = time.monotonic() - self.t0
         log.error("[tile %s] FAILED (%s): %s", self.name, self.tile.config, message)
         if self.journal is not None:
@@ -418,8 +432,8 @@ class TileRun:
 
     def stop(self) -> None:
         """End of the run while the tile is unfinished (stop request): keep state for --resume."""
-        if self.status == "running":
-            self.status = "stopped"
+        if self.status in ("running", "pending"):
+            self.status, self.code = "stopped", EXIT_RESUMABLE
         self._release()
 
     def _release(self) -> None:
@@ -441,7 +455,8 @@ class TileRun:
 # ---------------------------------------------------------------------- the run
 def exit_code(statuses: list[str]) -> int:
     """0: every tile done (or done before); 3: stopped early (--resume continues); 4: some tile
-    failed or has failed tasks; 2: no tile could run at all (every one has bad config/inputs)."""
+    failed or has failed tasks; 2: no tile could run at all (every one failed).  Each tile's own
+    code (as if run alone: 0, 1 crashed step, 2 bad input, 3, 4) is in the summary CSV."""
     if "stopped" in statuses:
         return EXIT_RESUMABLE
     if statuses and all(s == "failed" for s in statuses):
@@ -519,7 +534,8 @@ def _report(tiles, runs, rep, total, summary_path) -> None:
     rows = []
     for t in tiles:
         r = runs[t.index]
-        rows.append({"tile": t.name, "config": t.config, "status": r.status, "wall_s": round(r.wall, 3),
+        rows.append({"tile": t.name, "config": t.config, "status": r.status, "exit_code": r.code,
+                     "wall_s": round(r.wall, 3),
                      "failed_tasks": r.failed_tasks, "error": r.error or ""})
         log.info("Tile %-20s %-18s %s", t.name, r.status, r.error or (t.cfg.outputs.final_catalog
                                                                        if r.status.startswith("done") else ""))
