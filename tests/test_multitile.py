@@ -148,3 +148,30 @@ def test_four_tiles_one_broken_then_resume(tiles):
     pd.testing.assert_frame_equal(catalog_text(d / "multi3"), refs[3][1], obj="tile 3")
     log = (d / "tiles.log").read_text(errors="replace")
     assert log.count("finished in an earlier run: skipped") == 3
+
+
+def test_crashing_step_and_missing_input_fail_their_tiles_only(tmp_path, monkeypatch):
+    """In one process: a tile whose prepare step raises is failed (exit code 1 in the summary,
+    the error named), a tile whose input file is missing fails with the file named (2); the run
+    exits 2 as no tile could run."""
+    import tract7dt_mpi.multitile as mt
+    from tract7dt_mpi.cli import main
+    (tmp_path / "cat.csv").write_text("ID,RA,DEC\n")
+    (tmp_path / "images.txt").write_text("img.fits\n")
+    (tmp_path / "img.fits").write_bytes(b"never read: the prepare step fails first\n")
+    for name, cat in (("crash", "cat.csv"), ("missing", "nope.csv")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"inputs: {{tile_name: {name.upper()}, input_catalog: {cat}, image_list_file: images.txt}}\n"
+            f"outputs: {{work_dir: w_{name}}}\n")
+    (tmp_path / "tiles.txt").write_text("crash.yaml\nmissing.yaml\n")
+
+    def boom(cfg):
+        raise RuntimeError("stage exploded")
+    monkeypatch.setattr(mt, "prepare_step", boom)
+    assert main(["run", "--tiles", str(tmp_path / "tiles.txt")]) == EXIT_INPUT
+    summary = pd.read_csv(tmp_path / "tiles.summary.csv", keep_default_na=False)
+    assert list(summary["status"]) == ["failed", "failed"]
+    assert list(summary["exit_code"]) == [1, 2]
+    assert "RuntimeError: stage exploded" in summary["error"][0]
+    assert "inputs.input_catalog: file not found" in summary["error"][1] and "nope.csv" in summary["error"][1]
+    assert not (tmp_path / "w_crash" / "tract7dt-mpi.lock").exists()      # the lock was released

@@ -114,6 +114,14 @@ class TileWorker:
         return w
 
     def run(self, task: Task) -> TaskResult:
+        if task.payload[1].kind not in _STEP_KINDS:
+            return self._run(task)
+        try:
+            return self._run(task)
+        except InputError as exc:       # bad input: a one-line message for the tile, no traceback
+            return TaskResult(data={"input_error": (str(exc).splitlines() or [type(exc).__name__])[0]})
+
+    def _run(self, task: Task) -> TaskResult:
         k, inner = task.payload
         cfg = self.tiles[k].cfg
         if inner.kind == PREPARE:
@@ -241,6 +249,9 @@ class TileRun:
         """A task's first result (``res`` None when it failed)."""
         if self.status != "running":
             return
+        bad = isinstance(getattr(res, "data", None), dict) and res.data.get("input_error")
+        if inner.kind in _STEP_KINDS and bad:
+            res, info = None, dataclasses.replace(info, ok=False, error=f"InputError: {bad}")
         self.infos[inner.id] = info
         try:
             self._record(inner, res, info)
