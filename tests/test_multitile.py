@@ -75,11 +75,13 @@ def test_exit_code_of_the_tile_outcomes():
     assert exit_code(["done", "stopped", "failed"]) == EXIT_RESUMABLE
 
 
-def test_order_serial_steps_first_then_tile_then_cost():
-    def t(k, cost, excl=False, i=0):
-        return Task(f"{k}|{cost}|{excl}", "x", cost=cost, index=i, payload=(k, None), exclusive=excl)
-    got = order([t(0, 5), t(1, 9), t(0, 7), t(2, 1, True), t(1, 1, True)])
-    assert [x.id for x in got] == ["1|1|True", "2|1|True", "0|7|False", "0|5|False", "1|9|False"]
+def test_order_serial_steps_first_then_step_then_tile_then_cost():
+    def t(k, cost, kind="patch", excl=False):
+        return Task(f"{k}|{kind}|{cost}", kind, cost=cost, payload=(k, None), exclusive=excl)
+    got = order([t(0, 5), t(1, 9), t(0, 7), t(2, 1, "tile-plan", True), t(1, 1, "tile-prepare", True),
+                 t(3, 2, "epsf"), t(0, 3, "summary")])
+    assert [x.id for x in got] == ["1|tile-prepare|1", "2|tile-plan|1", "3|epsf|2", "0|patch|7",
+                                   "0|patch|5", "0|summary|3", "1|patch|9"]
 
 
 # ---------------------------------------------------------------------- end to end under mpirun

@@ -11,8 +11,8 @@ the other tiles' parallel work and rank 0 only dispatches and bookkeeps:
     -> summary plots                                     any rank
 
 A step's tasks are put on the queue (:func:`run_tasks` ``feed``) when the step before has all its
-results.  The queue holds the serial steps first (they unlock work), then the tiles in list order,
-largest task first within a tile.  Each tile keeps its own work folder, run lock, journal,
+results.  The queue holds the serial steps first (they unlock work), then every tile's ePSF cells,
+then the patches and plots, each in tile order and largest task first within a tile.  Each tile keeps its own work folder, run lock, journal,
 results file and resume; its task functions and their inputs are those of a single-tile ``run``
 (``pipeline_steps``), so its catalog is the same bit for bit.  A tile whose step fails (bad
 input, a crash) is reported with its name and config and the other tiles go on.
@@ -80,9 +80,17 @@ def load_tiles(paths: list[str], load, check=None) -> list[Tile]:
     return tiles
 
 
+#: queue rank of the parallel steps: every tile's ePSF cells before any patch, so that the tiles'
+#: plan steps run while other tiles' patches keep the ranks busy; a tile's plots rank with patches
+_STEP_RANK = {"epsf": 0, "patch": 1, "summary": 1}
+
+
 def order(tasks: list[Task]) -> list[Task]:
-    """Serial steps first, then tile order, then largest estimated cost first."""
-    return sorted(tasks, key=lambda t: (not t.exclusive, t.payload[0], -float(t.cost), t.index, t.id))
+    """Serial steps first (they unlock work), then by step, then tile order, then largest
+    estimated cost first (the simulator, ``parallel.scaling_tiles``, found this order ~2 %
+    more efficient than tile order first for 16 tiles on 256 ranks)."""
+    return sorted(tasks, key=lambda t: (not t.exclusive, _STEP_RANK.get(t.kind, 0), t.payload[0],
+                                        -float(t.cost), t.index, t.id))
 
 
 def _wrap(k: int, task: Task, exclusive: bool = False) -> Task:

@@ -4,8 +4,8 @@ Each tile is the chain of :mod:`tract7dt_mpi.multitile`: (optionally per-band *l
 what-if) a serial *prepare* step (load, Gaia,
 bright mask), its ePSF cells, a serial *plan* step, its patches, a serial *finish* step (merge,
 ZP) and its summary plots.  A step's tasks join the queue when the step before is complete; the
-queue is ordered as the program orders it (serial steps first, then tile order, then largest
-cost first); a serial step never runs on a working master.  The event simulation follows
+queue is ordered as the program orders it (serial steps first, then by step, then tile order,
+then largest cost first); a serial step never runs on a working master.  The event simulation follows
 :class:`.scheduler._Master`: ``prefetch`` tasks outstanding per worker, a master that spends
 ``overhead`` seconds on every message (one after the other) and, with ``master_works``, runs
 other tasks when no message waits.  One core per rank.
@@ -22,6 +22,7 @@ import heapq
 
 STEPS = ("load", "prepare", "epsf", "plan", "patch", "finish", "summary")
 SERIAL = {"prepare", "plan", "finish"}
+_RANK = {"summary": STEPS.index("patch")}     # a tile's plots rank with the patches (multitile.order)
 
 
 @dataclasses.dataclass
@@ -62,19 +63,22 @@ def tile_model(meas: dict) -> TileModel:
 
 
 def simulate_tiles(models: list[TileModel], nranks: int, overhead: float = 0.0, *,
-                   master_works: bool = False, prefetch: int | None = None) -> dict:
-    """Makespan, work and efficiency of ``models`` run as one multi-tile job on ``nranks``."""
-    return _TileSim(models, nranks, overhead, master_works, prefetch).run()
+                   master_works: bool = False, prefetch: int | None = None,
+                   tile_major: bool = False) -> dict:
+    """Makespan, work and efficiency of ``models`` run as one multi-tile job on ``nranks``
+    (``tile_major``: the queue in tile order before step order, for comparison)."""
+    return _TileSim(models, nranks, overhead, master_works, prefetch, tile_major).run()
 
 
 class _TileSim:
-    def __init__(self, models, nranks, overhead, master_works, prefetch):
+    def __init__(self, models, nranks, overhead, master_works, prefetch, tile_major=False):
         self.models = models
+        self.tile_major = tile_major
         self.nw = max(0, nranks - 1)
         self.mw = bool(master_works and nranks > 1) or nranks == 1
         self.depth = max(1, int(prefetch or (2 if self.mw else 1)))
         self.ov = float(overhead)
-        self.queue = []                 # sorted [(not serial, tile, -cost, seq, cost, tile, step)]
+        self.queue = []                 # heap of (not serial, rank..., seq, cost, tile, step)
         self.left = {}                  # (tile, step) -> unfinished tasks
         self.events = []                # (time, seq, kind, data)
         self.seq = 0
@@ -101,14 +105,24 @@ class _TileSim:
         for c in tasks:
             self.seq += 1
             serial = STEPS[i] in SERIAL
-            self.queue.append((not serial, k, -c, self.seq, c, k, i))
-        self.queue.sort()
+            key = (k, -c) if self.tile_major else (_RANK.get(STEPS[i], i), k, -c)
+            heapq.heappush(self.queue, (not serial, *key, self.seq, c, k, i))
 
     def _take(self, exclusive_ok=True):
-        for j, item in enumerate(self.queue):
-            if exclusive_ok or item[0]:
-                return self.queue.pop(j)
-        return None
+        if not self.queue:
+            return None
+        if exclusive_ok or self.queue[0][0]:
+            return heapq.heappop(self.queue)
+        held, item = [], None           # a working master skips the serial steps
+        while self.queue:
+            cand = heapq.heappop(self.queue)
+            if cand[0]:
+                item = cand
+                break
+            held.append(cand)
+        for h in held:
+            heapq.heappush(self.queue, h)
+        return item
 
     def _dispatch(self, now):
         nwork = self.nw + int(self.mw)
@@ -124,11 +138,11 @@ class _TileSim:
     def _start(self, w, now):
         item = self.local[w].popleft()
         self.running[w] = item
-        self._push(now + item[4], "end", (w, item))
+        self._push(now + item[-3], "end", (w, item))
 
     def _completed(self, item, now):
-        k, i = item[5], item[6]
-        self.work += item[4]
+        k, i = item[-2], item[-1]
+        self.work += item[-3]
         self.left[(k, i)] -= 1
         if self.left[(k, i)] == 0:
             self._add_step(k, i + 1)
@@ -147,7 +161,7 @@ class _TileSim:
                 if own is None:
                     break
                 start = max(self.t, self.master_free)
-                self.master_free = start + own[4] + self.ov
+                self.master_free = start + own[-3] + self.ov
                 self._push(self.master_free, "own", own)
                 continue
             t, _, kind, data = heapq.heappop(self.events)
@@ -171,7 +185,7 @@ class _TileSim:
             if self.mw and self.master_free <= self.t and not any(e[2] == "own" for e in self.events):
                 own = self._take(exclusive_ok=False)
                 if own is not None:
-                    self.master_free = self.t + own[4] + self.ov
+                    self.master_free = self.t + own[-3] + self.ov
                     self._push(self.master_free, "own", own)
         makespan = self.t
         n = self.nw + 1
