@@ -255,6 +255,8 @@ class TileRun:
 
     def result(self, inner: Task, res, info) -> None:
         """A task's first result (``res`` None when it failed)."""
+        if inner.kind == PLAN:
+            inner.payload = None        # the stamps and the catalog it carried (the queue keeps tasks)
         if self.status != "running":
             return
         bad = isinstance(getattr(res, "data", None), dict) and res.data.get("input_error")
@@ -356,10 +358,10 @@ class TileRun:
             ordered.append(meta)
             if stamp is not None:
                 stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (stamp, meta.get("nstars_used"))
-        self.metas = None
-        self._step([Task(PLAN, PLAN, cost=1.0, payload={
-            "ordered": ordered, "stamps": stamps, "catalog": self.catalog, "shape": self.shape,
-            "bands": self.bands, "cells": self.cells})], exclusive=True)
+        payload = {"ordered": ordered, "stamps": stamps, "catalog": self.catalog, "shape": self.shape,
+                   "bands": self.bands, "cells": self.cells}
+        self.metas = self.catalog = None        # rank 0 keeps no tile's data longer than needed
+        self._step([Task(PLAN, PLAN, cost=1.0, payload=payload)], exclusive=True)
 
     def _planned(self, data):
         from .pipeline import _Run
@@ -398,6 +400,7 @@ class TileRun:
                 self.store.set_status(t.id, ST_DONE)
         write_carried(self.store, carried, self.journal)
         self.carried = {t.id for t in tasks if t.id in carried}
+        self.epsf_tasks = None
         log.info("[tile %s] %d patch task(s) queued", self.name, len(to_run))
         if to_run:
             self._step(to_run)
@@ -453,6 +456,7 @@ class TileRun:
         """End of the run while the tile is unfinished (stop request): keep state for --resume."""
         if self.status in ("running", "pending"):
             self.status, self.code = "stopped", EXIT_RESUMABLE
+            self.wall = time.monotonic() - self.t0
         self._release()
 
     def _release(self) -> None:
