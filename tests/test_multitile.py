@@ -156,7 +156,7 @@ def test_crashing_step_and_missing_input_fail_their_tiles_only(tmp_path, monkeyp
     """In one process: a tile whose prepare step raises is failed (exit code 1 in the summary,
     the error named), a tile whose input file is missing fails with the file named (2); the run
     exits 2 as no tile could run."""
-    import tract7dt_mpi.multitile as mt
+    import tract7dt_mpi.tile_steps as mt
     from tract7dt_mpi.cli import main
     (tmp_path / "cat.csv").write_text("ID,RA,DEC\n")
     (tmp_path / "images.txt").write_text("img.fits\n")

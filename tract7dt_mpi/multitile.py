@@ -20,7 +20,6 @@ input, a crash) is reported with its name and config and the other tiles go on.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -31,18 +30,15 @@ from . import pipeline_steps as steps
 from .errors import EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
 from .io import journal as jr
 from .io.store import ST_DONE, ST_FAILED, ST_STARTED, PlanEntry, ResultsStore, StorePlan
-from .io.tiles import read_context, write_context
 from .parallel import get_comm, install_excepthook, signals
-from .parallel.runner import TaskResult, plan_resume, write_carried
+from .parallel.runner import plan_resume, write_carried
 from .parallel.scheduler import Task, resolve_master_works, run_tasks
 from .parallel.watchdog import TaskTimeout
+from .tile_steps import FINISH, PLAN, PREPARE, STEP_KINDS as _STEP_KINDS, TileWorker
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 
 TILE_TASK = "tile/run"          #: journal record of a whole tile (DONE: skipped by --resume)
-PREPARE, PLAN, FINISH = "tile-prepare", "tile-plan", "tile-finish"
-_STEP_KINDS = (PREPARE, PLAN, FINISH)
-_CACHED_TILES = 4               #: tiles whose task state a rank keeps in memory at once
 
 
 @dataclasses.dataclass
@@ -96,102 +92,6 @@ def order(tasks: list[Task]) -> list[Task]:
 def _wrap(k: int, task: Task, exclusive: bool = False) -> Task:
     return Task(f"{k}|{task.id}", task.kind, cost=task.cost, index=task.index, payload=(k, task),
                 exclusive=exclusive)
-
-
-# ---------------------------------------------------------------------- any rank: the task functions
-class TileWorker:
-    """What one rank keeps per tile to run its tasks (a few tiles at once, least recent dropped)."""
-
-    def __init__(self, tiles: list[Tile]):
-        self.tiles = tiles
-        self.open: collections.OrderedDict = collections.OrderedDict()    # index -> steps.Worker
-
-    def _worker(self, k: int, context: bool = False):
-        w = self.open.pop(k, None)
-        if w is None:
-            w = steps.Worker(self.tiles[k].cfg)
-            w.has_context = False
-        self.open[k] = w
-        while len(self.open) > _CACHED_TILES:
-            self.open.popitem(last=False)[1].close()
-        if context and not w.has_context:
-            ctx = read_context(self.tiles[k].cfg.outputs.work_dir)
-            w.catalog, w.plan = ctx["catalog"], ctx["plan"]
-            w.psfs = steps.psf_choices(w.cfg, ctx["stamps"])
-            w.has_context = True
-        return w
-
-    def run(self, task: Task) -> TaskResult:
-        if task.payload[1].kind not in _STEP_KINDS:
-            return self._run(task)
-        try:
-            return self._run(task)
-        except InputError as exc:       # bad input: a one-line message for the tile, no traceback
-            return TaskResult(data={"input_error": (str(exc).splitlines() or [type(exc).__name__])[0]})
-
-    def _run(self, task: Task) -> TaskResult:
-        k, inner = task.payload
-        cfg = self.tiles[k].cfg
-        if inner.kind == PREPARE:
-            return TaskResult(data=prepare_step(cfg))
-        if inner.kind == PLAN:
-            return TaskResult(data=plan_step(cfg, self._worker(k).prepared.shape, **inner.payload))
-        if inner.kind == FINISH:
-            finish_step(cfg, read_context(cfg.outputs.work_dir))
-            return TaskResult()
-        if inner.kind == "epsf":
-            return self._worker(k).epsf_cell(inner)
-        if inner.kind == "patch":
-            return self._worker(k, context=True).patch_fit(inner)
-        if inner.kind == "summary":
-            return self._worker(k, context=True).summary_plot(inner)
-        raise ValueError(f"unknown task kind {inner.kind!r}")
-
-    def close(self):
-        for w in self.open.values():
-            w.close()
-        self.open.clear()
-
-
-def prepare_step(cfg) -> dict:
-    """Load (+ Gaia augmentation, + bright mask) into the prepared store, the working catalog, the
-    active ePSF cells and their tasks: the rank-0 input steps of a single-tile ``run``."""
-    plots = cfg.plotting.level == "full"
-    res = steps.load_step(cfg, True, plots)
-    if cfg.zp.enabled:
-        steps.augment_step(cfg, res, plots)
-    if cfg.bright_mask.enabled:
-        steps.bright_mask_step(cfg, res, True, plots)
-    steps.save_working_catalog(cfg, res.catalog)
-    cells = steps.active_cells(cfg, res.catalog, res.shape)
-    return {"catalog": res.catalog, "shape": tuple(res.shape), "bands": list(res.bands), "cells": cells,
-            "epsf_tasks": steps.epsf_tasks(cfg, res, cells)}
-
-
-def plan_step(cfg, prepared_shape, ordered, stamps, catalog, shape, bands, cells) -> dict:
-    """ePSF summary, PSF flux errors and fields, patch plan; writes the tile's task context."""
-    from .io.atomic import atomic_write_json
-    from .stages.epsf import count_status, epsf_summary
-    from .stages.epsf_select import failure_summary
-    os.makedirs(cfg.outputs.epsf_dir, exist_ok=True)
-    atomic_write_json(os.path.join(cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(ordered))
-    total, ok, fail = count_status(ordered)
-    log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
-    for line in failure_summary(ordered):
-        log.info(line)
-    stamps = steps.with_psf_flux_errors(stamps, ordered)
-    stamps = steps.with_psf_fields(cfg, stamps, ordered, prepared_shape)
-    plan = steps.patch_plan(cfg, catalog, shape, cells, len(bands))
-    write_context(cfg.outputs.work_dir, {"catalog": catalog, "plan": plan, "stamps": stamps})
-    return {"plan": plan, "stamps": stamps}
-
-
-def finish_step(cfg, ctx) -> None:
-    """Merge (from the results store and the prepared store's frame) and zero points."""
-    final = steps.merge_step(cfg, ctx["catalog"], steps.results_table(cfg, ctx["plan"]),
-                             *steps.prepared_frame(cfg)[2:])
-    if cfg.zp.enabled:
-        steps.zp_step(cfg, final)
 
 
 # ---------------------------------------------------------------------- rank 0: one tile's progress
