@@ -12,9 +12,10 @@ the other tiles' parallel work and rank 0 only dispatches and bookkeeps:
 
 A step's tasks are put on the queue (:func:`run_tasks` ``feed``) when the step before has all its
 results.  The queue holds the serial steps first (they unlock work), then every tile's ePSF cells,
-then the patches and plots, each in tile order and largest task first within a tile.  Each tile keeps its own work folder, run lock, journal,
-results file and resume; its task functions and their inputs are those of a single-tile ``run``
-(``pipeline_steps``), so its catalog is the same bit for bit.  A tile whose step fails (bad
+then the patches and plots, each in tile order and largest task first within a tile.  Each tile
+keeps its own work folder, run lock, journal, results file and resume; its task functions and
+their inputs are those of a single-tile ``run`` (``pipeline_steps``), so its catalog is the same
+bit for bit.  A tile whose step fails (bad
 input, a crash) is reported with its name and config and the other tiles go on.
 """
 
@@ -199,6 +200,10 @@ class TileRun:
             self.failed_tasks += inner.kind in ("epsf", "patch")
         if self.store is not None and inner.id in self.store.plan.index:
             if info.ok and res is not None and res.rows is not None:
+                parts = getattr(res.rows, "parts", None)      # encoded by the worker (tile_steps)
+                i = self.store.plan.index[inner.id]
+                if parts is not None and parts[1] and parts[0] != self.store.plan.row_offset[i]:
+                    raise RuntimeError(f"rows of {inner.id} encoded for another plan")
                 self.store.write_rows(inner.id, res.rows)
             attempt = self.journal.attempts(inner.id) if self.journal is not None else 1
             self.store.set_status(inner.id, ST_DONE if info.ok else ST_FAILED,
@@ -407,11 +412,15 @@ def run_tiles(tiles: list[Tile], options: dict, summary_path: str | None = None)
                  "; rank 0 also runs tasks (mpi.master_works)" if master_works and comm.size > 1 else "")
         for t in tiles:
             runs[t.index] = TileRun(t, options, comm, ready.extend)
-            runs[t.index].start()
     elif comm.size > 1:
         steps.warm_up()
+    pending = [t.index for t in tiles] if comm.is_master else []
 
     def feed():
+        # tiles start one per call (lock, journal, input signatures: up to a second each), so that
+        # rank 0 keeps dispatching in between; more only while a start gives no task
+        while pending and not ready:
+            runs[pending.pop(0)].start()
         new = list(ready)
         ready.clear()
         return new

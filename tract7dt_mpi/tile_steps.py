@@ -42,9 +42,16 @@ class TileWorker:
         while len(self.open) > _CACHED_TILES:
             self.open.popitem(last=False)[1].close()
         if context and not w.has_context:
+            from .io.store import PlanEntry, ResultsStore, StorePlan
+            from .stages.fit import result_columns
             ctx = read_context(self.tiles[k].cfg.outputs.work_dir)
             w.catalog, w.plan = ctx["catalog"], ctx["plan"]
             w.psfs = steps.psf_choices(w.cfg, ctx["stamps"])
+            # rows are encoded here, as by a single-tile run's workers: rank 0 only copies them
+            multi = bool(w.cfg.patch_run.enable_multi_band_simultaneous_fitting)
+            w.encoder = ResultsStore.encoder(
+                StorePlan([PlanEntry(steps.patch_task_id(p.patch_tag), "patch", rows=p.base_rows)
+                           for p in w.plan]), result_columns(ctx["bands"], multi))
             w.has_context = True
         return w
 
@@ -69,7 +76,11 @@ class TileWorker:
         if inner.kind == "epsf":
             return self._worker(k).epsf_cell(inner)
         if inner.kind == "patch":
-            return self._worker(k, context=True).patch_fit(inner)
+            w = self._worker(k, context=True)
+            res = w.patch_fit(inner)
+            if res.rows is not None:
+                res = TaskResult(rows=w.encoder.encode_rows(inner.id, res.rows), data=res.data)
+            return res
         if inner.kind == "summary":
             return self._worker(k, context=True).summary_plot(inner)
         raise ValueError(f"unknown task kind {inner.kind!r}")
@@ -109,7 +120,7 @@ def plan_step(cfg, prepared_shape, ordered, stamps, catalog, shape, bands, cells
     stamps = steps.with_psf_flux_errors(stamps, ordered)
     stamps = steps.with_psf_fields(cfg, stamps, ordered, prepared_shape)
     plan = steps.patch_plan(cfg, catalog, shape, cells, len(bands))
-    write_context(cfg.outputs.work_dir, {"catalog": catalog, "plan": plan, "stamps": stamps})
+    write_context(cfg.outputs.work_dir, {"catalog": catalog, "plan": plan, "stamps": stamps, "bands": bands})
     return {"plan": plan, "stamps": stamps}
 
 
