@@ -122,6 +122,8 @@ class TileRun:
                                         force=bool(self.opt.get("force_unlock")))
             if self.lock.notice:
                 log.warning("[tile %s] run lock: %s", self.name, self.lock.notice)
+            from .logsetup import snapshot_config
+            snapshot_config(self.cfg, logger=log)          # as a single-tile run does
             from .pipeline import _listed_image_files
             plan = jr.plan_doc(self.cfg, {"command_family": "pipeline"}, _listed_image_files(self.cfg))
             resume = bool(self.opt.get("resume") or self.cfg.patch_run.resume)
@@ -323,6 +325,7 @@ class TileRun:
         self.store.close()
         self.store = None
         steps.write_run_summary(self.cfg, self.plan, types.SimpleNamespace(infos=self.infos), self.carried)
+        self.plan = None
         self._step([Task(FINISH, FINISH, cost=1.0)], exclusive=True)
 
     def _finished(self):
