@@ -341,11 +341,17 @@ class TileRun:
     # -------------------------------------------------------------- end
     def _complete(self):
         from .io.store import write_run_attrs
+        from .parallel.mpienv import usable_cores
         self.wall = time.monotonic() - self.t0
         self.status = "done_with_failures" if self.failed_tasks else "done"
         self.code = EXIT_TASK_FAILURES if self.failed_tasks else EXIT_OK
-        write_run_attrs(self.cfg.outputs.results_h5, {"pipeline_seconds": self.wall, "n_ranks": self.comm.size,
-                                                      "multi_tile": True})
+        # the one-off steps under the single-tile stage names, so that simulate-scaling (also
+        # --tiles) can model the tile from this store; the tile's wall includes waiting for others
+        walls = {k: self.infos[s].wall for k, s in (("load_inputs", PREPARE), ("build_patches", PLAN),
+                                                    ("merge", FINISH)) if s in self.infos}
+        write_run_attrs(self.cfg.outputs.results_h5, {
+            "pipeline_seconds": self.wall, "n_ranks": self.comm.size, "multi_tile": True,
+            "stage_seconds": walls, "serial_seconds": sum(walls.values()), "cores": usable_cores()})
         self.journal.record(TILE_TASK, jr.DONE, wall=round(self.wall, 3))
         log.info("[tile %s] finished in %.1fs%s: %s", self.name, self.wall,
                  f" with {self.failed_tasks} failed task(s)" if self.failed_tasks else "",
