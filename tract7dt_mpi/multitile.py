@@ -30,11 +30,14 @@ import types
 from . import pipeline_steps as steps
 from .errors import EXIT_ABORT, EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
 from .io import journal as jr
+from .io.runlock import RunLock
 from .io.store import ST_DONE, ST_FAILED, ST_STARTED, PlanEntry, ResultsStore, StorePlan
+from .logsetup import snapshot_config
 from .parallel import get_comm, install_excepthook, signals
 from .parallel.runner import plan_resume, write_carried
 from .parallel.scheduler import Task, resolve_master_works, run_tasks
 from .parallel.watchdog import TaskTimeout
+from .pipeline import _Run, _listed_image_files      # the single-tile run's store and plan-hash helpers
 from .tile_steps import FINISH, PLAN, PREPARE, STEP_KINDS as _STEP_KINDS, TileWorker
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
@@ -116,15 +119,12 @@ class TileRun:
     def start(self) -> None:
         if self.tile.error is not None:
             return self.fail(self.tile.error)
-        from .io.runlock import RunLock
         try:
             self.lock = RunLock.acquire(self.cfg.outputs.work_dir, command=" ".join(self.opt.get("argv") or []),
                                         force=bool(self.opt.get("force_unlock")))
             if self.lock.notice:
                 log.warning("[tile %s] run lock: %s", self.name, self.lock.notice)
-            from .logsetup import snapshot_config
             snapshot_config(self.cfg, logger=log)          # as a single-tile run does
-            from .pipeline import _listed_image_files
             plan = jr.plan_doc(self.cfg, {"command_family": "pipeline"}, _listed_image_files(self.cfg))
             resume = bool(self.opt.get("resume") or self.cfg.patch_run.resume)
             self.resume = resume
@@ -143,7 +143,7 @@ class TileRun:
         self.status = "running"
         log.info("[tile %s] started (%s, work folder %s)", self.name, self.tile.config,
                  self.cfg.outputs.work_dir)
-        self._step([Task(f"{PREPARE}", PREPARE, cost=1.0)], exclusive=True)
+        self._step([Task(PREPARE, PREPARE, cost=1.0)], exclusive=True)
 
     def _step(self, inner: list[Task], exclusive=False) -> None:
         self.waiting = {t.id for t in inner}
@@ -271,7 +271,6 @@ class TileRun:
         self._step([Task(PLAN, PLAN, cost=1.0, payload=payload)], exclusive=True)
 
     def _planned(self, data):
-        from .pipeline import _Run
         from .stages.fit import result_columns
         cfg, plan = self.cfg, data["plan"]
         self.plan = plan
