@@ -22,7 +22,7 @@ JOBSCRIPTS = REPO / "jobscripts"
 RECORD_ENV = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "TRACT7DT_THREADS_PER_RANK", "SRUN_CPUS_PER_TASK",
               "APPTAINERENV_OMP_NUM_THREADS", "HDF5_USE_FILE_LOCKING", "TILE_LIST", "RC_DIR", "RESUME",
-              "MAX_REQUEUE", "SLURM_ARRAY_TASK_ID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"]
+              "MAX_REQUEUE", "SLURM_ARRAY_TASK_ID", "TILES_PER_JOB", "OMPI_COMM_WORLD_RANK", "PMI_RANK"]
 
 RECORDER = r'''#!{py}
 import json, os, sys
@@ -91,21 +91,32 @@ rec = {{"cmd": "tract7dt-mpi", "argv": sys.argv[1:],
        "env": {{k: os.environ[k] for k in {keys!r} if k in os.environ}}}}
 with open({log!r}, "a") as fh:
     fh.write(json.dumps(rec) + "\n")
-cfg = sys.argv[1]
-d = os.path.dirname(os.path.abspath(cfg))
-codes_file = os.path.join(d, "exit_codes")
-codes = open(codes_file).read().split() if os.path.exists(codes_file) else []
-rc = int(codes[0]) if codes else 0
-if codes:
-    open(codes_file, "w").write("\n".join(codes[1:]))
-os.makedirs(os.path.join(d, "work"), exist_ok=True)
-with open(os.path.join(d, "work", "journal.jsonl"), "a") as fh:
-    fh.write(json.dumps({{"task": "p1", "kind": "patch", "state": "DONE" if rc == 0 else "STARTED"}}) + "\n")
-    fh.write('{{"task": "p2", "state": ')       # a torn line, as after a kill
-    fh.write("\n")
+def one_tile(cfg):
+    d = os.path.dirname(os.path.abspath(cfg))
+    codes_file = os.path.join(d, "exit_codes")
+    codes = open(codes_file).read().split() if os.path.exists(codes_file) else []
+    rc = int(codes[0]) if codes else 0
+    if codes:
+        open(codes_file, "w").write("\n".join(codes[1:]))
+    os.makedirs(os.path.join(d, "work"), exist_ok=True)
+    with open(os.path.join(d, "work", "journal.jsonl"), "a") as fh:
+        fh.write(json.dumps({{"task": "p1", "kind": "patch", "state": "DONE" if rc == 0 else "STARTED"}}) + "\n")
+        fh.write('{{"task": "p2", "state": ')       # a torn line, as after a kill
+        fh.write("\n")
+    return rc
+if sys.argv[1:3] == ["run", "--tiles"]:       # several tiles: per-tile codes in the summary CSV
+    lst = sys.argv[3]
+    cfgs = [ln.strip() for ln in open(lst) if ln.strip()]
+    rcs = [one_tile(c) for c in cfgs]
+    with open(os.path.splitext(lst)[0] + ".summary.csv", "w") as fh:
+        fh.write("tile,config,status,exit_code\n")
+        fh.writelines(f"t{{i}},{{c}},x,{{r}}\n" for i, (c, r) in enumerate(zip(cfgs, rcs)))
+    rc = 3 if 3 in rcs else 0 if not any(rcs) else 4
+else:
+    rc = one_tile(sys.argv[1])
 if os.environ.get("FAKE_WAIT_SIGNAL"):
     signal.signal(signal.SIGUSR1, lambda *a: sys.exit(3))
-    open(os.path.join(d, "started"), "w").close()
+    open(os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "started"), "w").close()
     time.sleep(30)
     sys.exit(9)
 sys.exit(rc)

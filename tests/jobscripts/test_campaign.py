@@ -136,3 +136,27 @@ def test_where_uses_config_resolution(tmp_path, capsys):
     assert p["journal"] == (tmp_path / "run" / "logs" / "j.jsonl").resolve()
     assert campaign.main(["where", str(cfg), "--field", "final_catalog"]) == 0
     assert capsys.readouterr().out.strip() == str((tmp_path / "run" / "output_catalog.csv").resolve())
+
+
+def test_packed_campaign_runs_tiles_together_and_resubmits_their_group(stubs):
+    t = [stubs.tile("a"), stubs.tile("b", [3, 0]), stubs.tile("c", [2]), stubs.tile("d"), stubs.tile("e")]
+    lst = stubs.root / "tiles.txt"
+    lst.write_text("".join(f"{p}\n" for p in t))
+    res = camp(stubs, "submit", str(lst), env={"TILES_PER_JOB": "2"})
+    assert res.returncode == 0, res.stderr
+    (sb,) = stubs.calls("sbatch")
+    assert "--array=0,1,2" in sb["argv"] and sb["env"]["TILES_PER_JOB"] == "2"
+    progs = stubs.calls("tract7dt-mpi")
+    assert [p["argv"][:2] for p in progs] == [["run", "--tiles"]] * 3
+    groups = [open(p["argv"][2]).read().split() for p in progs]
+    assert sorted(groups) == sorted([[str(t[0]), str(t[1])], [str(t[2]), str(t[3])], [str(t[4])]])
+    # each tile's state comes from its own exit code in the element's summary
+    assert {i: s for i, (s, _) in states(res.stdout).items()} == {
+        0: "DONE", 1: "RESUMABLE", 2: "BAD_INPUT", 3: "DONE", 4: "DONE"}
+    res = camp(stubs, "update")                  # tile 1 resumable: its whole group again
+    sb = stubs.calls("sbatch")[-1]
+    assert "--array=0" in sb["argv"] and sb["env"]["RESUME"] == "1"
+    assert stubs.calls("tract7dt-mpi")[-1]["argv"][3:] == ["--resume"]
+    res = camp(stubs, "status")
+    assert states(res.stdout) == {0: ("DONE", 1), 1: ("DONE", 2), 2: ("BAD_INPUT", 1), 3: ("DONE", 1),
+                                  4: ("DONE", 1)}

@@ -83,3 +83,33 @@ def test_first_ctrl_c_requests_a_stop_second_interrupts():
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
+
+
+def test_feed_adds_tasks_while_the_run_goes_on_in_the_given_order():
+    """A task's result can make new tasks ready (``feed``); ``order`` is applied to the queue."""
+    ready, ran = [], []
+
+    def on_done(task, res, info):
+        if task.id == "first":
+            ready.extend([Task("small", "y", 1), Task("big", "y", 9), Task("mid", "y", 5)])
+
+    def feed():
+        new = list(ready)
+        ready.clear()
+        return new
+
+    rep = run_tasks(Comm(None), [Task("first", "x", 1)], lambda t: ran.append(t.id), on_done=on_done,
+                    feed=feed, order=lambda ts: sorted(ts, key=lambda t: t.cost), heartbeat_sec=0)
+    assert ran == ["first", "small", "mid", "big"] and rep.total == 4 and rep.done == 4
+
+
+def test_feed_after_a_stop_is_left_undispatched():
+    ready = []
+
+    def on_done(task, res, info):
+        signals.request_stop("test")
+        ready.append(Task("later", "y", 1))
+
+    rep = run_tasks(Comm(None), [Task("first", "x", 1)], lambda t: None, on_done=on_done,
+                    feed=lambda: [ready.pop()] if ready else [], heartbeat_sec=0)
+    assert rep.stopped and rep.undispatched == ["later"] and rep.done == 1

@@ -66,3 +66,15 @@ def test_from_config_reads_the_mpi_section():
     p = TaskTimeout.from_config(Mpi())
     assert (p.factor, p.min_sec, p.limit_sec) == (Mpi().task_timeout_factor,
                                                   Mpi().task_timeout_min_sec, Mpi().task_timeout_sec)
+
+
+def test_each_task_kind_has_its_own_expected_time():
+    """In a queue mixing kinds (multi-tile runs) a long tile step is not judged by short cells."""
+    kinds = {"cell1": "epsf", "cell2": "epsf", "load": "tile-prepare", "load2": "tile-prepare"}
+    dog = Watchdog(TaskTimeout(factor=10, min_sec=1), [1, 2], lambda tid: 0.0, kinds.get)
+    dog.finished(0.5, "cell1")
+    dog.sent(1, "cell2", 0.0)
+    dog.sent(2, "load", 0.0)
+    assert dog.find_late(20.0) == [1]          # 20 s > 10 x 0.5 s for a cell; no load finished yet
+    dog.finished(30.0, "load2")
+    assert dog.times_of("load").limit(0.0) == pytest.approx(300.0)

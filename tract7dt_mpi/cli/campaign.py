@@ -18,7 +18,8 @@ before writing an exit code). Nothing here imports MPI; campaign bookkeeping liv
 Defaults come from environment variables so that the shell wrapper stays trivial: CAMPAIGN_DIR
 (./campaign), MAX_RESUBMITS (3), JOB_SCRIPT (jobscripts/slurm_tile.sbatch of this checkout),
 SBATCH (sbatch), SACCT (sacct), SBATCH_ARGS (extra sbatch options, split like a shell would),
-MAX_PARALLEL (array throttle ``%K``; 0 = none).
+MAX_PARALLEL (array throttle ``%K``; 0 = none), TILES_PER_JOB (tiles packed into one array element,
+run together by ``run --tiles``; fixed when the campaign is created; default 1).
 """
 from __future__ import annotations
 
@@ -200,12 +201,13 @@ def _expand_indices(text: str) -> list[int]:
 
 
 def submit_array(indices: list[int], camp: "Campaign", resume: bool) -> str:
-    """sbatch one job array over ``indices`` of the tile list; returns the job id."""
+    """sbatch one job array over ``indices`` (tile list lines, or groups of ``camp.pack`` lines);
+    returns the job id."""
     spec = ",".join(str(i) for i in indices)
     if camp.max_parallel > 0:
         spec += f"%{camp.max_parallel}"
     env = dict(os.environ, TILE_LIST=str(camp.tile_list), RC_DIR=str(camp.rc_dir),
-               RESUME="1" if resume else "auto", MAX_REQUEUE="0")
+               RESUME="1" if resume else "auto", MAX_REQUEUE="0", TILES_PER_JOB=str(camp.pack))
     cmd = [camp.sbatch, "--parsable", "--export=ALL", f"--array={spec}",
            f"--output={camp.dir / 'logs'}/tile-%a-%A.out", "--open-mode=append",
            *camp.sbatch_args, camp.job_script]
@@ -251,6 +253,12 @@ class Campaign:
         self.state.setdefault("submissions", [])
         self.state.setdefault("attempts", {})
         self.state.setdefault("last_job", {})
+        self.state.setdefault("pack", max(1, int(os.environ.get("TILES_PER_JOB", "1") or 1)))
+
+    @property
+    def pack(self) -> int:
+        """Tiles per array element (element g runs tiles g*pack ... g*pack + pack - 1)."""
+        return int(self.state.get("pack", 1))
 
     @property
     def tiles(self) -> list[str]:
@@ -289,14 +297,18 @@ class Campaign:
     def submit(self, indices: list[int], resume: bool) -> str:
         """Submit ``indices`` as one array; previous exit-code files of those tiles are set aside."""
         n = len(self.state["submissions"])
-        for i in indices:
+        p = self.pack
+        groups = sorted({i // p for i in indices})          # array elements (= indices if p == 1)
+        members = [i for g in groups for i in range(g * p, min(len(self.tiles), (g + 1) * p))]
+        for i in members:
             rc_file = self.rc_dir / f"{i}.rc"
             if rc_file.exists():
                 os.replace(rc_file, self.rc_dir / f"{i}.rc.{n}")
-        job = submit_array(indices, self, resume)
+        job = submit_array(groups, self, resume)
         self.state["submissions"].append({"job": job, "indices": indices, "time": time.time()})
-        for i in indices:
-            self.state["attempts"][str(i)] = self.state["attempts"].get(str(i), 0) + 1
+        for i in members:          # packed tiles done before are skipped by their --resume
+            if i in indices:
+                self.state["attempts"][str(i)] = self.state["attempts"].get(str(i), 0) + 1
             self.state["last_job"][str(i)] = job
         self.save()
         return job
@@ -315,7 +327,7 @@ class Campaign:
                 tasks = read_journal(tile_paths(cfg)["journal"])
             except InputError:
                 tasks = Counter()
-            state = classify(rcs[i], sacct.get((job, i)), bool(job), tasks)
+            state = classify(rcs[i], sacct.get((job, i // self.pack)), bool(job), tasks)
             if state == "RESUMABLE" and attempts > self.state["cap"]:
                 state = "GAVE_UP"
             rows.append(Tile(i, cfg, state, attempts, job, rcs[i], tasks))

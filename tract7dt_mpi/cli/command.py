@@ -32,7 +32,7 @@ OTHER_COMMANDS = ("dump-config", "make-sample", "simulate-scaling")
 #: commands that read the input catalog and image list (checked on every rank before any work)
 _NEEDS_INPUTS = ("run", "run-epsf", "build-patches", "build-patch-inputs")
 _VALUE_OPTIONS = {"--config", "-c", "--deadline", "--log-level", "--out", "--bands", "--size", "--seed",
-                  "--sources", "--store", "--ranks"}
+                  "--sources", "--store", "--ranks", "--tiles"}
 
 
 def _rank_size():
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override logging.level")
         sp.add_argument("--force-unlock", action="store_true",
                         help="take the work folder's lock even if another run seems to hold it")
+        if name == "run":
+            sp.add_argument("--tiles", metavar="LIST",
+                            help="run every tile config listed in LIST (one YAML path per line) "
+                                 "under this one launch, all tiles' tasks on one queue")
     sp = sub.add_parser("dump-config", help="write a commented template of every config key")
     sp.add_argument("--out", default="sample_config.yaml", help="output file ('-' = stdout); default %(default)s")
     sp.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="speed of each process when 1,2,3,... run at once, e.g. 1,0.6,0.4")
     sp.add_argument("--launch", type=float, default=None,
                     help="seconds an MPI launch adds to a plain process")
+    sp.add_argument("--tiles", type=int, default=1,
+                    help="predict a multi-tile run (run --tiles) of this many copies of the tile")
     return p
 
 
@@ -193,6 +199,8 @@ def _pipeline_entry(command: str):
 def _run_pipeline(args, argv, state) -> int:
     from ..config import load_config
 
+    if getattr(args, "tiles", None):
+        return _run_tiles(args, argv, state)
     cfg_path = args.config or args.config_pos
     if args.config and args.config_pos and os.path.abspath(args.config) != os.path.abspath(args.config_pos):
         raise InputError(f"two different config files given: {args.config_pos} and --config {args.config}")
@@ -236,6 +244,45 @@ def _run_locked(args, argv, state, cfg, deadline, run_command, lock) -> int:
     return EXIT_OK if rc is None else int(rc)
 
 
+def _run_tiles(args, argv, state) -> int:
+    """``run --tiles LIST``: every listed tile under this launch (:mod:`tract7dt_mpi.multitile`).
+
+    A tile whose config or inputs are bad fails alone (named in the log and the summary); the
+    run's log is ``LIST`` with the suffix ``.log``, its per-tile summary ``LIST`` + ``.summary.csv``.
+    """
+    from ..config import load_config
+    from ..io.tiles import read_tile_list
+    from ..logsetup import log_header, setup_logging
+    if args.config or args.config_pos:
+        raise InputError("give either a config file or --tiles LIST, not both")
+    mt = _lazy("tract7dt_mpi.multitile", "load_tiles", "run")
+    over = {"logging": {"level": args.log_level}} if args.log_level else None
+
+    def load(path):
+        cfg = load_config(path)
+        return cfg.with_overrides(over) if over else cfg
+
+    tiles = mt(read_tile_list(args.tiles), load, lambda cfg: _check_inputs(cfg, "run"))
+    good = [t for t in tiles if t.cfg is not None]
+    if not good:
+        raise InputError(f"--tiles {args.tiles}: no tile config is usable (first: {tiles[0].config}: "
+                         f"{tiles[0].error})")
+    stem = os.path.splitext(os.path.abspath(args.tiles))[0]
+    cfg = good[0].cfg.with_overrides({"logging": {"file": stem + ".log"}})
+    state["cfg"] = cfg
+    deadline = parse_deadline(args.deadline) if args.deadline else None
+    rank, size = _init_runtime(cfg)
+    state.update(rank=rank, size=size)
+    logger, logfile = setup_logging(cfg, "run", rank, size)
+    state.update(logger=logger, logfile=logfile)
+    if rank == 0:
+        log_header(logger, [PROG] + list(argv), size)
+    options = {"resume": bool(args.resume), "force": bool(args.force), "deadline": deadline,
+               "force_unlock": bool(args.force_unlock), "argv": [PROG] + list(argv)}
+    run_tiles = _lazy("tract7dt_mpi.multitile", "run_tiles", "run")
+    return int(run_tiles(tiles, options, summary_path=stem + ".summary.csv" if rank == 0 else None))
+
+
 def _dump_config(args) -> int:
     from ..config.template import render_template, write_template
     if args.out == "-":
@@ -264,7 +311,8 @@ def _make_sample(args, rank: int) -> int:
 
 def _simulate_scaling(args) -> int:
     scaling_main = _lazy("tract7dt_mpi.parallel.scaling", "main", "simulate-scaling")
-    ns = argparse.Namespace(store=args.store, ranks=args.ranks, cores=args.cores, speed=args.speed)
+    ns = argparse.Namespace(store=args.store, ranks=args.ranks, cores=args.cores, speed=args.speed,
+                            tiles=args.tiles)
     if args.launch is not None:
         ns.launch = args.launch
     rc = scaling_main(ns)

@@ -89,6 +89,15 @@ def normalize_dtype(dt) -> np.dtype:
     return dt
 
 
+def _store_columns(columns) -> dict:
+    """name -> store dtype of the result columns, ``_row`` first."""
+    cols = {"_row": np.dtype(np.int64)}
+    for name, dt in columns:
+        if name != "_row":
+            cols[name] = normalize_dtype(dt)
+    return cols
+
+
 def fill_value(dt: np.dtype):
     if dt.kind == "f":
         return np.nan
@@ -181,10 +190,7 @@ class ResultsStore:
         set_hdf5_env()
         if parallel is None:
             parallel = use_parallel_h5(comm)
-        cols = {"_row": np.dtype(np.int64)}
-        for name, dt in columns:
-            if name != "_row":
-                cols[name] = normalize_dtype(dt)
+        cols = _store_columns(columns)
         if not parallel and not comm.is_master:
             return cls(path, comm, False, None, plan, cols)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -244,6 +250,13 @@ class ResultsStore:
         if parallel:
             comm.barrier()
         return cls(path, comm, parallel, f, plan, cols)
+
+    @classmethod
+    def encoder(cls, plan: StorePlan, columns) -> "ResultsStore":
+        """An unopened store that only encodes rows (:meth:`encode_rows`) for ``plan``; a plan
+        holding just the tasks with rows gives the same offsets as the full one (tasks without
+        rows take no records)."""
+        return cls("", None, False, None, plan, _store_columns(columns))
 
     # ------------------------------------------------------------------ writing
     @property

@@ -302,6 +302,8 @@ def _parse(args):
                          "1,0.6,0.4 (benchmarks/bench_mpi.py measures it); overrides --cores")
     ap.add_argument("--launch", type=float, default=DEFAULT_LAUNCH_S,
                     help="seconds an MPI launch adds to a plain process (default %(default)s)")
+    ap.add_argument("--tiles", type=int, default=1,
+                    help="predict a multi-tile run (run --tiles) of this many copies of the tile")
     return ap.parse_args(args)
 
 
@@ -329,6 +331,10 @@ def main(args=None) -> int:
         meas = load_measurements(ns.store, speed)
     except (OSError, KeyError) as exc:
         raise InputError(f"{ns.store}: not a readable tract7dt-mpi results store ({exc})") from None
+    if int(getattr(ns, "tiles", 1) or 1) > 1:
+        from .scaling_tiles import print_table
+        print_table(meas, int(ns.tiles), ranks)
+        return 0
     n_tasks = sum(len(v) for v in meas["phases"].values())
     print(f"store {ns.store}: {n_tasks} measured tasks "
           + ", ".join(f"{k}={len(v)} ({sum(v):.1f} CPU s)" for k, v in meas["phases"].items())

@@ -57,6 +57,9 @@ class Task:
     cost: float = 1.0
     index: int = 0            #: position in the plan (ties and deterministic ordering)
     payload: Any = None
+    #: a serial step (e.g. a tile's loading in a multi-tile run): never handed to a second rank
+    #: while late, never run by a working master (it would stop dispatching meanwhile)
+    exclusive: bool = False
 
 
 @dataclasses.dataclass
@@ -145,7 +148,9 @@ def run_tasks(comm: Comm, tasks: list[Task] | None, fn: Callable[[Task], Any], *
               worker_post: Callable[[Task, Any], Any] | None = None,
               heartbeat_sec: float = 30.0, master_works: bool = False,
               prefetch: int | None = None, timeout: TaskTimeout | None = None,
-              on_abort: Callable[[], None] | None = None) -> RunReport:
+              on_abort: Callable[[], None] | None = None,
+              feed: Callable[[], list[Task]] | None = None,
+              order: Callable[[list[Task]], list[Task]] | None = None) -> RunReport:
     """Run ``tasks`` over all ranks of ``comm``; every rank must call this (workers pass None).
 
     ``fn(task)`` runs on a worker (or on the master with one process or ``master_works``).
@@ -156,14 +161,19 @@ def run_tasks(comm: Comm, tasks: list[Task] | None, fn: Callable[[Task], Any], *
     ``master_works``.  ``timeout``: when a task is late (default :class:`.TaskTimeout()`);
     ``on_abort()`` runs on the master before it aborts the job because of a silent rank.  Returns
     the master's :class:`RunReport` (workers get a small report).
+
+    ``feed()`` (master only): new tasks that became ready (e.g. added by ``on_done``), taken before
+    every dispatch; the run ends when the queue is empty, every task answered and ``feed`` gives
+    nothing.  ``order(tasks)``: the dispatch order (default :func:`order_tasks`).
     """
     if comm.size == 1:
         return _serial(comm, tasks or [], fn, label, on_done, on_failed, on_start, worker_post,
-                       heartbeat_sec)
+                       heartbeat_sec, feed, order or order_tasks)
     if comm.is_master:
         depth = max(1, int(prefetch if prefetch else (2 if master_works else 1)))
         return _Master(comm, tasks or [], fn, worker_post, label, on_done, on_failed, on_start,
-                       heartbeat_sec, master_works, depth, timeout or TaskTimeout(), on_abort).run()
+                       heartbeat_sec, master_works, depth, timeout or TaskTimeout(), on_abort,
+                       feed, order or order_tasks).run()
     return _worker(comm, fn, worker_post, label)
 
 
@@ -192,16 +202,25 @@ def _run_local(fn, worker_post, task, rank, host):
     return ok, res, wall, rss, started
 
 
-def _serial(comm, tasks, fn, label, on_done, on_failed, on_start, worker_post, hb_sec):
+def _serial(comm, tasks, fn, label, on_done, on_failed, on_start, worker_post, hb_sec, feed=None,
+            order=order_tasks):
     report = RunReport(label=label, total=len(tasks))
     t0 = time.monotonic()
     hb = Heartbeat(label, len(tasks), hb_sec)
-    queue = order_tasks(tasks)
-    for i, task in enumerate(queue):
+    queue = collections.deque(order(tasks))
+    while True:
+        new = feed() if feed is not None else []
+        if new:
+            report.total += len(new)
+            hb.total = report.total
+            queue = collections.deque(order(list(queue) + list(new)))
+        if not queue:
+            break
         if signals.stop_requested():
             report.stopped, report.stop_reason = True, signals.stop_reason()
-            report.undispatched = [t.id for t in queue[i:]]
+            report.undispatched = [t.id for t in queue]
             break
+        task = queue.popleft()
         m0 = time.perf_counter()
         if on_start is not None:
             on_start(task, 0, comm.host)
@@ -253,21 +272,23 @@ class _Master:
     hand the tasks of a late worker to others (first result wins)."""
 
     def __init__(self, comm, tasks, fn, worker_post, label, on_done, on_failed, on_start, hb_sec,
-                 master_works, depth, timeout, on_abort):
+                 master_works, depth, timeout, on_abort, feed=None, order=order_tasks):
         self.comm, self.MPI, self.p2p = comm, comm.MPI, comm.p2p
         self.fn, self.worker_post = fn, worker_post
         self.on_done, self.on_failed, self.on_start = on_done, on_failed, on_start
         self.on_abort = on_abort
         self.report = RunReport(label=label, total=len(tasks))
         self.by_id = {t.id: t for t in tasks}
-        self.queue = collections.deque(order_tasks(tasks))
+        self.feed, self.order = feed, order
+        self.queue = collections.deque(order(tasks))
         self.own = None                         # (task id, start) of the master's own task
         self.out = {r: 0 for r in range(1, comm.size)}      # outstanding tasks per worker
         self.hosts: dict[int, str] = {}
         self.stopped: set[int] = set()
         self.result_from: dict[str, int] = {}   # task id -> rank whose (first) result was taken
         self.copies_queued: set[str] = set()    # tasks put back in the queue for another rank
-        self.dog = Watchdog(timeout, list(self.out), lambda tid: float(self.by_id[tid].cost))
+        self.dog = Watchdog(timeout, list(self.out), lambda tid: float(self.by_id[tid].cost),
+                            lambda tid: self.by_id[tid].kind)
         self.next_watch = 0.0
         self.t0 = time.monotonic()
         self.sends = _Sends()
@@ -289,13 +310,15 @@ class _Master:
         while len(self.stopped) < len(self.out):
             while (got := _try_recv(self.p2p, self.MPI, self.MPI.ANY_SOURCE)) is not None:
                 self._handle(*got)
+            self._take_feed()
             self._check_stop()
             self._watch()
             self._dispatch()
             if len(self.stopped) == len(self.out):
                 break
-            if self.master_works and self.queue:
-                self._run_own(self.queue.popleft())
+            own = self._own_pick() if self.master_works else None
+            if own is not None:
+                self._run_own(own)
                 continue
             got = self._wait()
             if got is not None:
@@ -304,6 +327,29 @@ class _Master:
         rep.wall = time.monotonic() - t0
         self._beat(force=self.hb.every > 0)
         return rep
+
+    def _take_feed(self):
+        """Tasks that became ready (``feed``) join the queue in dispatch order (not after a stop)."""
+        new = self.feed() if self.feed is not None else []
+        if not new:
+            return
+        rep = self.report
+        if rep.stopped:
+            rep.undispatched += [t.id for t in new]
+            return
+        for t in new:
+            self.by_id[t.id] = t
+        rep.total += len(new)
+        self.hb.total = rep.total
+        self.queue = collections.deque(self.order(list(self.queue) + list(new)))
+
+    def _own_pick(self):
+        """The first queued task the master may run itself (not an exclusive serial step)."""
+        for i, t in enumerate(self.queue):
+            if not t.exclusive:
+                del self.queue[i]
+                return t
+        return None
 
     def _running(self):
         run = [(tid, w, self.hosts.get(w, "?"), t0) for w, tid, t0 in self.dog.running()]
@@ -390,7 +436,7 @@ class _Master:
             if not rep.stopped:
                 for tid in reversed(list(self.dog.held[w])):
                     if tid not in self.result_from and tid not in self.copies_queued \
-                            and self.dog.can_copy(tid):
+                            and self.dog.can_copy(tid) and not self.by_id[tid].exclusive:
                         self.queue.appendleft(self.by_id[tid])
                         self.copies_queued.add(tid)
                         moved.insert(0, tid)
@@ -408,7 +454,8 @@ class _Master:
     def _useful_work(self) -> bool:
         """True while a rank that still answers has (or can be given) a task without a result."""
         live = [w for w in self.hosts if w not in self.dog.late]
-        if self.queue and (self.master_works or any(w not in self.stopped for w in live)):
+        if self.queue and (self.master_works and any(not t.exclusive for t in self.queue)
+                           or any(w not in self.stopped for w in live)):
             return True
         return self.dog.unfinished_on(live, self.result_from)
 

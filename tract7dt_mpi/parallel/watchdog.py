@@ -130,9 +130,11 @@ class Late:
 class Watchdog:
     """What each worker holds (in the order sent), when its current task started, who is late."""
 
-    def __init__(self, policy: TaskTimeout, workers, cost_of):
+    def __init__(self, policy: TaskTimeout, workers, cost_of, kind_of=None):
         self.times = TaskTimes(policy)
         self.cost_of = cost_of                                   # task id -> estimated cost
+        self.kind_of = kind_of      # task id -> kind: each kind has its own expected times
+        self._kinds: dict = {}
         self.held = {w: collections.deque() for w in workers}    # task ids sent, oldest first
         self.since = {w: 0.0 for w in workers}                   # start of the oldest one
         self.late: dict[int, Late] = {}
@@ -155,9 +157,21 @@ class Watchdog:
         self.since[rank] = now
         return self.late.pop(rank, None)
 
+    def times_of(self, task_id: str) -> TaskTimes:
+        """The finished-task times a task is compared with (its kind's, when kinds are given:
+        a queue mixing ePSF cells, patches and a tile's loading must not share one scale)."""
+        if self.kind_of is None:
+            return self.times
+        kind = self.kind_of(task_id)
+        if kind not in self._kinds:
+            self._kinds[kind] = TaskTimes(self.times.policy)
+        return self._kinds[kind]
+
     def finished(self, wall: float, task_id: str) -> None:
         """A first result: its wall time joins the phase's distribution."""
         self.times.add(wall, self.cost_of(task_id))
+        if self.kind_of is not None:
+            self.times_of(task_id).add(wall, self.cost_of(task_id))
 
     def running(self):
         """(rank, task id, start) of every worker's current task."""
@@ -169,7 +183,7 @@ class Watchdog:
         for w, tid, t0 in self.running():
             if w in self.late:
                 continue
-            lim = self.times.limit(self.cost_of(tid))
+            lim = self.times_of(tid).limit(self.cost_of(tid))
             if now - t0 > lim:
                 self.late[w] = Late(tid, t0, now, lim)
                 new.append(w)

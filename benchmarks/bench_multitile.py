@@ -1,0 +1,143 @@
+"""Many tiles in one run (``tract7dt-mpi run --tiles``): measured gain and predicted efficiency.
+
+``python benchmarks/bench_multitile.py``            predicted efficiency of 16 full 40-band tiles on
+                                                     256 ranks (and other packings)
+``python benchmarks/bench_multitile.py --measure``  also: 4 small tiles (2 bands, 256 px, seeds
+                                                     1-4) as 4 single-tile runs and as one
+                                                     ``run --tiles`` under ``mpirun -n 3``: wall and
+                                                     CPU seconds of both, catalogs compared byte
+                                                     for byte
+
+The full-tile model is the measured full-size 40-band synthetic tile of ``bench_scale.py`` (9576 x
+6388 px, 2882 sources, ``docs/mpi.md``): 1960 ePSF cells with 6223 CPU s in all, 1405 patches with
+1735 CPU s (their spread is not stored: log-normal, sigma 1, scaled to that sum), 206 s of rank-0
+stages, taken here as 190 s loading (prepare step), 8 s planning and 8 s merge + ZP, and 41
+summary plots of 1 s.  The what-if row splits the loading into one task per band (40 x 4.6 s)
+ahead of a 5 s prepare step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from tract7dt_mpi.parallel.scaling_tiles import TileModel, simulate_tiles  # noqa: E402
+
+OVERHEAD_S = 0.0003     #: master seconds per message (order of the measured dispatch overhead)
+
+
+def full_tile(per_band_load: bool = False) -> TileModel:
+    rng = np.random.default_rng(1)
+    patches = np.exp(rng.normal(0.0, 1.0, 1405))
+    patches *= 1735.0 / patches.sum()
+    epsf = [6223.0 / 1960] * 1960
+    if per_band_load:
+        return TileModel(5.0, epsf, 8.0, list(patches), 8.0, [1.0] * 41, load=[185.0 / 40] * 40)
+    return TileModel(190.0, epsf, 8.0, list(patches), 8.0, [1.0] * 41)
+
+
+def predict() -> None:
+    print("predicted efficiency (work / (ranks x makespan)), one core per rank:")
+    print(f"{'tiles':>6} {'ranks':>6} {'loading':>16} {'makespan_s':>11} {'efficiency':>10}")
+    for per_band in (False, True):
+        model = full_tile(per_band)
+        for tiles, ranks in ((1, 16), (1, 256), (16, 256), (32, 256), (64, 256)):
+            r = simulate_tiles([model] * tiles, ranks, OVERHEAD_S)
+            what = "per-band tasks" if per_band else "serial (today)"
+            print(f"{tiles:>6} {ranks:>6} {what:>16} {r['makespan']:>11.1f} {r['efficiency']:>10.3f}")
+
+
+FAST = """\
+inputs: {{tile_name: T{k}, input_catalog: {d}/input_catalog.csv, image_list_file: {d}/image_list.txt,
+  gaiaxp_synphot_csv: {d}/gaiaxp_synphot.csv}}
+outputs: {{work_dir: {work}}}
+crop: {{enabled: true, margin: 16, plot_pre_crop: false, plot_post_crop: false}}
+overlay: {{enabled: false}}
+plotting: {{dpi: 30}}
+epsf: {{epsf_ngrid: 1, ngrid: 2, maxiters: 2, save_growth_curve: false, save_residual_diagnostics: false,
+  save_patch_background_diagnostics: false, save_star_local_background_diagnostics: false,
+  save_star_montage_max: 0}}
+patch_inputs: {{save_patch_inputs: false}}
+patch_run: {{n_opt_iters: 3, enable_staged_fit: false, no_cutouts: true, no_patch_overview: true}}
+zp: {{enabled: true}}
+"""
+
+
+def _timed(cmd: list[str], env: dict) -> tuple[int, float, float]:
+    """(exit code, wall s, CPU s of the children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        timeout=1800).returncode
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return rc, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def measure(ranks: int, n_tiles: int, root: str) -> None:
+    from tract7dt_mpi.sample import make_sample
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    mpirun = ["mpirun", "-n", str(ranks), "--oversubscribe", "--bind-to", "none", sys.executable,
+              "-m", "tract7dt_mpi.cli"]
+    single, multi = [], []
+    for k in range(1, n_tiles + 1):
+        d = os.path.join(root, f"s{k}")
+        if not os.path.exists(os.path.join(d, "image_list.txt")):
+            make_sample(d, bands=2, size=256, seed=k, verbose=False)
+        for mode, lst in (("single", single), ("multi", multi)):
+            path = os.path.join(d, f"{mode}.yaml")
+            with open(path, "w") as fh:
+                fh.write(FAST.format(k=k, d=d, work=os.path.join(root, f"w_{mode}{k}")))
+            lst.append(path)
+    tiles = os.path.join(root, "tiles.txt")
+    with open(tiles, "w") as fh:
+        fh.write("".join(p + "\n" for p in multi))
+    walls, cpus = [], []
+    for cfg in single:
+        rc, w, c = _timed(mpirun + ["run", cfg], env)
+        assert rc == 0, f"{cfg}: exit {rc}"
+        walls.append(w)
+        cpus.append(c)
+    rc, w_multi, c_multi = _timed(mpirun + ["run", "--tiles", tiles], env)
+    assert rc == 0, f"run --tiles: exit {rc}"
+    same = all(open(os.path.join(root, f"w_single{k}", "output_catalog.csv"), "rb").read()
+               == open(os.path.join(root, f"w_multi{k}", "output_catalog.csv"), "rb").read()
+               for k in range(1, n_tiles + 1))
+    print(f"{n_tiles} tiles under mpirun -n {ranks} (load average at the end: "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):")
+    print(f"  {n_tiles} single-tile runs: wall {sum(walls):.1f} s, CPU {sum(cpus):.1f} s")
+    print(f"  one run --tiles:      wall {w_multi:.1f} s, CPU {c_multi:.1f} s")
+    print(f"  catalogs identical: {same}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--measure", action="store_true", help="also measure 4 small tiles")
+    ap.add_argument("--ranks", type=int, default=3)
+    ap.add_argument("--tiles", type=int, default=4)
+    ap.add_argument("--dir", default=None, help="folder for the small tiles (default: a temporary one)")
+    args = ap.parse_args(argv)
+    predict()
+    if args.measure:
+        if args.dir:
+            os.makedirs(args.dir, exist_ok=True)
+            measure(args.ranks, args.tiles, args.dir)
+        else:
+            with tempfile.TemporaryDirectory() as root:
+                measure(args.ranks, args.tiles, root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

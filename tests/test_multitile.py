@@ -1,0 +1,179 @@
+"""``run --tiles``: several tiles under one launch (tract7dt_mpi.multitile), with timeouts on all runs.
+
+The reference of every tile is its own single-tile one-process run: the multi-tile run must give a
+byte-identical ``output_catalog.csv`` (floats are written with round-trip precision).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tract7dt_mpi.errors import EXIT_INPUT, EXIT_OK, EXIT_RESUMABLE, EXIT_TASK_FAILURES, InputError
+from tract7dt_mpi.io.tiles import read_tile_list
+from tract7dt_mpi.multitile import exit_code, order
+from tract7dt_mpi.parallel.scheduler import Task
+
+FAST = """\
+inputs: {{tile_name: {name}, input_catalog: {d}/input_catalog.csv, image_list_file: {d}/image_list.txt,
+  gaiaxp_synphot_csv: {d}/gaiaxp_synphot.csv}}
+outputs: {{work_dir: {work}}}
+crop: {{enabled: true, margin: 16, plot_pre_crop: false, plot_post_crop: false}}
+overlay: {{enabled: false}}
+plotting: {{dpi: 30}}
+epsf: {{epsf_ngrid: 1, ngrid: 2, maxiters: 2, save_growth_curve: false, save_residual_diagnostics: false,
+  save_patch_background_diagnostics: false, save_star_local_background_diagnostics: false,
+  save_star_montage_max: 0}}
+patch_inputs: {{save_patch_inputs: false}}
+patch_run: {{n_opt_iters: 3, enable_staged_fit: false, no_cutouts: true, no_patch_overview: true}}
+zp: {{enabled: true}}
+mpi: {{heartbeat_sec: 2}}
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "MPLBACKEND": "Agg",
+                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop("TRACT7DT_FORCE_SERIAL_H5", None)
+    return env
+
+
+def catalog_text(work):
+    return pd.read_csv(work / "output_catalog.csv", dtype=str, keep_default_na=False)
+
+
+# ---------------------------------------------------------------------- tile list, exit code, order
+def test_tile_list_comments_blank_lines_and_relative_paths(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/one.yaml", "two.yaml"):
+        (tmp_path / name).write_text("{}\n")
+    lst = tmp_path / "tiles.txt"
+    lst.write_text("# my tiles\n\na/one.yaml   # first\n  two.yaml\n")
+    assert read_tile_list(lst) == [str(tmp_path / "a" / "one.yaml"), str(tmp_path / "two.yaml")]
+
+
+@pytest.mark.parametrize("text, needle", [("missing.yaml\n", "tiles.txt:1: tile config"),
+                                          ("# nothing\n\n", "no tile configs listed"),
+                                          ("x.yaml\nx.yaml\n", "tiles.txt:2: tile config")])
+def test_tile_list_errors_name_the_file_and_line(tmp_path, text, needle):
+    (tmp_path / "x.yaml").write_text("{}\n")
+    lst = tmp_path / "tiles.txt"
+    lst.write_text(text)
+    with pytest.raises(InputError, match=needle):
+        read_tile_list(lst)
+
+
+def test_exit_code_of_the_tile_outcomes():
+    assert exit_code(["done", "skipped"]) == EXIT_OK
+    assert exit_code(["done", "failed"]) == EXIT_TASK_FAILURES
+    assert exit_code(["done", "done_with_failures"]) == EXIT_TASK_FAILURES
+    assert exit_code(["failed", "failed"]) == EXIT_INPUT
+    assert exit_code(["done", "stopped", "failed"]) == EXIT_RESUMABLE
+
+
+def test_order_serial_steps_first_then_step_then_tile_then_cost():
+    def t(k, cost, kind="patch", excl=False):
+        return Task(f"{k}|{kind}|{cost}", kind, cost=cost, payload=(k, None), exclusive=excl)
+    got = order([t(0, 5), t(1, 9), t(0, 7), t(2, 1, "tile-plan", True), t(1, 1, "tile-prepare", True),
+                 t(3, 2, "epsf"), t(0, 3, "summary")])
+    assert [x.id for x in got] == ["1|tile-prepare|1", "2|tile-plan|1", "3|epsf|2", "0|patch|7",
+                                   "0|patch|5", "0|summary|3", "1|patch|9"]
+
+
+# ---------------------------------------------------------------------- end to end under mpirun
+need_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun")
+
+
+def _run(n, args, timeout):
+    py = [sys.executable, "-m", "tract7dt_mpi.cli"] + list(args)
+    cmd = py if n is None else ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "none"] + py
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _cfg(sample, work, name):
+    text = FAST.format(d=sample, work=work, name=name)
+    path = sample / f"{work.name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    """Four small tiles of different seeds, each with its single-tile one-process reference."""
+    from tract7dt_mpi.sample import make_sample
+    d = tmp_path_factory.mktemp("tiles")
+    out = []
+    for k in range(4):
+        make_sample(str(d / f"s{k}"), bands=2, size=256, seed=11 + k, verbose=False)
+        ref = _cfg(d / f"s{k}", d / f"ref{k}", f"T{k}")
+        r = _run(None, ["run", str(ref)], timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out.append((d / f"s{k}", catalog_text(d / f"ref{k}")))
+    assert not out[0][1].equals(out[1][1])          # different seeds: different tiles
+    return d, out
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@need_mpirun
+def test_four_tiles_one_broken_then_resume(tiles):
+    d, refs = tiles
+    cfgs = [_cfg(s, d / f"multi{k}", f"T{k}") for k, (s, _) in enumerate(refs)]
+    bad = d / "bad"
+    shutil.copytree(refs[3][0], bad)
+    image = bad / "images" / "SYN7DT_m887.fits"
+    image.write_bytes(b"this is not a FITS file\n" * 100)
+    bad_cfg = _cfg(bad, d / "multibad", "BROKEN")
+    lst = d / "tiles.txt"
+    lst.write_text("# three good tiles and a broken one\n" + "".join(f"{c}\n" for c in cfgs[:3]) + f"{bad_cfg}\n")
+
+    r = _run(3, ["run", "--tiles", str(lst)], timeout=400)
+    assert r.returncode == EXIT_TASK_FAILURES, r.stderr[-4000:]
+    log = (d / "tiles.log").read_text(errors="replace")
+    failed = [ln for ln in log.splitlines() if "[tile BROKEN] FAILED" in ln]
+    assert failed and str(bad_cfg) in failed[0] and "SYN7DT_m887.fits" in failed[0], log[-3000:]
+    summary = pd.read_csv(d / "tiles.summary.csv", keep_default_na=False)
+    assert list(summary["status"]) == ["done", "done", "done", "failed"]
+    for k in range(3):
+        pd.testing.assert_frame_equal(catalog_text(d / f"multi{k}"), refs[k][1], obj=f"tile {k}")
+
+    # resume with the fourth good tile instead of the broken one: the finished tiles are skipped
+    lst.write_text("".join(f"{c}\n" for c in cfgs))
+    r = _run(3, ["run", "--tiles", str(lst), "--resume"], timeout=300)
+    assert r.returncode == EXIT_OK, r.stderr[-4000:]
+    summary = pd.read_csv(d / "tiles.summary.csv", keep_default_na=False)
+    assert list(summary["status"]) == ["skipped", "skipped", "skipped", "done"]
+    pd.testing.assert_frame_equal(catalog_text(d / "multi3"), refs[3][1], obj="tile 3")
+    log = (d / "tiles.log").read_text(errors="replace")
+    assert log.count("finished in an earlier run: skipped") == 3
+
+
+def test_crashing_step_and_missing_input_fail_their_tiles_only(tmp_path, monkeypatch):
+    """In one process: a tile whose prepare step raises is failed (exit code 1 in the summary,
+    the error named), a tile whose input file is missing fails with the file named (2); the run
+    exits 2 as no tile could run."""
+    import tract7dt_mpi.tile_steps as mt
+    from tract7dt_mpi.cli import main
+    (tmp_path / "cat.csv").write_text("ID,RA,DEC\n")
+    (tmp_path / "images.txt").write_text("img.fits\n")
+    (tmp_path / "img.fits").write_bytes(b"never read: the prepare step fails first\n")
+    for name, cat in (("crash", "cat.csv"), ("missing", "nope.csv")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"inputs: {{tile_name: {name.upper()}, input_catalog: {cat}, image_list_file: images.txt}}\n"
+            f"outputs: {{work_dir: w_{name}}}\n")
+    (tmp_path / "tiles.txt").write_text("crash.yaml\nmissing.yaml\n")
+
+    def boom(cfg):
+        raise RuntimeError("stage exploded")
+    monkeypatch.setattr(mt, "prepare_step", boom)
+    assert main(["run", "--tiles", str(tmp_path / "tiles.txt")]) == EXIT_INPUT
+    summary = pd.read_csv(tmp_path / "tiles.summary.csv", keep_default_na=False)
+    assert list(summary["status"]) == ["failed", "failed"]
+    assert list(summary["exit_code"]) == [1, 2]
+    assert "RuntimeError: stage exploded" in summary["error"][0]
+    assert "inputs.input_catalog: file not found" in summary["error"][1] and "nope.csv" in summary["error"][1]
+    assert not (tmp_path / "w_crash" / "tract7dt-mpi.lock").exists()      # the lock was released
