@@ -306,11 +306,19 @@ class PsfBank(list):
     """
 
     MAX_SIZES = 10
+    #: relative L2 residual (per band) of a low-rank PSF basis that renders galaxies' model columns
+    #: (float32 rounding level: met by banks in which bands share PSFs or PSFs vary smoothly)
+    EXACT_TOL = 1e-6
+    #: the same for a basis that renders only the derivative columns (the Jacobian)
+    JAC_TOL = 1e-3
+    #: the basis is used only when its rank is at most this fraction of the number of bands
+    JAC_MAX_RANK_FRAC = 0.75
 
     def __init__(self, psfs):
         super().__init__(psfs)
         self._ft = OrderedDict()
         self._st = {}
+        self._jb = OrderedDict()
 
     def fourier_stack(self, sz: int) -> np.ndarray:
         ft = self._ft.get(sz)
@@ -324,6 +332,42 @@ class PsfBank(list):
         else:
             self._ft.move_to_end(sz)
         return ft
+
+    def low_rank(self, sz: int, tol: float):
+        """(C (nb, r) float32, B (r, sz, sz//2+1) complex64) with fourier_stack(sz)[b] ~ sum_k C[b, k]
+        B[k] to a relative L2 residual <= ``tol`` in every band, or None (hybrid PSFs, or a rank
+        above JAC_MAX_RANK_FRAC x nb).
+
+        Galaxies render through it with r inverse FFTs per column instead of nb: every column when
+        the basis meets EXACT_TOL, else only the derivative columns (used for the Gauss-Newton
+        matrix and gradient, not for ln p) with JAC_TOL. The coefficients are real, so the
+        combination of the real renderings is the rendering with the combined PSF.
+        """
+        key = (sz, float(tol))
+        if key in self._jb:
+            self._jb.move_to_end(key)
+            return self._jb[key]
+        out = None
+        nb = len(self)
+        if nb > 1 and not any(isinstance(p, HybridPSF) for p in self):
+            F = self.fourier_stack(sz)
+            X = F.reshape(nb, -1).view(np.float32).astype(np.float64)     # real (nb, 2M)
+            K = X @ X.T
+            lam, V = np.linalg.eigh(K)
+            lam, V = lam[::-1], V[:, ::-1]
+            norm2 = np.maximum(np.diagonal(K), 1e-300)
+            kept = np.cumsum(V ** 2 * np.clip(lam, 0.0, None)[None, :], axis=1)   # (nb, r)
+            rel = np.sqrt(np.clip(1.0 - kept / norm2[:, None], 0.0, None))
+            ok = np.flatnonzero(np.all(rel <= tol, axis=0))
+            r = int(ok[0]) + 1 if ok.size else nb
+            if r <= self.JAC_MAX_RANK_FRAC * nb:
+                Vr = V[:, :r]
+                B = (Vr.T @ X).astype(np.float32).view(np.complex64).reshape(r, *F.shape[1:])
+                out = (np.ascontiguousarray(Vr, dtype=np.float32), B)
+        self._jb[key] = out
+        while len(self._jb) > 2 * self.MAX_SIZES:
+            self._jb.popitem(last=False)
+        return out
 
     def stamp_stack(self, half: int):
         if half in self._st:

@@ -208,6 +208,26 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     bank = psfs.fourier_stack(sz) if isinstance(psfs, PsfBank) else None
     fy0, fx0 = iy - c, ix - c   # image coordinates of FFT pixel (0, 0)
     A = np.empty((nb, full.shape[0], y1 - y0, x1 - x0), dtype=DTYPE)
+    m0 = 1 if with_model else 0
+    jb = psfs.low_rank(sz, psfs.EXACT_TOL) if bank is not None else None
+    if jb is not None:
+        m0 = 0     # every column through the bank's (float32-exact) low-rank PSF basis
+    elif bank is not None and full.shape[0] > m0:
+        jb = psfs.low_rank(sz, psfs.JAC_TOL)    # derivative columns only
+    if jb is not None:
+        C, B = jb
+        step = max(1, int(BAND_CHUNK_BYTES // (full[m0:].nbytes * 3)))
+        for k0 in range(0, B.shape[0], step):
+            k1 = min(B.shape[0], k0 + step)
+            d = _inverse_crop(full[None, m0:] * B[k0:k1, None], sz, y0 - fy0, y1 - fy0, x0 - fx0, x1 - fx0)
+            part = np.tensordot(C[:, k0:k1], d, axes=1)
+            if k0 == 0:
+                A[:, m0:] = part
+            else:
+                A[:, m0:] += part
+        if m0 == 0:
+            return Rendered(y0, y1, x0, x1, A)
+        full = full[:1]
     mog_cache = {}
     # a few bands per batched transform: bounded temporary memory for large galaxies and many bands
     step = max(1, int(BAND_CHUNK_BYTES // (full.nbytes * 3)))
@@ -226,9 +246,14 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
                     if key not in mog_cache:
                         mog_cache[key] = stack(w)
                     spec[b - b0] += mog_cache[key] * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
-        img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
-        A[b0:b1] = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
+        A[b0:b1, :full.shape[0]] = _inverse_crop(spec, sz, y0 - fy0, y1 - fy0, x0 - fx0, x1 - fx0)
     return Rendered(y0, y1, x0, x1, A)
+
+
+def _inverse_crop(spec, sz, ya, yb, xa, xb):
+    """Inverse real FFT of a (..., sz, sz//2+1) spectrum stack, cropped to [ya:yb, xa:xb]."""
+    img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
+    return img[..., ya:yb, xa:xb]
 
 
 def render_source(kind, params: dict, psfs, shape, free, model=None) -> Rendered:
