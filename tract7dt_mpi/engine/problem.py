@@ -45,7 +45,8 @@ class Evaluation:
     sky: np.ndarray        # (nb,)
     G: np.ndarray | None   # (nb, L, L) linear normal matrix used (None when linear params frozen)
     pinned: np.ndarray     # (nb, S) bool: no data -> flux pinned
-    resid: np.ndarray      # (nb, H, W) data - model, float32 (chi2 is summed in float64 before rounding)
+    resid: np.ndarray | None   # (nb, H, W) data - model, float32 (chi2 is summed in float64 before
+    #                            rounding); None for model-only evaluations (``derivs=False``)
     chi2: float
     lnp: float
     derivs: bool = True    # renderings carry the derivative columns of ``free``
@@ -102,6 +103,7 @@ class Problem:
                                   for im in images], dtype=float) if fit_sky else np.zeros(self.nb)
         self.w32 = self.w.astype(np.float32)
         self._cache = {}
+        self._model_buf = None
         self._block_cache = {}
         self._uid = 0
 
@@ -239,14 +241,17 @@ class Problem:
         pinned = np.zeros((self.nb, self.S), dtype=bool)
         if solve_linear:
             F, sky, G, pinned = self._solve_linear(rs, blocks, F, sky)
-        model = np.empty(self.data.shape)
+        if self._model_buf is None:   # one float64 work image per problem (no page faults per call)
+            self._model_buf = np.empty(self.data.shape)
+        model = self._model_buf
         model[...] = sky[:, None, None]
         for s, r in enumerate(rs):
             if not r.empty:
                 model[:, r.y0:r.y1, r.x0:r.x1] += F[:, s, None, None] * r.A[:, 0]
         resid = np.subtract(self.data, model, out=model)
-        chi2 = float(np.dot(self.w.ravel(), np.square(resid).ravel()))
-        resid = resid.astype(np.float32)
+        resid32 = resid.astype(np.float32) if derivs else None   # trial points need ln p only
+        chi2 = float(np.dot(self.w.ravel(), np.square(resid, out=resid).ravel()))
+        resid = resid32
         lnp = -0.5 * chi2 + self.prior_lnp(params)
         fp = self.flux_prec
         if fp.any():
