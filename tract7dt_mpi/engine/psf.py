@@ -310,7 +310,7 @@ class PsfBank(list):
     #: (float32 rounding level: met by banks in which bands share PSFs or PSFs vary smoothly)
     EXACT_TOL = 1e-6
     #: the same for a basis that renders only the derivative columns (the Jacobian)
-    JAC_TOL = 1e-3
+    JAC_TOL = 1e-2
     #: the basis is used only when its rank is at most this fraction of the number of bands
     JAC_MAX_RANK_FRAC = 0.75
 

@@ -120,6 +120,13 @@ def _grids(sz):
     return U, V, U * U, 2.0 * U * V, V * V
 
 
+@lru_cache(maxsize=64)
+def _deriv_factors(sz):
+    """complex64 -2 pi i u and -2 pi i v on the rfft2 grid (the d/dx, d/dy factors)."""
+    U, V = freq_grids(sz)
+    return (-2j * math.pi * U).astype(np.complex64), (-2j * math.pi * V).astype(np.complex64)
+
+
 _RGRID = np.linspace(0.05, 15.0, 600)
 
 
@@ -182,27 +189,32 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     dQ = None
     if need_shape:
         dS = unit_covariance_derivs(logre, ee1, ee2)
-        dQ = [dS[j, 0, 0] * UU + dS[j, 0, 1] * UV2 + dS[j, 1, 1] * VV for j in range(3)]
+        dQ = [(dS[j, 0, 0] * UU + dS[j, 0, 1] * UV2 + dS[j, 1, 1] * VV).astype(np.float32) for j in range(3)]
     ox, oy = c + (px - ix), c + (py - iy)
-    phase = np.exp(-2j * math.pi * U * ox) * np.exp(-2j * math.pi * V * oy)   # separable
+    # separable phase, complex64 like every column (the products below stay in single precision)
+    phase = (np.exp(-2j * math.pi * U * ox).astype(np.complex64) * np.exp(-2j * math.pi * V * oy).astype(np.complex64))
 
     def stack(w):
-        a = mix.amp * w
-        F = np.tensordot(a, E, axes=1)
-        out = []
-        base = F * phase
-        out.append(base)
+        a = (mix.amp * w).astype(np.float32)
+        cols = 1 + (2 if "pos.x" in free else 0) + sum(p in free for p in SHAPE) + ("sersicindex" in free)
+        out = np.empty((cols,) + phase.shape, dtype=np.complex64)
+        base = out[0]
+        np.multiply(np.tensordot(a, E, axes=1), phase, out=base)
+        k = 1
         if "pos.x" in free:
-            out.append(base * (-2j * math.pi * U))
-            out.append(base * (-2j * math.pi * V))
+            du, dv = _deriv_factors(sz)
+            np.multiply(base, du, out=out[k])
+            np.multiply(base, dv, out=out[k + 1])
+            k += 2
         if need_shape:
-            Fq = np.tensordot(a * (-_TWO_PI2 * mix.var), E, axes=1) * phase
+            Fq = np.tensordot((a * (-_TWO_PI2 * mix.var)).astype(np.float32), E, axes=1) * phase
             for j, p in enumerate(SHAPE):
                 if p in free:
-                    out.append(Fq * dQ[j])
+                    np.multiply(Fq, dQ[j], out=out[k])
+                    k += 1
         if "sersicindex" in free:
-            out.append(np.tensordot(mix.damp_dn * w, E, axes=1) * phase)
-        return np.stack(out if with_model else out[1:]).astype(np.complex64)
+            np.multiply(np.tensordot((mix.damp_dn * w).astype(np.float32), E, axes=1), phase, out=out[k])
+        return out if with_model else out[1:]
 
     full = stack(np.ones(mix.amp.size))
     bank = psfs.fourier_stack(sz) if isinstance(psfs, PsfBank) else None
