@@ -137,6 +137,12 @@ def mixture_flux_radius(mix, eps: float) -> float:
     return float(_RGRID[i])
 
 
+@lru_cache(maxsize=16)
+def _fixed_flux_radius(kind: str, eps: float) -> float:
+    """:func:`mixture_flux_radius` of the fixed exp / dev mixtures (cached)."""
+    return mixture_flux_radius(mixture_for(kind, np.nan), eps)
+
+
 def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=None,
                      eps: float = FLUX_EPS) -> int:
     """Box half-size of a galaxy (px).
@@ -148,7 +154,8 @@ def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=No
     """
     mix = mixture_for(kind, np.nan) if mix is None else mix
     r_psf = max(p.half_size for p in psfs)
-    r_conv = math.hypot(mixture_flux_radius(mix, 0.5 * eps) * re, max(p.flux_radius(0.5 * eps) for p in psfs))
+    r_mix = _fixed_flux_radius(kind, 0.5 * eps) if kind in ("exp", "dev") else mixture_flux_radius(mix, 0.5 * eps)
+    r_conv = math.hypot(r_mix * re, max(p.flux_radius(0.5 * eps) for p in psfs))
     H, W = shape
     dmax = max(ix, W - 1 - ix, iy, H - 1 - iy) + 1
     h = min(r_conv, max(NRE[kind] * re, r_psf), dmax)
