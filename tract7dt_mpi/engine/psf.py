@@ -301,7 +301,7 @@ class PsfBank(list):
     """The per-band PSFs of one problem, with caches stacked over bands (vectorised rendering).
 
     * ``fourier_stack(sz)``: (nb, sz, sz//2+1) complex64 transforms for galaxies (LRU, few sizes);
-    * ``stamp_stack(half)``: (nb, 2c+1, 2c+1) stamps cropped to ``half`` + 3 px (Lanczos margin)
+    * ``stamp_stack(half)``: (nb, 2cy+1, 2cx+1) stamps cropped to ``half`` + 3 px (at most the stamp)
       when every band has a pixelized stamp, else None.
     """
 
@@ -370,12 +370,16 @@ class PsfBank(list):
         return out
 
     def stamp_stack(self, half: int):
+        """(stack (nb, 2 cy + 1, 2 cx + 1), cy, cx): every band's stamp cropped as
+        :meth:`PixelizedPSF.point_patch` crops it for a box of half-size ``half`` (``half`` + 3 px,
+        at most the stamp), or None unless every band has a pixelized stamp and the crops agree."""
         if half in self._st:
             return self._st[half]
         out = None
         if all(isinstance(p, PixelizedPSF) for p in self):
-            c = half + 3
-            if all(min(p.hy, p.hx) >= c for p in self):
-                out = np.stack([p.stamp[p.hy - c:p.hy + c + 1, p.hx - c:p.hx + c + 1] for p in self])
+            crops = {(min(p.hy, half + 3), min(p.hx, half + 3)) for p in self}
+            if len(crops) == 1:
+                cy, cx = crops.pop()
+                out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]), cy, cx)
         self._st[half] = out
         return out

@@ -78,11 +78,17 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=DTYPE)
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
-    stack = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
-    if stack is not None:   # every band at once: same sub-pixel shift, one Lanczos pass
-        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2c+1, 2c+1)
-        sub = arr[:, :, 3:3 + 2 * h + 1, 3:3 + 2 * h + 1]           # box ix-h .. ix+h
-        A[:] = np.moveaxis(sub, 0, 1)[:, :, y0 - (iy - h):y1 - (iy - h), x0 - (ix - h):x1 - (ix - h)]
+    st = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
+    if st is not None:   # every band at once: same sub-pixel shift, one batched Fourier shift
+        stack, cy, cx = st
+        ky, kx = min(cy, h), min(cx, h)
+        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2cy+1, 2cx+1)
+        sub = np.moveaxis(arr[:, :, cy - ky:cy + ky + 1, cx - kx:cx + kx + 1], 0, 1)   # ix-kx .. ix+kx
+        ya, yb = max(iy - ky, y0), min(iy + ky + 1, y1)
+        xa, xb = max(ix - kx, x0), min(ix + kx + 1, x1)
+        if yb > ya and xb > xa:
+            A[:, :, ya - y0:yb - y0, xa - x0:xb - x0] = sub[:, :, ya - (iy - ky):yb - (iy - ky),
+                                                           xa - (ix - kx):xb - (ix - kx)]
         return Rendered(y0, y1, x0, x1, A)
     for b, psf in enumerate(psfs):
         bx0, by0, arr = psf.point_patch(px, py, derivs, half=h)
