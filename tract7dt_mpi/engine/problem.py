@@ -105,6 +105,7 @@ class Problem:
         self._cache = {}
         self._model_buf = None
         self._block_cache = {}
+        self._model_block_cache = {}
         self._uid = 0
 
     def _init_params(self, src):
@@ -167,7 +168,13 @@ class Problem:
         if fn and "sersicindex" in fn:   # d/d ln n = n d/dn
             r.A[:, 1 + fn.index("sersicindex")] *= params["sersicindex"]
         self._uid += 1
-        r.uid = self._uid
+        r.uid = r.muid = self._uid
+        if (model is not None and self.kinds[s] != "star" and model.A.shape[1] == 1
+                and (r.y0, r.y1, r.x0, r.x1) == (model.y0, model.y1, model.x0, model.x1)):
+            # render_source copied the model column: its model blocks and w * model stay valid
+            r.muid = model.muid
+            if "a0w" in model.cache:
+                r.cache["a0w"] = model.cache["a0w"]
         entries[:] = [e for e in entries if (e[1] is None) != (fn is None)] + [(pk, fn, r)]
         return r
 
@@ -192,10 +199,17 @@ class Problem:
         for a, b, B in lst:
             if a == us and b == ut and B.shape[1] >= ncols[0] and B.shape[2] >= ncols[1]:
                 return B if (B.shape[1], B.shape[2]) == ncols else B[:, :ncols[0], :ncols[1]]
-        if ncols == (1, 1):
+        if ncols == (1, 1):   # model blocks are keyed by the model columns' identities
+            ms, mt = rs[s].muid, rs[t].muid
+            mlst = self._model_block_cache.setdefault((s, t), [])
+            for a, b, B in mlst:
+                if a == ms and b == mt:
+                    return B
             B = model_block(rs[s], rs[t], self.weighted_model(rs[s]))
-        else:
-            B = pair_block(rs, s, t, self.w32, ncols=ncols)
+            mlst.append((ms, mt, B))
+            del mlst[:-3]
+            return B
+        B = pair_block(rs, s, t, self.w32, ncols=ncols)
         lst.append((us, ut, B))
         del lst[:-3]
         return B

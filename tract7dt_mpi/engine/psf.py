@@ -319,6 +319,8 @@ class PsfBank(list):
         self._ft = OrderedDict()
         self._st = {}
         self._jb = OrderedDict()
+        #: per-bank maxima over the bands (box sizes; filled by engine.render)
+        self.maxima = {}
 
     def fourier_stack(self, sz: int) -> np.ndarray:
         ft = self._ft.get(sz)

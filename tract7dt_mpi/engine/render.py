@@ -47,6 +47,9 @@ class Rendered:
     cache: dict = field(default_factory=dict)
     #: identity used by the problem's pair-block cache (0 = not registered)
     uid: int = 0
+    #: identity of the model column (a rendering with derivatives that reuses a model-only
+    #: rendering's column keeps that one's; 0 = uid)
+    muid: int = 0
 
     @property
     def empty(self) -> bool:
@@ -64,9 +67,19 @@ BAND_CHUNK_BYTES = 24 << 20
 FLUX_EPS = 1e-3
 
 
+def _over_bands(psfs, key, f):
+    """max over the bands of f(psf), cached on a PsfBank under ``key`` (PSFs do not change)."""
+    if isinstance(psfs, PsfBank):
+        v = psfs.maxima.get(key)
+        if v is None:
+            v = psfs.maxima[key] = max(f(p) for p in psfs)
+        return v
+    return max(f(p) for p in psfs)
+
+
 def star_half_size(psfs, eps: float = FLUX_EPS) -> int:
     """Point-source box half-size: the PSF radius enclosing 1 - eps of its flux (<= the stamp)."""
-    return max(min(p.half_size, int(math.ceil(p.flux_radius(eps)))) for p in psfs)
+    return _over_bands(psfs, ("star", eps), lambda p: min(p.half_size, int(math.ceil(p.flux_radius(eps)))))
 
 
 def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
@@ -159,9 +172,9 @@ def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=No
     and never more than the farthest image edge.
     """
     mix = mixture_for(kind, np.nan) if mix is None else mix
-    r_psf = max(p.half_size for p in psfs)
+    r_psf = _over_bands(psfs, "half", lambda p: p.half_size)
     r_mix = _fixed_flux_radius(kind, 0.5 * eps) if kind in ("exp", "dev") else mixture_flux_radius(mix, 0.5 * eps)
-    r_conv = math.hypot(r_mix * re, max(p.flux_radius(0.5 * eps) for p in psfs))
+    r_conv = math.hypot(r_mix * re, _over_bands(psfs, ("flux", 0.5 * eps), lambda p: p.flux_radius(0.5 * eps)))
     H, W = shape
     dmax = max(ix, W - 1 - ix, iy, H - 1 - iy) + 1
     h = min(r_conv, max(NRE[kind] * re, r_psf), dmax)
@@ -191,7 +204,7 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     if y1 <= y0 or x1 <= x0:
         k = len(names) + (1 if with_model else 0)
         return Rendered(y0, y1, x0, x1, np.zeros((nb, k, max(y1 - y0, 0), max(x1 - x0, 0)), DTYPE))
-    r_psf = max(p.half_size for p in psfs)
+    r_psf = _over_bands(psfs, "half", lambda p: p.half_size)
     sz = fft_size(2 * h + 1 + 2 * min(r_psf, pad_max))
     c = sz // 2
     U, V, UU, UV2, VV = _grids(sz)
