@@ -326,7 +326,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
     if opts.marginal_flux_errors:
-        var = var + prob.marginal_flux_variance(ev)
+        # ev's renderings are not needed below (fluxes, sky, chi2 and flags are kept on ev)
+        var = var + prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]

@@ -383,6 +383,21 @@ class Problem:
         H = 0.5 * (H + H.T)
         return (index, H, g, X) if coupling else (index, H, g)
 
+    def with_exact_derivatives(self, ev: Evaluation, release: bool = False) -> Evaluation:
+        """``ev`` itself, or (when some derivative columns came from the PSF bank's approximate
+        basis) the same point re-rendered with every band's own PSF. The model columns, and so the
+        fluxes, are the same; the derivatives then carry no basis error into the flux errors.
+        ``release`` drops ev's renderings first (one derivative set in memory)."""
+        if not (ev.derivs and self.psfs.approx_used):
+            return ev
+        if release:
+            ev.rs, ev.blocks = [], {}
+        self.psfs.approx_jacobian = False
+        self._cache.clear()
+        self._block_cache.clear()
+        self._model_block_cache.clear()
+        return self.evaluate(ev.params, ev.free, ev.G is not None, ev.F, ev.sky, derivs=True)
+
     def marginal_flux_variance(self, ev: Evaluation) -> np.ndarray:
         """(nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
         (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`.

@@ -319,6 +319,11 @@ class PsfBank(list):
         self._ft = OrderedDict()
         self._st = {}
         self._jb = OrderedDict()
+        self._eig = OrderedDict()
+        #: galaxies may render their derivative columns through a JAC_TOL basis (see low_rank)
+        self.approx_jacobian = True
+        #: set when a rendering did so (the flux errors are then computed with exact derivatives)
+        self.approx_used = False
         #: per-bank maxima over the bands (box sizes; filled by engine.render)
         self.maxima = {}
 
@@ -353,23 +358,40 @@ class PsfBank(list):
         nb = len(self)
         if nb > 1 and not any(isinstance(p, HybridPSF) for p in self):
             F = self.fourier_stack(sz)
-            X = F.reshape(nb, -1).view(np.float32).astype(np.float64)     # real (nb, 2M)
-            K = X @ X.T
-            lam, V = np.linalg.eigh(K)
-            lam, V = lam[::-1], V[:, ::-1]
-            norm2 = np.maximum(np.diagonal(K), 1e-300)
+            X = F.reshape(nb, -1).view(np.float32)                      # real view (nb, 2M)
+            lam, V, norm2 = self._gram_eig(sz, X)
             kept = np.cumsum(V ** 2 * np.clip(lam, 0.0, None)[None, :], axis=1)   # (nb, r)
             rel = np.sqrt(np.clip(1.0 - kept / norm2[:, None], 0.0, None))
             ok = np.flatnonzero(np.all(rel <= tol, axis=0))
             r = int(ok[0]) + 1 if ok.size else nb
             if r <= self.JAC_MAX_RANK_FRAC * nb:
                 Vr = V[:, :r]
-                B = (Vr.T @ X).astype(np.float32).view(np.complex64).reshape(r, *F.shape[1:])
-                out = (np.ascontiguousarray(Vr, dtype=np.float32), B)
+                B = np.empty((r, X.shape[1]), dtype=np.float32)
+                for j in range(0, X.shape[1], self._CHUNK):
+                    B[:, j:j + self._CHUNK] = Vr.T @ X[:, j:j + self._CHUNK].astype(np.float64)
+                out = (np.ascontiguousarray(Vr, dtype=np.float32), B.view(np.complex64).reshape(r, *F.shape[1:]))
         self._jb[key] = out
         while len(self._jb) > 2 * self.MAX_SIZES:
             self._jb.popitem(last=False)
         return out
+
+    #: columns per float64 chunk of the Gram matrix and basis products (bounded temporary memory)
+    _CHUNK = 1 << 16
+
+    def _gram_eig(self, sz, X):
+        """(eigenvalues, eigenvectors) of the bands' Gram matrix X X^T (descending) and its diagonal,
+        accumulated in float64 chunks; cached per FFT size (both tolerances share it)."""
+        e = self._eig.get(sz)
+        if e is None:
+            K = np.zeros((X.shape[0], X.shape[0]))
+            for j in range(0, X.shape[1], self._CHUNK):
+                c = X[:, j:j + self._CHUNK].astype(np.float64)
+                K += c @ c.T
+            lam, V = np.linalg.eigh(K)
+            e = self._eig[sz] = (lam[::-1], V[:, ::-1], np.maximum(np.diagonal(K).copy(), 1e-300))
+            while len(self._eig) > self.MAX_SIZES:
+                self._eig.popitem(last=False)
+        return e
 
     def stamp_stack(self, half: int):
         """(stack (nb, 2 cy + 1, 2 cx + 1), cy, cx): every band's stamp cropped as

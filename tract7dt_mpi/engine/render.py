@@ -250,8 +250,9 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     jb = psfs.low_rank(sz, psfs.EXACT_TOL) if bank is not None else None
     if jb is not None:
         m0 = 0     # every column through the bank's (float32-exact) low-rank PSF basis
-    elif bank is not None and full.shape[0] > m0:
+    elif bank is not None and full.shape[0] > m0 and psfs.approx_jacobian:
         jb = psfs.low_rank(sz, psfs.JAC_TOL)    # derivative columns only
+        psfs.approx_used |= jb is not None
     if jb is not None:
         C, B = jb
         step = max(1, int(BAND_CHUNK_BYTES // (full[m0:].nbytes * 3)))
