@@ -8,7 +8,8 @@ own selection); then, on the same selected stars,
 (a) the native build (``stages.epsf_stack`` via the stage, as ``epsf.oversamp: 1`` runs it), and
 (b) photutils' ``EPSFBuilder`` with the serial tract7dt's settings (oversampling 1, maxiters 30,
     recentering box 9 with 30 recentring iterations, 5-sigma clipping, photutils' default smoothing
-    kernel), on the same stamps (neighbour-masked, per-star annulus background removed),
+    kernel; ``--no-smoothing`` drops it, as this program's photutils path did), on the same stamps
+    (neighbour-masked, per-star annulus background removed),
 
 are timed (CPU seconds from ``time.process_time`` and wall seconds), and each ePSF is checked
 against the true PSF of that cell: a point-source fit with the ePSF (the engine's pixelized PSF,
@@ -16,7 +17,7 @@ flux and position free) to the true PSF rendered noiselessly at a sub-pixel offs
 centre gives the flux ratio (fitted / true, both within the 55 x 55 stamp) and the largest
 |residual| inside r <= FWHM relative to the true peak.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_epsf.py [--cells 4] [--size 512]
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_epsf.py [--cells 4] [--size 512] [--no-smoothing]
 """
 from __future__ import annotations
 
@@ -108,8 +109,9 @@ def build_native(inp, s, meta, work, sigma, bad, sel):
     return np.asarray(stamp, float), len(good)
 
 
-def build_photutils(inp, s, meta, work, sigma, bad, sel):
-    """Serial tract7dt's EPSFBuilder call on the same stamps."""
+def build_photutils(inp, s, meta, work, sigma, bad, sel, smoothing="quartic"):
+    """Serial tract7dt's EPSFBuilder call on the same stamps (``smoothing``: photutils' default
+    'quartic' as in the serial pipeline, or None as this program's photutils path used it)."""
     from astropy.stats import SigmaClip
     from photutils.psf import EPSFBuilder
 
@@ -119,7 +121,7 @@ def build_photutils(inp, s, meta, work, sigma, bad, sel):
     meta["nstars_extract"] = len(epsf_build.star_list(stars))
     stars, _ = epsf_build.prepare_stars(stars, sel, s, meta)
     builder = EPSFBuilder(oversampling=1, maxiters=30, recentering_boxsize=9, recentering_maxiters=30,
-                          sigma_clip=SigmaClip(sigma=5.0), progress_bar=False)
+                          sigma_clip=SigmaClip(sigma=5.0), progress_bar=False, smoothing_kernel=smoothing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = builder(stars)
@@ -157,6 +159,8 @@ def main():
     ap.add_argument("--cells", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--no-smoothing", action="store_true",
+                    help="photutils without its per-iteration smoothing kernel (this program's former setting)")
     a = ap.parse_args()
     from tract7dt_mpi.stages.epsf import epsf_settings
 
@@ -176,7 +180,8 @@ def main():
         st_n, used_n = build_native(inp, s, dict(meta, selection=dict(meta["selection"])), work, sigma, bad, sel)
         dt_n = np.array(_since(t))
         t = _clock()
-        st_p, used_p = build_photutils(inp, s, dict(meta, selection=dict(meta["selection"])), work, sigma, bad, sel)
+        st_p, used_p = build_photutils(inp, s, dict(meta, selection=dict(meta["selection"])), work, sigma, bad, sel,
+                                       smoothing=None if a.no_smoothing else "quartic")
         dt_p = np.array(_since(t))
         fn, cn = accuracy(st_n, fwhm, g1)
         fp, cp = accuracy(st_p, fwhm, g1)
