@@ -97,6 +97,19 @@ def test_banked_star_rendering_matches_per_band_rendering():
     assert np.abs(edge.A - ref.A).max() < 1e-7
 
 
+def test_banked_star_rendering_of_whole_stamps_matches_per_band_rendering():
+    # noisy ePSFs: the 1 - 1e-3 flux radius reaches the stamp edge, so the box is the whole stamp
+    rng = np.random.default_rng(2)
+    psfs = [PixelizedPSF(psf_stamp(10, fwhm=f) + rng.normal(0, 1e-3, (21, 21))) for f in (3.5, 4.0, 4.6)]
+    bank = PsfBank(psfs)
+    for x, y in ((20.3, 17.8), (2.4, 37.6)):
+        a = render_star(x, y, psfs, (40, 40), {"pos.x", "pos.y"})
+        b = render_star(x, y, bank, (40, 40), {"pos.x", "pos.y"})
+        assert (a.y0, a.y1, a.x0, a.x1) == (b.y0, b.y1, b.x0, b.x1) and b.A.shape[-1] > 0
+        assert np.abs(a.A - b.A).max() < 1e-7
+    assert bank.stamp_stack(10) is not None
+
+
 def test_fft_sizes_are_smooth_and_large_enough():
     for n in (17, 63, 65, 101, 257, 1000):
         s = fft_size(n)

@@ -35,6 +35,11 @@ MAX_TRIALS = 12
 #: preparatory stages (1, 2) stop once the remaining predicted gain is statistically meaningless
 #: (Delta chi2 < 2); only the final stage is driven down to ``dlnp_stop``
 PREP_STOP = 1.0
+#: a preparatory stage also stops once an accepted step gains less than this fraction of what the
+#: stage has gained so far: it only prepares the start of the final stage, which converges to
+#: ``dlnp_stop`` on its own (shapes fitted at the catalogue's slightly wrong positions crawl on
+#: for many steps gaining a few ln p each)
+PREP_REL_STOP = 0.01
 #: a source whose own share of the gain still on offer is below this (in ln p, i.e. a chi^2 change
 #: of 0.2) counts as converged even when its patch used up n_opt_iters: further steps cannot move
 #: it by a measurable amount (legacypipe's optimisation loop stops at the same dchisq of 0.1)
@@ -211,13 +216,15 @@ def _remaining_shares(H, g, act, owner, S, tol) -> np.ndarray:
 
 
 def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptions, stage: int,
-               confine: bool = False, stop: float | None = None):
+               confine: bool = False, stop: float | None = None, rel_stop: float = 0.0):
     """One stage of the fit.
 
     ``confine`` keeps every parameter within one maximal step of its start; ``stop`` is the
-    convergence tolerance on ln p (default ``opts.dlnp_stop``).
+    convergence tolerance on ln p (default ``opts.dlnp_stop``); ``rel_stop`` > 0 also ends the
+    stage when a step gains less than that fraction of the stage's gain so far.
     """
     ev = prob.evaluate(params, free, solve_linear, F, sky)
+    lnp_start = ev.lnp
     start = [p.copy() for p in ev.params] if confine else None
     stop = float(opts.dlnp_stop) if stop is None else float(stop)
     budget = int(opts.n_opt_iters)
@@ -258,6 +265,8 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             else:
                 if last < stop:
                     done = "dlnp < dlnp_stop"
+                elif rel_stop > 0 and last < rel_stop * (ev.lnp - lnp_start):
+                    done = "dlnp < rel_stop x the stage's gain"
                 elif pred < floor and last < floor:
                     done = "gain below the ln p noise floor"
         if done is None:
@@ -306,7 +315,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         ev = None     # the previous stage's renderings (other derivative columns) are not needed
         prep = st in (1, 2)
         ev, info = _run_stage(prob, params, F, sky, STAGES[st], solve_linear, opts, st, confine=prep,
-                              stop=max(PREP_STOP, float(opts.dlnp_stop)) if prep else None)
+                              stop=max(PREP_STOP, float(opts.dlnp_stop)) if prep else None,
+                              rel_stop=PREP_REL_STOP if prep else 0.0)
         params, F, sky = ev.params, ev.F, ev.sky
         stages.append(info)
     last_free = STAGES[plan[-1]]
@@ -326,7 +336,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
     if opts.marginal_flux_errors:
-        var = var + prob.marginal_flux_variance(ev)
+        # ev's renderings are not needed below (fluxes, sky, chi2 and flags are kept on ev)
+        var = var + prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]

@@ -36,12 +36,12 @@ def pair_block(rs, s, t, w, ncols=None) -> np.ndarray:
     ks, kt = ncols if ncols is not None else (None, None)
     y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
     x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
-    ws = w[:, y0:y1, x0:x1].reshape(w.shape[0], 1, -1).astype(a.A.dtype, copy=False)
-    As = _sub(a, y0, y1, x0, x1, ks)
+    ws = w[:, None, y0:y1, x0:x1].astype(a.A.dtype, copy=False)
+    As = (a.A[:, :ks, y0 - a.y0:y1 - a.y0, x0 - a.x0:x1 - a.x0] * ws).reshape(ws.shape[0], -1, ws[0].size)
     At = _sub(b, y0, y1, x0, x1, kt)
     if As.shape[1] > 1 and At.shape[1] > 1:   # einsum beats batched sgemm for these thin shapes
-        return np.einsum("bkp,blp->bkl", As * ws, At).astype(float)
-    return np.matmul(As * ws, At.transpose(0, 2, 1)).astype(float)
+        return np.einsum("bkp,blp->bkl", As, At).astype(float)
+    return np.matmul(As, At.transpose(0, 2, 1)).astype(float)
 
 
 def model_block(a, b, a0w) -> np.ndarray:
@@ -63,10 +63,12 @@ def own_products(r, *weighted) -> list:
     """Products sum_pix A[b, i] * x[b] over the source's box for each full-image array x (nb, H, W)."""
     if r.empty:
         return [np.zeros(r.A.shape[:2]) for _ in weighted]
+    nb, k = r.A.shape[:2]
+    A = np.ascontiguousarray(r.A).reshape(nb, k, -1)
     out = []
-    for x in weighted:
-        xs = x[:, r.y0:r.y1, r.x0:r.x1].astype(r.A.dtype, copy=False)
-        out.append(np.einsum("bkyx,byx->bk", r.A, xs).astype(float))
+    for x in weighted:   # batched matrix-vector products (BLAS): several x faster than einsum here
+        xs = np.ascontiguousarray(x[:, r.y0:r.y1, r.x0:r.x1], dtype=r.A.dtype).reshape(nb, -1, 1)
+        out.append(np.matmul(A, xs)[..., 0].astype(float))
     return out
 
 

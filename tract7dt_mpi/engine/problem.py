@@ -45,7 +45,8 @@ class Evaluation:
     sky: np.ndarray        # (nb,)
     G: np.ndarray | None   # (nb, L, L) linear normal matrix used (None when linear params frozen)
     pinned: np.ndarray     # (nb, S) bool: no data -> flux pinned
-    resid: np.ndarray      # (nb, H, W) data - model, float32 (chi2 is summed in float64 before rounding)
+    resid: np.ndarray | None   # (nb, H, W) data - model, float32 (chi2 is summed in float64 before
+    #                            rounding); None for model-only evaluations (``derivs=False``)
     chi2: float
     lnp: float
     derivs: bool = True    # renderings carry the derivative columns of ``free``
@@ -102,7 +103,9 @@ class Problem:
                                   for im in images], dtype=float) if fit_sky else np.zeros(self.nb)
         self.w32 = self.w.astype(np.float32)
         self._cache = {}
+        self._model_buf = None
         self._block_cache = {}
+        self._model_block_cache = {}
         self._uid = 0
 
     def _init_params(self, src):
@@ -165,7 +168,13 @@ class Problem:
         if fn and "sersicindex" in fn:   # d/d ln n = n d/dn
             r.A[:, 1 + fn.index("sersicindex")] *= params["sersicindex"]
         self._uid += 1
-        r.uid = self._uid
+        r.uid = r.muid = self._uid
+        if (model is not None and self.kinds[s] != "star" and model.A.shape[1] == 1
+                and (r.y0, r.y1, r.x0, r.x1) == (model.y0, model.y1, model.x0, model.x1)):
+            # render_source copied the model column: its model blocks and w * model stay valid
+            r.muid = model.muid
+            if "a0w" in model.cache:
+                r.cache["a0w"] = model.cache["a0w"]
         entries[:] = [e for e in entries if (e[1] is None) != (fn is None)] + [(pk, fn, r)]
         return r
 
@@ -190,10 +199,17 @@ class Problem:
         for a, b, B in lst:
             if a == us and b == ut and B.shape[1] >= ncols[0] and B.shape[2] >= ncols[1]:
                 return B if (B.shape[1], B.shape[2]) == ncols else B[:, :ncols[0], :ncols[1]]
-        if ncols == (1, 1):
+        if ncols == (1, 1):   # model blocks are keyed by the model columns' identities
+            ms, mt = rs[s].muid, rs[t].muid
+            mlst = self._model_block_cache.setdefault((s, t), [])
+            for a, b, B in mlst:
+                if a == ms and b == mt:
+                    return B
             B = model_block(rs[s], rs[t], self.weighted_model(rs[s]))
-        else:
-            B = pair_block(rs, s, t, self.w32, ncols=ncols)
+            mlst.append((ms, mt, B))
+            del mlst[:-3]
+            return B
+        B = pair_block(rs, s, t, self.w32, ncols=ncols)
         lst.append((us, ut, B))
         del lst[:-3]
         return B
@@ -239,14 +255,17 @@ class Problem:
         pinned = np.zeros((self.nb, self.S), dtype=bool)
         if solve_linear:
             F, sky, G, pinned = self._solve_linear(rs, blocks, F, sky)
-        model = np.empty(self.data.shape)
+        if self._model_buf is None:   # one float64 work image per problem (no page faults per call)
+            self._model_buf = np.empty(self.data.shape)
+        model = self._model_buf
         model[...] = sky[:, None, None]
         for s, r in enumerate(rs):
             if not r.empty:
                 model[:, r.y0:r.y1, r.x0:r.x1] += F[:, s, None, None] * r.A[:, 0]
         resid = np.subtract(self.data, model, out=model)
-        chi2 = float(np.dot(self.w.ravel(), np.square(resid).ravel()))
-        resid = resid.astype(np.float32)
+        resid32 = resid.astype(np.float32) if derivs else None   # trial points need ln p only
+        chi2 = float(np.dot(self.w.ravel(), np.square(resid, out=resid).ravel()))
+        resid = resid32
         lnp = -0.5 * chi2 + self.prior_lnp(params)
         fp = self.flux_prec
         if fp.any():
@@ -363,6 +382,21 @@ class Problem:
                     g[gi[s]] -= prec @ (ev.params[s][pos] - self.prior_mu[s][pos])
         H = 0.5 * (H + H.T)
         return (index, H, g, X) if coupling else (index, H, g)
+
+    def with_exact_derivatives(self, ev: Evaluation, release: bool = False) -> Evaluation:
+        """``ev`` itself, or (when some derivative columns came from the PSF bank's approximate
+        basis) the same point re-rendered with every band's own PSF. The model columns, and so the
+        fluxes, are the same; the derivatives then carry no basis error into the flux errors.
+        ``release`` drops ev's renderings first (one derivative set in memory)."""
+        if not (ev.derivs and self.psfs.approx_used):
+            return ev
+        if release:
+            ev.rs, ev.blocks = [], {}
+        self.psfs.approx_jacobian = False
+        self._cache.clear()
+        self._block_cache.clear()
+        self._model_block_cache.clear()
+        return self.evaluate(ev.params, ev.free, ev.G is not None, ev.F, ev.sky, derivs=True)
 
     def marginal_flux_variance(self, ev: Evaluation) -> np.ndarray:
         """(nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters

@@ -301,16 +301,31 @@ class PsfBank(list):
     """The per-band PSFs of one problem, with caches stacked over bands (vectorised rendering).
 
     * ``fourier_stack(sz)``: (nb, sz, sz//2+1) complex64 transforms for galaxies (LRU, few sizes);
-    * ``stamp_stack(half)``: (nb, 2c+1, 2c+1) stamps cropped to ``half`` + 3 px (Lanczos margin)
+    * ``stamp_stack(half)``: (nb, 2cy+1, 2cx+1) stamps cropped to ``half`` + 3 px (at most the stamp)
       when every band has a pixelized stamp, else None.
     """
 
     MAX_SIZES = 10
+    #: relative L2 residual (per band) of a low-rank PSF basis that renders galaxies' model columns
+    #: (float32 rounding level: met by banks in which bands share PSFs or PSFs vary smoothly)
+    EXACT_TOL = 1e-6
+    #: the same for a basis that renders only the derivative columns (the Jacobian)
+    JAC_TOL = 1e-2
+    #: the basis is used only when its rank is at most this fraction of the number of bands
+    JAC_MAX_RANK_FRAC = 0.75
 
     def __init__(self, psfs):
         super().__init__(psfs)
         self._ft = OrderedDict()
         self._st = {}
+        self._jb = OrderedDict()
+        self._eig = OrderedDict()
+        #: galaxies may render their derivative columns through a JAC_TOL basis (see low_rank)
+        self.approx_jacobian = True
+        #: set when a rendering did so (the flux errors are then computed with exact derivatives)
+        self.approx_used = False
+        #: per-bank maxima over the bands (box sizes; filled by engine.render)
+        self.maxima = {}
 
     def fourier_stack(self, sz: int) -> np.ndarray:
         ft = self._ft.get(sz)
@@ -325,13 +340,70 @@ class PsfBank(list):
             self._ft.move_to_end(sz)
         return ft
 
+    def low_rank(self, sz: int, tol: float):
+        """(C (nb, r) float32, B (r, sz, sz//2+1) complex64) with fourier_stack(sz)[b] ~ sum_k C[b, k]
+        B[k] to a relative L2 residual <= ``tol`` in every band, or None (hybrid PSFs, or a rank
+        above JAC_MAX_RANK_FRAC x nb).
+
+        Galaxies render through it with r inverse FFTs per column instead of nb: every column when
+        the basis meets EXACT_TOL, else only the derivative columns (used for the Gauss-Newton
+        matrix and gradient, not for ln p) with JAC_TOL. The coefficients are real, so the
+        combination of the real renderings is the rendering with the combined PSF.
+        """
+        key = (sz, float(tol))
+        if key in self._jb:
+            self._jb.move_to_end(key)
+            return self._jb[key]
+        out = None
+        nb = len(self)
+        if nb > 1 and not any(isinstance(p, HybridPSF) for p in self):
+            F = self.fourier_stack(sz)
+            X = F.reshape(nb, -1).view(np.float32)                      # real view (nb, 2M)
+            lam, V, norm2 = self._gram_eig(sz, X)
+            kept = np.cumsum(V ** 2 * np.clip(lam, 0.0, None)[None, :], axis=1)   # (nb, r)
+            rel = np.sqrt(np.clip(1.0 - kept / norm2[:, None], 0.0, None))
+            ok = np.flatnonzero(np.all(rel <= tol, axis=0))
+            r = int(ok[0]) + 1 if ok.size else nb
+            if r <= self.JAC_MAX_RANK_FRAC * nb:
+                Vr = V[:, :r]
+                B = np.empty((r, X.shape[1]), dtype=np.float32)
+                for j in range(0, X.shape[1], self._CHUNK):
+                    B[:, j:j + self._CHUNK] = Vr.T @ X[:, j:j + self._CHUNK].astype(np.float64)
+                out = (np.ascontiguousarray(Vr, dtype=np.float32), B.view(np.complex64).reshape(r, *F.shape[1:]))
+        self._jb[key] = out
+        while len(self._jb) > 2 * self.MAX_SIZES:
+            self._jb.popitem(last=False)
+        return out
+
+    #: columns per float64 chunk of the Gram matrix and basis products (bounded temporary memory)
+    _CHUNK = 1 << 16
+
+    def _gram_eig(self, sz, X):
+        """(eigenvalues, eigenvectors) of the bands' Gram matrix X X^T (descending) and its diagonal,
+        accumulated in float64 chunks; cached per FFT size (both tolerances share it)."""
+        e = self._eig.get(sz)
+        if e is None:
+            K = np.zeros((X.shape[0], X.shape[0]))
+            for j in range(0, X.shape[1], self._CHUNK):
+                c = X[:, j:j + self._CHUNK].astype(np.float64)
+                K += c @ c.T
+            lam, V = np.linalg.eigh(K)
+            e = self._eig[sz] = (lam[::-1], V[:, ::-1], np.maximum(np.diagonal(K).copy(), 1e-300))
+            while len(self._eig) > self.MAX_SIZES:
+                self._eig.popitem(last=False)
+        return e
+
     def stamp_stack(self, half: int):
+        """(stack (nb, 2 cy + 1, 2 cx + 1), cy, cx): every band's stamp cropped as
+        :meth:`PixelizedPSF.point_patch` crops it for a box of half-size ``half`` (``half`` + 3 px,
+        at most the stamp), or None unless every band has a pixelized stamp and the crops agree."""
         if half in self._st:
             return self._st[half]
         out = None
         if all(isinstance(p, PixelizedPSF) for p in self):
-            c = half + 3
-            if all(min(p.hy, p.hx) >= c for p in self):
-                out = np.stack([p.stamp[p.hy - c:p.hy + c + 1, p.hx - c:p.hx + c + 1] for p in self])
+            crops = {(min(p.hy, half + 3), min(p.hx, half + 3)) for p in self}
+            if len(crops) == 1:
+                cy, cx = crops.pop()
+                out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]), cy, cx)
         self._st[half] = out
         return out

@@ -47,6 +47,9 @@ class Rendered:
     cache: dict = field(default_factory=dict)
     #: identity used by the problem's pair-block cache (0 = not registered)
     uid: int = 0
+    #: identity of the model column (a rendering with derivatives that reuses a model-only
+    #: rendering's column keeps that one's; 0 = uid)
+    muid: int = 0
 
     @property
     def empty(self) -> bool:
@@ -64,9 +67,19 @@ BAND_CHUNK_BYTES = 24 << 20
 FLUX_EPS = 1e-3
 
 
+def _over_bands(psfs, key, f):
+    """max over the bands of f(psf), cached on a PsfBank under ``key`` (PSFs do not change)."""
+    if isinstance(psfs, PsfBank):
+        v = psfs.maxima.get(key)
+        if v is None:
+            v = psfs.maxima[key] = max(f(p) for p in psfs)
+        return v
+    return max(f(p) for p in psfs)
+
+
 def star_half_size(psfs, eps: float = FLUX_EPS) -> int:
     """Point-source box half-size: the PSF radius enclosing 1 - eps of its flux (<= the stamp)."""
-    return max(min(p.half_size, int(math.ceil(p.flux_radius(eps)))) for p in psfs)
+    return _over_bands(psfs, ("star", eps), lambda p: min(p.half_size, int(math.ceil(p.flux_radius(eps)))))
 
 
 def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
@@ -78,11 +91,17 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     A = np.zeros((len(psfs), 1 + k, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=DTYPE)
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
-    stack = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
-    if stack is not None:   # every band at once: same sub-pixel shift, one Lanczos pass
-        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2c+1, 2c+1)
-        sub = arr[:, :, 3:3 + 2 * h + 1, 3:3 + 2 * h + 1]           # box ix-h .. ix+h
-        A[:] = np.moveaxis(sub, 0, 1)[:, :, y0 - (iy - h):y1 - (iy - h), x0 - (ix - h):x1 - (ix - h)]
+    st = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
+    if st is not None:   # every band at once: same sub-pixel shift, one batched Fourier shift
+        stack, cy, cx = st
+        ky, kx = min(cy, h), min(cx, h)
+        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2cy+1, 2cx+1)
+        sub = np.moveaxis(arr[:, :, cy - ky:cy + ky + 1, cx - kx:cx + kx + 1], 0, 1)   # ix-kx .. ix+kx
+        ya, yb = max(iy - ky, y0), min(iy + ky + 1, y1)
+        xa, xb = max(ix - kx, x0), min(ix + kx + 1, x1)
+        if yb > ya and xb > xa:
+            A[:, :, ya - y0:yb - y0, xa - x0:xb - x0] = sub[:, :, ya - (iy - ky):yb - (iy - ky),
+                                                           xa - (ix - kx):xb - (ix - kx)]
         return Rendered(y0, y1, x0, x1, A)
     for b, psf in enumerate(psfs):
         bx0, by0, arr = psf.point_patch(px, py, derivs, half=h)
@@ -120,6 +139,13 @@ def _grids(sz):
     return U, V, U * U, 2.0 * U * V, V * V
 
 
+@lru_cache(maxsize=64)
+def _deriv_factors(sz):
+    """complex64 -2 pi i u and -2 pi i v on the rfft2 grid (the d/dx, d/dy factors)."""
+    U, V = freq_grids(sz)
+    return (-2j * math.pi * U).astype(np.complex64), (-2j * math.pi * V).astype(np.complex64)
+
+
 _RGRID = np.linspace(0.05, 15.0, 600)
 
 
@@ -128,6 +154,12 @@ def mixture_flux_radius(mix, eps: float) -> float:
     f = enclosed_fraction(mix, _RGRID)
     i = int(np.argmax(f >= 1.0 - eps)) if f[-1] >= 1.0 - eps else _RGRID.size - 1
     return float(_RGRID[i])
+
+
+@lru_cache(maxsize=16)
+def _fixed_flux_radius(kind: str, eps: float) -> float:
+    """:func:`mixture_flux_radius` of the fixed exp / dev mixtures (cached)."""
+    return mixture_flux_radius(mixture_for(kind, np.nan), eps)
 
 
 def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=None,
@@ -140,8 +172,9 @@ def galaxy_half_size(re: float, kind: str, psfs, ix: int, iy: int, shape, mix=No
     and never more than the farthest image edge.
     """
     mix = mixture_for(kind, np.nan) if mix is None else mix
-    r_psf = max(p.half_size for p in psfs)
-    r_conv = math.hypot(mixture_flux_radius(mix, 0.5 * eps) * re, max(p.flux_radius(0.5 * eps) for p in psfs))
+    r_psf = _over_bands(psfs, "half", lambda p: p.half_size)
+    r_mix = _fixed_flux_radius(kind, 0.5 * eps) if kind in ("exp", "dev") else mixture_flux_radius(mix, 0.5 * eps)
+    r_conv = math.hypot(r_mix * re, _over_bands(psfs, ("flux", 0.5 * eps), lambda p: p.flux_radius(0.5 * eps)))
     H, W = shape
     dmax = max(ix, W - 1 - ix, iy, H - 1 - iy) + 1
     h = min(r_conv, max(NRE[kind] * re, r_psf), dmax)
@@ -171,7 +204,7 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     if y1 <= y0 or x1 <= x0:
         k = len(names) + (1 if with_model else 0)
         return Rendered(y0, y1, x0, x1, np.zeros((nb, k, max(y1 - y0, 0), max(x1 - x0, 0)), DTYPE))
-    r_psf = max(p.half_size for p in psfs)
+    r_psf = _over_bands(psfs, "half", lambda p: p.half_size)
     sz = fft_size(2 * h + 1 + 2 * min(r_psf, pad_max))
     c = sz // 2
     U, V, UU, UV2, VV = _grids(sz)
@@ -182,32 +215,58 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
     dQ = None
     if need_shape:
         dS = unit_covariance_derivs(logre, ee1, ee2)
-        dQ = [dS[j, 0, 0] * UU + dS[j, 0, 1] * UV2 + dS[j, 1, 1] * VV for j in range(3)]
+        dQ = [(dS[j, 0, 0] * UU + dS[j, 0, 1] * UV2 + dS[j, 1, 1] * VV).astype(np.float32) for j in range(3)]
     ox, oy = c + (px - ix), c + (py - iy)
-    phase = np.exp(-2j * math.pi * U * ox) * np.exp(-2j * math.pi * V * oy)   # separable
+    # separable phase, complex64 like every column (the products below stay in single precision)
+    phase = (np.exp(-2j * math.pi * U * ox).astype(np.complex64) * np.exp(-2j * math.pi * V * oy).astype(np.complex64))
 
     def stack(w):
-        a = mix.amp * w
-        F = np.tensordot(a, E, axes=1)
-        out = []
-        base = F * phase
-        out.append(base)
+        a = (mix.amp * w).astype(np.float32)
+        cols = 1 + (2 if "pos.x" in free else 0) + sum(p in free for p in SHAPE) + ("sersicindex" in free)
+        out = np.empty((cols,) + phase.shape, dtype=np.complex64)
+        base = out[0]
+        np.multiply(np.tensordot(a, E, axes=1), phase, out=base)
+        k = 1
         if "pos.x" in free:
-            out.append(base * (-2j * math.pi * U))
-            out.append(base * (-2j * math.pi * V))
+            du, dv = _deriv_factors(sz)
+            np.multiply(base, du, out=out[k])
+            np.multiply(base, dv, out=out[k + 1])
+            k += 2
         if need_shape:
-            Fq = np.tensordot(a * (-_TWO_PI2 * mix.var), E, axes=1) * phase
+            Fq = np.tensordot((a * (-_TWO_PI2 * mix.var)).astype(np.float32), E, axes=1) * phase
             for j, p in enumerate(SHAPE):
                 if p in free:
-                    out.append(Fq * dQ[j])
+                    np.multiply(Fq, dQ[j], out=out[k])
+                    k += 1
         if "sersicindex" in free:
-            out.append(np.tensordot(mix.damp_dn * w, E, axes=1) * phase)
-        return np.stack(out if with_model else out[1:]).astype(np.complex64)
+            np.multiply(np.tensordot((mix.damp_dn * w).astype(np.float32), E, axes=1), phase, out=out[k])
+        return out if with_model else out[1:]
 
     full = stack(np.ones(mix.amp.size))
     bank = psfs.fourier_stack(sz) if isinstance(psfs, PsfBank) else None
     fy0, fx0 = iy - c, ix - c   # image coordinates of FFT pixel (0, 0)
     A = np.empty((nb, full.shape[0], y1 - y0, x1 - x0), dtype=DTYPE)
+    m0 = 1 if with_model else 0
+    jb = psfs.low_rank(sz, psfs.EXACT_TOL) if bank is not None else None
+    if jb is not None:
+        m0 = 0     # every column through the bank's (float32-exact) low-rank PSF basis
+    elif bank is not None and full.shape[0] > m0 and psfs.approx_jacobian:
+        jb = psfs.low_rank(sz, psfs.JAC_TOL)    # derivative columns only
+        psfs.approx_used |= jb is not None
+    if jb is not None:
+        C, B = jb
+        step = max(1, int(BAND_CHUNK_BYTES // (full[m0:].nbytes * 3)))
+        for k0 in range(0, B.shape[0], step):
+            k1 = min(B.shape[0], k0 + step)
+            d = _inverse_crop(full[None, m0:] * B[k0:k1, None], sz, y0 - fy0, y1 - fy0, x0 - fx0, x1 - fx0)
+            part = np.tensordot(C[:, k0:k1], d, axes=1)
+            if k0 == 0:
+                A[:, m0:] = part
+            else:
+                A[:, m0:] += part
+        if m0 == 0:
+            return Rendered(y0, y1, x0, x1, A)
+        full = full[:1]
     mog_cache = {}
     # a few bands per batched transform: bounded temporary memory for large galaxies and many bands
     step = max(1, int(BAND_CHUNK_BYTES // (full.nbytes * 3)))
@@ -226,9 +285,14 @@ def render_galaxy(kind, px, py, logre, ee1, ee2, n, psfs, shape, free, pad_max=6
                     if key not in mog_cache:
                         mog_cache[key] = stack(w)
                     spec[b - b0] += mog_cache[key] * (psf.mixture.fourier32(sz) - psf.fourier32(sz))[None]
-        img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
-        A[b0:b1] = img[:, :, y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
+        A[b0:b1, :full.shape[0]] = _inverse_crop(spec, sz, y0 - fy0, y1 - fy0, x0 - fx0, x1 - fx0)
     return Rendered(y0, y1, x0, x1, A)
+
+
+def _inverse_crop(spec, sz, ya, yb, xa, xb):
+    """Inverse real FFT of a (..., sz, sz//2+1) spectrum stack, cropped to [ya:yb, xa:xb]."""
+    img = sfft.irfft2(spec, s=(sz, sz), axes=(-2, -1), overwrite_x=True)
+    return img[..., ya:yb, xa:xb]
 
 
 def render_source(kind, params: dict, psfs, shape, free, model=None) -> Rendered:
