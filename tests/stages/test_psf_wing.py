@@ -66,9 +66,6 @@ def test_light_beyond_the_stamp_matches_the_true_psf(kind):
     # beyond a 55-px stamp: Moffat beta = 2 ~1.0 %, Kolmogorov x Airy ~0.5 %; the far wing of the
     # latter flattens beyond the measured 100 px, so it may come out a little low, never high
     assert true - 0.0025 < got < true + 0.0012, (got, true, wing)
-    # what the field counts: the measured rings only (light beyond r_max left out)
-    counted = light_beyond_square(wing, STAMP // 2, wing.r_max)
-    assert got - 0.0012 < counted < got
     if kind == "moffat2":
         assert abs(wing.slope - 4.0) < 0.15
 

@@ -198,25 +198,22 @@ def fit_wing(M, E, rc, P, anchor, outer, r_join: float, r_max: float) -> Wing | 
                 n_stars=int(keep.sum()), n_rejected=n_rej, chi2=float(chi / max(n, 1)))
 
 
-def light_beyond_square(wing: Wing, half: int, r_out: float | None = None) -> float:
+def light_beyond_square(wing: Wing, half: int) -> float:
     """Flux of ``wing``'s profile on the pixels outside the square |dx|, |dy| <= ``half`` (pixel
-    centres) and within ``r_out`` (None: to infinity, analytic (circle) beyond 8 ``half``)."""
-    r2 = int(np.ceil(r_out)) if r_out is not None else 8 * int(half)
+    centres): summed out to 8 ``half``, analytic (circle) beyond."""
+    r2 = 8 * int(half)
     g = np.arange(-r2, r2 + 1)
     gx, gy = np.meshgrid(g, g)
     rr = np.hypot(gx, gy)
     sel = ((np.abs(gx) > half) | (np.abs(gy) > half)) & (rr <= r2)
     near = float(wing.profile(rr[sel]).sum())
-    if r_out is not None:
-        return near
     return near + 2.0 * np.pi * wing.amp * r2 ** (2.0 - wing.slope) / (wing.slope - 2.0)
 
 
 def with_bright_wing(field, wing: Wing, blend_pix: float = 3.0):
     """A copy of ``field`` (stages.psf_poly.PsfField) whose tail follows ``wing`` beyond its
-    join radius (linear blend over ``blend_pix``) and whose light beyond the grid is the wing's
-    out to its outer measured ring ``r_max``: light further out is not measured (and on
-    sky-subtracted images partly subtracted), so it is not counted.
+    join radius (linear blend over ``blend_pix``) and whose light beyond the grid is the wing's,
+    to infinity (fluxes are total fluxes).
     The tail keeps unit sum on the grid; ``tail_beyond`` is in the same units."""
     size = field.tail.shape[0]
     yy, xx = np.indices((size, size))
@@ -226,7 +223,7 @@ def with_bright_wing(field, wing: Wing, blend_pix: float = 3.0):
     own = field.tail / (1.0 + field.tail_beyond)
     t = np.clip((r - wing.r_join) / blend_pix, 0.0, 1.0)
     new = (1.0 - t) * own + t * wing.profile(np.maximum(r, 1.0))
-    beyond = light_beyond_square(wing, (size - 1) // 2, wing.r_max) / new.sum()
+    beyond = light_beyond_square(wing, (size - 1) // 2) / new.sum()
     new = new / new.sum()
     wings = dict(field.wings, bright_wing={"amp": wing.amp, "slope": wing.slope, "r_join": wing.r_join,
                                            "r_max": wing.r_max, "n_stars": wing.n_stars,
