@@ -17,21 +17,10 @@ from tract7dt_mpi.io.tiles import read_tile_list
 from tract7dt_mpi.multitile import exit_code, order
 from tract7dt_mpi.parallel.scheduler import Task
 
-FAST = """\
-inputs: {{tile_name: {name}, input_catalog: {d}/input_catalog.csv, image_list_file: {d}/image_list.txt,
-  gaiaxp_synphot_csv: {d}/gaiaxp_synphot.csv}}
-outputs: {{work_dir: {work}}}
-crop: {{enabled: true, margin: 16, plot_pre_crop: false, plot_post_crop: false}}
-overlay: {{enabled: false}}
-plotting: {{dpi: 30}}
-epsf: {{epsf_ngrid: 1, ngrid: 2, maxiters: 2, save_growth_curve: false, save_residual_diagnostics: false,
-  save_patch_background_diagnostics: false, save_star_local_background_diagnostics: false,
-  save_star_montage_max: 0}}
-patch_inputs: {{save_patch_inputs: false}}
-patch_run: {{n_opt_iters: 3, enable_staged_fit: false, no_cutouts: true, no_patch_overview: true}}
-zp: {{enabled: true}}
-mpi: {{heartbeat_sec: 2}}
-"""
+import test_pipeline as _pipeline_tests  # noqa: E402  (tests/ is on sys.path)
+
+# the fast single-tile config of the pipeline tests (2 s heartbeat), named per tile
+FAST = _pipeline_tests.FAST.replace("tile_name: T,", "tile_name: {name},")
 
 
 def _env():
@@ -95,7 +84,7 @@ def _run(n, args, timeout):
 
 
 def _cfg(sample, work, name):
-    text = FAST.format(d=sample, work=work, name=name)
+    text = FAST.format(d=sample, work=work, name=name, iters=3, extra="")
     path = sample / f"{work.name}.yaml"
     path.write_text(text)
     return path
