@@ -1,7 +1,7 @@
 """Model selection on a GalSim tile whose catalogue has no TYPE at all (issue acceptance): of the
 sources with S/N > 50, >= 95 % of the stars are chosen point sources and >= 90 % of the galaxies
 galaxies, and their fluxes are as good as with the true TYPE (stars 0.5 %, galaxies 2 %).
-Slow: one full pipeline run on a 3-band 512 px tile."""
+Slow: one full pipeline run on a 3-band 768 px tile."""
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def test_model_selection_on_a_tile_without_types(tmp_path):
     from tract7dt_mpi.sample import make_sample
     from tract7dt_mpi.sample.truth import load_truth
     d = tmp_path / "tile"
-    paths = make_sample(str(d), bands=3, size=512, seed=11, verbose=False, blank_type_frac=1.0,
+    paths = make_sample(str(d), bands=3, size=768, seed=11, verbose=False, blank_type_frac=1.0,
                         galaxy_truncation=False, stamp_flux_tol=1e-3, galaxy_mag_min=14.5,
                         galaxy_mag_max=19.5)
     cfg = yaml.safe_load(open(paths["config"]))
