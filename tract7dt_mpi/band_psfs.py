@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from .flags import as_bool
 from .stages.psf_poly import evaluate_field
 from .stages.psf_wing import measure_wing, with_bright_wing
 from .tasks import read_working_catalog
@@ -24,10 +25,6 @@ log = logging.getLogger("tract7dt_mpi.pipeline")
 N_CANDIDATES = 60
 #: bright stars measured per band
 BRIGHT_WING_STARS = 20
-
-
-def _truthy(col) -> np.ndarray:
-    return col.astype(str).str.strip().str.lower().isin(("true", "1")).to_numpy()
 
 
 def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
@@ -41,7 +38,7 @@ def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
     if "gaia_source_id" in catalog.columns:
         gid = catalog["gaia_source_id"].astype(str).str.strip()
         star |= ~gid.isin(("", "nan", "None", "<NA>")).to_numpy()
-    sat = _truthy(catalog["excluded_saturation"]) if "excluded_saturation" in catalog.columns \
+    sat = as_bool(catalog["excluded_saturation"]) if "excluded_saturation" in catalog.columns \
         else np.zeros(len(catalog), bool)
     star |= sat
     x = catalog["x_pix_white"].to_numpy(float)
@@ -91,10 +88,13 @@ def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: flo
     r_join = field.wings.get("wing_radius_pix") or 3.0 * fwhm
     r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
     cuts, used = _cutouts(prepared, band, np.asarray(xy, float).reshape(-1, 2), r_max, n_stars, fwhm)
-    stamps = []
-    for x, y in used:
+    keep, stamps = [], []
+    for cut, (x, y) in zip(cuts, used):
         st, ef = evaluate_field(field, float(x), float(y))
-        stamps.append(np.zeros((1, 1)) if st is None else np.asarray(st, float) * ef)
+        if st is not None:                    # no positive field there: the star cannot anchor
+            keep.append(cut)
+            stamps.append(np.asarray(st, float) * ef)
+    cuts = keep
     wing = measure_wing(cuts, stamps, fwhm, float(r_join), r_max) if cuts else None
     if wing is None:
         log.info("ePSF %s: no bright-star wing (%d candidate stars); the field's own tail is kept",
