@@ -54,6 +54,9 @@ RUNAWAY_RE = 5.0
 RUNAWAY_SIGMA = 5.0
 RUNAWAY_AP = 3.0
 RUNAWAY_AP_R = 6.0
+#: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
+#: of a noise-only reduced chi^2 (:func:`_residual_scales`)
+RESID_SIGMA = 3.0
 #: "no improving step" ends a stage as converged only when the gain the quadratic model still
 #: predicts is below max(SOURCE_DLNP, this x the ln p noise floor); otherwise the optimizer stalled
 STALL_FLOOR_FACTOR = 10.0
@@ -330,7 +333,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         params, F, sky = ev.params, ev.F, ev.sky
         info["shape_fallback"] = int(fallback.sum())
         stages.append(info)
-    model = prob.data - ev.resid
+    resid = ev.resid
+    model = prob.data - resid
     model_src = model - ev.sky[:, None, None]
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
@@ -339,6 +343,9 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         # ev's renderings are not needed below (fluxes, sky, chi2 and flags are kept on ev)
         var = var + prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
     errs = np.sqrt(np.where(var > 0, var, np.nan))
+    rscale = _residual_scales(prob, resid, params) if opts.residual_error_scale \
+        else np.ones((prob.nb, prob.S))
+    errs = errs * rscale
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]
     # out of iterations but the last accepted step gained < SOURCE_DLNP: the fit is on a plateau
@@ -371,6 +378,35 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                      last_dlnp=last["last_dlnp"], stages=stages, sky=ev.sky.copy(), chi2=ev.chi2,
                      lnp=ev.lnp, bands=bands, npix_used=int(np.count_nonzero(prob.w > 0)),
                      _models=[m for m in model])
+
+
+def _residual_scales(prob: Problem, resid, params) -> np.ndarray:
+    """(nb, S) factors >= 1 on the galaxies' flux errors: sqrt of the reduced chi^2 of the
+    residual under each galaxy's own profile (weights: its unit model over its peak), where that
+    exceeds 1 by more than ``RESID_SIGMA`` times its noise-only spread sqrt(2 / n_eff). A
+    profile that does not describe the galaxy (a Sersic index or a bulge the model lacks, a
+    neighbour's misfit on it) leaves a residual the statistical errors do not include."""
+    out = np.ones((prob.nb, prob.S))
+    if resid is None:
+        return out
+    for s in range(prob.S):
+        if prob.kinds[s] == "star":
+            continue
+        r = prob.render(s, params[s], None)
+        if r.empty:
+            continue
+        sl = (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+        w = prob.w[sl]
+        prof = np.clip(np.asarray(r.A[:, 0], float), 0.0, None) * (w > 0)
+        peak = prof.max(axis=(1, 2))
+        ok = peak > 0
+        p = prof / np.where(ok, peak, 1.0)[:, None, None]
+        sp, sp2 = p.sum(axis=(1, 2)), (p * p).sum(axis=(1, 2))
+        chi = (p * w * np.asarray(resid[sl], float) ** 2).sum(axis=(1, 2)) / np.where(ok, sp, 1.0)
+        n_eff = np.where(sp2 > 0, sp * sp / np.where(sp2 > 0, sp2, 1.0), 0.0)
+        thr = 1.0 + RESID_SIGMA * np.sqrt(2.0 / np.maximum(n_eff, 1.0))
+        out[:, s] = np.where(ok & (n_eff >= 4) & (chi > thr), np.sqrt(chi), 1.0)
+    return out
 
 
 def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:

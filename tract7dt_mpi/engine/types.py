@@ -109,6 +109,9 @@ class FitOptions:
     #: of Re or n is fitted once more with its start (catalog) shape held: forced photometry with
     #: the catalog's shape is a measurement, a runaway is not (``SourceResult.shape_fallback``)
     shape_fallback: bool = True
+    #: a galaxy's flux errors times sqrt(reduced chi^2) of the residual under its own profile,
+    #: when that is significantly above 1 (the model does not describe it)
+    residual_error_scale: bool = True
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:

@@ -329,7 +329,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
                       flux_error_model=meta["flux_error_model"],
                       marginal_flux_errors=bool(pr.flux_error_marginal),
                       shape_min_snr=float(pr.shape_fit_min_snr),
-                      pos_min_snr=float(pr.pos_fit_min_snr))
+                      pos_min_snr=float(pr.pos_fit_min_snr),
+                      residual_error_scale=bool(pr.flux_error_residual_scale))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
