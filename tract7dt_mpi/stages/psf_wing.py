@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .epsf_stack import grid_radius
+
 __all__ = ["Wing", "ring_profile", "fit_wing", "measure_wing", "light_beyond_square",
            "with_bright_wing", "ring_edges"]
 
@@ -43,6 +45,8 @@ SLOPES = np.round(np.arange(2.3, 7.0001, 0.025), 3)
 OUTLIER_SIGMA = 4.0
 #: ... or within this fraction
 OUTLIER_FRAC = 0.3
+#: fits after the first that leave out the outliers of the one before
+REJECT_ROUNDS = 3
 #: fewest stars with an anchor and outer rings for a wing
 MIN_STARS = 3
 _MAD = 1.4826
@@ -167,7 +171,7 @@ def fit_wing(M, E, rc, P, anchor, outer, r_join: float, r_max: float) -> Wing | 
     P = np.broadcast_to(np.asarray(P, float), M.shape)
     keep = np.ones(M.shape[0], bool)
     n_rej = 0
-    for _ in range(4):
+    for rnd in range(REJECT_ROUNDS + 1):
         best = None
         coarse = SLOPES[::4]
         for grid in (coarse, None):
@@ -179,8 +183,6 @@ def fit_wing(M, E, rc, P, anchor, outer, r_join: float, r_max: float) -> Wing | 
                     best = (got, float(sl))
             if best is None:
                 return None
-        if best is None:
-            return None
         (A, F, c, G, Ge, chi, n), sl = best
         ok = np.isfinite(F) & (F > 0) & np.isfinite(G)
         if ok.sum() < MIN_STARS:
@@ -188,14 +190,13 @@ def fit_wing(M, E, rc, P, anchor, outer, r_join: float, r_max: float) -> Wing | 
         a_s = np.where(ok, G / np.where(ok, F, 1.0), np.nan)
         e_s = np.where(ok, Ge / np.where(ok, F, 1.0), np.nan)
         bad = ok & (np.abs(a_s - A) > OUTLIER_SIGMA * e_s) & (np.abs(a_s - A) > OUTLIER_FRAC * A)
-        idx = np.where(keep)[0]
-        if not bad.any() or ok.sum() - bad.sum() < MIN_STARS:
-            keep[idx[~ok]] = False
+        if rnd == REJECT_ROUNDS or not bad.any() or ok.sum() - bad.sum() < MIN_STARS:
             break
+        idx = np.where(keep)[0]
         keep[idx[bad | ~ok]] = False
         n_rej += int(bad.sum())
     return Wing(amp=float(A), slope=sl, r_join=float(r_join), r_max=float(r_max),
-                n_stars=int(keep.sum()), n_rejected=n_rej, chi2=float(chi / max(n, 1)))
+                n_stars=int(ok.sum()), n_rejected=n_rej, chi2=float(chi / max(n, 1)))
 
 
 def light_beyond_square(wing: Wing, half: int) -> float:
@@ -216,9 +217,7 @@ def with_bright_wing(field, wing: Wing, blend_pix: float = 3.0):
     to infinity (fluxes are total fluxes).
     The tail keeps unit sum on the grid; ``tail_beyond`` is in the same units."""
     size = field.tail.shape[0]
-    yy, xx = np.indices((size, size))
-    c = (size - 1) / 2.0
-    r = np.hypot(xx - c, yy - c)
+    r = grid_radius(size)
     # the field's tail in unit-total units: tail / (1 + tail_beyond)
     own = field.tail / (1.0 + field.tail_beyond)
     t = np.clip((r - wing.r_join) / blend_pix, 0.0, 1.0)
