@@ -422,8 +422,13 @@ def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:
         # a galaxy shrinking to the lower Re bound is a point source, not a runaway
         bounds = [b for b in _stalled(prob, s, p, free)
                   if b.split("@")[0] in SHAPE_LIKE and b != "shape.logre@lower"]
-        out[s] = bool(bounds) or (np.isfinite(re) and re > RUNAWAY_RE * float(src.re))
+        out[s] = bool(bounds) or _re_ran_away(re, src)
     return out
+
+
+def _re_ran_away(re: float, src) -> bool:
+    """A galaxy's Re beyond RUNAWAY_RE x its start (catalog) Re."""
+    return bool(np.isfinite(re) and re > RUNAWAY_RE * float(src.re))
 
 
 def _aperture(prob: Problem, sky, x, y, r):
@@ -448,7 +453,7 @@ def _aperture(prob: Problem, sky, x, y, r):
 def _runaway(prob: Problem, ev, s, src, r, errs, bands) -> list:
     """Reasons why source ``s``'s final model ran away from the data (see SourceResult.runaway)."""
     out = []
-    if src.kind != "star" and np.isfinite(r.re) and r.re > RUNAWAY_RE * float(src.re):
+    if src.kind != "star" and _re_ran_away(r.re, src):
         out.append(f"re>{RUNAWAY_RE:g}xstart")
     r_ap = max(RUNAWAY_AP_R, 3.0 * float(src.re)) if src.kind != "star" else RUNAWAY_AP_R
     ap, ap_sig, frac = _aperture(prob, ev.sky, r.x, r.y, r_ap)
