@@ -47,11 +47,11 @@ def _moffat_pix(xx, yy, x0, y0, alpha, beta):
     return acc / _SUB ** 2 * (beta - 1.0) / (np.pi * alpha ** 2)
 
 
-def fit_star_moffat(stamp, good, x0: float, y0: float, fwhm_guess: float):
-    """(fwhm, beta) of a Moffat fitted to one star's ``stamp`` (``good`` pixels) starting at
+def fit_star_moffat(stamp, x0: float, y0: float, fwhm_guess: float):
+    """(fwhm, beta) of a Moffat fitted to one star's ``stamp`` (its finite pixels) starting at
     (x0, y0) in stamp pixels, or None when the fit fails or ends at a bound."""
     yy, xx = np.indices(stamp.shape, dtype=float)
-    m = np.asarray(good, bool) & np.isfinite(stamp)
+    m = np.isfinite(stamp)
     if m.sum() < 20:
         return None
     d = np.asarray(stamp, float)[m]
@@ -102,7 +102,7 @@ def band_moffat(img, bad, xy, fwhm_guess: float) -> StarMoffat | None:
     fits = []
     for k in order[:N_FIT]:
         st, cx, cy = boxes[k]
-        got = fit_star_moffat(st, np.ones(st.shape, bool), cx, cy, g)
+        got = fit_star_moffat(st, cx, cy, g)
         if got is not None:
             fits.append(got)
     if len(fits) < MIN_STARS:
