@@ -114,6 +114,29 @@ def test_runaway_galaxy_is_not_converged():
     assert fb.fluxes[0] < 0.2 * s.fluxes[0]
 
 
+def test_shape_fallback_holds_a_neighbour_that_runs_away_in_the_refit(monkeypatch):
+    # galaxy A swallows a wide sheet; refitted with A's shape held, the sheet is free for B, 15 px
+    # off, which then grows in its turn: a second fallback round holds B as well
+    from tract7dt_mpi.engine import fit as engine_fit
+
+    shape = (96, 96)
+    clean = draw([(galsim.Gaussian(sigma=25.0, flux=3e5), 45, 45)], shape) + \
+        draw([(galaxy("exp", 3e3, 2.0, 0.8, 0.0), 45, 45), (galaxy("exp", 2e4, 2.0, 0.8, 0.0), 70, 45)],
+             shape, psf=moffat())
+    im = _image(clean, 1.0, 2)
+    src = [Source("exp", 45.2, 44.9, [3e3], re=2.0, ab=0.8, phi_deg=0.0),
+           Source("exp", 70.1, 45.1, [2e4], re=2.0, ab=0.8, phi_deg=0.0)]
+    monkeypatch.setattr(engine_fit, "FALLBACK_ROUNDS", 1)
+    one = fit_patch([im], src, FitOptions(fit_sky=False)).sources
+    assert one[0].shape_fallback and not one[1].shape_fallback and one[1].re > 10.0
+    monkeypatch.setattr(engine_fit, "FALLBACK_ROUNDS", 3)
+    r = fit_patch([im], src, FitOptions(fit_sky=False))
+    assert [s.shape_fallback for s in r.sources] == [True, True]
+    assert [s.re for s in r.sources] == [pytest.approx(2.0), pytest.approx(2.0)]
+    assert all(s.converged and not s.runaway for s in r.sources)
+    assert [st.get("shape_fallback") for st in r.stages][-2:] == [1, 1]
+
+
 def test_significantly_negative_flux_is_a_runaway():
     # a faint star next to a bright one fitted with a 5 % too wide PSF: the faint model subtracts
     # the bright star's residual (large negative flux, even with its position held)

@@ -54,6 +54,8 @@ RUNAWAY_RE = 5.0
 RUNAWAY_SIGMA = 5.0
 RUNAWAY_AP = 3.0
 RUNAWAY_AP_R = 6.0
+#: shape-fallback refits at most (each holds the galaxies that ran away in the previous fit)
+FALLBACK_ROUNDS = 3
 #: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
 #: of a noise-only reduced chi^2 (:func:`_residual_scales`)
 RESID_SIGMA = 3.0
@@ -323,15 +325,19 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         params, F, sky = ev.params, ev.F, ev.sky
         stages.append(info)
     last_free = STAGES[plan[-1]]
-    fallback = _shape_fallbacks(prob, ev, sources, last_free) if opts.shape_fallback \
-        else np.zeros(prob.S, dtype=bool)
-    if fallback.any():
-        prob.faint |= fallback
-        params = [prob.p0[s].copy() if fallback[s] else p for s, p in enumerate(params)]
+    fallback = np.zeros(prob.S, dtype=bool)
+    for _ in range(FALLBACK_ROUNDS if opts.shape_fallback else 0):
+        # a refit with one runaway held can let a neighbour run away in its turn: check again
+        new = _shape_fallbacks(prob, ev, sources, last_free)
+        if not new.any():
+            break
+        fallback |= new
+        prob.faint |= new
+        params = [prob.p0[s].copy() if new[s] else p for s, p in enumerate(params)]
         _faint_position_priors(prob)
         ev, info = _run_stage(prob, params, F, sky, last_free, True, opts, plan[-1])
         params, F, sky = ev.params, ev.F, ev.sky
-        info["shape_fallback"] = int(fallback.sum())
+        info["shape_fallback"] = int(new.sum())
         stages.append(info)
     resid = ev.resid
     model = prob.data - resid

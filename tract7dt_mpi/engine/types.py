@@ -107,7 +107,8 @@ class FitOptions:
     pos_min_snr: float = 0.0
     #: a galaxy whose free shape ran away (Re beyond RUNAWAY_RE x its start) or ended at a bound
     #: of Re or n is fitted once more with its start (catalog) shape held: forced photometry with
-    #: the catalog's shape is a measurement, a runaway is not (``SourceResult.shape_fallback``)
+    #: the catalog's shape is a measurement, a runaway is not (``SourceResult.shape_fallback``);
+    #: repeated (up to engine.fit.FALLBACK_ROUNDS refits) for neighbours that run away in a refit
     shape_fallback: bool = True
     #: a galaxy's flux errors times sqrt(reduced chi^2) of the residual under its own profile,
     #: when that is significantly above 1 (the model does not describe it)
