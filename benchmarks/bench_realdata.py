@@ -13,6 +13,12 @@ default configuration and no zero points (there is no GaiaXP table for it), then
   which should agree to <~ 1 % in the median. The PSF flux is a total flux (the light beyond the
   ePSF stamp included); a PSF with broad wings has per cents of its light beyond 6 FWHM and in
   the annulus, which the aperture misses, so the ratio falls from 6 to 10 FWHM;
+- the stars' own growth curve, which needs no PSF model: for the isolated stars at S/N > 100, the
+  median of aperture flux / PSF flux at radii 6, 10 and 15 FWHM and at GROWTH_MAX_R px, the
+  background from a far annulus (GROWTH_BKG, sigma-clipped median). Light that keeps arriving beyond
+  6 FWHM is the PSF's wing, which a 6-FWHM aperture (and its nearer annulus) misses and a total
+  PSF flux counts; the ratio at GROWTH_MAX_R says how much light the PSF flux puts further out
+  still (extrapolated from the bright stars' wing, stages.psf_wing);
 - the stellar-locus scatter (g-r against r-i, and r-Z against Z-Ks) from the fitted fluxes and from
   the aperture fluxes: the orthogonal robust scatter about a quadratic locus; the fitted fluxes
   should give a locus at least as tight.
@@ -35,6 +41,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "kids-viking"))
 MAD = 1.4826
+#: the growth curve's largest radius (px), far background annulus (px) and isolation radius (px)
+GROWTH_MAX_R = 40.0
+GROWTH_BKG = (60.0, 80.0)
+GROWTH_ISOLATION = 35.0
 
 
 def write_config(data: str, out: str) -> str:
@@ -132,6 +142,18 @@ def aperture_fluxes(img, wcs, ra, dec, radius, annulus=(2.0, 8.0)):
     return raw - bkg * ap.area
 
 
+def growth_curve(img, x, y, radii, bkg=GROWTH_BKG):
+    """(n_radii, n_stars) background-subtracted aperture sums; background from the far annulus."""
+    from astropy.stats import sigma_clipped_stats
+    from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
+
+    pos = np.column_stack([x, y])
+    level = np.array([sigma_clipped_stats(m.get_values(img), sigma=3.0)[1]
+                      for m in CircularAnnulus(pos, bkg[0], bkg[1]).to_mask(method="center")])
+    return np.array([aperture_photometry(img, CircularAperture(pos, r), method="exact")["aperture_sum"].data
+                     - level * np.pi * r * r for r in radii])
+
+
 def isolated(x, y, others_x, others_y, r):
     d2 = (others_x[None, :] - x[:, None]) ** 2 + (others_y[None, :] - y[:, None]) ** 2
     return (d2 < r * r).sum(axis=1) <= 1      # the star itself
@@ -173,6 +195,7 @@ def evaluate(work: str, data: str):
     dec_all = cat["DEC_fit"].fillna(cat["DEC"]).to_numpy(float)
     print("\nband  cells_ok  FWHM min/med/max (px)   n_iso  PSF/aper(6 FWHM) median  sd   PSF/aper(10 FWHM) median  sd")
     ratios, fits_flux, aper_flux = {}, {}, {}
+    growth = []
     for b in bands:
         path = info[b].path
         with fits.open(path) as hl:
@@ -206,6 +229,21 @@ def evaluate(work: str, data: str):
                 aper_flux[b], fits_flux[b] = allap, np.where(np.isin(np.arange(len(cat)), idx), flux, np.nan)
         print(f"{b:5s} {n_ok:3d}/{n_cells:<3d}   {fmin:5.2f} {fmed:5.2f} {fmax:5.2f}        "
               f"{idx.size:5d}   {cols[0][0]:8.4f}  {cols[0][1]:7.4f}          {cols[1][0]:8.4f}  {cols[1][1]:7.4f}")
+        edge = GROWTH_BKG[1] + 2
+        g = ok.to_numpy() & (flux / err > 100) & np.isfinite(xs) & np.isfinite(ys) & (xs > edge) \
+            & (xs < img.shape[1] - edge) & (ys > edge) & (ys < img.shape[0] - edge)
+        gi = np.flatnonzero(g)
+        gi = gi[isolated(xs[gi], ys[gi], xs, ys, GROWTH_ISOLATION)]
+        g_radii = (6.0 * fwhm, 10.0 * fwhm, 15.0 * fwhm, GROWTH_MAX_R)
+        if gi.size >= 5:
+            ap = growth_curve(img, xs[gi], ys[gi], g_radii) * info[b].scale
+            growth.append((b, gi.size, np.median(ap / flux[gi][None, :], axis=1)))
+
+    print(f"\ngrowth curve of the isolated stars at S/N > 100 (median aperture / PSF flux; background "
+          f"{GROWTH_BKG[0]:g}-{GROWTH_BKG[1]:g} px; no catalogue source within {GROWTH_ISOLATION:g} px)")
+    print(f"band  n_stars   6 FWHM   10 FWHM   15 FWHM   {GROWTH_MAX_R:g} px")
+    for b, n, v in growth:
+        print(f"{b:5s} {n:6d}   " + "   ".join(f"{x:7.4f}" for x in v))
 
     def col(fl, a, c):
         with np.errstate(all="ignore"):
