@@ -17,7 +17,7 @@ import numpy as np
 from .flags import as_bool
 from .stages.psf_poly import evaluate_field
 from .stages.psf_wing import measure_wing, with_bright_wing
-from .tasks import read_working_catalog
+from .tasks import read_saturated_stars, read_working_catalog
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 
@@ -58,26 +58,32 @@ def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
     return np.stack([x[idx[order]], y[idx[order]]], axis=1)
 
 
-def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float):
-    """Up to ``n_stars`` (image, good, x, y, r_core) cut-outs of ``band`` around isolated
-    candidates (no brighter candidate within ``r_max``)."""
-    out, used = [], []
+def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float):
+    """(image, good, x, y, r_core) of ``band`` within ``r_max`` of (x, y): (x, y) in the cut-out,
+    ``r_core`` the radius inside which the star's pixels are saturated or non-finite (0 if none)."""
     R = int(np.ceil(r_max)) + 1
+    ix, iy = int(round(x)), int(round(y))
+    y0, x0 = max(iy - R, 0), max(ix - R, 0)
+    cut = prepared.read(band, y0, iy + R + 1, x0, ix + R + 1, with_bright=False)
+    bad = cut.nonfinite | cut.saturated
+    cx, cy = x - x0, y - y0
+    yy, xx = np.indices(bad.shape)
+    rr = np.hypot(xx - cx, yy - cy)
+    near = bad & (rr < 10.0 * fwhm)
+    r_core = float(rr[near].max()) if near.any() else 0.0
+    return cut.img, ~bad, cx, cy, r_core
+
+
+def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float):
+    """Up to ``n_stars`` :func:`_cutout` s of ``band`` around isolated candidates (no brighter
+    candidate within ``r_max``)."""
+    out, used = [], []
     for k, (x, y) in enumerate(xy):
         if len(out) >= n_stars:
             break
         if k and np.any(np.hypot(xy[:k, 0] - x, xy[:k, 1] - y) < r_max):
             continue
-        ix, iy = int(round(x)), int(round(y))
-        y0, x0 = max(iy - R, 0), max(ix - R, 0)
-        cut = prepared.read(band, y0, iy + R + 1, x0, ix + R + 1, with_bright=False)
-        bad = cut.nonfinite | cut.saturated
-        cx, cy = x - x0, y - y0
-        yy, xx = np.indices(bad.shape)
-        rr = np.hypot(xx - cx, yy - cy)
-        near = bad & (rr < 10.0 * fwhm)
-        r_core = float(rr[near].max()) if near.any() else 0.0
-        out.append((cut.img, ~bad, cx, cy, r_core))
+        out.append(_cutout(prepared, band, x, y, r_max, fwhm))
         used.append((x, y))
     return out, np.asarray(used).reshape(-1, 2)
 
@@ -106,6 +112,32 @@ def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: flo
              wing.n_stars, wing.n_rejected, wing.r_max, 100 * new.tail_beyond, 100 * field.tail_beyond)
     return new
 
+
+def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float):
+    """``field`` with ``halos``: the (x, y, total flux) of the stars among ``xy`` whose halo beyond
+    the stamp reaches ``star_halos.MIN_SIGMA`` of the band's sky noise at the stamp's edge, each
+    flux measured on the star's own far rings with the band's bright-star wing
+    (stages.star_halos); ``field`` unchanged without a bright-star wing."""
+    from dataclasses import replace
+
+    from .stages.star_halos import MIN_SIGMA, halo_flux
+    bw = field.wings.get("bright_wing")
+    if not bw or not len(xy):
+        return field
+    amp, slope = float(bw["amp"]), float(bw["slope"])
+    half = (int(field.final_size) - 1) // 2
+    info = prepared.band_info(band)
+    sigma = float(info.skysig) * float(info.scale)
+    r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
+    keep = []
+    for x, y in np.asarray(xy, float).reshape(-1, 2):
+        img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm)
+        f = halo_flux(img, good, cx, cy, max(float(bw["r_join"]), r_core + 2.0), r_max, amp, slope)
+        if np.isfinite(f) and f * amp * half ** (-slope) > MIN_SIGMA * sigma:
+            keep.append((float(x), float(y), f))
+    log.info("ePSF %s: halos beyond the stamp subtracted for %d of %d bright stars", band, len(keep),
+             len(np.asarray(xy).reshape(-1, 2)))
+    return replace(field, halos=tuple(keep))
 
 def with_psf_flux_errors(stamps: dict, metas) -> dict:
     """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band,
@@ -136,7 +168,7 @@ def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None
     from .stages.psf_poly import FIELD_KEY, fit_psf_field
     if cfg.patch_run.epsf_interpolation != "field":
         return stamps
-    candidates = None
+    candidates = halo_xy = None
     by_band = {}
     for m in metas:
         if m and m.get("status") == "ok":
@@ -168,6 +200,12 @@ def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None
                 candidates = star_candidates(catalog, prepared, fwhm)
             field = add_bright_wing(field, prepared, band, candidates, fwhm,
                                     float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
+            if cfg.epsf.star_halos:
+                if halo_xy is None:
+                    sat = read_saturated_stars(cfg)
+                    halo_xy = np.concatenate([candidates, sat[["x", "y"]].to_numpy(float).reshape(-1, 2)])
+                field = add_star_halos(field, prepared, band, halo_xy, fwhm,
+                                       float(cfg.epsf.bright_wing_radius_fwhm))
         stamps.setdefault(band, {})[FIELD_KEY] = field
     return stamps
 

@@ -50,6 +50,13 @@ def warm_up() -> None:
             log.debug("warm-up import of %s failed: %s", name, exc)
 
 
+def read_saturated_stars(cfg) -> pd.DataFrame:
+    """The bright-mask stage's unmatched saturated detections (x, y working frame; empty table
+    when the stage wrote none)."""
+    from .stages.bright_mask import SATURATED_CSV
+    path = os.path.join(cfg.outputs.work_dir, "bright_mask", SATURATED_CSV)
+    return pd.read_csv(path) if os.path.exists(path) else pd.DataFrame({"x": [], "y": []})
+
 # ----------------------------------------------------------------------------- rank-0 steps
 def _band_loaded(i, n, band, sec, shape):
     log.info("Loaded band %s (%d/%d) in %.2fs, working frame %dx%d", band, i, n, sec, shape[1], shape[0])
@@ -256,11 +263,9 @@ class Worker:
     # -------------------------------------------------------------- patch fit
     @property
     def saturated_stars(self):
-        """Unmatched saturated detections of the bright-mask stage (None when not written)."""
+        """Unmatched saturated detections of the bright-mask stage (empty when not written)."""
         if self._sat is None:
-            from .stages.bright_mask import SATURATED_CSV
-            path = os.path.join(self.cfg.outputs.work_dir, "bright_mask", SATURATED_CSV)
-            self._sat = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame({"x": [], "y": []})
+            self._sat = read_saturated_stars(self.cfg)
         return self._sat
 
     def patch_psfs(self, spec) -> dict:

@@ -20,7 +20,7 @@ MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi
            "patch_run.fault_inject", "bright_mask.thresh_sigma", "bright_mask.minarea",
            "bright_mask.deblend_nthresh", "bright_mask.deblend_cont", "mpi.master_works",
            "epsf.combine", "patch_run.epsf_interpolation", "patch_run.shape_fit_min_snr",
-           "patch_run.re_max_factor", "epsf.wing_tail", "patch_run.flux_error_residual_scale", "epsf.bright_wing", "epsf.bright_wing_radius_fwhm", "patch_run.galaxy_flux", "patch_run.psf_source",
+           "patch_run.re_max_factor", "epsf.wing_tail", "patch_run.flux_error_residual_scale", "epsf.bright_wing", "epsf.bright_wing_radius_fwhm", "epsf.star_halos", "patch_run.galaxy_flux", "patch_run.psf_source",
            "patch_run.sky", "patch_run.sky_prior_sigma", "patch_run.pos_fit_min_snr"}
 MPI_ERA |= {"mpi.task_timeout_factor", "mpi.task_timeout_min_sec", "mpi.task_timeout_sec",
             "epsf.field_degree", "plotting.level", "patch_run.model_selection",

@@ -218,6 +218,13 @@ class Epsf:
                                        "MPI-era: outer radius of the rings measured around each bright star "
                                        "for epsf.bright_wing (a candidate with a brighter one inside it is "
                                        "skipped).", gt=3.0)
+    star_halos: bool = K(True, "bool", _NONE,
+                         "MPI-era: subtract the halos of bright stars beyond the PSF stamp from the patch "
+                         "images before the fit (stages.star_halos): each bright catalogue star or unmatched "
+                         "saturated detection whose halo at the stamp's edge exceeds 1 % of the sky sigma gets "
+                         "its total flux from its own far rings and the band's bright-star wing, and its "
+                         "light beyond its stamp square, which no model holds, is taken off every patch it "
+                         "reaches (out to 0.2 % of the sky sigma). Needs epsf.bright_wing.")
     field_degree: int = K(2, "int", _NONE, "MPI-era: highest total degree in (x, y) of the band's polynomial PSF field (patch_run.epsf_interpolation: field); lowered while the band has fewer than 3 ePSF stars per polynomial term (degree 2: 18 stars, 1: 9).", ge=0, le=4)
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)

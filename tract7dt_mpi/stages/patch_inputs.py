@@ -35,7 +35,8 @@ class PsfChoiceInput:
     the PSF check of a fitted star that is one of them can undo the part of its residual the ePSF
     absorbed; ``flux_in_stamp``: the fraction of the PSF's total flux inside the (unit-sum) stamp,
     by which fitted fluxes are divided to make them total fluxes; ``note``: how the stamp was
-    made when not from the own cell (e.g. from the nearest cells of the band).
+    made when not from the own cell (e.g. from the nearest cells of the band); ``halos``,
+    ``halo_wing``: see :func:`build_patch_input`.
     """
 
     stamp: np.ndarray | None
@@ -46,6 +47,10 @@ class PsfChoiceInput:
     stars: tuple = ()
     flux_in_stamp: float = 1.0
     note: str = ""
+    #: bright stars' halos beyond the stamp, subtracted from the patch images: ((x, y, total
+    #: flux), ...) working frame, and the band's wing (amp, slope) of a unit-total PSF
+    halos: tuple = ()
+    halo_wing: tuple = ()
 
     @property
     def exists(self) -> bool:
@@ -121,21 +126,37 @@ def _catalog_rows(spec: PatchSpec, catalog: pd.DataFrame) -> pd.DataFrame:
     return sub
 
 
+def without_halos(cut, choice: PsfChoiceInput, info, x0: int, y0: int):
+    """``cut`` (io.prepared.Cutout of the frame box at ``x0``, ``y0``) minus the halos beyond the
+    stamp of ``choice.halos`` (stages.star_halos), on its good pixels; ``cut`` itself when the
+    choice lists none."""
+    if not choice.halos or len(choice.halo_wing) < 2 or choice.stamp is None:
+        return cut
+    from .star_halos import halo_image
+    amp, slope = choice.halo_wing[:2]
+    half = (int(np.shape(choice.stamp)[0]) - 1) // 2
+    sigma = float(info.skysig) * float(info.scale)
+    halo = halo_image(cut.img.shape, x0, y0, choice.halos, float(amp), float(slope), half, sigma)
+    img = np.where(cut.bad_final, cut.img, cut.img - halo.astype(cut.img.dtype))
+    return dataclasses.replace(cut, img=img)
+
 def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,
                       outer: int = 0, extra: pd.DataFrame | None = None) -> PatchInput:
     """Read the ROI of every band from ``prepared`` (io.prepared.PreparedImages) into a PatchInput.
 
     ``psfs`` maps band -> PsfChoiceInput (missing bands get "no ePSF"); ``extra``: unmatched
     saturated stars to model as halo sources (within ``outer`` px of the ROI: the pipeline uses
-    ``epsf.final_psf_size // 2``).
+    ``epsf.final_psf_size // 2``). The bright stars' halos beyond the stamp that a band's
+    choice lists (``halos``) are subtracted from its image (:func:`without_halos`).
     """
     bands = list(prepared.bands)
     images, infos = {}, {}
+    choice = {b: psfs.get(b) or PsfChoiceInput(stamp=None) for b in bands}
     for b in bands:
         images[b] = prepared.read(b, spec.y0_roi, spec.y1_roi, spec.x0_roi, spec.x1_roi,
                                   with_bright=True)
         infos[b] = prepared.band_info(b)
-    choice = {b: psfs.get(b) or PsfChoiceInput(stamp=None) for b in bands}
+        images[b] = without_halos(images[b], choice[b], infos[b], spec.x0_roi, spec.y0_roi)
     return PatchInput(spec=spec, bands=bands, images=images, band_info=infos,
                       cat=patch_catalog(spec, catalog, extra, int(outer)),
                       psfs=choice)
@@ -182,7 +203,10 @@ def patch_input_record(pin: PatchInput) -> tuple[dict, dict]:
         "psfs": {b: {"nstars_used": pin.psfs[b].nstars_used, "path": pin.psfs[b].path,
                      "sources": [list(t) for t in pin.psfs[b].sources],
                      "flux_err_frac": pin.psfs[b].flux_err_frac,
-                     "stars": [list(t) for t in pin.psfs[b].stars]} for b in pin.bands},
+                     "stars": [list(t) for t in pin.psfs[b].stars],
+                     "flux_in_stamp": pin.psfs[b].flux_in_stamp, "note": pin.psfs[b].note,
+                     "halos": [list(t) for t in pin.psfs[b].halos],
+                     "halo_wing": list(pin.psfs[b].halo_wing)} for b in pin.bands},
         "meta": pin.meta(),
         "cat": {"columns": [str(c) for c in pin.cat.columns],
                 "dtypes": [str(t) for t in pin.cat.dtypes],
@@ -210,7 +234,11 @@ def patch_input_from_record(doc: dict, arrs: dict) -> PatchInput:
                               path=doc["psfs"][b]["path"],
                               sources=tuple(tuple(t) for t in doc["psfs"][b].get("sources", ())),
                               flux_err_frac=float(doc["psfs"][b].get("flux_err_frac", float("nan"))),
-                              stars=tuple(tuple(t) for t in doc["psfs"][b].get("stars", ())))
+                              stars=tuple(tuple(t) for t in doc["psfs"][b].get("stars", ())),
+                              flux_in_stamp=float(doc["psfs"][b].get("flux_in_stamp", 1.0)),
+                              note=str(doc["psfs"][b].get("note", "")),
+                              halos=tuple(tuple(t) for t in doc["psfs"][b].get("halos", ())),
+                              halo_wing=tuple(doc["psfs"][b].get("halo_wing", ())))
             for b in bands}
     cd = doc["cat"]
     cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)

@@ -145,9 +145,12 @@ def field_choice(field, own, x: float, y: float, gate: int):
         return None
     stars = tuple((float(a), float(b), float(s)) for (a, b), s in zip(field.xy, field.share))
     base = own if own is not None else PsfChoiceInput(stamp=None)
+    bw = field.wings.get("bright_wing") if field.halos else None
     return dataclasses.replace(base, stamp=stamp, nstars_used=int(field.n_stars), flux_in_stamp=ef,
                                sources=(("field", field.degree),), stars=stars,
-                               note=f"band PSF field (degree {field.degree}, {field.n_stars} stars)")
+                               note=f"band PSF field (degree {field.degree}, {field.n_stars} stars)",
+                               halos=tuple(field.halos) if bw else (),
+                               halo_wing=(float(bw["amp"]), float(bw["slope"])) if bw else ())
 
 
 def patch_psf_choices(psfs_by_tag: dict, spec, shape, n: int, gate: int, mode: str) -> dict:

@@ -59,7 +59,8 @@ class PsfField:
     (x - x0) / scale, (y - y0) / scale; ``tail``/``blend``: the band's wing (S, S), its light
     beyond the grid ``tail_beyond``; ``xy``/``share``: the stars used and each one's own share of
     the field at its position (its leverage); ``final_size``: side of the stamps handed out;
-    ``n_rejected``: stars left out (core not covered, or a core that does not follow the field)."""
+    ``n_rejected``: stars left out (core not covered, or a core that does not follow the field);
+    ``halos``: the bright stars whose halo beyond the stamp the patches lose."""
 
     coeffs: np.ndarray
     degree: int
@@ -75,6 +76,9 @@ class PsfField:
     n_stars: int
     wings: dict
     n_rejected: int = 0
+    #: bright stars whose halo beyond the stamp is subtracted from the patches: (x, y, total
+    #: flux) each, working frame (stages.star_halos; the wing is ``wings['bright_wing']``)
+    halos: tuple = ()
 
     def raw(self, x: float, y: float) -> np.ndarray:
         b = _basis((x - self.x0) / self.scale, (y - self.y0) / self.scale, self.degree)
