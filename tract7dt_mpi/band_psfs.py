@@ -27,9 +27,11 @@ N_CANDIDATES = 60
 BRIGHT_WING_STARS = 20
 
 
-def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
-    """(n, 2) working-frame (x, y) of the catalogue's likely stars, brightest first on the white
-    stack (saturated ones first), at most ``N_CANDIDATES``."""
+def star_candidates(catalog, prepared, fwhm: float, saturated: bool = True) -> np.ndarray:
+    """(n, 2) working-frame (x, y) of the catalogue's likely stars (typed STAR, Gaia-matched and,
+    with ``saturated``, excluded by the saturation cut: a source near a saturated star is excluded
+    as well), brightest first on the white stack (saturated ones first), at most
+    ``N_CANDIDATES``."""
     if catalog is None or len(catalog) == 0 or not {"x_pix_white", "y_pix_white"} <= set(catalog.columns):
         return np.zeros((0, 2))
     star = np.zeros(len(catalog), bool)
@@ -40,7 +42,8 @@ def star_candidates(catalog, prepared, fwhm: float) -> np.ndarray:
         star |= ~gid.isin(("", "nan", "None", "<NA>")).to_numpy()
     sat = as_bool(catalog["excluded_saturation"]) if "excluded_saturation" in catalog.columns \
         else np.zeros(len(catalog), bool)
-    star |= sat
+    if saturated:
+        star |= sat
     x = catalog["x_pix_white"].to_numpy(float)
     y = catalog["y_pix_white"].to_numpy(float)
     h, w = prepared.shape
@@ -113,6 +116,16 @@ def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: flo
     return new
 
 
+def distinct_positions(xy, radius: float) -> np.ndarray:
+    """``xy`` without the rows within ``radius`` of an earlier row (a saturated catalogue star is
+    also an unmatched saturated detection of the bright mask: its halo must be taken once)."""
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    keep = np.ones(len(xy), bool)
+    for k in range(1, len(xy)):
+        prev = xy[:k][keep[:k]]
+        keep[k] = not np.any(np.hypot(prev[:, 0] - xy[k, 0], prev[:, 1] - xy[k, 1]) < radius)
+    return xy[keep]
+
 def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float):
     """``field`` with ``halos``: the (x, y, total flux) of the stars among ``xy`` whose halo beyond
     the stamp reaches ``star_halos.MIN_SIGMA`` of the band's sky noise at the stamp's edge, each
@@ -129,14 +142,19 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
     info = prepared.band_info(band)
     sigma = float(info.skysig) * float(info.scale)
     r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    r_other = max(5.0 * fwhm, 15.0)
     keep = []
-    for x, y in np.asarray(xy, float).reshape(-1, 2):
+    for k, (x, y) in enumerate(xy):
         img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm)
+        yy, xx = np.indices(good.shape)
+        for ox, oy in np.delete(xy, k, axis=0):        # the other bright stars' cores are not its halo
+            near = (xx - (ox - x + cx)) ** 2 + (yy - (oy - y + cy)) ** 2 < r_other ** 2
+            good &= ~near
         f = halo_flux(img, good, cx, cy, max(float(bw["r_join"]), r_core + 2.0), r_max, amp, slope)
         if np.isfinite(f) and f * amp * half ** (-slope) > MIN_SIGMA * sigma:
             keep.append((float(x), float(y), f))
-    log.info("ePSF %s: halos beyond the stamp subtracted for %d of %d bright stars", band, len(keep),
-             len(np.asarray(xy).reshape(-1, 2)))
+    log.info("ePSF %s: halos beyond the stamp subtracted for %d of %d bright stars", band, len(keep), len(xy))
     return replace(field, halos=tuple(keep))
 
 def with_psf_flux_errors(stamps: dict, metas) -> dict:
@@ -201,9 +219,10 @@ def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None
             field = add_bright_wing(field, prepared, band, candidates, fwhm,
                                     float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
             if cfg.epsf.star_halos:
-                if halo_xy is None:
-                    sat = read_saturated_stars(cfg)
-                    halo_xy = np.concatenate([candidates, sat[["x", "y"]].to_numpy(float).reshape(-1, 2)])
+                if halo_xy is None:     # the saturated stars from their own SEP detections
+                    sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
+                    halo_xy = distinct_positions(np.concatenate(
+                        [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
                 field = add_star_halos(field, prepared, band, halo_xy, fwhm,
                                        float(cfg.epsf.bright_wing_radius_fwhm))
         stamps.setdefault(band, {})[FIELD_KEY] = field
