@@ -13,6 +13,7 @@ import logging
 import os
 
 import numpy as np
+from scipy import ndimage
 
 from .flags import as_bool
 from .stages.psf_poly import evaluate_field
@@ -63,7 +64,9 @@ def star_candidates(catalog, prepared, fwhm: float, saturated: bool = True) -> n
 
 def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float):
     """(image, good, x, y, r_core) of ``band`` within ``r_max`` of (x, y): (x, y) in the cut-out,
-    ``r_core`` the radius inside which the star's pixels are saturated or non-finite (0 if none)."""
+    ``r_core`` the radius inside which the star's own saturated or non-finite pixels lie (the
+    masked region that reaches within 2 px of its centre; 0 if none: a saturated neighbour's
+    core is not the star's)."""
     R = int(np.ceil(r_max)) + 1
     ix, iy = int(round(x)), int(round(y))
     y0, x0 = max(iy - R, 0), max(ix - R, 0)
@@ -72,8 +75,10 @@ def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float):
     cx, cy = x - x0, y - y0
     yy, xx = np.indices(bad.shape)
     rr = np.hypot(xx - cx, yy - cy)
-    near = bad & (rr < 10.0 * fwhm)
-    r_core = float(rr[near].max()) if near.any() else 0.0
+    lab, _ = ndimage.label(bad & (rr < 10.0 * fwhm))
+    own = np.unique(lab[(rr <= 2.0) & (lab > 0)])
+    core = np.isin(lab, own) & (lab > 0)
+    r_core = float(rr[core].max()) if core.any() else 0.0
     return cut.img, ~bad, cx, cy, r_core
 
 
@@ -126,14 +131,25 @@ def distinct_positions(xy, radius: float) -> np.ndarray:
         keep[k] = not np.any(np.hypot(prev[:, 0] - xy[k, 0], prev[:, 1] - xy[k, 1]) < radius)
     return xy[keep]
 
+def _enclosed(field, x: float, y: float, radius: float) -> float:
+    """The field's fraction of its total flux within ``radius`` px of its centre at (x, y)."""
+    st, ef = evaluate_field(field, float(x), float(y))
+    if st is None:
+        return float("nan")
+    st = np.asarray(st, float)
+    c = (st.shape[0] - 1) / 2.0
+    yy, xx = np.indices(st.shape)
+    return float(st[np.hypot(xx - c, yy - c) <= radius].sum() * ef)
+
 def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float):
     """``field`` with ``halos``: the (x, y, total flux) of the stars among ``xy`` whose halo beyond
-    the stamp reaches ``star_halos.MIN_SIGMA`` of the band's sky noise at the stamp's edge, each
-    flux measured on the star's own far rings with the band's bright-star wing
-    (stages.star_halos); ``field`` unchanged without a bright-star wing."""
+    the stamp reaches ``star_halos.MIN_SIGMA`` of the band's sky noise at the stamp's edge, a
+    saturated star's flux measured on its own far rings with the band's bright-star wing, an
+    unsaturated star's on its core within 3 FWHM (stages.star_halos); ``field`` unchanged
+    without a bright-star wing."""
     from dataclasses import replace
 
-    from .stages.star_halos import MIN_SIGMA, halo_flux
+    from .stages.star_halos import MIN_SIGMA, core_flux, halo_flux
     bw = field.wings.get("bright_wing")
     if not bw or not len(xy):
         return field
@@ -144,6 +160,7 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
     r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
     xy = np.asarray(xy, float).reshape(-1, 2)
     r_other = max(5.0 * fwhm, 15.0)
+    r_ap = 3.0 * fwhm
     keep = []
     for k, (x, y) in enumerate(xy):
         img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm)
@@ -151,7 +168,10 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
         for ox, oy in np.delete(xy, k, axis=0):        # the other bright stars' cores are not its halo
             near = (xx - (ox - x + cx)) ** 2 + (yy - (oy - y + cy)) ** 2 < r_other ** 2
             good &= ~near
-        f = halo_flux(img, good, cx, cy, max(float(bw["r_join"]), r_core + 2.0), r_max, amp, slope)
+        if r_core > 0:                       # saturated: only its wing measures it
+            f = halo_flux(img, good, cx, cy, max(float(bw["r_join"]), r_core + 2.0), r_max, amp, slope)
+        else:
+            f = core_flux(img, good, cx, cy, r_ap, _enclosed(field, x, y, r_ap))
         if np.isfinite(f) and f * amp * half ** (-slope) > MIN_SIGMA * sigma:
             keep.append((float(x), float(y), f))
     log.info("ePSF %s: halos beyond the stamp subtracted for %d of %d bright stars", band, len(keep), len(xy))
