@@ -11,7 +11,7 @@ from _truth import galaxy  # noqa: E402
 
 from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch  # noqa: E402
 from tract7dt_mpi.engine.profiles import total_flux_factor  # noqa: E402
-from tract7dt_mpi.stages.star_halos import halo_flux, halo_image, halo_reach  # noqa: E402
+from tract7dt_mpi.stages.star_halos import core_flux, halo_flux, halo_image, halo_reach  # noqa: E402
 
 BETA, FWHM = 2.0, 4.0
 
@@ -79,3 +79,22 @@ def test_galaxy_next_to_a_bright_star_is_right_once_the_halo_is_subtracted():
     sub, _ = fitted(data - halo_image((S, S), 0, 0, [(xs, ys, f_star)], amp, slope, 27, sig))
     assert abs(raw - Fg) > 5 * err               # the halo moves it by > 5 sigma ...
     assert abs(sub - Fg) < 2 * err               # ... and subtracted, it is within its error
+
+
+def test_core_flux_of_an_unsaturated_star_next_to_a_bright_one():
+    # the far rings of a moderate star 60 px from a 300x brighter one hold more of the bright
+    # star's light than of its own; its core does not
+    amp, slope = _moffat_wing()
+    psf = galsim.Moffat(beta=BETA, fwhm=FWHM)
+    S, F = 241, 1e5
+    img = galsim.ImageD(S, S, scale=1.0)
+    psf.withFlux(F).drawImage(image=img, center=galsim.PositionD(121.3, 120.8), add_to_image=True)
+    psf.withFlux(300 * F).drawImage(image=img, center=galsim.PositionD(181.0, 121.0), add_to_image=True)
+    data = img.array + np.random.default_rng(5).normal(0, 2.0, img.array.shape)
+    good = np.ones(img.array.shape, bool)
+    r_ap = 3.0 * FWHM
+    unit = psf.drawImage(nx=101, ny=101, scale=1.0).array
+    yy, xx = np.indices(unit.shape)
+    enclosed = unit[np.hypot(xx - 50, yy - 50) <= r_ap].sum()
+    assert core_flux(data, good, 120.3, 119.8, r_ap, enclosed) == pytest.approx(F, rel=0.02)
+    assert halo_flux(data, good, 120.3, 119.8, 15.0, 100.0, amp, slope) > 2 * F
