@@ -164,10 +164,12 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
     keep = []
     for k, (x, y) in enumerate(xy):
         img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm)
-        yy, xx = np.indices(good.shape)
-        for ox, oy in np.delete(xy, k, axis=0):        # the other bright stars' cores are not its halo
-            near = (xx - (ox - x + cx)) ** 2 + (yy - (oy - y + cy)) ** 2 < r_other ** 2
-            good &= ~near
+        d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
+        others = xy[(d > 0) & (d < r_max + r_other)]
+        if len(others):                                 # the other bright stars' cores are not its halo
+            yy, xx = np.indices(good.shape)
+            for ox, oy in others:
+                good &= (xx - (ox - x + cx)) ** 2 + (yy - (oy - y + cy)) ** 2 >= r_other ** 2
         if r_core > 0:                       # saturated: only its wing measures it
             f = halo_flux(img, good, cx, cy, max(float(bw["r_join"]), r_core + 2.0), r_max, amp, slope)
         else:
