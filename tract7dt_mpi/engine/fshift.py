@@ -55,10 +55,11 @@ def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False) -> np.ndarra
     fy = sfft.fftfreq(sy)[:, None]
     fx = sfft.rfftfreq(sx)[None, :]
     # separable phase: exp(-2 pi i fx dx) (n, 1, X) times exp(-2 pi i fy dy) (n, Y, 1)
-    G = F * (np.exp(-2j * np.pi * fx[None] * dx[:, None, None])
-             * np.exp(-2j * np.pi * fy[None] * dy[:, None, None]))
-    parts = [G]
+    G = np.empty((3 if derivs else 1, dx.size, sy, fx.size), complex)
+    np.multiply(F, np.exp(-2j * np.pi * fx[None] * dx[:, None, None])
+                * np.exp(-2j * np.pi * fy[None] * dy[:, None, None]), out=G[0])
     if derivs:
-        parts += [G * (-2j * np.pi * fx), G * (-2j * np.pi * fy)]
-    out = sfft.irfft2(np.stack(parts), s=(sy, sx), axes=(-2, -1))
+        np.multiply(G[0], -2j * np.pi * fx, out=G[1])
+        np.multiply(G[0], -2j * np.pi * fy, out=G[2])
+    out = sfft.irfft2(G, s=(sy, sx), axes=(-2, -1))
     return out[..., _PAD:_PAD + h, _PAD:_PAD + w]

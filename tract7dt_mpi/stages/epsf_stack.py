@@ -125,25 +125,36 @@ def _pedestal(p, fwhm):
     from scipy.optimize import least_squares
 
     size = p.shape[0]
-    r = grid_radius(size)
-    k = np.rint(r).astype(int)
+    k = np.rint(grid_radius(size)).astype(int).ravel()
     rmax = size // 2
     ks = np.arange(int(np.ceil(2.0 * fwhm)), rmax + 1)
     if ks.size < 6:
         return 0.0
-    m = np.array([p[k == i].mean() for i in ks])
-    e = np.array([p[k == i].std() / np.sqrt(max((k == i).sum(), 1)) for i in ks])
+    v = p.ravel()
+    cnt = np.bincount(k, minlength=rmax + 1)[ks]
+    m = np.bincount(k, v, minlength=rmax + 1)[ks] / cnt
+    mean_k = np.zeros(k.max() + 1)
+    mean_k[ks] = m
+    dev2 = np.bincount(k, (v - mean_k[k]) ** 2, minlength=rmax + 1)[ks]
+    e = np.sqrt(dev2 / cnt) / np.sqrt(np.maximum(cnt, 1))
     e = np.maximum(e, 1e-3 * np.abs(m).max() / np.sqrt(ks.size) + 1e-12)
+    k2 = ks.astype(float) ** 2
 
     def resid(q):
         la, b, lA, c = q
-        return (np.exp(lA) * (1.0 + (ks / np.exp(la)) ** 2) ** (-b) + c - m) / e
+        return (np.exp(lA) * (1.0 + k2 * np.exp(-2.0 * la)) ** (-b) + c - m) / e
+
+    def jac(q):
+        la, b, lA, c = q
+        u = 1.0 + k2 * np.exp(-2.0 * la)
+        mof = np.exp(lA) * u ** (-b)
+        return np.column_stack([2.0 * b * mof * (u - 1.0) / u, -mof * np.log(u), mof, np.ones_like(u)]) / e[:, None]
 
     a0 = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / 3.0) - 1.0))
     amp0 = max(float(m[0]) * (1.0 + (ks[0] / a0) ** 2) ** 3.0, 1e-12)
     q0 = [np.log(a0), 3.0, np.log(amp0), 0.0]
     try:
-        q = least_squares(resid, q0, bounds=([np.log(0.1), 1.05, -np.inf, -np.inf],
+        q = least_squares(resid, q0, jac=jac, bounds=([np.log(0.1), 1.05, -np.inf, -np.inf],
                                              [np.log(100.0), 6.0, np.inf, np.inf])).x
     except (ValueError, np.linalg.LinAlgError):
         return 0.0
@@ -286,19 +297,25 @@ def _fit_stars(raw, base_w, x, y, f, b, psf, gain, fit_background=True, iters=2)
     good = base_w > 0
     sky_var = 1.0 / np.where(good, base_w, 1.0) ** 2
     alive = np.ones(n, bool)
+    npar = 4 if fit_background else 3
+    J = np.empty((n, npar, size, size))      # the columns of each star's Jacobian
+    if fit_background:
+        J[:, 1] = 1.0
     for _ in range(iters):
         val, ddx, ddy = fourier_shifts(psf, x - c, y - c, derivs=True)
         fb = f[:, None, None]
         model = fb * val + b[:, None, None]
         var = sky_var + (np.maximum(fb * val, 0.0) / gain if gain else 0.0)
-        w = np.where(good, 1.0 / var, 0.0).reshape(n, -1, 1)
-        cols = [val, np.ones_like(val), fb * ddx, fb * ddy] if fit_background else [val, fb * ddx, fb * ddy]
-        J = np.stack(cols, axis=-1).reshape(n, size * size, len(cols))
-        Jw = np.swapaxes(J * w, 1, 2)
-        A = Jw @ J
+        w = np.where(good, 1.0 / var, 0.0).reshape(n, 1, -1)
+        J[:, 0] = val
+        np.multiply(fb, ddx, out=J[:, npar - 2])
+        np.multiply(fb, ddy, out=J[:, npar - 1])
+        Jf = J.reshape(n, npar, -1)
+        Jw = Jf * w
+        A = Jw @ np.swapaxes(Jf, 1, 2)
         g = (Jw @ (raw - model).reshape(n, -1, 1))[..., 0]
         diag = np.einsum("nii->ni", A)
-        A = A + 1e-12 * diag[:, :, None] * np.eye(len(cols))
+        A = A + 1e-12 * diag[:, :, None] * np.eye(npar)
         step = _solve_each(A, g)
         alive &= np.isfinite(step).all(axis=1) | ~np.isfinite(A).all(axis=(1, 2))
         step = np.where(alive[:, None], step, 0.0)

@@ -67,11 +67,17 @@ def _moffat_profile_fit(rad, m, err, fwhm):
         b, la, c = q
         return (c - b * np.log1p(np.exp(2.0 * (lr - la))) - lm) / sig
 
+    def jac(q):
+        b, la, c = q
+        e = np.exp(2.0 * (lr - la))
+        return np.column_stack([-np.log1p(e), 2.0 * b * e / (1.0 + e), np.ones_like(e)]) / sig[:, None]
+
     b0 = 3.0
     a0 = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / b0) - 1.0))
     q0 = np.array([b0, np.log(a0), lm.max() + b0 * np.log1p((rad[np.argmax(m)] / a0) ** 2)])
     lo, hi = [SLOPE_RANGE[0] / 2, np.log(0.1), -np.inf], [SLOPE_RANGE[1] / 2, np.log(100.0), np.inf]
-    q = least_squares(resid, np.clip(q0, np.array(lo) + 1e-9, np.array(hi) - 1e-9), bounds=(lo, hi)).x
+    q = least_squares(resid, np.clip(q0, np.array(lo) + 1e-9, np.array(hi) - 1e-9), jac=jac,
+                      bounds=(lo, hi)).x
     return float(q[0]), float(np.exp(q[1])), float(q[2])
 
 
