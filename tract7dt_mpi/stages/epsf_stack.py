@@ -30,6 +30,7 @@ from ..engine.fshift import fourier_shift, fourier_shifts
 from ..engine.lanczos import taps
 from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, nanmedian_axis0, weighted_clipped_mean
 from .epsf_wings import with_wing_tail
+from .small_lsq import fit_bounded
 from .psf_error import stamp_fwhm
 
 __all__ = ["StackStar", "StackResult", "stack_epsf", "normalised_stamps", "finish_psf", "N_PASSES"]
@@ -122,8 +123,6 @@ def _pedestal(p, fwhm):
     wing (a pedestal in the stack is the same as a shift of every star's background); a wing
     decays, a pedestal does not, so the fit separates them and the pedestal is removed.
     """
-    from scipy.optimize import least_squares
-
     size = p.shape[0]
     k = np.rint(grid_radius(size)).astype(int).ravel()
     rmax = size // 2
@@ -154,8 +153,8 @@ def _pedestal(p, fwhm):
     amp0 = max(float(m[0]) * (1.0 + (ks[0] / a0) ** 2) ** 3.0, 1e-12)
     q0 = [np.log(a0), 3.0, np.log(amp0), 0.0]
     try:
-        q = least_squares(resid, q0, jac=jac, bounds=([np.log(0.1), 1.05, -np.inf, -np.inf],
-                                             [np.log(100.0), 6.0, np.inf, np.inf])).x
+        q = fit_bounded(resid, jac, q0, [np.log(0.1), 1.05, -np.inf, -np.inf],
+                        [np.log(100.0), 6.0, np.inf, np.inf])
     except (ValueError, np.linalg.LinAlgError):
         return 0.0
     return float(q[3])
