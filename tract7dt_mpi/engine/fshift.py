@@ -40,10 +40,13 @@ def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False)
     return out[..., _PAD:_PAD + h, _PAD:_PAD + w]
 
 
-def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False) -> np.ndarray:
+def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False, single: bool = False) -> np.ndarray:
     """Shift one stamp (H, W), or each of a stack (n, H, W), by its own (dx[i], dy[i]) px: n shifted
     copies from one forward transform of the stamp (or one batched transform of the stack) and one
-    batched inverse. Returns (1 or 3, n, H, W) as :func:`fourier_shift` does for each."""
+    batched inverse. Returns (1 or 3, n, H, W) as :func:`fourier_shift` does for each.
+
+    ``single``: the inverse transforms in single precision (~2x faster; errors ~1e-7 of the
+    stamp's peak, far below any star's noise), the result as float64."""
     a = np.asarray(stamp, dtype=float)
     dx = np.asarray(dx, dtype=float).reshape(-1)
     dy = np.asarray(dy, dtype=float).reshape(-1)
@@ -55,11 +58,11 @@ def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False) -> np.ndarra
     fy = sfft.fftfreq(sy)[:, None]
     fx = sfft.rfftfreq(sx)[None, :]
     # separable phase: exp(-2 pi i fx dx) (n, 1, X) times exp(-2 pi i fy dy) (n, Y, 1)
-    G = np.empty((3 if derivs else 1, dx.size, sy, fx.size), complex)
+    G = np.empty((3 if derivs else 1, dx.size, sy, fx.size), np.complex64 if single else complex)
     np.multiply(F, np.exp(-2j * np.pi * fx[None] * dx[:, None, None])
                 * np.exp(-2j * np.pi * fy[None] * dy[:, None, None]), out=G[0])
     if derivs:
         np.multiply(G[0], -2j * np.pi * fx, out=G[1])
         np.multiply(G[0], -2j * np.pi * fy, out=G[2])
     out = sfft.irfft2(G, s=(sy, sx), axes=(-2, -1))
-    return out[..., _PAD:_PAD + h, _PAD:_PAD + w]
+    return out[..., _PAD:_PAD + h, _PAD:_PAD + w].astype(float)

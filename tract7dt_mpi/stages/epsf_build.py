@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 
 import numpy as np
 
@@ -133,18 +132,6 @@ def residual_weights(cube, stars, model, gain, floor=SYSTEMATIC_FLOOR):
     return w
 
 
-def nanmedian_axis0(a):
-    """``np.nanmedian(a, axis=0)`` (NaN where a column has no value, without a warning), by one
-    sort along axis 0: NaNs sort last, so the median of the n finite values of a column is at
-    rows (n - 1) // 2 and n // 2."""
-    a = np.asarray(a, float)
-    s = np.sort(a, axis=0)
-    n = np.count_nonzero(~np.isnan(a), axis=0)
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
-    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[None], axis=0)[0]
-    return np.where(n > 0, (lo + hi) / 2.0, np.nan)
-
-
 def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
     """Per-pixel weighted mean of ``cube`` (n, ny, nx) with iterative sigma clipping.
 
@@ -159,10 +146,10 @@ def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
     sqw = np.sqrt(w)
     keep = valid.copy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        centre = nanmedian_axis0(np.where(valid, cube, np.nan))
+        centre = qa.nanmedian_axis0(np.where(valid, cube, np.nan))
         for _ in range(maxiters if np.isfinite(clip_sigma) else 0):
             z = np.abs(vals - centre) * sqw
-            spread = nanmedian_axis0(np.where(keep, z, np.nan)) * 1.4826
+            spread = qa.nanmedian_axis0(np.where(keep, z, np.nan)) * 1.4826
             spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
             new = valid & (z <= clip_sigma * spread)
             if np.array_equal(new, keep):

@@ -12,6 +12,18 @@ import numpy as np
 NAN = float("nan")
 
 
+def nanmedian_axis0(a):
+    """``np.nanmedian(a, axis=0)`` (NaN where a column has no value, without a warning), by one
+    sort along axis 0: NaNs sort last, so the median of the n finite values of a column is at
+    rows (n - 1) // 2 and n // 2."""
+    a = np.asarray(a, float)
+    s = np.sort(a, axis=0)
+    n = np.count_nonzero(~np.isnan(a), axis=0)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[None], axis=0)[0]
+    return np.where(n > 0, (lo + hi) / 2.0, np.nan)
+
+
 # --------------------------------------------------------------------------------- local background
 
 def annulus_radii(shape, rin_cfg, rout_cfg):
@@ -158,7 +170,7 @@ def residual_stats(datas, models, weights, fluxes):
     d = np.stack(datas)
     m = np.stack(models)
     res = d - m
-    d_st, m_st, r_st = np.nanmedian(d, 0), np.nanmedian(m, 0), np.nanmedian(res, 0)
+    d_st, m_st, r_st = nanmedian_axis0(d), nanmedian_axis0(m), nanmedian_axis0(res)
     peak = float(np.nanmax(m_st))
     norm = []
     for rr, ww, ff in zip(res, weights, fluxes):

@@ -27,8 +27,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..engine.fshift import fourier_shift, fourier_shifts
-from ..engine.lanczos import taps
-from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, nanmedian_axis0, weighted_clipped_mean
+from ..engine.lanczos import _lanczos
+from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, weighted_clipped_mean
+from .epsf_qa import nanmedian_axis0
 from .epsf_wings import with_wing_tail
 from .small_lsq import fit_bounded
 from .psf_error import stamp_fwhm
@@ -205,11 +206,15 @@ def _corr_each(a, w, axis):
     return np.moveaxis(out, -1, axis)
 
 
+def _taps_each(d):
+    """engine.lanczos.taps for every shift of ``d`` at once: (n, 7) unit-sum Lanczos-3 taps."""
+    lv = _lanczos(np.arange(7)[None, :] - 3.0 + np.asarray(d, float).reshape(-1, 1))[0]
+    return lv / lv.sum(axis=1, keepdims=True)
+
+
 def _lanczos_shifts(stack, dx, dy):
     """Each stamp of ``stack`` (n, S, S) moved by its own (dx, dy): engine.lanczos.shift_stamp."""
-    wx = np.array([taps(d)[0] for d in dx]).reshape(-1, 7)
-    wy = np.array([taps(d)[0] for d in dy]).reshape(-1, 7)
-    return _corr_each(_corr_each(stack, wy, 1), wx, 2)
+    return _corr_each(_corr_each(stack, _taps_each(dy), 1), _taps_each(dx), 2)
 
 
 def _aligned_arrays(data, weights, cx, cy):
@@ -301,7 +306,7 @@ def _fit_stars(raw, base_w, x, y, f, b, psf, gain, fit_background=True, iters=2)
     if fit_background:
         J[:, 1] = 1.0
     for _ in range(iters):
-        val, ddx, ddy = fourier_shifts(psf, x - c, y - c, derivs=True)
+        val, ddx, ddy = fourier_shifts(psf, x - c, y - c, derivs=True, single=True)
         fb = f[:, None, None]
         model = fb * val + b[:, None, None]
         var = sky_var + (np.maximum(fb * val, 0.0) / gain if gain else 0.0)
@@ -323,13 +328,14 @@ def _fit_stars(raw, base_w, x, y, f, b, psf, gain, fit_background=True, iters=2)
         f, b = f + step[:, 0], b + step[:, 1]
         x = np.clip(x + np.clip(step[:, 2], -1.0, 1.0), c - 3, c + 3)
         y = np.clip(y + np.clip(step[:, 3], -1.0, 1.0), c - 3, c + 3)
-    model = f[:, None, None] * fourier_shifts(psf, x - c, y - c)[0]
+    model = f[:, None, None] * fourier_shifts(psf, x - c, y - c, single=True)[0]
     return x, y, f, b, model
 
 
 def _radii(cx, cy, size):
-    yy, xx = np.indices((size, size))
-    return np.hypot(xx[None] - cx[:, None, None], yy[None] - cy[:, None, None])
+    """Distance of every pixel of each (size, size) stamp from its own centre (cx[i], cy[i])."""
+    g = np.arange(size, dtype=float)
+    return np.sqrt((g[None, None, :] - cx[:, None, None]) ** 2 + (g[None, :, None] - cy[:, None, None]) ** 2)
 
 
 def _mask_outliers(raw, base_w, bkg, model, cx, cy, gain, fwhm):
