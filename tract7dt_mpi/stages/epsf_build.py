@@ -56,6 +56,13 @@ def annulus_background(data, weights, s):
                                     int(s.star_local_bkg_minpix))
 
 
+def annulus_backgrounds(datas, weights, s):
+    """:func:`annulus_background` of a stack of stamps (n, S, S): (values, statuses, masks)."""
+    return qa.star_local_backgrounds(datas, weights, s.star_local_bkg_annulus_rin_pix,
+                                     s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
+                                     int(s.star_local_bkg_minpix))
+
+
 def prepare_stars(stars, sel, s, meta):
     """Mask neighbours and subtract the per-star annulus background in every stamp.
 
