@@ -3,7 +3,8 @@
 The radial-profile fits of the ePSF build (the stack's pedestal, the wing tail) run every pass of
 every cell: a general solver's per-iteration overhead (scipy's trust-region reflective, ~0.5 ms)
 costs more than their arithmetic. These fits are smooth, well started and have an analytic
-Jacobian, so plain Marquardt-scaled steps, projected onto the box, reach the same minimum.
+Jacobian, so plain Marquardt-scaled steps (damping by Nielsen's gain-ratio rule), projected onto
+the box, reach the same minimum.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..engine.lm import free_set
 __all__ = ["fit_bounded"]
 
 
-def fit_bounded(resid, jac, q0, lo, hi, max_iter: int = 200, rtol: float = 1e-10) -> np.ndarray:
+def fit_bounded(resid, jac, q0, lo, hi, max_iter: int = 200, rtol: float = 1e-8) -> np.ndarray:
     """Parameters minimising ``sum(resid(q)**2)`` within [lo, hi] (per parameter; +-inf allowed).
 
     ``jac(q)`` is the (m, p) Jacobian of ``resid``. Stops when an accepted step lowers the cost by
@@ -27,7 +28,7 @@ def fit_bounded(resid, jac, q0, lo, hi, max_iter: int = 200, rtol: float = 1e-10
     cost = float(r @ r)
     if not np.isfinite(cost):
         raise ValueError("residuals are not finite at the starting point")
-    lam = 1e-3
+    lam, nu = 1e-3, 2.0
     for _ in range(max_iter):
         J = jac(q)
         H = J.T @ J
@@ -37,27 +38,30 @@ def fit_bounded(resid, jac, q0, lo, hi, max_iter: int = 200, rtol: float = 1e-10
             break
         Ha, ga = H[np.ix_(act, act)], g[act]
         d = np.clip(np.diag(Ha), 0.0, None)
-        D = np.maximum(d, 1e-12 * d.max() if d.max() > 0 else 1.0)
+        D = np.diag(np.maximum(d, 1e-12 * d.max() if d.max() > 0 else 1.0))
         accepted = False
         while lam < 1e12:
             step = np.zeros_like(q)
             try:
-                step[act] = np.linalg.solve(Ha + lam * np.diag(D), ga)
+                step[act] = np.linalg.solve(Ha + lam * D, ga)
             except np.linalg.LinAlgError:
-                lam *= 10.0
+                lam, nu = lam * nu, nu * 2.0
                 continue
             qn = np.clip(q + step, lo, hi)
+            s = qn - q
             rn = resid(qn)
             cn = float(rn @ rn)
+            pred = 2.0 * float(g @ s) - float(s @ H @ s)   # the linear model's decrease of the cost
             if np.isfinite(cn) and cn < cost:
+                rho = (cost - cn) / pred if pred > 0 else 1.0
+                lam, nu = lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0   # Nielsen's rule
                 accepted = True
                 break
-            lam *= 10.0
+            lam, nu = lam * nu, nu * 2.0
         if not accepted:
             break
         done = cost - cn <= rtol * cost or np.all(np.abs(qn - q) <= rtol * (1.0 + np.abs(q)))
         q, r, cost = qn, rn, cn
-        lam = max(lam * 0.1, 1e-12)
         if done:
             break
     return q
