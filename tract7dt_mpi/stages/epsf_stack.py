@@ -1,6 +1,7 @@
 """The native-sampling ePSF builder: a vectorised, weighted, sub-pixel registered star stack.
 
-Each pass (a fixed number, ``N_PASSES``):
+Each pass, every star at once (one Fourier transform of the ePSF shifted to all stars' positions,
+per-star arrays stacked along a first axis):
 
 1. every star's stamp is moved onto the ePSF grid by its sub-pixel offset (Lanczos-3, the shift the
    fitter uses) and divided by its flux after its own background is removed;
@@ -17,6 +18,9 @@ Each pass (a fixed number, ``N_PASSES``):
    segments, galaxy outskirts) are masked for the next pass, and stars whose core does not follow
    the common ePSF (a galaxy under the star, a binary) are dropped.
 
+The pass whose stack differs from the previous one by less than ``CONVERGED`` of its peak is the
+last (it refits the stars but masks and drops none); at most ``N_PASSES``. Clean cells stop after 3.
+
 Pure numpy/scipy: arrays in, arrays out; no photutils.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..engine.fshift import fourier_shift, fourier_shifts
-from ..engine.lanczos import _lanczos
+from ..engine.lanczos import _lanczos   # the kernel of engine.lanczos.taps, on arrays of shifts
 from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, weighted_clipped_mean
 from .epsf_qa import nanmedian_axis0
 from .epsf_wings import with_wing_tail
@@ -36,7 +40,7 @@ from .psf_error import stamp_fwhm
 
 __all__ = ["StackStar", "StackResult", "stack_epsf", "normalised_stamps", "finish_psf", "N_PASSES"]
 
-#: most refinement passes (stack -> refit every star); the result changes by < 1e-4 of the peak after 4
+#: most refinement passes (stack -> refit every star)
 N_PASSES = 6
 #: a pass whose stack moved by less than this fraction of its peak (anywhere) is the last
 CONVERGED = 1e-4
