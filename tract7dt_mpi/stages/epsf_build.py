@@ -125,18 +125,23 @@ def residual_weights(cube, stars, model, gain, floor=SYSTEMATIC_FLOOR):
     of the stamp's 1/weights; ``gain`` is in electrons per scaled unit (None: no Poisson term).
     Pixels without data get zero weight.
     """
-    m = np.maximum(np.nan_to_num(np.asarray(model, float)), 0.0)
-    w = np.zeros(cube.shape)
-    for i, st in enumerate(stars):
-        f = float(st.flux)
-        wt = np.asarray(st.weights, float)
-        pos = wt[np.isfinite(wt) & (wt > 0)]
-        if not (np.isfinite(f) and f > 0 and pos.size):
-            continue
-        var = float(np.median(1.0 / pos ** 2)) + (f * m / gain if gain else 0.0)
-        w[i] = 1.0 / (var / (f * f) + (floor * m) ** 2)
+    m = np.maximum(np.nan_to_num(np.asarray(model, float)), 0.0)[None]
+    f = np.array([float(st.flux) for st in stars]).reshape(-1, 1, 1)
+    sky = sky_variances(np.array([np.asarray(st.weights, float) for st in stars]))[:, None, None]
+    ok = np.isfinite(f) & (f > 0) & np.isfinite(sky)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = sky + (f * m / gain if gain else 0.0)
+        w = np.where(ok, 1.0 / (var / (f * f) + (floor * m) ** 2), 0.0) * np.ones(cube.shape)
     w[~np.isfinite(cube)] = 0.0
     return w
+
+
+def sky_variances(weights):
+    """Median sky variance 1/w^2 over the usable (finite, > 0) pixels of each stamp of ``weights``
+    (n, ...) of 1/sigma; NaN for a stamp without one."""
+    w = np.asarray(weights, float).reshape(len(weights), -1)
+    pos = np.isfinite(w) & (w > 0)
+    return qa.nanmedian_axis0(np.where(pos, 1.0 / np.where(pos, w, 1.0) ** 2, np.nan).T)
 
 
 def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):

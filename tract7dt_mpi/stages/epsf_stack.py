@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..engine.fshift import fourier_shift, fourier_shifts
 from ..engine.lanczos import _lanczos   # the kernel of engine.lanczos.taps, on arrays of shifts
-from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, weighted_clipped_mean
+from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, sky_variances, weighted_clipped_mean
 from .epsf_qa import nanmedian_axis0
 from .epsf_wings import with_wing_tail
 from .small_lsq import fit_bounded
@@ -234,19 +234,12 @@ def _aligned_arrays(data, weights, cx, cy):
     return vals, ~b
 
 
-def _sky_var(weights):
-    """Median sky variance 1/w^2 over each stamp's unmasked pixels (NaN for a fully masked one)."""
-    w = weights.reshape(weights.shape[0], -1)
-    with np.errstate(divide="ignore"):
-        return nanmedian_axis0(np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0) ** 2, np.nan).T)
-
-
 def _normalised(data, weights, cx, cy, flux, psf_now, gain, floor=SYSTEMATIC_FLOOR):
     """Array form of :func:`normalised_stamps`: (values (n, S, S), weights (n, S, S))."""
     vals, valid = _aligned_arrays(data, weights, cx, cy)
     m = np.maximum(psf_now, 0.0)[None]
     f = flux[:, None, None]
-    sky = _sky_var(weights)[:, None, None]
+    sky = sky_variances(weights)[:, None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (sky + (f * m / gain if gain else 0.0)) / (f * f) + (floor * m) ** 2
         w = np.where(valid, 1.0 / var, 0.0)
@@ -378,20 +371,21 @@ def _spread(data, base_w, model, flux, cx, cy, gain, fwhm):
         return np.where(ok, a / c - 1.0, np.nan), np.where(ok, sig, np.nan)
 
 
-def _concentration(raw, w, center, fwhm):
-    """Flux within 1 FWHM over flux within 3 FWHM of a background-subtracted stamp."""
-    yy, xx = np.indices(raw.shape)
-    r = np.hypot(xx - center[0], yy - center[1])
-    inner = raw[(r <= fwhm) & (w > 0)].sum()
-    outer = raw[(r <= 3.0 * fwhm) & (w > 0)].sum()
-    return float(inner / outer) if outer > 0 else np.nan
+def _concentrations(data, w, cx, cy, fwhm):
+    """Flux within 1 FWHM over flux within 3 FWHM of each background-subtracted stamp (NaN where
+    the outer flux is not positive)."""
+    r = _radii(cx, cy, data.shape[1])
+    d = np.where(w > 0, data, 0.0)
+    inner = np.where(r <= fwhm, d, 0.0).sum(axis=(1, 2))
+    outer = np.where(r <= 3.0 * fwhm, d, 0.0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(outer > 0, inner / outer, np.nan)
 
 
-def _most_concentrated(stars, fwhm):
-    """Mark as used only the more concentrated half of the stars (at least 3): nothing is more
-    concentrated than the PSF, so the first stack is made of point sources even when the
-    candidates hold as many compact galaxies as stars; :func:`_classify` re-admits the rest."""
-    c = np.array([_concentration(st.data, st.weights, st.cutout_center, fwhm) for st in stars])
+def _most_concentrated(stars, c):
+    """Mark as used only the more concentrated half of the stars (concentrations ``c``, at least
+    3): nothing is more concentrated than the PSF, so the first stack is made of point sources even
+    when the candidates hold as many compact galaxies as stars; :func:`_classify` re-admits the rest."""
     ok = np.isfinite(c)
     if ok.sum() < 4:
         return
@@ -453,7 +447,7 @@ def stack_epsf(raws, base_ws, centers, origins, ids, gain, fwhm, fluxes0, backgr
     wings = {}
     fwhm0 = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 4.0
     fwhm = fwhm0
-    _most_concentrated(stars, fwhm0)
+    _most_concentrated(stars, _concentrations(raws - bkg[:, None, None], ws, cx, cy, fwhm0))
     for it in range(int(n_passes)):
         used = np.array([st.used for st in stars])
         vals, w = _normalised(raws[used] - bkg[used, None, None], ws[used], cx[used], cy[used], flux[used],
