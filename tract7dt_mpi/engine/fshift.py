@@ -46,7 +46,7 @@ def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False, single: bool
     batched inverse. Returns (1 or 3, n, H, W) as :func:`fourier_shift` does for each.
 
     ``single``: the inverse transforms in single precision (~2x faster; errors ~1e-7 of the
-    stamp's peak, far below any star's noise), the result as float64."""
+    stamp's peak, far below any star's noise), the result as float32 (else float64)."""
     a = np.asarray(stamp, dtype=float)
     dx = np.asarray(dx, dtype=float).reshape(-1)
     dy = np.asarray(dy, dtype=float).reshape(-1)
@@ -65,4 +65,4 @@ def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False, single: bool
         np.multiply(G[0], -2j * np.pi * fx, out=G[1])
         np.multiply(G[0], -2j * np.pi * fy, out=G[2])
     out = sfft.irfft2(G, s=(sy, sx), axes=(-2, -1))
-    return out[..., _PAD:_PAD + h, _PAD:_PAD + w].astype(float)
+    return out[..., _PAD:_PAD + h, _PAD:_PAD + w]

@@ -300,19 +300,21 @@ def _fit_stars(raw, base_w, x, y, f, b, psf, gain, fit_background=True, iters=2)
     alive = np.ones(n, bool)
     npar = 4 if fit_background else 3
     J = np.empty((n, npar, size, size))      # the columns of each star's Jacobian
+    Jw = np.empty((n, npar, size * size))
     if fit_background:
         J[:, 1] = 1.0
+    Jf = J.reshape(n, npar, -1)
     for _ in range(iters):
-        val, ddx, ddy = fourier_shifts(psf, x - c, y - c, derivs=True, single=True)
+        val32, ddx, ddy = fourier_shifts(psf, x - c, y - c, derivs=True, single=True)
+        J[:, 0] = val32
+        val = J[:, 0]
         fb = f[:, None, None]
         model = fb * val + b[:, None, None]
         var = sky_var + (np.maximum(fb * val, 0.0) / gain if gain else 0.0)
         w = np.where(good, 1.0 / var, 0.0).reshape(n, 1, -1)
-        J[:, 0] = val
         np.multiply(fb, ddx, out=J[:, npar - 2])
         np.multiply(fb, ddy, out=J[:, npar - 1])
-        Jf = J.reshape(n, npar, -1)
-        Jw = Jf * w
+        np.multiply(Jf, w, out=Jw)
         A = Jw @ np.swapaxes(Jf, 1, 2)
         g = (Jw @ (raw - model).reshape(n, -1, 1))[..., 0]
         diag = np.einsum("nii->ni", A)
@@ -325,7 +327,7 @@ def _fit_stars(raw, base_w, x, y, f, b, psf, gain, fit_background=True, iters=2)
         f, b = f + step[:, 0], b + step[:, 1]
         x = np.clip(x + np.clip(step[:, 2], -1.0, 1.0), c - 3, c + 3)
         y = np.clip(y + np.clip(step[:, 3], -1.0, 1.0), c - 3, c + 3)
-    model = f[:, None, None] * fourier_shifts(psf, x - c, y - c, single=True)[0]
+    model = f[:, None, None] * fourier_shifts(psf, x - c, y - c, single=True)[0].astype(float)
     return x, y, f, b, model
 
 
