@@ -25,6 +25,8 @@ def error_image(sigma, bad):
     """1/sqrt(invvar) with invvar = 1/max(sigma^2, 1e-12) on good pixels; others get the median."""
     good = ~bad & np.isfinite(sigma) & (sigma > 0)
     err = np.sqrt(np.maximum(np.where(good, sigma, 1.0) ** 2, 1e-12))
+    if good.all():
+        return err
     fill = float(np.median(err[good])) if good.any() else 1.0
     return np.where(good, err, fill)
 
