@@ -198,16 +198,20 @@ def _dilate_each(mask, iterations):
 
 
 def _corr_each(a, w, axis):
-    """out[n, ..., i] = sum_k w[n, k] a[n, ..., i + k - 3] along ``axis`` (zeros outside): the
-    Lanczos correlation of :mod:`tract7dt_mpi.engine.lanczos` with each plane's own taps."""
-    a = np.moveaxis(a, axis, -1)
-    m = a.shape[-1]
-    pad = np.zeros(a.shape[:-1] + (m + 6,))
-    pad[..., 3:3 + m] = a
+    """out[n, ..., i] = sum_k w[n, k] a[n, ..., i + k - 3] along ``axis`` (1 or 2; zeros outside):
+    the Lanczos correlation of :mod:`tract7dt_mpi.engine.lanczos` with each plane's own taps."""
+    m = a.shape[axis]
+    pad_shape = list(a.shape)
+    pad_shape[axis] += 6
+    pad = np.zeros(pad_shape)
+    if axis == 1:
+        pad[:, 3:3 + m] = a
+    else:
+        pad[:, :, 3:3 + m] = a
     out = np.zeros(a.shape)
     for k in range(7):
-        out += w[:, k, None, None] * pad[..., k:k + m]
-    return np.moveaxis(out, -1, axis)
+        out += w[:, k, None, None] * (pad[:, k:k + m] if axis == 1 else pad[:, :, k:k + m])
+    return out
 
 
 def _taps_each(d):
