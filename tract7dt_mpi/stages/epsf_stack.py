@@ -35,8 +35,8 @@ from ..engine.lanczos import _lanczos   # the kernel of engine.lanczos.taps, on 
 from .epsf_build import MIN_COVER, SYSTEMATIC_FLOOR, sky_variances, weighted_clipped_mean
 from .epsf_qa import nanmedian_axis0
 from .epsf_wings import with_wing_tail
-from .small_lsq import fit_bounded
 from .psf_error import stamp_fwhm
+from .small_lsq import fit_bounded
 
 __all__ = ["StackStar", "StackResult", "stack_epsf", "normalised_stamps", "finish_psf", "N_PASSES"]
 
