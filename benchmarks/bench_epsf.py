@@ -11,7 +11,10 @@ own selection); then, on the same selected stars,
     kernel; ``--no-smoothing`` drops it, as this program's photutils path did), on the same stamps
     (neighbour-masked, per-star annulus background removed),
 
-are timed (CPU seconds from ``time.process_time`` and wall seconds), and each ePSF is checked
+are timed (CPU seconds from ``time.process_time`` and wall seconds). Separately, (c) the whole
+stage as a pipeline task runs it (``stages.epsf.build_epsf_cell`` without figures, the default
+``plots.level``: background, SEP, selection, stamps, native build, QA) is timed on the same cell; the
+closing lines give the old photutils-based cell (selection + EPSFBuilder) over that. Each ePSF is checked
 against the true PSF of that cell: a point-source fit with the ePSF (the engine's pixelized PSF,
 flux and position free) to the true PSF rendered noiselessly at a sub-pixel offset near the cell
 centre gives the flux ratio (fitted / true, both within the 55 x 55 stamp) and the largest
@@ -162,12 +165,14 @@ def main():
     ap.add_argument("--no-smoothing", action="store_true",
                     help="photutils without its per-iteration smoothing kernel (this program's former setting)")
     a = ap.parse_args()
-    from tract7dt_mpi.stages.epsf import epsf_settings
+    from tract7dt_mpi.config.schema import Epsf
+    from tract7dt_mpi.stages.epsf import build_epsf_cell, epsf_settings
 
-    s = epsf_settings(None)
-    tot = {"sel": np.zeros(2), "nat": np.zeros(2), "pu": np.zeros(2)}
+    s = epsf_settings(Epsf())
+    tot = {"sel": np.zeros(2), "nat": np.zeros(2), "pu": np.zeros(2), "stage": np.zeros(2)}
     print(f"{'cell':5s} {'fwhm':>5s} {'n_sel':>5s} | {'select cpu/wall s':>17s} | {'native cpu/wall s':>17s} "
-          f"{'used':>4s} {'flux':>7s} {'core':>7s} | {'photutils cpu/wall s':>20s} {'used':>4s} {'flux':>7s} {'core':>7s}")
+          f"{'used':>4s} {'flux':>7s} {'core':>7s} | {'photutils cpu/wall s':>20s} {'used':>4s} {'flux':>7s} {'core':>7s} "
+          f"| {'stage cpu/wall s':>17s} {'used':>4s} {'flux':>7s} {'core':>7s}")
     for k in range(a.cells):
         fwhm = 3.6 + 0.8 * k / max(a.cells - 1, 1)
         g1 = 0.02 * (k % 3 - 1)
@@ -183,21 +188,31 @@ def main():
         st_p, used_p = build_photutils(inp, s, dict(meta, selection=dict(meta["selection"])), work, sigma, bad, sel,
                                        smoothing=None if a.no_smoothing else "quartic")
         dt_p = np.array(_since(t))
+        t = _clock()
+        res = build_epsf_cell(inp, s)
+        dt_s = np.array(_since(t))
+        if res.stamp is None:
+            raise SystemExit(f"cell {k}: the stage failed: {res.meta.get('error')}")
         fn, cn = accuracy(st_n, fwhm, g1)
         fp, cp = accuracy(st_p, fwhm, g1)
+        fs, cs = accuracy(np.asarray(res.stamp, float), fwhm, g1)
         tot["sel"] += dt_sel
         tot["nat"] += dt_n
         tot["pu"] += dt_p
+        tot["stage"] += dt_s
         print(f"{k:5d} {fwhm:5.2f} {len(sel):5d} | {dt_sel[0]:8.2f}/{dt_sel[1]:8.2f} | {dt_n[0]:8.2f}/{dt_n[1]:8.2f} "
-              f"{used_n:4d} {fn:7.4f} {cn:7.4f} | {dt_p[0]:10.2f}/{dt_p[1]:9.2f} {used_p:4d} {fp:7.4f} {cp:7.4f}",
-              flush=True)
+              f"{used_n:4d} {fn:7.4f} {cn:7.4f} | {dt_p[0]:10.2f}/{dt_p[1]:9.2f} {used_p:4d} {fp:7.4f} {cp:7.4f} "
+              f"| {dt_s[0]:8.2f}/{dt_s[1]:8.2f} {res.meta['nstars_used']:4d} {fs:7.4f} {cs:7.4f}", flush=True)
     n = a.cells
-    sel, nat, pu = tot["sel"] / n, tot["nat"] / n, tot["pu"] / n
-    print(f"per cell, CPU s (wall s): selection {sel[0]:.2f} ({sel[1]:.2f}); native build {nat[0]:.2f} ({nat[1]:.2f}); "
-          f"photutils EPSFBuilder {pu[0]:.2f} ({pu[1]:.2f})")
+    sel, nat, pu, stage = tot["sel"] / n, tot["nat"] / n, tot["pu"] / n, tot["stage"] / n
+    old = sel + pu
+    print(f"per cell, CPU s (wall s): selection {sel[0]:.3f} ({sel[1]:.3f}); native build {nat[0]:.3f} ({nat[1]:.3f}); "
+          f"photutils EPSFBuilder {pu[0]:.3f} ({pu[1]:.3f}); whole stage {stage[0]:.3f} ({stage[1]:.3f})")
     print(f"build only: photutils / native = {pu[0] / nat[0]:.1f}x CPU ({pu[1] / nat[1]:.1f}x wall); "
           f"cell incl. selection: {(sel[0] + pu[0]) / (sel[0] + nat[0]):.1f}x CPU "
           f"({(sel[1] + pu[1]) / (sel[1] + nat[1]):.1f}x wall)")
+    print(f"whole cell: old photutils-based cell (selection + EPSFBuilder) {old[0]:.3f} CPU s / whole stage "
+          f"{stage[0]:.3f} CPU s = {old[0] / stage[0]:.1f}x CPU ({old[1] / stage[1]:.1f}x wall)")
     print("flux = fitted / true flux in the 55x55 stamp; core = max |true - model| within r <= FWHM / true peak")
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from tract7dt_mpi.engine.fshift import fourier_shift
+from tract7dt_mpi.engine.fshift import fourier_shift, fourier_shifts
 from tract7dt_mpi.engine.lanczos import shift_stamp
 
 
@@ -40,3 +40,27 @@ def test_derivatives_are_the_finite_differences():
     np.testing.assert_allclose(ddx, fx, atol=1e-7)
     np.testing.assert_allclose(ddy, fy, atol=1e-7)
     assert fourier_shift(np.stack([st, 2 * st]), 0.2, -0.1).shape == (1, 2, 31, 31)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_each_shift_of_a_batch_matches_its_shifted_profile(single):
+    """One stamp moved by many (dx, dy) at once (and a stack, each plane by its own): every copy is
+    the analytic shifted profile, as precise as one shift at a time; the derivatives are the
+    finite differences of the profile; single precision (float32 out) costs < 1e-6 of the peak."""
+    sig = 4.0 / 2.3548
+    st = pixel_gaussian(41, sig)
+    dx, dy = np.array([0.5, -0.31, 0.02, 1.4]), np.array([0.0, 0.47, -0.5, -0.8])
+    val, ddx, ddy = fourier_shifts(st, dx, dy, derivs=True, single=single)
+    h = 1e-4
+    for i in range(dx.size):
+        truth = pixel_gaussian(41, sig, dx[i], dy[i])
+        assert np.abs(val[i] - truth).max() / truth.max() < 2e-3
+        assert np.abs(val[i] - fourier_shift(st, dx[i], dy[i])[0]).max() < (1e-6 if single else 1e-12) * st.max()
+        fx = (pixel_gaussian(41, sig, dx[i] + h, dy[i]) - pixel_gaussian(41, sig, dx[i] - h, dy[i])) / (2 * h)
+        fy = (pixel_gaussian(41, sig, dx[i], dy[i] + h) - pixel_gaussian(41, sig, dx[i], dy[i] - h)) / (2 * h)
+        assert np.abs(ddx[i] - fx).max() < 3e-3 * np.abs(fx).max()
+        assert np.abs(ddy[i] - fy).max() < 3e-3 * np.abs(fy).max()
+    planes = np.stack([st, 2 * st])
+    out = fourier_shifts(planes, dx[:2], dy[:2], single=single)[0]
+    assert out.shape == (2, 41, 41) and out.dtype == (np.float32 if single else np.float64)
+    assert np.abs(out[1] - 2 * pixel_gaussian(41, sig, dx[1], dy[1])).max() < 4e-3 * st.max()

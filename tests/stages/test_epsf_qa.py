@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tract7dt_mpi.stages.epsf import finish_stamp, native_stamp
-from tract7dt_mpi.stages.epsf_qa import (annulus_radii, growth_metrics, residual_stats,
-                                         star_local_background)
+from tract7dt_mpi.stages.epsf_qa import (annulus_radii, growth_metrics, nanmedian_axis0, residual_stats,
+                                         star_local_background, star_local_backgrounds, symmetric_fluxes)
 
 
 def gauss(n, sigma, step=1.0, x0=0.0, y0=0.0):
@@ -82,3 +82,41 @@ def test_residual_stats_of_a_perfect_model():
     assert abs(qa["resid_norm_bias"]) < 0.05 and abs(qa["resid_norm_rms"] - 1.0) < 0.05
     assert abs(qa["resid_bias"]) < 0.01 and qa["resid_rms"] < 0.05
     assert stacks["resid"].shape == model.shape
+
+
+def test_local_backgrounds_of_a_stack_are_each_stamps_annulus_level():
+    """Stamps of one stack with different sky levels, a neighbour's light in one annulus, one fully
+    masked stamp: each gets its own level (the neighbour clipped), the masked one falls back to 0."""
+    rng = np.random.default_rng(1)
+    sky = np.array([2.0, -3.0, 10.0, 0.0])
+    stack = 1000 * gauss(61, 2.0)[None] + sky[:, None, None] + rng.normal(0, 1.0, (4, 61, 61))
+    stack[1, 2:9, 20:40] += 80.0                  # a neighbour inside the annulus of stamp 1
+    w = np.ones_like(stack)
+    w[3] = 0.0
+    vals, stats, masks = star_local_backgrounds(stack, w, 20, 30, 3.0, 30)
+    assert stats == ["ok", "ok", "ok", "fallback_zero"]
+    np.testing.assert_allclose(vals[:3], sky[:3], atol=0.12)
+    assert vals[3] == 0.0 and not masks[3].any()
+
+
+def test_symmetric_fluxes_fill_masked_halves_from_the_mirror():
+    """A centred Gaussian of known flux with one side masked: the mirror fill gives its total."""
+    sig, flux = 2.0, 500.0
+    st = flux * gauss(41, sig) / (2 * np.pi * sig ** 2)
+    valid = np.ones((2, 41, 41), bool)
+    valid[0, :, :17] = False                      # a strip left of the centre
+    valid[1, 22:, :] = False                      # the lower rows
+    f = symmetric_fluxes(np.stack([st, st]), valid, [(20.0, 20.0), (20.0, 20.0)])
+    np.testing.assert_allclose(f, st.sum(), rtol=1e-12)
+    assert st.sum() == pytest.approx(flux, rel=1e-4)
+
+
+def test_nanmedian_axis0_is_numpys_nanmedian():
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 7, 30):
+        a = rng.normal(size=(n, 9, 8))
+        a[rng.uniform(size=a.shape) < 0.3] = np.nan
+        a[:, 0, 0] = np.nan                       # an empty column: NaN, as numpy gives
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+            ref = np.nanmedian(a, axis=0)
+        np.testing.assert_array_equal(nanmedian_axis0(a), ref)

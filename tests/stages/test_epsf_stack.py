@@ -94,3 +94,39 @@ def test_single_star_cell_builds():
         assert res.meta["nstars_used"] == 1
         ratio, _, _ = _flux_ratio(res, psf)
         assert abs(ratio - 1.0) < 0.01, ratio
+
+
+def _stamps(psf, n=16, size=61, sky_sigma=3.0, seed=4):
+    """n GalSim star stamps (size x size) at sub-pixel offsets, fluxes 2e4-2e5, Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    c = (size - 1) // 2
+    raws, centres, fluxes = [], [], []
+    for _ in range(n):
+        dx, dy = rng.uniform(-0.5, 0.5, 2)
+        f = rng.uniform(2e4, 2e5)
+        img = psf.withFlux(f).drawImage(nx=size, ny=size, scale=1.0, offset=(dx, dy)).array
+        raws.append(img + rng.normal(0.0, sky_sigma, img.shape))
+        centres.append((c + dx, c + dy))
+        fluxes.append(f)
+    return np.array(raws), np.full((n, size, size), 1.0 / sky_sigma), centres, np.array(fluxes)
+
+
+def test_stack_stops_when_converged_and_gives_the_all_passes_psf():
+    """On clean stars the stack stops before N_PASSES once a pass moves it by < 1e-4 of its peak;
+    its ePSF is the one all N_PASSES give (to that level), and both are the true PSF."""
+    from tract7dt_mpi.stages.epsf_stack import N_PASSES, stack_epsf
+
+    psf = galsim.Moffat(beta=3.5, fwhm=FWHM).shear(g1=0.02, g2=0.0)
+    raws, ws, centres, fluxes = _stamps(psf)
+    args = (raws, ws, centres, [(0, 0)] * len(raws), range(len(raws)), None, FWHM,
+            0.9 * fluxes, np.zeros(len(raws)))
+    early = stack_epsf(*args)
+    full = stack_epsf(*args, tol=0.0)
+    assert early.info["passes"] < N_PASSES and full.info["passes"] == N_PASSES
+    peak = full.psf.max()
+    assert np.abs(early.psf - full.psf).max() < 1e-4 * peak
+    truth = psf.drawImage(nx=61, ny=61, scale=1.0).array
+    for res in (early, full):
+        assert np.abs(res.psf - truth).max() < 0.005 * truth.max()
+        f = np.array([st.flux for st in res.stars])
+        np.testing.assert_allclose(f, fluxes, rtol=0.005)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["fourier_shift"]
+__all__ = ["fourier_shift", "fourier_shifts"]
 
 _PAD = 4
+
+
+def _padded_shape(h, w):
+    return sfft.next_fast_len(h + 2 * _PAD, real=True), sfft.next_fast_len(w + 2 * _PAD, real=True)
 
 
 def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False) -> np.ndarray:
@@ -22,8 +26,7 @@ def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False)
     derivatives with respect to dx and dy (content moves by +dx, as engine.lanczos.shift_stamp)."""
     a = np.asarray(stamp, dtype=float)
     h, w = a.shape[-2:]
-    sy = sfft.next_fast_len(h + 2 * _PAD, real=True)
-    sx = sfft.next_fast_len(w + 2 * _PAD, real=True)
+    sy, sx = _padded_shape(h, w)
     pad = np.zeros(a.shape[:-2] + (sy, sx))
     pad[..., _PAD:_PAD + h, _PAD:_PAD + w] = a
     F = sfft.rfft2(pad, axes=(-2, -1))
@@ -34,4 +37,32 @@ def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False)
     if derivs:
         parts += [G * (-2j * np.pi * fx), G * (-2j * np.pi * fy)]
     out = sfft.irfft2(np.stack(parts), s=(sy, sx), axes=(-2, -1))
+    return out[..., _PAD:_PAD + h, _PAD:_PAD + w]
+
+
+def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False, single: bool = False) -> np.ndarray:
+    """Shift one stamp (H, W), or each of a stack (n, H, W), by its own (dx[i], dy[i]) px: n shifted
+    copies from one forward transform of the stamp (or one batched transform of the stack) and one
+    batched inverse. Returns (1 or 3, n, H, W) as :func:`fourier_shift` does for each.
+
+    ``single``: the inverse transforms in single precision (~2x faster; errors ~1e-7 of the
+    stamp's peak, far below any star's noise), the result as float32 (else float64)."""
+    a = np.asarray(stamp, dtype=float)
+    dx = np.asarray(dx, dtype=float).reshape(-1)
+    dy = np.asarray(dy, dtype=float).reshape(-1)
+    h, w = a.shape[-2:]
+    sy, sx = _padded_shape(h, w)
+    pad = np.zeros(a.shape[:-2] + (sy, sx))
+    pad[..., _PAD:_PAD + h, _PAD:_PAD + w] = a
+    F = sfft.rfft2(pad, axes=(-2, -1))
+    fy = sfft.fftfreq(sy)[:, None]
+    fx = sfft.rfftfreq(sx)[None, :]
+    # separable phase: exp(-2 pi i fx dx) (n, 1, X) times exp(-2 pi i fy dy) (n, Y, 1)
+    G = np.empty((3 if derivs else 1, dx.size, sy, fx.size), np.complex64 if single else complex)
+    np.multiply(F, np.exp(-2j * np.pi * fx[None] * dx[:, None, None])
+                * np.exp(-2j * np.pi * fy[None] * dy[:, None, None]), out=G[0])
+    if derivs:
+        np.multiply(G[0], -2j * np.pi * fx, out=G[1])
+        np.multiply(G[0], -2j * np.pi * fy, out=G[2])
+    out = sfft.irfft2(G, s=(sy, sx), axes=(-2, -1))
     return out[..., _PAD:_PAD + h, _PAD:_PAD + w]

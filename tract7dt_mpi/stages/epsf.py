@@ -384,16 +384,13 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["selection"]["neighbour_masked_frac_mean"] = frac
     if not rows:
         raise epsf_build.CellFailure("no star stamp fits inside the cell")
-    b0, f0, bkg_rows, stats = [], [], [], []
-    for k, x0, y0, data, wt, c in rows:
-        v = 0.0
-        if s.star_local_bkg_subtract:
-            v, status, _ = epsf_build.annulus_background(data, wt, s)
-            stats.append(status)
-        b0.append(v)
-        f0.append(qa.symmetric_flux(data - v, wt > 0, c))
+    datas, wts = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
+    bkg_rows, stats, b0 = [], [], np.zeros(len(rows))
+    if s.star_local_bkg_subtract:
+        b0, stats, _ = epsf_build.annulus_backgrounds(datas, wts, s)
+    f0 = qa.symmetric_fluxes(datas - np.asarray(b0)[:, None, None], wts > 0, [r[5] for r in rows])
     try:
-        res = epsf_stack.stack_epsf([r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows],
+        res = epsf_stack.stack_epsf(datas, wts, [r[5] for r in rows],
                          [(r[1], r[2]) for r in rows], [r[0] for r in rows], inp.gain_scaled,
                          inp.fwhm_pix, f0, b0, fit_background=bool(s.star_local_bkg_subtract),
                          wing_tail=bool(s.wing_tail), combine=str(s.combine))

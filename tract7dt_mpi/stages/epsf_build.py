@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 
 import numpy as np
 
@@ -26,6 +25,8 @@ def error_image(sigma, bad):
     """1/sqrt(invvar) with invvar = 1/max(sigma^2, 1e-12) on good pixels; others get the median."""
     good = ~bad & np.isfinite(sigma) & (sigma > 0)
     err = np.sqrt(np.maximum(np.where(good, sigma, 1.0) ** 2, 1e-12))
+    if good.all():
+        return err
     fill = float(np.median(err[good])) if good.any() else 1.0
     return np.where(good, err, fill)
 
@@ -55,6 +56,13 @@ def annulus_background(data, weights, s):
     return qa.star_local_background(data, weights, s.star_local_bkg_annulus_rin_pix,
                                     s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
                                     int(s.star_local_bkg_minpix))
+
+
+def annulus_backgrounds(datas, weights, s):
+    """:func:`annulus_background` of a stack of stamps (n, S, S): (values, statuses, masks)."""
+    return qa.star_local_backgrounds(datas, weights, s.star_local_bkg_annulus_rin_pix,
+                                     s.star_local_bkg_annulus_rout_pix, s.star_local_bkg_sigma,
+                                     int(s.star_local_bkg_minpix))
 
 
 def prepare_stars(stars, sel, s, meta):
@@ -119,18 +127,23 @@ def residual_weights(cube, stars, model, gain, floor=SYSTEMATIC_FLOOR):
     of the stamp's 1/weights; ``gain`` is in electrons per scaled unit (None: no Poisson term).
     Pixels without data get zero weight.
     """
-    m = np.maximum(np.nan_to_num(np.asarray(model, float)), 0.0)
-    w = np.zeros(cube.shape)
-    for i, st in enumerate(stars):
-        f = float(st.flux)
-        wt = np.asarray(st.weights, float)
-        pos = wt[np.isfinite(wt) & (wt > 0)]
-        if not (np.isfinite(f) and f > 0 and pos.size):
-            continue
-        var = float(np.median(1.0 / pos ** 2)) + (f * m / gain if gain else 0.0)
-        w[i] = 1.0 / (var / (f * f) + (floor * m) ** 2)
+    m = np.maximum(np.nan_to_num(np.asarray(model, float)), 0.0)[None]
+    f = np.array([float(st.flux) for st in stars]).reshape(-1, 1, 1)
+    sky = sky_variances(np.array([np.asarray(st.weights, float) for st in stars]))[:, None, None]
+    ok = np.isfinite(f) & (f > 0) & np.isfinite(sky)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = sky + (f * m / gain if gain else 0.0)
+        w = np.where(ok, 1.0 / (var / (f * f) + (floor * m) ** 2), 0.0) * np.ones(cube.shape)
     w[~np.isfinite(cube)] = 0.0
     return w
+
+
+def sky_variances(weights):
+    """Median sky variance 1/w^2 over the usable (finite, > 0) pixels of each stamp of ``weights``
+    (n, ...) of 1/sigma; NaN for a stamp without one."""
+    w = np.asarray(weights, float).reshape(len(weights), -1)
+    pos = np.isfinite(w) & (w > 0)
+    return qa.nanmedian_axis0(np.where(pos, 1.0 / np.where(pos, w, 1.0) ** 2, np.nan).T)
 
 
 def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
@@ -144,13 +157,13 @@ def weighted_clipped_mean(cube, w, clip_sigma, maxiters=5):
     """
     valid = w > 0
     vals = np.where(valid, cube, 0.0)
+    sqw = np.sqrt(w)
     keep = valid.copy()
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN columns -> NaN centre
-        centre = np.nanmedian(np.where(valid, cube, np.nan), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = qa.nanmedian_axis0(np.where(valid, cube, np.nan))
         for _ in range(maxiters if np.isfinite(clip_sigma) else 0):
-            z = np.abs(vals - centre) * np.sqrt(w)
-            spread = np.nanmedian(np.where(keep, z, np.nan), axis=0) * 1.4826
+            z = np.abs(vals - centre) * sqw
+            spread = qa.nanmedian_axis0(np.where(keep, z, np.nan)) * 1.4826
             spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
             new = valid & (z <= clip_sigma * spread)
             if np.array_equal(new, keep):

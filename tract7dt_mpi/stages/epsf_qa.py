@@ -12,6 +12,18 @@ import numpy as np
 NAN = float("nan")
 
 
+def nanmedian_axis0(a):
+    """``np.nanmedian(a, axis=0)`` (NaN where a column has no value, without a warning), by one
+    sort along axis 0: NaNs sort last, so the median of the n finite values of a column is at
+    rows (n - 1) // 2 and n // 2."""
+    a = np.asarray(a, float)
+    s = np.sort(a, axis=0)
+    n = np.count_nonzero(~np.isnan(a), axis=0)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[None], axis=0)[0]
+    return np.where(n > 0, (lo + hi) / 2.0, np.nan)
+
+
 # --------------------------------------------------------------------------------- local background
 
 def annulus_radii(shape, rin_cfg, rout_cfg):
@@ -31,61 +43,75 @@ def annulus_mask(shape, rin, rout) -> np.ndarray:
     return (r2 >= rin * rin) & (r2 <= rout * rout)
 
 
-def _sigma_clip_values(v, nsig, iters=5):
-    """Iterative median/std sigma clip of a 1-D array (5 iterations, as the serial pipeline)."""
-    for _ in range(iters):
-        if v.size == 0:
-            break
-        med, std = np.median(v), np.std(v)
-        if not std > 0:
-            break
-        keep = np.abs(v - med) <= nsig * std
-        if keep.all():
-            break
-        v = v[keep]
-    return v
+def star_local_backgrounds(data, weights, rin_cfg, rout_cfg, nsig, minpix, iters=5):
+    """Annulus medians of a stack of stamps (n, H, W) after an iterative median/std sigma clip
+    (``iters`` rounds, as the serial pipeline; a stamp stops clipping when nothing is clipped or
+    its spread is 0): returns (values (n,), statuses, annulus masks (n, H, W)).
+
+    status is ``ok`` or ``fallback_zero`` (fewer than ``minpix`` usable pixels before or after the
+    sigma clip); the value is 0 on fallback. ``weights`` (None: all usable) > 0 marks usable pixels.
+    """
+    data = np.asarray(data, float)
+    rin, rout = annulus_radii(data.shape[1:], rin_cfg, rout_cfg)
+    ring = annulus_mask(data.shape[1:], rin, rout)
+    m = ring[None] & np.isfinite(data)
+    if weights is not None:
+        m &= np.asarray(weights) > 0
+    v = np.where(m, data, np.nan)[:, ring]                     # (n, pixels of the annulus)
+    enough = m.sum(axis=(1, 2)) >= minpix
+    live = enough.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(iters):
+            cnt = np.count_nonzero(~np.isnan(v), axis=1)
+            live &= cnt > 0
+            med = nanmedian_axis0(v.T)
+            mean = np.nansum(v, axis=1) / cnt
+            std = np.sqrt(np.nansum((v - mean[:, None]) ** 2, axis=1) / cnt)
+            live &= std > 0
+            far = np.abs(v - med[:, None]) > nsig * std[:, None]      # NaN: not there, not far
+            live &= far.any(axis=1)
+            v = np.where(live[:, None] & far, np.nan, v)
+        cnt = np.count_nonzero(~np.isnan(v), axis=1)
+        ok = enough & (cnt >= minpix) & (cnt > 0)
+        values = np.where(ok, nanmedian_axis0(v.T), 0.0)
+    return values, ["ok" if o else "fallback_zero" for o in ok], m
 
 
 def star_local_background(data, weights, rin_cfg, rout_cfg, nsig, minpix):
-    """Annulus median of one stamp: returns (value, status, mask used).
+    """:func:`star_local_backgrounds` of one stamp: returns (value, status, mask used)."""
+    vals, stats, m = star_local_backgrounds(np.asarray(data)[None], None if weights is None else
+                                            np.asarray(weights)[None], rin_cfg, rout_cfg, nsig, minpix)
+    return float(vals[0]), stats[0], m[0]
 
-    status is ``ok`` or ``fallback_zero`` (fewer than ``minpix`` usable pixels before or after the
-    sigma clip); the value is 0 on fallback.
+
+def symmetric_fluxes(data, valid, centers) -> np.ndarray:
+    """Flux of each stamp of ``data`` (n, H, W) with its invalid pixels filled from their mirror
+    image through the star's centre ``centers[i]`` = (x, y).
+
+    A cheap, PSF-shape-free stand-in for interpolating masked pixels (a PSF is close to point
+    symmetric); pixels whose mirror is invalid or outside the stamp count as 0. A stamp whose
+    filled sum is not positive gives its valid sum, and 1.0 if that is not positive either.
     """
-    rin, rout = annulus_radii(data.shape, rin_cfg, rout_cfg)
-    m = annulus_mask(data.shape, rin, rout) & np.isfinite(data)
-    if weights is not None:
-        m &= np.asarray(weights) > 0
-    vals = data[m]
-    if vals.size < minpix:
-        return 0.0, "fallback_zero", m
-    vals = _sigma_clip_values(vals, nsig)
-    if vals.size < minpix or vals.size == 0:
-        return 0.0, "fallback_zero", m
-    return float(np.median(vals)), "ok", m
+    data = np.asarray(data, float)
+    valid = np.asarray(valid, bool)
+    n, h, w = data.shape
+    c = np.asarray(centers, float).reshape(n, 2)
+    mx = np.rint(2 * c[:, 0, None, None] - np.arange(w)[None, None, :]).astype(int)   # (n, 1, W)
+    my = np.rint(2 * c[:, 1, None, None] - np.arange(h)[None, :, None]).astype(int)   # (n, H, 1)
+    inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+    k = np.arange(n)[:, None, None]
+    iy, ix = np.clip(my, 0, h - 1), np.clip(mx, 0, w - 1)
+    ok = inside & valid[k, iy, ix]
+    filled = np.where(valid, data, np.where(ok, data[k, iy, ix], 0.0))
+    total = np.where(np.isfinite(filled), filled, 0.0).sum(axis=(1, 2))
+    plain = np.where(valid & np.isfinite(data), data, 0.0).sum(axis=(1, 2))
+    total = np.where(total > 0, total, plain)
+    return np.where(total > 0, total, 1.0)
 
 
 def symmetric_flux(data, valid, center) -> float:
-    """Stamp flux with invalid pixels filled from their mirror image through the star centre.
-
-    A cheap, PSF-shape-free stand-in for interpolating masked pixels (a PSF is close to point
-    symmetric); pixels whose mirror is invalid or outside the stamp count as 0.
-    """
-    h, w = data.shape
-    cx, cy = float(center[0]), float(center[1])
-    yy, xx = np.mgrid[0:h, 0:w]
-    mx = np.rint(2 * cx - xx).astype(int)
-    my = np.rint(2 * cy - yy).astype(int)
-    inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
-    mirror = np.zeros_like(data, dtype=float)
-    ok = inside.copy()
-    ok[inside] = valid[my[inside], mx[inside]]
-    mirror[ok] = data[my[ok], mx[ok]]
-    filled = np.where(valid, data, mirror)
-    total = float(np.sum(filled[np.isfinite(filled)]))
-    if not (total > 0):
-        total = float(np.sum(np.where(valid & np.isfinite(data), data, 0.0)))
-    return total if total > 0 else 1.0
+    """:func:`symmetric_fluxes` of one stamp."""
+    return float(symmetric_fluxes(np.asarray(data)[None], np.asarray(valid)[None], [center])[0])
 
 
 def local_bkg_summary(values, statuses) -> dict:
@@ -158,7 +184,7 @@ def residual_stats(datas, models, weights, fluxes):
     d = np.stack(datas)
     m = np.stack(models)
     res = d - m
-    d_st, m_st, r_st = np.nanmedian(d, 0), np.nanmedian(m, 0), np.nanmedian(res, 0)
+    d_st, m_st, r_st = nanmedian_axis0(d), nanmedian_axis0(m), nanmedian_axis0(res)
     peak = float(np.nanmax(m_st))
     norm = []
     for rr, ww, ff in zip(res, weights, fluxes):

@@ -144,8 +144,8 @@ def sep_detect(work, sigma, bad, s) -> Candidates:
     set_sep_limits()
     err = np.array(sigma, dtype=np.float64)
     finite = np.isfinite(err) & (err > 0)
-    fill = float(np.median(err[finite])) if finite.any() else 1.0
-    err[~finite] = fill
+    if not finite.all():
+        err[~finite] = float(np.median(err[finite])) if finite.any() else 1.0
     data = np.where(bad | ~np.isfinite(work), 0.0, work)
     objs, seg = sep.extract(_c64(data), float(s.thresh_sigma), err=_c64(err),
                             mask=np.ascontiguousarray(bad | ~finite), minarea=int(s.minarea),

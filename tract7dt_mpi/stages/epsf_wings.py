@@ -21,7 +21,8 @@ The core, where the ePSF's shape (ellipticity, asymmetry) is measured, is left u
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import least_squares
+
+from .small_lsq import fit_bounded
 
 __all__ = ["with_wing_tail", "SLOPE_RANGE", "BLEND_PIX"]
 
@@ -33,27 +34,36 @@ BLEND_PIX = 3.0
 _MAD = 1.4826
 
 
+def _group_medians(v, k, nk):
+    """Median of ``v`` over each group ``k`` (0..nk-1) by one sort (NaN for an empty group)."""
+    order = np.lexsort((v, k))
+    cnt = np.bincount(k, minlength=nk)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    vs = v[order]
+    lo = vs[np.minimum(start + np.maximum(cnt - 1, 0) // 2, v.size - 1)]
+    hi = vs[np.minimum(start + cnt // 2, v.size - 1)]
+    return np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
+
+
 def _rings(stamp):
     n0, n1 = stamp.shape
     yy, xx = np.indices(stamp.shape)
     r = np.hypot(xx - (n1 - 1) / 2.0, yy - (n0 - 1) / 2.0)
     k = np.rint(r).astype(int)
     kmax = int(min(n0, n1) // 2)
-    mean, scat, cnt = np.full(kmax + 1, np.nan), np.full(kmax + 1, np.nan), np.zeros(kmax + 1, int)
-    rbar = np.full(kmax + 1, np.nan)
-    for i in range(kmax + 1):
-        v = stamp[k == i]
-        cnt[i] = v.size
-        mean[i] = v.mean() if v.size else np.nan
-        rbar[i] = r[k == i].mean() if v.size else np.nan
+    inside = (k <= kmax).ravel()
+    kk, vv, rr = k.ravel()[inside], stamp.ravel()[inside], r.ravel()[inside]
+    cnt = np.bincount(kk, minlength=kmax + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, np.bincount(kk, vv, minlength=kmax + 1) / cnt, np.nan)
+        rbar = np.where(cnt > 0, np.bincount(kk, rr, minlength=kmax + 1) / cnt, np.nan)
     # scatter about the radial profile at each pixel's own radius (a 1-px ring of a steep core
     # spans a factor ~2 in brightness)
     ok = np.isfinite(mean)
-    dev = stamp - np.interp(r, rbar[ok], mean[ok])
-    for i in range(kmax + 1):
-        v = dev[k == i]
-        if v.size >= 4:
-            scat[i] = _MAD * np.median(np.abs(v - np.median(v)))
+    dev = (stamp - np.interp(r, rbar[ok], mean[ok])).ravel()[inside]
+    med = _group_medians(dev, kk, kmax + 1)
+    mad = _group_medians(np.abs(dev - med[kk]), kk, kmax + 1)
+    scat = np.where(cnt >= 4, _MAD * mad, np.nan)
     return r, rbar, mean, scat, cnt
 
 
@@ -67,11 +77,16 @@ def _moffat_profile_fit(rad, m, err, fwhm):
         b, la, c = q
         return (c - b * np.log1p(np.exp(2.0 * (lr - la))) - lm) / sig
 
+    def jac(q):
+        b, la, c = q
+        e = np.exp(2.0 * (lr - la))
+        return np.column_stack([-np.log1p(e), 2.0 * b * e / (1.0 + e), np.ones_like(e)]) / sig[:, None]
+
     b0 = 3.0
     a0 = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / b0) - 1.0))
     q0 = np.array([b0, np.log(a0), lm.max() + b0 * np.log1p((rad[np.argmax(m)] / a0) ** 2)])
     lo, hi = [SLOPE_RANGE[0] / 2, np.log(0.1), -np.inf], [SLOPE_RANGE[1] / 2, np.log(100.0), np.inf]
-    q = least_squares(resid, np.clip(q0, np.array(lo) + 1e-9, np.array(hi) - 1e-9), bounds=(lo, hi)).x
+    q = fit_bounded(resid, jac, np.clip(q0, np.array(lo) + 1e-9, np.array(hi) - 1e-9), lo, hi)
     return float(q[0]), float(np.exp(q[1])), float(q[2])
 
 
