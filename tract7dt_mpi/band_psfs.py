@@ -200,54 +200,95 @@ def with_psf_flux_errors(stamps: dict, metas) -> dict:
                 for t, v in cells.items()} for b, cells in stamps.items()}
 
 
-def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None) -> dict:
-    """Add each band's polynomial PSF field (stages.psf_poly) under ``psf_poly.FIELD_KEY`` of its
-    entry in ``stamps``, fitted to the stars of its successful cells (their ``stars.npz``), with
-    its outer wing from the bright stars of ``catalog`` on the ``prepared`` images
-    (``epsf.bright_wing``); only under ``patch_run.epsf_interpolation: field``."""
-    from .stages.psf_poly import FIELD_KEY, fit_psf_field
-    if cfg.patch_run.epsf_interpolation != "field":
-        return stamps
-    candidates = halo_xy = None
+def _ok_metas_by_band(metas) -> dict:
     by_band = {}
     for m in metas:
         if m and m.get("status") == "ok":
             by_band.setdefault(m.get("band"), []).append(m)
-    for band, ms in sorted(by_band.items()):
-        xy, vals, w = [], [], []
-        for m in ms:
-            path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
-            try:
-                with np.load(path) as z:
-                    xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
-            except (OSError, KeyError, ValueError):
-                continue
-        if not xy or len({v.shape[1:] for v in vals}) != 1:
+    return dict(sorted(by_band.items()))
+
+
+def _band_fwhm(ms) -> float:
+    return float(np.nanmedian([((m.get("builder") or {}).get("fwhm_pix") or np.nan) for m in ms]))
+
+
+def field_stars(cfg, metas, prepared, catalog):
+    """(ok cell metas by band, wing candidates, halo stars) for :func:`band_field`: the bright-star
+    lists come from the white stack and the catalogue once for all bands (ranked with the first
+    band's FWHM), so every band, on whichever rank, gets the same ones."""
+    by_band = _ok_metas_by_band(metas)
+    candidates = halo_xy = None
+    if by_band and prepared is not None and cfg.epsf.bright_wing:
+        fwhm = _band_fwhm(next(iter(by_band.values())))
+        candidates = star_candidates(catalog, prepared, fwhm)
+        if cfg.epsf.star_halos:     # the saturated stars from their own SEP detections
+            sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
+            halo_xy = distinct_positions(np.concatenate(
+                [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
+    return by_band, candidates, halo_xy
+
+
+def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_xy=None):
+    """The band's polynomial PSF field (stages.psf_poly) fitted to the stars of its successful
+    cells ``ms`` (their ``stars.npz``), with its outer wing from the bright ``candidates`` on the
+    ``prepared`` images (``epsf.bright_wing``) and the halos of ``halo_xy`` (``epsf.star_halos``);
+    None when the band has no field."""
+    from .stages.psf_poly import fit_psf_field
+    xy, vals, w = [], [], []
+    for m in ms:
+        path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
+        try:
+            with np.load(path) as z:
+                xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
+        except (OSError, KeyError, ValueError):
             continue
-        fwhm = float(np.nanmedian([((m.get("builder") or {}).get("fwhm_pix") or np.nan) for m in ms]))
-        field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
-                              int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
-                              wing_tail=bool(cfg.epsf.wing_tail))
-        if field is None:
-            log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
-                        "ePSFs", band, sum(len(v) for v in xy))
-            continue
-        log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
-                 "or not following the field)", band, field.degree,
-                 field.n_stars, len(xy), field.n_rejected)
-        if prepared is not None and cfg.epsf.bright_wing:
-            if candidates is None:
-                candidates = star_candidates(catalog, prepared, fwhm)
-            field = add_bright_wing(field, prepared, band, candidates, fwhm,
-                                    float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
-            if cfg.epsf.star_halos:
-                if halo_xy is None:     # the saturated stars from their own SEP detections
-                    sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
-                    halo_xy = distinct_positions(np.concatenate(
-                        [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
-                field = add_star_halos(field, prepared, band, halo_xy, fwhm,
-                                       float(cfg.epsf.bright_wing_radius_fwhm))
-        stamps.setdefault(band, {})[FIELD_KEY] = field
+    if not xy or len({v.shape[1:] for v in vals}) != 1:
+        return None
+    fwhm = _band_fwhm(ms)
+    field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
+                          int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
+                          wing_tail=bool(cfg.epsf.wing_tail))
+    if field is None:
+        log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
+                    "ePSFs", band, sum(len(v) for v in xy))
+        return None
+    log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
+             "or not following the field)", band, field.degree, field.n_stars, len(xy), field.n_rejected)
+    if prepared is not None and candidates is not None:
+        field = add_bright_wing(field, prepared, band, candidates, fwhm,
+                                float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
+        if halo_xy is not None:
+            field = add_star_halos(field, prepared, band, halo_xy, fwhm,
+                                   float(cfg.epsf.bright_wing_radius_fwhm))
+    return field
+
+
+def field_tasks(cfg, metas, prepared, catalog) -> list:
+    """One queue task per band for :func:`band_field` (``tasks.Worker.psf_field``; none unless
+    ``patch_run.epsf_interpolation: field``), costliest first (most ePSF stars)."""
+    from .parallel.scheduler import Task
+    if cfg.patch_run.epsf_interpolation != "field":
+        return []
+    by_band, candidates, halo_xy = field_stars(cfg, metas, prepared, catalog)
+    out = []
+    for i, (band, ms) in enumerate(by_band.items()):
+        cost = float(sum(int(m.get("nstars_used") or 0) for m in ms)) + 1.0
+        out.append(Task(id=f"psf_field:{band}", kind="psf_field", cost=cost, index=i,
+                        payload={"band": band, "metas": ms, "candidates": candidates, "halo_xy": halo_xy}))
+    return out
+
+def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None) -> dict:
+    """Add each band's :func:`band_field` under ``psf_poly.FIELD_KEY`` of its entry in ``stamps``,
+    one band after another (the pipeline runs the bands as tasks: ``tasks.Worker.psf_field``);
+    only under ``patch_run.epsf_interpolation: field``."""
+    from .stages.psf_poly import FIELD_KEY
+    if cfg.patch_run.epsf_interpolation != "field":
+        return stamps
+    by_band, candidates, halo_xy = field_stars(cfg, metas, prepared, catalog)
+    for band, ms in by_band.items():
+        field = band_field(cfg, band, ms, shape, prepared, candidates, halo_xy)
+        if field is not None:
+            stamps.setdefault(band, {})[FIELD_KEY] = field
     return stamps
 
 

@@ -226,15 +226,29 @@ class _Run:
                             journal=self.journal, on_result=collect, heartbeat_sec=self.hb,
                             master_works=self.master_works, timeout=self.task_timeout)
             self._account("epsf", rep)
-            stamps = None
+            stamps = ftasks = None
             if self.master:
                 stamps, ordered = band_psfs.collect_epsf_cells(tasks, skipped, metas)
                 band_psfs.write_epsf_summary(cfg, ordered)
                 stamps = band_psfs.with_psf_flux_errors(stamps, ordered)
-                stamps = band_psfs.with_psf_fields(cfg, stamps, ordered, self.worker.prepared.shape,
-                                               self.worker.prepared, lr.catalog)
+                ftasks = [] if rep.stopped else band_psfs.field_tasks(cfg, ordered, self.worker.prepared,
+                                                                       lr.catalog)
                 self.epsf_tasks, self.epsf_skipped, self.epsf_report = tasks, skipped, rep
-            stamps, stopped = self.comm.bcast((stamps, rep.stopped) if self.master else None)
+            fields = {}
+
+            def got_field(task, data, info):
+                if data is not None and data.get("field") is not None:
+                    fields[task.payload["band"]] = data["field"]
+
+            # every band's PSF field, bright-star wing and halos: one task per band
+            frep = run_phase(self.comm, "psf_fields", ftasks, self.worker.psf_field, on_result=got_field,
+                             heartbeat_sec=self.hb, master_works=self.master_works, timeout=self.task_timeout)
+            self._account("psf_fields", frep)
+            if self.master:
+                from .stages.psf_poly import FIELD_KEY
+                for band in sorted(fields):
+                    stamps.setdefault(band, {})[FIELD_KEY] = fields[band]
+            stamps, stopped = self.comm.bcast((stamps, rep.stopped or frep.stopped) if self.master else None)
         self.stopped |= stopped
         return stamps
 

@@ -260,6 +260,15 @@ class Worker:
         write_cell_products(res, cell_dir)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
+    # -------------------------------------------------------------- band PSF field
+    def psf_field(self, task: Task) -> TaskResult:
+        """One band's PSF field with its bright-star wing and halos (band_psfs.band_field)."""
+        from .band_psfs import band_field
+        p = task.payload
+        field = band_field(self.cfg, p["band"], p["metas"], self.prepared.shape, self.prepared,
+                           p["candidates"], p["halo_xy"])
+        return TaskResult(rows=None, data={"field": field})
+
     # -------------------------------------------------------------- patch fit
     @property
     def saturated_stars(self):
