@@ -17,8 +17,14 @@ __all__ = ["fourier_shift", "fourier_shifts"]
 _PAD = 4
 
 
-def _padded_shape(h, w):
-    return sfft.next_fast_len(h + 2 * _PAD, real=True), sfft.next_fast_len(w + 2 * _PAD, real=True)
+def _spectrum(a: np.ndarray):
+    """(rfft2 of ``a`` zero-padded by _PAD, padded shape, fy column, fx row)."""
+    h, w = a.shape[-2:]
+    sy = sfft.next_fast_len(h + 2 * _PAD, real=True)
+    sx = sfft.next_fast_len(w + 2 * _PAD, real=True)
+    pad = np.zeros(a.shape[:-2] + (sy, sx))
+    pad[..., _PAD:_PAD + h, _PAD:_PAD + w] = a
+    return sfft.rfft2(pad, axes=(-2, -1)), (sy, sx), sfft.fftfreq(sy)[:, None], sfft.rfftfreq(sx)[None, :]
 
 
 def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False) -> np.ndarray:
@@ -26,12 +32,7 @@ def fourier_shift(stamp: np.ndarray, dx: float, dy: float, derivs: bool = False)
     derivatives with respect to dx and dy (content moves by +dx, as engine.lanczos.shift_stamp)."""
     a = np.asarray(stamp, dtype=float)
     h, w = a.shape[-2:]
-    sy, sx = _padded_shape(h, w)
-    pad = np.zeros(a.shape[:-2] + (sy, sx))
-    pad[..., _PAD:_PAD + h, _PAD:_PAD + w] = a
-    F = sfft.rfft2(pad, axes=(-2, -1))
-    fy = sfft.fftfreq(sy)[:, None]
-    fx = sfft.rfftfreq(sx)[None, :]
+    F, (sy, sx), fy, fx = _spectrum(a)
     G = F * np.exp(-2j * np.pi * (fx * dx + fy * dy))
     parts = [G]
     if derivs:
@@ -51,12 +52,7 @@ def fourier_shifts(stamp: np.ndarray, dx, dy, derivs: bool = False, single: bool
     dx = np.asarray(dx, dtype=float).reshape(-1)
     dy = np.asarray(dy, dtype=float).reshape(-1)
     h, w = a.shape[-2:]
-    sy, sx = _padded_shape(h, w)
-    pad = np.zeros(a.shape[:-2] + (sy, sx))
-    pad[..., _PAD:_PAD + h, _PAD:_PAD + w] = a
-    F = sfft.rfft2(pad, axes=(-2, -1))
-    fy = sfft.fftfreq(sy)[:, None]
-    fx = sfft.rfftfreq(sx)[None, :]
+    F, (sy, sx), fy, fx = _spectrum(a)
     # separable phase: exp(-2 pi i fx dx) (n, 1, X) times exp(-2 pi i fy dy) (n, Y, 1)
     G = np.empty((3 if derivs else 1, dx.size, sy, fx.size), np.complex64 if single else complex)
     np.multiply(F, np.exp(-2j * np.pi * fx[None] * dx[:, None, None])
