@@ -127,7 +127,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     *_opt("flag_bound_stalled_which_parameter", _T, None, "which, e.g. `pos.x@upper,shape.logre@lower`"),
     Column("flag_core_masked", _B, None, "in some band no usable pixel lies within 2 px of the fitted position (core masked or off the image): that band's flux rests on the wings only", "multi"),
     Column("flag_dead_data", _B, None, "in some band every usable pixel within 3 px of the fitted position has one value: no light was recorded there (e.g. a zero-filled gap); never `fit_is_reliable`", "multi"),
-    Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
+    Column("flux_total_factor", _F, "", "the factor that made the fitted galaxy profile's flux a total flux (`patch_run.galaxy_flux: total`; the taper's, for EXP and DEV over its size bias; first band; 1 for point sources and under `truncated`); already applied to `FLUX_{band}_fit`", "multi"),
     *(Column(f"dchisq_{m}", _F, "", f"chi^2 improvement (all bands) over no source of the source fitted alone as {m} on its footprint, its neighbours' fitted models subtracted (`patch_run.model_selection`); empty where no choice was made", "multi")
       for m in ("PSF", "EXP", "DEV", "SER")),
     Column("flag_model_close", _B, None, "the model choice was close: a decision that led to it (galaxy over point source, EXP against DEV, SERSIC over EXP/DEV) lies within 4 in penalised chi^2 of its boundary (soft tag `model_close`)", "multi"),

@@ -240,6 +240,14 @@ def _log_fit(plog, r, label: str) -> None:
             plog(f"{label}source {i}: model ran away ({','.join(x.runaway)}): not converged")
 
 
+def _band_fwhm(psf, audit) -> float:
+    """FWHM (px) of the PSF a band was fitted with: its stamp's, or the fallback's."""
+    from .psf_error import stamp_fwhm
+    stamp = getattr(psf, "stamp", None)
+    if stamp is not None:
+        return float(stamp_fwhm(np.asarray(stamp, float)))
+    return float(audit.get("fallback_fwhm_pix", float("nan")))
+
 def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
     """stages.model_select on the patch's base sources: the untyped ones, or all (``all``)."""
     from .catalog import ColumnMap
@@ -389,7 +397,9 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
-    fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode) for b in bands}
+    fwhm = {b: _band_fwhm(psfs[b], audits[b]) for b in bands}
+    fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode,
+                              [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values

@@ -4,24 +4,31 @@ A fit with a unit-sum PSF stamp measures the flux inside the stamp; the PSF's wi
 (1 % beyond 27 px for a Moffat beta = 2 of 4 px FWHM), so every flux and error of a band is divided
 by the fraction of the PSF's total flux inside the stamp that the band's PSF (ePSF or fallback)
 reports. Galaxy mixtures are tapered at 4 or 8 re; under ``galaxy_flux = total`` a galaxy's flux is
-multiplied by its profile's :func:`~tract7dt_mpi.engine.profiles.total_flux_factor`.
+multiplied by its profile's :func:`~tract7dt_mpi.engine.profiles.total_flux_factor`, and an exp or
+dev galaxy's divided by the bias that factor has at its size relative to the PSF
+(:func:`~tract7dt_mpi.engine.profiles.size_bias`: +1.2-1.8 % at re = FWHM/4).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from ..engine.profiles import total_flux_factor
+from ..engine.profiles import size_bias, total_flux_factor
 
 __all__ = ["profile_factors", "to_total_fluxes"]
 
 
-def profile_factors(kinds, sersic_n, galaxy_flux: str) -> np.ndarray:
-    """Per-source factor from the fitted profile to its total flux (1 for stars or ``truncated``)."""
+def profile_factors(kinds, sersic_n, galaxy_flux: str, sizes=None) -> np.ndarray:
+    """Per-source factor from the fitted profile to its total flux (1 for stars or ``truncated``):
+    :func:`~tract7dt_mpi.engine.profiles.total_flux_factor`, divided by the
+    :func:`~tract7dt_mpi.engine.profiles.size_bias` of the source's ``sizes`` (fitted re sqrt(ab)
+    over the band's PSF FWHM; None: no size correction)."""
     n = np.asarray(sersic_n, float)
     if galaxy_flux != "total":
         return np.ones(len(kinds))
-    return np.array([total_flux_factor(str(k), float(v)) for k, v in zip(kinds, n)])
+    q = np.full(len(kinds), np.nan) if sizes is None else np.asarray(sizes, float)
+    return np.array([total_flux_factor(str(k), float(v)) / size_bias(str(k), float(s))
+                     for k, v, s in zip(kinds, n, q)])
 
 
 def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: dict) -> pd.DataFrame:
