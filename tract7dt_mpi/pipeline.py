@@ -13,6 +13,7 @@ descriptors and the final catalog is built in plan order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -161,7 +162,9 @@ class _Run:
         cfg, res = self.cfg, None
         plots = plots and cfg.plotting.level == "full"
         with self.stage("load_inputs"):
-            res = self.on_master(steps.load_step, cfg, write_store, plots)
+            res = self.load_bands(plots) if write_store else self.on_master(steps.load_step, cfg, False, plots)
+        if self.stopped:
+            return None
         if cfg.zp.enabled:
             with self.stage("augment_gaia"):
                 self.on_master(steps.augment_step, cfg, res, plots)
@@ -173,6 +176,35 @@ class _Run:
                      " | bright_mask" if (bright and cfg.bright_mask.enabled) else "")
             steps.save_working_catalog(cfg, res.catalog)
         return res
+
+    def load_bands(self, plots):
+        """S1 with one task per band and the white stack in row strips on every rank
+        (:mod:`tract7dt_mpi.load_steps`); rank 0 plans and writes the store's top level.
+        Returns the LoadResult on rank 0; None when a stop request came meanwhile."""
+        from . import load_steps as ls
+        cfg = self.cfg
+        plan = self.on_master(ls.plan_step, cfg, plots)
+        bands, strips = {}, {}
+
+        def band_done(task, data, info):
+            bands[task.id] = ls.band_done(plan, task, data, info, len(bands) + 1)
+
+        if not self._load_phase("load", ls.band_tasks(cfg, plan) if self.master else None,
+                                functools.partial(ls.run_band, cfg), band_done):
+            return None
+        strip_tasks = self.on_master(ls.white_tasks, cfg, plan, bands)    # a bad band's InputError
+        if not self._load_phase("white_stack", strip_tasks, ls.run_white_strip,
+                                lambda task, data, info: strips.__setitem__(task.id, data)):
+            return None
+        return self.on_master(ls.finish_step, cfg, plan, bands, strips, plots)
+
+    def _load_phase(self, label, tasks, fn, on_result) -> bool:
+        """One phase of the load stage on every rank; False when it was stopped."""
+        rep = run_phase(self.comm, label, tasks, fn, on_result=on_result, heartbeat_sec=self.hb,
+                        master_works=self.master_works, timeout=self.task_timeout)
+        self._account(label, rep)
+        self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
+        return not self.stopped
 
     def share_catalog(self, catalog):
         """Broadcast the working catalog to every rank (workers build patch tables from it)."""
@@ -378,6 +410,8 @@ class _Run:
 def _cmd_run(R: _Run, epsf_only=False):
     R.open_journal()
     lr = R.load(write_store=True, plots=True, bright=not epsf_only)
+    if R.stopped:
+        return R.finish()
     cat = R.share_catalog(lr.catalog if R.master else None)
     cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)
     stamps = R.epsf_phase(lr, cells)
@@ -404,6 +438,8 @@ def _cmd_build_patches(R: _Run, dumps=False):
     if dumps:
         R.open_journal()
     lr = R.load(write_store=True, plots=True, bright=True)
+    if R.stopped:
+        return R.finish()
     cat = R.share_catalog(lr.catalog if R.master else None)
     with R.stage("build_patches"):
         cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)

@@ -1,0 +1,104 @@
+"""The load stage as band tasks (tract7dt_mpi.load_steps) under mpirun -n 2 against the same
+stage run in one process (stages.load.load_inputs): the same prepared store and catalogue, and a
+corrupt image ends as the same InputError on both ranks. Every mpirun has a timeout."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "tests" / "scripts" / "load_bands_run.py")
+
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun")]
+
+
+def _mpirun(n, cfg, timeout=120):
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), MPLBACKEND="Agg",
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", TRACT7DT_MASTER_WORKS="1")
+    cmd = ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "none", sys.executable, SCRIPT, str(cfg)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tile(tmp_path_factory):
+    from tract7dt_mpi.sample import make_sample
+    out = tmp_path_factory.mktemp("load_steps") / "T"
+    make_sample(str(out), bands=3, size=256, verbose=False)
+    return out
+
+
+def _copy(tile, tmp_path):
+    t = tmp_path / "T"
+    shutil.copytree(tile, t, ignore=shutil.ignore_patterns("work"))
+    return t
+
+
+def _fields(info):
+    return {k: (repr(v) if isinstance(v, float) else v) for k, v in info.__dict__.items()}   # nan == nan
+
+
+def test_band_tasks_give_the_one_process_store(tile, tmp_path):
+    from tract7dt_mpi.config import load_config
+    from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
+    from tract7dt_mpi.stage_options import load_options
+    from tract7dt_mpi.stages.load import load_inputs
+    t = _copy(tile, tmp_path)
+    cfg = load_config(str(t / "config.yaml"))
+    ref_path = str(tmp_path / "one_process.h5")
+    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    writer = PreparedWriter(ref_path)
+    ref = load_inputs(load_options(cfg), writer=writer, plots=False)
+    writer.close()
+    r = _mpirun(2, t / "config.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert sorted(r.stdout.split("\n")[:2]) == ["rank 0: ok", "rank 1: ok"], r.stdout
+
+    with h5py.File(cfg.mpi.prepared_store, "r") as f:      # the bands are links to band files
+        links = {b: f["bands"].get(b, getlink=True) for b in f["bands"]}
+    assert all(isinstance(v, h5py.ExternalLink) for v in links.values()) and len(links) == 3
+    with PreparedImages(cfg.mpi.prepared_store) as got, PreparedImages(ref_path) as want:
+        assert got.bands == want.bands == ref.bands
+        assert (got.shape, got.crop_x0, got.crop_y0, got.zp_ref, got.wcs_header) == \
+            (want.shape, want.crop_x0, want.crop_y0, want.zp_ref, want.wcs_header)
+        H, W = got.shape
+        for b in got.bands:
+            assert _fields(got.band_info(b)) == _fields(want.band_info(b)) == _fields(ref.band_infos[b])
+            assert np.isfinite(got.band_info(b).star_fwhm_pix)     # the Moffat ran in the task
+            g, w = got.read(b, 0, H, 0, W), want.read(b, 0, H, 0, W)
+            assert np.array_equal(g.img, w.img, equal_nan=True)
+            assert np.array_equal(got.read_mask_bits(b, 0, H, 0, W), want.read_mask_bits(b, 0, H, 0, W))
+            assert np.array_equal(g.sigma_total, w.sigma_total)
+        gw, gs = got.read_white()
+        assert np.array_equal(gw, ref.white, equal_nan=True) and np.array_equal(gs, ref.sigma_white)
+        assert np.array_equal(gw, want.read_white()[0], equal_nan=True)
+    cat = pd.read_csv(Path(cfg.outputs.work_dir) / "load_catalog.csv", dtype=str, keep_default_na=False)
+    want_cat = pd.read_csv(StringIO(ref.catalog.to_csv(index=False)), dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(cat, want_cat)
+
+
+def test_corrupt_image_is_the_same_input_error_on_both_ranks(tile, tmp_path):
+    from astropy.io import fits
+    t = _copy(tile, tmp_path)
+    bad = sorted((t / "images").glob("*.fits"))[1]
+    with fits.open(bad) as hdul:
+        data_at = hdul.fileinfo(0)["datLoc"]
+    bad.write_bytes(bad.read_bytes()[:data_at + 1000])   # header intact: the band task finds it
+    r = _mpirun(2, t / "config.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("rank "))
+    assert len(lines) == 2, r.stdout
+    for rank, ln in enumerate(lines):
+        assert ln.startswith(f"rank {rank}: InputError: Cannot read image data of {bad}"), ln
+    assert "Traceback" not in r.stdout + r.stderr
