@@ -164,22 +164,43 @@ def run_white_strip(task: Task) -> TaskResult:
                             "seconds": time.perf_counter() - t0})
 
 
-def finish_step(cfg, plan, bands: dict, strips: dict, plots: bool = True):
+class WhiteRows:
+    """Rank 0: the white stack put together from the strip tasks' answers as they arrive."""
+
+    def __init__(self, plan):
+        self.white = np.full(plan.shape, np.nan, dtype=np.float32)
+        self.sigma = np.full(plan.shape, np.inf, dtype=np.float32)
+        self.missing = {f"white/{y0:06d}": y0 for y0 in range(0, plan.shape[0], WHITE_ROWS)}
+        self.errors: dict[str, str] = {}
+        self.seconds = 0.0
+
+    def add(self, task: Task, data, info) -> None:
+        """``on_result`` of the strip phase."""
+        if data is None:
+            self.errors[task.id] = ((info.error or "").splitlines() or ["unknown error"])[0]
+            return
+        a, b = data["rows"]
+        self.white[a:b], self.sigma[a:b] = data["white"], data["sigma"]
+        self.seconds += data["seconds"]
+        self.missing.pop(task.id, None)
+
+    def result(self):
+        """(white, sigma_white); RuntimeError when a strip was not built."""
+        if self.missing:
+            tid = next(iter(self.missing))
+            raise RuntimeError(f"white stack rows {self.missing[tid]}.. were not built: "
+                               f"{self.errors.get(tid, 'no answer')}")
+        return self.white, self.sigma
+
+
+def finish_step(cfg, plan, bands: dict, strips: WhiteRows, plots: bool = True):
     """Rank 0: the store's top level (linking the band files, with the white stack), the
     saturation cut and the rest of the stage; returns the LoadResult."""
     from .io.prepared import PreparedWriter
     from .io.prepared_bands import read_pre_crop
     from .stages.load import add_pre_crop, finish_load, pre_crop_stack
     done = _in_band_order(plan, bands)
-    H, W = plan.shape
-    white = np.full((H, W), np.nan, dtype=np.float32)
-    sigma = np.full((H, W), np.inf, dtype=np.float32)
-    for i, y0 in enumerate(range(0, H, WHITE_ROWS)):
-        got = strips.get(f"white/{y0:06d}")
-        if got is None:
-            raise RuntimeError(f"white stack rows {y0}.. were not built")
-        a, b = got["rows"]
-        white[a:b], sigma[a:b] = got["white"], got["sigma"]
+    white, sigma = strips.result()
     t0 = time.perf_counter()
     writer = PreparedWriter(cfg.mpi.prepared_store)
     try:
@@ -199,7 +220,7 @@ def finish_step(cfg, plan, bands: dict, strips: dict, plots: bool = True):
         before = before.finalize()[0]
     tm = plan.timings                # summed task times (s), not wall
     tm["prep"] += sum(d["seconds"]["prep"] + d["seconds"]["write"] for d in done)
-    tm["white"] += sum(s["seconds"] for s in strips.values()) + time.perf_counter() - t0
+    tm["white"] += strips.seconds + time.perf_counter() - t0
     res = finish_load(plan, [d["info"] for d in done], [d["satur"] for d in done], white, sigma,
                       before, log)
     if plots:

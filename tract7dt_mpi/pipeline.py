@@ -184,7 +184,7 @@ class _Run:
         from . import load_steps as ls
         cfg = self.cfg
         plan = self.on_master(ls.plan_step, cfg, plots)
-        bands, strips = {}, {}
+        bands = {}
 
         def band_done(task, data, info):
             bands[task.id] = ls.band_done(plan, task, data, info, len(bands) + 1)
@@ -193,8 +193,9 @@ class _Run:
                                 functools.partial(ls.run_band, cfg), band_done):
             return None
         strip_tasks = self.on_master(ls.white_tasks, cfg, plan, bands)    # a bad band's InputError
+        strips = ls.WhiteRows(plan) if self.master else None
         if not self._load_phase("white_stack", strip_tasks, ls.run_white_strip,
-                                lambda task, data, info: strips.__setitem__(task.id, data)):
+                                lambda task, data, info: strips.add(task, data, info)):
             return None
         return self.on_master(ls.finish_step, cfg, plan, bands, strips, plots)
 
@@ -203,6 +204,8 @@ class _Run:
         rep = run_phase(self.comm, label, tasks, fn, on_result=on_result, heartbeat_sec=self.hb,
                         master_works=self.master_works, timeout=self.task_timeout)
         self._account(label, rep)
+        if self.master:                 # kept for the results store's plan and timing
+            self.load_runs = getattr(self, "load_runs", []) + [(tasks, rep)]
         self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
         return not self.stopped
 
@@ -318,6 +321,8 @@ class _Run:
 
     def _store_entries(self, plan):
         ent = []
+        for tasks, _rep in getattr(self, "load_runs", []) if self.master else []:
+            ent += [PlanEntry(t.id, t.kind, cost=t.cost) for t in tasks]
         for t in getattr(self, "epsf_tasks", []) if self.master else []:
             x0, x1, y0, y1 = t.payload["box"]
             ent.append(PlanEntry(t.id, "epsf", band=t.payload["band"], tag=t.payload["tag"],
@@ -330,6 +335,12 @@ class _Run:
         return ent
 
     def _epsf_status(self, store):
+        for tasks, load_rep in getattr(self, "load_runs", []):
+            for t in tasks:
+                info = load_rep.infos.get(t.id)
+                if info is not None:
+                    store.set_status(t.id, ST_DONE if info.ok else ST_FAILED,
+                                     (info.started, info.wall, info.rss_mb, info.rank, 1))
         rep = getattr(self, "epsf_report", None)
         for t in getattr(self, "epsf_tasks", []):
             info = rep.infos.get(t.id) if rep is not None else None

@@ -1,5 +1,6 @@
 """Run the pipeline's load stage (one task per band, white-stack strips) on every rank of
-``mpirun`` and print each rank's outcome; launched by tests/test_load_steps.py.
+``mpirun``; each rank writes its outcome ("ok" or "ErrorType: message") to
+{work_dir}/outcome.rank{R}.txt; launched by tests/test_load_steps.py.
 
 usage: python load_bands_run.py CONFIG.yaml
 Rank 0 also writes the working catalogue of the LoadResult to {work_dir}/load_catalog.csv.
@@ -17,6 +18,8 @@ try:
     res = R.load_bands(plots=False)
     if R.master:
         res.catalog.to_csv(os.path.join(cfg.outputs.work_dir, "load_catalog.csv"), index=False)
-    print(f"rank {R.comm.rank}: ok", flush=True)
+    outcome = "ok"
 except _InputStop as stop:
-    print(f"rank {R.comm.rank}: {type(stop.exc).__name__}: {stop.exc}", flush=True)
+    outcome = f"{type(stop.exc).__name__}: {stop.exc}"
+with open(os.path.join(cfg.outputs.work_dir, f"outcome.rank{R.comm.rank}.txt"), "w") as fh:
+    fh.write(outcome)
