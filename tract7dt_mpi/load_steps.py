@@ -53,13 +53,16 @@ class _Recorder:
 
 
 def plan_step(cfg, plots: bool = True):
-    """Rank 0: the :class:`~tract7dt_mpi.stages.load.LoadPlan` (every check that needs no pixel);
-    band files of an earlier run with more bands are removed."""
+    """Rank 0: the :class:`~tract7dt_mpi.stages.load.LoadPlan` (every check that needs no pixel).
+    An earlier run's store goes (its band files are about to be rewritten; a load that does not
+    finish must not leave a store mixing two runs), and so do band files of a run with more bands."""
     from .io.prepared_bands import band_files_dir
     from .stage_options import load_options
     from .stages.load import plan_load
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     plan = plan_load(load_options(cfg), log, plots)
+    if os.path.exists(cfg.mpi.prepared_store):
+        os.remove(cfg.mpi.prepared_store)
     for path in glob.glob(os.path.join(band_files_dir(cfg.mpi.prepared_store), "band*.h5*")):
         m = re.fullmatch(r"band(\d+)\.h5", os.path.basename(path))
         if m is None or int(m.group(1)) >= len(plan.jobs):
