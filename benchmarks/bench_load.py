@@ -6,8 +6,9 @@ Makes (or reuses, with ``--dir``) a ``make-sample`` tile, then times on it: the 
 (``stages.load.load_inputs``, one band after another: the serial reference) and the pipeline's
 band-task load (``pipeline._Run.load_bands``: band tasks + white-stack strips) for every N (N=1
 without a launcher, N>1 under ``mpirun --oversubscribe``). Each run is timed between barriers in
-its own processes (no start-up, no imports); it prints wall seconds, CPU seconds summed over the
-ranks, rank 0's peak RSS, and checks that every run gives the reference's white stack bit for bit.
+its own processes (no start-up; the stage modules are imported before); it prints wall seconds, CPU seconds summed over the
+ranks (up to the end of each rank's part; a rank waiting for rank 0's steps in a broadcast counts),
+rank 0's peak RSS, and checks that every run gives the reference's white stack bit for bit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def _child(config: str, out: str, serial: bool) -> None:
     from tract7dt_mpi.config import load_config
     cfg = load_config(config)
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    import tract7dt_mpi.load_steps  # noqa: F401 - imports outside the timing, for both paths
+    import tract7dt_mpi.stage_options  # noqa: F401
+    import tract7dt_mpi.stages.load  # noqa: F401
     if serial:
         from tract7dt_mpi.io.prepared import PreparedWriter
         from tract7dt_mpi.stage_options import load_options
@@ -49,9 +53,10 @@ def _child(config: str, out: str, serial: bool) -> None:
         R.comm.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
         res = R.load_bands(plots=False)
+        mine = time.process_time() - c0             # before the barrier: MPI may spin in it
         R.comm.barrier()
         wall = time.perf_counter() - t0
-        cpu = R.comm.gather(time.process_time() - c0)
+        cpu = R.comm.gather(mine)
         master = R.master
     if master:
         np.save(out + ".white.npy", res.white)

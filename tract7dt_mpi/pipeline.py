@@ -165,6 +165,7 @@ class _Run:
             res = self.load_bands(plots) if write_store else self.on_master(steps.load_step, cfg, False, plots)
         if self.stopped:
             return None
+        self.warm_up()      # overlaps with rank 0's end of the load stage, augmentation, bright mask
         if cfg.zp.enabled:
             with self.stage("augment_gaia"):
                 self.on_master(steps.augment_step, cfg, res, plots)
@@ -176,6 +177,13 @@ class _Run:
                      " | bright_mask" if (bright and cfg.bright_mask.enabled) else "")
             steps.save_working_catalog(cfg, res.catalog)
         return res
+
+    def warm_up(self):
+        """Workers of a command with ePSF or patch tasks import their modules ahead of them."""
+        if not self.master and self.command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
+            t = time.perf_counter()
+            steps.warm_up()
+            self.warmup = time.perf_counter() - t
 
     def load_bands(self, plots):
         """S1 with one task per band and the white stack in row strips on every rank
@@ -506,10 +514,8 @@ def run_command(command: str, cfg, options: dict | None = None) -> int:
     if R.master and options.get("deadline"):
         signals.set_deadline(float(options["deadline"]))
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
-    if not R.master and command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
-        t = time.perf_counter()
-        steps.warm_up()       # overlaps with rank 0's loading
-        R.warmup = time.perf_counter() - t
+    if command == "run-patches":
+        R.warm_up()           # overlaps with rank 0's reading of the saved inputs
     try:
         return _DISPATCH[command](R)
     except _InputStop as stop:
