@@ -275,11 +275,12 @@ class PreparedImages:
         if band not in self._info:
             if band not in self.bands:
                 raise KeyError(f"band {band!r} not in prepared store {self.path}")
-            if f"bands/{band}" not in self._f:           # a linked band whose file is gone
+            try:
+                a = self._f[f"bands/{band}"].attrs
+            except KeyError:                             # a linked band whose file is gone
                 link = self._f["bands"].get(band, getlink=True)
                 raise InputError(f"Prepared store {self.path}: the file of band {band!r} "
-                                 f"({getattr(link, 'filename', '?')}, beside the store) is missing")
-            a = self._f[f"bands/{band}"].attrs
+                                 f"({getattr(link, 'filename', '?')}, beside the store) is missing") from None
             self._info[band] = BandInfo(
                 band=band, filter=str(a.get("filter", band)), path=str(a.get("path", "")),
                 scale=float(a["scale"]), zp_auto=float(a["zp_auto"]), skysig=float(a["skysig"]),
