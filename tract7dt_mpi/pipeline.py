@@ -1,9 +1,9 @@
 """The order of the stages of every pipeline command, and which rank runs what.
 
-The work itself lives in :mod:`tract7dt_mpi.tasks`; this module only sequences it.  Rank 0 is
-the master: it loads inputs into the prepared-image store, runs the rank-0-only steps
-and dispatches units of work (ePSF cells, then patches, largest first) through
-:mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
+The work itself lives in :mod:`tract7dt_mpi.tasks` (and :mod:`tract7dt_mpi.load_steps`); this
+module only sequences it.  Rank 0 is the master: it runs the rank-0-only steps and dispatches
+units of work (bands and white-stack strips into the prepared-image store, ePSF cells, then
+patches, largest first) through :mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
 status is broadcast, so an input error found by rank 0 reaches the user once with exit code 2 on
 every rank, and no rank waits forever.  Any other exception propagates to the CLI, which aborts
 the communicator.  Results do not depend on the number of ranks: tasks are pure functions of their
@@ -81,6 +81,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.phase_seconds: dict[str, float] = {}
         self.reports = []
+        self.load_runs = []                # (tasks, report) of the load stage's phases (rank 0)
         self.journal = None
         self.failed = 0
         self.stopped = False
@@ -213,7 +214,7 @@ class _Run:
                         master_works=self.master_works, timeout=self.task_timeout)
         self._account(label, rep)
         if self.master:                 # kept for the results store's plan and timing
-            self.load_runs = getattr(self, "load_runs", []) + [(tasks, rep)]
+            self.load_runs.append((tasks, rep))
         self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
         return not self.stopped
 
@@ -329,7 +330,7 @@ class _Run:
 
     def _store_entries(self, plan):
         ent = []
-        for tasks, _rep in getattr(self, "load_runs", []) if self.master else []:
+        for tasks, _rep in self.load_runs if self.master else []:
             ent += [PlanEntry(t.id, t.kind, cost=t.cost) for t in tasks]
         for t in getattr(self, "epsf_tasks", []) if self.master else []:
             x0, x1, y0, y1 = t.payload["box"]
@@ -343,7 +344,7 @@ class _Run:
         return ent
 
     def _epsf_status(self, store):
-        for tasks, load_rep in getattr(self, "load_runs", []):
+        for tasks, load_rep in self.load_runs:
             for t in tasks:
                 info = load_rep.infos.get(t.id)
                 if info is not None:
