@@ -64,7 +64,7 @@ def test_band_tasks_give_the_one_process_store(tile, tmp_path):
     ref_path = str(tmp_path / "one_process.h5")
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
     writer = PreparedWriter(ref_path)
-    ref = load_inputs(load_options(cfg), writer=writer, plots=False)
+    ref = load_inputs(load_options(cfg), writer=writer, plots=True)     # the pre-crop white too
     writer.close()
     r = _mpirun(2, t / "config.yaml")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
@@ -88,6 +88,9 @@ def test_band_tasks_give_the_one_process_store(tile, tmp_path):
         gw, gs = got.read_white()
         assert np.array_equal(gw, ref.white, equal_nan=True) and np.array_equal(gs, ref.sigma_white)
         assert np.array_equal(gw, want.read_white()[0], equal_nan=True)
+    before = np.load(Path(cfg.outputs.work_dir) / "white_before_crop.npy")
+    assert before.shape == (128, 128) and np.array_equal(before, ref.white_before_crop, equal_nan=True)
+    assert (Path(cfg.outputs.work_dir) / "cropped_images" / "white_before_crop.png").exists()
     cat = pd.read_csv(Path(cfg.outputs.work_dir) / "load_catalog.csv", dtype=str, keep_default_na=False)
     want_cat = pd.read_csv(StringIO(ref.catalog.to_csv(index=False)), dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(cat, want_cat)
