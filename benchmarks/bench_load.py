@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     runs = [("one process, serial", None, True)] + \
         [(f"band tasks, N={n}", None if n == 1 else n, False) for n in map(int, a.ranks.split(","))]
     ref = None
-    print(f"{'load of ' + tile:<44} {'wall s':>8} {'CPU s':>8} {'rank-0 RSS MiB':>15}")
+    print(f"{'load of ' + tile:<44} {'wall s':>8} {'CPU s':>8} {'rank-0 RSS MiB':>15}  CPU s per rank")
     for label, n, serial in runs:
         shutil.rmtree(work, ignore_errors=True)
         out = os.path.join(tile, "bench_load.json")
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         same = np.array_equal(white, ref, equal_nan=True)
         name = f"{label} ({got['bands']} bands)"
         print(f"{name:<44} {got['wall']:>8.2f} {sum(got['cpu']):>8.2f} "
-              f"{got['rss0_mib']:>15.0f}{'' if same else '   WHITE STACK DIFFERS'}")
+              f"{got['rss0_mib']:>15.0f}  {' '.join(f'{c:.2f}' for c in got['cpu'])}"
+              f"{'' if same else '   WHITE STACK DIFFERS'}")
         if not same:
             return 1
     return 0
