@@ -1,6 +1,7 @@
-"""The load stage as band tasks (tract7dt_mpi.load_steps) under mpirun -n 2 against the same
-stage run in one process (stages.load.load_inputs): the same prepared store and catalogue, and a
-corrupt image ends as the same InputError on both ranks. Every mpirun has a timeout."""
+"""The load stage as band tasks (tract7dt_mpi.load_steps), in this process and under mpirun -n 2,
+against the same stage run in one process (stages.load.load_inputs): the same prepared store and
+catalogue, and a corrupt image ends as the same InputError on both ranks. Every mpirun has a
+timeout."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "tests" / "scripts" / "load_bands_run.py")
 
-pytestmark = [pytest.mark.mpi, pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun")]
+needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun")
 
 
 def _mpirun(n, cfg, timeout=120):
@@ -54,26 +55,13 @@ def _fields(info):
     return {k: (repr(v) if isinstance(v, float) else v) for k, v in info.__dict__.items()}   # nan == nan
 
 
-def test_band_tasks_give_the_one_process_store(tile, tmp_path):
-    from tract7dt_mpi.config import load_config
-    from tract7dt_mpi.io.prepared import PreparedImages, PreparedWriter
-    from tract7dt_mpi.stage_options import load_options
-    from tract7dt_mpi.stages.load import load_inputs
-    t = _copy(tile, tmp_path)
-    cfg = load_config(str(t / "config.yaml"))
-    ref_path = str(tmp_path / "one_process.h5")
-    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
-    writer = PreparedWriter(ref_path)
-    ref = load_inputs(load_options(cfg), writer=writer, plots=True)     # the pre-crop white too
-    writer.close()
-    r = _mpirun(2, t / "config.yaml")
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert _outcomes(cfg.outputs.work_dir) == ["ok", "ok"], r.stdout + r.stderr[-3000:]
-
-    with h5py.File(cfg.mpi.prepared_store, "r") as f:      # the bands are links to band files
+def _assert_same_store(got_path, want_path, ref):
+    """The store at ``got_path`` holds what the one-process store (and LoadResult ``ref``) holds."""
+    from tract7dt_mpi.io.prepared import PreparedImages
+    with h5py.File(got_path, "r") as f:                  # the bands are links to band files
         links = {b: f["bands"].get(b, getlink=True) for b in f["bands"]}
-    assert all(isinstance(v, h5py.ExternalLink) for v in links.values()) and len(links) == 3
-    with PreparedImages(cfg.mpi.prepared_store) as got, PreparedImages(ref_path) as want:
+    assert all(isinstance(v, h5py.ExternalLink) for v in links.values()) and len(links) == len(ref.bands)
+    with PreparedImages(got_path) as got, PreparedImages(want_path) as want:
         assert got.bands == want.bands == ref.bands
         assert (got.shape, got.crop_x0, got.crop_y0, got.zp_ref, got.wcs_header) == \
             (want.shape, want.crop_x0, want.crop_y0, want.zp_ref, want.wcs_header)
@@ -84,10 +72,64 @@ def test_band_tasks_give_the_one_process_store(tile, tmp_path):
             g, w = got.read(b, 0, H, 0, W), want.read(b, 0, H, 0, W)
             assert np.array_equal(g.img, w.img, equal_nan=True)
             assert np.array_equal(got.read_mask_bits(b, 0, H, 0, W), want.read_mask_bits(b, 0, H, 0, W))
-            assert np.array_equal(g.sigma_total, w.sigma_total)
+            assert np.array_equal(g.sigma_sky, w.sigma_sky) and np.array_equal(g.sigma_total, w.sigma_total)
         gw, gs = got.read_white()
         assert np.array_equal(gw, ref.white, equal_nan=True) and np.array_equal(gs, ref.sigma_white)
         assert np.array_equal(gw, want.read_white()[0], equal_nan=True)
+
+
+def _one_process_load(cfg, path, plots=False):
+    """The stage in this process (stages.load.load_inputs) into the store ``path``."""
+    from tract7dt_mpi.io.prepared import PreparedWriter
+    from tract7dt_mpi.stage_options import load_options
+    from tract7dt_mpi.stages.load import load_inputs
+    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    writer = PreparedWriter(path)
+    res = load_inputs(load_options(cfg), writer=writer, plots=plots)
+    writer.close()
+    return res
+
+
+def test_band_tasks_with_weight_maps_in_one_process(tile, tmp_path):
+    """No launcher: the band tasks run in this process; per-pixel weight maps (one with a
+    zero-weight column) give the one-process ivar, masks and white stack."""
+    from astropy.io import fits
+    from tract7dt_mpi.config import load_config
+    from tract7dt_mpi.pipeline import _Run
+    t = _copy(tile, tmp_path)
+    lines = [ln for ln in (t / "image_list.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    out = []
+    for k, ln in enumerate(lines):
+        H, W = fits.getdata(t / ln).shape
+        sig = 3.0 * (1.0 + np.arange(W) / W)[None, :] * np.ones((H, 1))
+        w = (1.0 / sig ** 2).astype(np.float32)
+        if k == 0:
+            w[:, 40] = 0.0
+        fits.PrimaryHDU(data=w).writeto(t / f"weight{k}.fits")
+        out.append(f"{ln} weight=weight{k}.fits")
+    (t / "image_list.txt").write_text("\n".join(out) + "\n")
+    cfg = load_config(str(t / "config.yaml"))
+    ref = _one_process_load(cfg, str(tmp_path / "one_process.h5"))
+    assert ref.band_infos[ref.bands[0]].weight.endswith("weight0.fits")
+    got = _Run("run", cfg, {}).load_bands(plots=False)
+    _assert_same_store(cfg.mpi.prepared_store, str(tmp_path / "one_process.h5"), ref)
+    assert {b: p.tolist() for b, p in got.satur_pixels.items()} == \
+        {b: p.tolist() for b, p in ref.satur_pixels.items()}
+    assert got.catalog.equals(ref.catalog)
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_band_tasks_give_the_one_process_store(tile, tmp_path):
+    from tract7dt_mpi.config import load_config
+    t = _copy(tile, tmp_path)
+    cfg = load_config(str(t / "config.yaml"))
+    ref_path = str(tmp_path / "one_process.h5")
+    ref = _one_process_load(cfg, ref_path, plots=True)                 # the pre-crop white too
+    r = _mpirun(2, t / "config.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert _outcomes(cfg.outputs.work_dir) == ["ok", "ok"], r.stdout + r.stderr[-3000:]
+    _assert_same_store(cfg.mpi.prepared_store, ref_path, ref)
     before = np.load(Path(cfg.outputs.work_dir) / "white_before_crop.npy")
     assert before.shape == (128, 128) and np.array_equal(before, ref.white_before_crop, equal_nan=True)
     assert (Path(cfg.outputs.work_dir) / "cropped_images" / "white_before_crop.png").exists()
@@ -96,6 +138,8 @@ def test_band_tasks_give_the_one_process_store(tile, tmp_path):
     pd.testing.assert_frame_equal(cat, want_cat)
 
 
+@pytest.mark.mpi
+@needs_mpirun
 def test_corrupt_image_is_the_same_input_error_on_both_ranks(tile, tmp_path):
     from astropy.io import fits
     t = _copy(tile, tmp_path)
