@@ -148,7 +148,7 @@ def summarize(work: str, wall: float) -> dict:
     n_src = int(n_rows[patch & (status == 2)].sum())
     fit_s = float(stages.get("run_patches", 0.0))
     return {"wall_s": wall, "pipeline_s": float(run_attrs.get("pipeline_seconds", 0.0)),
-            "stages_s": stages, "n_epsf": int((~patch).sum()), "n_patches": int(patch.sum()),
+            "stages_s": stages, "n_epsf": sum(k == "epsf" for k in kinds), "n_patches": int(patch.sum()),
             "sources_fitted": n_src, "sources_per_s_fit": n_src / fit_s if fit_s else float("nan"),
             "sources_per_s_total": n_src / wall if wall else float("nan"),
             "rss_rank0_mib": usage[0]["rss_mb"] if usage else float("nan"),

@@ -101,6 +101,19 @@ def test_full_disk_while_loading_exit_2_and_no_temporary_left(tile, tmp_path):
     assert not (t / "work" / "tract7dt-mpi.lock").exists()     # released on the error path
 
 
+def test_full_disk_while_a_band_task_writes_exit_2(tile, tmp_path):
+    t, proc = _run_with_fault(tile, """
+        import errno
+        from tract7dt_mpi.io import prepared_bands
+        def full(path, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        prepared_bands.write_band_file = full
+    """, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = _one_error_line(proc)
+    assert f"no space left on device writing in {os.path.realpath(t / 'work' / 'prepared_bands')} (" in line
+
+
 def test_full_disk_once_the_journal_exists_exit_3(tile, tmp_path):
     t, proc = _run_with_fault(tile, """
         import errno

@@ -1,9 +1,9 @@
 """The order of the stages of every pipeline command, and which rank runs what.
 
-The work itself lives in :mod:`tract7dt_mpi.tasks`; this module only sequences it.  Rank 0 is
-the master: it loads inputs into the prepared-image store, runs the rank-0-only steps
-and dispatches units of work (ePSF cells, then patches, largest first) through
-:mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
+The work itself lives in :mod:`tract7dt_mpi.tasks` (and :mod:`tract7dt_mpi.load_steps`); this
+module only sequences it.  Rank 0 is the master: it runs the rank-0-only steps and dispatches
+units of work (bands and white-stack strips into the prepared-image store, ePSF cells, then
+patches, largest first) through :mod:`tract7dt_mpi.parallel`; the other ranks pull and run them.  After each rank-0-only step its
 status is broadcast, so an input error found by rank 0 reaches the user once with exit code 2 on
 every rank, and no rank waits forever.  Any other exception propagates to the CLI, which aborts
 the communicator.  Results do not depend on the number of ranks: tasks are pure functions of their
@@ -13,6 +13,7 @@ descriptors and the final catalog is built in plan order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -80,6 +81,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.phase_seconds: dict[str, float] = {}
         self.reports = []
+        self.load_runs = []                # (tasks, report) of the load stage's phases (rank 0)
         self.journal = None
         self.failed = 0
         self.stopped = False
@@ -161,7 +163,10 @@ class _Run:
         cfg, res = self.cfg, None
         plots = plots and cfg.plotting.level == "full"
         with self.stage("load_inputs"):
-            res = self.on_master(steps.load_step, cfg, write_store, plots)
+            res = self.load_bands(plots) if write_store else self.on_master(steps.load_step, cfg, False, plots)
+        if self.stopped:
+            return None
+        self.warm_up()      # overlaps with rank 0's end of the load stage, augmentation, bright mask
         if cfg.zp.enabled:
             with self.stage("augment_gaia"):
                 self.on_master(steps.augment_step, cfg, res, plots)
@@ -173,6 +178,45 @@ class _Run:
                      " | bright_mask" if (bright and cfg.bright_mask.enabled) else "")
             steps.save_working_catalog(cfg, res.catalog)
         return res
+
+    def warm_up(self):
+        """Workers of a command with ePSF or patch tasks import their modules ahead of them."""
+        if not self.master and self.command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
+            t = time.perf_counter()
+            steps.warm_up()
+            self.warmup = time.perf_counter() - t
+
+    def load_bands(self, plots):
+        """S1 with one task per band and the white stack in row strips on every rank
+        (:mod:`tract7dt_mpi.load_steps`); rank 0 plans and writes the store's top level.
+        Returns the LoadResult on rank 0; None when a stop request came meanwhile."""
+        from . import load_steps as ls
+        cfg = self.cfg
+        plan = self.on_master(ls.plan_step, cfg, plots)
+        bands = {}
+
+        def band_done(task, data, info):
+            bands[task.id] = ls.band_done(plan, task, data, info, len(bands) + 1)
+
+        if not self._load_phase("load", ls.band_tasks(cfg, plan) if self.master else None,
+                                functools.partial(ls.run_band, cfg), band_done):
+            return None
+        strip_tasks = self.on_master(ls.white_tasks, cfg, plan, bands)    # a bad band's InputError
+        strips = ls.WhiteRows(plan) if self.master else None
+        if not self._load_phase("white_stack", strip_tasks, ls.run_white_strip,
+                                lambda task, data, info: strips.add(task, data, info)):
+            return None
+        return self.on_master(ls.finish_step, cfg, plan, bands, strips, plots)
+
+    def _load_phase(self, label, tasks, fn, on_result) -> bool:
+        """One phase of the load stage on every rank; False when it was stopped."""
+        rep = run_phase(self.comm, label, tasks, fn, on_result=on_result, heartbeat_sec=self.hb,
+                        master_works=self.master_works, timeout=self.task_timeout)
+        self._account(label, rep)
+        if self.master:                 # kept for the results store's plan and timing
+            self.load_runs.append((tasks, rep))
+        self.stopped |= self.comm.bcast(rep.stopped if self.master else None)
+        return not self.stopped
 
     def share_catalog(self, catalog):
         """Broadcast the working catalog to every rank (workers build patch tables from it)."""
@@ -300,6 +344,8 @@ class _Run:
 
     def _store_entries(self, plan):
         ent = []
+        for tasks, _rep in self.load_runs if self.master else []:
+            ent += [PlanEntry(t.id, t.kind, cost=t.cost) for t in tasks]
         for t in getattr(self, "epsf_tasks", []) if self.master else []:
             x0, x1, y0, y1 = t.payload["box"]
             ent.append(PlanEntry(t.id, "epsf", band=t.payload["band"], tag=t.payload["tag"],
@@ -312,6 +358,12 @@ class _Run:
         return ent
 
     def _epsf_status(self, store):
+        for tasks, load_rep in self.load_runs:
+            for t in tasks:
+                info = load_rep.infos.get(t.id)
+                if info is not None:
+                    store.set_status(t.id, ST_DONE if info.ok else ST_FAILED,
+                                     (info.started, info.wall, info.rss_mb, info.rank, 1))
         rep = getattr(self, "epsf_report", None)
         for t in getattr(self, "epsf_tasks", []):
             info = rep.infos.get(t.id) if rep is not None else None
@@ -392,6 +444,8 @@ class _Run:
 def _cmd_run(R: _Run, epsf_only=False):
     R.open_journal()
     lr = R.load(write_store=True, plots=True, bright=not epsf_only)
+    if R.stopped:
+        return R.finish()
     cat = R.share_catalog(lr.catalog if R.master else None)
     cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)
     stamps = R.epsf_phase(lr, cells)
@@ -418,6 +472,8 @@ def _cmd_build_patches(R: _Run, dumps=False):
     if dumps:
         R.open_journal()
     lr = R.load(write_store=True, plots=True, bright=True)
+    if R.stopped:
+        return R.finish()
     cat = R.share_catalog(lr.catalog if R.master else None)
     with R.stage("build_patches"):
         cells = R.on_master(lambda: steps.active_cells(R.cfg, cat, lr.shape), share=True)
@@ -473,10 +529,8 @@ def run_command(command: str, cfg, options: dict | None = None) -> int:
     if R.master and options.get("deadline"):
         signals.set_deadline(float(options["deadline"]))
     os.makedirs(cfg.outputs.work_dir, exist_ok=True)
-    if not R.master and command in ("run", "run-epsf", "run-patches", "build-patch-inputs"):
-        t = time.perf_counter()
-        steps.warm_up()       # overlaps with rank 0's loading
-        R.warmup = time.perf_counter() - t
+    if command == "run-patches":
+        R.warm_up()           # overlaps with rank 0's reading of the saved inputs
     try:
         return _DISPATCH[command](R)
     except _InputStop as stop:

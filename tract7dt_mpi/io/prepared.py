@@ -1,5 +1,9 @@
-"""The prepared-image HDF5 store: working-frame (post-crop) arrays of every band, written once by
-rank 0 while it streams the bands, then read by any process in small regions (ROIs).
+"""The prepared-image HDF5 store: working-frame (post-crop) arrays of every band, written once
+while the bands are loaded, then read by any process in small regions (ROIs).
+
+A band is either a group of the store itself (:meth:`PreparedWriter.write_band`, one process
+loading every band) or an HDF5 external link to the band's own file, written by the task that
+prepared it (:meth:`PreparedWriter.link_band`, :mod:`.prepared_bands`); readers see no difference.
 
 Layout (see docs/dev/architecture.md)::
 
@@ -36,6 +40,7 @@ __all__ = ["PreparedWriter", "PreparedImages", "BandInfo", "Cutout", "MASK_NONFI
 MASK_NONFINITE = np.uint8(1)
 MASK_SATURATED = np.uint8(2)
 CHUNK = 256
+BAND_GROUP = "/band"     #: the group of a band file (io.prepared_bands) a linked band points to
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,17 @@ class PreparedWriter:
         self._bands.append(name)
         self._f.attrs["bands"] = json.dumps(self._bands)
 
+    def link_band(self, name: str, band_file: str) -> None:
+        """Add a band written to its own file (:func:`.prepared_bands.write_band_file`): an HDF5
+        external link ``/bands/{name}``, by path relative to the store's folder, which readers
+        follow transparently."""
+        if name in self._bands:
+            raise ValueError(f"band {name!r} already written")
+        rel = os.path.relpath(os.path.abspath(band_file), os.path.dirname(os.path.abspath(self.path)))
+        self._f["bands"][name] = h5py.ExternalLink(rel, BAND_GROUP)
+        self._bands.append(name)
+        self._f.attrs["bands"] = json.dumps(self._bands)
+
     def write_white(self, white: np.ndarray, sigma_white: np.ndarray) -> None:
         self._dataset("white/img", white, np.float32)
         self._dataset("white/sigma", sigma_white, np.float32)
@@ -239,6 +255,7 @@ class PreparedImages:
         self.wcs_header = str(a["wcs_header"])
         self._wcs = None
         self._info: dict[str, BandInfo] = {}
+        self._ds: dict[str, object] = {}     # open band datasets (a linked band's file stays open)
 
     @property
     def wcs(self):
@@ -258,7 +275,12 @@ class PreparedImages:
         if band not in self._info:
             if band not in self.bands:
                 raise KeyError(f"band {band!r} not in prepared store {self.path}")
-            a = self._f[f"bands/{band}"].attrs
+            try:
+                a = self._f[f"bands/{band}"].attrs
+            except KeyError:                             # a linked band whose file is gone
+                link = self._f["bands"].get(band, getlink=True)
+                raise InputError(f"Prepared store {self.path}: the file of band {band!r} "
+                                 f"({getattr(link, 'filename', '?')}, beside the store) is missing") from None
             self._info[band] = BandInfo(
                 band=band, filter=str(a.get("filter", band)), path=str(a.get("path", "")),
                 scale=float(a["scale"]), zp_auto=float(a["zp_auto"]), skysig=float(a["skysig"]),
@@ -289,26 +311,36 @@ class PreparedImages:
         sl = self._box(y0, self.shape[0] if y1 is None else y1, x0, self.shape[1] if x1 is None else x1)
         return self._f["white/img"][sl], self._f["white/sigma"][sl]
 
+    def _band_ds(self, band: str, name: str):
+        """The dataset ``bands/{band}/{name}``, or None when the band has none (kept open)."""
+        key = f"bands/{band}/{name}"
+        if key not in self._ds:
+            self.band_info(band)
+            self._ds[key] = self._f[key] if key in self._f else None
+        return self._ds[key]
+
     def read_mask_bits(self, band: str, y0, y1, x0, x1) -> np.ndarray:
-        return self._f[f"bands/{band}/mask"][self._box(y0, y1, x0, x1)]
+        return self._band_ds(band, "mask")[self._box(y0, y1, x0, x1)]
 
     def read(self, band: str, y0: int, y1: int, x0: int, x1: int, with_bright: bool = True) -> Cutout:
         """Arrays of ``band`` over ``[y0:y1, x0:x1]`` (clipped to the frame)."""
         sl = self._box(y0, y1, x0, x1)
         info = self.band_info(band)
-        img = self._f[f"bands/{band}/img"][sl]
-        bits = self._f[f"bands/{band}/mask"][sl]
+        img = self._band_ds(band, "img")[sl]
+        bits = self._band_ds(band, "mask")[sl]
         nonfinite = (bits & MASK_NONFINITE) > 0
         saturated = (bits & MASK_SATURATED) > 0
         bright = self.read_bright(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop) if with_bright \
             else np.zeros(img.shape, dtype=bool)
-        ivar = self._f[f"bands/{band}/ivar"][sl] if f"bands/{band}/ivar" in self._f else None
+        ivar_ds = self._band_ds(band, "ivar")
+        ivar = ivar_ds[sl] if ivar_ds is not None else None
         sky, total = sigma_maps(img, nonfinite, info, ivar)
         return Cutout(img=img, sigma_sky=sky, sigma_total=total, nonfinite=nonfinite,
                       saturated=saturated, bright=bright,
                       bad_final=compose_final_mask(nonfinite, saturated, bright))
 
     def close(self) -> None:
+        self._ds.clear()
         if self._f is not None:
             self._f.close()
             self._f = None

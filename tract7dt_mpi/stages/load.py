@@ -1,10 +1,12 @@
 """Load and validate the inputs, streaming one band at a time.
 
-``load_inputs`` first reads every FITS *header* (cheap) and runs all checks that can fail
+:func:`plan_load` first reads every FITS *header* (cheap) and runs all checks that can fail
 (header keywords, duplicate FILTER, shape, WCS alignment, catalog bands), so a bad input stops
-the run before any pixel work. It then streams the bands: read one image -> scale and mask ->
-crop -> add to the white stack and the saturation cut -> write to the prepared store -> free.
-Peak memory is therefore one band plus the white-stack accumulators, whatever the band count.
+the run before any pixel work, and lists one job per band. Each band is then prepared on its own
+(:func:`tract7dt_mpi.stages.load_band.load_band`: read -> check -> scale and mask -> Moffat ->
+weight map) and added to the white stack; :func:`finish_load` applies the saturation cut to the
+catalogue. :func:`load_inputs` does all of it in this process, one band in memory at a time; the
+pipeline runs the bands as tasks (:mod:`tract7dt_mpi.load_steps`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -20,16 +22,17 @@ from astropy.wcs import WCS
 
 from ..errors import InputError
 from ..io import fits as fio
-from ..io.prepared import MASK_NONFINITE, MASK_SATURATED, BandInfo
+from ..io.prepared import BandInfo
 from . import data_checks
 from .catalog import ColumnMap, check_bands, read_catalog, validate_catalog
+from .band_headers import check_alignment, headers_pass, parse_band_header
 from .image_list import attach_entry_files, read_image_entries, read_image_list
-from .star_moffat import band_moffat
-from .weights import band_ivar, sigma_from_ivar
+from .load_band import BandJob, PreparedBand, band_attrs, load_band, prepare_band
 
 __all__ = ["read_image_list", "parse_band_header", "prepare_band", "PreparedBand", "check_alignment",
            "crop_box", "load_inputs", "LoadOptions", "LoadResult", "WhiteStack", "SaturationCut",
-           "saturation_hits", "project_catalog"]
+           "saturation_hits", "project_catalog", "LoadPlan", "plan_load", "finish_load",
+           "pre_crop_stack", "add_pre_crop"]
 
 log = logging.getLogger("tract7dt_mpi.stages.load")
 
@@ -134,135 +137,6 @@ class SaturationCut:
         return out
 
 
-def _hfloat(header, key):
-    """Header value as float, or None when absent/blank/non-numeric."""
-    if key not in header:
-        return None
-    try:
-        return float(header[key])
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_band_header(header, path: str, zp_ref: float, logger=None) -> BandInfo:
-    """Check the required keywords (inputs spec 2.1) and derive scale and FWHM."""
-    logger = logger or log
-    if "FILTER" not in header:
-        raise InputError(f"Missing FILTER in {path}")
-    band = str(header["FILTER"]).strip()
-    if not band:
-        raise InputError(f"Empty FILTER in {path}")
-    if "ZP_AUTO" not in header:
-        raise InputError(f"Missing ZP_AUTO in {path}")
-    zp = _hfloat(header, "ZP_AUTO")
-    if zp is None or not np.isfinite(zp):
-        raise InputError(f"Bad ZP_AUTO in {path}: expected a finite magnitude, got {header['ZP_AUTO']!r}")
-    skysig = _hfloat(header, "SKYSIG")
-    if skysig is None or not np.isfinite(skysig) or skysig <= 0:
-        raise InputError(f"Bad/Missing SKYSIG in {path}: expected a finite number > 0 (ADU), "
-                         f"got {header.get('SKYSIG')!r}")
-    egain = _hfloat(header, "EGAIN")
-    if egain is None or not np.isfinite(egain) or egain <= 0:
-        raise InputError(f"Bad/Missing EGAIN (e-/ADU) in {path}: expected a finite number > 0, "
-                         f"got {header.get('EGAIN')!r}")
-    saturate = _hfloat(header, "SATURATE")
-    if "SATURATE" not in header:
-        logger.warning("SATURATE missing in %s; using inf.", path)
-        saturate = np.inf
-    elif saturate is None or not np.isfinite(saturate) or saturate <= 0:
-        logger.warning("SATURATE invalid in %s (%r); using inf.", path, header["SATURATE"])
-        saturate = np.inf
-    fwhm = _hfloat(header, "PEEING")
-    if fwhm is None or not np.isfinite(fwhm) or fwhm <= 0:
-        fwhm = np.nan
-        seeing = _hfloat(header, "SEEING")
-        if seeing is not None and np.isfinite(seeing) and seeing > 0:
-            try:
-                from astropy.wcs.utils import proj_plane_pixel_scales
-                w = fio.wcs_from_header(header)
-                pixscale = float(np.median(proj_plane_pixel_scales(w.celestial))) * 3600.0  # deg -> "
-            except Exception:
-                pixscale = np.nan
-            if np.isfinite(pixscale) and pixscale > 0:
-                fwhm = seeing / pixscale
-    scale = float(10.0 ** (-0.4 * (zp - zp_ref)))
-    return BandInfo(band=band, filter=band, path=path, scale=scale, zp_auto=float(zp),
-                    skysig=float(skysig), egain=float(egain), saturate=float(saturate),
-                    fwhm_pix=float(fwhm), header=fio.header_to_text(header))
-
-
-@dataclass
-class PreparedBand:
-    """One band in the working frame: scaled image and the two masks kept apart."""
-
-    info: BandInfo
-    img: np.ndarray        # float32, raw * scale
-    nonfinite: np.ndarray  # bool
-    satur: np.ndarray      # bool, raw >= SATURATE / saturation_divisor
-
-    @property
-    def sigma_sky(self) -> float:
-        return self.info.skysig * self.info.scale
-
-    def mask_bits(self) -> np.ndarray:
-        bits = self.nonfinite.astype(np.uint8) * MASK_NONFINITE
-        bits |= self.satur.astype(np.uint8) * MASK_SATURATED
-        return bits
-
-
-def prepare_band(raw: np.ndarray, info: BandInfo, saturation_divisor: float = 1.3,
-                 logger=None) -> PreparedBand:
-    """Scale ``raw`` (float32) in place and build the masks. An all-NaN image only warns and is
-    flagged (``info.all_nan``) so that the run can go on with the other bands."""
-    logger = logger or log
-    nonfinite = ~np.isfinite(raw)
-    all_nan = bool(nonfinite.all())
-    if all_nan:
-        logger.warning("Band %s (%s) has no finite pixel in the working frame; it is flagged "
-                       "(all_nan) and contributes nothing.", info.band, info.path)
-    thr = info.saturate / float(saturation_divisor)
-    with np.errstate(invalid="ignore"):
-        satur = (raw >= thr) & ~nonfinite if np.isfinite(thr) else np.zeros(raw.shape, dtype=bool)
-    raw *= np.float32(info.scale)
-    if all_nan != info.all_nan:
-        info = BandInfo(**{**info.__dict__, "all_nan": all_nan})
-    return PreparedBand(info=info, img=raw, nonfinite=nonfinite, satur=satur)
-
-
-def _wcs_terms(w: WCS):
-    ww = w.wcs
-    if ww.has_cd():
-        return "cd", np.asarray(ww.cd, float), None
-    return "pc", np.asarray(ww.get_pc(), float), np.asarray(ww.cdelt, float)
-
-
-def check_alignment(ref: WCS, other: WCS, checks, path: str, logger=None) -> None:
-    """Raise InputError "WCS mismatch with reference: <file> (...)" when ``other`` differs from
-    ``ref`` beyond ``checks.wcs_tolerance`` (CRVAL, CRPIX, CD or CDELT+PC, CTYPE)."""
-    logger = logger or log
-    tol = checks.wcs_tolerance
-    why = None
-    a, b = ref.wcs, other.wcs
-    if tuple(a.ctype) != tuple(b.ctype):
-        why = f"CTYPE {tuple(b.ctype)} != {tuple(a.ctype)}"
-    elif not np.allclose(a.crval, b.crval, rtol=0, atol=tol.crval):
-        why = f"CRVAL differs by {np.max(np.abs(np.subtract(a.crval, b.crval))):.3g} deg > {tol.crval}"
-    elif not np.allclose(a.crpix, b.crpix, rtol=0, atol=tol.crpix):
-        why = f"CRPIX differs by {np.max(np.abs(np.subtract(a.crpix, b.crpix))):.3g} px > {tol.crpix}"
-    else:
-        ka, ma, da = _wcs_terms(ref)
-        kb, mb, db = _wcs_terms(other)
-        if ka != kb:
-            why = "one header uses CD, the other CDELT/PC"
-        elif not np.allclose(ma, mb, rtol=0, atol=tol.cd):
-            why = f"{ka.upper()} differs by {np.max(np.abs(ma - mb)):.3g} > {tol.cd}"
-        elif ka == "pc" and not np.allclose(da, db, rtol=0, atol=tol.cdelt):
-            why = f"CDELT differs by {np.max(np.abs(da - db)):.3g} > {tol.cdelt}"
-    if why:
-        logger.error("[CHECK] WCS alignment FAILED for %s", path)
-        raise InputError(f"WCS mismatch with reference: {path} ({why})")
-
-
 def crop_box(shape, crop) -> tuple[int, int, int, int]:
     """(x0, x1, y0, y1) kept by the ``crop`` section (whole frame when disabled); InputError when empty."""
     H, W = shape
@@ -348,49 +222,44 @@ class LoadResult:
         return saturation_hits(x, y, [self.satur_pixels[b] for b in use], radius, require_all)
 
 
-def _headers_pass(paths, zp_ref, checks, logger):
-    """Read and check every header; returns (infos, shape, ref_wcs) without touching pixels."""
-    infos, shape, ref_wcs, seen = [], None, None, {}
-    for path in paths:
-        hdr = fio.read_header(path)
-        shp = fio.image_shape(hdr, path)
-        info = parse_band_header(hdr, path, zp_ref, logger)
-        if info.band in seen:
-            raise InputError(f"Duplicate FILTER {info.band!r} in {path} (already used by {seen[info.band]})")
-        seen[info.band] = path
-        wcs = fio.wcs_from_header(hdr)
-        if shape is None:
-            shape, ref_wcs = shp, wcs
-        else:
-            if shp != shape:
-                extra = "" if checks.require_same_shape else \
-                    " (checks.require_same_shape is off, but stacking needs one shape)"
-                raise InputError(f"Image shape mismatch: {path} has {shp}, expected {shape}{extra}")
-            if checks.require_wcs_alignment:
-                check_alignment(ref_wcs, wcs, checks, path, logger)
-        infos.append(info)
-    if checks.require_wcs_alignment:
-        logger.info("[CHECK] WCS alignment PASSED for all images.")
-    return infos, shape, ref_wcs
+@dataclass
+class LoadPlan:
+    """The load stage before any pixel is read: the checked headers, the working frame, the
+    projected catalogue and one :class:`~.load_band.BandJob` per band (image-list order)."""
+
+    catalog: pd.DataFrame
+    column_map: ColumnMap
+    catalog_path: str
+    jobs: list
+    wcs: WCS                      # working frame
+    shape: tuple                  # working frame (H, W)
+    full_shape: tuple             # input images (H, W)
+    crop: tuple                   # (x0, x1, y0, y1) in the original frame
+    zp_ref: float
+    saturation_cut: object        # the config section
+    work_dir: str
+    display_downsample: int = 0   # > 0: the strided pre-crop white is built (crop figure)
+    timings: dict = field(default_factory=dict)
+    t_start: float = 0.0
+
+    @property
+    def wcs_header(self) -> str:
+        return fio.header_to_text(self.wcs.to_header(relax=True))
 
 
-def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = None, plots: bool = True,
-                on_band=None) -> LoadResult:
-    """Run stage S1 and return a :class:`LoadResult`; per-band arrays go to ``writer``
-    (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then freed.
-    ``on_band(i, n, band, seconds, shape)`` is called after each band (progress). ``plots`` keeps
-    the strided pre-crop white the crop figure needs (``res.white_before_crop``); the pipeline
-    draws the figures (:func:`tract7dt_mpi.figures.draw_load`)."""
+def plan_load(opts: LoadOptions, logger: logging.Logger | None = None, plots: bool = True) -> LoadPlan:
+    """Read the catalogue and every FITS *header*, run every check that needs no pixel, project the
+    catalogue on the working frame and list the band jobs. ``plots`` asks for the strided pre-crop
+    white of the crop figure."""
     logger = logger or log
     t_all = time.perf_counter()
-    tm = dict(prep=0.0, white=0.0, crop=0.0, sat=0.0)
     cat_path = opts.input_catalog
     catalog = read_catalog(cat_path)
     cmap = validate_catalog(catalog, cat_path, logger)
     entries = read_image_entries(opts.image_list_file, opts.config_dir)
     paths = [e.image for e in entries]
     logger.info("Image list: %d image(s) from %s", len(paths), opts.image_list_file)
-    infos, shape, ref_wcs = _headers_pass(paths, float(opts.zp_ref), opts.checks, logger)
+    infos, shape, ref_wcs = headers_pass(paths, float(opts.zp_ref), opts.checks, logger)
     infos = _with_entry_files(infos, entries, shape, opts.need_psf)
     check_bands(catalog, [i.band for i in infos], cat_path, logger)
 
@@ -408,60 +277,53 @@ def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = 
     catalog["excluded_crop"] = (~inside & ~no_coords) if cropping else np.zeros(len(catalog), bool)
     catalog["excluded_coords"] = no_coords
     star_xy = _star_candidates(catalog, cmap.type)
-    tm["crop"] += time.perf_counter() - t0
+    crop_s = time.perf_counter() - t0
 
-    sc = opts.saturation_cut
-    sat_on = bool(sc.enabled)
-    satcut = SaturationCut(xw, yw, float(sc.radius_pix), bool(sc.require_all_bands))
-    divisor = float(sc.saturation_divisor)
-    white = WhiteStack(wshape)
-    ds = max(1, int(opts.crop.display_downsample))
-    pre_plot = plots and cropping and bool(opts.crop.plot_pre_crop)
-    white_full = WhiteStack((len(range(0, shape[0], ds)), len(range(0, shape[1], ds)))) if pre_plot else None
-    satur_any = np.zeros(wshape, dtype=bool)
-    satur_pixels, band_infos = {}, {}
-    if writer is not None:
-        writer.create(wshape, x0, y0, float(opts.zp_ref), fio.header_to_text(wcs.to_header(relax=True)))
+    ds = max(1, int(opts.crop.display_downsample)) if plots and cropping and bool(opts.crop.plot_pre_crop) else 0
+    divisor = float(opts.saturation_cut.saturation_divisor)
+    jobs = [BandJob(index=k, info=info, box=(y0, y1, x0, x1), saturation_divisor=divisor,
+                    star_xy=star_xy, pre_crop_step=ds) for k, info in enumerate(infos)]
+    return LoadPlan(catalog=catalog, column_map=cmap, catalog_path=cat_path, jobs=jobs, wcs=wcs,
+                    shape=wshape, full_shape=tuple(shape), crop=(x0, x1, y0, y1), zp_ref=float(opts.zp_ref),
+                    saturation_cut=opts.saturation_cut, work_dir=opts.work_dir, display_downsample=ds,
+                    timings=dict(prep=0.0, white=0.0, crop=crop_s, sat=0.0), t_start=t_all)
 
-    for k, info in enumerate(infos):  # ---- stream: one band in memory at a time ----
-        t0 = t_band = time.perf_counter()
-        if white_full is not None:  # strided full frame, only for white_before_crop.png
-            small = fio.read_image(info.path, step=ds)[0] * np.float32(info.scale)
-            white_full.add(small, ~np.isfinite(small), info.skysig * info.scale)
-            del small
-        raw, _ = fio.read_image(info.path, box=(y0, y1, x0, x1))  # only the working frame
-        data_checks.check_not_constant(raw, info.path)
-        pb = prepare_band(raw, info, divisor, logger)
-        del raw
-        pb.info = _with_star_moffat(pb, star_xy, logger)
-        ivar = _weight_masked(pb, band_ivar(pb.info, (y0, y1, x0, x1), logger))
-        tm["prep"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        white.add(pb.img, pb.nonfinite, pb.sigma_sky if ivar is None else sigma_from_ivar(ivar))
-        tm["white"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        satur_any |= pb.satur
-        satur_pixels[pb.info.band] = np.argwhere(pb.satur).astype(np.int32)
-        if sat_on and not pb.info.all_nan:
-            satcut.add_band(satur_pixels[pb.info.band])
-        tm["sat"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if writer is not None:
-            writer.write_band(pb.info.band, pb.img, pb.mask_bits(), _band_attrs(pb.info), ivar=ivar)
-        tm["prep"] += time.perf_counter() - t0
-        band_infos[pb.info.band] = pb.info
-        del pb, ivar
-        if on_band is not None:
-            on_band(k + 1, len(infos), info.band, time.perf_counter() - t_band, wshape)
 
+def pre_crop_stack(plan: LoadPlan) -> WhiteStack | None:
+    """The accumulator of the strided pre-crop white (None when the crop figure is not drawn)."""
+    ds = plan.display_downsample
+    if ds <= 0:
+        return None
+    H, W = plan.full_shape
+    return WhiteStack((len(range(0, H, ds)), len(range(0, W, ds))))
+
+
+def add_pre_crop(stack: WhiteStack, small: np.ndarray, info: BandInfo) -> None:
+    """One band's strided scaled full frame into the pre-crop white (SKYSIG weights)."""
+    stack.add(small, ~np.isfinite(small), info.skysig * info.scale)
+
+
+def finish_load(plan: LoadPlan, band_infos: list, satur_pixels: list, white: np.ndarray,
+                sigma_white: np.ndarray, white_before_crop: np.ndarray | None = None,
+                logger: logging.Logger | None = None) -> LoadResult:
+    """The all-band end of the stage once every band is prepared (``band_infos`` and
+    ``satur_pixels`` in band order, the finished white stack): saturation cut, exclusion flags,
+    WCS snapshot, :class:`LoadResult`."""
+    logger = logger or log
+    tm = plan.timings
     t0 = time.perf_counter()
-    white_img, sigma_white = white.finalize()
-    del white
-    if writer is not None:
-        writer.write_white(white_img, sigma_white)
-    tm["white"] += time.perf_counter() - t0
-
+    shape, catalog = plan.shape, plan.catalog
+    satur_any = np.zeros(shape, dtype=bool)
+    sc = plan.saturation_cut
+    sat_on = bool(sc.enabled)
+    satcut = SaturationCut(catalog["x_pix_white"].to_numpy(float), catalog["y_pix_white"].to_numpy(float),
+                           float(sc.radius_pix), bool(sc.require_all_bands))
+    for info, pix in zip(band_infos, satur_pixels):
+        satur_any[pix[:, 0], pix[:, 1]] = True
+        if sat_on and not info.all_nan:
+            satcut.add_band(pix)
     catalog["excluded_saturation"] = satcut.result() if sat_on else np.zeros(len(catalog), bool)
+    tm["sat"] += time.perf_counter() - t0
     if sat_on:
         rule = "all-bands" if satcut.require_all else "any-band"
         logger.info("Saturation-cut (%s): flagged %d/%d sources within radius_pix=%s", rule,
@@ -471,23 +333,75 @@ def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = 
     n_act = int((~catalog["excluded_any"]).sum())
     logger.info("Active (non-excluded) sources: %d/%d", n_act, len(catalog))
 
-    wcs_path = os.path.join(opts.work_dir, "wcs.fits")
-    fio.write_wcs_snapshot(wcs_path, wcs, wshape)
+    wcs_path = os.path.join(plan.work_dir, "wcs.fits")
+    fio.write_wcs_snapshot(wcs_path, plan.wcs, shape)
     logger.info("Saved WCS snapshot: %s", wcs_path)
 
-    res = LoadResult(catalog=catalog, column_map=cmap, catalog_path=cat_path, bands=list(band_infos),
-                     band_infos=band_infos, wcs=wcs, shape=wshape, white=white_img, sigma_white=sigma_white,
-                     satur_any=satur_any, satur_pixels=satur_pixels, crop=(x0, x1, y0, y1), wcs_path=wcs_path)
-    if white_full is not None:
-        res.white_before_crop, res.display_downsample = white_full.finalize()[0], ds
-    tm["total"] = time.perf_counter() - t_all
+    infos = {i.band: i for i in band_infos}
+    res = LoadResult(catalog=catalog, column_map=plan.column_map, catalog_path=plan.catalog_path,
+                     bands=list(infos), band_infos=infos, wcs=plan.wcs, shape=shape, white=white,
+                     sigma_white=sigma_white, satur_any=satur_any,
+                     satur_pixels={i.band: p for i, p in zip(band_infos, satur_pixels)}, crop=plan.crop,
+                     wcs_path=wcs_path)
+    if white_before_crop is not None:
+        res.white_before_crop, res.display_downsample = white_before_crop, plan.display_downsample
+    tm["total"] = time.perf_counter() - plan.t_start
     res.timings = tm
     res.peak_rss = peak_rss_mib()
     logger.info("load_inputs timing [s]: prep=%.2f white=%.2f crop=%.2f sat=%.2f total=%.2f",
                 tm["prep"], tm["white"], tm["crop"], tm["sat"], tm["total"])
-    logger.info("load_inputs peak RSS: %.0f MiB (%d bands of %dx%d)", res.peak_rss, len(band_infos),
-                wshape[1], wshape[0])
+    logger.info("load_inputs peak RSS: %.0f MiB (%d bands of %dx%d)", res.peak_rss, len(infos),
+                shape[1], shape[0])
     return res
+
+
+def load_inputs(opts: LoadOptions, writer=None, logger: logging.Logger | None = None, plots: bool = True,
+                on_band=None) -> LoadResult:
+    """Run stage S1 in this process and return a :class:`LoadResult`; per-band arrays go to
+    ``writer`` (a :class:`~tract7dt_mpi.io.prepared.PreparedWriter`, created here) and are then
+    freed. ``on_band(i, n, band, seconds, shape)`` is called after each band (progress). ``plots``
+    keeps the strided pre-crop white the crop figure needs (``res.white_before_crop``); the
+    pipeline draws the figures (:func:`tract7dt_mpi.figures.draw_load`). A run of the pipeline
+    does the same with one task per band (:mod:`tract7dt_mpi.load_steps`)."""
+    logger = logger or log
+    plan = plan_load(opts, logger, plots)
+    tm = plan.timings
+    white = WhiteStack(plan.shape)
+    white_full = pre_crop_stack(plan)
+    if writer is not None:
+        x0, _, y0, _ = plan.crop
+        writer.create(plan.shape, x0, y0, plan.zp_ref, plan.wcs_header)
+    infos, satur_pixels = [], []
+    for job in plan.jobs:  # ---- stream: one band in memory at a time ----
+        t_band = time.perf_counter()
+        got = load_band(job, logger)
+        tm["prep"] += got.seconds["prep"]
+        if white_full is not None:
+            add_pre_crop(white_full, got.pre_crop, job.info)
+        t0 = time.perf_counter()
+        pb = got.band
+        white.add(pb.img, pb.nonfinite, got.white_sigma())
+        tm["white"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        satur_pixels.append(got.satur_pixels)
+        tm["sat"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if writer is not None:
+            writer.write_band(pb.info.band, pb.img, pb.mask_bits(), band_attrs(pb.info), ivar=got.ivar)
+        tm["prep"] += time.perf_counter() - t0
+        infos.append(pb.info)
+        del pb, got
+        if on_band is not None:
+            on_band(job.index + 1, len(plan.jobs), job.info.band, time.perf_counter() - t_band, plan.shape)
+
+    t0 = time.perf_counter()
+    white_img, sigma_white = white.finalize()
+    del white
+    if writer is not None:
+        writer.write_white(white_img, sigma_white)
+    tm["white"] += time.perf_counter() - t0
+    before = white_full.finalize()[0] if white_full is not None else None
+    return finish_load(plan, infos, satur_pixels, white_img, sigma_white, before, logger)
 
 
 def _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger) -> np.ndarray:
@@ -496,14 +410,6 @@ def _coordinate_checks(catalog, cmap, xw, yw, wshape, wcs, cat_path, logger) -> 
     data_checks.warn_bad_coordinates(no_coords, cat_path, logger)
     data_checks.check_rows_on_image(xw, yw, wshape, wcs, cat_path)
     return no_coords
-
-
-def _band_attrs(info: BandInfo) -> dict:
-    return dict(filter=info.filter, path=info.path, scale=info.scale, zp_auto=info.zp_auto,
-                skysig=info.skysig, egain=info.egain, saturate=info.saturate, fwhm_pix=info.fwhm_pix,
-                all_nan=info.all_nan, header=info.header, weight=info.weight,
-                weight_kind=info.weight_kind, psf_file=info.psf_file,
-                star_fwhm_pix=info.star_fwhm_pix, star_beta=info.star_beta)
 
 
 def _with_entry_files(infos, entries, shape, need_psf):
@@ -523,29 +429,3 @@ def _star_candidates(catalog, type_col: str | None) -> np.ndarray:
         if star.sum() >= 3:
             sel = star
     return np.stack([x[sel], y[sel]], axis=1)
-
-
-def _with_star_moffat(pb: PreparedBand, xy, logger) -> BandInfo:
-    """The band's info with the Moffat FWHM and beta of its own stars (the fallback PSF)."""
-    if pb.info.all_nan or len(xy) == 0:
-        return pb.info
-    got = band_moffat(pb.img, pb.nonfinite | pb.satur, xy, pb.info.fwhm_pix)
-    if got is None:
-        logger.info("Band %s: no Moffat from its stars (fewer than 3 clean fits); the fallback PSF "
-                    "uses the header FWHM and moffat_psf.beta", pb.info.band)
-        return pb.info
-    logger.info("Band %s: stars' Moffat FWHM %.2f px, beta %.2f from %d stars (header FWHM %s)",
-                pb.info.band, got.fwhm, got.beta, got.n_stars,
-                f"{pb.info.fwhm_pix:.2f} px" if np.isfinite(pb.info.fwhm_pix) else "none")
-    return replace(pb.info, star_fwhm_pix=got.fwhm, star_beta=got.beta)
-
-
-def _weight_masked(pb: PreparedBand, ivar):
-    """Zero-weight pixels join the non-finite mask and are never saturated: they carry no data
-    (a bad column's junk values must not trigger the saturation cut). Returns ``ivar``."""
-    if ivar is not None:
-        bad = ~(ivar > 0)
-        pb.nonfinite |= bad
-        pb.satur &= ~bad
-    return ivar
-
