@@ -291,8 +291,11 @@ class Worker:
         """The PatchInput of one patch, read from the prepared store."""
         from .stage_options import psf_reach
         from .stages.patch_inputs import build_patch_input
-        return build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), psf_reach(self.cfg),
-                                 self.saturated_stars)
+        from .stages.psf_field import with_position_scales
+        pin = build_patch_input(spec, self.prepared, self.catalog, self.patch_psfs(spec), psf_reach(self.cfg),
+                                self.saturated_stars)
+        return with_position_scales(pin, self.psfs, self.prepared.shape) \
+            if self.cfg.patch_run.psf_source != "psfex" else pin
 
     def patch_fit(self, task: Task) -> TaskResult:
         from .stage_options import fit_options

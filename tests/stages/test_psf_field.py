@@ -131,3 +131,26 @@ def test_patch_choices_modes():
     assert patch_psf_choices(ch, Spec, SHAPE, 2, 2, "cell") is ch["r00_c00"]
     got = patch_psf_choices(ch, Spec, SHAPE, 2, 2, "bilinear")
     assert set(got) == {"m400"} and got["m400"].sources
+
+
+def test_position_scale_gives_the_total_flux_of_a_star_whose_psf_differs_from_the_patch_stamp():
+    # the patch stamp has FWHM 4.0 px, the star's own PSF 4.1 px (a 2.5 % gradient across a patch
+    # is extreme; real ones are a few tenths of a per cent): the fit with the patch stamp is ~2 %
+    # off, times position_scale it is the total flux
+    import galsim
+
+    from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch
+    from tract7dt_mpi.stages.psf_field import position_scale
+
+    def stamp(fwhm, n=55):
+        a = galsim.Moffat(beta=2.5, fwhm=fwhm).drawImage(nx=n, ny=n, scale=1.0).array
+        return a / a.sum(), float(a.sum())
+
+    st_c, ef_c = stamp(4.0)
+    st_s, ef_s = stamp(4.1)
+    img = galsim.Moffat(beta=2.5, fwhm=4.1).withFlux(1e6).drawImage(nx=81, ny=81, scale=1.0).array
+    r = fit_patch([ImageData("r", img, np.ones(img.shape), PixelizedPSF(st_c))],
+                  [Source("star", 40.0, 40.0, [9e5])], FitOptions(fit_sky=False)).sources[0]
+    total = r.fluxes[0] / ef_c
+    assert abs(total / 1e6 - 1) > 0.01
+    assert total * position_scale(st_c, ef_c, st_s, ef_s) / 1e6 == pytest.approx(1.0, abs=2e-4)

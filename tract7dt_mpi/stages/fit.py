@@ -400,6 +400,10 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     fwhm = {b: _band_fwhm(psfs[b], audits[b]) for b in bands}
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode,
                               [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
+    for b in bands:     # a point source's PSF at its own position (stages.psf_field.position_scale)
+        sc = np.asarray(pin.psfs[b].row_scales if b in pin.psfs else (), float)
+        if sc.size == len(srcs[b]):
+            fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc, 1.0)
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values
