@@ -240,6 +240,12 @@ def _log_fit(plog, r, label: str) -> None:
             plog(f"{label}source {i}: model ran away ({','.join(x.runaway)}): not converged")
 
 
+def row_scales(pin, band: str, n: int) -> np.ndarray:
+    """(n, 2) (shape, normalisation) position factors of the patch rows in ``band`` (ones when
+    the band's PSF choice carries none)."""
+    sc = np.asarray(pin.psfs[band].row_scales if band in pin.psfs else (), float).reshape(-1, 2)
+    return sc if len(sc) == n else np.ones((n, 2))
+
 def _band_fwhm(psf, audit) -> float:
     """FWHM (px) of the PSF a band was fitted with: its stamp's, or the fallback's."""
     from .psf_error import stamp_fwhm
@@ -393,7 +399,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
         rows.append(d)
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
-                           np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
+                           np.array([k.kind == "star" for k in inits]) & ~is_halo, pin,
+                           [row_scales(pin, b, len(cat))[:, 0] for b in bands])
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
@@ -401,9 +408,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode,
                               [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
     for b in bands:     # a point source's PSF at its own position (stages.psf_field.position_scale)
-        sc = np.asarray(pin.psfs[b].row_scales if b in pin.psfs else (), float)
-        if sc.size == len(srcs[b]):
-            fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc, 1.0)
+        sc = row_scales(pin, b, len(srcs[b]))
+        fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc.prod(axis=1), 1.0)
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values

@@ -51,8 +51,9 @@ class PsfChoiceInput:
     #: flux), ...) working frame, and the band's wing (amp, slope) of a unit-total PSF
     halos: tuple = ()
     halo_wing: tuple = ()
-    #: per row of the patch catalogue: the factor a point source's total flux needs because the
-    #: PSF at its own position differs from ``stamp`` (stages.psf_field.with_position_scales)
+    #: per row of the patch catalogue: the (shape, normalisation) factors a point source's total
+    #: flux needs because the PSF at its own position differs from ``stamp``
+    #: (stages.psf_field.with_position_scales)
     row_scales: tuple = ()
 
     @property
@@ -210,7 +211,7 @@ def patch_input_record(pin: PatchInput) -> tuple[dict, dict]:
                      "flux_in_stamp": pin.psfs[b].flux_in_stamp, "note": pin.psfs[b].note,
                      "halos": [list(t) for t in pin.psfs[b].halos],
                      "halo_wing": list(pin.psfs[b].halo_wing),
-                     "row_scales": list(pin.psfs[b].row_scales)} for b in pin.bands},
+                     "row_scales": [list(t) for t in pin.psfs[b].row_scales]} for b in pin.bands},
         "meta": pin.meta(),
         "cat": {"columns": [str(c) for c in pin.cat.columns],
                 "dtypes": [str(t) for t in pin.cat.dtypes],
@@ -243,7 +244,7 @@ def patch_input_from_record(doc: dict, arrs: dict) -> PatchInput:
                               note=str(doc["psfs"][b].get("note", "")),
                               halos=tuple(tuple(t) for t in doc["psfs"][b].get("halos", ())),
                               halo_wing=tuple(doc["psfs"][b].get("halo_wing", ())),
-                              row_scales=tuple(doc["psfs"][b].get("row_scales", ())))
+                              row_scales=tuple(tuple(t) for t in doc["psfs"][b].get("row_scales", ())))
             for b in bands}
     cd = doc["cat"]
     cat = pd.DataFrame(cd["data"], columns=cd["columns"], dtype=object)

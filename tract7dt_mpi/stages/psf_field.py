@@ -170,19 +170,21 @@ def patch_psf_choices(psfs_by_tag: dict, spec, shape, n: int, gate: int, mode: s
     return {b: v for b, v in out.items() if v is not None}
 
 
-def position_scale(stamp_c, ef_c: float, stamp_s, ef_s: float) -> float:
-    """Factor that turns the total flux of a point source fitted with ``stamp_c`` (unit sum,
-    ``ef_c`` of the PSF's flux inside it) into its total flux when its PSF is ``stamp_s``
-    (``ef_s``): a linear fit of stamp_c to a star of unit flux shaped stamp_s gives
-    k = <stamp_c, stamp_s> / <stamp_c, stamp_c> (sky-limited), so the factor is ef_c / (k ef_s)."""
+def position_scale(stamp_c, ef_c: float, stamp_s, ef_s: float) -> tuple[float, float]:
+    """(shape, normalisation) factors that turn the total flux of a point source fitted with
+    ``stamp_c`` (unit sum, ``ef_c`` of the PSF's flux inside it) into its total flux when its PSF
+    is ``stamp_s`` (``ef_s``): a linear fit of stamp_c to a star of unit flux shaped stamp_s gives
+    k = <stamp_c, stamp_s> / <stamp_c, stamp_c> (sky-limited), so 1 / k and ef_c / ef_s."""
     c = np.asarray(stamp_c, float)
     k = float((c * np.asarray(stamp_s, float)).sum() / (c * c).sum())
-    return ef_c / (k * ef_s) if k > 0 and ef_s > 0 else 1.0
+    if not (k > 0 and ef_s > 0):
+        return 1.0, 1.0
+    return 1.0 / k, ef_c / ef_s
 
 
 def with_position_scales(pin, psfs_by_tag: dict, shape):
     """``pin`` (stages.patch_inputs.PatchInput) whose band PSF choices made from the band's PSF
-    field carry ``row_scales``: :func:`position_scale` of each catalogue row, the field evaluated
+    field carry ``row_scales``: :func:`position_scale` (shape, normalisation) of each catalogue row, the field evaluated
     at the row's position against the stamp at the patch centre. The PSF changes by a few tenths
     of a per cent in FWHM across a patch, and a point source's fitted flux with it: on GalSim
     tiles that was 0.25-0.5 % rms, 1-2 sigma for stars at S/N > 200."""
@@ -199,6 +201,6 @@ def with_position_scales(pin, psfs_by_tag: dict, shape):
         for xi, yi in zip(x, y):
             st, ef = evaluate_field(field, float(xi), float(yi)) if np.isfinite(xi) and np.isfinite(yi) \
                 else (None, 1.0)
-            scales.append(1.0 if st is None else position_scale(ch.stamp, ch.flux_in_stamp, st, ef))
-        out[b] = dataclasses.replace(ch, row_scales=tuple(float(v) for v in scales))
+            scales.append((1.0, 1.0) if st is None else position_scale(ch.stamp, ch.flux_in_stamp, st, ef))
+        out[b] = dataclasses.replace(ch, row_scales=tuple((float(a), float(n)) for a, n in scales))
     return dataclasses.replace(pin, psfs=out)
