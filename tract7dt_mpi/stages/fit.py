@@ -399,7 +399,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
         rows.append(d)
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
-                           np.array([k.kind == "star" for k in inits]) & ~is_halo, pin)
+                           np.array([k.kind == "star" for k in inits]) & ~is_halo, pin,
+                           [row_scales(pin, b, len(cat))[:, 0] for b in bands])
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
@@ -408,7 +409,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
                               [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
     for b in bands:     # a point source's PSF at its own position (stages.psf_field.position_scale)
         sc = row_scales(pin, b, len(srcs[b]))
-        fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc[:, 0] * sc[:, 1], 1.0)
+        fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc.prod(axis=1), 1.0)
     to_total_fluxes(fit_all, bands, meta["psf_flux_in_stamp"], fac)
     empty = [b for b, im in zip(bands, images) if not (im.invvar > 0).any()]
     if empty:   # nothing constrains these bands: report NaN instead of the starting values

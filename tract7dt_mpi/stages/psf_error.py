@@ -348,16 +348,13 @@ def psf_term_fractions(bands, pin, audits, error_model: str) -> dict:
     return out
 
 
-def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin) -> None:
+def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin, shape_scales) -> None:
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
     a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
-    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it). The check is
-    made with the patch stamp, so it also sees the width mismatch that the star's own-position PSF
-    takes out of its reported flux (stages.psf_field.position_scale); that part stands for the
-    normalisation errors of the PSF at the star, which no residual shows: on GalSim tiles the
-    bright stars' remaining scatter was 0.26-0.57 % against a term of 0.37-0.80 % with it and
-    0.08-0.23 % without."""
+    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it);
+    ``shape_scales[j]``: per row, the shape factor of its own-position PSF in band j (the part of
+    the miss its reported flux no longer has)."""
     x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
     for j, b in enumerate(bands):
         d = np.full(len(fit_all), np.nan)
@@ -379,6 +376,9 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
             k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
                                   getattr(pin.psfs.get(b), "stars", ()))
             d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
+            # the part of the miss that the star's own-position PSF takes out of its flux
+            # (stages.psf_field.position_scale) is no PSF error of the reported flux
+            d[idx] -= shape_scales[j][idx] - 1.0
         fit_all[f"PSFCHK_{b}_fit"] = d
         fit_all[f"PSFCHK_ERR_{b}_fit"] = e
 
