@@ -131,6 +131,7 @@ def distinct_positions(xy, radius: float) -> np.ndarray:
         keep[k] = not np.any(np.hypot(prev[:, 0] - xy[k, 0], prev[:, 1] - xy[k, 1]) < radius)
     return xy[keep]
 
+
 def _enclosed(field, x: float, y: float, radius: float) -> float:
     """The field's fraction of its total flux within ``radius`` px of its centre at (x, y)."""
     st, ef = evaluate_field(field, float(x), float(y))
@@ -140,6 +141,7 @@ def _enclosed(field, x: float, y: float, radius: float) -> float:
     c = (st.shape[0] - 1) / 2.0
     yy, xx = np.indices(st.shape)
     return float(st[np.hypot(xx - c, yy - c) <= radius].sum() * ef)
+
 
 def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float):
     """``field`` with ``halos``: the (x, y, total flux) of the stars among ``xy`` whose halo beyond
@@ -178,6 +180,7 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
             keep.append((float(x), float(y), f))
     log.info("ePSF %s: halos beyond the stamp subtracted for %d of %d bright stars", band, len(keep), len(xy))
     return replace(field, halos=tuple(keep))
+
 
 def with_psf_flux_errors(stamps: dict, metas) -> dict:
     """{band: {tag: (stamp, n)}} -> {band: {tag: (stamp, n, PSF flux-error fraction of the band,
@@ -276,6 +279,7 @@ def field_tasks(cfg, metas, prepared, catalog) -> list:
         out.append(Task(id=f"psf_field:{band}", kind="psf_field", cost=cost, index=i,
                         payload={"band": band, "metas": ms, "candidates": candidates, "halo_xy": halo_xy}))
     return out
+
 
 def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None) -> dict:
     """Add each band's :func:`band_field` under ``psf_poly.FIELD_KEY`` of its entry in ``stamps``,

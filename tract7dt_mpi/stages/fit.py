@@ -246,6 +246,7 @@ def row_scales(pin, band: str, n: int) -> np.ndarray:
     sc = np.asarray(pin.psfs[band].row_scales if band in pin.psfs else (), float).reshape(-1, 2)
     return sc if len(sc) == n else np.ones((n, 2))
 
+
 def _band_fwhm(psf, audit) -> float:
     """FWHM (px) of the PSF a band was fitted with: its stamp's, or the fallback's."""
     from .psf_error import stamp_fwhm
@@ -253,6 +254,7 @@ def _band_fwhm(psf, audit) -> float:
     if stamp is not None:
         return float(stamp_fwhm(np.asarray(stamp, float)))
     return float(audit.get("fallback_fwhm_pix", float("nan")))
+
 
 def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
     """stages.model_select on the patch's base sources: the untyped ones, or all (``all``)."""

@@ -144,6 +144,7 @@ def without_halos(cut, choice: PsfChoiceInput, info, x0: int, y0: int):
     img = np.where(cut.bad_final, cut.img, cut.img - halo.astype(cut.img.dtype))
     return dataclasses.replace(cut, img=img)
 
+
 def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,
                       outer: int = 0, extra: pd.DataFrame | None = None) -> PatchInput:
     """Read the ROI of every band from ``prepared`` (io.prepared.PreparedImages) into a PatchInput.
@@ -167,6 +168,7 @@ def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: di
 
 
 # --------------------------------------------------------------------------- debug dumps
+
 
 def _plain(v):
     """A JSON-ready scalar (full float precision; NaN kept as NaN)."""

@@ -76,6 +76,7 @@ def core_flux(img, good, x: float, y: float, r_ap: float, enclosed: float) -> fl
     f = float((img[ap & ok] - bkg).sum() * ap.sum() / (ap & ok).sum()) / enclosed
     return f if np.isfinite(f) and f > 0 else float("nan")
 
+
 def halo_reach(flux, amp: float, slope: float, sigma: float, floor_sigma: float = FLOOR_SIGMA):
     """Radius (px) where a halo of total flux ``flux`` falls to ``floor_sigma`` x ``sigma``."""
     flux = np.asarray(flux, float)
