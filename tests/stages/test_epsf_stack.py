@@ -39,10 +39,10 @@ def _field(psf, galaxies, n=600, seed=3, sky=100.0):
     return data
 
 
-def _build(data, **cfg):
+def _build(data, fwhm=FWHM, **cfg):
     inp = EpsfCellInput(band="b", tag="r00_c00", x0=0, x1=data.shape[1], y0=0, y1=data.shape[0], img=data,
                         sigma_sky=np.full(data.shape, 10.0), bad=np.zeros(data.shape, bool),
-                        satur=np.zeros(data.shape, bool), saturate_scaled=np.inf, fwhm_pix=FWHM, gain_scaled=1.0)
+                        satur=np.zeros(data.shape, bool), saturate_scaled=np.inf, fwhm_pix=fwhm, gain_scaled=1.0)
     res = build_epsf_cell(inp, Epsf(**dict({"psfstar_mode": "sep"}, **cfg)))
     assert res.meta["status"] == "ok", res.meta.get("error")
     return res
@@ -66,6 +66,18 @@ def test_moffat_fluxes_are_total_fluxes(beta):
     assert abs(ratio - 1.0) < 0.003, ratio
     assert res.meta["builder"]["method"] == "native_stack"
     assert res.meta["nstars_used"] >= 20
+
+
+@pytest.mark.parametrize("kind,tol", [("kolmogorov", 0.0025), ("moffat", 0.0015)])
+def test_sharp_psfs_give_unbiased_fluxes(kind, tol):
+    """Stars of a 2.5 px FWHM PSF (Nyquist-sampled: much of its power near half the sampling rate)
+    are registered onto the ePSF grid the way the fit moves the ePSF (a Fourier phase), so the
+    PSF-fit flux is the total flux to 0.1-0.2 %; aligning whole stamps with Lanczos-3 instead gave
+    -0.6 % (Kolmogorov) and -0.4 % (Moffat beta = 2.5)."""
+    psf = galsim.Kolmogorov(fwhm=2.5) if kind == "kolmogorov" else galsim.Moffat(beta=2.5, fwhm=2.5)
+    res = _build(_field(psf, galaxies=False), fwhm=2.5)
+    ratio, _, _ = _flux_ratio(res, psf)
+    assert abs(ratio - 1.0) < tol, ratio
 
 
 def test_galaxies_among_the_candidates_are_left_out():
