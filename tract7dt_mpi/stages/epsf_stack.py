@@ -43,7 +43,7 @@ __all__ = ["StackStar", "StackResult", "stack_epsf", "normalised_stamps", "finis
 #: most refinement passes (stack -> refit every star)
 N_PASSES = 6
 #: a pass whose stack moved by less than this fraction of its peak (anywhere) is the last
-CONVERGED = 1e-4
+CONVERGED = 3e-4
 #: a pixel more than this many sigma above its star's model (outside the core) is a neighbour's
 OUTLIER_SIGMA = 4.0
 #: fraction of the star's model value that a pixel may exceed it by without being masked
