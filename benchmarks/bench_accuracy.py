@@ -3,7 +3,9 @@
 usage: python benchmarks/bench_accuracy.py [--out DIR] [--tiles a,b] [--reuse] [--mpi N]
        python benchmarks/bench_accuracy.py --evaluate-only TILE_DIR_OR_WORK_DIR [--no-epsf]
 
-For each tile below: render it with ``make_sample`` (1024 x 1024 px, 8 bands; untruncated galaxy
+For each tile below (faint galaxies with a Moffat beta = 3 PSF, bright ones with Moffat beta = 2
+and with a Kolmogorov PSF, all 3.6-4.4 px FWHM; and a good-seeing Kolmogorov tile of 2.3-2.8 px
+FWHM): render it with ``make_sample`` (1024 x 1024 px, 8 bands; untruncated galaxy
 profiles, stamps holding all but 0.1-0.2 % of every object's flux, 5 % blank TYPEs, ~0.3 px
 catalogue position errors, perturbed shapes, saturated stars, a sky pedestal, bright galaxies
 placed 8-16 px from bright stars), run the pipeline on it with the tile's own config in one
@@ -44,6 +46,10 @@ TILES = {
                            galaxy_mag_max=19.5, n_stars=120, n_blends=12, sky_pedestal=5.0, psf_g1=0.03),
     "bright_kolmogorov": dict(seed=303, psf_kind="kolmogorov", galaxy_mag_min=14.5, galaxy_mag_max=19.5,
                               n_stars=120, n_blends=12, sky_pedestal=3.0, psf_g2=0.03, stamp_flux_tol=2e-3),
+    # good seeing: 2.3-2.8 px FWHM, about Nyquist-sampled, where sub-pixel registration matters most
+    "sharp_kolmogorov": dict(seed=404, psf_kind="kolmogorov", psf_fwhm_blue=2.8, psf_fwhm_red=2.3,
+                             galaxy_mag_min=16.0, galaxy_mag_max=21.5, n_stars=150, n_blends=8,
+                             sky_pedestal=3.0),
 }
 #: plot switches only (no effect on the numbers), so that a run spends its time fitting
 NO_PLOTS = {"plotting": {"level": "none"}, "overlay": {"enabled": False},
