@@ -82,6 +82,7 @@ class _Run:
         self.phase_seconds: dict[str, float] = {}
         self.reports = []
         self.load_runs = []                # (tasks, report) of the load stage's phases (rank 0)
+        self.extra_tasks = {}              # phase -> [(start, wall)] of tasks outside the plan store
         self.journal = None
         self.failed = 0
         self.stopped = False
@@ -288,6 +289,7 @@ class _Run:
             frep = run_phase(self.comm, "psf_fields", ftasks, self.worker.psf_field, on_result=got_field,
                              heartbeat_sec=self.hb, master_works=self.master_works, timeout=self.task_timeout)
             self._account("psf_fields", frep)
+            self._record_extra("psf_field", frep)
             if self.master:
                 from .stages.psf_poly import FIELD_KEY
                 for band in sorted(fields):
@@ -388,6 +390,13 @@ class _Run:
             rep = run_phase(self.comm, "summary_plots", summary_tasks(self.cfg, bands) if self.master else None,
                             self.worker.summary_plot, heartbeat_sec=self.hb, master_works=self.master_works)
             self._account("summary_plots", rep)      # parallel work, not serial time of the run
+            self._record_extra("summary_plot", rep)
+
+    def _record_extra(self, kind, rep):
+        """Keep the start and wall of a phase's tasks that have no row in the results store's plan
+        (PSF fields, summary figures), for ``simulate-scaling`` (run attribute ``extra_tasks``)."""
+        if self.master and rep is not None:
+            self.extra_tasks[kind] = [(i.started, i.wall) for i in rep.infos.values() if i.ok]
 
     # ------------------------------------------------------------------ wrap-up
     def finish(self, code_if_ok=EXIT_OK):
@@ -418,6 +427,7 @@ class _Run:
                 write_run_attrs(self.cfg.outputs.results_h5, {
                     "pipeline_seconds": total, "stage_seconds": self.timings,
                     "phase_seconds": self.phase_seconds,
+                    "extra_tasks": self.extra_tasks,
                     "serial_seconds": max(0.0, total - sum(self.phase_seconds.values())),
                     "overhead_per_task": over / max(1, msgs), "n_ranks": self.comm.size,
                     "busy_seconds": {str(k): v for k, v in busy.items()}, "peak_rss_mb": rss,

@@ -120,6 +120,24 @@ def test_scaling_main_on_store(tmp_path, capsys):
         scaling.main(["--store", path, "--ranks", "0,2"])
 
 
+def test_scaling_counts_the_phases_outside_the_plan(tmp_path):
+    """PSF-field and summary-figure tasks have no plan row; their (start, wall) in the run
+    attribute ``extra_tasks`` are phases of the model too (they were missing from its total)."""
+    path = str(tmp_path / "r.h5")
+    plan = StorePlan([PlanEntry(f"patch/p{i}", "patch", cost=1.0, rows=np.array([i])) for i in range(4)])
+    st = ResultsStore.create(Comm(None), path, plan, COLS)
+    for i in range(4):
+        st.set_status(f"patch/p{i}", ST_DONE, (10.0 * i, 2.0, 100.0, 0, 1))
+    st.close()
+    write_run_attrs(path, {"serial_seconds": 1.0, "overhead_per_task": 0.0, "pipeline_seconds": 21.0,
+                           "n_ranks": 1, "extra_tasks": {"psf_field": [[100.0, 3.0], [110.0, 5.0]],
+                                                         "summary_plot": [[200.0, 4.0]]}})
+    m = scaling.load_measurements(path)
+    assert m["phases"]["psf_field"] == [5.0, 3.0] and m["phases"]["summary_plot"] == [4.0]
+    assert scaling.predict(m, 1)["makespan"] == pytest.approx(1.0 + 8.0 + 8.0 + 4.0)
+    assert scaling.predict(m, 3)["phases"]["psf_field"] == pytest.approx(5.0)   # 2 workers + master
+
+
 def test_store_attrs_json(tmp_path):
     path = str(tmp_path / "r.h5")
     ResultsStore.create(Comm(None), path, StorePlan([]), COLS, attrs={"bands": ["a", "b"]}).close()

@@ -7,7 +7,9 @@ the process start-up time; whether rank 0 ran tasks; and the cores the run had. 
 * **task work**: each measured wall is turned into CPU work by undoing the CPU contention it ran
   under (``wall * min(1, cores / concurrent)``, ``concurrent`` = tasks running at the same time on
   the measuring machine, averaged over the task's run);
-* **phases** (ePSF units, then patches, separated by a barrier) are replayed by an event simulation
+* **phases** (load, white stack, ePSF cells, PSF fields, patches, summary figures, separated by
+  barriers; the PSF-field and figure tasks, which have no row in the plan, from the run attribute
+  ``extra_tasks``, largest first) are replayed by an event simulation
   of the same policy as :mod:`.scheduler`: largest estimated cost first, up to ``prefetch`` tasks
   outstanding per worker, a master that needs ``overhead`` seconds per message and, with
   ``master_works``, runs tasks itself when no message is waiting; with more busy processes than
@@ -219,6 +221,10 @@ def load_measurements(path: str, speed=None) -> dict:
         idx = np.nonzero((kinds == kind) & np.isfinite(wall))[0]
         order = sorted(idx, key=lambda i: (-cost[i], i))
         phases[kind] = [float(work[i]) for i in order]
+    for kind, pairs in (run.get("extra_tasks") or {}).items():   # phases outside the plan store
+        sw = np.array(pairs, float).reshape(-1, 2)
+        if len(sw):
+            phases[kind] = sorted((float(v) for v in _intrinsic(sw[:, 0], sw[:, 1], free, speed)), reverse=True)
     stages = run.get("stage_seconds") or {}
     phase_wall = run.get("phase_seconds") or {}
     total = float(run.get("pipeline_seconds", 0.0) or 0.0)
