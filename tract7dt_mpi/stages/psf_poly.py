@@ -8,7 +8,8 @@ Like PSFEx, this fits each ePSF pixel as a polynomial in (x, y) (degree ``degree
 the stars are too few to constrain it: at least 3 stars per term) to the flux-normalised,
 sub-pixel registered stamps of all the band's ePSF stars (the cells' stacks provide them, see
 :func:`tract7dt_mpi.stages.epsf_stack.normalised_stamps`), weighted by their inverse variances, with
-one 3-sigma clipping pass per pixel. A cell of one or two stars cannot tell a compact galaxy or
+one 3-sigma clipping pass per pixel, within 2-3 FWHM of the centre (``VARYING_FWHM``); the
+pixels further out, where one star is noise, are one weighted mean for the whole frame. A cell of one or two stars cannot tell a compact galaxy or
 a binary from a star, but the band's other stars can: stars whose concentration (flux within 1
 FWHM over flux within 3 FWHM) is off the field's at their position, fitted without them, by more
 than its noise and a tolerance are left out and the field is fitted again. Per-pixel clipping
@@ -40,6 +41,12 @@ REJECT_ROUNDS = 4
 #: (log ratio; a PSF 10 % wider is ~0.05 less concentrated)
 CONC_SIGMA = 4.0
 CONC_TOL = 0.04
+#: the polynomial varies over the frame inside this radius (in FWHM); beyond the second radius
+#: every pixel is one weighted mean over the stars (a linear blend between): a wing pixel of a
+#: single star is noise, and a per-pixel polynomial extrapolated it to the frame's corners, where
+#: few stars are (on a Moffat beta = 2 GalSim tile the field's light 3-7 FWHM out came out half
+#: the truth's in a corner and 1.1-1.3x it in the middle: point-source fluxes -7 % and +1 %)
+VARYING_FWHM = (2.0, 3.0)
 
 
 def n_terms(degree: int) -> int:
@@ -215,9 +222,14 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
             break
         keep &= ~bad
     n_rejected = n - int(keep.sum())
+    K = X.shape[1]
+    if K > 1:      # the wing pixels: one shape for the whole frame (see VARYING_FWHM)
+        flat, _ = _solve(X[:, :1], V, np.where(keep[:, None], Wk, 0.0), np.zeros((1, 1)))
+        t = np.clip((VARYING_FWHM[1] * f - rad) / ((VARYING_FWHM[1] - VARYING_FWHM[0]) * f), 0.0, 1.0)
+        coef = coef * t[None, :]
+        coef[0] += (1.0 - t) * flat[0]
     xy, n = xy[keep], int(keep.sum())
     X, W = X[keep], Wk[keep]
-    K = X.shape[1]
     coeffs = coef.reshape(K, size, size)
     c = (size * size) // 2
     Ainv = np.linalg.inv(A[c])
