@@ -96,15 +96,10 @@ def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float):
     return out, np.asarray(used).reshape(-1, 2)
 
 
-#: the bright stars' wing takes over from the field at its wing radius, at most this many FWHM
-#: out: beyond ~3.5 FWHM a bright star's rings are better measured than the stack's mean wing
-WING_JOIN_FWHM = 3.5
-
-
 def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float, n_stars: int):
     """``field`` with its outer wing and light beyond the stamp measured on the band's bright
     stars (stages.psf_wing), or ``field`` unchanged (logged) when too few stars show one."""
-    r_join = min(field.wings.get("wing_radius_pix") or WING_JOIN_FWHM * fwhm, WING_JOIN_FWHM * fwhm)
+    r_join = field.wings.get("wing_radius_pix") or 3.0 * fwhm
     r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
     cuts, used = _cutouts(prepared, band, np.asarray(xy, float).reshape(-1, 2), r_max, n_stars, fwhm)
     keep, stamps = [], []
