@@ -3,8 +3,9 @@
 Each pass, every star at once (one Fourier transform of the ePSF shifted to all stars' positions,
 per-star arrays stacked along a first axis):
 
-1. every star's stamp is moved onto the ePSF grid by its sub-pixel offset: its current model by the
-   Fourier phase shift the fitter moves the ePSF with, the residual from it by Lanczos-3 and divided by its flux after its own background is removed;
+1. every star's stamp is moved onto the ePSF grid by its sub-pixel offset (its current model by the
+   Fourier phase shift the fitter moves the ePSF with, the residual from it by Lanczos-3) and
+   divided by its flux after its own background is removed;
 2. the stamps are reduced per pixel to an inverse-variance weighted, sigma-clipped mean (sky noise,
    the star's Poisson noise as the current ePSF predicts it, a 2 % floor of the PSF value);
 3. the stack is recentred, its noise-dominated outer rings are replaced by a Moffat tail fitted to
