@@ -276,6 +276,7 @@ def test_second_run_on_a_busy_work_dir_is_refused_then_stale_lock_taken_over(til
         while not lock.exists() and time.time() < deadline and first.poll() is None:
             time.sleep(0.1)
         assert lock.exists() and first.poll() is None
+        os.killpg(first.pid, signal.SIGSTOP)    # alive but paused: it cannot finish before the second run
         env = _env()
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         proc = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none",
