@@ -247,28 +247,26 @@ def row_scales(pin, band: str, n: int) -> np.ndarray:
     return sc if len(sc) == n else np.ones((n, 2))
 
 
-def _band_fwhm(psf, audit) -> float:
-    """FWHM (px) of the PSF a band was fitted with: its stamp's, or the fallback's."""
+def _stamp_fwhms(psfs) -> dict:
+    """band -> FWHM (px) of the pixelized PSF stamp a band is fitted with (bands with one)."""
     from .psf_error import stamp_fwhm
-    stamp = getattr(psf, "stamp", None)
-    if stamp is not None:
-        return float(stamp_fwhm(np.asarray(stamp, float)))
-    return float(audit.get("fallback_fwhm_pix", float("nan")))
+    return {b: float(stamp_fwhm(np.asarray(p.stamp, float))) for b, p in psfs.items()
+            if getattr(p, "stamp", None) is not None}
 
 
-def _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo):
-    """stages.model_select on the patch's base sources: the untyped ones, or all (``all``)."""
+def _choose_models(pin, images, sources, res, opts, fit_fn, pr, stamp_fwhm, is_halo):
+    """stages.model_select on the patch's base sources: the untyped ones, or all (``all``);
+    ``stamp_fwhm``: :func:`_stamp_fwhms` of the patch's bands."""
     from .catalog import ColumnMap
     from .fit_setup import TYPE_TO_KIND
     from .model_select import choose_models, untyped_rows
-    from .psf_error import stamp_fwhm
     cm = ColumnMap.from_frame(pin.cat, pin.bands)
     pick = np.ones(len(pin.cat), bool) if str(pr.model_selection) == "all" \
         else untyped_rows(pin.cat, cm.type, set(TYPE_TO_KIND))
     cand = np.flatnonzero(pick & ~is_halo)
     if cand.size == 0:
         return sources, res, {}
-    fw = [stamp_fwhm(np.asarray(p.stamp, float)) for p in psfs.values() if getattr(p, "stamp", None) is not None]
+    fw = list(stamp_fwhm.values())
     fwhm = float(np.nanmedian(fw)) if fw else float(pr.fallback_default_fwhm_pix)
     return choose_models(fit_fn, images, sources, res, opts, cand, fwhm, float(pr.model_selection_dchisq))
 
@@ -313,6 +311,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
         plog(line, logging.WARNING if audit["fallback_reason"].startswith("low-star")
              else logging.INFO)
     psum = _psf_summary(bands, audits, psfs)
+    stamp_fw = _stamp_fwhms(psfs)
     gate = int(pr.min_epsf_nstars_for_use)
     fit_fn, engine_name = _fit_function(pr)
     meta.update({"psf_min_epsf_nstars_for_use": gate, **{k: psum[k] for k in (
@@ -355,7 +354,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     res = fit_fn(images, sources, opts)
     chosen = {}
     if multi and str(pr.model_selection) != "off":
-        sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, psfs, is_halo)
+        sources, res, chosen = _choose_models(pin, images, sources, res, opts, fit_fn, pr, stamp_fw, is_halo)
         for i, c in chosen.items():
             inits[i] = dataclasses.replace(inits[i], kind=res.sources[i].kind)
             plog(f"model selection: source {cat['ID'].iloc[i] if 'ID' in cat else i} -> "
@@ -406,7 +405,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
-    fwhm = {b: _band_fwhm(psfs[b], audits[b]) for b in bands}
+    # FWHM (px) of the PSF each band was fitted with: its stamp's, or the fallback's
+    fwhm = {b: stamp_fw.get(b, float(audits[b].get("fallback_fwhm_pix", float("nan")))) for b in bands}
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode,
                               [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
     for b in bands:     # a point source's PSF at its own position (stages.psf_field.position_scale)
