@@ -12,13 +12,18 @@ default configuration and no zero points (there is no GaiaXP table for it), then
   the cells' ePSFs; background from an annulus 2-8 px beyond the aperture, sigma-clipped median),
   which should agree to <~ 1 % in the median. The PSF flux is a total flux (the light beyond the
   ePSF stamp included); a PSF with broad wings has per cents of its light beyond 6 FWHM and in
-  the annulus, which the aperture misses, so the ratio falls from 6 to 10 FWHM;
+  the annulus, which the aperture misses, so the ratio falls from 6 to 10 FWHM. Next to it, the
+  convention-free check: ``model f``, the fraction of the PSF's total flux that the same aperture
+  and annulus measure on the run's own PSF field at each star (rebuilt from the saved ePSF cells,
+  with the bright-star wing beyond the stamp), and the median of PSF flux x f / aperture flux,
+  which is ~1 when the PSF model is right, whatever the light beyond the aperture;
 - the stars' own growth curve, which needs no PSF model: for the isolated stars at S/N > 100, the
   median of aperture flux / PSF flux at radii 6, 10 and 15 FWHM and at GROWTH_MAX_R px, the
   background from a far annulus (GROWTH_BKG, sigma-clipped median). Light that keeps arriving beyond
   6 FWHM is the PSF's wing, which a 6-FWHM aperture (and its nearer annulus) misses and a total
   PSF flux counts; the ratio at GROWTH_MAX_R says how much light the PSF flux puts further out
-  still (extrapolated from the bright stars' wing, stages.psf_wing);
+  still (extrapolated from the bright stars' wing, stages.psf_wing); next to it, the PSF field's
+  own curve with the same background (``model``), which the stars' curve should follow;
 - the stellar-locus scatter (g-r against r-i, and r-Z against Z-Ks) from the fitted fluxes and from
   the aperture fluxes: the orthogonal robust scatter about a quadratic locus; the fitted fluxes
   should give a locus at least as tight.
@@ -154,6 +159,67 @@ def growth_curve(img, x, y, radii, bkg=GROWTH_BKG):
                      - level * np.pi * r * r for r in radii])
 
 
+def psf_fields(work: str, bands):
+    """band -> the run's PSF field (stages.psf_poly.PsfField, bright-star wing included), rebuilt
+    from its saved ePSF cells as the run built it; {} when the run used no field."""
+    from tract7dt_mpi import band_psfs
+    from tract7dt_mpi.config.loader import load_config
+    from tract7dt_mpi.io.prepared import PreparedImages
+    from tract7dt_mpi.stages.psf_poly import FIELD_KEY
+
+    cfgs = sorted(glob.glob(os.path.join(work, "config_used_*.yaml")))
+    if not cfgs:
+        return {}
+    cfg = load_config(cfgs[-1])
+    cells = sorted({tuple(int(t[1:]) for t in os.path.basename(d).split("_"))
+                    for d in glob.glob(os.path.join(work, "EPSFs", "*", "r*_c*"))})
+    with PreparedImages(os.path.join(work, "prepared.h5")) as p:
+        stamps = band_psfs.stamps_from_disk(cfg, bands, cells, p)
+    return {b: stamps[b][FIELD_KEY] for b in bands if FIELD_KEY in stamps.get(b, {})}
+
+
+def model_image(field, x: float, y: float, half: int) -> np.ndarray:
+    """The field's unit-total PSF at working-frame (x, y) on a (2 half + 1)^2 grid: its stamp, and
+    beyond the stamp the bright-star wing power law (matched to the stamp's outermost ring)."""
+    from tract7dt_mpi.stages.psf_poly import evaluate_field
+
+    st, ef = evaluate_field(field, x, y)
+    st = np.asarray(st, float) * ef
+    n = 2 * half + 1
+    yy, xx = np.indices((n, n)) - half
+    r = np.hypot(xx, yy)
+    out = np.zeros((n, n))
+    wing = (field.wings or {}).get("bright_wing")
+    s = st.shape[0] // 2
+    if wing and half > s:
+        edge = np.abs(xx[half - s:half + s + 1, half - s:half + s + 1]).clip(
+            np.abs(yy[half - s:half + s + 1, half - s:half + s + 1])) == s
+        model = wing["amp"] * np.maximum(r, 1.0) ** (-wing["slope"])
+        k = st[edge].sum() / model[half - s:half + s + 1, half - s:half + s + 1][edge].sum()
+        out = k * model
+    h = min(s, half)
+    out[half - h:half + h + 1, half - h:half + h + 1] = st[s - h:s + h + 1, s - h:s + h + 1]
+    return out
+
+
+def model_fractions(field, x: float, y: float, radii, background) -> np.ndarray:
+    """Fraction of the PSF's total flux that each aperture of ``radii`` measures at (x, y) with
+    its background taken as the benchmark takes it (``background(radius)``: the (r_in, r_out)
+    of the annulus whose median is subtracted): the PSF flux times this is the aperture flux a
+    correct PSF predicts, whatever the flux convention."""
+    from photutils.aperture import CircularAnnulus, CircularAperture
+
+    half = int(np.ceil(max(background(r)[1] for r in radii))) + 2
+    img = model_image(field, x, y, half)
+    out = []
+    for r in radii:
+        r_in, r_out = background(r)
+        ap = CircularAperture((half, half), r).do_photometry(img, method="exact")[0][0]
+        v = CircularAnnulus((half, half), r_in, r_out).to_mask(method="center").get_values(img)
+        out.append(ap - np.median(v) * np.pi * r * r)
+    return np.array(out)
+
+
 def isolated(x, y, others_x, others_y, r):
     d2 = (others_x[None, :] - x[:, None]) ** 2 + (others_y[None, :] - y[:, None]) ** 2
     return (d2 < r * r).sum(axis=1) <= 1      # the star itself
@@ -193,7 +259,11 @@ def evaluate(work: str, data: str):
     ok = cat["RA_fit"].notna() & (stype == "star") & (typ == "STAR")
     ra_all = cat["RA_fit"].fillna(cat["RA"]).to_numpy(float)
     dec_all = cat["DEC_fit"].fillna(cat["DEC"]).to_numpy(float)
-    print("\nband  cells_ok  FWHM min/med/max (px)   n_iso  PSF/aper(6 FWHM) median  sd   PSF/aper(10 FWHM) median  sd")
+    fields = psf_fields(work, bands)
+    wx = cat["x_pix_white_fit"].fillna(cat["x_pix_white"]).to_numpy(float)
+    wy = cat["y_pix_white_fit"].fillna(cat["y_pix_white"]).to_numpy(float)
+    print("\nband  cells_ok  FWHM min/med/max (px)   n_iso  PSF/aper(6 FWHM) median  sd   PSF/aper(10 FWHM) median  sd"
+          "   model f(6)  f(10)   PSF*f/aper(6)  (10)")
     ratios, fits_flux, aper_flux = {}, {}, {}
     growth = []
     for b in bands:
@@ -215,6 +285,9 @@ def evaluate(work: str, data: str):
         idx = np.flatnonzero(sel)
         idx = idx[isolated(xs[idx], ys[idx], xs, ys, big + 8.0)]
         cols = []
+        frac = np.array([model_fractions(fields[b], wx[i], wy[i], radii, lambda r: (r + 2.0, r + 8.0))
+                         for i in idx]).T if b in fields and idx.size else np.full((2, idx.size), np.nan)
+        fcols = []
         for k, radius in enumerate(radii):
             ap = aperture_fluxes(img, wcs, ra_all[idx], dec_all[idx], radius) * info[b].scale
             r = flux[idx] / ap
@@ -222,13 +295,16 @@ def evaluate(work: str, data: str):
             med = np.median(r[good]) if good.any() else np.nan
             sd = MAD * np.median(np.abs(r[good] - med)) if good.any() else np.nan
             cols.append((med, sd))
+            fcols.append((np.median(frac[k]) if frac[k].size else np.nan,
+                          np.median((r * frac[k])[good]) if good.any() else np.nan))
             if k == 0:
                 ratios[b] = r[good]
                 allap = np.full(len(cat), np.nan)
                 allap[idx] = ap
                 aper_flux[b], fits_flux[b] = allap, np.where(np.isin(np.arange(len(cat)), idx), flux, np.nan)
         print(f"{b:5s} {n_ok:3d}/{n_cells:<3d}   {fmin:5.2f} {fmed:5.2f} {fmax:5.2f}        "
-              f"{idx.size:5d}   {cols[0][0]:8.4f}  {cols[0][1]:7.4f}          {cols[1][0]:8.4f}  {cols[1][1]:7.4f}")
+              f"{idx.size:5d}   {cols[0][0]:8.4f}  {cols[0][1]:7.4f}          {cols[1][0]:8.4f}  {cols[1][1]:7.4f}"
+              f"     {fcols[0][0]:7.4f} {fcols[1][0]:7.4f}     {fcols[0][1]:7.4f}  {fcols[1][1]:7.4f}")
         edge = GROWTH_BKG[1] + 2
         g = ok.to_numpy() & (flux / err > 100) & np.isfinite(xs) & np.isfinite(ys) & (xs > edge) \
             & (xs < img.shape[1] - edge) & (ys > edge) & (ys < img.shape[0] - edge)
@@ -237,13 +313,17 @@ def evaluate(work: str, data: str):
         g_radii = (6.0 * fwhm, 10.0 * fwhm, 15.0 * fwhm, GROWTH_MAX_R)
         if gi.size >= 5:
             ap = growth_curve(img, xs[gi], ys[gi], g_radii) * info[b].scale
-            growth.append((b, gi.size, np.median(ap / flux[gi][None, :], axis=1)))
+            gm = np.array([model_fractions(fields[b], wx[i], wy[i], g_radii, lambda r: GROWTH_BKG)
+                           for i in gi]).T if b in fields else np.full((len(g_radii), gi.size), np.nan)
+            growth.append((b, gi.size, np.median(ap / flux[gi][None, :], axis=1), np.median(gm, axis=1)))
 
     print(f"\ngrowth curve of the isolated stars at S/N > 100 (median aperture / PSF flux; background "
           f"{GROWTH_BKG[0]:g}-{GROWTH_BKG[1]:g} px; no catalogue source within {GROWTH_ISOLATION:g} px)")
-    print(f"band  n_stars   6 FWHM   10 FWHM   15 FWHM   {GROWTH_MAX_R:g} px")
-    for b, n, v in growth:
-        print(f"{b:5s} {n:6d}   " + "   ".join(f"{x:7.4f}" for x in v))
+    print(f"(model: the PSF field's own curve with the same background; the stars' curve over it should be ~1)")
+    print(f"band  n_stars   6 FWHM   10 FWHM   15 FWHM   {GROWTH_MAX_R:g} px    model: 6 FWHM   10 FWHM   15 FWHM   {GROWTH_MAX_R:g} px")
+    for b, n, v, m in growth:
+        print(f"{b:5s} {n:6d}   " + "   ".join(f"{x:7.4f}" for x in v) + "           "
+              + "   ".join(f"{x:7.4f}" for x in m))
 
     def col(fl, a, c):
         with np.errstate(all="ignore"):
