@@ -163,14 +163,16 @@ def psf_fields(work: str, bands):
     """band -> the run's PSF field (stages.psf_poly.PsfField, bright-star wing included), rebuilt
     from its saved ePSF cells as the run built it; {} when the run used no field."""
     from tract7dt_mpi import band_psfs
-    from tract7dt_mpi.config.loader import load_config
+    from tract7dt_mpi.config.loader import config_from_dict, read_yaml
     from tract7dt_mpi.io.prepared import PreparedImages
     from tract7dt_mpi.stages.psf_poly import FIELD_KEY
 
     cfgs = sorted(glob.glob(os.path.join(work, "config_used_*.yaml")))
     if not cfgs:
         return {}
-    cfg = load_config(cfgs[-1])
+    d = read_yaml(cfgs[-1])         # a byte copy of the run's YAML: its relative paths are the tile's
+    d.setdefault("outputs", {})["work_dir"] = os.path.abspath(work)
+    cfg = config_from_dict(d, base_dir=os.path.dirname(os.path.abspath(work)))
     cells = sorted({tuple(int(t[1:]) for t in os.path.basename(d).split("_"))
                     for d in glob.glob(os.path.join(work, "EPSFs", "*", "r*_c*"))})
     with PreparedImages(os.path.join(work, "prepared.h5")) as p:

@@ -114,7 +114,7 @@ def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: flo
         log.info("ePSF %s: no bright-star wing (%d candidate stars); the field's own tail is kept",
                  band, len(cuts))
         return field
-    new = with_bright_wing(field, wing)
+    new = with_bright_wing(field, wing, stamps, fwhm)
     log.info("ePSF %s: wing r^-%.2f beyond %.0f px from %d bright stars (%d dropped), out to %.0f px; "
              "light beyond the stamp %.2f%% (field's own tail: %.2f%%)", band, wing.slope, wing.r_join,
              wing.n_stars, wing.n_rejected, wing.r_max, 100 * new.tail_beyond, 100 * field.tail_beyond)

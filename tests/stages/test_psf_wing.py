@@ -108,9 +108,24 @@ def test_the_field_takes_the_wing_and_stays_normalised():
     true_beyond = _light_outside_box("moffat2")
     alpha = FWHM / (2 * np.sqrt(2 ** 0.5 - 1))
     amp = (2.0 - 1.0) / (np.pi * alpha ** 2) * alpha ** 4      # unit Moffat beta=2 far out
+    truth = _draw(galsim.Moffat(beta=2.0, fwhm=FWHM), size)            # unit total: the anchor
     new = with_bright_wing(field, Wing(amp=amp, slope=4.0, r_join=14.0, r_max=100.0, n_stars=5,
-                                       n_rejected=0, chi2=1.0))
-    assert abs(new.tail.sum() - 1.0) < 1e-9
+                                       n_rejected=0, chi2=1.0), [truth], FWHM)
     stamp, ef = evaluate_field(new, 0.0, 0.0)
     assert abs(stamp.sum() - 1.0) < 1e-5
     assert abs((1.0 - ef) - true_beyond) < 0.001, (1 - ef, true_beyond)
+    # the field's own outer rings are not used: a core whose outer rings lost light to the
+    # stars' fitted backgrounds (a pedestal taken off) still gets the whole wing
+    low = np.clip(core - 0.3 * core[27, 27 + 20], 0.0, None)
+    field_low = PsfField(low[None], 0, 0.0, 0.0, 1.0, core.copy(), blend, 0.0, np.zeros((1, 2)),
+                         np.ones(1), size, 1, {"wing_radius_pix": 14})
+    wing = Wing(amp=amp, slope=4.0, r_join=14.0, r_max=100.0, n_stars=5, n_rejected=0, chi2=1.0)
+    ring = (r > 18) & (r < 26)
+    got = {}
+    for name, f in (("clean", field), ("low", field_low)):
+        st, e = evaluate_field(with_bright_wing(f, wing, [truth], FWHM), 0.0, 0.0)
+        got[name] = (np.asarray(st, float) * e)[ring].sum()
+        assert abs((1.0 - e) - true_beyond) < 0.001, (name, 1 - e, true_beyond)
+    # (the pure r^-4 is ~4 % above the Moffat's own profile 18-26 px out)
+    assert abs(got["clean"] / truth[ring].sum() - 1.04) < 0.02, got["clean"] / truth[ring].sum()
+    assert abs(got["low"] / got["clean"] - 1.0) < 0.01, got

@@ -95,6 +95,11 @@ class PsfField:
     core: np.ndarray | None = None
     inner: np.ndarray | None = None
     wing_ab: tuple = ()
+    #: with a bright-star wing (stages.psf_wing.with_bright_wing): the anchor-zone pixels and
+    #: their mean unit-total light at the wing's stars; ``tail``/``tail_beyond`` are then the
+    #: wing per unit total flux, scaled by the anchor light at each position
+    anchor: np.ndarray | None = None
+    anchor_ref: float = float("nan")
 
     def raw(self, x: float, y: float) -> np.ndarray:
         b = _basis((x - self.x0) / self.scale, (y - self.y0) / self.scale, self.degree)
@@ -318,15 +323,18 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
 def evaluate_field(field: PsfField, x: float, y: float):
     """(unit-sum float32 stamp of side ``final_size``, fraction of the PSF's total flux inside it)
     of the field at working-frame (x, y): the polynomial core, the band's tail beyond the wing
-    radius scaled to the core at the blend ring."""
+    radius scaled to the core at the blend ring (a bright-star wing: to the core's light in the
+    wing fit's anchor zone)."""
     p = field.raw(x, y)
     tot = p.sum()
     if not tot > 0:
         return None, 1.0
     p = p / tot
-    ring = (field.blend > 0) & (field.blend < 1)
     s = 1.0
-    if ring.any() and field.tail[ring].sum() > 0:
+    ring = (field.blend > 0) & (field.blend < 1)
+    if field.anchor is not None:             # the bright-star wing, per unit of anchor light
+        s = float(p[field.anchor].sum() / field.anchor_ref)
+    elif ring.any() and field.tail[ring].sum() > 0:
         s = float(p[ring].sum() / field.tail[ring].sum())
     out = (1.0 - field.blend) * p + field.blend * s * field.tail
     total = out.sum() + s * field.tail_beyond

@@ -23,8 +23,9 @@ FWHM. So, per band:
    error and ``OUTLIER_FRAC`` (a galaxy typed STAR, a blend, a ghost) are dropped and the fit is
    repeated.
 
-:func:`with_bright_wing` replaces the field's tail beyond its wing radius by that power law and
-sets the light beyond the stamp from it. Pure numpy on arrays: the caller reads the cut-outs.
+:func:`with_bright_wing` replaces the field's tail beyond its wing radius by that power law,
+scaled at every position by the field's light in the anchor zone, and sets the light beyond the
+stamp from it. Pure numpy on arrays: the caller reads the cut-outs.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 from .epsf_stack import grid_radius
 
 __all__ = ["Wing", "ring_profile", "fit_wing", "measure_wing", "light_beyond_square",
-           "with_bright_wing", "ring_edges"]
+           "with_bright_wing", "anchor_mask", "ring_edges"]
 
 #: a ring is used when at least this fraction of its pixels is valid
 MIN_COVER = 0.6
@@ -211,24 +212,46 @@ def light_beyond_square(wing: Wing, half: int) -> float:
     return near + 2.0 * np.pi * wing.amp * r2 ** (2.0 - wing.slope) / (wing.slope - 2.0)
 
 
-def with_bright_wing(field, wing: Wing, blend_pix: float = 3.0):
-    """A copy of ``field`` (stages.psf_poly.PsfField) whose tail follows ``wing`` beyond its
-    join radius (linear blend over ``blend_pix``) and whose light beyond the grid is the wing's,
-    to infinity (fluxes are total fluxes).
-    The tail keeps unit sum on the grid; ``tail_beyond`` is in the same units."""
+def anchor_mask(size: int, fwhm: float, r_join: float, blend_pix: float = 3.0) -> np.ndarray:
+    """Pixels of a (size x size) grid in the wing fit's anchor zone (from 1.5 FWHM, as
+    :func:`measure_wing`, to the start of the wing's blend at ``r_join`` - ``blend_pix``)."""
+    r = grid_radius(size)
+    r_in = max(1.5 * float(fwhm), 2.0)
+    return (r >= r_in) & (r < max(float(r_join) - blend_pix, r_in + 1.5))
+
+
+def with_bright_wing(field, wing: Wing, field_stamps, fwhm: float, blend_pix: float = 3.0):
+    """A copy of ``field`` (stages.psf_poly.PsfField) whose light beyond the wing's join radius
+    (linear blend over ``blend_pix`` before it) and beyond the grid is ``wing``'s, to infinity
+    (fluxes are total fluxes).
+
+    The wing's amplitude is per unit of total flux of the stars it was fitted on, which
+    :func:`measure_wing` anchored on ``field_stamps`` (the field's unit-total stamps at those
+    stars) inside the join radius. So at any position the wing is scaled by the field's light
+    in that anchor zone over its mean at those stars (``anchor_ref``): a broader PSF gets a
+    stronger wing, and the field's own outer rings, where the stacked stars' fitted backgrounds
+    took up part of the wing (10-25 % of it 5-7 FWHM out for a Moffat beta = 2), are not used.
+    ``tail`` is the wing on the grid and ``tail_beyond`` its light beyond the grid, both per
+    unit total flux; ``blend`` the wing's weight."""
     size = field.tail.shape[0]
     r = grid_radius(size)
-    # the field's tail in unit-total units: tail / (1 + tail_beyond)
-    own = field.tail / (1.0 + field.tail_beyond)
-    t = np.clip((r - wing.r_join) / blend_pix, 0.0, 1.0)
-    new = (1.0 - t) * own + t * wing.profile(np.maximum(r, 1.0))
-    beyond = light_beyond_square(wing, (size - 1) // 2) / new.sum()
-    new = new / new.sum()
+    tail = wing.profile(np.maximum(r, 1.0))
+    blend = np.clip((r - (wing.r_join - blend_pix)) / blend_pix, 0.0, 1.0)
+    beyond = light_beyond_square(wing, (size - 1) // 2)
+    refs = []
+    for st in field_stamps:
+        st = np.asarray(st, float)
+        refs.append(st[anchor_mask(st.shape[0], fwhm, wing.r_join, blend_pix)].sum())
+    anchor_ref = float(np.mean(refs)) if refs else float("nan")
+    if not anchor_ref > 0:
+        return field
     wings = dict(field.wings, bright_wing={"amp": wing.amp, "slope": wing.slope, "r_join": wing.r_join,
                                            "r_max": wing.r_max, "n_stars": wing.n_stars,
-                                           "n_rejected": wing.n_rejected, "chi2": round(wing.chi2, 3)},
+                                           "n_rejected": wing.n_rejected, "chi2": round(wing.chi2, 3),
+                                           "anchor_ref": round(anchor_ref, 7)},
                  tail_beyond_stamp=round(beyond, 7))
-    return replace(field, tail=new, tail_beyond=float(beyond), wings=wings)
+    return replace(field, tail=tail, blend=blend, tail_beyond=float(beyond), wings=wings,
+                   anchor=anchor_mask(size, fwhm, wing.r_join, blend_pix), anchor_ref=anchor_ref)
 
 
 def measure_wing(cutouts, field_stamps, fwhm: float, r_join: float, r_max: float) -> Wing | None:
