@@ -129,3 +129,27 @@ def test_the_field_takes_the_wing_and_stays_normalised():
     # (the pure r^-4 is ~4 % above the Moffat's own profile 18-26 px out)
     assert abs(got["clean"] / truth[ring].sum() - 1.04) < 0.02, got["clean"] / truth[ring].sum()
     assert abs(got["low"] / got["clean"] - 1.0) < 0.01, got
+
+
+def test_a_field_whose_stars_lost_a_pedestal_fits_total_fluxes():
+    """A stack whose stars' fitted backgrounds took up a constant part of a beta = 2 wing (the
+    field is the true PSF minus a pedestal, renormalised): with the measured wing the field's
+    PSF-fit flux of a true star is its total flux."""
+    size = STAMP
+    truth = _draw(galsim.Moffat(beta=2.0, fwhm=FWHM), size)          # unit total, in the stamp
+    r = np.hypot(*(np.indices((size, size)) - size // 2))
+    low = truth - 0.2 * truth[r.astype(int) == 26].mean()             # the stack's deficit
+    low = low / low.sum()
+    blend = np.clip((r - 19.0) / 3.0, 0.0, 1.0)
+    field = PsfField(low[None], 0, 0.0, 0.0, 1.0, low.copy(), blend, 0.0, np.zeros((1, 2)),
+                     np.ones(1), size, 1, {"wing_radius_pix": 22})
+    alpha = FWHM / (2 * np.sqrt(2 ** 0.5 - 1))
+    # the power law through the Moffat's own profile at 16 and 40 px (as fit_wing finds it)
+    moffat = lambda x: (1.0 / (np.pi * alpha ** 2)) * (1.0 + (x / alpha) ** 2) ** -2.0  # noqa: E731
+    slope = np.log(moffat(16.0) / moffat(40.0)) / np.log(40.0 / 16.0)
+    wing = Wing(amp=moffat(16.0) * 16.0 ** slope, slope=slope, r_join=22.0, r_max=100.0, n_stars=5,
+                n_rejected=0, chi2=1.0)
+    stamp, ef = evaluate_field(with_bright_wing(field, wing, [truth], FWHM), 0.0, 0.0)
+    p = np.asarray(stamp, float)
+    flux = (p * truth).sum() / (p * p).sum() / ef                      # sky-limited PSF fit
+    assert abs(flux - 1.0) < 0.0008, flux      # without the pedestal: 0.9984

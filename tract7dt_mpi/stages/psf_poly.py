@@ -100,6 +100,9 @@ class PsfField:
     #: wing per unit total flux, scaled by the anchor light at each position
     anchor: np.ndarray | None = None
     anchor_ref: float = float("nan")
+    #: the pixels inside the stamp beyond the wing's join radius, where the field's constant
+    #: offset from the wing is measured (:func:`_pedestal`)
+    pedestal_zone: np.ndarray | None = None
 
     def raw(self, x: float, y: float) -> np.ndarray:
         b = _basis((x - self.x0) / self.scale, (y - self.y0) / self.scale, self.degree)
@@ -320,6 +323,21 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     return field
 
 
+def _pedestal(field: PsfField, p) -> float:
+    """The constant that the stacked stars' fitted backgrounds took off the unit-sum field ``p``:
+    the level that makes its pixels beyond the wing's join radius (inside the stamp) match the
+    bright-star wing, scaled as :func:`evaluate_field` scales it (by the anchor light, which
+    the constant also changes). A per-star constant background is degenerate with the flat
+    part of a broad wing: on a Moffat beta = 2 the field's outer rings came out 10-25 % low."""
+    z = field.pedestal_zone
+    if z is None or not z.any():
+        return 0.0
+    n_a, a_p, ref = float(field.anchor.sum()), float(p[field.anchor].sum()), float(field.anchor_ref)
+    w, pz = float(field.tail[z].mean()), float(p[z].mean())
+    denom = 1.0 - n_a * w / ref
+    return (a_p * w / ref - pz) / denom if denom > 0.2 else 0.0
+
+
 def evaluate_field(field: PsfField, x: float, y: float):
     """(unit-sum float32 stamp of side ``final_size``, fraction of the PSF's total flux inside it)
     of the field at working-frame (x, y): the polynomial core, the band's tail beyond the wing
@@ -333,6 +351,7 @@ def evaluate_field(field: PsfField, x: float, y: float):
     s = 1.0
     ring = (field.blend > 0) & (field.blend < 1)
     if field.anchor is not None:             # the bright-star wing, per unit of anchor light
+        p = p + _pedestal(field, p)
         s = float(p[field.anchor].sum() / field.anchor_ref)
     elif ring.any() and field.tail[ring].sum() > 0:
         s = float(p[ring].sum() / field.tail[ring].sum())

@@ -250,8 +250,10 @@ def with_bright_wing(field, wing: Wing, field_stamps, fwhm: float, blend_pix: fl
                                            "n_rejected": wing.n_rejected, "chi2": round(wing.chi2, 3),
                                            "anchor_ref": round(anchor_ref, 7)},
                  tail_beyond_stamp=round(beyond, 7))
+    zone = (r >= wing.r_join) & (r <= (int(field.final_size) - 1) / 2.0)
     return replace(field, tail=tail, blend=blend, tail_beyond=float(beyond), wings=wings,
-                   anchor=anchor_mask(size, fwhm, wing.r_join, blend_pix), anchor_ref=anchor_ref)
+                   anchor=anchor_mask(size, fwhm, wing.r_join, blend_pix), anchor_ref=anchor_ref,
+                   pedestal_zone=zone if zone.sum() >= 20 else None)
 
 
 def measure_wing(cutouts, field_stamps, fwhm: float, r_join: float, r_max: float) -> Wing | None:
