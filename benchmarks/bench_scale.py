@@ -2,7 +2,7 @@
 
 usage: python benchmarks/bench_scale.py [--tile DIR] [--out DIR] [--ranks 2] [--quick]
                                         [--box-frac F] [--iters N] [--light] [--no-plots]
-                                        [--no-8band] [--reuse]
+                                        [--no-8band] [--reuse] [--realistic]
 
 The tile (default ``/tmp/h2_full40``) is a full-size (9576 x 6388 px) 40-band synthetic tile from
 ``make_sample(dir, bands=40, full_size=True)``; it is generated when missing (~12 min, 9.2 GB).
@@ -14,6 +14,13 @@ Printed per run (from the results store's ``/run`` attributes, gathered from eve
 end of the run): wall time per stage, whole-process wall, peak RSS of rank 0 and of the largest
 worker, bytes read/written per rank (``/proc/self/io``: storage-level bytes, and bytes passed to
 read/write calls), and sources fitted per second.  A JSON summary is written to OUT/summary.json.
+
+``--realistic`` uses a tile at survey density instead (default ``/tmp/h2_full40_real``):
+REALISTIC_SOURCES catalogued sources (a third of them stars, galaxies to mag 23, as on the
+accuracy benchmark's faint tile, ~350 per 1024 x 1024 px), generated when missing (about an
+hour and 9 GB); expect hours for the run on 2 cores (start it in the background, niced).
+Besides the stage table every run prints the CPU seconds of each task phase and of the serial
+part, and the CPU seconds per fitted source and band.
 
 ``--quick`` keeps the full-size images (so rank 0 still loads 40 full bands) but fits only the
 sources inside a central box of ``--box-frac`` of the tile's width and height (the catalog and
@@ -34,12 +41,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_pipeline import LIGHT  # noqa: E402
 
 DEFAULT_TILE = "/tmp/h2_full40"
+REALISTIC_TILE = "/tmp/h2_full40_real"
+#: catalogued sources of the --realistic tile and its scene (make_sample options)
+REALISTIC_SOURCES = 20000
+REALISTIC_SCENE = dict(n_stars=7000, galaxy_mag_min=17.0, galaxy_mag_max=23.0, n_blends=200)
 
 
-def ensure_tile(tile: str) -> None:
+def ensure_tile(tile: str, realistic: bool = False) -> None:
     if os.path.exists(os.path.join(tile, "config.yaml")):
         return
     from tract7dt_mpi.sample import make_sample
+    if realistic:
+        print(f"generating the survey-density 40-band tile in {tile} ({REALISTIC_SOURCES} sources, "
+              "~1 h, 9 GB)...", flush=True)
+        make_sample(tile, bands=40, full_size=True, n_sources=REALISTIC_SOURCES, verbose=True,
+                    **REALISTIC_SCENE)
+        return
     print(f"generating the full-size 40-band tile in {tile} (~12 min, 9.2 GB)...", flush=True)
     make_sample(tile, bands=40, full_size=True, verbose=True)
 
@@ -142,12 +159,19 @@ def summarize(work: str, wall: float) -> dict:
         kinds = [k.decode() for k in f["plan/kind"][...]]
         status = f["tasks/status"][...]
         n_rows = f["plan/n_rows"][...]
+        bands = f.attrs.get("bands", [])
+        bands = json.loads(bands) if isinstance(bands, str) else [str(b) for b in bands]
     patch = np.array([k == "patch" for k in kinds])
     usage = run_attrs.get("rank_usage") or []
     stages = run_attrs.get("stage_seconds") or {}
     n_src = int(n_rows[patch & (status == 2)].sum())
     fit_s = float(stages.get("run_patches", 0.0))
-    return {"wall_s": wall, "pipeline_s": float(run_attrs.get("pipeline_seconds", 0.0)),
+    from tract7dt_mpi.parallel.scaling import load_measurements
+    meas = load_measurements(os.path.join(work, "results.h5"))
+    return {"n_bands": len(bands),
+            "phase_cpu": {k: float(sum(v)) for k, v in meas["phases"].items()},
+            "serial_s": float(meas["serial_seconds"]),
+            "wall_s": wall, "pipeline_s": float(run_attrs.get("pipeline_seconds", 0.0)),
             "stages_s": stages, "n_epsf": sum(k == "epsf" for k in kinds), "n_patches": int(patch.sum()),
             "sources_fitted": n_src, "sources_per_s_fit": n_src / fit_s if fit_s else float("nan"),
             "sources_per_s_total": n_src / wall if wall else float("nan"),
@@ -172,6 +196,13 @@ def report(name: str, s: dict) -> None:
               f"CPU {u['cpu_s']:.0f} s, start-up {u.get('startup_s', float('nan')):.1f} s")
     print(f"sources/s: {s['sources_per_s_fit']:.2f} in the patch phase, "
           f"{s['sources_per_s_total']:.3f} over the whole run")
+    cpu = sum(float(u.get("cpu_s", 0.0)) for u in s["usage"])
+    per = cpu / (s["sources_fitted"] * s["n_bands"]) if s["sources_fitted"] and s["n_bands"] else float("nan")
+    print(f"CPU: {cpu:.0f} s over all ranks = {per:.3f} CPU-s per fitted source and band "
+          f"({s['sources_fitted']} sources x {s['n_bands']} bands)")
+    if s.get("phase_cpu"):
+        print("task CPU-s per phase (contention undone): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in s["phase_cpu"].items()) + f"; serial (rank 0 alone) {s['serial_s']:.0f}")
 
 
 def main(argv=None) -> int:
@@ -188,9 +219,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-8band", action="store_true", help="skip the 8-band comparison run")
     ap.add_argument("--timeout", type=float, default=12 * 3600)
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier call")
+    ap.add_argument("--realistic", action="store_true",
+                    help=f"a tile at survey density ({REALISTIC_SOURCES} sources; default {REALISTIC_TILE})")
     a = ap.parse_args(argv)
-    out = a.out or ("/tmp/bench_scale_quick" if a.quick else "/tmp/bench_scale")
-    ensure_tile(a.tile)
+    if a.realistic and a.tile == DEFAULT_TILE:
+        a.tile = REALISTIC_TILE
+    out = a.out or ("/tmp/bench_scale_quick" if a.quick else
+                    "/tmp/bench_scale_real" if a.realistic else "/tmp/bench_scale")
+    ensure_tile(a.tile, a.realistic)
     results = {}
     for name, nb in [("40 bands", None), ("8 bands", 8)][:1 if a.no_8band else 2]:
         dest = os.path.join(out, "b40" if nb is None else f"b{nb}")
