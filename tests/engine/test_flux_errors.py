@@ -58,3 +58,33 @@ def test_flux_errors_do_not_depend_on_the_approximate_psf_basis(monkeypatch):
     b = fit_patch(ims, [src], FitOptions(n_opt_iters=60)).sources[0]
     assert np.all(np.abs(a.fluxes - b.fluxes) < 0.05 * b.flux_errs)
     np.testing.assert_allclose(a.flux_errs, b.flux_errs, rtol=0.01)
+
+
+def test_a_sersic_total_flux_error_carries_the_index_error():
+    """The total flux c(n) F of a Sersic galaxy moves with its fitted index as well as with F: over
+    noise draws of one GalSim n = 4 galaxy, the scatter of ln n matches the reported var(ln n), and
+    the scatter of the total flux the reported error once the index terms are in."""
+    from tract7dt_mpi.engine.profiles import total_flux_factor
+    from tract7dt_mpi.stages.flux_convention import index_variance, with_index_errors
+
+    clean = draw([(galaxy("sersic", 2.0e4, 3.0, 0.7, 20.0, n=4.0), 23.8, 24.3)], SHAPE, psf=moffat())
+    psf = PixelizedPSF(psf_stamp())
+    tot, lnn, err_tot, err_plain, var_n = [], [], [], [], []
+    for k in range(N_DRAWS):
+        rng = np.random.default_rng(300 + k)
+        ims = [ImageData("r", clean + rng.normal(0, 1.0, SHAPE), np.ones(SHAPE), psf)]
+        src = Source("sersic", 24.0, 24.0, [1.8e4], re=2.5, ab=0.8, phi_deg=10.0, sersic_n=3.0)
+        r = fit_patch(ims, [src], FitOptions(n_opt_iters=60)).sources[0]
+        assert r.lnn_cov is not None and r.lnn_cov.shape == (1, 2)
+        c = total_flux_factor("sersic", r.sersic_n)
+        v = index_variance("sersic", r.sersic_n, r.fluxes[0], r.lnn_cov[0], "total")
+        tot.append(c * r.fluxes[0]), lnn.append(np.log(r.sersic_n))
+        err_tot.append(c * with_index_errors(r.flux_errs[0], v)), err_plain.append(c * r.flux_errs[0])
+        var_n.append(r.lnn_cov[0, 1])
+    # 40 draws: a sample sigma is known to ~11 %
+    s_n = float(np.std(lnn, ddof=1))
+    assert 0.75 < np.sqrt(np.median(var_n)) / s_n < 1.3, (np.sqrt(np.median(var_n)), s_n)
+    s_tot = float(np.std(tot, ddof=1))
+    assert 0.8 < np.median(err_tot) / s_tot < 1.25, (np.median(err_tot), np.median(err_plain), s_tot)
+    # here the index adds ~13 % to the error (var ln n ~ 1.2 %^2; the factor's slope is ~0.4)
+    assert np.median(err_plain) < 0.92 * np.median(err_tot), (np.median(err_plain), np.median(err_tot))

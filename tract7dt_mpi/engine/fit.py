@@ -345,13 +345,17 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
+    cov_n, var_n = np.full((prob.nb, prob.S), np.nan), np.full(prob.S, np.nan)
     if opts.marginal_flux_errors:
         # ev's renderings are not needed below (fluxes, sky, chi2 and flags are kept on ev)
-        var = var + prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
+        dv, cov_n, var_n = prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
+        var = var + dv
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     rscale = _residual_scales(prob, resid, params) if opts.residual_error_scale \
         else np.ones((prob.nb, prob.S))
     errs = errs * rscale
+    # the index terms take the same inflation as the variances (covariance x chi^2)
+    cov_n, var_n = cov_n * rscale ** 2, var_n[None, :] * rscale ** 2
     errs[ev.pinned] = np.nan
     bands = [im.band for im in images]
     # out of iterations but the last accepted step gained < SOURCE_DLNP: the fit is on a plateau
@@ -371,6 +375,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
+            if np.isfinite(var_n[:, s]).all():
+                r.lnn_cov = np.column_stack([cov_n[:, s], var_n[:, s]])
         share = float(prob.source_share[s])
         r.remaining_dlnp = share
         r.runaway = _runaway(prob, ev, s, src, r, errs, bands)

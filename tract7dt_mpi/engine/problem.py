@@ -398,25 +398,34 @@ class Problem:
         self._model_block_cache.clear()
         return self.evaluate(ev.params, ev.free, ev.G is not None, ev.F, ev.sky, derivs=True)
 
-    def marginal_flux_variance(self, ev: Evaluation) -> np.ndarray:
-        """(nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
-        (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`.
-        A flux error at fixed shape is too small for a galaxy, whose flux trades against its
-        radius and index; zero without free nonlinear parameters."""
+    def marginal_flux_variance(self, ev: Evaluation):
+        """((nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
+        (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`;
+        (nb, S) covariance of each flux with its source's ln(Sersic index); (S,) variance of that
+        ln n), NaN where the index is not free. A flux error at fixed shape is too small for a
+        galaxy, whose flux trades against its radius and index; the index terms let a flux that
+        is converted with a factor depending on n (a total flux) carry that factor's error. Zero
+        variance without free nonlinear parameters."""
         out = np.zeros((self.nb, self.S))
+        cov_n, var_n = np.full((self.nb, self.S), np.nan), np.full(self.S, np.nan)
         if ev.G is None or not ev.derivs:
-            return out
+            return out, cov_n, var_n
         index, H, _, X = self.gauss_newton(ev, coupling=True)
         if X is None or not index:
-            return out
+            return out, cov_n, var_n
         dg = np.diagonal(H)
         use = np.isfinite(dg) & (dg > 0)             # a parameter the data do not constrain: none
         if not use.any():
-            return out
+            return out, cov_n, var_n
         Hinv = inv_batched(H[np.ix_(use, use)][None])[0]
         Xs = X[:, :self.S, :][:, :, use]
         dv = np.einsum("bsn,nm,bsm->bs", Xs, Hinv, Xs)
-        return np.where(np.isfinite(dv) & (dv > 0), dv, 0.0)
+        rows = [index[k] for k in np.flatnonzero(use)]
+        for k, (s, j) in enumerate(rows):
+            if self.names[s][j] == "sersicindex":   # dF = -X dtheta at the optimum
+                cov_n[:, s] = -Xs[:, s, :] @ Hinv[:, k]
+                var_n[s] = Hinv[k, k]
+        return np.where(np.isfinite(dv) & (dv > 0), dv, 0.0), cov_n, var_n
 
     def flux_covariance(self, ev: Evaluation, model_src, gains):
         """Per-band covariance (nb, L, L) of the linear parameters: 'sky' (H^-1) and sandwich variant."""

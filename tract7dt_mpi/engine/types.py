@@ -132,6 +132,9 @@ class SourceResult:
     ab: float = np.nan
     phi_deg: float = np.nan
     sersic_n: float = np.nan
+    #: a Sersic source with a free index: per band (cov(flux, ln n), var(ln n)), both inflated
+    #: as the flux errors are (None otherwise)
+    lnn_cov: np.ndarray | None = None
     stalled: list = field(default_factory=list)
     #: shape (and Sersic n) held at the start: flux S/N below FitOptions.shape_min_snr, or a
     #: shape fallback

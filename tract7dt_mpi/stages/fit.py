@@ -23,7 +23,7 @@ import pandas as pd
 from ..errors import InputError
 from .data_checks import dead_near
 from .fit_setup import apply_sky_choice, build_sources, choose_psf, engine_images
-from .flux_convention import profile_factors, to_total_fluxes
+from .flux_convention import index_variance, profile_factors, to_total_fluxes, with_index_errors
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,13 @@ STR_WIDTH = {"patch_tag": 32, "epsf_tag": 16, "psf_fallback_bands": 512,
              "flag_bound_stalled_which_parameter": 160}
 _MORPH = ("sersic_n", "re_pix", "ab", "phi_deg", "ELL", "Re", "THETA")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _index_var(src, j: int, pr) -> float:
+    """:func:`~.flux_convention.index_variance` of engine source ``src`` in its band ``j``."""
+    c = getattr(src, "lnn_cov", None)
+    return index_variance(src.kind, float(src.sersic_n), float(src.fluxes[j]),
+                          None if c is None else c[j], str(pr.galaxy_flux))
 
 
 def safe_name(value) -> str:
@@ -375,10 +382,12 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             d["flag_shape_fallback"] = bool(getattr(res.sources[i], "shape_fallback", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
-                d[f"FLUX_{b}_fit"] = float(res.sources[i].fluxes[j])
-                d[f"FLUXERR_{b}_fit"] = with_psf_term(res.sources[i].flux_errs[j], res.sources[i].fluxes[j],
-                                                      psf_frac[b])
-                d[f"FLUXERR_STAT_{b}_fit"] = float(res.sources[i].flux_errs[j])
+                src = res.sources[i]
+                v = _index_var(src, j, pr)
+                d[f"FLUX_{b}_fit"] = float(src.fluxes[j])
+                d[f"FLUXERR_{b}_fit"] = with_index_errors(
+                    with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac[b]), v)
+                d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(src.flux_errs[j], v)
             d.update(_opt_values(res, "", res.sources[i]))
         else:
             d["flag_core_masked"] = any(
@@ -393,9 +402,11 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
+                v = _index_var(s, 0, pr)
                 d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
-                d[f"FLUXERR_{b}_fit"] = with_psf_term(s.flux_errs[0], s.fluxes[0], psf_frac[b])
-                d[f"FLUXERR_STAT_{b}_fit"] = float(s.flux_errs[0])
+                d[f"FLUXERR_{b}_fit"] = with_index_errors(with_psf_term(s.flux_errs[0], s.fluxes[0],
+                                                                        psf_frac[b]), v)
+                d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(s.flux_errs[0], v)
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)

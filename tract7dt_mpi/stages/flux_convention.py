@@ -6,7 +6,9 @@ by the fraction of the PSF's total flux inside the stamp that the band's PSF (eP
 reports. Galaxy mixtures are tapered at 4 or 8 re; under ``galaxy_flux = total`` a galaxy's flux is
 multiplied by its profile's :func:`~tract7dt_mpi.engine.profiles.total_flux_factor`, and an exp or
 dev galaxy's divided by the bias that factor has at its size relative to the PSF
-(:func:`~tract7dt_mpi.engine.profiles.size_bias`: +1.2-1.8 % at re = FWHM/4).
+(:func:`~tract7dt_mpi.engine.profiles.size_bias`: +1.2-1.8 % at re = FWHM/4). A Sersic
+galaxy's factor grows with its index (1.05 at n = 3, 1.11 at n = 6), so the index's error
+enters its total flux error (:func:`index_variance`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 
 from ..engine.profiles import size_bias, total_flux_factor
 
-__all__ = ["profile_factors", "to_total_fluxes"]
+__all__ = ["profile_factors", "to_total_fluxes", "index_variance", "with_index_errors"]
 
 
 def profile_factors(kinds, sersic_n, galaxy_flux: str, sizes=None) -> np.ndarray:
@@ -47,3 +49,24 @@ def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: di
                 table[col] = table[col].to_numpy(float) * scale
     table["flux_total_factor"] = np.asarray(factors[bands[0]], float)
     return table
+
+
+def index_variance(kind: str, n: float, flux: float, lnn_cov, galaxy_flux: str) -> float:
+    """Variance (in the fit's flux units, before the total-flux factor) that a Sersic total flux
+    gains from its index: the factor c(n) moves with n, so d(c F) / c = dF + F (d ln c / d ln n)
+    d ln n, with the fit's cov(F, ln n) and var(ln n) (``lnn_cov``: that pair; None: 0)."""
+    if galaxy_flux != "total" or kind != "sersic" or lnn_cov is None:
+        return 0.0
+    cov, var = (float(v) for v in lnn_cov)
+    if not (np.isfinite(cov) and np.isfinite(var) and np.isfinite(flux) and n > 0):
+        return 0.0
+    h = 0.02
+    d = (np.log(total_flux_factor("sersic", n * np.exp(h)))
+         - np.log(total_flux_factor("sersic", n * np.exp(-h)))) / (2.0 * h)
+    return 2.0 * flux * d * cov + (flux * d) ** 2 * var
+
+
+def with_index_errors(err: float, var_extra: float) -> float:
+    """``err`` with ``var_extra`` (:func:`index_variance`, which may be negative: a flux that
+    trades against its index) added, never below zero."""
+    return float(np.sqrt(max(float(err) ** 2 + float(var_extra), 0.0)))
