@@ -34,3 +34,20 @@ def test_a_galaxy_excluded_for_its_saturated_neighbour_is_no_star_candidate():
                                   [[120.0, 60.0], [150.0, 150.0], [50.0, 50.0]])
     np.testing.assert_array_equal(star_candidates(cat, prep, 4.0, saturated=False),
                                   [[150.0, 150.0], [50.0, 50.0]])
+
+
+
+def test_a_wing_star_cut_out_loses_its_catalogue_neighbours_not_itself():
+    from tract7dt_mpi.band_psfs import NEIGHBOUR_FWHM, NEIGHBOUR_RE, _mask_neighbours, neighbour_disks
+
+    cat = pd.DataFrame({"x_pix_white": [100.0, 130.0, 100.0, np.nan], "y_pix_white": [100.0, 100.0, 60.0, 5.0],
+                        "Re": [np.nan, 8.0, 1.0, 3.0]})
+    disks = neighbour_disks(cat, 4.0)
+    np.testing.assert_allclose(disks, [[100, 100, NEIGHBOUR_FWHM * 4], [130, 100, NEIGHBOUR_RE * 8],
+                                       [100, 60, NEIGHBOUR_FWHM * 4]])
+    good = np.ones((81, 81), bool)                 # the star (frame 100, 100) at (40, 40)
+    _mask_neighbours(good, 100.0, 100.0, 40.0, 40.0, disks)
+    assert good[40, 40] and good[40, 45]           # its own row is not masked
+    assert not good[40, 70] and not good[40, 70 - int(NEIGHBOUR_RE * 8) + 1]   # the galaxy's disk
+    assert good[40, 70 - int(NEIGHBOUR_RE * 8) - 1]
+    assert not good[0, 40] and good[40, 0]         # the star at (100, 60) reaches the top edge

@@ -13,6 +13,7 @@ import logging
 import os
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from .flags import as_bool
@@ -26,6 +27,10 @@ log = logging.getLogger("tract7dt_mpi.pipeline")
 N_CANDIDATES = 60
 #: bright stars measured per band
 BRIGHT_WING_STARS = 20
+#: a catalogue neighbour of a wing or halo star is masked out to this many FWHM (or NEIGHBOUR_RE
+#: times its catalogue Re, if larger): its light is no wing
+NEIGHBOUR_FWHM = 3.0
+NEIGHBOUR_RE = 2.5
 
 
 def star_candidates(catalog, prepared, fwhm: float, saturated: bool = True) -> np.ndarray:
@@ -62,11 +67,41 @@ def star_candidates(catalog, prepared, fwhm: float, saturated: bool = True) -> n
     return np.stack([x[idx[order]], y[idx[order]]], axis=1)
 
 
-def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float):
+def neighbour_disks(catalog, fwhm: float) -> np.ndarray:
+    """(n, 3) working-frame (x, y, radius) of every catalogue source, the radius
+    ``NEIGHBOUR_FWHM`` FWHM or ``NEIGHBOUR_RE`` times its catalogue Re (px) if larger."""
+    if catalog is None or len(catalog) == 0 or not {"x_pix_white", "y_pix_white"} <= set(catalog.columns):
+        return np.zeros((0, 3))
+    x = catalog["x_pix_white"].to_numpy(float)
+    y = catalog["y_pix_white"].to_numpy(float)
+    r = np.full(len(catalog), NEIGHBOUR_FWHM * float(fwhm))
+    if "Re" in catalog.columns:
+        re = pd.to_numeric(catalog["Re"], errors="coerce").to_numpy(float)
+        r = np.fmax(r, NEIGHBOUR_RE * np.where(np.isfinite(re) & (re > 0), re, 0.0))
+    ok = np.isfinite(x) & np.isfinite(y)
+    return np.column_stack([x[ok], y[ok], r[ok]])
+
+
+def _mask_neighbours(good, x: float, y: float, cx: float, cy: float, disks) -> None:
+    """Set ``good`` False within the ``disks`` (frame (x, y, r)) other than the star's own row
+    (within 1.5 px of frame (x, y)); (cx, cy): the star in the cut-out."""
+    if disks is None or not len(disks):
+        return
+    h, w = good.shape
+    d = np.hypot(disks[:, 0] - x, disks[:, 1] - y)
+    near = disks[(d > 1.5) & (d < np.hypot(h, w) + disks[:, 2])]
+    if not len(near):
+        return
+    yy, xx = np.indices(good.shape)
+    for nx, ny, r in near:
+        good &= (xx - (nx - x + cx)) ** 2 + (yy - (ny - y + cy)) ** 2 >= r * r
+
+
+def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float, disks=None):
     """(image, good, x, y, r_core) of ``band`` within ``r_max`` of (x, y): (x, y) in the cut-out,
     ``r_core`` the radius inside which the star's own saturated or non-finite pixels lie (the
     masked region that reaches within 2 px of its centre; 0 if none: a saturated neighbour's
-    core is not the star's)."""
+    core is not the star's); ``disks`` (:func:`neighbour_disks`) are not good."""
     R = int(np.ceil(r_max)) + 1
     ix, iy = int(round(x)), int(round(y))
     y0, x0 = max(iy - R, 0), max(ix - R, 0)
@@ -79,29 +114,34 @@ def _cutout(prepared, band: str, x: float, y: float, r_max: float, fwhm: float):
     own = np.unique(lab[(rr <= 2.0) & (lab > 0)])
     core = np.isin(lab, own) & (lab > 0)
     r_core = float(rr[core].max()) if core.any() else 0.0
-    return cut.img, ~bad, cx, cy, r_core
+    good = ~bad
+    _mask_neighbours(good, x, y, cx, cy, disks)
+    return cut.img, good, cx, cy, r_core
 
 
-def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float):
+def _cutouts(prepared, band: str, xy, r_max: float, n_stars: int, fwhm: float, disks=None):
     """Up to ``n_stars`` :func:`_cutout` s of ``band`` around isolated candidates (no brighter
-    candidate within ``r_max``)."""
+    candidate within ``r_max``), catalogue neighbours (``disks``) masked."""
     out, used = [], []
     for k, (x, y) in enumerate(xy):
         if len(out) >= n_stars:
             break
         if k and np.any(np.hypot(xy[:k, 0] - x, xy[:k, 1] - y) < r_max):
             continue
-        out.append(_cutout(prepared, band, x, y, r_max, fwhm))
+        out.append(_cutout(prepared, band, x, y, r_max, fwhm, disks))
         used.append((x, y))
     return out, np.asarray(used).reshape(-1, 2)
 
 
-def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float, n_stars: int):
+def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float, n_stars: int,
+                    disks=None):
     """``field`` with its outer wing and light beyond the stamp measured on the band's bright
-    stars (stages.psf_wing), or ``field`` unchanged (logged) when too few stars show one."""
+    stars (stages.psf_wing), their catalogue neighbours (``disks``) masked, or ``field``
+    unchanged (logged) when too few stars show one."""
     r_join = field.wings.get("wing_radius_pix") or 3.0 * fwhm
     r_max = float(min(r_max_fwhm * fwhm, 0.5 * min(prepared.shape)))
-    cuts, used = _cutouts(prepared, band, np.asarray(xy, float).reshape(-1, 2), r_max, n_stars, fwhm)
+    cuts, used = _cutouts(prepared, band, np.asarray(xy, float).reshape(-1, 2), r_max, n_stars, fwhm,
+                          disks)
     keep, stamps = [], []
     for cut, (x, y) in zip(cuts, used):
         st, ef = evaluate_field(field, float(x), float(y))
@@ -143,7 +183,7 @@ def _enclosed(field, x: float, y: float, radius: float) -> float:
     return float(st[np.hypot(xx - c, yy - c) <= radius].sum() * ef)
 
 
-def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float):
+def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: float, disks=None):
     """``field`` with ``halos``: the (x, y, total flux) of the stars among ``xy`` whose halo beyond
     the stamp reaches ``star_halos.MIN_SIGMA`` of the band's sky noise at the stamp's edge, a
     saturated star's flux measured on its own far rings with the band's bright-star wing, an
@@ -165,7 +205,7 @@ def add_star_halos(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: floa
     r_ap = 3.0 * fwhm
     keep = []
     for k, (x, y) in enumerate(xy):
-        img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm)
+        img, good, cx, cy, r_core = _cutout(prepared, band, x, y, r_max, fwhm, disks)
         d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
         others = xy[(d > 0) & (d < r_max + r_other)]
         if len(others):                                 # the other bright stars' cores are not its halo
@@ -220,18 +260,19 @@ def field_stars(cfg, metas, prepared, catalog):
     lists come from the white stack and the catalogue once for all bands (ranked with the first
     band's FWHM), so every band, on whichever rank, gets the same ones."""
     by_band = _ok_metas_by_band(metas)
-    candidates = halo_xy = None
+    candidates = halo_xy = disks = None
     if by_band and prepared is not None and cfg.epsf.bright_wing:
         fwhm = _band_fwhm(next(iter(by_band.values())))
         candidates = star_candidates(catalog, prepared, fwhm)
+        disks = neighbour_disks(catalog, fwhm)
         if cfg.epsf.star_halos:     # the saturated stars from their own SEP detections
             sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
             halo_xy = distinct_positions(np.concatenate(
                 [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
-    return by_band, candidates, halo_xy
+    return by_band, candidates, halo_xy, disks
 
 
-def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_xy=None):
+def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_xy=None, disks=None):
     """The band's polynomial PSF field (stages.psf_poly) fitted to the stars of its successful
     cells ``ms`` (their ``stars.npz``), with its outer wing from the bright ``candidates`` on the
     ``prepared`` images (``epsf.bright_wing``) and the halos of ``halo_xy`` (``epsf.star_halos``);
@@ -259,10 +300,10 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
              "or not following the field)", band, field.degree, field.n_stars, len(xy), field.n_rejected)
     if prepared is not None and candidates is not None:
         field = add_bright_wing(field, prepared, band, candidates, fwhm,
-                                float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS)
+                                float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS, disks)
         if halo_xy is not None:
             field = add_star_halos(field, prepared, band, halo_xy, fwhm,
-                                   float(cfg.epsf.bright_wing_radius_fwhm))
+                                   float(cfg.epsf.bright_wing_radius_fwhm), disks)
     return field
 
 
@@ -272,12 +313,13 @@ def field_tasks(cfg, metas, prepared, catalog) -> list:
     from .parallel.scheduler import Task
     if cfg.patch_run.epsf_interpolation != "field":
         return []
-    by_band, candidates, halo_xy = field_stars(cfg, metas, prepared, catalog)
+    by_band, candidates, halo_xy, disks = field_stars(cfg, metas, prepared, catalog)
     out = []
     for i, (band, ms) in enumerate(by_band.items()):
         cost = float(sum(int(m.get("nstars_used") or 0) for m in ms)) + 1.0
         out.append(Task(id=f"psf_field:{band}", kind="psf_field", cost=cost, index=i,
-                        payload={"band": band, "metas": ms, "candidates": candidates, "halo_xy": halo_xy}))
+                        payload={"band": band, "metas": ms, "candidates": candidates, "halo_xy": halo_xy,
+                                 "disks": disks}))
     return out
 
 
@@ -288,9 +330,9 @@ def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None
     from .stages.psf_poly import FIELD_KEY
     if cfg.patch_run.epsf_interpolation != "field":
         return stamps
-    by_band, candidates, halo_xy = field_stars(cfg, metas, prepared, catalog)
+    by_band, candidates, halo_xy, disks = field_stars(cfg, metas, prepared, catalog)
     for band, ms in by_band.items():
-        field = band_field(cfg, band, ms, shape, prepared, candidates, halo_xy)
+        field = band_field(cfg, band, ms, shape, prepared, candidates, halo_xy, disks)
         if field is not None:
             stamps.setdefault(band, {})[FIELD_KEY] = field
     return stamps

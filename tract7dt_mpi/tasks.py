@@ -266,7 +266,7 @@ class Worker:
         from .band_psfs import band_field
         p = task.payload
         field = band_field(self.cfg, p["band"], p["metas"], self.prepared.shape, self.prepared,
-                           p["candidates"], p["halo_xy"])
+                           p["candidates"], p["halo_xy"], p.get("disks"))
         return TaskResult(rows=None, data={"field": field})
 
     # -------------------------------------------------------------- patch fit
