@@ -239,9 +239,20 @@ class _Run:
     def epsf_phase(self, lr, cells):
         """ePSF units through the queue; returns stamps {band: {tag: (stamp, nstars)}} everywhere."""
         cfg = self.cfg
-        tasks, skipped, metas = [], {}, {}
-        if self.master:
-            tasks = steps.epsf_tasks(cfg, lr, cells)
+        tasks, skipped, metas, loci, run_list = [], {}, {}, {}, []
+
+        def got_locus(task, data, info):
+            loci[task.payload["band"]] = data["locus"] if data is not None else None
+
+        # each band's stellar size locus, which its cells need: one task per band
+        ltasks = steps.locus_tasks(cfg, lr, cells) if self.master else None
+        lrep = run_phase(self.comm, "epsf_locus", ltasks, self.worker.band_locus, on_result=got_locus,
+                         heartbeat_sec=self.hb, master_works=self.master_works, timeout=self.task_timeout)
+        self._account("epsf_locus", lrep)
+        self._record_extra("epsf_locus", lrep)
+        self.stopped |= self.comm.bcast(lrep.stopped if self.master else None)
+        if self.master and not self.stopped:
+            tasks = steps.epsf_tasks(cfg, lr, cells, {b: loci.get(b) for b in lr.bands})
             if self.opt.get("resume") and self.journal is not None:
                 keep = []
                 for t in tasks:

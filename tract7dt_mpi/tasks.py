@@ -181,8 +181,26 @@ def active_cells(cfg, catalog, shape):
     return cells
 
 
-def epsf_tasks(cfg, load_res, cells) -> list[Task]:
-    """One task per (band, active cell), band order then row-major cells."""
+def _cell_boxes(cfg, load_res, cells) -> dict:
+    from .stages.epsf import cell_bounds
+    n = int(cfg.epsf.epsf_ngrid)
+    return {rc: cell_bounds(load_res.shape, n, *rc) for rc in cells}
+
+
+def locus_tasks(cfg, load_res, cells) -> list[Task]:
+    """One task per band for its stellar size locus (``Worker.band_locus``), before the cells."""
+    from .stages.epsf import epsf_settings
+    from .stages.epsf_locus import locus_cell_boxes
+    use = locus_cell_boxes(_cell_boxes(cfg, load_res, cells), epsf_settings(cfg.epsf))
+    if not use:
+        return []
+    return [Task(id=f"locus:{b}", kind="locus", cost=float(len(load_res.bands) - i), index=i,
+                 payload={"band": b, "boxes": use}) for i, b in enumerate(load_res.bands)]
+
+
+def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
+    """One task per (band, active cell), band order then row-major cells. ``loci``: band ->
+    stellar size locus from the :func:`locus_tasks` (None: measured here, band after band)."""
     from .io.tables import read_gaiaxp
     from .stages.epsf import cell_bounds, cell_tag, gaia_seeds_for_band
     gaia = None
@@ -195,12 +213,12 @@ def epsf_tasks(cfg, load_res, cells) -> list[Task]:
     from .io.prepared import PreparedImages
     from .stages.epsf import epsf_settings
     from .stages.epsf_locus import band_loci, too_small_cells
-    n = int(cfg.epsf.epsf_ngrid)
-    boxes = {rc: cell_bounds(load_res.shape, n, *rc) for rc in cells}
+    boxes = _cell_boxes(cfg, load_res, cells)
     s = epsf_settings(cfg.epsf)
     too_small_cells(boxes, s)
-    with PreparedImages(cfg.mpi.prepared_store) as prep:
-        loci = band_loci(prep, load_res.bands, boxes, s)
+    if loci is None:
+        with PreparedImages(cfg.mpi.prepared_store) as prep:
+            loci = band_loci(prep, load_res.bands, boxes, s)
     tasks, i = [], 0
     for band in load_res.bands:
         seeds = gaia_seeds_for_band(gaia, band, load_res.wcs, cfg.epsf) if gaia is not None else None
@@ -259,6 +277,15 @@ class Worker:
             draw_epsf_cell(res, cell_dir, int(self.cfg.plotting.dpi))
         write_cell_products(res, cell_dir)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
+
+    # -------------------------------------------------------------- band stellar locus
+    def band_locus(self, task: Task) -> TaskResult:
+        """One band's stellar size locus for its ePSF cells (stages.epsf_locus.band_locus)."""
+        from .stages.epsf import epsf_settings
+        from .stages.epsf_locus import band_locus
+        p = task.payload
+        return TaskResult(rows=None, data={"locus": band_locus(self.prepared, p["band"], p["boxes"],
+                                                               epsf_settings(self.cfg.epsf))})
 
     # -------------------------------------------------------------- band PSF field
     def psf_field(self, task: Task) -> TaskResult:

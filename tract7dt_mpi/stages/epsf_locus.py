@@ -2,7 +2,7 @@
 
 A cell with 1-4 star candidates cannot tell a star from a compact galaxy or a galaxy nucleus by
 itself; the band's stars elsewhere in the tile can. :func:`band_size_locus` measures, once per band
-(rank 0, before the cell tasks), the half-flux radii of the candidates that pass the same cuts as
+(a task per band, before the cell tasks), the half-flux radii of the candidates that pass the same cuts as
 the cells' own selection; each cell then rejects candidates above that locus
 (:func:`.epsf_select.stellar_locus_cut`).
 """
@@ -137,33 +137,40 @@ def too_small_cells(boxes: dict, s) -> list:
     return small
 
 
-def band_loci(prepared, bands, boxes: dict, s) -> dict:
-    """band -> SizeLocus (or None) from the cells in ``boxes`` (key -> (x0, x1, y0, y1)) that can
-    hold a star, at most BAND_LOCUS_MAX_PIX pixels per band; reads through ``prepared``
-    (:class:`tract7dt_mpi.io.prepared.PreparedImages`). One INFO line per band."""
+def locus_cell_boxes(boxes: dict, s) -> list:
+    """The (x0, x1, y0, y1) of the cells in ``boxes`` (key -> box) that measure a band's locus:
+    those that can hold a star, coarse to fine, at most BAND_LOCUS_MAX_PIX pixels."""
     side = min_cell_side(s)
     usable = [k for k, (x0, x1, y0, y1) in boxes.items() if min(x1 - x0, y1 - y0) >= side]
-    out = {}
     if not usable:
-        return {b: None for b in bands}
+        return []
     pix = max((x1 - x0) * (y1 - y0) for x0, x1, y0, y1 in (boxes[k] for k in usable))
-    use = locus_cells(usable, pix)
-    for band in bands:
-        info = prepared.band_info(band)
+    return [boxes[k] for k in locus_cells(usable, pix)]
 
-        def arrays(band=band):
-            for k in use:
-                x0, x1, y0, y1 = boxes[k]
-                cut = prepared.read(band, y0, y1, x0, x1, with_bright=False)
-                yield cut.img, cut.sigma_sky, cut.nonfinite, cut.saturated
 
-        locus, n = band_size_locus(arrays(), s, info.fwhm_pix, info.saturate_scaled)
-        out[band] = locus
-        if locus is None:
-            log.info("ePSF %s: fewer than %d star candidates in %d cell(s): no band-wide size locus "
-                     "(cells with 1-4 candidates cannot reject compact galaxies)", band, BAND_LOCUS_MIN_N, n)
-        else:
-            log.info("ePSF %s: stellar size locus r50 = %.2f px from %d candidates in %d cell(s); "
-                     "candidates above %.2f px (+%.0f %%) are resolved", band, locus.r50, locus.n, n,
-                     locus.r50 * (1 + locus.tol), 100 * locus.tol)
-    return out
+def band_locus(prepared, band: str, cell_boxes, s) -> "SizeLocus | None":
+    """The band's SizeLocus (or None) from ``cell_boxes`` (:func:`locus_cell_boxes`), read
+    through ``prepared`` (:class:`tract7dt_mpi.io.prepared.PreparedImages`). One INFO line."""
+    info = prepared.band_info(band)
+
+    def arrays():
+        for x0, x1, y0, y1 in cell_boxes:
+            cut = prepared.read(band, y0, y1, x0, x1, with_bright=False)
+            yield cut.img, cut.sigma_sky, cut.nonfinite, cut.saturated
+
+    locus, n = band_size_locus(arrays(), s, info.fwhm_pix, info.saturate_scaled)
+    if locus is None:
+        log.info("ePSF %s: fewer than %d star candidates in %d cell(s): no band-wide size locus "
+                 "(cells with 1-4 candidates cannot reject compact galaxies)", band, BAND_LOCUS_MIN_N, n)
+    else:
+        log.info("ePSF %s: stellar size locus r50 = %.2f px from %d candidates in %d cell(s); "
+                 "candidates above %.2f px (+%.0f %%) are resolved", band, locus.r50, locus.n, n,
+                 locus.r50 * (1 + locus.tol), 100 * locus.tol)
+    return locus
+
+
+def band_loci(prepared, bands, boxes: dict, s) -> dict:
+    """band -> :func:`band_locus` of every band, one after another (the single-tile pipeline runs
+    them as tasks: ``tasks.Worker.band_locus``)."""
+    use = locus_cell_boxes(boxes, s)
+    return {b: band_locus(prepared, b, use, s) if use else None for b in bands}
