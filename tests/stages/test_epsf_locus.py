@@ -187,3 +187,8 @@ def test_band_loci_reads_the_cells_through_the_prepared_store(caplog):
     assert set(loci) == {"m500", "m600"} and loci["m500"].r50 == pytest.approx(2.45, abs=0.15)
     assert sum("stellar size locus" in r.getMessage() for r in caplog.records) == 2
     assert band_loci(Prepared(), ["m500"], {(0, 2): (0, 20, 0, 20)}, s) == {"m500": None}
+    # the task path (one band per task): the cells that can hold a star, the same locus
+    from tract7dt_mpi.stages.epsf_locus import band_locus, locus_cell_boxes
+    use = locus_cell_boxes(boxes, s)
+    assert (0, 20, 0, 20) not in use and len(use) == 2
+    assert band_locus(Prepared(), "m600", use, s) == loci["m600"]
