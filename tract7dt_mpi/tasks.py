@@ -202,7 +202,7 @@ def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
     """One task per (band, active cell), band order then row-major cells. ``loci``: band ->
     stellar size locus from the :func:`locus_tasks` (None: measured here, band after band)."""
     from .io.tables import read_gaiaxp
-    from .stages.epsf import cell_bounds, cell_tag, gaia_seeds_for_band
+    from .stages.epsf import cell_tag, gaia_seeds_for_band
     gaia = None
     gpath = cfg.inputs.gaiaxp_synphot_csv
     if gpath and os.path.exists(gpath) and cfg.epsf.psfstar_mode != "sep":
@@ -293,7 +293,7 @@ class Worker:
         from .band_psfs import band_field
         p = task.payload
         field = band_field(self.cfg, p["band"], p["metas"], self.prepared.shape, self.prepared,
-                           p["candidates"], p["halo_xy"], p.get("disks"))
+                           p["candidates"], p["halo_xy"], p["disks"])
         return TaskResult(rows=None, data={"field": field})
 
     # -------------------------------------------------------------- patch fit

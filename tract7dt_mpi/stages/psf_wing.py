@@ -238,11 +238,9 @@ def with_bright_wing(field, wing: Wing, field_stamps, fwhm: float, blend_pix: fl
     tail = wing.profile(np.maximum(r, 1.0))
     blend = np.clip((r - (wing.r_join - blend_pix)) / blend_pix, 0.0, 1.0)
     beyond = light_beyond_square(wing, (size - 1) // 2)
-    refs = []
-    for st in field_stamps:
-        st = np.asarray(st, float)
-        refs.append(st[anchor_mask(st.shape[0], fwhm, wing.r_join, blend_pix)].sum())
-    anchor_ref = float(np.mean(refs)) if refs else float("nan")
+    stamps = [np.asarray(st, float) for st in field_stamps]
+    mask = anchor_mask(stamps[0].shape[0], fwhm, wing.r_join, blend_pix) if stamps else None
+    anchor_ref = float(np.mean([st[mask].sum() for st in stamps])) if stamps else float("nan")
     if not anchor_ref > 0:
         return field
     wings = dict(field.wings, bright_wing={"amp": wing.amp, "slope": wing.slope, "r_join": wing.r_join,
