@@ -116,6 +116,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     *_fit("THETA", _F, "deg", "SExtractor-like angle, phi_deg_fit - 90, in [-90, 90) (as the input THETA)"),
     Column("FLUX_{band}_fit", _F, _CNT, f"fitted total flux ({_CNT_NOTE}; divided by the PSF's enclosed fraction in its stamp; galaxies: the profile integrated to infinity under `patch_run.galaxy_flux: total`)", "multi"),
     Column("FLUXERR_{band}_fit", _F, _CNT, "1 sigma flux error (see `patch_run.flux_error_model`)", "multi"),
+    Column("FLUXERR_WING_{band}_fit", _F, _CNT, "part of FLUXERR from the neighbouring stars' PSF wings (and the bright stars' subtracted halos) under the source, at the fractional wing error `patch_run.flux_error_psf_wing`, carried through the fit (the source's shape takes the light in too); in FLUXERR, not in FLUXERR_STAT", "multi"),
     Column("FLUXERR_STAT_{band}_fit", _F, _CNT, "statistical part of the 1 sigma error (sky, plus the source's Poisson noise under `flux_error_model: total`), without the band's PSF term: use it for S/N cuts", "multi"),
     Column("PSFCHK_{band}_fit", _F, "", "fitted stars: flux fraction the fit missed, from the local-background-subtracted residual of the patch model within 2 FWHM; pooled at merge into the band's PSF flux error", "multi", "store"),
     Column("PSFCHK_ERR_{band}_fit", _F, "", "1 sigma noise of PSFCHK", "multi", "store"),
@@ -132,7 +133,7 @@ COLUMNS: tuple[Column, ...] = tuple([
       for m in ("PSF", "EXP", "DEV", "SER")),
     Column("flag_model_close", _B, None, "the model choice was close: a decision that led to it (galaxy over point source, EXP against DEV, SERSIC over EXP/DEV) lies within 4 in penalised chi^2 of its boundary (soft tag `model_close`)", "multi"),
     Column("fit_shape_fixed", _B, None, "the galaxy's shape was held at its catalog value (flux S/N below `patch_run.shape_fit_min_snr`, or a shape fallback; in single-band mode: in some band)", "multi"),
-    Column("flag_shape_fallback", _B, None, "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper Re bound or a bound of ellipticity or Sersic n, and it was refitted with its catalog shape held (soft tag `shape_fallback`)", "multi"),
+    Column("flag_shape_fallback", _B, None, "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper Re bound or a bound of ellipticity or Sersic n, and it was refitted with its catalog shape held, or (when only the Sersic n reached its upper bound) with n held at 4 and the rest of its shape free (soft tag `shape_fallback`)", "multi"),
     Column("fit_pos_held", _B, None, "the source's position was held at its catalog position because its flux S/N at the start of the fit was below `patch_run.pos_fit_min_snr`; only its fluxes were fitted (in single-band mode: in some band)", "multi"),
     # ---------------------------------------------------------------- reliability
     Column("fit_is_reliable", _B, None, "true when no hard tag applies", "quality"),

@@ -51,7 +51,7 @@ TAGS = (
     Tag("shape_fallback", 10, False,
         "the galaxy's free shape ran away (Re > 5x catalog) or ended at the upper "
         "Re bound or a bound of ellipticity or Sersic n; its flux is from a refit with the catalog shape held "
-        "(flag_shape_fallback)"),
+        "(or, when only n reached its upper bound, with n held at 4) (flag_shape_fallback)"),
 )
 #: hard-fail tags, in the order they appear in ``fit_quality_issues``
 HARD_TAGS = tuple(t.name for t in TAGS if t.hard)

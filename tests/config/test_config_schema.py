@@ -26,7 +26,7 @@ MPI_ERA |= {"mpi.task_timeout_factor", "mpi.task_timeout_min_sec", "mpi.task_tim
             "epsf.field_degree", "plotting.level", "patch_run.model_selection",
             "patch_run.model_selection_dchisq", "patch_run.flux_error_marginal",
             "patches.big_source_re_factor", "patches.max_roi_pix", "outputs.patch_results_dir",
-            "patches.big_source_from_light"}
+            "patches.big_source_from_light", "patch_run.flux_error_psf_wing"}
 
 
 def keys():

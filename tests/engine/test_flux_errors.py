@@ -88,3 +88,49 @@ def test_a_sersic_total_flux_error_carries_the_index_error():
     assert 0.8 < np.median(err_tot) / s_tot < 1.25, (np.median(err_tot), np.median(err_plain), s_tot)
     # here the index adds ~13 % to the error (var ln n ~ 1.2 %^2; the factor's slope is ~0.4)
     assert np.median(err_plain) < 0.92 * np.median(err_tot), (np.median(err_plain), np.median(err_tot))
+
+
+def test_the_wing_error_is_the_flux_a_galaxy_takes_from_a_neighbour_stars_wing_error():
+    """A DEV galaxy 14 px from a star 60x brighter (GalSim, Moffat beta = 2): 1 % more light in the
+    star's wing (where its PSF is below 5 % of the peak) moves the galaxy's fitted flux (shape
+    free) by a fifth of what ``wing_errs`` reports for a 5 % wing error, to 25 % (a linear
+    response); the star's own flux does not count its own wing (that is the PSF term)."""
+    fwhm, shape = 4.0, (96, 96)
+    psf = moffat(fwhm, 2.0)
+    st = psf_stamp(30, fwhm, 2.0)
+    xs, ys, xg, yg = 40.3, 47.8, 54.1, 48.4
+    star = draw([(psf.withFlux(6e5), xs, ys)], shape)
+    gal = draw([(galaxy("dev", 1e4, 3.0, 0.7, 30.0), xg, yg)], shape, psf=psf)
+    wing = np.where(star < 0.05 * star.max(), star, 0.0)
+    src = [Source("star", xs, ys, [6e5]), Source("dev", xg + 0.2, yg - 0.1, [9e3], re=2.7, ab=0.75, phi_deg=25.0)]
+    opts = FitOptions(n_opt_iters=80, fit_sky=False, psf_wing_error=0.05)
+
+    def fit(extra):
+        im = ImageData("r", star + gal + extra, np.full(shape, 1.0), PixelizedPSF(st))
+        return fit_patch([im], src, opts).sources
+    base, moved = fit(0.0), fit(0.01 * wing)
+    shift = moved[1].fluxes[0] - base[1].fluxes[0]
+    assert base[1].wing_errs[0] / 5.0 == pytest.approx(abs(shift), rel=0.25), (base[1].wing_errs, shift)
+    assert abs(shift) > 2.0 * base[1].flux_errs[0]          # it matters here
+    assert base[0].wing_errs[0] == 0.0
+
+
+def test_the_wing_error_counts_a_subtracted_halo():
+    """The halo of a bright star beyond the image, subtracted before the fit (``wing_light``):
+    1 % more of it moves a galaxy's fitted flux by a fifth of its 5 % ``wing_errs``, to 25 %
+    (sky held; a free sky takes most of such a smooth halo, and the response says so too)."""
+    fwhm, shape = 4.0, (80, 80)
+    psf = moffat(fwhm, 2.0)
+    halo = draw([(psf.withFlux(5e7), -60.0, 35.0)], shape)
+    gal = draw([(galaxy("exp", 1e4, 3.0, 0.7, 30.0), 30.2, 38.4)], shape, psf=psf)
+    src = [Source("exp", 30.4, 38.3, [9e3], re=2.7, ab=0.75, phi_deg=25.0)]
+
+    def fit(extra, sky):
+        im = ImageData("r", gal + extra, np.ones(shape), PixelizedPSF(psf_stamp(20, fwhm, 2.0)), wing_light=halo)
+        return fit_patch([im], src, FitOptions(n_opt_iters=80, psf_wing_error=0.05, fit_sky=sky)).sources[0]
+    for sky in (False, True):
+        base, moved = fit(0.0, sky), fit(0.01 * halo, sky)
+        shift = moved.fluxes[0] - base.fluxes[0]
+        assert base.wing_errs[0] / 5.0 == pytest.approx(abs(shift), rel=0.25, abs=0.02 * base.flux_errs[0]), \
+            (sky, base.wing_errs, shift)
+        assert (abs(shift) > 0.3 * base.flux_errs[0]) == (not sky), (sky, shift, base.flux_errs)

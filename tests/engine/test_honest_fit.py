@@ -177,3 +177,25 @@ def test_no_improving_step_from_a_non_optimal_start_is_a_stall_not_convergence(m
     monkeypatch.setattr(F, "_try_step", lambda prob, ev, sy, H, g, lam, nu, *a: (None, 0.0, lam, nu))
     best = fit_patch([im], [Source("star", ref.x, ref.y, ref.fluxes)], FitOptions(staged=False))
     assert best.converged and best.sources[0].converged
+
+
+def test_a_sersic_index_at_its_upper_bound_is_refitted_with_the_index_held_and_its_size_free():
+    # a noise-free untruncated n = 6 galaxy: its free index runs to the table's bound 6.3. The
+    # refit holds n at 4 and keeps the size free: it moves from the start's 1.3x the true size
+    # (a refit with the whole start shape held would keep that) to the n = 4 law's 0.8x
+    from tract7dt_mpi.engine import fit as engine_fit
+
+    re, fwhm = 3.2, 4.0
+    psf = galsim.Moffat(beta=3.0, fwhm=fwhm)
+    st = psf.drawImage(nx=55, ny=55, scale=1.0).array
+    img = galsim.Convolve(galaxy("sersic", 1.0, re, 0.8, 20.0, n=6.0), psf).drawImage(
+        nx=161, ny=161, scale=1.0, offset=(0.2, -0.3)).array
+    im = ImageData("r", img * 1e6, np.ones(img.shape), PixelizedPSF(st / st.sum()))
+    src = [Source("sersic", 80.2, 79.7, [0.9e6], re=1.3 * re, ab=0.9, phi_deg=10.0, sersic_n=3.0)]
+    free = fit_patch([im], src, FitOptions(fit_sky=False, shape_fallback=False)).sources[0]
+    assert free.stalled == ["sersicindex@upper"] and not free.converged
+    r = fit_patch([im], src, FitOptions(fit_sky=False)).sources[0]
+    assert r.shape_fallback and not r.shape_fixed
+    assert r.sersic_n == pytest.approx(engine_fit.FALLBACK_INDEX)
+    assert r.re == pytest.approx(re, rel=0.25) and r.re < re, r.re
+    assert r.ab == pytest.approx(0.8, abs=0.05) and r.converged

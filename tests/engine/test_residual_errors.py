@@ -42,3 +42,22 @@ def test_a_bulge_plus_disk_fitted_as_an_exponential_gets_a_larger_error():
         pulls_stat.append((b.fluxes[0] - true) / b.flux_errs[0])
     assert min(ratios) > 1.3, ratios
     assert abs(np.median(pulls)) < abs(np.median(pulls_stat)) / 1.3, (pulls, pulls_stat)
+
+
+def test_a_bright_galaxys_own_poisson_noise_is_not_taken_for_misfit():
+    """A galaxy the model describes, bright enough that its own Poisson noise (gain 2) is ~100x the
+    sky's at its peak: the flux error (sky + Poisson, flux_error_model total) matches the scatter
+    of the fitted fluxes over noise draws; the residual chi^2 is measured against that same noise,
+    not against the sky's alone (which inflated the error ~8x)."""
+    gain = 2.0
+    clean = draw([(galaxy("exp", 2.0e4, 3.0, 0.7, 20.0), 31.8, 32.3)], SHAPE, psf=moffat())
+    sd = np.sqrt(1.0 + np.clip(clean, 0.0, None) / gain)
+    flux, err = [], []
+    for k in range(30):
+        rng = np.random.default_rng(700 + k)
+        ims = [ImageData("r", clean + rng.normal(0, 1.0, SHAPE) * sd, np.ones(SHAPE), PSF, gain=gain)]
+        src = Source("exp", 32.0, 32.0, [1.8e4], re=2.5, ab=0.8, phi_deg=10.0)
+        r = fit_patch(ims, [src], FitOptions(n_opt_iters=60)).sources[0]
+        flux.append(r.fluxes[0]), err.append(r.flux_errs[0])
+    # 30 draws: the sample sigma is known to ~13 %
+    assert 0.75 < np.median(err) / np.std(flux, ddof=1) < 1.3, (np.median(err), np.std(flux, ddof=1))

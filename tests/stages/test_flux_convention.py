@@ -11,7 +11,8 @@ def test_factor_of_a_barely_resolved_galaxy_counts_its_tail_once():
     f = profile_factors(kinds, n, "total", sizes)
     assert f[0] == 1.0
     assert f[1] == total_flux_factor("exp") / size_bias("exp", 0.25) < f[2] <= total_flux_factor("exp")
-    assert f[3] < total_flux_factor("dev") and f[4] == total_flux_factor("sersic", 2.0)
+    assert f[3] < total_flux_factor("dev")
+    assert f[4] == total_flux_factor("sersic", 2.0) / size_bias("sersic", 0.3, 2.0) < total_flux_factor("sersic", 2.0)
     np.testing.assert_array_equal(profile_factors(kinds, n, "total"),
                                   [1.0] + [total_flux_factor(k, v) for k, v in zip(kinds[1:], n[1:])])
     np.testing.assert_array_equal(profile_factors(kinds, n, "truncated", sizes), np.ones(5))

@@ -54,8 +54,15 @@ RUNAWAY_RE = 5.0
 RUNAWAY_SIGMA = 5.0
 RUNAWAY_AP = 3.0
 RUNAWAY_AP_R = 6.0
+#: Sersic index a galaxy whose index ran to its upper bound is refitted with, its shape still
+#: free: de Vaucouleurs' law. The catalogue start (n = 3 by default) with the catalogue's Re left
+#: bright GalSim n = 4-5 galaxies 7-17 % faint; n = 4 with a free shape put them within -3 / +6 %
+FALLBACK_INDEX = 4.0
 #: shape-fallback refits at most (each holds the galaxies that ran away in the previous fit)
 FALLBACK_ROUNDS = 3
+#: a star's PSF wing, for the neighbours' wing error (:func:`_neighbour_wing_errors`), is where
+#: its model is below this fraction of its peak (beyond ~1.5 FWHM for a Moffat beta = 2-3)
+WING_LEVEL = 0.05
 #: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
 #: of a noise-only reduced chi^2 (:func:`_residual_scales`)
 RESID_SIGMA = 3.0
@@ -140,9 +147,10 @@ def _faint_position_priors(prob: Problem) -> None:
 
 
 def _held_shapes(prob: Problem, sy) -> np.ndarray:
-    """Shape and Sersic parameters of the galaxies in ``prob.faint``, positions of the sources in
-    ``prob.pos_held``."""
+    """Shape and Sersic parameters of the galaxies in ``prob.faint``, the index of those in
+    ``prob.index_held``, positions of the sources in ``prob.pos_held``."""
     return np.array([(bool(prob.faint[s]) and prob.names[s][j] in SHAPE_LIKE)
+                     or (bool(prob.index_held[s]) and prob.names[s][j] in SERSIC)
                      or (bool(prob.pos_held[s]) and prob.names[s][j] in POS) for s, j in sy.index],
                     dtype=bool)
 
@@ -328,12 +336,13 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     fallback = np.zeros(prob.S, dtype=bool)
     for _ in range(FALLBACK_ROUNDS if opts.shape_fallback else 0):
         # a refit with one runaway held can let a neighbour run away in its turn: check again
-        new = _shape_fallbacks(prob, ev, sources, last_free)
+        new, index_only = _shape_fallbacks(prob, ev, sources, last_free)
         if not new.any():
             break
         fallback |= new
-        prob.faint |= new
-        params = [prob.p0[s].copy() if new[s] else p for s, p in enumerate(params)]
+        prob.faint |= new & ~index_only
+        prob.index_held |= index_only
+        params = [_fallback_params(prob, s, p, index_only[s]) if new[s] else p for s, p in enumerate(params)]
         _faint_position_priors(prob)
         ev, info = _run_stage(prob, params, F, sky, last_free, True, opts, plan[-1])
         params, F, sky = ev.params, ev.F, ev.sky
@@ -344,14 +353,22 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     model_src = model - ev.sky[:, None, None]
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
+    w_noise = _noise_weights(prob, model_src, images, opts.flux_error_model == "total")
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
     cov_n, var_n = np.full((prob.nb, prob.S), np.nan), np.full(prob.S, np.nan)
+    ev_d, gn = None, None
     if opts.marginal_flux_errors:
         # ev's renderings are not needed below (fluxes, sky, chi2 and flags are kept on ev)
-        dv, cov_n, var_n = prob.marginal_flux_variance(prob.with_exact_derivatives(ev, release=True))
+        ev_d = prob.with_exact_derivatives(ev, release=True)
+        gn = prob.gn_inverse(ev_d)
+        dv, cov_n, var_n = prob.marginal_flux_variance(ev_d, gn)
         var = var + dv
+    wing = _neighbour_wing_errors(prob, params, ev.F, cov_sky, float(opts.psf_wing_error),
+                                  [im.wing_light for im in images], ev_d, gn) \
+        if opts.psf_wing_error > 0 else None
+    ev_d = None
     errs = np.sqrt(np.where(var > 0, var, np.nan))
-    rscale = _residual_scales(prob, resid, params) if opts.residual_error_scale \
+    rscale = _residual_scales(prob, resid, params, w_noise) if opts.residual_error_scale \
         else np.ones((prob.nb, prob.S))
     errs = errs * rscale
     # the index terms take the same inflation as the variances (covariance x chi^2)
@@ -370,9 +387,11 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                          flux_errs=errs[:, s].copy(), stalled=_stalled(prob, s, p, last_free),
                          no_data_bands=[bands[b] for b in np.flatnonzero(ev.pinned[:, s])],
                          shape_fixed=bool(prob.faint[s]), pos_held=bool(prob.pos_held[s]),
-                         shape_fallback=bool(fallback[s]))
+                         shape_fallback=bool(fallback[s]), index_held=bool(prob.index_held[s]))
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
+        if wing is not None:
+            r.wing_errs = np.where(ev.pinned[:, s], np.nan, wing[:, s])
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
             if np.isfinite(var_n[:, s]).all():
@@ -392,12 +411,104 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                      _models=[m for m in model])
 
 
-def _residual_scales(prob: Problem, resid, params) -> np.ndarray:
-    """(nb, S) factors >= 1 on the galaxies' flux errors: sqrt of the reduced chi^2 of the
-    residual under each galaxy's own profile (weights: its unit model over its peak), where that
-    exceeds 1 by more than ``RESID_SIGMA`` times its noise-only spread sqrt(2 / n_eff). A
-    profile that does not describe the galaxy (a Sersic index or a bulge the model lacks, a
-    neighbour's misfit on it) leaves a residual the statistical errors do not include."""
+def _neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_light, ev_d=None,
+                           gn=None) -> np.ndarray:
+    """(nb, S) flux errors from a fractional error ``frac`` of the neighbouring stars' PSF wings.
+
+    A star's model beyond its core (where its PSF is below WING_LEVEL of the peak) is its PSF's
+    wing, which an empirical PSF knows to a few per cent, and so is the light of bright stars'
+    halos subtracted from the images (``wing_light``: per band, None or an image); a source
+    sitting on that light fits part of the error. The response of every flux (and the sky) to
+    ``frac`` x one star's wing is the Gauss-Newton solve of that perturbation (``ev_d``, ``gn``:
+    the fit's renderings with derivatives and :meth:`Problem.gn_inverse`; without them the
+    linear one, G^-1 A^T W (frac M_t), at fixed shapes): a galaxy's shape takes the light in as
+    well, and its flux with it. For each source the responses to its neighbours (t != s) and to
+    the halos add coherently (one PSF per band). A star's error from its own wing is the PSF
+    term."""
+    S, nb = prob.S, prob.nb
+    out = np.zeros((nb, S))
+    stars = [t for t in range(S) if prob.kinds[t] == "star"]
+    halos = [h is not None and np.any(h) for h in wing_light]
+    if not (stars or any(halos)) or frac <= 0:
+        return out
+    rs = ev_d.rs if ev_d is not None and gn is not None else [prob.render(s, params[s], None)
+                                                               for s in range(S)]
+    if gn is not None:
+        rows, Hinv, X = gn
+        cols = []
+        for s, j in rows:       # column of (s, j) in its rendering: after the model, free order
+            fn = prob.free_names(s, ev_d.free)
+            cols.append(1 + fn.index(prob.names[s][j]))
+    resp = np.zeros((nb, S))
+    L = ginv.shape[-1]
+    H, W = prob.shape
+    maps = [(t, rs[t]) for t in stars if not rs[t].empty]
+    if any(halos):
+        from .render import Rendered
+        light = np.stack([np.asarray(h, float) if ok else np.zeros((H, W))
+                          for h, ok in zip(wing_light, halos)])
+        maps.append((-1, Rendered(0, H, 0, W, light[:, None])))
+    for t, rt in maps:
+        a = np.asarray(rt.A[:, 0], float)
+        if t >= 0:
+            peak = a.max(axis=(1, 2), keepdims=True)
+            wing = np.where(a < WING_LEVEL * peak, a, 0.0) * (frac * np.asarray(F, float)[:, t])[:, None, None]
+        else:
+            wing = frac * a
+        if not wing.any():
+            continue
+        v = np.zeros((nb, L))
+        u = np.zeros(len(rows)) if gn is not None else None
+        wt = prob.w[:, rt.y0:rt.y1, rt.x0:rt.x1] * wing
+        for s in range(S):
+            r = rs[s]
+            y0, y1, x0, x1 = max(r.y0, rt.y0), min(r.y1, rt.y1), max(r.x0, rt.x0), min(r.x1, rt.x1)
+            if s == t or r.empty or y1 <= y0 or x1 <= x0:
+                continue
+            ov = wt[:, y0 - rt.y0:y1 - rt.y0, x0 - rt.x0:x1 - rt.x0]
+            box = np.asarray(r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0], float)
+            v[:, s] = np.einsum("byx,byx->b", box[:, 0], ov)
+            if u is not None:
+                for k, (ss, _) in enumerate(rows):
+                    if ss == s:
+                        u[k] = float(np.asarray(F, float)[:, s] @ np.einsum("byx,byx->b", box[:, cols[k]], ov))
+        if prob.fit_sky and L > S:
+            v[:, S] = wt.sum(axis=(1, 2))
+        d = np.einsum("blm,bm->bl", ginv, v)
+        if u is not None:       # reduced system: dtheta = H^-1 (u - sum_b X_b^T v_b), dF = G^-1 v - X dtheta
+            dth = Hinv @ (u - np.einsum("bln,bl->n", X, v))
+            d = d - np.einsum("bln,n->bl", X, dth)
+        d = d[:, :S]
+        if t >= 0:
+            d[:, t] = 0.0
+        resp += d
+    out = np.abs(resp)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _noise_weights(prob: Problem, model_src, images, with_poisson: bool) -> np.ndarray:
+    """(nb, H, W) inverse variance of the residual as the flux errors model it: the fit's (sky)
+    weights, with the sources' own Poisson variance model / gain added in bands with a gain when
+    ``with_poisson``. The residual chi^2 of a bright galaxy measured against the sky alone counts
+    its Poisson noise, which the errors already hold, as misfit."""
+    if not with_poisson:
+        return prob.w
+    out = prob.w.copy()
+    for b, im in enumerate(images):
+        g = im.gain
+        if g is not None and np.isfinite(g) and g > 0:
+            extra = np.maximum(model_src[b], 0.0) / g
+            out[b] = prob.w[b] / (1.0 + prob.w[b] * extra)
+    return out
+
+
+def _residual_scales(prob: Problem, resid, params, w_noise) -> np.ndarray:
+    """(nb, S) factors >= 1 on the galaxies' flux errors: sqrt of the reduced chi^2 (against
+    ``w_noise``) of the residual under each galaxy's own profile (weights: its unit model over its
+    peak), where that exceeds 1 by more than ``RESID_SIGMA`` times its noise-only spread
+    sqrt(2 / n_eff). A profile that does not describe the galaxy (a Sersic index or a bulge the
+    model lacks, a neighbour's misfit on it) leaves a residual the statistical errors do not
+    include."""
     out = np.ones((prob.nb, prob.S))
     if resid is None:
         return out
@@ -408,7 +519,7 @@ def _residual_scales(prob: Problem, resid, params) -> np.ndarray:
         if r.empty:
             continue
         sl = (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
-        w = prob.w[sl]
+        w = w_noise[sl]
         prof = np.clip(np.asarray(r.A[:, 0], float), 0.0, None) * (w > 0)
         peak = prof.max(axis=(1, 2))
         ok = peak > 0
@@ -422,10 +533,11 @@ def _residual_scales(prob: Problem, resid, params) -> np.ndarray:
 
 
 def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:
-    """Galaxies with a free shape whose Re ran beyond RUNAWAY_RE x its start or whose Re (upper),
-    ellipticity or Sersic n ended at a bound: they are refitted with the start (catalog) shape
-    held."""
-    out = np.zeros(prob.S, dtype=bool)
+    """(S,) galaxies with a free shape whose Re ran beyond RUNAWAY_RE x its start or whose Re
+    (upper), ellipticity or Sersic n ended at a bound, to be refitted with the start (catalog)
+    shape held; (S,) those among them where only the index ran to its upper bound, to be refitted
+    with the index alone held (:func:`_fallback_params`)."""
+    out, index_only = np.zeros(prob.S, dtype=bool), np.zeros(prob.S, dtype=bool)
     for s, src in enumerate(sources):
         if prob.kinds[s] == "star" or prob.faint[s]:
             continue
@@ -435,7 +547,20 @@ def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:
         bounds = [b for b in _stalled(prob, s, p, free)
                   if b.split("@")[0] in SHAPE_LIKE and b != "shape.logre@lower"]
         out[s] = bool(bounds) or _re_ran_away(re, src)
-    return out
+        index_only[s] = out[s] and bounds == ["sersicindex@upper"] and not prob.index_held[s] \
+            and not _re_ran_away(re, src)
+    return out, index_only
+
+
+def _fallback_params(prob: Problem, s: int, p, index_only: bool):
+    """Start of a fallback refit: the catalogue shape, or (``index_only``: only the Sersic index
+    ran to its upper bound, beyond which a mixture cannot follow the wings it is fitting) the
+    fitted shape with the index held at FALLBACK_INDEX."""
+    if not index_only:
+        return prob.p0[s].copy()
+    q = p.copy()
+    q[5] = math.log(float(np.clip(FALLBACK_INDEX, *np.exp([prob.lo[s][5], prob.hi[s][5]]))))
+    return q
 
 
 def _re_ran_away(re: float, src) -> bool:

@@ -81,6 +81,7 @@ class Problem:
         self.F0 = np.zeros((self.nb, self.S))
         self.faint = np.zeros(self.S, dtype=bool)   # galaxies whose shape is held (engine.fit)
         self.pos_held = np.zeros(self.S, dtype=bool)   # sources whose position is held (engine.fit)
+        self.index_held = np.zeros(self.S, dtype=bool)   # Sersic galaxies whose index is held
         self.flux_mu = np.zeros((self.nb, self.S))
         self.flux_prec = np.zeros((self.nb, self.S))
         self.p0, self.lo, self.hi = [], [], []
@@ -398,29 +399,38 @@ class Problem:
         self._model_block_cache.clear()
         return self.evaluate(ev.params, ev.free, ev.G is not None, ev.F, ev.sky, derivs=True)
 
-    def marginal_flux_variance(self, ev: Evaluation):
-        """((nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
-        (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`;
-        (nb, S) covariance of each flux with its source's ln(Sersic index); (S,) variance of that
-        ln n), NaN where the index is not free. A flux error at fixed shape is too small for a
-        galaxy, whose flux trades against its radius and index; the index terms let a flux that
-        is converted with a factor depending on n (a total flux) carry that factor's error. Zero
-        variance without free nonlinear parameters."""
-        out = np.zeros((self.nb, self.S))
-        cov_n, var_n = np.full((self.nb, self.S), np.nan), np.full(self.S, np.nan)
+    def gn_inverse(self, ev: Evaluation):
+        """(index, H^-1, X) of :meth:`gauss_newton` over the nonlinear parameters the data
+        constrain (``index`` lists their (source, param position)), or None without any."""
         if ev.G is None or not ev.derivs:
-            return out, cov_n, var_n
+            return None
         index, H, _, X = self.gauss_newton(ev, coupling=True)
         if X is None or not index:
-            return out, cov_n, var_n
+            return None
         dg = np.diagonal(H)
         use = np.isfinite(dg) & (dg > 0)             # a parameter the data do not constrain: none
         if not use.any():
-            return out, cov_n, var_n
+            return None
         Hinv = inv_batched(H[np.ix_(use, use)][None])[0]
-        Xs = X[:, :self.S, :][:, :, use]
+        return [index[k] for k in np.flatnonzero(use)], Hinv, X[:, :, use]
+
+    def marginal_flux_variance(self, ev: Evaluation, gn=None):
+        """((nb, S) variance the fluxes gain from the uncertainty of the free nonlinear parameters
+        (position, shape, Sersic index) they are fitted with: X H^-1 X^T of :meth:`gauss_newton`
+        (``gn``: :meth:`gn_inverse` of ``ev``, computed when None); (nb, S) covariance of each
+        flux with its source's ln(Sersic index); (S,) variance of that ln n), NaN where the index
+        is not free. A flux error at fixed shape is too small for a galaxy, whose flux trades
+        against its radius and index; the index terms let a flux that is converted with a factor
+        depending on n (a total flux) carry that factor's error. Zero variance without free
+        nonlinear parameters."""
+        out = np.zeros((self.nb, self.S))
+        cov_n, var_n = np.full((self.nb, self.S), np.nan), np.full(self.S, np.nan)
+        gn = self.gn_inverse(ev) if gn is None else gn
+        if gn is None:
+            return out, cov_n, var_n
+        rows, Hinv, X = gn
+        Xs = X[:, :self.S, :]
         dv = np.einsum("bsn,nm,bsm->bs", Xs, Hinv, Xs)
-        rows = [index[k] for k in np.flatnonzero(use)]
         for k, (s, j) in enumerate(rows):
             if self.names[s][j] == "sersicindex":   # dF = -X dtheta at the optimum
                 cov_n[:, s] = -Xs[:, s, :] @ Hinv[:, k]

@@ -102,13 +102,24 @@ def total_flux_factor(kind: str, n: float = np.nan) -> float:
     return float(enclosed_fraction(mixture_for(kind, nn), 1.0)) / 0.5
 
 
-def size_bias(kind: str, size: float) -> float:
+def size_bias(kind: str, size: float, n: float = np.nan, index_free: bool = True) -> float:
     """Fitted total flux (mixture flux x :func:`total_flux_factor`) over the true total of an
-    untruncated exp or dev galaxy whose fitted size re sqrt(ab) is ``size`` x the PSF FWHM
-    (``_tools/make_size_bias_table``: noise-free GalSim fits). A barely resolved galaxy's light
-    beyond the taper sits under the PSF-convolved model and the fit takes it in, so the factor
-    counts it twice: 1.012 (exp) and 1.018 (dev) at re = FWHM/4, 1.003 at re = FWHM. 1 for other
-    kinds (a Sersic fit's n moves with size too: not tabulated) or a non-finite size."""
+    untruncated galaxy whose fitted size re sqrt(ab) is ``size`` x the PSF FWHM (and, for a
+    Sersic fit, whose fitted index is ``n``) (``_tools/make_size_bias_table``: noise-free GalSim
+    fits). A barely resolved galaxy's light beyond the taper sits under the PSF-convolved model and
+    the fit takes it in, so the factor counts it twice: 1.012 (exp) and 1.018 (dev) at re =
+    FWHM/4, 1.003 at re = FWHM. A free Sersic index takes the tail in as well (it comes out high):
+    1.01-1.03 at re = FWHM / 2-1 for n = 1-4, up to 1.05-1.08 at re = FWHM / 4 or n < 0.5. 1 for
+    point sources or a non-finite size (or index). A Sersic fit whose index was held
+    (``index_free`` False, at n = 4) cannot take the tail in through n: dev's bias."""
+    if kind == "sersic" and not index_free:
+        kind = "dev"
+    if kind == "sersic":
+        if not (np.isfinite(size) and size > 0 and np.isfinite(n)):
+            return 1.0
+        lq = np.log(_SB.Q_SER)
+        rows = [np.interp(float(n), _SB.N_SER, b) for b in _SB.BIAS_SER]
+        return float(np.interp(np.log(size), lq, rows))
     table = {"exp": (_SB.Q_EXP, _SB.BIAS_EXP), "dev": (_SB.Q_DEV, _SB.BIAS_DEV)}.get(kind)
     if table is None or not (np.isfinite(size) and size > 0):
         return 1.0

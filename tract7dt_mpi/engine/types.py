@@ -25,6 +25,9 @@ class ImageData:
     gain: float | None = None
     sky: float = 0.0
     sky_sigma: float | None = None
+    #: light already subtracted from ``data`` as PSF wings of stars not fitted here (halos of
+    #: bright stars beyond the PSF stamp); its error enters ``SourceResult.wing_errs``
+    wing_light: np.ndarray | None = None
 
     def __post_init__(self):
         self.data = np.asarray(self.data, dtype=float)
@@ -113,6 +116,10 @@ class FitOptions:
     #: a galaxy's flux errors times sqrt(reduced chi^2) of the residual under its own profile,
     #: when that is significantly above 1 (the model does not describe it)
     residual_error_scale: bool = True
+    #: fractional error of the PSF model's wing (where it is below WING_LEVEL of its peak): each
+    #: source's ``wing_errs`` is the flux error its neighbouring stars' wing light under it
+    #: brings with that error (0: none)
+    psf_wing_error: float = 0.0
 
     def __post_init__(self):
         if self.flux_error_model not in FLUX_ERROR_MODELS:
@@ -132,6 +139,9 @@ class SourceResult:
     ab: float = np.nan
     phi_deg: float = np.nan
     sersic_n: float = np.nan
+    #: per band, the flux error from the PSF-wing error of the neighbouring stars
+    #: (FitOptions.psf_wing_error); not in ``flux_errs`` (a systematic, like the PSF term)
+    wing_errs: np.ndarray | None = None
     #: a Sersic source with a free index: per band (cov(flux, ln n), var(ln n)), both inflated
     #: as the flux errors are (None otherwise)
     lnn_cov: np.ndarray | None = None
@@ -153,8 +163,11 @@ class SourceResult:
     #: position held at the start: start S/N below FitOptions.pos_min_snr
     pos_held: bool = False
     #: the free shape ran away or ended at a bound of Re or n; the source was refitted with its
-    #: start shape held (``shape_fixed`` is then True too; FitOptions.shape_fallback)
+    #: start shape held (``shape_fixed`` is then True too; FitOptions.shape_fallback), or, when
+    #: only its Sersic index reached the upper bound, with the index held (``index_held``)
     shape_fallback: bool = False
+    #: Sersic index held at engine.fit.FALLBACK_INDEX by a shape fallback, the shape free
+    index_held: bool = False
 
 
 @dataclass

@@ -80,6 +80,8 @@ class Cutout:
     saturated: np.ndarray    # bool
     bright: np.ndarray       # bool (all False when no bright mask)
     bad_final: np.ndarray    # bool = nonfinite | saturated | bright
+    #: float32 light already subtracted from ``img`` as bright stars' halos (None: none)
+    halo: np.ndarray | None = None
 
 
 def sigma_maps(img: np.ndarray, nonfinite: np.ndarray, info: BandInfo, ivar: np.ndarray | None = None):

@@ -37,11 +37,20 @@ _MORPH = ("sersic_n", "re_pix", "ab", "phi_deg", "ELL", "Re", "THETA")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def _index_var(src, j: int, pr) -> float:
-    """:func:`~.flux_convention.index_variance` of engine source ``src`` in its band ``j``."""
+def _index_var(src, j: int, pr, fwhm: float) -> float:
+    """:func:`~.flux_convention.index_variance` of engine source ``src`` in its band ``j``, fitted
+    with a PSF of ``fwhm`` px."""
     c = getattr(src, "lnn_cov", None)
+    size = float(src.re) * np.sqrt(float(src.ab)) / fwhm if src.kind == "sersic" else np.nan
     return index_variance(src.kind, float(src.sersic_n), float(src.fluxes[j]),
-                          None if c is None else c[j], str(pr.galaxy_flux))
+                          None if c is None else c[j], str(pr.galaxy_flux), size)
+
+
+def _wing_error(wing_errs, j: int) -> float:
+    """Band ``j`` of an engine source's neighbour-wing flux error (None or non-finite: 0)."""
+    if wing_errs is None or not np.isfinite(wing_errs[j]):
+        return 0.0
+    return float(wing_errs[j])
 
 
 def safe_name(value) -> str:
@@ -90,7 +99,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
         cols += [(f"{m}_fit", f8) for m in _MORPH]
         for b in bands:
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
-                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8)]
+                     (f"FLUXERR_WING_{b}_fit", f8), (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8)]
         cols += [("flag_bound_stalled", b1), ("flag_bound_stalled_which_parameter", stall)]
     else:
         for b in sorted(bands):
@@ -98,7 +107,7 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
                                                      "y_pix_white", "RA", "DEC")]
             cols += [(f"{m}_{b}_fit", f8) for m in _MORPH]
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
-                     (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8),
+                     (f"FLUXERR_WING_{b}_fit", f8), (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8),
                      (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
                      (f"opt_hit_max_iters_{b}", b1), (f"opt_last_dlnp_{b}", f8),
                      (f"flag_bound_stalled_{b}", b1),
@@ -352,7 +361,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
                       marginal_flux_errors=bool(pr.flux_error_marginal),
                       shape_min_snr=float(pr.shape_fit_min_snr),
                       pos_min_snr=float(pr.pos_fit_min_snr),
-                      residual_error_scale=bool(pr.flux_error_residual_scale))
+                      residual_error_scale=bool(pr.flux_error_residual_scale),
+                      psf_wing_error=float(pr.flux_error_psf_wing))
     n_cat_flux = int(sum(sum(i.flux_from_catalog) for i in inits))
     kinds = ", ".join(f"{k}={sum(i.kind == k for i in inits)}"
                       for k in ("star", "exp", "dev", "sersic"))
@@ -369,6 +379,8 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
                      f"{k}={v:.1f}" for k, v in c.dchisq.items()) + (", close)" if c.close else ")"))
 
     x0, y0 = spec.x0_roi, spec.y0_roi
+    # FWHM (px) of the PSF each band was fitted with: its stamp's, or the fallback's
+    fwhm = {b: stamp_fw.get(b, float(audits[b].get("fallback_fwhm_pix", float("nan")))) for b in bands}
     rows = []
     per = {b: res.per_band[b] for b in bands} if not multi else None
     for i in range(len(cat)):
@@ -383,10 +395,11 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
                 src = res.sources[i]
-                v = _index_var(src, j, pr)
+                v = _index_var(src, j, pr, fwhm[b])
                 d[f"FLUX_{b}_fit"] = float(src.fluxes[j])
-                d[f"FLUXERR_{b}_fit"] = with_index_errors(
-                    with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac[b]), v)
+                d[f"FLUXERR_WING_{b}_fit"] = wing = _wing_error(src.wing_errs, j)
+                d[f"FLUXERR_{b}_fit"] = float(np.hypot(with_index_errors(
+                    with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac[b]), v), wing))
                 d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(src.flux_errs[j], v)
             d.update(_opt_values(res, "", res.sources[i]))
         else:
@@ -402,10 +415,11 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
-                v = _index_var(s, 0, pr)
+                v = _index_var(s, 0, pr, fwhm[b])
                 d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
-                d[f"FLUXERR_{b}_fit"] = with_index_errors(with_psf_term(s.flux_errs[0], s.fluxes[0],
-                                                                        psf_frac[b]), v)
+                d[f"FLUXERR_WING_{b}_fit"] = wing = _wing_error(s.wing_errs, 0)
+                d[f"FLUXERR_{b}_fit"] = float(np.hypot(with_index_errors(with_psf_term(
+                    s.flux_errs[0], s.fluxes[0], psf_frac[b]), v), wing))
                 d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(s.flux_errs[0], v)
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
@@ -416,10 +430,11 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}
-    # FWHM (px) of the PSF each band was fitted with: its stamp's, or the fallback's
-    fwhm = {b: stamp_fw.get(b, float(audits[b].get("fallback_fwhm_pix", float("nan")))) for b in bands}
+    # a Sersic fit's size bias is that of a free index: none with the whole shape held
     fac = {b: profile_factors([s.kind for s in srcs[b]], [s.sersic_n for s in srcs[b]], gmode,
-                              [s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]]) for b in bands}
+                              [np.nan if s.kind == "sersic" and s.shape_fixed else
+                               s.re * np.sqrt(s.ab) / fwhm[b] for s in srcs[b]],
+                              [getattr(s, "index_held", False) for s in srcs[b]]) for b in bands}
     for b in bands:     # a point source's PSF at its own position (stages.psf_field.position_scale)
         sc = row_scales(pin, b, len(srcs[b]))
         fac[b] = fac[b] * np.where([s.kind == "star" for s in srcs[b]], sc.prod(axis=1), 1.0)

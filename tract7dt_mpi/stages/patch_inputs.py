@@ -142,7 +142,7 @@ def without_halos(cut, choice: PsfChoiceInput, info, x0: int, y0: int):
     sigma = float(info.skysig) * float(info.scale)
     halo = halo_image(cut.img.shape, x0, y0, choice.halos, float(amp), float(slope), half, sigma)
     img = np.where(cut.bad_final, cut.img, cut.img - halo.astype(cut.img.dtype))
-    return dataclasses.replace(cut, img=img)
+    return dataclasses.replace(cut, img=img, halo=halo.astype(np.float32))
 
 
 def build_patch_input(spec: PatchSpec, prepared, catalog: pd.DataFrame, psfs: dict,

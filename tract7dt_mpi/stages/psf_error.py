@@ -308,7 +308,7 @@ def apply_fitted_psf_errors(catalog, bands, snr_cuts=CHECK_SNR_CUTS):
     """Replace the PSF term of ``FLUXERR_{b}_fit`` by the one measured on the fitted stars.
 
     Rows fitted with an ePSF in band b (not listed in their ``psf_fallback_bands``) get
-    FLUXERR = hypot(FLUXERR_STAT, frac_b * FLUX) when the band's fitted stars give an estimate
+    FLUXERR = hypot(FLUXERR_STAT, frac_b * FLUX, FLUXERR_WING) when the band's fitted stars give an estimate
     (at least MIN_STARS); otherwise the ePSF-stage term stays.  The PSFCHK columns are dropped.
     Returns (catalog, summary DataFrame: band, n_stars, min_snr, psf_flux_err_frac, source).
     """
@@ -325,7 +325,9 @@ def apply_fitted_psf_errors(catalog, bands, snr_cuts=CHECK_SNR_CUTS):
         if np.isfinite(frac) and ecol in out.columns and scol in out.columns:
             with_epsf = ~fallback.apply(lambda lst, b=b: b in lst).to_numpy(bool)
             stat = out[scol].to_numpy(float)
-            new = np.hypot(stat, frac * out[fcol].to_numpy(float))
+            wcol = f"FLUXERR_WING_{b}_fit"
+            wing = np.nan_to_num(out[wcol].to_numpy(float)) if wcol in out.columns else 0.0
+            new = np.hypot(np.hypot(stat, frac * out[fcol].to_numpy(float)), wing)
             fitted = np.isfinite(stat) & with_epsf
             out[ecol] = np.where(fitted, new, out[ecol].to_numpy(float))
             rows.append((b, n, cut, round(float(frac), 6), "fitted stars"))
