@@ -435,10 +435,9 @@ def _neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_lig
                                                                for s in range(S)]
     if gn is not None:
         rows, Hinv, X = gn
-        cols = []
-        for s, j in rows:       # column of (s, j) in its rendering: after the model, free order
-            fn = prob.free_names(s, ev_d.free)
-            cols.append(1 + fn.index(prob.names[s][j]))
+        by_src = {}             # source -> [(row k, its column in the rendering: model, free order)]
+        for k, (s, j) in enumerate(rows):
+            by_src.setdefault(s, []).append((k, 1 + prob.free_names(s, ev_d.free).index(prob.names[s][j])))
     resp = np.zeros((nb, S))
     L = ginv.shape[-1]
     H, W = prob.shape
@@ -469,9 +468,8 @@ def _neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_lig
             box = np.asarray(r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0], float)
             v[:, s] = np.einsum("byx,byx->b", box[:, 0], ov)
             if u is not None:
-                for k, (ss, _) in enumerate(rows):
-                    if ss == s:
-                        u[k] = float(np.asarray(F, float)[:, s] @ np.einsum("byx,byx->b", box[:, cols[k]], ov))
+                for k, c in by_src.get(s, ()):
+                    u[k] = float(np.asarray(F, float)[:, s] @ np.einsum("byx,byx->b", box[:, c], ov))
         if prob.fit_sky and L > S:
             v[:, S] = wt.sum(axis=(1, 2))
         d = np.einsum("blm,bm->bl", ginv, v)
