@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .flux_errors import neighbour_wing_errors, noise_weights, residual_scales
 from .lm import free_set, gn_gain, lm_step, predicted_gain, source_gains, unconstrained, update_damping
 from .problem import MAX_STEP, MIN_STEP, STALL_TOL, Problem
 from .render import POS, SERSIC, SHAPE
@@ -60,12 +61,6 @@ RUNAWAY_AP_R = 6.0
 FALLBACK_INDEX = 4.0
 #: shape-fallback refits at most (each holds the galaxies that ran away in the previous fit)
 FALLBACK_ROUNDS = 3
-#: a star's PSF wing, for the neighbours' wing error (:func:`_neighbour_wing_errors`), is where
-#: its model is below this fraction of its peak (beyond ~1.5 FWHM for a Moffat beta = 2-3)
-WING_LEVEL = 0.05
-#: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
-#: of a noise-only reduced chi^2 (:func:`_residual_scales`)
-RESID_SIGMA = 3.0
 #: "no improving step" ends a stage as converged only when the gain the quadratic model still
 #: predicts is below max(SOURCE_DLNP, this x the ln p noise floor); otherwise the optimizer stalled
 STALL_FLOOR_FACTOR = 10.0
@@ -353,7 +348,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
     model_src = model - ev.sky[:, None, None]
     cov_sky, cov_tot = prob.flux_covariance(ev, model_src, [im.gain for im in images])
     cov = cov_tot if opts.flux_error_model == "total" else cov_sky
-    w_noise = _noise_weights(prob, model_src, images, opts.flux_error_model == "total")
+    w_noise = noise_weights(prob, model_src, images, opts.flux_error_model == "total")
     var = np.diagonal(cov, axis1=1, axis2=2)[:, :prob.S]
     cov_n, var_n = np.full((prob.nb, prob.S), np.nan), np.full(prob.S, np.nan)
     ev_d, gn = None, None
@@ -363,12 +358,12 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         gn = prob.gn_inverse(ev_d)
         dv, cov_n, var_n = prob.marginal_flux_variance(ev_d, gn)
         var = var + dv
-    wing = _neighbour_wing_errors(prob, params, ev.F, cov_sky, float(opts.psf_wing_error),
+    wing = neighbour_wing_errors(prob, params, ev.F, cov_sky, float(opts.psf_wing_error),
                                   [im.wing_light for im in images], ev_d, gn) \
         if opts.psf_wing_error > 0 else None
     ev_d = None
     errs = np.sqrt(np.where(var > 0, var, np.nan))
-    rscale = _residual_scales(prob, resid, params, w_noise) if opts.residual_error_scale \
+    rscale = residual_scales(prob, resid, params, w_noise) if opts.residual_error_scale \
         else np.ones((prob.nb, prob.S))
     errs = errs * rscale
     # the index terms take the same inflation as the variances (covariance x chi^2)
@@ -409,125 +404,6 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
                      last_dlnp=last["last_dlnp"], stages=stages, sky=ev.sky.copy(), chi2=ev.chi2,
                      lnp=ev.lnp, bands=bands, npix_used=int(np.count_nonzero(prob.w > 0)),
                      _models=[m for m in model])
-
-
-def _neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_light, ev_d=None,
-                           gn=None) -> np.ndarray:
-    """(nb, S) flux errors from a fractional error ``frac`` of the neighbouring stars' PSF wings.
-
-    A star's model beyond its core (where its PSF is below WING_LEVEL of the peak) is its PSF's
-    wing, which an empirical PSF knows to a few per cent, and so is the light of bright stars'
-    halos subtracted from the images (``wing_light``: per band, None or an image); a source
-    sitting on that light fits part of the error. The response of every flux (and the sky) to
-    ``frac`` x one star's wing is the Gauss-Newton solve of that perturbation (``ev_d``, ``gn``:
-    the fit's renderings with derivatives and :meth:`Problem.gn_inverse`; without them the
-    linear one, G^-1 A^T W (frac M_t), at fixed shapes): a galaxy's shape takes the light in as
-    well, and its flux with it. For each source the responses to its neighbours (t != s) and to
-    the halos add coherently (one PSF per band). A star's error from its own wing is the PSF
-    term."""
-    S, nb = prob.S, prob.nb
-    out = np.zeros((nb, S))
-    stars = [t for t in range(S) if prob.kinds[t] == "star"]
-    halos = [h is not None and np.any(h) for h in wing_light]
-    if not (stars or any(halos)) or frac <= 0:
-        return out
-    rs = ev_d.rs if ev_d is not None and gn is not None else [prob.render(s, params[s], None)
-                                                               for s in range(S)]
-    if gn is not None:
-        rows, Hinv, X = gn
-        by_src = {}             # source -> [(row k, its column in the rendering: model, free order)]
-        for k, (s, j) in enumerate(rows):
-            by_src.setdefault(s, []).append((k, 1 + prob.free_names(s, ev_d.free).index(prob.names[s][j])))
-    resp = np.zeros((nb, S))
-    L = ginv.shape[-1]
-    H, W = prob.shape
-    maps = [(t, rs[t]) for t in stars if not rs[t].empty]
-    if any(halos):
-        from .render import Rendered
-        light = np.stack([np.asarray(h, float) if ok else np.zeros((H, W))
-                          for h, ok in zip(wing_light, halos)])
-        maps.append((-1, Rendered(0, H, 0, W, light[:, None])))
-    for t, rt in maps:
-        a = np.asarray(rt.A[:, 0], float)
-        if t >= 0:
-            peak = a.max(axis=(1, 2), keepdims=True)
-            wing = np.where(a < WING_LEVEL * peak, a, 0.0) * (frac * np.asarray(F, float)[:, t])[:, None, None]
-        else:
-            wing = frac * a
-        if not wing.any():
-            continue
-        v = np.zeros((nb, L))
-        u = np.zeros(len(rows)) if gn is not None else None
-        wt = prob.w[:, rt.y0:rt.y1, rt.x0:rt.x1] * wing
-        for s in range(S):
-            r = rs[s]
-            y0, y1, x0, x1 = max(r.y0, rt.y0), min(r.y1, rt.y1), max(r.x0, rt.x0), min(r.x1, rt.x1)
-            if s == t or r.empty or y1 <= y0 or x1 <= x0:
-                continue
-            ov = wt[:, y0 - rt.y0:y1 - rt.y0, x0 - rt.x0:x1 - rt.x0]
-            box = np.asarray(r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0], float)
-            v[:, s] = np.einsum("byx,byx->b", box[:, 0], ov)
-            if u is not None:
-                for k, c in by_src.get(s, ()):
-                    u[k] = float(np.asarray(F, float)[:, s] @ np.einsum("byx,byx->b", box[:, c], ov))
-        if prob.fit_sky and L > S:
-            v[:, S] = wt.sum(axis=(1, 2))
-        d = np.einsum("blm,bm->bl", ginv, v)
-        if u is not None:       # reduced system: dtheta = H^-1 (u - sum_b X_b^T v_b), dF = G^-1 v - X dtheta
-            dth = Hinv @ (u - np.einsum("bln,bl->n", X, v))
-            d = d - np.einsum("bln,n->bl", X, dth)
-        d = d[:, :S]
-        if t >= 0:
-            d[:, t] = 0.0
-        resp += d
-    out = np.abs(resp)
-    return np.where(np.isfinite(out), out, 0.0)
-
-
-def _noise_weights(prob: Problem, model_src, images, with_poisson: bool) -> np.ndarray:
-    """(nb, H, W) inverse variance of the residual as the flux errors model it: the fit's (sky)
-    weights, with the sources' own Poisson variance model / gain added in bands with a gain when
-    ``with_poisson``. The residual chi^2 of a bright galaxy measured against the sky alone counts
-    its Poisson noise, which the errors already hold, as misfit."""
-    if not with_poisson:
-        return prob.w
-    out = prob.w.copy()
-    for b, im in enumerate(images):
-        g = im.gain
-        if g is not None and np.isfinite(g) and g > 0:
-            extra = np.maximum(model_src[b], 0.0) / g
-            out[b] = prob.w[b] / (1.0 + prob.w[b] * extra)
-    return out
-
-
-def _residual_scales(prob: Problem, resid, params, w_noise) -> np.ndarray:
-    """(nb, S) factors >= 1 on the galaxies' flux errors: sqrt of the reduced chi^2 (against
-    ``w_noise``) of the residual under each galaxy's own profile (weights: its unit model over its
-    peak), where that exceeds 1 by more than ``RESID_SIGMA`` times its noise-only spread
-    sqrt(2 / n_eff). A profile that does not describe the galaxy (a Sersic index or a bulge the
-    model lacks, a neighbour's misfit on it) leaves a residual the statistical errors do not
-    include."""
-    out = np.ones((prob.nb, prob.S))
-    if resid is None:
-        return out
-    for s in range(prob.S):
-        if prob.kinds[s] == "star":
-            continue
-        r = prob.render(s, params[s], None)
-        if r.empty:
-            continue
-        sl = (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
-        w = w_noise[sl]
-        prof = np.clip(np.asarray(r.A[:, 0], float), 0.0, None) * (w > 0)
-        peak = prof.max(axis=(1, 2))
-        ok = peak > 0
-        p = prof / np.where(ok, peak, 1.0)[:, None, None]
-        sp, sp2 = p.sum(axis=(1, 2)), (p * p).sum(axis=(1, 2))
-        chi = (p * w * np.asarray(resid[sl], float) ** 2).sum(axis=(1, 2)) / np.where(ok, sp, 1.0)
-        n_eff = np.where(sp2 > 0, sp * sp / np.where(sp2 > 0, sp2, 1.0), 0.0)
-        thr = 1.0 + RESID_SIGMA * np.sqrt(2.0 / np.maximum(n_eff, 1.0))
-        out[:, s] = np.where(ok & (n_eff >= 4) & (chi > thr), np.sqrt(chi), 1.0)
-    return out
 
 
 def _shape_fallbacks(prob: Problem, ev, sources, free) -> np.ndarray:

@@ -116,7 +116,7 @@ class FitOptions:
     #: a galaxy's flux errors times sqrt(reduced chi^2) of the residual under its own profile,
     #: when that is significantly above 1 (the model does not describe it)
     residual_error_scale: bool = True
-    #: fractional error of the PSF model's wing (where it is below WING_LEVEL of its peak): each
+    #: fractional error of the PSF model's wing (where it is below flux_errors.WING_LEVEL of its peak): each
     #: source's ``wing_errs`` is the flux error its neighbouring stars' wing light under it
     #: brings with that error (0: none)
     psf_wing_error: float = 0.0
