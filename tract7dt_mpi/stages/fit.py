@@ -46,11 +46,16 @@ def _index_var(src, j: int, pr, fwhm: float) -> float:
                           None if c is None else c[j], str(pr.galaxy_flux), size)
 
 
-def _wing_error(wing_errs, j: int) -> float:
-    """Band ``j`` of an engine source's neighbour-wing flux error (None or non-finite: 0)."""
-    if wing_errs is None or not np.isfinite(wing_errs[j]):
-        return 0.0
-    return float(wing_errs[j])
+def _flux_values(src, j: int, b: str, pr, fwhm: float, psf_frac: float) -> dict:
+    """Band ``b`` (the engine source's band ``j``) flux columns of one row, in the fit's units:
+    FLUXERR_STAT (statistical, with the Sersic index's term), FLUXERR_WING (the neighbouring
+    stars' wings; 0 without) and FLUXERR (both, and the band's PSF term)."""
+    v = _index_var(src, j, pr, fwhm)
+    w = src.wing_errs
+    wing = float(w[j]) if w is not None and np.isfinite(w[j]) else 0.0
+    err = float(np.hypot(with_index_errors(with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac), v), wing))
+    return {f"FLUX_{b}_fit": float(src.fluxes[j]), f"FLUXERR_{b}_fit": err,
+            f"FLUXERR_STAT_{b}_fit": with_index_errors(src.flux_errs[j], v), f"FLUXERR_WING_{b}_fit": wing}
 
 
 def safe_name(value) -> str:
@@ -394,13 +399,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             d["flag_shape_fallback"] = bool(getattr(res.sources[i], "shape_fallback", False))
             d.update(_source_values(res.sources[i], x0, y0, ""))
             for j, b in enumerate(bands):
-                src = res.sources[i]
-                v = _index_var(src, j, pr, fwhm[b])
-                d[f"FLUX_{b}_fit"] = float(src.fluxes[j])
-                d[f"FLUXERR_WING_{b}_fit"] = wing = _wing_error(src.wing_errs, j)
-                d[f"FLUXERR_{b}_fit"] = float(np.hypot(with_index_errors(
-                    with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac[b]), v), wing))
-                d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(src.flux_errs[j], v)
+                d.update(_flux_values(res.sources[i], j, b, pr, fwhm[b], psf_frac[b]))
             d.update(_opt_values(res, "", res.sources[i]))
         else:
             d["flag_core_masked"] = any(
@@ -415,12 +414,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
             for b in bands:
                 s = per[b].sources[i]
                 d.update(_source_values(s, x0, y0, f"_{b}"))
-                v = _index_var(s, 0, pr, fwhm[b])
-                d[f"FLUX_{b}_fit"] = float(s.fluxes[0])
-                d[f"FLUXERR_WING_{b}_fit"] = wing = _wing_error(s.wing_errs, 0)
-                d[f"FLUXERR_{b}_fit"] = float(np.hypot(with_index_errors(with_psf_term(
-                    s.flux_errs[0], s.fluxes[0], psf_frac[b]), v), wing))
-                d[f"FLUXERR_STAT_{b}_fit"] = with_index_errors(s.flux_errs[0], v)
+                d.update(_flux_values(s, 0, b, pr, fwhm[b], psf_frac[b]))
                 d.update(_opt_values(per[b], f"_{b}", s))
         rows.append(d)
     fit_all = pd.DataFrame(rows)

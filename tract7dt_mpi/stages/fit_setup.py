@@ -198,9 +198,8 @@ def engine_images(pin, psfs: dict) -> list:
         iv = invvar_of(cut)
         data = np.where(iv > 0, np.asarray(cut.img, float), 0.0)
         gain = float(info.egain) / float(info.scale) if info.scale > 0 and info.egain > 0 else None
-        halo = getattr(cut, "halo", None)
         out.append(eng.ImageData(band=b, data=data, invvar=iv, psf=psfs[b], gain=gain, sky=0.0,
-                                 wing_light=None if halo is None else np.where(iv > 0, halo, 0.0)))
+                                 wing_light=getattr(cut, "halo", None)))
     return out
 
 

@@ -61,7 +61,16 @@ def _bias(kind: str, n: float, q: float, psf, stamp, inside) -> tuple[float, flo
     return float(r.re * np.sqrt(r.ab) / FWHM), float(total), n_fit
 
 
-def _sersic_rows(psf, stamp, inside) -> tuple[np.ndarray, np.ndarray]:
+def _psf():
+    """(GalSim PSF, its unit-sum 55-px stamp, the PSF's light in that stamp)."""
+    import galsim
+    psf = galsim.Moffat(beta=3.0, fwhm=FWHM)
+    stamp = psf.drawImage(nx=55, ny=55, scale=1.0).array
+    inside = float(stamp.sum())
+    return psf, stamp / inside, inside
+
+
+def _sersic_rows() -> tuple[np.ndarray, np.ndarray]:
     """(Q_SER, BIAS_SER (len Q, len N_SER)): per rendered size, the bias interpolated along the
     fitted index (monotonic in the true one) onto N_SER, clamped at the ends."""
     from concurrent.futures import ProcessPoolExecutor
@@ -83,21 +92,12 @@ def _sersic_rows(psf, stamp, inside) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sersic_job(job):
-    import galsim
     q, n = job
-    psf = galsim.Moffat(beta=3.0, fwhm=FWHM)
-    stamp = psf.drawImage(nx=55, ny=55, scale=1.0).array
-    inside = float(stamp.sum())
-    return _bias("sersic", float(n), float(q), psf, stamp / inside, inside)
+    return _bias("sersic", float(n), float(q), *_psf())
 
 
 def main():
-    import galsim
-
-    psf = galsim.Moffat(beta=3.0, fwhm=FWHM)
-    stamp = psf.drawImage(nx=55, ny=55, scale=1.0).array
-    inside = float(stamp.sum())
-    stamp = stamp / inside
+    psf, stamp, inside = _psf()
     rows = {}
     for kind, n in (("exp", 1.0), ("dev", 4.0)):
         got = [_bias(kind, n, q, psf, stamp, inside)[:2] for q in Q]
@@ -115,7 +115,7 @@ def main():
     for kind in ("exp", "dev"):
         q, b = zip(*rows[kind])
         lines += [f"Q_{kind.upper()} = {arr(q)}", f"BIAS_{kind.upper()} = {arr(b)}", ""]
-    q_ser, b_ser = _sersic_rows(psf, stamp, inside)
+    q_ser, b_ser = _sersic_rows()
     lines += [f"Q_SER = {arr(q_ser)}", f"N_SER = {arr(N_SER)}",
               "BIAS_SER = np.array([\n" + ",\n".join("    " + arr(r)[9:-1] for r in b_ser) + "])", ""]
     with open(out, "w") as fh:
