@@ -46,10 +46,11 @@ TILES = {
                            galaxy_mag_max=19.5, n_stars=120, n_blends=12, sky_pedestal=5.0, psf_g1=0.03),
     "bright_kolmogorov": dict(seed=303, psf_kind="kolmogorov", galaxy_mag_min=14.5, galaxy_mag_max=19.5,
                               n_stars=120, n_blends=12, sky_pedestal=3.0, psf_g2=0.03, stamp_flux_tol=2e-3),
-    # good seeing: 2.3-2.8 px FWHM, about Nyquist-sampled, where sub-pixel registration matters most
+    # good seeing: 2.3-2.8 px FWHM, about Nyquist-sampled, where sub-pixel registration matters most;
+    # the bands registered up to ~0.5 px off one another, as bands resampled onto one grid are
     "sharp_kolmogorov": dict(seed=404, psf_kind="kolmogorov", psf_fwhm_blue=2.8, psf_fwhm_red=2.3,
                              galaxy_mag_min=16.0, galaxy_mag_max=21.5, n_stars=150, n_blends=8,
-                             sky_pedestal=3.0),
+                             sky_pedestal=3.0, band_shift=0.25),
 }
 #: plot switches only (no effect on the numbers), so that a run spends its time fitting
 NO_PLOTS = {"plotting": {"level": "none"}, "overlay": {"enabled": False},

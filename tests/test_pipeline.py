@@ -104,6 +104,11 @@ def test_identical_catalog_for_2_and_4_ranks_and_serial_h5(tile, clean):
         assert r.returncode == 0, r.stderr[-4000:]
         pd.testing.assert_frame_equal(catalog_text(work), ref, obj=name)
     _check_master_worked_and_usage(tile / "n2", 2)
+    # the band PSF fields ran on worker ranks; their lines are in the one run log all the same
+    def field_lines(work):
+        return sorted(ln.split(" | ")[-1] for ln in (work / "run.log").read_text(errors="replace").splitlines()
+                      if ": PSF field of degree" in ln)
+    assert field_lines(clean) and field_lines(tile / "n4s") == field_lines(clean)
 
 
 def _check_master_worked_and_usage(work, n):

@@ -255,11 +255,36 @@ def _band_fwhm(ms) -> float:
     return float(np.nanmedian([((m.get("builder") or {}).get("fwhm_pix") or np.nan) for m in ms]))
 
 
+def band_offsets(cfg, by_band: dict, shape) -> dict:
+    """band -> stages.band_offsets.BandOffset from the ePSF stars' centres in each band's cells
+    (``epsf.band_offsets``; empty when off, or when fewer than two bands have enough stars)."""
+    from .stages.band_offsets import fit_band_offsets
+    if not cfg.epsf.band_offsets or shape is None:
+        return {}
+    xy = {b: np.asarray([p for m in ms for p in (m.get("used_stars_xy") or [])], float).reshape(-1, 2)
+          for b, ms in by_band.items()}
+    offsets = fit_band_offsets(xy, shape, int(cfg.epsf.field_degree))
+    for b, o in offsets.items():
+        g = np.linspace(0.0, 1.0, 9)
+        gx, gy = np.meshgrid(g * (shape[1] - 1), g * (shape[0] - 1))
+        dx, dy = o.at(gx.ravel(), gy.ravel())
+        d = np.hypot(dx, dy)
+        log.info("ePSF %s: registration offset from the other bands %.3f px (median over the frame), "
+                 "%.3f px at most; degree %d from %d stars (%d clipped), star scatter %.3f px",
+                 b, float(np.median(d)), float(d.max()), o.degree, o.n_stars, o.n_clipped, o.scatter)
+        if d.max() > 1.0:
+            log.warning("ePSF %s: the band is off the others by up to %.2f px: check its WCS and "
+                        "resampling", b, float(d.max()))
+    return offsets
+
+
 def field_stars(cfg, metas, prepared, catalog):
-    """(ok cell metas by band, wing candidates, halo stars) for :func:`band_field`: the bright-star
-    lists come from the white stack and the catalogue once for all bands (ranked with the first
-    band's FWHM), so every band, on whichever rank, gets the same ones."""
+    """(ok cell metas by band, wing candidates, halo stars, neighbour disks, band offsets) for
+    :func:`band_field`: the bright-star lists come from the white stack and the catalogue once for
+    all bands (ranked with the first band's FWHM), so every band, on whichever rank, gets the same
+    ones; the registration offsets need every band's stars."""
     by_band = _ok_metas_by_band(metas)
+    offsets = band_offsets(cfg, by_band, getattr(prepared, "shape", None))
     candidates = halo_xy = disks = None
     if by_band and prepared is not None and cfg.epsf.bright_wing:
         fwhm = _band_fwhm(next(iter(by_band.values())))
@@ -269,16 +294,18 @@ def field_stars(cfg, metas, prepared, catalog):
             sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
             halo_xy = distinct_positions(np.concatenate(
                 [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
-    return by_band, candidates, halo_xy, disks
+    return by_band, candidates, halo_xy, disks, offsets
 
 
-def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_xy=None, disks=None):
+def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_xy=None, disks=None,
+               offset=None):
     """The band's polynomial PSF field (stages.psf_poly) fitted to the stars of its successful
     cells ``ms`` (their ``stars.npz``), with its outer wing from the bright ``candidates`` on the
-    ``prepared`` images (``epsf.bright_wing``) and the halos of ``halo_xy`` (``epsf.star_halos``);
-    None when the band has no field."""
+    ``prepared`` images (``epsf.bright_wing``), the halos of ``halo_xy`` (``epsf.star_halos``)
+    and its registration ``offset`` from the other bands (:func:`band_offsets`); None when the
+    band has no field."""
     from .stages.psf_poly import fit_psf_field
-    xy, vals, w = [], [], []
+    xy, vals, w, cells = [], [], [], []
     for m in ms:
         path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
         try:
@@ -286,18 +313,23 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
                 xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
         except (OSError, KeyError, ValueError):
             continue
+        rc = str(m["patch"])[1:].split("_c")
+        cells.append(np.tile([int(rc[0]), int(rc[1])], (len(xy[-1]), 1)))
     if not xy or len({v.shape[1:] for v in vals}) != 1:
         return None
     fwhm = _band_fwhm(ms)
     field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
                           int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
-                          wing_tail=bool(cfg.epsf.wing_tail))
+                          wing_tail=bool(cfg.epsf.wing_tail), offset=offset)
     if field is None:
         log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
                     "ePSFs", band, sum(len(v) for v in xy))
         return None
     log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
              "or not following the field)", band, field.degree, field.n_stars, len(xy), field.n_rejected)
+    if cfg.epsf.cell_cores:
+        field = with_cell_cores(field, band, np.concatenate(vals), np.concatenate(w), np.concatenate(xy),
+                                np.concatenate(cells), shape, int(cfg.epsf.epsf_ngrid), fwhm)
     if prepared is not None and candidates is not None:
         field = add_bright_wing(field, prepared, band, candidates, fwhm,
                                 float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS, disks)
@@ -307,19 +339,35 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
     return field
 
 
+def with_cell_cores(field, band: str, vals, w, xy, cells, shape, n: int, fwhm: float):
+    """``field`` with its per-cell core corrections (stages.psf_local), logged."""
+    from .stages.psf_local import fit_cell_cores
+    cores = fit_cell_cores(field, vals, w, xy, cells, shape, n, fwhm)
+    if cores is None:
+        return field
+    field.cores = cores
+    used = {rc: f for rc, f in cores.factors.items() if rc in cores.corr}
+    strong = sorted(rc for rc, f in used.items() if f[0] >= 0.5)
+    log.info("ePSF %s: core corrections in %d of %d cells with >= 3 stars (%d strong, chi^2/K up to %.1f%s)",
+             band, len(used), len(cores.factors), len(strong),
+             max((f[1] for f in cores.factors.values()), default=0.0),
+             "; strong in " + " ".join(f"r{r:02d}_c{c:02d}" for r, c in strong[:12]) if strong else "")
+    return field
+
+
 def field_tasks(cfg, metas, prepared, catalog) -> list:
     """One queue task per band for :func:`band_field` (``tasks.Worker.psf_field``; none unless
     ``patch_run.epsf_interpolation: field``), costliest first (most ePSF stars)."""
     from .parallel.scheduler import Task
     if cfg.patch_run.epsf_interpolation != "field":
         return []
-    by_band, candidates, halo_xy, disks = field_stars(cfg, metas, prepared, catalog)
+    by_band, candidates, halo_xy, disks, offsets = field_stars(cfg, metas, prepared, catalog)
     out = []
     for i, (band, ms) in enumerate(by_band.items()):
         cost = float(sum(int(m.get("nstars_used") or 0) for m in ms)) + 1.0
         out.append(Task(id=f"psf_field:{band}", kind="psf_field", cost=cost, index=i,
                         payload={"band": band, "metas": ms, "candidates": candidates, "halo_xy": halo_xy,
-                                 "disks": disks}))
+                                 "disks": disks, "offset": offsets.get(band)}))
     return out
 
 
@@ -330,9 +378,9 @@ def with_psf_fields(cfg, stamps: dict, metas, shape, prepared=None, catalog=None
     from .stages.psf_poly import FIELD_KEY
     if cfg.patch_run.epsf_interpolation != "field":
         return stamps
-    by_band, candidates, halo_xy, disks = field_stars(cfg, metas, prepared, catalog)
+    by_band, candidates, halo_xy, disks, offsets = field_stars(cfg, metas, prepared, catalog)
     for band, ms in by_band.items():
-        field = band_field(cfg, band, ms, shape, prepared, candidates, halo_xy, disks)
+        field = band_field(cfg, band, ms, shape, prepared, candidates, halo_xy, disks, offsets.get(band))
         if field is not None:
             stamps.setdefault(band, {})[FIELD_KEY] = field
     return stamps

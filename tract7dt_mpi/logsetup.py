@@ -8,6 +8,7 @@ library versions (with h5py's MPI flag and the MPI library) and the MPI world si
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -132,6 +133,29 @@ def log_to_files(logger, level: int, msg: str, exc_info=None, force: bool = Fals
     for h in logger.handlers:
         if isinstance(h, logging.FileHandler) and (force or record.levelno >= h.level):
             h.handle(record)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, out: list):
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record):
+        self.out.append((record.levelno, record.getMessage()))
+
+
+@contextlib.contextmanager
+def collected(logger):
+    """Yield a list that gathers the (level, message) of ``logger``'s INFO and higher records while
+    the block runs (a task on a worker rank hands its log lines to rank 0, which alone writes the
+    run log)."""
+    out = []
+    h = _Collect(out)
+    logger.addHandler(h)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(h)
 
 
 def _info_always_in_file(logger, msg: str) -> None:

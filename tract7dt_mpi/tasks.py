@@ -289,12 +289,15 @@ class Worker:
 
     # -------------------------------------------------------------- band PSF field
     def psf_field(self, task: Task) -> TaskResult:
-        """One band's PSF field with its bright-star wing and halos (band_psfs.band_field)."""
+        """One band's PSF field with its bright-star wing and halos (band_psfs.band_field), and its
+        log lines (rank 0 writes those of the other ranks into the run log)."""
         from .band_psfs import band_field
+        from .logsetup import collected
         p = task.payload
-        field = band_field(self.cfg, p["band"], p["metas"], self.prepared.shape, self.prepared,
-                           p["candidates"], p["halo_xy"], p["disks"])
-        return TaskResult(rows=None, data={"field": field})
+        with collected(log) as lines:
+            field = band_field(self.cfg, p["band"], p["metas"], self.prepared.shape, self.prepared,
+                               p["candidates"], p["halo_xy"], p["disks"], p.get("offset"))
+        return TaskResult(rows=None, data={"field": field, "log": lines})
 
     # -------------------------------------------------------------- patch fit
     @property

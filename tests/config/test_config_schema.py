@@ -23,7 +23,7 @@ MPI_ERA = {"outputs.results_h5", "outputs.journal", "mpi.threads_per_rank", "mpi
            "patch_run.re_max_factor", "epsf.wing_tail", "patch_run.flux_error_residual_scale", "epsf.bright_wing", "epsf.bright_wing_radius_fwhm", "epsf.star_halos", "patch_run.galaxy_flux", "patch_run.psf_source",
            "patch_run.sky", "patch_run.sky_prior_sigma", "patch_run.pos_fit_min_snr"}
 MPI_ERA |= {"mpi.task_timeout_factor", "mpi.task_timeout_min_sec", "mpi.task_timeout_sec",
-            "epsf.field_degree", "plotting.level", "patch_run.model_selection",
+            "epsf.field_degree", "epsf.band_offsets", "epsf.cell_cores", "plotting.level", "patch_run.model_selection",
             "patch_run.model_selection_dchisq", "patch_run.flux_error_marginal",
             "patches.big_source_re_factor", "patches.max_roi_pix", "outputs.patch_results_dir",
             "patches.big_source_from_light", "patch_run.flux_error_psf_wing"}

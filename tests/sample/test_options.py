@@ -160,6 +160,29 @@ def test_kolmogorov_header_round_trip(tmp_path):
     assert np.abs(a - moffat).max() > 1e-3
 
 
+def test_band_shift_moves_every_object_of_a_band_and_round_trips_in_the_header(tmp_path):
+    kw = dict(bands=2, size=160, seed=2, n_sources=12, verbose=False)
+    plain = make_sample(tmp_path / "a", **kw)
+    shifted = make_sample(tmp_path / "b", band_shift=0.4, **kw)
+    assert "PSFSX0" not in fits.getheader(plain["images"][0])
+    for p0, p1 in zip(plain["images"], shifted["images"]):
+        hdr = fits.getheader(p1)
+        band = hdr["FILTER"]
+        par = psf_params(band, hdr)
+        dx, dy = par.shift_at(80.0, 70.0)
+        assert 0 < np.hypot(dx, dy) < 0.4 * 2 ** 1.5 and abs(par.shift_x0) <= 0.4
+        assert psf_params(band, tmp_path / "a").shift_at(80.0, 70.0) == (0.0, 0.0)
+        # the truth stamp is the plain one moved by (dx, dy): its centroid moves by that much
+        a = true_psf_stamp(band, 80.0, 70.0, 41, tmp_path / "a")
+        b = true_psf_stamp(band, 80.0, 70.0, 41, hdr)
+        yy, xx = np.indices(a.shape)
+        assert (xx * b).sum() - (xx * a).sum() == pytest.approx(dx, abs=0.01)
+        assert (yy * b).sum() - (yy * a).sum() == pytest.approx(dy, abs=0.01)
+    # the other truths do not change with it
+    assert band_truths(["m625"], 2, 160, 160)[0].zp_true == band_truths(
+        ["m625"], 2, 160, 160, SampleOptions(band_shift=0.4))[0].zp_true
+
+
 def test_command_line_flags_and_bad_values():
     ap = argparse.ArgumentParser()
     add_option_arguments(ap)

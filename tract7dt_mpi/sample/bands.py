@@ -92,6 +92,16 @@ def lam_over_diam_pix(wave_nm: float) -> float:
     return wave_nm * 1e-9 / APERTURE_M * 206264.806 / PIXEL_SCALE_ARCSEC
 
 
+def _registration(seed: int, lam: float, scale: float) -> dict:
+    """A band's registration offset (PsfParams shift_*), from its own random stream so that the
+    other truths do not change with it; none when ``scale`` is 0."""
+    if not scale > 0:
+        return {}
+    rng = np.random.default_rng([int(seed), 29, int(lam * 10)])
+    v = rng.uniform(-scale, scale, 4)
+    return {"shift_x0": r6(v[0]), "shift_xv": r6(v[1]), "shift_y0": r6(v[2]), "shift_yu": r6(v[3])}
+
+
 def band_truths(bands: list[str], seed: int, width: int, height: int,
                 options: SampleOptions | None = None) -> list[BandTruth]:
     """Instrument truth for each band of a ``width`` x ``height`` tile.
@@ -126,6 +136,7 @@ def band_truths(bands: list[str], seed: int, width: int, height: int,
             g2_y=r6(rng.uniform(-gr, gr)),
             width=int(width), height=int(height),
             **({"kind": "kolmogorov", "lam_over_diam": r6(lam_over_diam_pix(lam))} if kolmo else {}),
+            **_registration(seed, lam, o.band_shift),
         )
         zp_true, zp_offset = round(float(zp_true), 4), round(float(zp_offset), 4)
         egain, sky_e = round(float(egain), 4), round(float(sky_e), 3)

@@ -45,6 +45,10 @@ class SampleOptions:
     psf_g2: float = _opt(0.0, "--psf-g2", float, "constant PSF shear g2 added in every band")
     psf_shear_range: float = _opt(0.02, "--psf-shear-range", float,
                                   "half-width of the random per-band PSF shear and its gradient")
+    band_shift: float = _opt(0.0, "--band-shift", float,
+                             "scale of each band's registration offset from the catalogue frame: a "
+                             "random constant and a gradient over the field, each uniform within "
+                             "+-band_shift per axis (real bands on one grid: 0.1-0.5 px)", "px")
     galaxy_mag_min: float = _opt(15.5, "--galaxy-mag-min", float,
                                  "brightest galaxy (AB mag at 625 nm)", "mag")
     galaxy_mag_max: float | None = _opt(None, "--galaxy-mag-max", float,
@@ -97,7 +101,7 @@ class SampleOptions:
         for name in ("psf_fwhm_blue", "psf_fwhm_red"):
             if not 0.5 <= getattr(self, name) <= 50:
                 raise bad(name, "a FWHM in 0.5..50 px")
-        for name in ("psf_fwhm_jitter", "psf_field_variation", "psf_shear_range", "catalog_pos_sigma",
+        for name in ("psf_fwhm_jitter", "psf_field_variation", "psf_shear_range", "band_shift", "catalog_pos_sigma",
                      "catalog_shape_noise"):
             if getattr(self, name) < 0:
                 raise bad(name, "a number >= 0")

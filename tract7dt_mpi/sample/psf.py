@@ -40,9 +40,12 @@ _HEADER_KEYS = {
     "PSFBETA0": "beta0", "PSFBETAX": "beta_x", "PSFG1_0": "g1_0", "PSFG1_X": "g1_x",
     "PSFG2_0": "g2_0", "PSFG2_Y": "g2_y", "PSFNX": "width", "PSFNY": "height",
     "PSFKIND": "kind", "PSFLOD": "lam_over_diam",
+    "PSFSX0": "shift_x0", "PSFSXV": "shift_xv", "PSFSY0": "shift_y0", "PSFSYU": "shift_yu",
 }
 #: header cards written only for a non-Moffat PSF (and optional when read back)
 _KIND_KEYS = ("kind", "lam_over_diam")
+#: header cards written only for a band registered off the others (optional when read back)
+_SHIFT_KEYS = ("shift_x0", "shift_xv", "shift_y0", "shift_yu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,6 +74,12 @@ class PsfParams:
     height: int = 1024
     kind: str = "moffat"            # "moffat" or "kolmogorov"
     lam_over_diam: float = 0.0      # Airy lambda/D [px] (kolmogorov only)
+    #: the band's registration offset [px]: every object appears shifted by
+    #: (shift_x0 + shift_xv v, shift_y0 + shift_yu u), u and v as in :meth:`at`
+    shift_x0: float = 0.0
+    shift_xv: float = 0.0
+    shift_y0: float = 0.0
+    shift_yu: float = 0.0
 
     def at(self, x: float, y: float) -> tuple[float, float, float, float]:
         """(fwhm_px, beta, g1, g2) of the PSF at full-frame pixel (x, y)."""
@@ -79,6 +88,12 @@ class PsfParams:
         fwhm = self.fwhm0 * (1.0 + self.fwhm_x * u + self.fwhm_y * v + self.fwhm_r * (u * u + v * v))
         beta = self.beta0 + self.beta_x * u
         return float(fwhm), float(beta), float(self.g1_0 + self.g1_x * u), float(self.g2_0 + self.g2_y * v)
+
+    def shift_at(self, x: float, y: float) -> tuple[float, float]:
+        """(dx, dy) px by which the band shows an object at full-frame pixel (x, y)."""
+        u = (x - (self.width - 1) / 2.0) / (self.width / 2.0)
+        v = (y - (self.height - 1) / 2.0) / (self.height / 2.0)
+        return float(self.shift_x0 + self.shift_xv * v), float(self.shift_y0 + self.shift_yu * u)
 
     def galsim_psf(self, x: float, y: float, flux: float = 1.0):
         """The GalSim PSF profile at (x, y) with the given total flux."""
@@ -89,8 +104,11 @@ class PsfParams:
             prof = galsim.Convolve(galsim.Kolmogorov(fwhm=kolmogorov_fwhm(fwhm, self.lam_over_diam),
                                                      flux=flux, gsparams=gsp),
                                    galsim.Airy(lam_over_diam=self.lam_over_diam, gsparams=gsp))
-            return prof.shear(g1=g1, g2=g2)
-        return galsim.Moffat(beta=beta, fwhm=fwhm, flux=flux, gsparams=gsp).shear(g1=g1, g2=g2)
+        else:
+            prof = galsim.Moffat(beta=beta, fwhm=fwhm, flux=flux, gsparams=gsp)
+        prof = prof.shear(g1=g1, g2=g2)
+        dx, dy = self.shift_at(x, y)
+        return prof.shift(dx, dy) if (dx or dy) else prof
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,16 +116,18 @@ class PsfParams:
     def header_cards(self) -> list[tuple[str, object, str]]:
         """(keyword, value, comment) cards that describe this PSF field in a FITS header."""
         inv = {v: k for k, v in _HEADER_KEYS.items()}
+        shifted = any(getattr(self, k) for k in _SHIFT_KEYS)
         return [(inv[f.name], getattr(self, f.name), f"synthetic PSF truth: {f.name}") for f in fields(self)
-                if self.kind != "moffat" or f.name not in _KIND_KEYS]
+                if (self.kind != "moffat" or f.name not in _KIND_KEYS)
+                and (shifted or f.name not in _SHIFT_KEYS)]
 
     @classmethod
     def from_header(cls, header, where: str = "header") -> "PsfParams":
         """Rebuild from a header written by make-sample (InputError if the PSF* cards are missing)."""
         vals = {}
         for key, name in _HEADER_KEYS.items():
-            if name in _KIND_KEYS and key not in header:
-                continue                        # a Moffat PSF (the dataclass defaults)
+            if name in _KIND_KEYS + _SHIFT_KEYS and key not in header:
+                continue                        # a Moffat PSF, no registration offset (the defaults)
             if name == "kind":
                 vals[name] = str(header[key]).strip().lower()
                 continue

@@ -26,16 +26,10 @@ import math
 
 import numpy as np
 
+from ..engine.psf import stamp_fwhm  # noqa: F401  (the stages' FWHM of a stamp)
+
 #: stars in a band needed for an estimate (else no PSF term)
 MIN_STARS = 5
-
-
-def stamp_fwhm(stamp) -> float:
-    """FWHM (px) from the area above half maximum of a stamp."""
-    a = np.asarray(stamp, float)
-    if not (a.size and np.nanmax(a) > 0):
-        return float("nan")
-    return 2.0 * math.sqrt(np.count_nonzero(a >= np.nanmax(a) / 2.0) / math.pi)
 
 
 def star_flux_checks(stars, models, shares, gain, radius, n_bkg_pix=None):

@@ -192,15 +192,22 @@ def with_position_scales(pin, psfs_by_tag: dict, shape):
     h, w = shape
     x = np.clip(pin.cat["x_pix_white"].to_numpy(float), 0.0, w - 1.0)
     y = np.clip(pin.cat["y_pix_white"].to_numpy(float), 0.0, h - 1.0)
+    s = pin.spec
+    xc, yc = (s.x0_base + s.x1_base - 1) / 2.0, (s.y0_base + s.y1_base - 1) / 2.0
     out = dict(pin.psfs)
     for b, ch in pin.psfs.items():
         field = fields.get(b)
         if field is None or ch.stamp is None or not ch.sources or ch.sources[0][0] != "field":
             continue
+        # shapes compared without the registration offset: the fitted position takes up its
+        # change across the patch, which is no flux
+        centre, ef_c = evaluate_field(field, xc, yc, shift=(0.0, 0.0))
+        if centre is None:
+            continue
         scales = []
         for xi, yi in zip(x, y):
-            st, ef = evaluate_field(field, float(xi), float(yi)) if np.isfinite(xi) and np.isfinite(yi) \
-                else (None, 1.0)
-            scales.append((1.0, 1.0) if st is None else position_scale(ch.stamp, ch.flux_in_stamp, st, ef))
+            st, ef = evaluate_field(field, float(xi), float(yi), shift=(0.0, 0.0)) \
+                if np.isfinite(xi) and np.isfinite(yi) else (None, 1.0)
+            scales.append((1.0, 1.0) if st is None else position_scale(centre, ef_c, st, ef))
         out[b] = dataclasses.replace(ch, row_scales=tuple((float(a), float(n)) for a, n in scales))
     return dataclasses.replace(pin, psfs=out)

@@ -103,10 +103,27 @@ class PsfField:
     #: the pixels inside the stamp beyond the wing's join radius, where the field's constant
     #: offset from the wing is measured (:func:`_pedestal`)
     pedestal_zone: np.ndarray | None = None
+    #: the band's registration offset from the other bands (stages.band_offsets.BandOffset):
+    #: stamps are shifted by it, so a source's one position fits every band
+    offset: object = None
+    #: per-cell corrections of the core where the PSF changes faster than the polynomial
+    #: (stages.psf_local.CellCores; None: none)
+    cores: object = None
+
+    def offset_at(self, x: float, y: float) -> tuple[float, float]:
+        """(dx, dy) px by which the band's stamps at (x, y) are shifted (0 without an offset)."""
+        if self.offset is None:
+            return 0.0, 0.0
+        dx, dy = self.offset.at(x, y)
+        return float(dx), float(dy)
 
     def raw(self, x: float, y: float) -> np.ndarray:
         b = _basis((x - self.x0) / self.scale, (y - self.y0) / self.scale, self.degree)
         p = np.tensordot(b, self.coeffs, axes=(0, 0))
+        if self.cores is not None:
+            c = self.cores.at(x, y)
+            if c is not None:
+                p = p + c
         if self.wing_shape is not None:
             c = float(p[self.core].sum())
             q = np.log(max(float(p[self.inner].sum()), 1e-30) / max(c, 1e-30))
@@ -254,10 +271,11 @@ def _outliers(off, err, keep):
 
 
 def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: float,
-                  wing_tail: bool = True) -> PsfField | None:
+                  wing_tail: bool = True, offset=None) -> PsfField | None:
     """Fit the field to ``vals`` (n, S, S) flux-normalised grid-aligned star stamps with inverse
-    variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars, or when the
-    field has no positive flux at the stars' centroid (the band then uses its cells' ePSFs)."""
+    variances ``w`` at working-frame positions ``xy`` (n, 2); ``offset``: the band's registration
+    offset (:attr:`PsfField.offset`). None without stars, or when the field has no positive flux
+    at the stars' centroid (the band then uses its cells' ePSFs)."""
     from .epsf_stack import finish_psf, grid_radius
 
     xy = np.asarray(xy, float).reshape(-1, 2)
@@ -320,6 +338,7 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     blend = np.clip((r - (rw - 3.0)) / 3.0, 0.0, 1.0) if (wing_tail and wings.get("applied")) \
         else np.zeros((size, size))
     field.tail, field.blend, field.tail_beyond, field.wings = tailed, blend, beyond, wings
+    field.offset = offset
     return field
 
 
@@ -338,11 +357,12 @@ def _pedestal(field: PsfField, p) -> float:
     return (a_p * w / ref - pz) / denom if denom > 0.2 else 0.0
 
 
-def evaluate_field(field: PsfField, x: float, y: float):
+def evaluate_field(field: PsfField, x: float, y: float, shift=None):
     """(unit-sum float32 stamp of side ``final_size``, fraction of the PSF's total flux inside it)
     of the field at working-frame (x, y): the polynomial core, the band's tail beyond the wing
     radius scaled to the core at the blend ring (a bright-star wing: to the core's light in the
-    wing fit's anchor zone)."""
+    wing fit's anchor zone), shifted by ``shift`` (dx, dy) px (None: the band's registration
+    offset at (x, y), :meth:`PsfField.offset_at`)."""
     p = field.raw(x, y)
     tot = p.sum()
     if not tot > 0:
@@ -366,4 +386,9 @@ def evaluate_field(field: PsfField, x: float, y: float):
     ef = float(min(crop.sum(), 1.0))
     if not ef > 0:
         return None, 1.0
+    dx, dy = field.offset_at(x, y) if shift is None else shift
+    if dx or dy:
+        from ..engine.fshift import fourier_shift
+        crop = fourier_shift(crop, dx, dy)[0]
+        crop = crop * (ef / crop.sum())
     return (crop / ef).astype(np.float32), ef

@@ -20,7 +20,7 @@ a circular GalSim Sersic (untruncated, flux 1) convolved with a Moffat beta = 3,
 drawn on the pixel grid; the engine fits it (flux, position, shape and index free; sky held at 0)
 with the PSF's 55-px stamp; the fitted total (flux x total_flux_factor at the fitted index / the
 PSF's light in the stamp) over 1 is the bias, tabulated against the *fitted* size re_fit
-sqrt(ab_fit) / FWHM and index, which is what a catalogue row has. The Sersic table is regular in
+sqrt(ab_fit) / FWHM (the stamp's FWHM as the fit stage measures it) and index, which is what a catalogue row has. The Sersic table is regular in
 (fitted n, fitted size): each size's row is interpolated along its fitted indices (N_SER), at the
 row's median fitted size.
 """
@@ -39,11 +39,14 @@ N_SER = np.array([0.4, 0.55, 0.7, 0.85, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5
 
 
 def _bias(kind: str, n: float, q: float, psf, stamp, inside) -> tuple[float, float, float]:
-    """(fitted size re_fit sqrt(ab_fit) / FWHM, fitted total / true total, fitted index)."""
+    """(fitted size re_fit sqrt(ab_fit) / the stamp's FWHM, fitted total / true total, fitted
+    index); the FWHM as the fit stage measures it on its PSF stamp (engine.psf.stamp_fwhm: the
+    pixel-convolved FWHM, 4.12 px for this PSF), so that the table is read on the same scale."""
     import galsim
 
     from tract7dt_mpi.engine import FitOptions, ImageData, PixelizedPSF, Source, fit_patch
     from tract7dt_mpi.engine.profiles import total_flux_factor
+    from tract7dt_mpi.engine.psf import stamp_fwhm
 
     re = q * FWHM
     size = int(min(max(121, 24 * re + 1), 401)) | 1
@@ -58,7 +61,7 @@ def _bias(kind: str, n: float, q: float, psf, stamp, inside) -> tuple[float, flo
     if r.shape_fallback:        # the index ran to its bound: not a free fit (left out)
         n_fit = np.nan
     total = r.fluxes[0] * total_flux_factor(kind, n_fit) / inside / 1e6
-    return float(r.re * np.sqrt(r.ab) / FWHM), float(total), n_fit
+    return float(r.re * np.sqrt(r.ab) / stamp_fwhm(stamp)), float(total), n_fit
 
 
 def _psf():
