@@ -57,7 +57,6 @@ NO_PLOTS = {"plotting": {"level": "none"}, "overlay": {"enabled": False},
             "crop": {"plot_pre_crop": False, "plot_post_crop": False},
             "epsf": {"save_growth_curve": False, "save_patch_background_diagnostics": False,
                      "save_star_local_background_diagnostics": False, "save_star_montage_max": 0},
-            "patch_inputs": {"save_patch_inputs": False},
             "patch_run": {"no_cutouts": True, "no_patch_overview": True}}
 
 

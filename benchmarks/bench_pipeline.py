@@ -25,7 +25,6 @@ LIGHT = {"overlay": {"enabled": False}, "plotting": {"level": "none"},
          "epsf": {"maxiters": 5, "save_growth_curve": False, "save_residual_diagnostics": False,
                   "save_patch_background_diagnostics": False,
                   "save_star_local_background_diagnostics": False, "save_star_montage_max": 0},
-         "patch_inputs": {"save_patch_inputs": False},
          "patch_run": {"n_opt_iters": 5, "no_cutouts": True, "no_patch_overview": True}}
 
 

@@ -100,8 +100,7 @@ def _filter_tables(tile: str, dest: str, frac: float | None, bands: list[str]) -
 
 def _no_plots(light: dict) -> dict:
     """The plot switches of LIGHT only (production iteration counts kept)."""
-    keep = {"overlay": ("enabled",), "plotting": ("level",), "patch_run": ("no_cutouts", "no_patch_overview"),
-            "patch_inputs": ("save_patch_inputs",)}
+    keep = {"overlay": ("enabled",), "plotting": ("level",), "patch_run": ("no_cutouts", "no_patch_overview")}
     out = {sec: {k: v for k, v in vals.items() if k in keep.get(sec, ()) or k.startswith("save_")}
            for sec, vals in light.items()}
     return {sec: vals for sec, vals in out.items() if vals}

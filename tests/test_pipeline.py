@@ -27,7 +27,6 @@ plotting: {{dpi: 30}}
 epsf: {{epsf_ngrid: 1, ngrid: 2, maxiters: 2, save_growth_curve: false, save_residual_diagnostics: false,
   save_patch_background_diagnostics: false, save_star_local_background_diagnostics: false,
   save_star_montage_max: 0}}
-patch_inputs: {{save_patch_inputs: false}}
 patch_run: {{n_opt_iters: {iters}, enable_staged_fit: false, no_cutouts: true, no_patch_overview: true{extra}}}
 zp: {{enabled: true}}
 mpi: {{heartbeat_sec: 2}}

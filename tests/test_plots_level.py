@@ -16,7 +16,6 @@ crop: {{enabled: true, margin: 16}}
 plotting: {{dpi: 30, level: {level}}}
 epsf: {{epsf_ngrid: 1, ngrid: 2, maxiters: 2, save_star_local_background_diagnostics: false,
   save_star_montage_max: 4}}
-patch_inputs: {{save_patch_inputs: false}}
 patch_run: {{n_opt_iters: 2, enable_staged_fit: false, cutout_max_sources: 1}}
 zp: {{enabled: true}}
 """

@@ -275,7 +275,9 @@ class Patches:
 
 @dataclass(frozen=True)
 class PatchInputs:
-    save_patch_inputs: bool = K(True, "bool", _NONE, "Write per-patch input products.")
+    save_patch_inputs: bool = K(True, "bool", _NONE, "Legacy (serial tract7dt), ignored: `run` fits every patch from the prepared store and `build-patch-inputs` writes the per-patch payloads.",
+                                legacy="is ignored: `run` fits every patch from the prepared store; "
+                                       "the per-patch payloads are written by `build-patch-inputs`")
     skip_empty_patch: bool = K(True, "bool", _NONE, "Patches without base sources are neither built nor fitted.")
     include_wcs_in_payload: bool = K(False, "bool", _NONE, "Legacy: store full and ROI WCS per band.",
                                      legacy="is ignored; no WCS is stored in the patch inputs")
