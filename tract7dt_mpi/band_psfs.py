@@ -305,7 +305,7 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
     and its registration ``offset`` from the other bands (:func:`band_offsets`); None when the
     band has no field."""
     from .stages.psf_poly import fit_psf_field
-    xy, vals, w, cells = [], [], [], []
+    xy, vals, w = [], [], []
     for m in ms:
         path = os.path.join(cfg.outputs.epsf_dir, band, m["patch"], "stars.npz")
         try:
@@ -313,23 +313,22 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
                 xy.append(z["xy"]), vals.append(z["vals"]), w.append(z["w"])
         except (OSError, KeyError, ValueError):
             continue
-        rc = str(m["patch"])[1:].split("_c")
-        cells.append(np.tile([int(rc[0]), int(rc[1])], (len(xy[-1]), 1)))
     if not xy or len({v.shape[1:] for v in vals}) != 1:
         return None
     fwhm = _band_fwhm(ms)
-    field = fit_psf_field(np.concatenate(xy), np.concatenate(vals), np.concatenate(w),
-                          int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size), fwhm,
-                          wing_tail=bool(cfg.epsf.wing_tail), offset=offset)
+    n_cells = len(xy)
+    xy, vals, w = np.concatenate(xy), np.concatenate(vals), np.concatenate(w)
+    field = fit_psf_field(xy, vals, w, int(cfg.epsf.field_degree), shape, int(cfg.epsf.final_psf_size),
+                          fwhm, wing_tail=bool(cfg.epsf.wing_tail))
     if field is None:
         log.warning("ePSF %s: no PSF field from %d stars (no positive flux); patches use the cells' "
-                    "ePSFs", band, sum(len(v) for v in xy))
+                    "ePSFs", band, len(xy))
         return None
     log.info("ePSF %s: PSF field of degree %d from %d stars in %d cells (%d left out: core not covered "
-             "or not following the field)", band, field.degree, field.n_stars, len(xy), field.n_rejected)
+             "or not following the field)", band, field.degree, field.n_stars, n_cells, field.n_rejected)
+    field.offset = offset
     if cfg.epsf.cell_cores:
-        field = with_cell_cores(field, band, np.concatenate(vals), np.concatenate(w), np.concatenate(xy),
-                                np.concatenate(cells), shape, int(cfg.epsf.epsf_ngrid), fwhm)
+        field = with_cell_cores(field, band, vals, w, xy, shape, int(cfg.epsf.epsf_ngrid), fwhm)
     if prepared is not None and candidates is not None:
         field = add_bright_wing(field, prepared, band, candidates, fwhm,
                                 float(cfg.epsf.bright_wing_radius_fwhm), BRIGHT_WING_STARS, disks)
@@ -339,10 +338,10 @@ def band_field(cfg, band: str, ms, shape, prepared=None, candidates=None, halo_x
     return field
 
 
-def with_cell_cores(field, band: str, vals, w, xy, cells, shape, n: int, fwhm: float):
+def with_cell_cores(field, band: str, vals, w, xy, shape, n: int, fwhm: float):
     """``field`` with its per-cell core corrections (stages.psf_local), logged."""
     from .stages.psf_local import fit_cell_cores
-    cores = fit_cell_cores(field, vals, w, xy, cells, shape, n, fwhm)
+    cores = fit_cell_cores(field, vals, w, xy, shape, n, fwhm)
     if cores is None:
         return field
     field.cores = cores

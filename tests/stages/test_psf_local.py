@@ -24,7 +24,7 @@ def _fwhm(y):
 
 
 def _stars(rng, per_cell=5):
-    xy, vals, cells = [], [], []
+    xy, vals = [], []
     step = SHAPE[0] / N
     for r in range(N):
         for c in range(N):
@@ -32,9 +32,8 @@ def _stars(rng, per_cell=5):
                 x, y = (c + rng.uniform(0.1, 0.9)) * step, (r + rng.uniform(0.1, 0.9)) * step
                 xy.append((x, y))
                 vals.append(draw_psf_stamp(_psf(_fwhm(y)), x, y, SIZE) + rng.normal(0, NOISE, (SIZE, SIZE)))
-                cells.append((r, c))
     vals = np.array(vals)
-    return np.array(xy), vals, np.full(vals.shape, NOISE ** -2), np.array(cells)
+    return np.array(xy), vals, np.full(vals.shape, NOISE ** -2)
 
 
 def _flux(field, x, y, fwhm=None):
@@ -48,10 +47,10 @@ def _flux(field, x, y, fwhm=None):
 
 def test_a_wide_strip_is_corrected_and_the_rest_left_alone():
     rng = np.random.default_rng(5)
-    xy, vals, w, cells = _stars(rng)
+    xy, vals, w = _stars(rng)
     field = fit_psf_field(xy, vals, w, 2, SHAPE, SIZE, 3.0, wing_tail=False)
     before = {p: _flux(field, *p) for p in [(450.0, 450.0), (450.0, 320.0), (750.0, 1050.0), (150.0, 150.0)]}
-    cores = fit_cell_cores(field, vals, w, xy, cells, SHAPE, N, 3.0)
+    cores = fit_cell_cores(field, vals, w, xy, SHAPE, N, 3.0)
     assert cores is not None and len(cores.factors) == N * N
     strip = [f for (r, c), f in cores.factors.items() if r == 1]
     assert all(f[0] > 0.9 and f[1] > 20 for f in strip), strip       # significant, barely shrunk
@@ -69,18 +68,17 @@ def test_a_wide_strip_is_corrected_and_the_rest_left_alone():
 def test_cells_that_follow_the_field_get_almost_nothing():
     rng = np.random.default_rng(6)
     step = SHAPE[0] / N
-    xy, vals, cells = [], [], []
+    xy, vals = [], []
     for r in range(N):
         for c in range(N):
             for _ in range(4):
                 x, y = (c + rng.uniform(0.1, 0.9)) * step, (r + rng.uniform(0.1, 0.9)) * step
                 xy.append((x, y))
                 vals.append(draw_psf_stamp(_psf(3.2), x, y, SIZE) + rng.normal(0, NOISE, (SIZE, SIZE)))
-                cells.append((r, c))
     vals = np.array(vals)
     w = np.full(vals.shape, NOISE ** -2)
     field = fit_psf_field(np.array(xy), vals, w, 2, SHAPE, SIZE, 3.2, wing_tail=False)
-    cores = fit_cell_cores(field, vals, w, np.array(xy), np.array(cells), SHAPE, N, 3.2)
+    cores = fit_cell_cores(field, vals, w, np.array(xy), SHAPE, N, 3.2)
     assert np.median([f[0] for f in cores.factors.values()]) < 0.3
     field.cores = cores
     for x, y in [(200.0, 200.0), (600.0, 650.0), (1000.0, 300.0)]:

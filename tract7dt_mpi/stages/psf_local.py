@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CellCores", "fit_cell_cores"]
+__all__ = ["CellCores", "cell_of", "fit_cell_cores"]
 
 #: stars in a cell needed for its correction (one odd star among three is seen as one)
 MIN_STARS = 3
@@ -46,10 +46,14 @@ class CellCores:
         not one interpolated between cells: what the polynomial misses is a change of the PSF
         from one part of the frame to the next, and interpolating across it put a strip's edges
         halfway between the two PSFs."""
-        h, w = self.shape       # the cells of stages.epsf.cell_bounds (the last ones to the edge)
-        r = min(max(int(y // max(1, h // self.n)), 0), self.n - 1)
-        c = min(max(int(x // max(1, w // self.n)), 0), self.n - 1)
-        return self.corr.get((r, c))
+        return self.corr.get(cell_of(self.shape, self.n, x, y))
+
+
+def cell_of(shape, n: int, x: float, y: float) -> tuple[int, int]:
+    """(row, col) of the cell of an ``n`` x ``n`` grid over ``shape`` that holds (x, y): the cells
+    of stages.epsf.cell_bounds (the last row and column reach the frame's edge)."""
+    h, w = shape
+    return (min(max(int(y // max(1, h // n)), 0), n - 1), min(max(int(x // max(1, w // n)), 0), n - 1))
 
 
 def core_zone(size: int, fwhm: float) -> np.ndarray:
@@ -61,15 +65,14 @@ def core_zone(size: int, fwhm: float) -> np.ndarray:
     return np.clip((b - r) / (b - a), 0.0, 1.0)
 
 
-def fit_cell_cores(field, vals, w, xy, cells, shape, n: int, fwhm: float) -> CellCores | None:
-    """Per-cell core corrections of ``field`` (a PsfField without them) from the stars' stamps
-    ``vals`` (N, S, S; flux-normalised, registered), their inverse variances ``w``, positions
-    ``xy`` (N, 2) and cells ``cells`` (N, 2: row, col) on an ``n`` x ``n`` grid; None when no cell
-    has enough stars."""
+def fit_cell_cores(field, vals, w, xy, shape, n: int, fwhm: float) -> CellCores | None:
+    """Per-cell core corrections of ``field`` (a PsfField without them) on an ``n`` x ``n`` grid
+    over ``shape`` from the stars' stamps ``vals`` (N, S, S; flux-normalised, registered), their
+    inverse variances ``w`` and positions ``xy`` (N, 2); None when no cell has enough stars."""
     vals = np.asarray(vals, float)
     w = np.where(np.isfinite(vals), np.asarray(w, float), 0.0)
     xy = np.asarray(xy, float).reshape(-1, 2)
-    cells = np.asarray(cells, int).reshape(-1, 2)
+    cells = np.array([cell_of(shape, n, x, y) for x, y in xy], int).reshape(-1, 2)
     if not len(vals):
         return None
     size = vals.shape[1]

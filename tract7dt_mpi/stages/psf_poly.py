@@ -271,11 +271,10 @@ def _outliers(off, err, keep):
 
 
 def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: float,
-                  wing_tail: bool = True, offset=None) -> PsfField | None:
+                  wing_tail: bool = True) -> PsfField | None:
     """Fit the field to ``vals`` (n, S, S) flux-normalised grid-aligned star stamps with inverse
-    variances ``w`` at working-frame positions ``xy`` (n, 2); ``offset``: the band's registration
-    offset (:attr:`PsfField.offset`). None without stars, or when the field has no positive flux
-    at the stars' centroid (the band then uses its cells' ePSFs)."""
+    variances ``w`` at working-frame positions ``xy`` (n, 2). None without stars, or when the
+    field has no positive flux at the stars' centroid (the band then uses its cells' ePSFs)."""
     from .epsf_stack import finish_psf, grid_radius
 
     xy = np.asarray(xy, float).reshape(-1, 2)
@@ -338,7 +337,6 @@ def fit_psf_field(xy, vals, w, degree: int, frame_shape, final_size: int, fwhm: 
     blend = np.clip((r - (rw - 3.0)) / 3.0, 0.0, 1.0) if (wing_tail and wings.get("applied")) \
         else np.zeros((size, size))
     field.tail, field.blend, field.tail_beyond, field.wings = tailed, blend, beyond, wings
-    field.offset = offset
     return field
 
 
@@ -389,6 +387,6 @@ def evaluate_field(field: PsfField, x: float, y: float, shift=None):
     dx, dy = field.offset_at(x, y) if shift is None else shift
     if dx or dy:
         from ..engine.fshift import fourier_shift
-        crop = fourier_shift(crop, dx, dy)[0]
-        crop = crop * (ef / crop.sum())
+        shifted = fourier_shift(crop, dx, dy)[0]
+        return (shifted / shifted.sum()).astype(np.float32), ef
     return (crop / ef).astype(np.float32), ef
