@@ -420,7 +420,7 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                            np.array([k.kind == "star" for k in inits]) & ~is_halo, pin,
-                           [row_scales(pin, b, len(cat))[:, 0] for b in bands])
+                           [row_scales(pin, b, len(cat))[:, 0] for b in bands], stamp_fw)
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}

@@ -344,13 +344,15 @@ def psf_term_fractions(bands, pin, audits, error_model: str) -> dict:
     return out
 
 
-def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin, shape_scales) -> None:
+def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin, shape_scales,
+                           stamp_fwhms=None) -> None:
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
     a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
     has its values divided by 1 - its share of the ePSF (the ePSF partly fits it);
     ``shape_scales[j]``: per row, the shape factor of its own-position PSF in band j (the part of
-    the miss its reported flux no longer has)."""
+    the miss its reported flux no longer has); ``stamp_fwhms``: band -> :func:`stamp_fwhm` of its
+    stamp when the caller has it."""
     x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
     for j, b in enumerate(bands):
         d = np.full(len(fit_all), np.nan)
@@ -363,7 +365,7 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
             im = images[j]
             idx = np.flatnonzero(star)
             srcs = [r.sources[i] for i in idx]
-            fwhm = stamp_fwhm(np.asarray(stamp, float))
+            fwhm = (stamp_fwhms or {}).get(b) or stamp_fwhm(np.asarray(stamp, float))
             dd, ee = fitted_star_checks(
                 np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
                 model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
