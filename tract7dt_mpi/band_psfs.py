@@ -258,7 +258,7 @@ def _band_fwhm(ms) -> float:
 def band_offsets(cfg, by_band: dict, shape) -> dict:
     """band -> stages.band_offsets.BandOffset from the ePSF stars' centres in each band's cells
     (``epsf.band_offsets``; empty when off, or when fewer than two bands have enough stars)."""
-    from .stages.band_offsets import fit_band_offsets
+    from .stages.band_offsets import MIN_STARS as MIN_OFFSET_STARS, fit_band_offsets
     if not cfg.epsf.band_offsets or shape is None:
         return {}
     xy = {b: np.asarray([p for m in ms for p in (m.get("used_stars_xy") or [])], float).reshape(-1, 2)
@@ -275,6 +275,10 @@ def band_offsets(cfg, by_band: dict, shape) -> dict:
         if d.max() > 1.0:
             log.warning("ePSF %s: the band is off the others by up to %.2f px: check its WCS and "
                         "resampling", b, float(d.max()))
+    missing = sorted(b for b in xy if b not in offsets)
+    if missing and len(xy) > 1:
+        log.info("ePSF %s: no registration offset (fewer than %d ePSF stars matched in another band); "
+                 "fitted in the bands' mean frame", ",".join(missing), MIN_OFFSET_STARS)
     return offsets
 
 
