@@ -101,8 +101,8 @@ class SampleOptions:
         for name in ("psf_fwhm_blue", "psf_fwhm_red"):
             if not 0.5 <= getattr(self, name) <= 50:
                 raise bad(name, "a FWHM in 0.5..50 px")
-        for name in ("psf_fwhm_jitter", "psf_field_variation", "psf_shear_range", "band_shift", "catalog_pos_sigma",
-                     "catalog_shape_noise"):
+        for name in ("psf_fwhm_jitter", "psf_field_variation", "psf_shear_range", "band_shift",
+                     "catalog_pos_sigma", "catalog_shape_noise"):
             if getattr(self, name) < 0:
                 raise bad(name, "a number >= 0")
         if math.hypot(self.psf_g1, self.psf_g2) + 2 * self.psf_shear_range >= 0.5:

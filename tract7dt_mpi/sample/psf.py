@@ -75,24 +75,27 @@ class PsfParams:
     kind: str = "moffat"            # "moffat" or "kolmogorov"
     lam_over_diam: float = 0.0      # Airy lambda/D [px] (kolmogorov only)
     #: the band's registration offset [px]: every object appears shifted by
-    #: (shift_x0 + shift_xv v, shift_y0 + shift_yu u), u and v as in :meth:`at`
+    #: (shift_x0 + shift_xv v, shift_y0 + shift_yu u), u and v as in :meth:`_uv`
     shift_x0: float = 0.0
     shift_xv: float = 0.0
     shift_y0: float = 0.0
     shift_yu: float = 0.0
 
+    def _uv(self, x: float, y: float) -> tuple[float, float]:
+        """Full-frame pixel (x, y) in units of the half frame from its centre."""
+        return ((x - (self.width - 1) / 2.0) / (self.width / 2.0),
+                (y - (self.height - 1) / 2.0) / (self.height / 2.0))
+
     def at(self, x: float, y: float) -> tuple[float, float, float, float]:
         """(fwhm_px, beta, g1, g2) of the PSF at full-frame pixel (x, y)."""
-        u = (x - (self.width - 1) / 2.0) / (self.width / 2.0)
-        v = (y - (self.height - 1) / 2.0) / (self.height / 2.0)
+        u, v = self._uv(x, y)
         fwhm = self.fwhm0 * (1.0 + self.fwhm_x * u + self.fwhm_y * v + self.fwhm_r * (u * u + v * v))
         beta = self.beta0 + self.beta_x * u
         return float(fwhm), float(beta), float(self.g1_0 + self.g1_x * u), float(self.g2_0 + self.g2_y * v)
 
     def shift_at(self, x: float, y: float) -> tuple[float, float]:
         """(dx, dy) px by which the band shows an object at full-frame pixel (x, y)."""
-        u = (x - (self.width - 1) / 2.0) / (self.width / 2.0)
-        v = (y - (self.height - 1) / 2.0) / (self.height / 2.0)
+        u, v = self._uv(x, y)
         return float(self.shift_x0 + self.shift_xv * v), float(self.shift_y0 + self.shift_yu * u)
 
     def galsim_psf(self, x: float, y: float, flux: float = 1.0):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .psf_poly import _basis, n_terms
+from .psf_poly import _basis, _degree, n_terms
 
 __all__ = ["BandOffset", "match_across_bands", "fit_band_offsets"]
 
@@ -98,9 +98,7 @@ def match_across_bands(xy_by_band: dict, radius: float = MATCH_RADIUS):
 
 def _fit_one(p, d, degree, x0, y0, scale):
     """Clipped polynomial fit of the differences ``d`` (n, 2) at positions ``p`` (n, 2)."""
-    deg = int(max(degree, 0))
-    while deg > 0 and len(p) < STARS_PER_TERM * n_terms(deg):
-        deg -= 1
+    deg = _degree(int(max(degree, 0)), len(p), STARS_PER_TERM)
     X = _basis((p[:, 0] - x0) / scale, (p[:, 1] - y0) / scale, deg)
     keep = np.ones(len(p), bool)
     for _ in range(5):
@@ -140,7 +138,7 @@ def fit_band_offsets(xy_by_band: dict, frame_shape, degree: int = 2) -> dict:
             return {}
         # hold the mean over the fitted bands at 0 (one common shift is the stars' positions')
         deg = max(f[0] for f in fits.values())
-        k = len(_basis(0.0, 0.0, deg))
+        k = n_terms(deg)
         pad = {j: np.vstack([f[1], np.zeros((k - len(f[1]), 2))]) for j, f in fits.items()}
         mean = sum(pad.values()) / len(pad)
         pad = {j: c - mean for j, c in pad.items()}

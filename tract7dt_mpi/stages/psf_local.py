@@ -12,8 +12,9 @@ Each ePSF cell with at least ``MIN_STARS`` stars measures the field's error on i
 the weighted mean over its stars of their registered, flux-normalised stamps minus the field at
 each star's position (stars far off the cell's mean, a galaxy or a blend, left out), within
 ``CORE_FWHM`` FWHM (blended to 0 by the second radius; beyond, the field's wing model follows
-the core's width). Its chi^2 over those pixels against its noise gives the James-Stein factor max(0, 1 - K / chi^2) (K pixels), which leaves a cell whose stars agree
-with the field (chi^2 ~ K, noise) at about 0 and a real change at about 1. A cell's shrunk
+the core's width). Its chi^2 over those pixels against its noise gives the James-Stein factor
+max(0, 1 - K / chi^2) (K pixels), which leaves a cell whose stars agree with the field
+(chi^2 ~ K, noise) at about 0 and a real change at about 1. A cell's shrunk
 residual is added to the field's polynomial core everywhere in the cell
 (stages.psf_poly.PsfField.raw), before its wing and normalisation, so the wing follows the
 corrected core's width. Pure numpy on the cells' star stamps.

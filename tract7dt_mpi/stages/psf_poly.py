@@ -142,8 +142,9 @@ def _solve(X, vals, w, ridge):
     return np.linalg.solve(A, b[..., None])[..., 0].T, A
 
 
-def _degree(degree: int, n: int) -> int:
-    while degree > 0 and n < 3 * n_terms(degree):
+def _degree(degree: int, n: int, per_term: int = 3) -> int:
+    """``degree`` lowered while ``n`` stars give fewer than ``per_term`` per polynomial term."""
+    while degree > 0 and n < per_term * n_terms(degree):
         degree -= 1
     return degree
 

@@ -20,7 +20,8 @@ a circular GalSim Sersic (untruncated, flux 1) convolved with a Moffat beta = 3,
 drawn on the pixel grid; the engine fits it (flux, position, shape and index free; sky held at 0)
 with the PSF's 55-px stamp; the fitted total (flux x total_flux_factor at the fitted index / the
 PSF's light in the stamp) over 1 is the bias, tabulated against the *fitted* size re_fit
-sqrt(ab_fit) / FWHM (the stamp's FWHM as the fit stage measures it) and index, which is what a catalogue row has. The Sersic table is regular in
+sqrt(ab_fit) / FWHM (the stamp's FWHM as the fit stage measures it) and index, which is what a
+catalogue row has. The Sersic table is regular in
 (fitted n, fitted size): each size's row is interpolated along its fitted indices (N_SER), at the
 row's median fitted size.
 """
