@@ -9,11 +9,14 @@
                                                      for byte
 
 The full-tile model is the measured full-size 40-band synthetic tile of ``bench_scale.py`` (9576 x
-6388 px, 2882 sources, ``docs/mpi.md``): 1960 ePSF cells with 6223 CPU s in all, 1405 patches with
-1735 CPU s (their spread is not stored: log-normal, sigma 1, scaled to that sum), 206 s of rank-0
-stages, taken here as 190 s loading (prepare step), 8 s planning and 8 s merge + ZP, and 41
-summary plots of 1 s.  The what-if row splits the loading into one task per band (40 x 4.6 s)
-ahead of a 5 s prepare step.
+6388 px, 2882 sources, 1960 ePSF cells, 1406 patches), either from its results store
+(``--store work/results.h5``, via ``simulate-scaling``'s :func:`tile_model`) or, by default, from
+its figures in ``docs/mpi.md``: 40 band loads of 3.4 CPU s, 25 white-stack strips of 0.4 s, 40
+loci of 0.6 s, 932 CPU s of ePSF cells, 40 PSF fields of 2.35 s, 1524 CPU s of patches (their
+spread is not in the docs: log-normal, sigma 1, scaled to that sum), 14 s of rank-0 steps (here
+6 s inputs, 3 s fields, 2 s plan, 3 s merge + ZP) and 41 summary plots of 1 s.  The comparison
+row runs each tile's loading (bands, strips, loci) and its PSF fields inside its one-off steps,
+as the program did before those became tasks.
 """
 
 from __future__ import annotations
@@ -36,25 +39,36 @@ from tract7dt_mpi.parallel.scaling_tiles import TileModel, simulate_tiles  # noq
 OVERHEAD_S = 0.0003     #: master seconds per message (order of the measured dispatch overhead)
 
 
-def full_tile(per_band_load: bool = False) -> TileModel:
+def full_tile() -> TileModel:
     rng = np.random.default_rng(1)
-    patches = np.exp(rng.normal(0.0, 1.0, 1405))
-    patches *= 1735.0 / patches.sum()
-    epsf = [6223.0 / 1960] * 1960
-    if per_band_load:
-        return TileModel(5.0, epsf, 8.0, list(patches), 8.0, [1.0] * 41, load=[185.0 / 40] * 40)
-    return TileModel(190.0, epsf, 8.0, list(patches), 8.0, [1.0] * 41)
+    patches = np.exp(rng.normal(0.0, 1.0, 1406))
+    patches *= 1524.0 / patches.sum()
+    return TileModel(0.0, [932.0 / 1960] * 1960, 2.0, list(patches), 3.0, [1.0] * 41,
+                     load=[137.0 / 40] * 40, white=[0.4] * 25, inputs=6.0, locus=[23.0 / 40] * 40,
+                     fields=3.0, psf_field=[94.0 / 40] * 40)
 
 
-def predict() -> None:
+def one_off(m: TileModel) -> TileModel:
+    """``m`` with loading, loci and PSF fields inside its one-off steps (the earlier program)."""
+    return TileModel(m.prepare + sum(m.load) + sum(m.white) + m.inputs + sum(m.locus), m.epsf,
+                     m.plan + m.fields + sum(m.psf_field), m.patch, m.finish, m.summary)
+
+
+def predict(store: str | None = None) -> None:
+    if store:
+        from tract7dt_mpi.parallel.scaling import load_measurements
+        from tract7dt_mpi.parallel.scaling_tiles import tile_model
+        meas = load_measurements(store)
+        model, overhead = tile_model(meas), max(OVERHEAD_S, meas["overhead"])
+    else:
+        model, overhead = full_tile(), OVERHEAD_S
+    print(f"tile model ({store or 'docs/mpi.md figures'}): {model.work:.0f} CPU s per tile")
     print("predicted efficiency (work / (ranks x makespan)), one core per rank:")
-    print(f"{'tiles':>6} {'ranks':>6} {'loading':>16} {'makespan_s':>11} {'efficiency':>10}")
-    for per_band in (False, True):
-        model = full_tile(per_band)
+    print(f"{'tiles':>6} {'ranks':>6} {'steps':>22} {'makespan_s':>11} {'efficiency':>10}")
+    for what, m in (("as run (tasks)", model), ("loading in one-off steps", one_off(model))):
         for tiles, ranks in ((1, 16), (1, 256), (16, 256), (32, 256), (64, 256)):
-            r = simulate_tiles([model] * tiles, ranks, OVERHEAD_S)
-            what = "per-band tasks" if per_band else "serial (today)"
-            print(f"{tiles:>6} {ranks:>6} {what:>16} {r['makespan']:>11.1f} {r['efficiency']:>10.3f}")
+            r = simulate_tiles([m] * tiles, ranks, overhead)
+            print(f"{tiles:>6} {ranks:>6} {what:>22} {r['makespan']:>11.1f} {r['efficiency']:>10.3f}")
 
 
 FAST = """\
@@ -126,8 +140,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", type=int, default=3)
     ap.add_argument("--tiles", type=int, default=4)
     ap.add_argument("--dir", default=None, help="folder for the small tiles (default: a temporary one)")
+    ap.add_argument("--store", default=None, help="results.h5 of a measured full-size single-tile run "
+                    "(bench_scale.py) to model the tiles on")
     args = ap.parse_args(argv)
-    predict()
+    predict(args.store)
     if args.measure:
         if args.dir:
             os.makedirs(args.dir, exist_ok=True)

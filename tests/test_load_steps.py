@@ -120,6 +120,40 @@ def test_band_tasks_with_weight_maps_in_one_process(tile, tmp_path):
 
 @pytest.mark.mpi
 @needs_mpirun
+def test_white_strips_written_to_files_give_the_sent_white_stack(tile, tmp_path):
+    """A multi-tile run's strips go through files beside the band files (written by any rank,
+    read by the worker that writes the store): the same white stack as the strips sent back,
+    and no strip file is left."""
+    from tract7dt_mpi import load_steps
+    from tract7dt_mpi.config import load_config
+    from tract7dt_mpi.parallel.scheduler import TaskInfo
+    t = _copy(tile, tmp_path)
+    cfg = load_config(str(t / "config.yaml"))
+    os.makedirs(cfg.outputs.work_dir, exist_ok=True)
+    plan = load_steps.plan_step(cfg, plots=False)
+    bands = {}
+    for task in load_steps.band_tasks(cfg, plan):
+        info = TaskInfo(task.id, ok=True, rank=0, host="here", wall=0.1, rss_mb=0.0)
+        bands[task.id] = load_steps.band_done(plan, task, load_steps.run_band(cfg, task).data, info,
+                                              len(bands) + 1)
+    sent, filed = load_steps.WhiteRows(plan), load_steps.WhiteRows(plan)
+    for task in load_steps.white_tasks(cfg, plan, bands):
+        sent.add(task, load_steps.run_white_strip(task).data, None)
+    answers = {task.id: load_steps.run_white_strip(task).data
+               for task in load_steps.white_tasks(cfg, plan, bands, to_files=True)}
+    files = [a["file"] for a in answers.values()]
+    assert files and all(os.path.exists(f) and "white" not in a for f, a in zip(files, answers.values()))
+    filed.add_files(answers)
+    (w0, s0), (w1, s1) = sent.result(), filed.result()
+    assert np.isfinite(w0).mean() > 0.9
+    assert np.array_equal(w0, w1, equal_nan=True) and np.array_equal(s0, s1)
+    assert not any(os.path.exists(f) for f in files)
+    broken = load_steps.WhiteRows(plan)
+    broken.add_files({next(iter(answers)): {"failed": "disk full"}})
+    with pytest.raises(RuntimeError, match="disk full"):
+        broken.result()
+
+
 def test_band_tasks_give_the_one_process_store(tile, tmp_path):
     from tract7dt_mpi.config import load_config
     t = _copy(tile, tmp_path)

@@ -64,13 +64,14 @@ def test_exit_code_of_the_tile_outcomes():
     assert exit_code(["done", "stopped", "failed"]) == EXIT_RESUMABLE
 
 
-def test_order_serial_steps_first_then_step_then_tile_then_cost():
+def test_order_serial_steps_first_then_step_then_cost_across_tiles():
     def t(k, cost, kind="patch", excl=False):
         return Task(f"{k}|{kind}|{cost}", kind, cost=cost, payload=(k, None), exclusive=excl)
     got = order([t(0, 5), t(1, 9), t(0, 7), t(2, 1, "tile-plan", True), t(1, 1, "tile-prepare", True),
-                 t(3, 2, "epsf"), t(0, 3, "summary")])
-    assert [x.id for x in got] == ["1|tile-prepare|1", "2|tile-plan|1", "3|epsf|2", "0|patch|7",
-                                   "0|patch|5", "0|summary|3", "1|patch|9"]
+                 t(3, 2, "epsf"), t(0, 3, "summary"), t(2, 4, "load"), t(1, 0.5, "psf_field")])
+    # a later tile's larger patch goes before an earlier tile's smaller ones
+    assert [x.id for x in got] == ["1|tile-prepare|1", "2|tile-plan|1", "2|load|4", "1|psf_field|0.5",
+                                   "3|epsf|2", "1|patch|9", "0|patch|7", "0|patch|5", "0|summary|3"]
 
 
 # ---------------------------------------------------------------------- end to end under mpirun
@@ -125,6 +126,7 @@ def test_four_tiles_one_broken_then_resume(tiles):
     log = (d / "tiles.log").read_text(errors="replace")
     failed = [ln for ln in log.splitlines() if "[tile BROKEN] FAILED" in ln]
     assert failed and str(bad_cfg) in failed[0] and "SYN7DT_m887.fits" in failed[0], log[-3000:]
+    assert "[tile T0] Loaded band m887 (" in log and "[tile T2] ePSF" in log, log[-3000:]
     summary = pd.read_csv(d / "tiles.summary.csv", keep_default_na=False)
     assert list(summary["status"]) == ["done", "done", "done", "failed"]
     for k in range(3):

@@ -108,17 +108,18 @@ def _first_line(exc) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def band_done(plan, task: Task, data, info, n_done: int):
-    """Rank 0, as each band task answers: its log lines and the "Loaded band" progress line;
-    returns what :func:`white_tasks` needs (``data``, or the failed task's error)."""
+def band_done(plan, task: Task, data, info, n_done: int, prefix: str = ""):
+    """Rank 0, as each band task answers: its log lines and the "Loaded band" progress line
+    (each after ``prefix``); returns what :func:`white_tasks` needs (``data``, or the failed
+    task's error)."""
     if data is None:
         return {"failed": ((info.error or "").splitlines() or ["unknown error"])[0]}
     for level, line in data.get("log", ()):
-        log.log(level, "%s", line)
+        log.log(level, "%s%s", prefix, line)
     if "error" not in data:
         H, W = plan.shape
-        log.info("Loaded band %s (%d/%d) in %.2fs, working frame %dx%d", data["info"].band, n_done,
-                 len(plan.jobs), info.wall, W, H)
+        log.info("%sLoaded band %s (%d/%d) in %.2fs, working frame %dx%d", prefix, data["info"].band,
+                 n_done, len(plan.jobs), info.wall, W, H)
     return data
 
 
@@ -138,21 +139,26 @@ def _in_band_order(plan, bands: dict) -> list:
     return out
 
 
-def white_tasks(cfg, plan, bands: dict) -> list[Task]:
-    """Rank 0, after the band tasks: the white-stack strips (or the error of the first bad band)."""
+def white_tasks(cfg, plan, bands: dict, to_files: bool = False) -> list[Task]:
+    """Rank 0, after the band tasks: the white-stack strips (or the error of the first bad band).
+    ``to_files``: each strip task writes its strip beside the band files instead of sending it
+    (a multi-tile run, where the store is written by a worker: :meth:`WhiteRows.add_files`)."""
+    from .io.prepared_bands import white_strip_path
     done = _in_band_order(plan, bands)
     files = [d["file"] for d in done]
     sigmas = [d["info"].skysig * d["info"].scale for d in done]     # PreparedBand.sigma_sky
     H, W = plan.shape
     return [Task(f"white/{y0:06d}", "white", cost=float(min(WHITE_ROWS, H - y0)), index=i,
                  payload={"rows": (y0, min(H, y0 + WHITE_ROWS)), "width": W, "files": files,
-                          "sigma_sky": sigmas})
+                          "sigma_sky": sigmas,
+                          "out": white_strip_path(cfg.mpi.prepared_store, y0) if to_files else None})
             for i, y0 in enumerate(range(0, H, WHITE_ROWS))]
 
 
 def run_white_strip(task: Task) -> TaskResult:
-    """The white stack and its sigma over one strip of rows, from every band file in band order."""
-    from .io.prepared_bands import read_band_rows
+    """The white stack and its sigma over one strip of rows, from every band file in band order;
+    sent back, or written to the payload's ``out`` file."""
+    from .io.prepared_bands import read_band_rows, write_white_strip
     from .stages.load import WhiteStack
     from .stages.weights import sigma_from_ivar
     p = task.payload
@@ -163,8 +169,13 @@ def run_white_strip(task: Task) -> TaskResult:
         img, nonfinite, ivar, _ = read_band_rows(path, y0, y1)
         stack.add(img, nonfinite, sigma_sky if ivar is None else sigma_from_ivar(ivar))
     white, sigma = stack.finalize()
-    return TaskResult(data={"rows": (y0, y1), "white": white, "sigma": sigma,
-                            "seconds": time.perf_counter() - t0})
+    data = {"rows": (y0, y1), "seconds": time.perf_counter() - t0}
+    if p.get("out"):
+        write_white_strip(p["out"], white, sigma)
+        data["file"] = p["out"]
+    else:
+        data.update(white=white, sigma=sigma)
+    return TaskResult(data=data)
 
 
 class WhiteRows:
@@ -186,6 +197,20 @@ class WhiteRows:
         self.white[a:b], self.sigma[a:b] = data["white"], data["sigma"]
         self.seconds += data["seconds"]
         self.missing.pop(task.id, None)
+
+    def add_files(self, done: dict) -> None:
+        """The strips that :func:`run_white_strip` wrote to files (``done``: task id -> its
+        answer); each file is removed once read."""
+        from .io.prepared_bands import read_white_strip
+        for tid, data in done.items():
+            if data is None or "failed" in data:
+                self.errors[tid] = (data or {}).get("failed", "no answer")
+                continue
+            a, b = data["rows"]
+            self.white[a:b], self.sigma[a:b] = read_white_strip(data["file"])
+            os.remove(data["file"])
+            self.seconds += data["seconds"]
+            self.missing.pop(tid, None)
 
     def result(self):
         """(white, sigma_white); RuntimeError when a strip was not built."""

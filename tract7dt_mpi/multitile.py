@@ -1,22 +1,27 @@
 """Several tiles under one ``mpirun`` (``tract7dt-mpi run --tiles tiles.txt``), on one task queue.
 
-Every step of a tile is a task on one master-worker queue, so that a tile's serial steps overlap
-the other tiles' parallel work and rank 0 only dispatches and bookkeeps:
+Every step of a tile is a task or a set of tasks on one master-worker queue, so that a tile's
+one-off steps overlap the other tiles' parallel work and rank 0 only dispatches and bookkeeps
+(:mod:`tract7dt_mpi.tile_steps` has the task functions):
 
-    prepare (load, Gaia, bright mask, ePSF task list)   one exclusive task on a worker
-    -> ePSF cells                                        any rank
-    -> plan (PSF errors and fields, patch plan, task context file)   one exclusive task
-    -> patches                                           any rank; rank 0 writes the tile's results.h5
-    -> finish (merge, zero points)                       one exclusive task
-    -> summary plots                                     any rank
+    prepare (catalogue, headers, load plan)                  one exclusive task on a worker
+    -> load one band / white-stack strip                     any rank, one task per band / strip
+    -> inputs (store, Gaia, bright mask, cell task list)     one exclusive task
+    -> stellar locus of one band / ePSF cells                any rank
+    -> fields (ePSF summary, PSF flux errors, patch plan)    one exclusive task
+    -> PSF field of one band                                 any rank
+    -> plan (task context file)                              one exclusive task
+    -> patches                                               any rank; rank 0 writes the tile's results.h5
+    -> finish (merge, zero points)                           one exclusive task
+    -> summary plots                                         any rank
 
 A step's tasks are put on the queue (:func:`run_tasks` ``feed``) when the step before has all its
-results.  The queue holds the serial steps first (they unlock work), then every tile's ePSF cells,
-then the patches and plots, each in tile order and largest task first within a tile.  Each tile
-keeps its own work folder, run lock, journal, results file and resume; its task functions and
-their inputs are those of a single-tile ``run`` (``tasks``), so its catalog is the same
-bit for bit.  A tile whose step fails (bad
-input, a crash) is reported with its name and config and the other tiles go on.
+results.  The queue holds the one-off steps first (they unlock work), then every tile's short
+unlocking tasks (bands, strips, loci, PSF fields), then every tile's ePSF cells, then the patches
+and plots, each in tile order and largest task first within a tile.  Each tile keeps its own
+work folder, run lock, journal, results file and resume; its task functions and their inputs
+are those of a single-tile ``run``, so its catalog is the same bit for bit.  A tile whose step
+fails (bad input, a crash) is reported with its name and config and the other tiles go on.
 """
 
 from __future__ import annotations
@@ -36,13 +41,17 @@ from .io.store import ST_DONE, ST_FAILED, ST_STARTED, PlanEntry, ResultsStore, S
 from .logsetup import snapshot_config
 from .parallel import get_comm, install_excepthook, signals
 from .parallel.runner import plan_resume, write_carried
+from .parallel.scaling_tiles import QUEUE_RANK
 from .parallel.scheduler import Task, resolve_master_works, run_tasks
 from .parallel.watchdog import TaskTimeout
-from .tile_steps import FINISH, PLAN, PREPARE, STEP_KINDS as _STEP_KINDS, TileWorker
+from .tile_steps import FIELDS, FINISH, INPUTS, PLAN, PREPARE, STEP_KINDS as _STEP_KINDS, TileWorker
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 
 TILE_TASK = "tile/run"          #: journal record of a whole tile (DONE: skipped by --resume)
+_JOURNALED = set(_STEP_KINDS) | {"epsf", "patch"}    #: the tasks a tile's journal records
+#: tasks whose (large) payload rank 0 drops once they answered (the queue keeps its tasks)
+_DROP_PAYLOAD = set(_STEP_KINDS) | {"psf_field", "white"}
 
 
 @dataclasses.dataclass
@@ -80,17 +89,13 @@ def load_tiles(paths: list[str], load, check=None) -> list[Tile]:
     return tiles
 
 
-#: queue rank of the parallel steps: every tile's ePSF cells before any patch, so that the tiles'
-#: plan steps run while other tiles' patches keep the ranks busy; a tile's plots rank with patches
-_STEP_RANK = {"epsf": 0, "patch": 1, "summary": 1}
-
-
 def order(tasks: list[Task]) -> list[Task]:
-    """Serial steps first (they unlock work), then by step, then tile order, then largest
-    estimated cost first (the simulator, ``parallel.scaling_tiles``, found this order ~2 %
-    more efficient than tile order first for 16 tiles on 256 ranks)."""
-    return sorted(tasks, key=lambda t: (not t.exclusive, _STEP_RANK.get(t.kind, 0), t.payload[0],
-                                        -float(t.cost), t.index, t.id))
+    """One-off steps first (they unlock work), then by step (``scaling_tiles.QUEUE_RANK``), then
+    largest estimated cost first across tiles, then tile order: the simulator
+    (``parallel.scaling_tiles``) predicts 0.95 efficiency for 16 full tiles on 256 ranks this way,
+    0.84 with tile order first (the last tile's largest patches then start last)."""
+    return sorted(tasks, key=lambda t: (not t.exclusive, QUEUE_RANK.get(t.kind, 0), -float(t.cost),
+                                        t.payload[0], t.index, t.id))
 
 
 def _wrap(k: int, task: Task, exclusive: bool = False) -> Task:
@@ -151,15 +156,15 @@ class TileRun:
 
     # -------------------------------------------------------------- results
     def started(self, inner: Task, rank: int, host: str) -> None:
-        if self.journal is not None and inner.kind not in ("summary",):
+        if self.journal is not None and inner.kind in _JOURNALED:
             self.journal.record(inner.id, jr.STARTED, rank=rank, host=host)
         if self.store is not None and inner.id in self.store.plan.index:
             self.store.set_status(inner.id, ST_STARTED)
 
     def result(self, inner: Task, res, info) -> None:
         """A task's first result (``res`` None when it failed)."""
-        if inner.kind == PLAN:
-            inner.payload = None        # the stamps and the catalog it carried (the queue keeps tasks)
+        if inner.kind in _DROP_PAYLOAD:
+            inner.payload = None
         if self.status != "running":
             return
         bad = isinstance(getattr(res, "data", None), dict) and res.data.get("input_error")
@@ -178,18 +183,7 @@ class TileRun:
             return self.fail(f"{inner.kind[5:]} step failed: {first}", EXIT_INPUT if bad_input else EXIT_ABORT)
         data = None if res is None else res.data
         try:
-            if inner.kind == PREPARE:
-                self._prepared(data)
-            elif inner.kind == "epsf":
-                self._epsf_result(inner, data, info)
-            elif inner.kind == PLAN:
-                self._planned(data)
-            elif inner.kind == "patch":
-                self._patch_result(inner, res, info)
-            elif inner.kind == FINISH:
-                self._finished()
-            elif inner.kind == "summary":
-                self._summary_result(inner)
+            self._STEPS[inner.kind](self, inner, res, data, info)
         except InputError as exc:
             self.fail(str(exc).splitlines()[0])
         except Exception as exc:  # noqa: BLE001 - one tile's trouble must not end the others
@@ -210,7 +204,7 @@ class TileRun:
             attempt = self.journal.attempts(inner.id) if self.journal is not None else 1
             self.store.set_status(inner.id, ST_DONE if info.ok else ST_FAILED,
                                   (info.started, info.wall, info.rss_mb, info.rank, attempt))
-        if self.journal is not None and inner.kind != "summary":
+        if self.journal is not None and inner.kind in _JOURNALED:
             extra = {} if info.ok else {"error": info.error}
             self.journal.record(inner.id, jr.DONE if info.ok else jr.FAILED, rank=info.rank,
                                 host=info.host, wall=round(info.wall, 4), rss_mb=round(info.rss_mb, 1),
@@ -221,10 +215,47 @@ class TileRun:
         return not self.waiting
 
     # -------------------------------------------------------------- steps (as pipeline._cmd_run)
-    def _prepared(self, data):
+    def _load_planned(self, inner, res, data, info):
+        self.load_plan, self.loaded, self.strips = data["plan"], {}, {}
+        log.info("[tile %s] loading %d band(s)", self.name, len(data["tasks"]))
+        self._step(data["tasks"])
+
+    def _band_loaded(self, inner, res, data, info):
+        from . import load_steps
+        self.loaded[inner.id] = load_steps.band_done(self.load_plan, inner, data, info,
+                                                     len(self.loaded) + 1, f"[tile {self.name}] ")
+        if self._done_one(inner):       # the first bad band's error fails the tile here
+            self._step(load_steps.white_tasks(self.cfg, self.load_plan, self.loaded, to_files=True))
+
+    def _strip_done(self, inner, res, data, info):
+        self.strips[inner.id] = data if data is not None else {
+            "failed": ((info.error or "").splitlines() or ["unknown error"])[0]}
+        if self._done_one(inner):
+            payload = {"plan": self.load_plan, "bands": self.loaded, "strips": self.strips}
+            self.load_plan = self.loaded = self.strips = None
+            self._step([Task(INPUTS, INPUTS, cost=1.0, payload=payload)], exclusive=True)
+
+    def _prepared(self, inner, res, data, info):
         self.catalog, self.shape, self.bands, self.cells = (data["catalog"], data["shape"], data["bands"],
                                                             data["cells"])
-        self.epsf_tasks = tasks = data["epsf_tasks"]
+        self.epsf_tasks = data["epsf_tasks"]
+        log.info("[tile %s] loaded: %d band(s), %d ePSF cell task(s)", self.name, len(self.bands),
+                 len(self.epsf_tasks))
+        self.loci = {}
+        if data["locus_tasks"]:
+            self._step(data["locus_tasks"])
+        else:
+            self._epsf_start()
+
+    def _locus_done(self, inner, res, data, info):
+        self.loci[inner.payload["band"]] = data["locus"] if data is not None else None
+        if self._done_one(inner):
+            for t in self.epsf_tasks:           # as tasks.epsf_tasks(..., loci) of a single tile
+                t.payload["size_locus"] = self.loci.get(t.payload["band"])
+            self._epsf_start()
+
+    def _epsf_start(self):
+        tasks = self.epsf_tasks
         self.epsf_skipped, self.metas = {}, {}
         run_list = tasks
         if self.resume:
@@ -240,13 +271,12 @@ class TileRun:
                 log.info("[tile %s] ePSF: %d cell(s) already done, %d to build", self.name,
                          len(self.epsf_skipped), len(run_list))
         self.journal.record_planned([t.id for t in tasks])
-        log.info("[tile %s] loaded: %d band(s), %d ePSF cell task(s)", self.name, len(self.bands), len(tasks))
         if run_list:
             self._step(run_list)
         else:
             self._epsf_done()
 
-    def _epsf_result(self, inner, data, info):
+    def _epsf_result(self, inner, res, data, info):
         if data is not None:
             self.metas[inner.id] = (data["meta"], data["stamp"])
         else:
@@ -257,23 +287,40 @@ class TileRun:
             self._epsf_done()
 
     def _epsf_done(self):
-        stamps, ordered = {}, []
-        for t in self.epsf_tasks:
-            meta, stamp = self.epsf_skipped.get(t.id) or self.metas.get(t.id) or (None, None)
-            if meta is None:
-                continue
-            ordered.append(meta)
-            if stamp is not None:
-                stamps.setdefault(t.payload["band"], {})[t.payload["tag"]] = (stamp, meta.get("nstars_used"))
+        stamps, ordered = band_psfs.collect_epsf_cells(self.epsf_tasks, self.epsf_skipped, self.metas)
         payload = {"ordered": ordered, "stamps": stamps, "catalog": self.catalog, "shape": self.shape,
                    "bands": self.bands, "cells": self.cells}
-        self.metas = self.catalog = None        # rank 0 keeps no tile's data longer than needed
+        self.metas = None               # rank 0 keeps no tile's data longer than needed
+        self._step([Task(FIELDS, FIELDS, cost=1.0, payload=payload)], exclusive=True)
+
+    def _fields_planned(self, inner, res, data, info):
+        self.stamps, self.plan, self.fields = data["stamps"], data["plan"], {}
+        if data["field_tasks"]:
+            self._step(data["field_tasks"])
+        else:
+            self._write_context()
+
+    def _field_done(self, inner, res, data, info):
+        if data is not None:
+            for level, msg in data.get("log") or ():
+                log.log(level, "[tile %s] %s", self.name, msg)
+            if data.get("field") is not None:
+                self.fields[inner.id.split(":", 1)[1]] = data["field"]
+        if self._done_one(inner):
+            from .stages.psf_poly import FIELD_KEY
+            for band in sorted(self.fields):            # as the single-tile ePSF phase
+                self.stamps.setdefault(band, {})[FIELD_KEY] = self.fields[band]
+            self.fields = None
+            self._write_context()
+
+    def _write_context(self):
+        payload = {"catalog": self.catalog, "plan": self.plan, "stamps": self.stamps, "bands": self.bands}
+        self.catalog = None
         self._step([Task(PLAN, PLAN, cost=1.0, payload=payload)], exclusive=True)
 
-    def _planned(self, data):
+    def _planned(self, inner, res, data, info):
         from .stages.fit import result_columns
-        cfg, plan = self.cfg, data["plan"]
-        self.plan = plan
+        cfg, plan = self.cfg, self.plan
         tasks = [Task(steps.patch_task_id(p.patch_tag), "patch", cost=float(p.cost), index=i, payload=i)
                  for i, p in enumerate(plan)]
         to_run, carried = tasks, {}
@@ -295,8 +342,9 @@ class TileRun:
         multi = bool(cfg.patch_run.enable_multi_band_simultaneous_fitting)
         self.store = ResultsStore.create(
             self.comm, cfg.outputs.results_h5, StorePlan(ent), result_columns(self.bands, multi),
-            epsf=band_psfs.store_epsf_stamps(data["stamps"]), parallel=False,
+            epsf=band_psfs.store_epsf_stamps(self.stamps), parallel=False,
             attrs={"plan_hash": self.journal.plan_hash, "bands": list(self.bands), "command": "run"})
+        self.stamps = None
         for t in self.epsf_tasks:
             info = self.infos.get(t.id)
             if info is not None:
@@ -313,7 +361,7 @@ class TileRun:
         else:
             self._patches_done()
 
-    def _patch_result(self, inner, res, info):
+    def _patch_result(self, inner, res, data, info):
         if not info.ok:
             steps.write_runner_log(self.cfg.outputs.patch_results_dir, self.plan[inner.payload].patch_tag,
                                    "fail", info.wall, info.error, info.rank, info.host)
@@ -327,15 +375,21 @@ class TileRun:
         self.plan = None
         self._step([Task(FINISH, FINISH, cost=1.0)], exclusive=True)
 
-    def _finished(self):
+    def _finished(self, inner, res, data, info):
         if self.cfg.plotting.level == "none":
             return self._complete()
         from .summary_steps import summary_tasks
         self._step(summary_tasks(self.cfg, self.bands))
 
-    def _summary_result(self, inner):
+    def _summary_result(self, inner, res, data, info):
         if self._done_one(inner):
             self._complete()
+
+    #: what rank 0 does with a task's first result, by task kind
+    _STEPS = {PREPARE: _load_planned, "load": _band_loaded, "white": _strip_done, INPUTS: _prepared,
+              "locus": _locus_done, "epsf": _epsf_result, FIELDS: _fields_planned,
+              "psf_field": _field_done, PLAN: _planned, "patch": _patch_result, FINISH: _finished,
+              "summary": _summary_result}
 
     # -------------------------------------------------------------- end
     def _complete(self):
@@ -346,8 +400,9 @@ class TileRun:
         self.code = EXIT_TASK_FAILURES if self.failed_tasks else EXIT_OK
         # the one-off steps under the single-tile stage names, so that simulate-scaling (also
         # --tiles) can model the tile from this store; the tile's wall includes waiting for others
-        walls = {k: self.infos[s].wall for k, s in (("load_inputs", PREPARE), ("build_patches", PLAN),
-                                                    ("merge", FINISH)) if s in self.infos}
+        walls = {k: sum(self.infos[s].wall for s in ids if s in self.infos)
+                 for k, ids in (("load_inputs", (PREPARE, INPUTS)), ("build_patches", (FIELDS, PLAN)),
+                                ("merge", (FINISH,)))}
         write_run_attrs(self.cfg.outputs.results_h5, {
             "pipeline_seconds": self.wall, "n_ranks": self.comm.size, "multi_tile": True,
             "stage_seconds": walls, "serial_seconds": sum(walls.values()), "cores": usable_cores()})

@@ -1,11 +1,17 @@
 """The task functions of a multi-tile run (:mod:`tract7dt_mpi.multitile`), on any rank.
 
-A tile's one-off steps are the rank-0 steps of a single-tile ``run`` (``tasks``), called
-with the same inputs, so the tile's results do not change: *prepare* (load, Gaia augmentation,
-bright mask, ePSF task list), *plan* (ePSF summary, PSF flux errors and fields, patch plan; it
-writes the tile's task context, :mod:`tract7dt_mpi.io.tiles`) and *finish* (merge, zero points).
-ePSF cells, patches and summary plots run through ``tasks.Worker`` of their tile, whose
-catalog, plan and ePSF stamps come from that context file.
+A tile's steps are those of a single-tile ``run`` (``tasks``, ``load_steps``), called with the
+same inputs, so the tile's results do not change. The one-off (exclusive) steps:
+
+* *prepare*: catalogue, every header, working frame, one load task per band (``load_steps``);
+* *inputs*: the prepared store's top level from the band files and the white-stack strips, Gaia
+  augmentation, bright mask, working catalogue, the stellar-locus and ePSF cell tasks;
+* *fields*: ePSF summary, PSF flux errors, the bands' PSF-field tasks and the patch plan;
+* *plan*: writes the tile's task context (:mod:`tract7dt_mpi.io.tiles`);
+* *finish*: merge and zero points.
+
+Band loading, white-stack strips, loci, ePSF cells, PSF fields, patches and summary plots are
+tasks on any rank; those that need the tile's catalogue, plan or stamps read its context file.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import collections
 import logging
 
 from . import band_psfs
+from . import load_steps
 from . import tasks as steps
 from .errors import InputError
 from .io.tiles import read_context, write_context
@@ -22,8 +29,8 @@ from .parallel.scheduler import Task
 
 log = logging.getLogger("tract7dt_mpi.pipeline")
 
-PREPARE, PLAN, FINISH = "tile-prepare", "tile-plan", "tile-finish"
-STEP_KINDS = (PREPARE, PLAN, FINISH)
+PREPARE, INPUTS, FIELDS, PLAN, FINISH = "tile-prepare", "tile-inputs", "tile-fields", "tile-plan", "tile-finish"
+STEP_KINDS = (PREPARE, INPUTS, FIELDS, PLAN, FINISH)
 _CACHED_TILES = 4               #: tiles whose task state a rank keeps in memory at once
 
 class TileWorker:
@@ -68,13 +75,26 @@ class TileWorker:
         cfg = self.tiles[k].cfg
         if inner.kind == PREPARE:
             return TaskResult(data=prepare_step(cfg))
+        if inner.kind == INPUTS:
+            return TaskResult(data=inputs_step(cfg, **inner.payload))
+        if inner.kind == FIELDS:
+            return TaskResult(data=fields_step(cfg, self._worker(k).prepared, **inner.payload))
         if inner.kind == PLAN:
-            return TaskResult(data=plan_step(cfg, self._worker(k).prepared, **inner.payload))
+            write_context(cfg.outputs.work_dir, inner.payload)
+            return TaskResult()
         if inner.kind == FINISH:
             finish_step(cfg, read_context(cfg.outputs.work_dir))
             return TaskResult()
+        if inner.kind == "load":
+            return load_steps.run_band(cfg, inner)
+        if inner.kind == "white":
+            return load_steps.run_white_strip(inner)
+        if inner.kind == "locus":
+            return self._worker(k).band_locus(inner)
         if inner.kind == "epsf":
             return self._worker(k).epsf_cell(inner)
+        if inner.kind == "psf_field":
+            return self._worker(k).psf_field(inner)
         if inner.kind == "patch":
             w = self._worker(k, context=True)
             res = w.patch_fit(inner)
@@ -91,11 +111,26 @@ class TileWorker:
         self.open.clear()
 
 
+def _plots(cfg) -> bool:
+    return cfg.plotting.level == "full"
+
+
 def prepare_step(cfg) -> dict:
-    """Load (+ Gaia augmentation, + bright mask) into the prepared store, the working catalog, the
-    active ePSF cells and their tasks: the rank-0 input steps of a single-tile ``run``."""
-    plots = cfg.plotting.level == "full"
-    res = steps.load_step(cfg, True, plots)
+    """The load plan (catalogue, headers, working frame) and one load task per band."""
+    plan = load_steps.plan_step(cfg, _plots(cfg))
+    return {"plan": plan, "tasks": load_steps.band_tasks(cfg, plan)}
+
+
+def inputs_step(cfg, plan, bands: dict, strips: dict) -> dict:
+    """The rest of a single-tile ``run``'s input stages once its bands are loaded and its
+    white-stack strips written (``bands``, ``strips``: task id -> answer): the prepared store's
+    top level, Gaia augmentation, bright mask, working catalogue; then the active ePSF cells,
+    the bands' stellar-locus tasks and the cell tasks (their ``size_locus`` filled in by rank 0
+    from the locus tasks)."""
+    plots = _plots(cfg)
+    rows = load_steps.WhiteRows(plan)
+    rows.add_files(strips)
+    res = load_steps.finish_step(cfg, plan, bands, rows, plots)
     if cfg.zp.enabled:
         steps.augment_step(cfg, res, plots)
     if cfg.bright_mask.enabled:
@@ -103,18 +138,17 @@ def prepare_step(cfg) -> dict:
     steps.save_working_catalog(cfg, res.catalog)
     cells = steps.active_cells(cfg, res.catalog, res.shape)
     return {"catalog": res.catalog, "shape": tuple(res.shape), "bands": list(res.bands), "cells": cells,
-            "epsf_tasks": steps.epsf_tasks(cfg, res, cells)}
+            "locus_tasks": steps.locus_tasks(cfg, res, cells),
+            "epsf_tasks": steps.epsf_tasks(cfg, res, cells, {b: None for b in res.bands})}
 
 
-def plan_step(cfg, prepared, ordered, stamps, catalog, shape, bands, cells) -> dict:
-    """ePSF summary, PSF flux errors and fields, patch plan; writes the tile's task context.
-    ``prepared``: the tile's prepared store (the fields' bright-star wings read cut-outs)."""
+def fields_step(cfg, prepared, ordered, stamps, catalog, shape, bands, cells) -> dict:
+    """ePSF summary, PSF flux errors, the bands' PSF-field tasks and the patch plan.
+    ``prepared``: the tile's prepared store (the fields' bright-star lists read the white stack)."""
     band_psfs.write_epsf_summary(cfg, ordered)
     stamps = band_psfs.with_psf_flux_errors(stamps, ordered)
-    stamps = band_psfs.with_psf_fields(cfg, stamps, ordered, prepared.shape, prepared, catalog)
-    plan = steps.patch_plan(cfg, catalog, shape, cells, len(bands))
-    write_context(cfg.outputs.work_dir, {"catalog": catalog, "plan": plan, "stamps": stamps, "bands": bands})
-    return {"plan": plan, "stamps": stamps}
+    return {"stamps": stamps, "field_tasks": band_psfs.field_tasks(cfg, ordered, prepared, catalog),
+            "plan": steps.patch_plan(cfg, catalog, shape, cells, len(bands))}
 
 
 def finish_step(cfg, ctx) -> None:

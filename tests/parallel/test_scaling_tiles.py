@@ -40,3 +40,22 @@ def test_more_tiles_hide_the_serial_steps():
 def test_message_overhead_lengthens_the_run():
     base = simulate_tiles([_tile()] * 2, 4)["makespan"]
     assert simulate_tiles([_tile()] * 2, 4, overhead=0.05)["makespan"] > base
+
+
+def test_a_tiles_band_steps_chain_by_hand():
+    # 2 workers, master only dispatches: prepare 1, two bands of 2 s side by side (3), one strip
+    # (4), inputs (5), two loci (5.5), cells 2 + 2 (7.5), fields (8.5), PSF fields (9), plan (10),
+    # finish (11)
+    t = TileModel(1.0, [1.0] * 4, 1.0, [], 1.0, load=[2.0, 2.0], white=[1.0], inputs=1.0,
+                  locus=[0.5, 0.5], fields=1.0, psf_field=[0.5])
+    r = simulate_tiles([t], 3)
+    assert r["makespan"] == pytest.approx(11.0)
+    assert r["work"] == pytest.approx(t.work) == pytest.approx(15.5)
+
+
+def test_largest_patch_first_across_tiles():
+    # tile 0: four 1 s patches, tile 1: one 4 s patch; on 2 workers the 4 s patch starts at once
+    # (4 s) instead of after tile 0's patches (6 s in tile order)
+    small, big = TileModel(0.0, [], 0.0, [1.0] * 4, 0.0), TileModel(0.0, [], 0.0, [4.0], 0.0)
+    assert simulate_tiles([small, big], 3)["makespan"] == pytest.approx(4.0)
+    assert simulate_tiles([small, big], 3, tile_major=True)["makespan"] == pytest.approx(6.0)

@@ -18,7 +18,8 @@ import numpy as np
 
 from .prepared import BAND_GROUP, MASK_NONFINITE, _chunks, _open_h5
 
-__all__ = ["band_files_dir", "band_file_path", "write_band_file", "read_band_rows", "read_pre_crop"]
+__all__ = ["band_files_dir", "band_file_path", "write_band_file", "read_band_rows", "read_pre_crop",
+           "white_strip_path", "write_white_strip", "read_white_strip"]
 
 PRE_CROP = "pre_crop"
 
@@ -75,3 +76,28 @@ def read_pre_crop(path: str) -> np.ndarray | None:
     """The band file's strided pre-crop frame, or None when it was not written."""
     with _open_h5(path, "r") as f:
         return f[PRE_CROP][...] if PRE_CROP in f else None
+
+
+def white_strip_path(store_path: str, y0: int) -> str:
+    """The file of the white-stack strip that starts at row ``y0`` (a multi-tile run's strip tasks
+    leave their strips there for the worker that writes the store)."""
+    return os.path.join(band_files_dir(store_path), f"white{int(y0):06d}.npz")
+
+
+def write_white_strip(path: str, white: np.ndarray, sigma: np.ndarray) -> None:
+    """One strip of the white stack and its sigma (temporary name, then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    try:
+        np.savez(tmp, white=np.asarray(white, np.float32), sigma=np.asarray(sigma, np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_white_strip(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(white, sigma) of a strip written by :func:`write_white_strip`."""
+    with np.load(path) as z:
+        return z["white"], z["sigma"]

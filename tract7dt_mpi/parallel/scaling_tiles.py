@@ -1,14 +1,15 @@
 """Multi-tile prediction of ``simulate-scaling --tiles T``: several tiles on one task queue.
 
-Each tile is the chain of :mod:`tract7dt_mpi.multitile`: (optionally per-band *load* tasks, a
-what-if) a serial *prepare* step (load, Gaia,
-bright mask), its ePSF cells, a serial *plan* step, its patches, a serial *finish* step (merge,
-ZP) and its summary plots.  A step's tasks join the queue when the step before is complete; the
-queue is ordered as the program orders it (serial steps first, then by step, then tile order,
-then largest cost first); a serial step never runs on a working master.  The event simulation follows
-:class:`.scheduler._Master`: ``prefetch`` tasks outstanding per worker, a master that spends
-``overhead`` seconds on every message (one after the other) and, with ``master_works``, runs
-other tasks when no message waits.  One core per rank.
+Each tile is the chain of :mod:`tract7dt_mpi.multitile`: a one-off *prepare* step (catalogue,
+headers), one *load* task per band, the white-stack strips, a one-off *inputs* step (store, Gaia,
+bright mask), the bands' stellar loci, the ePSF cells, a one-off *fields* step, the bands' PSF
+fields, a one-off *plan* step, the patches, a one-off *finish* step (merge, ZP) and the summary
+plots.  A step's tasks join the queue when the step before is complete; the queue is ordered as
+the program orders it (one-off steps first, then :data:`QUEUE_RANK`, then largest cost first
+across tiles, then tile order); a one-off step never runs on a working master.  The event
+simulation follows :class:`.scheduler._Master`: ``prefetch`` tasks outstanding per worker, a master
+that spends ``overhead`` seconds on every message (one after the other) and, with
+``master_works``, runs other tasks when no message waits.  One core per rank.
 
 Efficiency = total task work / (ranks x makespan), i.e. against one process that runs the same
 work without any overhead.
@@ -20,14 +21,19 @@ import collections
 import dataclasses
 import heapq
 
-STEPS = ("load", "prepare", "epsf", "plan", "patch", "finish", "summary")
-SERIAL = {"prepare", "plan", "finish"}
-_RANK = {"summary": STEPS.index("patch")}     # a tile's plots rank with the patches (multitile.order)
+STEPS = ("prepare", "load", "white", "inputs", "locus", "epsf", "fields", "psf_field", "plan", "patch",
+         "finish", "summary")
+SERIAL = {"prepare", "inputs", "fields", "plan", "finish"}
+#: queue rank of a tile's parallel tasks (``multitile.order``; unlisted kinds: 0): the short tasks
+#: that unlock a tile's next step (bands, strips, loci, PSF fields) before any tile's ePSF cells,
+#: and those before any patch, so that the tiles' one-off steps run while other tiles' patches
+#: keep the ranks busy; a tile's plots rank with patches
+QUEUE_RANK = {"epsf": 1, "patch": 2, "summary": 2}
 
 
 @dataclasses.dataclass
 class TileModel:
-    """CPU seconds of one tile's steps: serial steps as one number, parallel steps per task."""
+    """CPU seconds of one tile's steps: one-off steps as one number (0: none), the others per task."""
 
     prepare: float
     epsf: list
@@ -35,13 +41,18 @@ class TileModel:
     patch: list
     finish: float
     summary: list = dataclasses.field(default_factory=list)
-    #: per-band loading tasks ahead of ``prepare`` (none today: the program loads in ``prepare``;
-    #: for a prediction of loading as one task per band)
     load: list = dataclasses.field(default_factory=list)
+    white: list = dataclasses.field(default_factory=list)
+    inputs: float = 0.0
+    locus: list = dataclasses.field(default_factory=list)
+    fields: float = 0.0
+    psf_field: list = dataclasses.field(default_factory=list)
 
     def tasks(self, step: str) -> list[float]:
         v = getattr(self, step)
-        return [float(v)] if step in SERIAL else sorted((float(x) for x in v), reverse=True)
+        if step in SERIAL:
+            return [float(v)] if v > 0 else []
+        return sorted((float(x) for x in v), reverse=True)
 
     @property
     def work(self) -> float:
@@ -50,16 +61,26 @@ class TileModel:
 
 def tile_model(meas: dict) -> TileModel:
     """A tile's model from :func:`.scaling.load_measurements` of its single-tile results store:
-    the rank-0 stages become the serial steps, the measured tasks the parallel ones."""
-    st = meas["stage_seconds"]
-    ph = meas["phases"]
-    prepare = sum(float(st.get(k, 0.0)) for k in ("load_inputs", "augment_gaia", "bright_mask"))
-    epsf_wall = float(meas["phase_wall"].get("epsf", 0.0))
-    plan = float(st.get("build_patches", 0.0)) + max(0.0, float(st.get("build_epsf", 0.0)) - epsf_wall)
-    finish = float(st.get("merge", 0.0)) + float(st.get("compute_zp", 0.0))
-    summary_wall = float(meas["phase_wall"].get("summary_plots", 0.0))
-    summary = [summary_wall] if summary_wall > 0 else []     # its tasks are not in the store
-    return TileModel(prepare, list(ph.get("epsf", [])), plan, list(ph.get("patch", [])), finish, summary)
+    the measured tasks become the parallel steps, the rank-0 stages the one-off steps.  The store
+    does not separate the load plan from the store's top level: all of the load stage's rank-0
+    time (with augmentation and bright mask) is taken as the *inputs* step."""
+    st, ph, pw = meas["stage_seconds"], meas["phases"], meas["phase_wall"]
+
+    def stage(*keys):
+        return sum(float(st.get(k, 0.0)) for k in keys)
+
+    def wall(*keys):
+        return sum(float(pw.get(k, 0.0)) for k in keys)
+
+    inputs = max(0.0, stage("load_inputs") - wall("load", "white_stack")) + stage("augment_gaia", "bright_mask")
+    fields = max(0.0, stage("build_epsf") - wall("epsf", "psf_fields"))
+    summary = list(ph.get("summary_plot", []))
+    if not summary and wall("summary_plots") > 0:     # a store from before the plot tasks were kept
+        summary = [wall("summary_plots")]
+    return TileModel(0.0, list(ph.get("epsf", [])), stage("build_patches"), list(ph.get("patch", [])),
+                     stage("merge", "compute_zp"), summary, load=list(ph.get("load", [])),
+                     white=list(ph.get("white", [])), inputs=inputs, locus=list(ph.get("epsf_locus", [])),
+                     fields=fields, psf_field=list(ph.get("psf_field", [])))
 
 
 def simulate_tiles(models: list[TileModel], nranks: int, overhead: float = 0.0, *,
@@ -105,7 +126,7 @@ class _TileSim:
         for c in tasks:
             self.seq += 1
             serial = STEPS[i] in SERIAL
-            key = (k, -c) if self.tile_major else (_RANK.get(STEPS[i], i), k, -c)
+            key = (k, -c) if self.tile_major else (QUEUE_RANK.get(STEPS[i], 0), -c, k)
             heapq.heappush(self.queue, (not serial, *key, self.seq, c, k, i))
 
     def _take(self, exclusive_ok=True):
@@ -197,10 +218,13 @@ def print_table(meas: dict, n_tiles: int, ranks: list[int]) -> None:
     """``simulate-scaling --tiles``: the measured tile repeated ``n_tiles`` times on one queue."""
     from .scheduler import resolve_master_works
     model = tile_model(meas)
-    print(f"multi-tile: {n_tiles} copies of the measured tile on one queue; per tile: prepare "
-          f"{model.prepare:.1f}s, {len(model.epsf)} ePSF tasks ({sum(model.epsf):.1f} CPU s), plan "
-          f"{model.plan:.1f}s, {len(model.patch)} patches ({sum(model.patch):.1f} CPU s), finish "
-          f"{model.finish:.1f}s; one core per rank")
+    parts = []
+    for step in STEPS:
+        t = model.tasks(step)
+        if t:
+            parts.append(f"{step} {t[0]:.1f}s" if step in SERIAL else f"{step} {len(t)} x ({sum(t):.1f} CPU s)")
+    print(f"multi-tile: {n_tiles} copies of the measured tile on one queue; per tile: " + ", ".join(parts)
+          + "; one core per rank")
     print(f"{'ranks':>6} {'makespan_s':>11} {'efficiency':>10}")
     for n in ranks:
         r = simulate_tiles([model] * n_tiles, n, meas["overhead"],
