@@ -143,6 +143,42 @@ def test_four_tiles_one_broken_then_resume(tiles):
     assert log.count("finished in an earlier run: skipped") == 3
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
+@need_mpirun
+def test_sigterm_mid_tile_then_resume_gives_the_single_tile_catalogs(tiles):
+    """A stop while the tiles are in their ePSF or patch steps: exit 3, every tile ``stopped``
+    or ``done``; ``--resume`` finishes them with the catalogues of their single-tile runs."""
+    import signal
+    import time
+    d, refs = tiles
+    cfgs = [_cfg(s, d / f"termed{k}", f"T{k}") for k, (s, _) in enumerate(refs[:2])]
+    lst = d / "termed.txt"
+    lst.write_text("".join(f"{c}\n" for c in cfgs))
+    cmd = ["mpirun", "-n", "3", "--oversubscribe", "--bind-to", "none", sys.executable, "-m",
+           "tract7dt_mpi.cli", "run", "--tiles", str(lst)]
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert _pipeline_tests._wait_for(d / "termed0", '"task": "epsf/', 2), "no ePSF cell started"
+        time.sleep(0.5)
+        for pid in _pipeline_tests._rank_pids(str(lst)).values():
+            os.kill(pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == EXIT_RESUMABLE, err[-4000:]
+    summary = pd.read_csv(d / "termed.summary.csv", keep_default_na=False)
+    assert "stopped" in set(summary["status"]) and set(summary["status"]) <= {"stopped", "done"}
+    r = _run(3, ["run", "--tiles", str(lst), "--resume"], timeout=300)
+    assert r.returncode == EXIT_OK, r.stderr[-4000:]
+    log = (d / "termed.log").read_text()
+    assert any("[tile T0] ePSF: " in ln and "already done" in ln for ln in log.splitlines())  # reused
+    for k in range(2):
+        pd.testing.assert_frame_equal(catalog_text(d / f"termed{k}"), refs[k][1], obj=f"tile {k}")
+
+
 def test_crashing_step_and_missing_input_fail_their_tiles_only(tmp_path, monkeypatch):
     """In one process: a tile whose prepare step raises is failed (exit code 1 in the summary,
     the error named), a tile whose input file is missing fails with the file named (2); the run
