@@ -6,7 +6,8 @@
                                                      1-4) as 4 single-tile runs and as one
                                                      ``run --tiles`` under ``mpirun -n 3``: wall and
                                                      CPU seconds of both, catalogs compared byte
-                                                     for byte
+                                                     for byte, and the multi-tile run's wall
+                                                     predicted from the single-tile stores
 
 The full-tile model is the measured full-size 40-band synthetic tile of ``bench_scale.py`` (9576 x
 6388 px, 2882 sources, 1960 ePSF cells, 1406 patches), either from its results store
@@ -132,6 +133,23 @@ def measure(ranks: int, n_tiles: int, root: str) -> None:
     print(f"  {n_tiles} single-tile runs: wall {sum(walls):.1f} s, CPU {sum(cpus):.1f} s")
     print(f"  one run --tiles:      wall {w_multi:.1f} s, CPU {c_multi:.1f} s")
     print(f"  catalogs identical: {same}")
+    pred, start = _predicted(root, n_tiles, ranks)
+    print(f"  predicted from the single-tile stores (simulate-scaling's tile model, one core per "
+          f"worker): {pred:.1f} s of tasks + {start:.1f} s start-up = {pred + start:.1f} s, "
+          f"{(pred + start) / w_multi:.2f} x the measured wall")
+
+
+def _predicted(root: str, n_tiles: int, ranks: int) -> tuple[float, float]:
+    """Makespan of the measured tiles on one queue (each modelled from its own single-tile run)
+    and the mean start-up of those runs (launch, imports, first messages)."""
+    from tract7dt_mpi.parallel.scaling import load_measurements
+    from tract7dt_mpi.parallel.scaling_tiles import tile_model
+    from tract7dt_mpi.parallel.scheduler import resolve_master_works
+    meas = [load_measurements(os.path.join(root, f"w_single{k}", "results.h5"))
+            for k in range(1, n_tiles + 1)]
+    r = simulate_tiles([tile_model(m) for m in meas], ranks, max(m["overhead"] for m in meas),
+                       master_works=resolve_master_works("auto", ranks))
+    return r["makespan"], float(np.mean([m["startup"] for m in meas]))
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,21 @@ def _load(tile, writer=None, **sections):
     return load_inputs(load_options(tile.cfg(**sections)), writer=writer, plots=False)
 
 
+def test_the_plans_wcs_is_the_one_a_pickled_copy_gives(tile_factory):
+    """A copy of the working WCS sent to another rank (astropy pickles a WCS through its header,
+    to ~13 digits) projects to the same pixels to the bit, so any rank may run any step."""
+    import pickle
+    from tract7dt_mpi.stages.load import plan_load
+    s = 0.505 / 3600.0                  # 7DT's plate scale: more digits than the copy keeps
+    tile = tile_factory(header_over={b: {"PC1_1": -s, "PC2_2": s} for b in ("m400", "m500")})
+    plan = plan_load(load_options(tile.cfg()), logging.getLogger("test"), False)
+    copy = pickle.loads(pickle.dumps(plan.wcs))
+    world = plan.wcs.all_pix2world([[10.3, 20.7], [100.1, 3.9], [64.0, 64.0]], 0)
+    assert np.array_equal(copy.all_world2pix(world, 0), plan.wcs.all_world2pix(world, 0))
+    assert np.array_equal(copy.wcs.get_pc() * copy.wcs.get_cdelt()[:, None],
+                          plan.wcs.wcs.get_pc() * plan.wcs.wcs.get_cdelt()[:, None])
+
+
 # ---------------------------------------------------------------- image list
 
 def test_image_list_comments_blanks_relative(tmp_path):

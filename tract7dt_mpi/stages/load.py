@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import resource
 import time
 from dataclasses import dataclass, field
@@ -165,6 +166,14 @@ def project_catalog(df: pd.DataFrame, cmap: ColumnMap, wcs: WCS) -> tuple[np.nda
     return x, y
 
 
+def _settled_wcs(wcs: WCS) -> WCS:
+    """``wcs`` as a copy sent to another process gives it back. Astropy pickles a WCS through
+    its FITS header, to 16 significant digits, so the first copy can differ in the last bit (a CD
+    element 0.000140277777777777 comes back 0.00014027777777778) and later copies do not; with the
+    settled WCS, every rank that projects with the plan's WCS gets the same pixels."""
+    return pickle.loads(pickle.dumps(wcs, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def _has_sip(wcs):
     return getattr(wcs, "sip", None) is not None
 
@@ -265,7 +274,8 @@ def plan_load(opts: LoadOptions, logger: logging.Logger | None = None, plots: bo
 
     t0 = time.perf_counter()
     x0, x1, y0, y1 = crop_box(shape, opts.crop)
-    wcs = ref_wcs[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, shape[1], shape[0]) else ref_wcs.deepcopy()
+    wcs = _settled_wcs(ref_wcs[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, shape[1], shape[0])
+                      else ref_wcs)
     wshape = (y1 - y0, x1 - x0)
     catalog = catalog.copy()
     catalog["_row"] = np.arange(len(catalog), dtype=np.int64)
