@@ -56,25 +56,20 @@ def truth_table(pop: pd.DataFrame, mags: np.ndarray, bts: list[BandTruth], radec
     """``truth.csv`` content (see the package and module docstrings for the column meanings).
 
     ``drawn`` and ``snr`` are (n_objects, n_bands) arrays from the renderer."""
-    t = pd.DataFrame({"ID": pop["id"], "type": pop["kind"], "x": pop["x"], "y": pop["y"],
-                      "ra": radec[:, 0], "dec": radec[:, 1]})
-    for j, bt in enumerate(bts):
-        t[f"mag_{bt.band}"] = mags[:, j]
-    for j, bt in enumerate(bts):
-        t[f"flux_{bt.band}"] = bt.mag_to_scaled(mags[:, j], zp_ref)
-    t["g_mag"] = pop["g_mag"]
-    t["re"], t["ab"], t["theta"], t["sersic_n"] = pop["re"], pop["ab"], pop["theta"], pop["sersic_n"]
-    t["in_catalog"] = pop["in_catalog"].astype(bool)
-    t["saturated"] = peak_ratio >= 1.0
-    t["peak_over_saturate"] = peak_ratio
-    t["near_edge"] = pop["near_edge"].astype(bool)
-    t["gaia_source_id"] = gaia_ids
-    for j, bt in enumerate(bts):
-        t[f"drawn_frac_{bt.band}"] = drawn[:, j]
-    for j, bt in enumerate(bts):
-        t[f"snr_{bt.band}"] = snr[:, j]
+    cols = {"ID": pop["id"], "type": pop["kind"], "x": pop["x"], "y": pop["y"],
+            "ra": radec[:, 0], "dec": radec[:, 1]}
+    cols.update({f"mag_{bt.band}": mags[:, j] for j, bt in enumerate(bts)})
+    cols.update({f"flux_{bt.band}": bt.mag_to_scaled(mags[:, j], zp_ref) for j, bt in enumerate(bts)})
+    cols.update({"g_mag": pop["g_mag"], "re": pop["re"], "ab": pop["ab"], "theta": pop["theta"],
+                 "sersic_n": pop["sersic_n"], "in_catalog": pop["in_catalog"].astype(bool),
+                 "saturated": peak_ratio >= 1.0, "peak_over_saturate": peak_ratio,
+                 "near_edge": pop["near_edge"].astype(bool), "gaia_source_id": gaia_ids})
+    cols.update({f"drawn_frac_{bt.band}": drawn[:, j] for j, bt in enumerate(bts)})
+    cols.update({f"snr_{bt.band}": snr[:, j] for j, bt in enumerate(bts)})
     host = pop["blend_host"].to_numpy()
-    t["blend_host_id"] = np.where(host >= 0, pop["id"].to_numpy()[np.maximum(host, 0)], "")
+    cols["blend_host_id"] = np.where(host >= 0, pop["id"].to_numpy()[np.maximum(host, 0)], "")
+    t = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in cols.items()},
+                     index=pop.index)
     return t
 
 
