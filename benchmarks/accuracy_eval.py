@@ -89,7 +89,7 @@ def load_matched(tile: Path, work: Path) -> tuple[pd.DataFrame, list[str], dict]
     gaia = key.str.startswith("gaia_")
     by_gaia = dict(zip(truth["gaia_source_id"].fillna(""), truth["ID"]))
     key = key.where(~gaia, key.str[5:].map(by_gaia))
-    m = cat.assign(_tid=key).merge(t, left_on="_tid", right_on="t_ID", how="inner")
+    m = pd.concat([cat, key.rename("_tid")], axis=1).merge(t, left_on="_tid", right_on="t_ID", how="inner")
     return m, bands, meta
 
 

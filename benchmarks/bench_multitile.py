@@ -15,7 +15,11 @@ The full-tile model is the measured full-size 40-band synthetic tile of ``bench_
 its figures in ``docs/mpi.md``: 40 band loads of 3.4 CPU s, 25 white-stack strips of 0.4 s, 40
 loci of 0.6 s, 932 CPU s of ePSF cells, 40 PSF fields of 2.35 s, 1524 CPU s of patches (their
 spread is not in the docs: log-normal, sigma 1, scaled to that sum), 14 s of rank-0 steps (here
-6 s inputs, 3 s fields, 2 s plan, 3 s merge + ZP) and 41 summary plots of 1 s.  The comparison
+6 s inputs, 3 s fields, 2 s plan, 3 s merge + ZP) and 41 summary plots of 1 s.  ``--store S --area A``
+models a tile A times the measured one's area at the same density (e.g. a survey-density full tile
+from a measured 2048 x 2048 part of one: ``make-sample DIR --bands 40 --size 2048 --seed 5 --sources 1370
+--stars 480 --galaxy-mag-min 17 --galaxy-mag-max 23 --blends 14``, run, then
+``--store DIR/work/results.h5 --area 14.58``).  The comparison
 row runs each tile's loading (bands, strips, loci) and its PSF fields inside its one-off steps,
 as the program did before those became tasks.
 """
@@ -55,19 +59,42 @@ def one_off(m: TileModel) -> TileModel:
                      m.plan + m.fields + sum(m.psf_field), m.patch, m.finish, m.summary)
 
 
-def predict(store: str | None = None) -> None:
+def _repeat(costs: list, k: float) -> list:
+    """``costs`` repeated ``k`` times (a fraction of a copy: its first tasks)."""
+    whole = int(np.floor(k))
+    return list(costs) * whole + list(costs)[:int(round((k - whole) * len(costs)))]
+
+
+def scaled(m: TileModel, area: float) -> TileModel:
+    """A tile ``area`` times the measured one's area at the same density: as many more ePSF cells,
+    patches and white-stack strips, band tasks (load, locus, PSF field) and one-off steps that
+    take ``area`` times longer (which overstates the one-off steps' fixed parts), the same plots."""
+    return TileModel(m.prepare * area, _repeat(m.epsf, area), m.plan * area, _repeat(m.patch, area),
+                     m.finish * area, m.summary, load=[x * area for x in m.load],
+                     white=_repeat(m.white, area), inputs=m.inputs * area,
+                     locus=[x * area for x in m.locus], fields=m.fields * area,
+                     psf_field=[x * area for x in m.psf_field])
+
+
+def predict(store: str | None = None, area: float = 1.0) -> None:
     if store:
         from tract7dt_mpi.parallel.scaling import load_measurements
         from tract7dt_mpi.parallel.scaling_tiles import tile_model
         meas = load_measurements(store)
         model, overhead = tile_model(meas), max(OVERHEAD_S, meas["overhead"])
+        p = sorted(model.patch)
+        print(f"measured tile ({store}): {model.work:.0f} CPU s; {len(p)} patches, median "
+              f"{p[len(p) // 2]:.1f} s, largest {p[-1]:.1f} s; {len(model.epsf)} ePSF cells")
     else:
         model, overhead = full_tile(), OVERHEAD_S
-    print(f"tile model ({store or 'docs/mpi.md figures'}): {model.work:.0f} CPU s per tile")
+    if area != 1.0:
+        model = scaled(model, area)
+    print(f"tile model ({store or 'docs/mpi.md figures'}{f', x {area:g} in area' if area != 1.0 else ''}): "
+          f"{model.work:.0f} CPU s per tile")
     print("predicted efficiency (work / (ranks x makespan)), one core per rank:")
     print(f"{'tiles':>6} {'ranks':>6} {'steps':>22} {'makespan_s':>11} {'efficiency':>10}")
     for what, m in (("as run (tasks)", model), ("loading in one-off steps", one_off(model))):
-        for tiles, ranks in ((1, 16), (1, 256), (16, 256), (32, 256), (64, 256)):
+        for tiles, ranks in ((1, 16), (1, 64), (1, 256), (16, 256), (32, 256), (64, 256)):
             r = simulate_tiles([m] * tiles, ranks, overhead)
             print(f"{tiles:>6} {ranks:>6} {what:>22} {r['makespan']:>11.1f} {r['efficiency']:>10.3f}")
 
@@ -160,8 +187,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default=None, help="folder for the small tiles (default: a temporary one)")
     ap.add_argument("--store", default=None, help="results.h5 of a measured full-size single-tile run "
                     "(bench_scale.py) to model the tiles on")
+    ap.add_argument("--area", type=float, default=1.0, help="with --store: model a tile this many times "
+                    "the measured tile's area at its density (e.g. 14.58 for a full 9576 x 6388 tile "
+                    "from a 2048 x 2048 one)")
     args = ap.parse_args(argv)
-    predict(args.store)
+    predict(args.store, args.area)
     if args.measure:
         if args.dir:
             os.makedirs(args.dir, exist_ok=True)
