@@ -113,7 +113,7 @@ def band_done(plan, task: Task, data, info, n_done: int, prefix: str = ""):
     (each after ``prefix``); returns what :func:`white_tasks` needs (``data``, or the failed
     task's error)."""
     if data is None:
-        return {"failed": ((info.error or "").splitlines() or ["unknown error"])[0]}
+        return {"failed": info.error_line}
     for level, line in data.get("log", ()):
         log.log(level, "%s%s", prefix, line)
     if "error" not in data:
@@ -191,12 +191,9 @@ class WhiteRows:
     def add(self, task: Task, data, info) -> None:
         """``on_result`` of the strip phase."""
         if data is None:
-            self.errors[task.id] = ((info.error or "").splitlines() or ["unknown error"])[0]
+            self.errors[task.id] = info.error_line
             return
-        a, b = data["rows"]
-        self.white[a:b], self.sigma[a:b] = data["white"], data["sigma"]
-        self.seconds += data["seconds"]
-        self.missing.pop(task.id, None)
+        self._put(task.id, data, data["white"], data["sigma"])
 
     def add_files(self, done: dict) -> None:
         """The strips that :func:`run_white_strip` wrote to files (``done``: task id -> its
@@ -206,11 +203,14 @@ class WhiteRows:
             if data is None or "failed" in data:
                 self.errors[tid] = (data or {}).get("failed", "no answer")
                 continue
-            a, b = data["rows"]
-            self.white[a:b], self.sigma[a:b] = read_white_strip(data["file"])
+            self._put(tid, data, *read_white_strip(data["file"]))
             os.remove(data["file"])
-            self.seconds += data["seconds"]
-            self.missing.pop(tid, None)
+
+    def _put(self, tid: str, data: dict, white, sigma) -> None:
+        a, b = data["rows"]
+        self.white[a:b], self.sigma[a:b] = white, sigma
+        self.seconds += data["seconds"]
+        self.missing.pop(tid, None)
 
     def result(self):
         """(white, sigma_white); RuntimeError when a strip was not built."""

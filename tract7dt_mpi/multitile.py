@@ -177,8 +177,7 @@ class TileRun:
             log.exception("[tile %s] recording %s", self.name, inner.id)
             return self.fail(f"recording {inner.id}: {type(exc).__name__}: {exc}", EXIT_ABORT)
         if inner.kind in _STEP_KINDS and not info.ok:
-            err = (info.error or "").splitlines()
-            first = err[0] if err else "unknown error"
+            first = info.error_line
             bad_input = first.split(":", 1)[0] in ("InputError", "ConfigError", "DiskFullError")
             return self.fail(f"{inner.kind[5:]} step failed: {first}", EXIT_INPUT if bad_input else EXIT_ABORT)
         data = None if res is None else res.data
@@ -228,8 +227,7 @@ class TileRun:
             self._step(load_steps.white_tasks(self.cfg, self.load_plan, self.loaded, to_files=True))
 
     def _strip_done(self, inner, res, data, info):
-        self.strips[inner.id] = data if data is not None else {
-            "failed": ((info.error or "").splitlines() or ["unknown error"])[0]}
+        self.strips[inner.id] = data if data is not None else {"failed": info.error_line}
         if self._done_one(inner):
             payload = {"plan": self.load_plan, "bands": self.loaded, "strips": self.strips}
             self.load_plan = self.loaded = self.strips = None
@@ -280,7 +278,7 @@ class TileRun:
         if data is not None:
             self.metas[inner.id] = (data["meta"], data["stamp"])
         else:
-            err = ((info.error or "").splitlines() or ["unknown error"])[0]
+            err = info.error_line
             self.metas[inner.id] = ({"band": inner.payload["band"], "patch": inner.payload["tag"],
                                      "status": "fail", "error": err}, None)
         if self._done_one(inner):

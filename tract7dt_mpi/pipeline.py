@@ -273,7 +273,7 @@ class _Run:
             if data is not None:
                 metas[task.id] = (data["meta"], data["stamp"])
             else:
-                err = ((info.error or "").splitlines() or ["unknown error"])[0]
+                err = info.error_line
                 metas[task.id] = ({"band": task.payload["band"], "patch": task.payload["tag"],
                                    "status": "fail", "error": err}, None)
 

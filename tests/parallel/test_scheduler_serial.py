@@ -42,6 +42,7 @@ def test_serial_runs_all_and_isolates_failures():
     assert rep.done == 2 and sorted(f.task_id for f in rep.failed) == ["bad", "exit"]
     err = {f.task_id: f.error for f in rep.failed}
     assert "ValueError: boom" in err["bad"] and "Traceback" in err["bad"]
+    assert {f.task_id: f.error_line for f in rep.failed}["bad"] == "ValueError: boom"
     assert "SystemExit" in err["exit"]
     assert all(f.host and f.wall >= 0 and f.rss_mb > 0 for f in rep.failed)
 

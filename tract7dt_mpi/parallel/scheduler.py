@@ -75,6 +75,11 @@ class TaskInfo:
     error: str | None = None
     started: float = 0.0
 
+    @property
+    def error_line(self) -> str:
+        """The error's first line (the exception, without its traceback)."""
+        return ((self.error or "").splitlines() or ["unknown error"])[0]
+
 
 @dataclasses.dataclass
 class RunReport:
