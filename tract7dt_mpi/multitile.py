@@ -18,7 +18,7 @@ one-off steps overlap the other tiles' parallel work and rank 0 only dispatches 
 A step's tasks are put on the queue (:func:`run_tasks` ``feed``) when the step before has all its
 results.  The queue holds the one-off steps first (they unlock work), then every tile's short
 unlocking tasks (bands, strips, loci, PSF fields), then every tile's ePSF cells, then the patches
-and plots, each in tile order and largest task first within a tile.  Each tile keeps its own
+and plots, each largest task first whichever tile it belongs to.  Each tile keeps its own
 work folder, run lock, journal, results file and resume; its task functions and their inputs
 are those of a single-tile ``run``, so its catalog is the same bit for bit.  A tile whose step
 fails (bad input, a crash) is reported with its name and config and the other tiles go on.
