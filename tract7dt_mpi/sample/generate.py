@@ -76,7 +76,7 @@ def image_header(bt, width: int, height: int, seed: int, pedestal: float = 0.0) 
     hdr["SEEING"] = (round(fwhm_c * PIXEL_SCALE_ARCSEC, 4), "[arcsec] PSF FWHM at the tile centre")
     hdr["SKYLEVEL"] = (round(bt.sky_e / bt.egain, 4), "[ADU] subtracted sky level")
     if pedestal:
-        hdr["SKYPED"] = (float(pedestal), "[ADU] constant left on the image (not subtracted)")
+        hdr["SKYPED"] = (float(pedestal), "[ADU] constant left on the image (unsubtracted)")
     hdr["PSFMODEL"] = (bt.psf.kind.upper(), "synthetic PSF truth (tract7dt_mpi.sample.psf)")
     for k, v, c in bt.psf.header_cards():
         hdr[k] = (v, c)
