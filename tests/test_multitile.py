@@ -127,6 +127,8 @@ def test_four_tiles_one_broken_then_resume(tiles):
     failed = [ln for ln in log.splitlines() if "[tile BROKEN] FAILED" in ln]
     assert failed and str(bad_cfg) in failed[0] and "SYN7DT_m887.fits" in failed[0], log[-3000:]
     assert "[tile T0] Loaded band m887 (" in log and "[tile T2] ePSF" in log, log[-3000:]
+    fields = [ln.split(" | ")[-1] for ln in log.splitlines() if "PSF field of degree" in ln]
+    assert len(fields) == 3 * 2 and all(ln.startswith("[tile T") for ln in fields), fields   # once each
     summary = pd.read_csv(d / "tiles.summary.csv", keep_default_na=False)
     assert list(summary["status"]) == ["done", "done", "done", "failed"]
     for k in range(3):

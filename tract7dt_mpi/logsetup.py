@@ -137,7 +137,7 @@ def log_to_files(logger, level: int, msg: str, exc_info=None, force: bool = Fals
 
 class _Collect(logging.Handler):
     def __init__(self, out: list):
-        super().__init__(logging.INFO)
+        super().__init__(logging.NOTSET)
         self.out = out
 
     def emit(self, record):
@@ -146,16 +146,26 @@ class _Collect(logging.Handler):
 
 @contextlib.contextmanager
 def collected(logger):
-    """Yield a list that gathers the (level, message) of ``logger``'s INFO and higher records while
-    the block runs (a task on a worker rank hands its log lines to rank 0, which alone writes the
-    run log)."""
+    """Yield a list that gathers the (level, message) of ``logger``'s records while the block runs,
+    instead of writing them: a task hands its log lines to rank 0, which alone writes the run log,
+    once, whichever rank ran the task (in a multi-tile run with the tile's name in front). When
+    the block raises, the lines gathered so far are written here before the error goes on."""
     out = []
     h = _Collect(out)
+    keep = logger.propagate
     logger.addHandler(h)
+    logger.propagate = False
     try:
         yield out
+    except BaseException:
+        logger.removeHandler(h)
+        logger.propagate = keep
+        for level, msg in out:
+            logger.log(level, "%s", msg)
+        raise
     finally:
         logger.removeHandler(h)
+        logger.propagate = keep
 
 
 def _info_always_in_file(logger, msg: str) -> None:

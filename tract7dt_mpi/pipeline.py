@@ -293,9 +293,9 @@ class _Run:
             fields = {}
 
             def got_field(task, data, info):
-                if data is not None and info.rank != 0:     # rank 0's own lines are in the log
+                if data is not None:            # the task's log lines (logsetup.collected)
                     for level, msg in data.get("log") or ():
-                        log.log(level, msg)
+                        log.log(level, "%s", msg)
                 if data is not None and data.get("field") is not None:
                     fields[task.payload["band"]] = data["field"]
 

@@ -290,7 +290,7 @@ class Worker:
     # -------------------------------------------------------------- band PSF field
     def psf_field(self, task: Task) -> TaskResult:
         """One band's PSF field with its bright-star wing and halos (band_psfs.band_field), and its
-        log lines (rank 0 writes those of the other ranks into the run log)."""
+        log lines (which rank 0 writes into the run log, whichever rank ran the task)."""
         from .band_psfs import band_field
         from .logsetup import collected
         p = task.payload
