@@ -409,6 +409,27 @@ def psf_choices(cfg, stamps: dict):
     return out
 
 
+def cells_to_build(cfg, tasks, done) -> tuple[list, dict]:
+    """(the cell tasks to run, {task id: (meta, stamp)} of those an earlier run built): a cell is
+    carried over when ``done(task id)`` (its journal record) and its products are complete."""
+    run, skipped = [], {}
+    for t in tasks:
+        got = epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) if done(t.id) else None
+        if got is None:
+            run.append(t)
+        else:
+            skipped[t.id] = got
+    return run, skipped
+
+
+def cell_answer(task, data, info) -> tuple:
+    """(meta, stamp) of an ePSF cell task's answer; a failed task's meta says why (no stamp)."""
+    if data is not None:
+        return data["meta"], data["stamp"]
+    return {"band": task.payload["band"], "patch": task.payload["tag"], "status": "fail",
+            "error": info.error_line}, None
+
+
 def collect_epsf_cells(tasks, skipped, metas):
     """Stamps {band: {tag: (stamp, nstars)}} and the cell metas in task order, from the cells run
     now (``metas``: task id -> (meta, stamp)) and those carried over (``skipped``, same form)."""

@@ -257,14 +257,8 @@ class TileRun:
         self.epsf_skipped, self.metas = {}, {}
         run_list = tasks
         if self.resume:
-            run_list = []
-            for t in tasks:
-                got = band_psfs.epsf_from_disk(self.cfg, t.payload["band"], t.payload["tag"]) \
-                    if self.journal.state(t.id) == jr.DONE else None
-                if got is None:
-                    run_list.append(t)
-                else:
-                    self.epsf_skipped[t.id] = got
+            run_list, self.epsf_skipped = band_psfs.cells_to_build(
+                self.cfg, tasks, lambda tid: self.journal.state(tid) == jr.DONE)
             if self.epsf_skipped:
                 log.info("[tile %s] ePSF: %d cell(s) already done, %d to build", self.name,
                          len(self.epsf_skipped), len(run_list))
@@ -275,12 +269,7 @@ class TileRun:
             self._epsf_done()
 
     def _epsf_result(self, inner, res, data, info):
-        if data is not None:
-            self.metas[inner.id] = (data["meta"], data["stamp"])
-        else:
-            err = info.error_line
-            self.metas[inner.id] = ({"band": inner.payload["band"], "patch": inner.payload["tag"],
-                                     "status": "fail", "error": err}, None)
+        self.metas[inner.id] = band_psfs.cell_answer(inner, data, info)
         if self._done_one(inner):
             self._epsf_done()
 

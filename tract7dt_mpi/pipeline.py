@@ -254,14 +254,8 @@ class _Run:
         if self.master and not self.stopped:
             tasks = steps.epsf_tasks(cfg, lr, cells, {b: loci.get(b) for b in lr.bands})
             if self.opt.get("resume") and self.journal is not None:
-                keep = []
-                for t in tasks:
-                    got = band_psfs.epsf_from_disk(cfg, t.payload["band"], t.payload["tag"]) \
-                        if self.journal.state(t.id) == journal.DONE else None
-                    if got is None:
-                        keep.append(t)
-                    else:
-                        skipped[t.id] = got
+                keep, skipped = band_psfs.cells_to_build(
+                    cfg, tasks, lambda tid: self.journal.state(tid) == journal.DONE)
                 if skipped:
                     log.info("ePSF: %d cell(s) already done, %d to build", len(skipped), len(keep))
                 run_list = keep
@@ -270,12 +264,7 @@ class _Run:
             self.journal.record_planned([t.id for t in tasks])
 
         def collect(task, data, info):
-            if data is not None:
-                metas[task.id] = (data["meta"], data["stamp"])
-            else:
-                err = info.error_line
-                metas[task.id] = ({"band": task.payload["band"], "patch": task.payload["tag"],
-                                   "status": "fail", "error": err}, None)
+            metas[task.id] = band_psfs.cell_answer(task, data, info)
 
         with self.stage("build_epsf"):
             rep = run_phase(self.comm, "epsf", run_list if self.master else None, self.worker.epsf_cell,
