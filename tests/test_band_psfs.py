@@ -51,3 +51,26 @@ def test_a_wing_star_cut_out_loses_its_catalogue_neighbours_not_itself():
     assert not good[40, 70] and not good[40, 70 - int(NEIGHBOUR_RE * 8) + 1]   # the galaxy's disk
     assert good[40, 70 - int(NEIGHBOUR_RE * 8) - 1]
     assert not good[0, 40] and good[40, 0]         # the star at (100, 60) reaches the top edge
+
+
+def test_the_wing_stars_start_with_the_saturated_stars_the_catalogue_lacks(tmp_path):
+    """The brightest stars of a field are often not catalogued; their far wings are the best measured
+    (SEP's unmatched saturated detections, brightest first, before the catalogue's candidates)."""
+    from types import SimpleNamespace
+
+    from tract7dt_mpi.band_psfs import saturated_detections, wing_candidates
+    from tract7dt_mpi.stages.bright_mask import SATURATED_CSV
+
+    (tmp_path / "bright_mask").mkdir()
+    pd.DataFrame({"x": [20.0, 180.0, 50.5], "y": [20.0, 20.0, 50.0], "flux": [1e5, 9e5, 3e5]}).to_csv(
+        tmp_path / "bright_mask" / SATURATED_CSV, index=False)
+    cfg = SimpleNamespace(outputs=SimpleNamespace(work_dir=str(tmp_path)))
+    sat = saturated_detections(cfg)
+    np.testing.assert_array_equal(sat, [[180.0, 20.0], [50.5, 50.0], [20.0, 20.0]])
+    cat = pd.DataFrame({"x_pix_white": [50.0, 150.0], "y_pix_white": [50.0, 150.0], "TYPE": ["STAR", "STAR"]})
+    prep = _Prepared([((50, 50), 10.0), ((150, 150), 20.0)])
+    # the catalogue star at (50, 50) is the saturated detection at (50.5, 50): listed once
+    np.testing.assert_array_equal(wing_candidates(sat, cat, prep, 4.0),
+                                  [[180.0, 20.0], [50.5, 50.0], [20.0, 20.0], [150.0, 150.0]])
+    empty = SimpleNamespace(outputs=SimpleNamespace(work_dir=str(tmp_path / "none")))
+    assert saturated_detections(empty).shape == (0, 2)

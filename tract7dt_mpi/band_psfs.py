@@ -161,6 +161,25 @@ def add_bright_wing(field, prepared, band: str, xy, fwhm: float, r_max_fwhm: flo
     return new
 
 
+def saturated_detections(cfg) -> np.ndarray:
+    """(n, 2) working-frame (x, y) of the bright-mask stage's saturated detections that match no
+    catalogue row (stars too bright for the catalogue), brightest (white-stack flux) first."""
+    sat = read_saturated_stars(cfg)
+    if "flux" in sat.columns and len(sat):
+        sat = sat.sort_values("flux", ascending=False, kind="stable")
+    return sat[["x", "y"]].to_numpy(float).reshape(-1, 2)
+
+
+def wing_candidates(sat_xy, catalog, prepared, fwhm: float) -> np.ndarray:
+    """(n, 2) stars for the bright wing, brightest first: the saturated detections no catalogue row
+    matches (``sat_xy``, :func:`saturated_detections`), then :func:`star_candidates`. The brightest
+    stars of a field are often missing from its catalogue, and only they show the wing far out:
+    on a GalSim Kolmogorov x Airy tile the catalogue's stars alone (20-100 times fainter) gave
+    r^-4.0 instead of r^-3.5 and 0.16 % of the light beyond the stamp instead of 0.39 %."""
+    return distinct_positions(np.concatenate([np.asarray(sat_xy, float).reshape(-1, 2),
+                                              star_candidates(catalog, prepared, fwhm)]), 2.0 * fwhm)
+
+
 def distinct_positions(xy, radius: float) -> np.ndarray:
     """``xy`` without the rows within ``radius`` of an earlier row (a saturated catalogue star is
     also an unmatched saturated detection of the bright mask: its halo must be taken once)."""
@@ -292,10 +311,10 @@ def field_stars(cfg, metas, prepared, catalog):
     candidates = halo_xy = disks = None
     if by_band and prepared is not None and cfg.epsf.bright_wing:
         fwhm = _band_fwhm(next(iter(by_band.values())))
-        candidates = star_candidates(catalog, prepared, fwhm)
+        sat = saturated_detections(cfg)
+        candidates = wing_candidates(sat, catalog, prepared, fwhm)
         disks = neighbour_disks(catalog, fwhm)
-        if cfg.epsf.star_halos:     # the saturated stars from their own SEP detections
-            sat = read_saturated_stars(cfg)[["x", "y"]].to_numpy(float).reshape(-1, 2)
+        if cfg.epsf.star_halos:
             halo_xy = distinct_positions(np.concatenate(
                 [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
     return by_band, candidates, halo_xy, disks, offsets

@@ -210,7 +210,8 @@ class Epsf:
     recenter_boxsize: int = K(9, "int", _PX, "ePSF builder recentering box.", ge=1)
     bright_wing: bool = K(True, "bool", _NONE,
                           "MPI-era: measure each band's outer PSF wing (a power law beyond the field's wing "
-                          "radius) and its light beyond the stamp on the band's brightest catalogue stars, "
+                          "radius) and its light beyond the stamp on the band's brightest stars: the "
+                          "saturated detections no catalogue row matches, then the catalogue's stars, "
                           "saturated ones included (stages.psf_wing), instead of extrapolating the field's "
                           "Moffat tail; the field keeps its own tail when fewer than 3 stars show a wing. "
                           "patch_run.epsf_interpolation: field only.")
