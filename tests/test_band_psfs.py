@@ -58,7 +58,7 @@ def test_the_wing_stars_start_with_the_saturated_stars_the_catalogue_lacks(tmp_p
     (SEP's unmatched saturated detections, brightest first, before the catalogue's candidates)."""
     from types import SimpleNamespace
 
-    from tract7dt_mpi.band_psfs import saturated_detections, wing_candidates
+    from tract7dt_mpi.band_psfs import bright_stars, saturated_detections
     from tract7dt_mpi.stages.bright_mask import SATURATED_CSV
 
     (tmp_path / "bright_mask").mkdir()
@@ -70,7 +70,7 @@ def test_the_wing_stars_start_with_the_saturated_stars_the_catalogue_lacks(tmp_p
     cat = pd.DataFrame({"x_pix_white": [50.0, 150.0], "y_pix_white": [50.0, 150.0], "TYPE": ["STAR", "STAR"]})
     prep = _Prepared([((50, 50), 10.0), ((150, 150), 20.0)])
     # the catalogue star at (50, 50) is the saturated detection at (50.5, 50): listed once
-    np.testing.assert_array_equal(wing_candidates(sat, cat, prep, 4.0),
+    np.testing.assert_array_equal(bright_stars(sat, cat, prep, 4.0),
                                   [[180.0, 20.0], [50.5, 50.0], [20.0, 20.0], [150.0, 150.0]])
     empty = SimpleNamespace(outputs=SimpleNamespace(work_dir=str(tmp_path / "none")))
     assert saturated_detections(empty).shape == (0, 2)

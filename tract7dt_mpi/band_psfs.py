@@ -170,14 +170,17 @@ def saturated_detections(cfg) -> np.ndarray:
     return sat[["x", "y"]].to_numpy(float).reshape(-1, 2)
 
 
-def wing_candidates(sat_xy, catalog, prepared, fwhm: float) -> np.ndarray:
-    """(n, 2) stars for the bright wing, brightest first: the saturated detections no catalogue row
-    matches (``sat_xy``, :func:`saturated_detections`), then :func:`star_candidates`. The brightest
-    stars of a field are often missing from its catalogue, and only they show the wing far out:
-    on a GalSim Kolmogorov x Airy tile the catalogue's stars alone (20-100 times fainter) gave
-    r^-4.0 instead of r^-3.5 and 0.16 % of the light beyond the stamp instead of 0.39 %."""
+def bright_stars(sat_xy, catalog, prepared, fwhm: float, saturated: bool = True) -> np.ndarray:
+    """(n, 2) bright stars, brightest first, each once: the saturated detections no catalogue row
+    matches (``sat_xy``, :func:`saturated_detections`), then :func:`star_candidates` (with
+    ``saturated``). The wing stars and the halo stars both start from the uncatalogued saturated
+    ones: the brightest stars of a field are often missing from its catalogue, and only they show
+    the wing far out (on a GalSim Kolmogorov x Airy tile the catalogue's stars alone, 20-100 times
+    fainter, gave r^-4.0 instead of r^-3.5 and 0.16 % of the light beyond the stamp instead of
+    0.39 %)."""
     return distinct_positions(np.concatenate([np.asarray(sat_xy, float).reshape(-1, 2),
-                                              star_candidates(catalog, prepared, fwhm)]), 2.0 * fwhm)
+                                              star_candidates(catalog, prepared, fwhm, saturated)]),
+                              2.0 * fwhm)
 
 
 def distinct_positions(xy, radius: float) -> np.ndarray:
@@ -312,11 +315,10 @@ def field_stars(cfg, metas, prepared, catalog):
     if by_band and prepared is not None and cfg.epsf.bright_wing:
         fwhm = _band_fwhm(next(iter(by_band.values())))
         sat = saturated_detections(cfg)
-        candidates = wing_candidates(sat, catalog, prepared, fwhm)
+        candidates = bright_stars(sat, catalog, prepared, fwhm)
         disks = neighbour_disks(catalog, fwhm)
         if cfg.epsf.star_halos:
-            halo_xy = distinct_positions(np.concatenate(
-                [sat, star_candidates(catalog, prepared, fwhm, saturated=False)]), 2.0 * fwhm)
+            halo_xy = bright_stars(sat, catalog, prepared, fwhm, saturated=False)
     return by_band, candidates, halo_xy, disks, offsets
 
 
