@@ -92,3 +92,29 @@ def test_total_error_model_matches_scatter_under_poisson_noise():
     scatter = np.std(fits)
     assert np.median(errs["total"]) == pytest.approx(scatter, rel=0.2)
     assert np.median(errs["sky"]) < 0.2 * scatter
+
+
+@pytest.mark.parametrize("dx,dy", [(0.45, 0.3), (0.5, -0.5), (-0.2, 0.1)])
+def test_saturated_star_seen_outside_its_core_gets_its_flux(dx, dy):
+    """A 2.3 px Kolmogorov x Airy star (GalSim) of 2e6 whose core is masked within 14 px, on a
+    sky of 0.7 fitted freely: its flux comes from the wing alone, where a Fourier-shifted stamp
+    of this aliased PSF rings at ~1e-3 of the peak (with it the flux came out 0.2-2 times the
+    truth on GalSim tiles, 2.5 % low here); the fit is within 1 %, the sky within its noise."""
+    galsim = pytest.importorskip("galsim")
+    psf = galsim.Convolve(galsim.Kolmogorov(fwhm=2.3), galsim.Airy(lam_over_diam=0.72))
+    stamp = psf.drawImage(nx=55, ny=55, scale=1.0).array
+    n, flux, sky, sigma = 121, 2.0e6, 0.7, 2.3
+    c = (n - 1) / 2.0
+    star = flux * psf.drawImage(nx=n, ny=n, scale=1.0, offset=(dx, dy)).array
+    yy, xx = np.indices((n, n))
+    # the light beyond the stamp square is the pipeline's to subtract (stages.star_halos)
+    clean = np.where((np.abs(xx - c) <= 27) & (np.abs(yy - c) <= 27), star, 0.0) + sky
+    rng = np.random.default_rng(5)
+    iv = np.where(np.hypot(xx - c - dx, yy - c - dy) > 14.0, sigma ** -2.0, 0.0)
+    im = ImageData("b", np.where(iv > 0, clean + rng.normal(0, sigma, (n, n)), 0.0), iv,
+                   PixelizedPSF(stamp / stamp.sum()))
+    src = Source("star", c + dx + 0.2, c + dy - 0.2, np.array([0.95 * flux]), max_shift=2.0)
+    res = fit_patch([im], [src], FitOptions(fit_sky=True))
+    got = res.sources[0].fluxes[0] / stamp.sum()        # the stamp holds 99.5 % of the light
+    assert abs(got / flux - 1.0) < 0.01, got / flux
+    assert abs(res.sky[0] - sky) < 3.0 * sigma / n, res.sky[0]      # 3 sigma of a mean over the image

@@ -247,6 +247,29 @@ def _fit_cfg(**pr):
     return config_from_dict({"patch_run": base, "plotting": {"dpi": 40, "level": "full"}})
 
 
+def test_unmatched_saturated_stars_start_at_their_halo_flux():
+    """A saturated star the catalogue lacks (``_row`` < 0) starts at the flux its band's halo
+    list measured on its far rings (within 3 px), not at the ~0 aperture sum of its masked core;
+    a band without a matching halo keeps the aperture start, and catalogue rows are untouched."""
+    eng = _engine()
+    from tract7dt_mpi.stages.fit_setup import build_sources, engine_images
+
+    cat = pd.DataFrame({"_row": [0, -1, -2], "type": ["star", "STAR", "STAR"],
+                        "x_pix_white": [5.0, 15.0, 24.0], "y_pix_white": [5.0, 15.0, 24.0],
+                        "FLUX_g": [100.0, np.nan, np.nan], "FLUX_r": [100.0, np.nan, np.nan]})
+    pin = _tiny_pin(cat)
+    pin.psfs = {"g": PsfChoiceInput(stamp=None, halos=((16.5, 14.0, 3.0e6), (5.0, 5.0, 7.0e4))),
+                "r": PsfChoiceInput(stamp=None, halos=((19.0, 15.0, 4.0e6),))}
+    delta = np.zeros((5, 5))
+    delta[2, 2] = 1.0
+    ims = engine_images(pin, {b: eng.PixelizedPSF(delta) for b in pin.bands})
+    srcs, _ = build_sources(pin, ims, _pr(gal_model="dev", re_fallback_pix=3.0))
+    np.testing.assert_array_equal(srcs[0].fluxes, [100.0, 100.0])
+    assert srcs[1].fluxes[0] == 3.0e6                              # 1.8 px off: matched
+    assert srcs[1].fluxes[1] == pytest.approx(math.pi * 25.0, rel=0.02)   # 4 px off: aperture
+    assert srcs[2].fluxes[0] == pytest.approx(srcs[1].fluxes[1], rel=0.05)
+
+
 def test_fit_recovers_galsim_fluxes(galsim_patch, tmp_path):
     _engine()
     from tract7dt_mpi.stages.fit import fit_patch_input

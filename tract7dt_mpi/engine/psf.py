@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy import fft as sfft
 
-from .fshift import fourier_shift as shift_stamp
+from .fshift import core_weight, psf_shift
 
 _TWO_PI2 = 2.0 * np.pi ** 2
 
@@ -100,6 +100,16 @@ class PixelizedPSF(_FourierCache):
         super().__init__()
         self.stamp = _check_stamp(stamp, "PixelizedPSF")
         self.hy, self.hx = self.stamp.shape[0] // 2, self.stamp.shape[1] // 2
+        self._weights = {}
+
+    def shift_weight(self, cy: int, cx: int):
+        """fshift.core_weight of the (2 cy + 1, 2 cx + 1) central crop (cached; None: Fourier only)."""
+        key = (cy, cx)
+        if key not in self._weights:
+            if "fwhm" not in self._weights:
+                self._weights["fwhm"] = stamp_fwhm(self.stamp)
+            self._weights[key] = core_weight((2 * cy + 1, 2 * cx + 1), self._weights["fwhm"])
+        return self._weights[key]
 
     @property
     def half_size(self) -> int:
@@ -121,11 +131,11 @@ class PixelizedPSF(_FourierCache):
         if half is not None and half < max(hy, hx):
             cy, cx = min(hy, half + 3), min(hx, half + 3)    # 3 extra px feed the Lanczos taps
             st = st[hy - cy:hy + cy + 1, hx - cx:hx + cx + 1]
-            arr = shift_stamp(st, px - ix, py - iy, derivs)
+            arr = psf_shift(st, px - ix, py - iy, derivs, self.shift_weight(cy, cx))
             ky, kx = min(cy, half), min(cx, half)
             arr = arr[:, cy - ky:cy + ky + 1, cx - kx:cx + kx + 1]
             return ix - kx, iy - ky, arr
-        arr = shift_stamp(st, px - ix, py - iy, derivs)
+        arr = psf_shift(st, px - ix, py - iy, derivs, self.shift_weight(hy, hx))
         return ix - hx, iy - hy, arr
 
     def _make_fourier(self, sz: int) -> np.ndarray:
@@ -395,7 +405,8 @@ class PsfBank(list):
         return e
 
     def stamp_stack(self, half: int):
-        """(stack (nb, 2 cy + 1, 2 cx + 1), cy, cx): every band's stamp cropped as
+        """(stack (nb, 2 cy + 1, 2 cx + 1), weights (the same shape, or None), cy, cx): every
+        band's stamp cropped as
         :meth:`PixelizedPSF.point_patch` crops it for a box of half-size ``half`` (``half`` + 3 px,
         at most the stamp), or None unless every band has a pixelized stamp and the crops agree."""
         if half in self._st:
@@ -405,7 +416,10 @@ class PsfBank(list):
             crops = {(min(p.hy, half + 3), min(p.hx, half + 3)) for p in self}
             if len(crops) == 1:
                 cy, cx = crops.pop()
-                out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]), cy, cx)
+                ws = [p.shift_weight(cy, cx) for p in self]
+                wt = None if any(w is None for w in ws) else np.stack(ws)
+                out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]),
+                       wt, cy, cx)
         self._st[half] = out
         return out
 

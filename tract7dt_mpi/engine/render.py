@@ -1,6 +1,7 @@
 """Render one source in every band: unit-flux model and its derivatives on one shared pixel box.
 
-Point sources use each band's ``PSF.point_patch`` (Lanczos-3 shifted stamp or Gaussian mixture).
+Point sources use each band's ``PSF.point_patch`` (a stamp shifted by engine.fshift.psf_shift, or
+a Gaussian mixture).
 Galaxies are rendered in Fourier space: the mixture's analytic transform (band independent) times
 each band's PSF transform, placed with an exact Fourier phase shift, so position, shape and Sersic-n
 derivatives are analytic as well (d/dx = -2 pi i u).  All bands of a source share one square box
@@ -16,7 +17,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from .profiles import NRE, enclosed_fraction, mixture_for
-from .fshift import fourier_shift as shift_stamp
+from .fshift import psf_shift
 from .psf import HybridPSF, PsfBank, freq_grids
 from .shapes import unit_covariance, unit_covariance_derivs
 
@@ -93,9 +94,9 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
         return Rendered(y0, y1, x0, x1, A)
     st = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
     if st is not None:   # every band at once: same sub-pixel shift, one batched Fourier shift
-        stack, cy, cx = st
+        stack, wt, cy, cx = st
         ky, kx = min(cy, h), min(cx, h)
-        arr = shift_stamp(stack, px - ix, py - iy, derivs)          # (1 or 3, nb, 2cy+1, 2cx+1)
+        arr = psf_shift(stack, px - ix, py - iy, derivs, wt)          # (1 or 3, nb, 2cy+1, 2cx+1)
         sub = np.moveaxis(arr[:, :, cy - ky:cy + ky + 1, cx - kx:cx + kx + 1], 0, 1)   # ix-kx .. ix+kx
         ya, yb = max(iy - ky, y0), min(iy + ky + 1, y1)
         xa, xb = max(ix - kx, x0), min(ix + kx + 1, x1)

@@ -273,6 +273,29 @@ OUTSIDE_SHIFT = 0.5
 SATURATED_SHIFT = 2.0
 
 
+#: px within which a band's halo star (stages.star_halos) is the patch's saturated star
+HALO_MATCH_PIX = 3.0
+
+
+def halo_start_fluxes(pin, xw, yw, fluxes) -> np.ndarray:
+    """Start fluxes (n, nb) of the unmatched saturated stars at working-frame (``xw``, ``yw``):
+    each band's halo flux of the star (measured on its far rings, PsfChoiceInput.halos) where the
+    band lists one within HALO_MATCH_PIX, else ``fluxes``. The aperture flux of a masked core is
+    ~0, and from there the fit of a star seen only outside its core settled on 0.2-2 times its
+    flux on GalSim tiles (the patch sky taking up the rest); the halo flux is right to ~5 %."""
+    out = np.array(fluxes, dtype=float, copy=True)
+    for j, b in enumerate(pin.bands):
+        h = np.asarray(getattr(pin.psfs.get(b), "halos", ()) or (), float).reshape(-1, 3)
+        if not len(h):
+            continue
+        for i, (sx, sy) in enumerate(zip(xw, yw)):
+            d = np.hypot(h[:, 0] - sx, h[:, 1] - sy)
+            k = int(np.argmin(d))
+            if d[k] <= HALO_MATCH_PIX and np.isfinite(h[k, 2]) and h[k, 2] > 0:
+                out[i, j] = h[k, 2]
+    return out
+
+
 def build_sources(pin, images: list, pr) -> tuple[list, list]:
     """Engine Sources for every row of ``pin.cat`` (base then halo) and their SourceInit records."""
     from .catalog import ColumnMap
@@ -318,6 +341,9 @@ def build_sources(pin, images: list, pr) -> tuple[list, list]:
     satstar = (pd.to_numeric(cat["_row"], errors="coerce").to_numpy(float) < 0 if "_row" in cat.columns
                else np.zeros(n, bool))
     held = outside | satstar
+    if satstar.any():
+        fluxes[satstar] = halo_start_fluxes(pin, x[satstar] + pin.spec.x0_roi, y[satstar] + pin.spec.y0_roi,
+                                            fluxes[satstar])
     # their position box, never wider than patch_run.pos_max_shift_pix
     held_box = np.minimum(np.where(satstar, SATURATED_SHIFT, OUTSIDE_SHIFT),
                           np.inf if shift is None else shift)
