@@ -100,15 +100,17 @@ class PixelizedPSF(_FourierCache):
         super().__init__()
         self.stamp = _check_stamp(stamp, "PixelizedPSF")
         self.hy, self.hx = self.stamp.shape[0] // 2, self.stamp.shape[1] // 2
+        self._fwhm = None
         self._weights = {}
 
     def shift_weight(self, cy: int, cx: int):
-        """fshift.core_weight of the (2 cy + 1, 2 cx + 1) central crop (cached; None: Fourier only)."""
+        """fshift.core_weight of the (2 cy + 1, 2 cx + 1) central crop (cached per crop, the
+        stamp's FWHM measured once; None: Fourier only)."""
         key = (cy, cx)
         if key not in self._weights:
-            if "fwhm" not in self._weights:
-                self._weights["fwhm"] = stamp_fwhm(self.stamp)
-            self._weights[key] = core_weight((2 * cy + 1, 2 * cx + 1), self._weights["fwhm"])
+            if self._fwhm is None:
+                self._fwhm = stamp_fwhm(self.stamp)
+            self._weights[key] = core_weight((2 * cy + 1, 2 * cx + 1), self._fwhm)
         return self._weights[key]
 
     @property

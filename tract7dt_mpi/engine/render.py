@@ -93,7 +93,7 @@ def render_star(px, py, psfs, shape, free, eps: float = FLUX_EPS) -> Rendered:
     if A.size == 0:
         return Rendered(y0, y1, x0, x1, A)
     st = psfs.stamp_stack(h) if isinstance(psfs, PsfBank) else None
-    if st is not None:   # every band at once: same sub-pixel shift, one batched Fourier shift
+    if st is not None:   # every band at once: same sub-pixel shift, one batched psf_shift
         stack, wt, cy, cx = st
         ky, kx = min(cy, h), min(cx, h)
         arr = psf_shift(stack, px - ix, py - iy, derivs, wt)          # (1 or 3, nb, 2cy+1, 2cx+1)
