@@ -107,3 +107,40 @@ def test_psf_shift_derivatives_are_the_finite_differences():
     np.testing.assert_allclose(ddx, fx, atol=1e-7)
     np.testing.assert_allclose(ddy, fy, atol=1e-7)
     assert core_weight(st.shape, float("nan")) is None
+
+
+def test_only_aliased_stamps_take_the_blend():
+    """fshift.aliased against GalSim PSFs: the 2.3 px Kolmogorov x Airy and a 2.5 px Gaussian hold
+    power at the Nyquist frequency (their Fourier translates ring), a Moffat beta = 3 of 4.4 px and
+    a 4.4 px Kolmogorov x Airy do not, also with noise of 1e-4 of the peak per pixel; for those
+    the Fourier translate is right beyond 2.5 FWHM to 5e-5 of the peak, as Lanczos-3 is, so a
+    PixelizedPSF of them renders with the Fourier translate alone (no weight), and a band stack
+    keeps the blend for its aliased band only."""
+    galsim = pytest.importorskip("galsim")
+    from tract7dt_mpi.engine import PixelizedPSF
+    from tract7dt_mpi.engine.fshift import aliased
+    from tract7dt_mpi.engine.psf import PsfBank, stamp_fwhm
+
+    def stamp(p, offset=(0.0, 0.0)):
+        return p.drawImage(nx=55, ny=55, scale=1.0, offset=offset).array
+
+    sharp = [_sharp_psf(), galsim.Gaussian(fwhm=2.5)]
+    broad = [galsim.Moffat(beta=3.0, fwhm=4.4),
+             galsim.Convolve(galsim.Kolmogorov(fwhm=4.1), galsim.Airy(lam_over_diam=0.77))]
+    rng = np.random.default_rng(3)
+    assert all(aliased(stamp(p)) for p in sharp)
+    yy, xx = np.indices((55, 55))
+    for p in broad:
+        st = stamp(p)
+        assert not aliased(st)
+        assert not aliased(st + rng.normal(0.0, 1e-4 * st.max(), st.shape))
+        far = np.hypot(xx - 27, yy - 27) > 2.5 * stamp_fwhm(st)
+        truth = stamp(p, (0.5, 0.5))
+        assert np.abs(fourier_shift(st, 0.5, 0.5)[0] - truth)[far].max() < 5e-5 * truth.max()
+        psf = PixelizedPSF(st / st.sum())
+        assert psf.shift_weight(27, 27) is None
+        _, _, arr = psf.point_patch(30.5, 20.5)
+        np.testing.assert_array_equal(arr[0], fourier_shift(psf.stamp, 0.5, 0.5)[0])
+    bank = PsfBank([PixelizedPSF(stamp(broad[0])), PixelizedPSF(stamp(sharp[0]))])
+    _, wt, cy, cx = bank.stamp_stack(27)
+    assert np.all(wt[0] == 1.0) and wt[1].min() == 0.0

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy import fft as sfft
 
-from .fshift import core_weight, psf_shift
+from .fshift import aliased, core_weight, psf_shift
 
 _TWO_PI2 = 2.0 * np.pi ** 2
 
@@ -101,11 +101,17 @@ class PixelizedPSF(_FourierCache):
         self.stamp = _check_stamp(stamp, "PixelizedPSF")
         self.hy, self.hx = self.stamp.shape[0] // 2, self.stamp.shape[1] // 2
         self._fwhm = None
+        self._aliased = None
         self._weights = {}
 
     def shift_weight(self, cy: int, cx: int):
         """fshift.core_weight of the (2 cy + 1, 2 cx + 1) central crop (cached per crop, the
-        stamp's FWHM measured once; None: Fourier only)."""
+        stamp's FWHM measured once), or None (Fourier only) for a band-limited stamp
+        (fshift.aliased False, tested once)."""
+        if self._aliased is None:
+            self._aliased = aliased(self.stamp)
+        if not self._aliased:
+            return None
         key = (cy, cx)
         if key not in self._weights:
             if self._fwhm is None:
@@ -419,7 +425,10 @@ class PsfBank(list):
             if len(crops) == 1:
                 cy, cx = crops.pop()
                 ws = [p.shift_weight(cy, cx) for p in self]
-                wt = None if any(w is None for w in ws) else np.stack(ws)
+                shape = (2 * cy + 1, 2 * cx + 1)
+                # a band-limited band's weight is 1 everywhere (Fourier only); None when all are
+                wt = None if all(w is None for w in ws) else \
+                    np.stack([np.ones(shape) if w is None else w for w in ws])
                 out = (np.stack([p.stamp[p.hy - cy:p.hy + cy + 1, p.hx - cx:p.hx + cx + 1] for p in self]),
                        wt, cy, cx)
         self._st[half] = out
