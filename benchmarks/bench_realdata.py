@@ -16,7 +16,9 @@ default configuration and no zero points (there is no GaiaXP table for it), then
   convention-free check: ``model f``, the fraction of the PSF's total flux that the same aperture
   and annulus measure on the run's own PSF field at each star (rebuilt from the saved ePSF cells,
   with the bright-star wing beyond the stamp), and the median of PSF flux x f / aperture flux,
-  which is ~1 when the PSF model is right, whatever the light beyond the aperture;
+  which is ~1 when the PSF model is right, whatever the light beyond the aperture (``+-``: the
+  median's statistical error, 1.2533 x robust sigma / sqrt(n); an S/N 50 star's 6-FWHM aperture
+  flux is uncertain by several per cent);
 - the stars' own growth curve, which needs no PSF model: for the isolated stars at S/N > 100, the
   median of aperture flux / PSF flux at radii 6, 10 and 15 FWHM and at GROWTH_MAX_R px, the
   background from a far annulus (GROWTH_BKG, sigma-clipped median). Light that keeps arriving beyond
@@ -265,7 +267,7 @@ def evaluate(work: str, data: str):
     wx = cat["x_pix_white_fit"].fillna(cat["x_pix_white"]).to_numpy(float)
     wy = cat["y_pix_white_fit"].fillna(cat["y_pix_white"]).to_numpy(float)
     print("\nband  cells_ok  FWHM min/med/max (px)   n_iso  PSF/aper(6 FWHM) median  sd   PSF/aper(10 FWHM) median  sd"
-          "   model f(6)  f(10)   PSF*f/aper(6)  (10)")
+          "   model f(6)  f(10)   PSF*f/aper(6)         (10)")
     ratios, fits_flux, aper_flux = {}, {}, {}
     growth = []
     for b in bands:
@@ -297,8 +299,11 @@ def evaluate(work: str, data: str):
             med = np.median(r[good]) if good.any() else np.nan
             sd = MAD * np.median(np.abs(r[good] - med)) if good.any() else np.nan
             cols.append((med, sd))
+            rf = (r * frac[k])[good & np.isfinite(frac[k])]
             fcols.append((np.median(frac[k]) if frac[k].size else np.nan,
-                          np.median((r * frac[k])[good]) if good.any() else np.nan))
+                          np.median(rf) if rf.size else np.nan,
+                          1.2533 * MAD * np.median(np.abs(rf - np.median(rf))) / np.sqrt(rf.size)
+                          if rf.size >= 3 else np.nan))
             if k == 0:
                 ratios[b] = r[good]
                 allap = np.full(len(cat), np.nan)
@@ -306,7 +311,8 @@ def evaluate(work: str, data: str):
                 aper_flux[b], fits_flux[b] = allap, np.where(np.isin(np.arange(len(cat)), idx), flux, np.nan)
         print(f"{b:5s} {n_ok:3d}/{n_cells:<3d}   {fmin:5.2f} {fmed:5.2f} {fmax:5.2f}        "
               f"{idx.size:5d}   {cols[0][0]:8.4f}  {cols[0][1]:7.4f}          {cols[1][0]:8.4f}  {cols[1][1]:7.4f}"
-              f"     {fcols[0][0]:7.4f} {fcols[1][0]:7.4f}     {fcols[0][1]:7.4f}  {fcols[1][1]:7.4f}")
+              f"     {fcols[0][0]:7.4f} {fcols[1][0]:7.4f}     {fcols[0][1]:7.4f}+-{fcols[0][2]:.4f}  "
+              f"{fcols[1][1]:7.4f}+-{fcols[1][2]:.4f}")
         edge = GROWTH_BKG[1] + 2
         g = ok.to_numpy() & (flux / err > 100) & np.isfinite(xs) & np.isfinite(ys) & (xs > edge) \
             & (xs < img.shape[1] - edge) & (ys > edge) & (ys < img.shape[0] - edge)
