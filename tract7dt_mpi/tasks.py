@@ -212,10 +212,10 @@ def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
             log.warning("GaiaXP CSV unusable for ePSF seeds (%s); SEP-only", exc)
     from .io.prepared import PreparedImages
     from .stages.epsf import epsf_settings
-    from .stages.epsf_locus import band_loci, too_small_cells
+    from .stages.epsf_locus import band_loci, halo_box, too_small_cells
     boxes = _cell_boxes(cfg, load_res, cells)
     s = epsf_settings(cfg.epsf)
-    too_small_cells(boxes, s)
+    too_small_cells(boxes, s, load_res.shape)
     if loci is None:
         with PreparedImages(cfg.mpi.prepared_store) as prep:
             loci = band_loci(prep, load_res.bands, boxes, s)
@@ -227,6 +227,7 @@ def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
             tag = cell_tag(r, c)
             tasks.append(Task(epsf_task_id(band, tag), "epsf", cost=float((x1 - x0) * (y1 - y0)),
                               index=i, payload={"band": band, "tag": tag, "box": (x0, x1, y0, y1),
+                                                "read_box": halo_box((x0, x1, y0, y1), load_res.shape, s),
                                                 "gaia_xy": seeds, "size_locus": loci.get(band)}))
             i += 1
     return tasks
@@ -262,9 +263,10 @@ class Worker:
         p = task.payload
         band, tag = p["band"], p["tag"]
         x0, x1, y0, y1 = p["box"]
-        cut = self.prepared.read(band, y0, y1, x0, x1, with_bright=False)
+        ax0, ax1, ay0, ay1 = p.get("read_box") or p["box"]
+        cut = self.prepared.read(band, ay0, ay1, ax0, ax1, with_bright=False)
         info = self.prepared.band_info(band)
-        inp = EpsfCellInput(band=band, tag=tag, x0=x0, x1=x1, y0=y0, y1=y1, img=cut.img,
+        inp = EpsfCellInput(band=band, tag=tag, x0=x0, x1=x1, y0=y0, y1=y1, ax0=ax0, ay0=ay0, img=cut.img,
                             sigma_sky=cut.sigma_sky, bad=cut.nonfinite, satur=cut.saturated,
                             saturate_scaled=info.saturate_scaled, fwhm_pix=info.fwhm_pix,
                             gaia_xy=p.get("gaia_xy"), gain_scaled=info.egain / info.scale,

@@ -192,3 +192,49 @@ def test_band_loci_reads_the_cells_through_the_prepared_store(caplog):
     use = locus_cell_boxes(boxes, s)
     assert (0, 20, 0, 20) not in use and len(use) == 2
     assert band_locus(Prepared(), "m600", use, s) == loci["m600"]
+
+
+# ------------------------------------------------------------------------------- cell margins
+
+def test_a_star_near_an_inner_cell_edge_is_used_with_the_cell_margin():
+    """A 200 x 200 frame cut into a left and a right cell at x = 100: GalSim stars at x = 92 (left
+    cell, 8 px from its edge, inside the 17 px clearance) and x = 108 (right cell). Read alone the
+    left cell loses its star to the edge cut; read with its halo_box margin it uses it, at its
+    frame position, and leaves the right cell's star to the right cell (other_cell)."""
+    from tract7dt_mpi.stages.epsf_locus import halo_box
+    from tract7dt_mpi.stages.epsf_select import no_star_reason
+    arr = field([(92.3, 60.2, 3e4), (108.6, 140.4, 3e4)], seed=7)
+    s = epsf_settings(BASE)
+    left, right = (0, 100, 0, 200), (100, 200, 0, 200)
+
+    def inp(box, read):
+        ax0, ax1, ay0, ay1 = read
+        a = arr[ay0:ay1, ax0:ax1]
+        x0, x1, y0, y1 = box
+        return EpsfCellInput("m500", "r00_c00", x0, x1, y0, y1, a, np.full(a.shape, SIG),
+                             np.zeros(a.shape, bool), None, np.inf, FWHM, None, ax0=ax0, ay0=ay0)
+
+    alone = build_epsf_cell(inp(left, left), BASE)
+    assert alone.stamp is None and "edge 1" in no_star_reason(alone.meta)
+    assert halo_box(left, arr.shape, s) == (0, 117, 0, 200)
+    for box, x_true, y_true in ((left, 92.3, 60.2), (right, 108.6, 140.4)):
+        res = build_epsf_cell(inp(box, halo_box(box, arr.shape, s)), BASE)
+        assert res.meta["status"] == "ok", res.meta.get("error")
+        (x, y), = res.meta["used_stars_xy"]
+        assert abs(x - x_true) < 0.3 and abs(y - y_true) < 0.3
+        assert res.meta["selection"]["rejected"]["other_cell"] == 1
+        assert (res.meta["x0"], res.meta["x1"]) == box[:2]
+    with pytest.raises(ValueError, match="does not cover"):
+        build_epsf_cell(inp(left, (10, 117, 0, 200)), BASE)
+
+
+def test_small_inner_cells_can_hold_a_star_with_their_margin(caplog):
+    """34-px cells (below the 36 px a star's cut-out and pad need) are too small alone, but in a
+    102 px frame each reads a margin of the frame and none is reported; in a 34 px frame the one
+    cell is."""
+    s = epsf_settings(BASE)
+    boxes = {(r, c): (c * 34, c * 34 + 34, r * 34, r * 34 + 34) for r in range(3) for c in range(3)}
+    with caplog.at_level(logging.INFO):
+        assert len(too_small_cells(boxes, s)) == 9
+        assert too_small_cells(boxes, s, (102, 102)) == []
+        assert too_small_cells({(0, 0): (0, 34, 0, 34)}, s, (34, 34)) == [(0, 0)]

@@ -174,7 +174,7 @@ class Epsf:
     thresh_sigma: float = K(10.0, "float", "sigma", "SEP detection threshold for PSF candidates.", gt=0)
     minarea: int = K(25, "int", _PX, "SEP minimum connected area for PSF candidates.", ge=1)
     cutout_size: int = K(61, "int", _PX, "Star stamp side for the ePSF builder.", ge=3)
-    edge_pad: int = K(10, "int", _PX, "Extra clearance from the cell edge beyond cutout_size//2.", ge=0)
+    edge_pad: int = K(10, "int", _PX, "Extra clearance from the frame edge beyond cutout_size//2 for a PSF star; a cell also reads this margin (cutout_size//2 + edge_pad) of the frame around itself, so that its stars near its own edges have whole stamps.", ge=0)
     min_sep: float = K(30.0, "float", _PX, "Minimum distance between selected stars.", ge=0)
     max_stars: int = K(30, "int", _NONE, "Cap on selected stars per cell.", ge=1)
     q_range: tuple = K((0.7, 1.3), "floats", _NONE, "Accepted SEP a/b range [lo, hi].", length=2)

@@ -34,7 +34,10 @@ MODES = ("sep", "gaia", "sep+gaia")
 
 @dataclass
 class EpsfCellInput:
-    """Everything one cell needs; arrays are the cell's own (y1-y0, x1-x0) slices of the band.
+    """Everything one cell needs; arrays are slices of the band over the cell [x0, x1) x [y0, y1)
+    and a margin around it (their first column and row at frame pixel ``ax0``, ``ay0``; None: the
+    cell's own x0, y0, no margin), so that a star centred near the cell's edge has its whole
+    stamp (stages.epsf_locus.halo_box). Only stars centred inside the cell are its stars.
 
     img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
     (the ePSF stage keeps saturated pixels' weights); satur: saturation mask (or None);
@@ -60,6 +63,14 @@ class EpsfCellInput:
     gaia_xy: np.ndarray | None = None
     gain_scaled: float | None = None
     size_locus: object = None
+    ax0: int | None = None
+    ay0: int | None = None
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """Frame pixel (x, y) of the arrays' first column and row."""
+        return (int(self.x0) if self.ax0 is None else int(self.ax0),
+                int(self.y0) if self.ay0 is None else int(self.ay0))
 
 
 @dataclass
@@ -218,11 +229,16 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> Epsf
     for (also those made before a failure), for the caller to draw.
     """
     s = epsf_settings(cfg_epsf)
-    shape = (int(inp.y1) - int(inp.y0), int(inp.x1) - int(inp.x0))
-    for name in ("img", "sigma_sky", "bad", "satur"):
+    shape = np.shape(inp.img)
+    ox, oy = inp.origin
+    if len(shape) != 2 or not (ox <= inp.x0 and inp.x1 <= ox + shape[1] and oy <= inp.y0
+                               and inp.y1 <= oy + shape[0]):
+        raise ValueError(f"EpsfCellInput.img of shape {shape} at ({ox}, {oy}) does not cover "
+                         f"cell {inp.tag} [{inp.x0}:{inp.x1}, {inp.y0}:{inp.y1}]")
+    for name in ("sigma_sky", "bad", "satur"):
         arr = getattr(inp, name)
         if arr is not None and np.shape(arr) != shape:
-            raise ValueError(f"EpsfCellInput.{name} has shape {np.shape(arr)}, expected {shape} for "
+            raise ValueError(f"EpsfCellInput.{name} has shape {np.shape(arr)}, expected {shape} (img) for "
                              f"cell {inp.tag} [{inp.x0}:{inp.x1}, {inp.y0}:{inp.y1}]")
     meta = _base_meta(inp, s)
     figs = [] if figures else None
@@ -256,12 +272,14 @@ def _select(inp, s, img, sigma, bad, satur, work, meta):
     h, w = img.shape
     need, sat_thr, sat_r = sel_mod.selection_limits(s, inp.saturate_scaled)
     use_gaia = s.psfstar_mode in ("gaia", "sep+gaia")
-    seeds = sel_mod.seeds_in_window(inp.gaia_xy, inp.x0, inp.y0, (h, w), need) if use_gaia \
+    ox, oy = inp.origin
+    own = (inp.x0 - ox, inp.x1 - ox, inp.y0 - oy, inp.y1 - oy)     # the cell, in array pixels
+    seeds = sel_mod.seeds_in_window(inp.gaia_xy, ox, oy, (h, w), need, own) if use_gaia \
         else np.zeros((0, 2))
     meta["nstars_seed"] = int(len(seeds))
     cand = sel_mod.sep_detect(work, sigma, bad, s)
     nb = sel_mod.neighbour_geometry(inp.fwhm_pix)
-    sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range, nb)
+    sel_mod.filter_candidates(cand, (h, w), need, sat_thr, satur, sat_r, s.q_range, nb, own)
     sel_mod.stellar_locus_cut(cand, work, bad, band_locus=inp.size_locus)
     sel = sel_mod.Selection(reasons=dict(cand.reasons))
     used: set = set()
@@ -412,7 +430,8 @@ def _build_stacked(inp, s, meta, work, sigma, bad, sel):
     meta["used_stars_weight"] = [round(float(v), 5) for v in wts]
     _psf_flux_check(res.info["fwhm_pix"], good, [st.model for st in good], wts, inp.gain_scaled, s, meta)
     used, vals, w = epsf_stack.normalised_stamps(stars, res.psf, inp.gain_scaled)
-    payload = {"xy": np.array([[st.center[0] + inp.x0, st.center[1] + inp.y0] for st in used], float),
+    ox, oy = inp.origin
+    payload = {"xy": np.array([[st.center[0] + ox, st.center[1] + oy] for st in used], float),
                "vals": vals.astype(np.float32), "w": w.astype(np.float32)}
     crop = epsf_build.finish_stamp(res.psf, 1, s.final_psf_size)
     fs = int(s.final_psf_size)
@@ -427,7 +446,8 @@ def _record_used(meta, good, inp):
     meta["nstars_used"] = len(good)
     meta["nstars_fitfail"] = meta["nstars_extract"] - len(good)
     # working-frame centres of the stars the ePSF is made of (the ePSF is their mean PSF)
-    meta["used_stars_xy"] = [[round(float(st.center[0]) + inp.x0, 3), round(float(st.center[1]) + inp.y0, 3)]
+    ox, oy = inp.origin
+    meta["used_stars_xy"] = [[round(float(st.center[0]) + ox, 3), round(float(st.center[1]) + oy, 3)]
                              for st in good]
     if len(good) <= 0:
         raise epsf_build.CellFailure("the ePSF build kept no star")

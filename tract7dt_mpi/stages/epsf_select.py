@@ -238,17 +238,35 @@ def box_has_saturated(satur, x, y, r) -> bool:
     return bool(satur[y0:y1, x0:x1].any())
 
 
-def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range, nb=None) -> Candidates:
+def in_cell(x, y, own) -> np.ndarray:
+    """True where (x, y) (array pixels) lies in ``own`` = (x0, x1, y0, y1), half-open on pixel
+    centres (the cell's bounds in the arrays); everywhere when ``own`` is None."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if own is None:
+        return np.ones(x.shape, bool)
+    x0, x1, y0, y1 = own
+    return (np.floor(x + 0.5) >= x0) & (np.floor(x + 0.5) < x1) & (np.floor(y + 0.5) >= y0) \
+        & (np.floor(y + 0.5) < y1)
+
+
+def filter_candidates(c: Candidates, shape, need, sat_thr, satur, sat_r, q_range, nb=None,
+                      own=None) -> Candidates:
     """Apply the candidate cuts (+ blend rejection when ``nb`` = (dilate, r_core) is given);
-    fill ``c.ok`` (best score first) and ``c.reasons``."""
+    fill ``c.ok`` (best score first) and ``c.reasons``. ``own``: the cell's bounds in the arrays
+    (:func:`in_cell`), which may extend beyond it: detections centred outside it belong to a
+    neighbouring cell (``other_cell``)."""
     h, w = shape
-    reasons = {"edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0, "blended": 0}
+    reasons = {"other_cell": 0, "edge": 0, "peak_saturated": 0, "roundness": 0, "saturated_stamp": 0,
+               "blended": 0}
     keep = []
+    mine = in_cell(c.x, c.y, own)
     inside = (c.x > need) & (c.x < w - need - 1) & (c.y > need) & (c.y < h - need - 1)
     qok = q_ok(c.a, c.b, q_range)
     order = np.argsort(-c.score, kind="stable")
     for i in order:
-        if not inside[i]:
+        if not mine[i]:
+            reasons["other_cell"] += 1
+        elif not inside[i]:
             reasons["edge"] += 1
         elif not c.peak[i] < sat_thr:
             reasons["peak_saturated"] += 1
@@ -444,8 +462,10 @@ def sep_pass(sel: Selection, cand: Candidates, used: set, s) -> None:
         used.add(int(i))
 
 
-def seeds_in_window(gaia_xy, x0, y0, shape, need):
-    """Working-frame seeds inside the edge-clearance window, as cell-local (N, 2)."""
+def seeds_in_window(gaia_xy, x0, y0, shape, need, own=None):
+    """Working-frame seeds inside the edge-clearance window of arrays of ``shape`` whose first
+    pixel is frame (x0, y0), and inside the cell's bounds ``own`` there (:func:`in_cell`), as
+    array-local (N, 2)."""
     if gaia_xy is None:
         return np.zeros((0, 2))
     xy = np.asarray(gaia_xy, dtype=float).reshape(-1, 2)
@@ -453,6 +473,7 @@ def seeds_in_window(gaia_xy, x0, y0, shape, need):
     h, w = shape
     ok = np.isfinite(lx) & np.isfinite(ly) & (lx >= need) & (lx < w - need - 1) \
         & (ly >= need) & (ly < h - need - 1)
+    ok &= in_cell(np.where(ok, lx, 0.0), np.where(ok, ly, 0.0), own)
     return np.column_stack([lx[ok], ly[ok]])
 
 
