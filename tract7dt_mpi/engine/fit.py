@@ -61,6 +61,8 @@ RUNAWAY_AP_R = 6.0
 FALLBACK_INDEX = 4.0
 #: shape-fallback refits at most (each holds the galaxies that ran away in the previous fit)
 FALLBACK_ROUNDS = 3
+#: sources tried one at a time (:func:`_block_step`) when no damped joint step improves ln p
+BLOCK_SOURCES = 4
 #: "no improving step" ends a stage as converged only when the gain the quadratic model still
 #: predicts is below max(SOURCE_DLNP, this x the ln p noise floor); otherwise the optimizer stalled
 STALL_FLOOR_FACTOR = 10.0
@@ -199,6 +201,22 @@ def _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop
     return None, pred, lam, nu
 
 
+def _block_step(prob, ev, sy, H, g, act, hold, floor, free, solve_linear, stop, tol):
+    """After a stalled joint step: damped steps of one source at a time (the others held), the
+    source whose own Gauss-Newton gain is largest first, among those above ``tol``; the
+    improving parameters of the first that improves ln p, or None. Coupled or strongly
+    nonlinear parameters of several sources can defeat every damped joint step while each
+    source alone still improves (``BLOCK_SOURCES`` tried at most)."""
+    own = {int(s): gn_gain(H, g, act & (sy.owner == s)) for s in np.unique(sy.owner[act])}
+    order = [s for s, v in sorted(own.items(), key=lambda kv: -kv[1]) if v >= tol][:BLOCK_SOURCES]
+    for s in order:
+        newp, _, _, _ = _try_step(prob, ev, sy, H, g, 1e-3, 2.0, hold | (sy.owner != s), floor, free,
+                                  solve_linear, stop)
+        if newp is not None:
+            return newp
+    return None
+
+
 def _gn_solve(H, g, act):
     x = np.zeros_like(g)
     if act.any():
@@ -264,6 +282,17 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             last = 0.0 if newp is None else ev.lnp - lnp0
             log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
                       stage, niters, last, pred, gn_pred, floor, lnp0 + last, lam)
+            if newp is None and gn_pred >= max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor):
+                act = free_set(sy.theta, sy.lo, sy.hi, g) & ~hold
+                newp = _block_step(prob, ev, sy, H, g, act, hold, floor, free, solve_linear, stop,
+                                   max(stop, floor, SOURCE_DLNP))
+                if newp is not None:
+                    lam, nu = 1e-3, 2.0
+                    F0, sky0 = ev.F, ev.sky
+                    ev = None
+                    ev = prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True)
+                    last = ev.lnp - lnp0
+                    log.debug("stage %d opt iter %02d: one-source step dlnp=%.6g", stage, niters, last)
             if newp is None:
                 if gn_pred < max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor):
                     done = "no improving step (at the ln p noise floor)"
