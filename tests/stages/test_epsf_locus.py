@@ -207,12 +207,12 @@ def test_a_star_near_an_inner_cell_edge_is_used_with_the_cell_margin():
     s = epsf_settings(BASE)
     left, right = (0, 100, 0, 200), (100, 200, 0, 200)
 
-    def inp(box, read):
+    def inp(box, read, gaia=None):
         ax0, ax1, ay0, ay1 = read
         a = arr[ay0:ay1, ax0:ax1]
         x0, x1, y0, y1 = box
         return EpsfCellInput("m500", "r00_c00", x0, x1, y0, y1, a, np.full(a.shape, SIG),
-                             np.zeros(a.shape, bool), None, np.inf, FWHM, None, ax0=ax0, ay0=ay0)
+                             np.zeros(a.shape, bool), None, np.inf, FWHM, gaia, ax0=ax0, ay0=ay0)
 
     alone = build_epsf_cell(inp(left, left), BASE)
     assert alone.stamp is None and "edge 1" in no_star_reason(alone.meta)
@@ -224,6 +224,12 @@ def test_a_star_near_an_inner_cell_edge_is_used_with_the_cell_margin():
         assert abs(x - x_true) < 0.3 and abs(y - y_true) < 0.3
         assert res.meta["selection"]["rejected"]["other_cell"] == 1
         assert (res.meta["x0"], res.meta["x1"]) == box[:2]
+    # Gaia seeds (working frame) of both stars: each cell seeds only its own
+    seeds = np.array([[92.3, 60.2], [108.6, 140.4]])
+    for box, x_true in ((left, 92.3), (right, 108.6)):
+        res = build_epsf_cell(inp(box, halo_box(box, arr.shape, s), seeds), replace(BASE, psfstar_mode="gaia"))
+        assert res.meta["nstars_seed"] == 1 and res.meta["status"] == "ok", res.meta.get("error")
+        assert abs(res.meta["used_stars_xy"][0][0] - x_true) < 0.3
     with pytest.raises(ValueError, match="does not cover"):
         build_epsf_cell(inp(left, (10, 117, 0, 200)), BASE)
 
