@@ -74,7 +74,7 @@ def _kernel(cfg_path: str, n_patches: int, out_dir: str) -> float:
     stamps = {}
     for b in bands:
         for r, c in cells:
-            from tract7dt_mpi.stages.epsf import cell_tag
+            from tract7dt_mpi.stages.epsf_cells import cell_tag
             got = band_psfs.epsf_from_disk(cfg, b, cell_tag(r, c))
             if got is not None and got[1] is not None:
                 stamps.setdefault(b, {})[cell_tag(r, c)] = (got[1], got[0].get("nstars_used"))

@@ -482,7 +482,7 @@ def write_epsf_summary(cfg, metas):
 def stamps_from_disk(cfg, bands, cells, prepared):
     """The stamps of an earlier ePSF phase, as :func:`with_psf_fields` returns them after a run
     (``prepared``: the prepared store, for the bright-star wings)."""
-    from .stages.epsf import cell_tag
+    from .stages.epsf_cells import cell_tag
     stamps, metas = {}, []
     for b in bands:
         for r, c in cells:

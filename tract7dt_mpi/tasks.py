@@ -168,7 +168,7 @@ def saved_inputs(cfg):
 
 def active_cells(cfg, catalog, shape):
     """Active ePSF cells or all cells when ``skip_empty_epsf_patches`` is off."""
-    from .stages.epsf import active_cells as _active
+    from .stages.epsf_cells import active_cells as _active
     from .stages.patches import active_positions
     n = int(cfg.epsf.epsf_ngrid)
     if not bool(cfg.epsf.skip_empty_epsf_patches):
@@ -182,7 +182,7 @@ def active_cells(cfg, catalog, shape):
 
 
 def _cell_boxes(cfg, load_res, cells) -> dict:
-    from .stages.epsf import cell_bounds
+    from .stages.epsf_cells import cell_bounds
     n = int(cfg.epsf.epsf_ngrid)
     return {rc: cell_bounds(load_res.shape, n, *rc) for rc in cells}
 
@@ -202,7 +202,8 @@ def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
     """One task per (band, active cell), band order then row-major cells. ``loci``: band ->
     stellar size locus from the :func:`locus_tasks` (None: measured here, band after band)."""
     from .io.tables import read_gaiaxp
-    from .stages.epsf import cell_tag, gaia_seeds_for_band
+    from .stages.epsf import gaia_seeds_for_band
+    from .stages.epsf_cells import cell_tag
     gaia = None
     gpath = cfg.inputs.gaiaxp_synphot_csv
     if gpath and os.path.exists(gpath) and cfg.epsf.psfstar_mode != "sep":
@@ -212,7 +213,8 @@ def epsf_tasks(cfg, load_res, cells, loci=None) -> list[Task]:
             log.warning("GaiaXP CSV unusable for ePSF seeds (%s); SEP-only", exc)
     from .io.prepared import PreparedImages
     from .stages.epsf import epsf_settings
-    from .stages.epsf_locus import band_loci, halo_box, too_small_cells
+    from .stages.epsf_cells import halo_box, too_small_cells
+    from .stages.epsf_locus import band_loci
     boxes = _cell_boxes(cfg, load_res, cells)
     s = epsf_settings(cfg.epsf)
     too_small_cells(boxes, s, load_res.shape)

@@ -8,8 +8,9 @@ import pytest
 galsim = pytest.importorskip("galsim")
 
 from tract7dt_mpi.config.schema import Epsf  # noqa: E402
-from tract7dt_mpi.stages.epsf import (EpsfCellInput, active_cells, cell_bounds, cell_tag,  # noqa: E402
-                                      forced_radius, gaia_seeds_for_band, select_psf_stars)
+from tract7dt_mpi.stages.epsf import (EpsfCellInput, forced_radius, gaia_seeds_for_band,  # noqa: E402
+                                      select_psf_stars)
+from tract7dt_mpi.stages.epsf_cells import active_cells, cell_bounds, cell_tag  # noqa: E402
 
 SIG = 2.0
 # cutout 31 -> edge clearance need = 15 + 2 = 17 px

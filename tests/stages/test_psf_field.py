@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tract7dt_mpi.stages.epsf import cell_tag
+from tract7dt_mpi.stages.epsf_cells import cell_tag
 from tract7dt_mpi.stages.patch_inputs import PsfChoiceInput
 from tract7dt_mpi.stages.psf_field import (bilinear_weights, cell_centre, interpolated_choice,
                                            patch_psf_choices)

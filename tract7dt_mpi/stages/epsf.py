@@ -1,4 +1,4 @@
-"""One (band, cell) ePSF unit of work and the grid helpers around it.
+"""One (band, cell) ePSF unit of work (the cell grid: :mod:`.epsf_cells`).
 
 :func:`build_epsf_cell` is a pure function of the cell's arrays, the band's Gaia seeds and the
 ``epsf`` config section: no MPI, no global state, no randomness, so any rank can build any cell and
@@ -20,7 +20,7 @@ import numpy as np
 from . import epsf_build
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
-from .epsf_locus import min_cell_side
+from .epsf_cells import min_cell_side
 from .epsf_wings import with_wing_tail
 from .psf_error import stamp_fwhm, star_flux_checks
 from .epsf_build import finish_stamp, native_stamp, smoothing_kernel  # noqa: F401 (re-exported)
@@ -37,7 +37,7 @@ class EpsfCellInput:
     """Everything one cell needs; arrays are slices of the band over the cell [x0, x1) x [y0, y1)
     and a margin around it (their first column and row at frame pixel ``ax0``, ``ay0``; None: the
     cell's own x0, y0, no margin), so that a star centred near the cell's edge has its whole
-    stamp (stages.epsf_locus.halo_box). Only stars centred inside the cell are its stars.
+    stamp (stages.epsf_cells.halo_box). Only stars centred inside the cell are its stars.
 
     img: scaled image; sigma_sky: sky-only sigma (inf/nan where invalid); bad: non-finite pixels only
     (the ePSF stage keeps saturated pixels' weights); satur: saturation mask (or None);
@@ -120,36 +120,6 @@ def _cfg_record(s) -> dict:
 
 
 # ------------------------------------------------------------------------------------- grid helpers
-
-def cell_tag(r: int, c: int) -> str:
-    """Cell tag ``rRR_cCC``."""
-    return f"r{int(r):02d}_c{int(c):02d}"
-
-
-def cell_bounds(shape, n: int, r: int, c: int):
-    """Bounds (x0, x1, y0, y1), half-open, of cell (row r, column c) of an n x n grid.
-
-    step = W // n (H // n for rows); the last column/row extends to the frame edge.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    xstep, ystep = max(1, w // n), max(1, h // n)
-    x0, y0 = c * xstep, r * ystep
-    x1 = w if c == n - 1 else min(w, (c + 1) * xstep)
-    y1 = h if r == n - 1 else min(h, (r + 1) * ystep)
-    return x0, x1, y0, y1
-
-
-def active_cells(catalog_xy_active, shape, n: int):
-    """Sorted (r, c) cells holding at least one active source with finite in-frame pixels."""
-    h, w = int(shape[0]), int(shape[1])
-    xy = np.asarray(catalog_xy_active, dtype=float).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
-    ok = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    xstep, ystep = max(1, w // n), max(1, h // n)
-    cc = np.clip(np.floor(x[ok] / xstep).astype(int), 0, n - 1)
-    rr = np.clip(np.floor(y[ok] / ystep).astype(int), 0, n - 1)
-    return sorted({(int(r), int(c)) for r, c in zip(rr, cc)})
-
 
 def forced_radius(fwhm_pix, cutout_size, settings, warn: bool = True) -> float:
     """Gaia forced-aperture radius in px: clamp(k*FWHM, rmin, rmax), <= cutout_size//2 - 2.

@@ -1,4 +1,4 @@
-"""The band's stellar locus for ePSF star selection, and which cells can hold a star at all.
+"""The band's stellar locus for ePSF star selection.
 
 A cell with 1-4 star candidates cannot tell a star from a compact galaxy or a galaxy nucleus by
 itself; the band's stars elsewhere in the tile can. :func:`band_size_locus` measures, once per band
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .epsf_cells import min_cell_side
 from .epsf_select import (cell_background, filter_candidates, half_flux_radii, neighbour_geometry,
                           selection_limits, sep_detect)
 
@@ -58,24 +59,6 @@ class SizeLocus:
         scatter = 1.4826 * float(np.median(np.abs(near - med))) / med
         tol = float(np.clip(3.0 * scatter, *BAND_LOCUS_TOL))
         return cls(round(med, 4), round(tol, 4), int(r.size))
-
-
-def min_cell_side(s) -> int:
-    """Smallest side (px) of the region a cell reads that can hold a star: a candidate needs
-    ``need`` < x < side - need - 1."""
-    return 2 * (int(s.cutout_size) // 2 + int(s.edge_pad)) + 2
-
-
-def halo_box(box, shape, s) -> tuple[int, int, int, int]:
-    """``box`` (x0, x1, y0, y1) grown by a star stamp and its pad (``epsf.cutout_size`` // 2 +
-    ``epsf.edge_pad``) on every side and clipped to the frame ``shape``: the region a cell reads.
-    A star centred anywhere in the cell then has its whole stamp (read from the neighbouring
-    cells), not only one ``need`` px inside the cell's edges: with cells read alone, a 2 x 2 grid
-    lost the ~15 % of its stars near the inner cell edges and a 7 x 7 grid ~35 %."""
-    m = int(s.cutout_size) // 2 + int(s.edge_pad)
-    x0, x1, y0, y1 = (int(v) for v in box)
-    h, w = int(shape[0]), int(shape[1])
-    return max(0, x0 - m), min(w, x1 + m), max(0, y0 - m), min(h, y1 + m)
 
 
 def cell_candidate_sizes(img, sigma, bad, satur, s, fwhm_pix, saturate_scaled) -> np.ndarray:
@@ -133,23 +116,6 @@ def band_size_locus(cell_arrays, s, fwhm_pix, saturate_scaled,
         if total >= target_n:
             break
     return SizeLocus.from_sizes(np.concatenate(sizes) if sizes else []), n
-
-
-def too_small_cells(boxes: dict, s, shape=None) -> list:
-    """Cells (keys of ``boxes``: key -> (x0, x1, y0, y1)) whose region read (:func:`halo_box` in
-    a frame of ``shape``; None: the cell alone) is too small to hold a star, said once in the
-    log with the numbers (the cells' own failures then stay at DEBUG)."""
-    side = min_cell_side(s)
-    read = {k: halo_box(b, shape, s) if shape is not None else b for k, b in boxes.items()}
-    small = [k for k, (x0, x1, y0, y1) in read.items() if min(x1 - x0, y1 - y0) < side]
-    if small:
-        w = min(read[k][1] - read[k][0] for k in small)
-        h = min(read[k][3] - read[k][2] for k in small)
-        log.warning("ePSF: %d of %d cells (down to %dx%d px) are smaller than a star cut-out plus "
-                    "its pad, %d px = 2 x (epsf.cutout_size // 2 + epsf.edge_pad) + 2 with cutout_size=%d, "
-                    "edge_pad=%d: they can hold no PSF star (lower epsf.epsf_ngrid, cutout_size or edge_pad)",
-                    len(small), len(boxes), w, h, side, int(s.cutout_size), int(s.edge_pad))
-    return small
 
 
 def locus_cell_boxes(boxes: dict, s) -> list:

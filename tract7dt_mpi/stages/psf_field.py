@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from .epsf import cell_bounds, cell_tag
+from .epsf_cells import cell_bounds, cell_tag
 from .patch_inputs import PsfChoiceInput
 from .psf_poly import FIELD_KEY, evaluate_field
 

@@ -52,7 +52,7 @@ class CellCores:
 
 def cell_of(shape, n: int, x: float, y: float) -> tuple[int, int]:
     """(row, col) of the cell of an ``n`` x ``n`` grid over ``shape`` that holds (x, y): the cells
-    of stages.epsf.cell_bounds (the last row and column reach the frame's edge)."""
+    of stages.epsf_cells.cell_bounds (the last row and column reach the frame's edge)."""
     h, w = shape
     return (min(max(int(y // max(1, h // n)), 0), n - 1), min(max(int(x // max(1, w // n)), 0), n - 1))
 
