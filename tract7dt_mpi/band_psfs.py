@@ -474,7 +474,7 @@ def write_epsf_summary(cfg, metas):
     atomic_write_json(os.path.join(cfg.outputs.epsf_dir, "epsf_summary.json"), epsf_summary(metas))
     total, ok, fail = count_status(metas)
     log.info("ePSF cells: total=%d OK=%d FAIL=%d", total, ok, fail)
-    from .stages.epsf_select import failure_summary
+    from .stages.epsf_report import failure_summary
     for line in failure_summary(metas):
         log.info(line)
 

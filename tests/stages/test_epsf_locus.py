@@ -12,7 +12,7 @@ from tract7dt_mpi.config.schema import Epsf  # noqa: E402
 from tract7dt_mpi.stages.epsf import EpsfCellInput, build_epsf_cell, epsf_settings, select_psf_stars  # noqa: E402
 from tract7dt_mpi.stages.epsf_cells import min_cell_side, too_small_cells  # noqa: E402
 from tract7dt_mpi.stages.epsf_locus import SizeLocus, band_size_locus, locus_cells  # noqa: E402
-from tract7dt_mpi.stages.epsf_select import failure_summary  # noqa: E402
+from tract7dt_mpi.stages.epsf_report import failure_summary  # noqa: E402
 
 SIG, FWHM = 2.0, 4.0
 # cutout 31 -> edge clearance 17 px; cells must be >= 36 px
@@ -202,7 +202,7 @@ def test_a_star_near_an_inner_cell_edge_is_used_with_the_cell_margin():
     left cell loses its star to the edge cut; read with its halo_box margin it uses it, at its
     frame position, and leaves the right cell's star to the right cell (other_cell)."""
     from tract7dt_mpi.stages.epsf_cells import halo_box
-    from tract7dt_mpi.stages.epsf_select import no_star_reason
+    from tract7dt_mpi.stages.epsf_report import no_star_reason
     arr = field([(92.3, 60.2, 3e4), (108.6, 140.4, 3e4)], seed=7)
     s = epsf_settings(BASE)
     left, right = (0, 100, 0, 200), (100, 200, 0, 200)

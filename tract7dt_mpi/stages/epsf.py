@@ -21,6 +21,7 @@ from . import epsf_build
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
 from .epsf_cells import min_cell_side
+from .epsf_report import no_star_reason
 from .epsf_wings import with_wing_tail
 from .psf_error import stamp_fwhm, star_flux_checks
 from .epsf_build import finish_stamp, native_stamp, smoothing_kernel  # noqa: F401 (re-exported)
@@ -220,7 +221,7 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> Epsf
         meta["status"], meta["error"] = "fail", str(exc)
         if meta["nstars_sel"] == 0:   # no star: say why at INFO (small cells: said at planning)
             level = logging.DEBUG if meta.get("cell_too_small") else logging.INFO
-            log.log(level, "ePSF %s %s: %s", inp.band, inp.tag, sel_mod.no_star_reason(meta))
+            log.log(level, "ePSF %s %s: %s", inp.band, inp.tag, no_star_reason(meta))
             return EpsfCellResult(None, meta, figures=figs or [])
     except Exception as exc:  # library errors on odd data must not kill the run
         log.debug("ePSF %s %s failed", inp.band, inp.tag, exc_info=True)
