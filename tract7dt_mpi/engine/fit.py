@@ -265,7 +265,10 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
         sy = _System(prob, ev, index, start)
         floor = ev.noise_floor()
         hold = unconstrained(H, g, sy.caps) | _sheets(prob, ev, sy) | _held_shapes(prob, sy)
-        gn_pred = gn_gain(H, g, free_set(sy.theta, sy.lo, sy.hi, g) & ~hold)
+        act = free_set(sy.theta, sy.lo, sy.hi, g) & ~hold
+        gn_pred = gn_gain(H, g, act)
+        # a gain the model promises that no damped step delivers is a stall only above this
+        stall_gain = max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor)
         done = None
         if gn_pred < stop:
             done = "gauss-newton gain < dlnp_stop"
@@ -275,26 +278,22 @@ def _run_stage(prob: Problem, params, F, sky, free, solve_linear, opts: FitOptio
             niters += 1
             lnp0 = ev.lnp
             newp, pred, lam, nu = _try_step(prob, ev, sy, H, g, lam, nu, hold, floor, free, solve_linear, stop)
+            one = newp is None and gn_pred >= stall_gain
+            if one:
+                newp = _block_step(prob, ev, sy, H, g, act, hold, floor, free, solve_linear, stop,
+                                   max(stop, floor, SOURCE_DLNP))
+                if newp is not None:
+                    lam, nu = 1e-3, 2.0
             if newp is not None:
                 F0, sky0 = ev.F, ev.sky
                 ev = None   # release the old derivative renderings before rendering the new ones
                 ev = prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True)
             last = 0.0 if newp is None else ev.lnp - lnp0
-            log.debug("stage %d opt iter %02d dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
-                      stage, niters, last, pred, gn_pred, floor, lnp0 + last, lam)
-            if newp is None and gn_pred >= max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor):
-                act = free_set(sy.theta, sy.lo, sy.hi, g) & ~hold
-                newp = _block_step(prob, ev, sy, H, g, act, hold, floor, free, solve_linear, stop,
-                                   max(stop, floor, SOURCE_DLNP))
-                if newp is not None:
-                    lam, nu = 1e-3, 2.0
-                    F0, sky0 = ev.F, ev.sky
-                    ev = None
-                    ev = prob.evaluate(newp, free, solve_linear, F0, sky0, derivs=True)
-                    last = ev.lnp - lnp0
-                    log.debug("stage %d opt iter %02d: one-source step dlnp=%.6g", stage, niters, last)
+            log.debug("stage %d opt iter %02d%s dlnp=%.6g pred=%.3g gn_pred=%.3g floor=%.2g lnp=%.6f lambda=%.3g",
+                      stage, niters, " (one source at a time)" if one else "", last, pred, gn_pred, floor,
+                      lnp0 + last, lam)
             if newp is None:
-                if gn_pred < max(SOURCE_DLNP, STALL_FLOOR_FACTOR * floor):
+                if gn_pred < stall_gain:
                     done = "no improving step (at the ln p noise floor)"
                 else:   # the model promises a real gain that no damped step delivers: a stall
                     why = f"stalled: no improving step, predicted gain {gn_pred:.3g}"

@@ -10,7 +10,8 @@ import logging
 
 import numpy as np
 
-__all__ = ["cell_tag", "cell_bounds", "active_cells", "min_cell_side", "halo_box", "too_small_cells"]
+__all__ = ["cell_tag", "cell_bounds", "active_cells", "star_margin", "min_cell_side", "halo_box",
+           "too_small_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,16 @@ def active_cells(catalog_xy_active, shape, n: int):
     return sorted({(int(r), int(c)) for r, c in zip(rr, cc)})
 
 
+def star_margin(s) -> int:
+    """A PSF star's clearance (px) from the edge of the arrays it is cut from: half its stamp and
+    its pad, ``epsf.cutout_size`` // 2 + ``epsf.edge_pad``."""
+    return int(s.cutout_size) // 2 + int(s.edge_pad)
+
+
 def min_cell_side(s) -> int:
     """Smallest side (px) of the region a cell reads that can hold a star: a candidate needs
-    ``need`` < x < side - need - 1."""
-    return 2 * (int(s.cutout_size) // 2 + int(s.edge_pad)) + 2
+    ``need`` < x < side - need - 1 (``need``: :func:`star_margin`)."""
+    return 2 * star_margin(s) + 2
 
 
 def halo_box(box, shape, s) -> tuple[int, int, int, int]:
@@ -57,7 +64,7 @@ def halo_box(box, shape, s) -> tuple[int, int, int, int]:
     A star centred anywhere in the cell then has its whole stamp (read from the neighbouring
     cells), not only one ``need`` px inside the cell's edges: with cells read alone, a 2 x 2 grid
     lost the ~15 % of its stars near the inner cell edges and a 7 x 7 grid ~35 %."""
-    m = int(s.cutout_size) // 2 + int(s.edge_pad)
+    m = star_margin(s)
     x0, x1, y0, y1 = (int(v) for v in box)
     h, w = int(shape[0]), int(shape[1])
     return max(0, x0 - m), min(w, x1 + m), max(0, y0 - m), min(h, y1 + m)

@@ -12,6 +12,8 @@ import numpy as np
 import sep
 from scipy import ndimage
 
+from .epsf_cells import star_margin
+
 log = logging.getLogger(__name__)
 
 # SEP limits: generous pixel stack and sub-object limit for crowded cells.
@@ -320,7 +322,7 @@ def stellar_locus_cut(c: Candidates, work, bad, tol=STELLAR_LOCUS_TOL, min_n=5,
 
 def selection_limits(s, saturate_scaled):
     """(edge clearance, saturation threshold, saturated-stamp check radius) of the cell cuts."""
-    need = int(s.cutout_size) // 2 + int(s.edge_pad)
+    need = star_margin(s)
     sat_thr = float(saturate_scaled) / float(s.gaia_seed_sat_div) \
         if saturate_scaled is not None and np.isfinite(saturate_scaled) else np.inf
     sat_r = int(s.star_sat_check_r) if s.star_sat_check_r is not None else int(s.cutout_size) // 2
