@@ -538,25 +538,41 @@ def write_catalog_files(cfg, catalog, zp_summary=None):
 
 
 def _fitted_psf_errors(cfg, catalog):
-    """PSF term of FLUXERR from the fitted stars (stages.psf_error); ``psf_flux_errors.csv``."""
+    """The wing and PSF terms of FLUXERR from the fitted stars (stages.wing_error,
+    stages.psf_error); ``psf_flux_errors.csv``."""
     from .io.atomic import atomic_write_text
     from .stages.psf_error import apply_fitted_psf_errors
+    from .stages.wing_error import apply_fitted_wing_errors
+    wing_bands = [c[len("WINGCHK_"):-len("_fit")] for c in catalog.columns
+                  if c.startswith("WINGCHK_") and not c.startswith("WINGCHK_ERR_")]
     bands = [c[len("PSFCHK_"):-len("_fit")] for c in catalog.columns
              if c.startswith("PSFCHK_") and not c.startswith("PSFCHK_ERR_")]
-    if not bands:
-        return catalog
-    if str(cfg.patch_run.flux_error_model) != "total":
-        return catalog.drop(columns=[c for c in catalog.columns if c.startswith("PSFCHK_")])
-    out, summary = apply_fitted_psf_errors(catalog, bands)
-    for r in summary.itertuples():
-        if r.psf_flux_err_frac is not None:
-            log.info("PSF flux error %s: %.2f%% from %d fitted stars above S/N %g (local-background-subtracted residual within 2 FWHM)",
-                     r.band, 100 * r.psf_flux_err_frac, r.n_stars, r.min_snr)
-        else:
-            log.info("PSF flux error %s: kept the ePSF stars' estimate (%d fitted stars usable)",
-                     r.band, r.n_stars)
-    atomic_write_text(os.path.join(cfg.outputs.work_dir, "psf_flux_errors.csv"), summary.to_csv(index=False))
-    return out
+    wing = None
+    f_halo = float(cfg.patch_run.flux_error_psf_wing)
+    if wing_bands:
+        catalog, wing = apply_fitted_wing_errors(catalog, wing_bands, f_halo)
+        for r in wing.itertuples():
+            if r.wing_err_frac is not None and f_halo > 0:
+                log.info("PSF wing error %s: %.2f%% rms over the wing zones of %d fitted stars above "
+                         "S/N %g (halos at the configured %.2f%%)", r.band, 100 * r.wing_err_frac,
+                         r.n_wing_stars, r.wing_min_snr, 100 * f_halo)
+    summary = None
+    if bands and str(cfg.patch_run.flux_error_model) == "total":
+        catalog, summary = apply_fitted_psf_errors(catalog, bands)
+        for r in summary.itertuples():
+            if r.psf_flux_err_frac is not None:
+                log.info("PSF flux error %s: %.2f%% from %d fitted stars above S/N %g (local-background-subtracted residual within 2 FWHM)",
+                         r.band, 100 * r.psf_flux_err_frac, r.n_stars, r.min_snr)
+            else:
+                log.info("PSF flux error %s: kept the ePSF stars' estimate (%d fitted stars usable)",
+                         r.band, r.n_stars)
+    catalog = catalog.drop(columns=[c for c in catalog.columns if c.startswith("PSFCHK_")])
+    if summary is not None and wing is not None:
+        summary = summary.merge(wing, on="band", how="outer")
+    summary = wing if summary is None else summary
+    if summary is not None:
+        atomic_write_text(os.path.join(cfg.outputs.work_dir, "psf_flux_errors.csv"), summary.to_csv(index=False))
+    return catalog
 
 
 def zp_step(cfg, catalog=None):

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .flux_errors import neighbour_wing_errors, noise_weights, residual_scales
+from .flux_errors import neighbour_wing_responses, noise_weights, residual_scales, wing_errors
 from .lm import free_set, gn_gain, lm_step, predicted_gain, source_gains, unconstrained, update_damping
 from .problem import MAX_STEP, MIN_STEP, STALL_TOL, Problem
 from .render import POS, SERSIC, SHAPE
@@ -386,9 +386,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         gn = prob.gn_inverse(ev_d)
         dv, cov_n, var_n = prob.marginal_flux_variance(ev_d, gn)
         var = var + dv
-    wing = neighbour_wing_errors(prob, params, ev.F, cov_sky, float(opts.psf_wing_error),
-                                  [im.wing_light for im in images], ev_d, gn) \
-        if opts.psf_wing_error > 0 else None
+    wing = neighbour_wing_responses(prob, params, ev.F, cov_sky, [im.wing_light for im in images],
+                                    ev_d, gn) if opts.psf_wing_error > 0 else None
     ev_d = None
     errs = np.sqrt(np.where(var > 0, var, np.nan))
     rscale = residual_scales(prob, resid, params, w_noise) if opts.residual_error_scale \
@@ -414,7 +413,8 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
         if src.kind != "star":
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if wing is not None:
-            r.wing_errs = np.where(ev.pinned[:, s], np.nan, wing[:, s])
+            r.wing_resp = np.where(ev.pinned[:, s][:, None], np.nan, wing[:, :, s].T)
+            r.wing_errs = wing_errors(r.wing_resp.T, opts.psf_wing_error, opts.psf_wing_error)
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
             if np.isfinite(var_n[:, s]).all():

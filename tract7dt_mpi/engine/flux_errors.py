@@ -2,8 +2,8 @@
 
 * :func:`noise_weights`: the residual's inverse variance as the errors model it (sky + Poisson);
 * :func:`residual_scales`: a galaxy's errors scaled by the misfit under its own profile;
-* :func:`neighbour_wing_errors`: the flux each source takes from an error of its neighbouring
-  stars' PSF wings and of the subtracted halos.
+* :func:`neighbour_wing_responses`, :func:`wing_errors`: the flux each source takes from an error
+  of its neighbouring stars' PSF wings and of the subtracted halos.
 """
 from __future__ import annotations
 
@@ -12,36 +12,39 @@ import numpy as np
 from .problem import Problem
 from .render import Rendered
 
-#: a star's PSF wing, for the neighbours' wing error (:func:`neighbour_wing_errors`), is where
+#: a star's PSF wing, for the neighbours' wing error (:func:`neighbour_wing_responses`), is where
 #: its model is below this fraction of its peak (beyond ~1.5 FWHM for a Moffat beta = 2-3)
 WING_LEVEL = 0.05
 #: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
 #: of a noise-only reduced chi^2 (:func:`residual_scales`)
 RESID_SIGMA = 3.0
 
-__all__ = ["noise_weights", "residual_scales", "neighbour_wing_errors"]
+__all__ = ["noise_weights", "residual_scales", "neighbour_wing_responses", "wing_errors"]
 
 
-def neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_light, ev_d=None,
-                           gn=None) -> np.ndarray:
-    """(nb, S) flux errors from a fractional error ``frac`` of the neighbouring stars' PSF wings.
+def neighbour_wing_responses(prob: Problem, params, F, ginv, wing_light, ev_d=None,
+                             gn=None) -> np.ndarray:
+    """(2, nb, S) signed flux responses to a unit fractional error of [0] the neighbouring stars'
+    PSF wings and [1] the subtracted halos; the flux error from fractions (f_wing, f_halo) is
+    ``|f_wing * r[0] + f_halo * r[1]|``.
 
     A star's model beyond its core (where its PSF is below WING_LEVEL of the peak) is its PSF's
     wing, which an empirical PSF knows to a few per cent, and so is the light of bright stars'
     halos subtracted from the images (``wing_light``: per band, None or an image); a source
     sitting on that light fits part of the error. The response of every flux (and the sky) to
-    ``frac`` x one star's wing is the Gauss-Newton solve of that perturbation (``ev_d``, ``gn``:
-    the fit's renderings with derivatives and :meth:`~tract7dt_mpi.engine.problem.Problem.gn_inverse`; without them the
-    linear one, G^-1 A^T W (frac M_t), at fixed shapes): a galaxy's shape takes the light in as
-    well, and its flux with it. For each source the responses to its neighbours (t != s) and to
-    the halos add coherently (one PSF per band). A star's error from its own wing is the PSF
-    term."""
+    one star's whole wing is the Gauss-Newton solve of that perturbation (``ev_d``, ``gn``: the
+    fit's renderings with derivatives and :meth:`~tract7dt_mpi.engine.problem.Problem.gn_inverse`;
+    without them the linear one, G^-1 A^T W M_t, at fixed shapes): a galaxy's shape takes the
+    light in as well, and its flux with it. For each source the responses to its neighbours
+    (t != s) add coherently (one PSF per band), and so do the halos'. A star's error from its
+    own wing is the PSF term. The two parts are kept apart because the stars' wing error is
+    measured on the fitted stars afterwards (stages.wing_error) and the halos' is not."""
     S, nb = prob.S, prob.nb
-    out = np.zeros((nb, S))
+    resp = np.zeros((2, nb, S))
     stars = [t for t in range(S) if prob.kinds[t] == "star"]
     halos = [h is not None and np.any(h) for h in wing_light]
-    if not (stars or any(halos)) or frac <= 0:
-        return out
+    if not (stars or any(halos)):
+        return resp
     rs = ev_d.rs if ev_d is not None and gn is not None else [prob.render(s, params[s], None)
                                                                for s in range(S)]
     if gn is not None:
@@ -50,7 +53,6 @@ def neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_ligh
         for k, (s, j) in enumerate(rows):
             by_src.setdefault(s, []).append((k, 1 + prob.free_names(s, ev_d.free).index(prob.names[s][j])))
     Fa = np.asarray(F, float)
-    resp = np.zeros((nb, S))
     L = ginv.shape[-1]
     H, W = prob.shape
     maps = [(t, rs[t]) for t in stars if not rs[t].empty]
@@ -62,9 +64,9 @@ def neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_ligh
         a = np.asarray(rt.A[:, 0], float)
         if t >= 0:
             peak = a.max(axis=(1, 2), keepdims=True)
-            wing = np.where(a < WING_LEVEL * peak, a, 0.0) * (frac * Fa[:, t])[:, None, None]
+            wing = np.where(a < WING_LEVEL * peak, a, 0.0) * Fa[:, t][:, None, None]
         else:
-            wing = frac * a
+            wing = a
         if not wing.any():
             continue
         v = np.zeros((nb, L))
@@ -90,9 +92,15 @@ def neighbour_wing_errors(prob: Problem, params, F, ginv, frac: float, wing_ligh
         d = d[:, :S]
         if t >= 0:
             d[:, t] = 0.0
-        resp += d
-    out = np.abs(resp)
-    return np.where(np.isfinite(out), out, 0.0)
+        resp[0 if t >= 0 else 1] += d
+    return np.where(np.isfinite(resp), resp, 0.0)
+
+
+def wing_errors(resp, f_wing: float, f_halo: float) -> np.ndarray:
+    """Flux errors from the responses of :func:`neighbour_wing_responses` (any trailing shape)
+    at fractional errors ``f_wing`` (stars' wings) and ``f_halo`` (subtracted halos)."""
+    r = np.asarray(resp, float)
+    return np.abs(f_wing * r[0] + f_halo * r[1])
 
 
 def noise_weights(prob: Problem, model_src, images, with_poisson: bool) -> np.ndarray:

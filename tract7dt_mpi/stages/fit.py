@@ -25,6 +25,7 @@ from .data_checks import dead_near
 from .fit_setup import apply_sky_choice, build_sources, choose_psf, engine_images
 from .flux_convention import index_variance, profile_factors, to_total_fluxes, with_index_errors
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
+from .wing_error import WING_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,13 @@ def _flux_values(src, j: int, b: str, pr, fwhm: float, psf_frac: float) -> dict:
     FLUXERR_STAT (statistical, with the Sersic index's term), FLUXERR_WING (the neighbouring
     stars' wings; 0 without) and FLUXERR (both, and the band's PSF term)."""
     v = _index_var(src, j, pr, fwhm)
-    w = src.wing_errs
+    w, wr = src.wing_errs, src.wing_resp
     wing = float(w[j]) if w is not None and np.isfinite(w[j]) else 0.0
     err = float(np.hypot(with_index_errors(with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac), v), wing))
+    resp = wr[j] if wr is not None else (np.nan, np.nan)
     return {f"FLUX_{b}_fit": float(src.fluxes[j]), f"FLUXERR_{b}_fit": err,
-            f"FLUXERR_STAT_{b}_fit": with_index_errors(src.flux_errs[j], v), f"FLUXERR_WING_{b}_fit": wing}
+            f"FLUXERR_STAT_{b}_fit": with_index_errors(src.flux_errs[j], v), f"FLUXERR_WING_{b}_fit": wing,
+            f"WINGRESP_STAR_{b}_fit": float(resp[0]), f"WINGRESP_HALO_{b}_fit": float(resp[1])}
 
 
 def safe_name(value) -> str:
@@ -104,7 +107,8 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
         cols += [(f"{m}_fit", f8) for m in _MORPH]
         for b in bands:
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
-                     (f"FLUXERR_WING_{b}_fit", f8), (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8)]
+                     (f"FLUXERR_WING_{b}_fit", f8), (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8),
+                     *_wing_cols(b)]
         cols += [("flag_bound_stalled", b1), ("flag_bound_stalled_which_parameter", stall)]
     else:
         for b in sorted(bands):
@@ -113,11 +117,17 @@ def result_columns(bands, multi_band: bool) -> list[tuple[str, np.dtype]]:
             cols += [(f"{m}_{b}_fit", f8) for m in _MORPH]
             cols += [(f"FLUX_{b}_fit", f8), (f"FLUXERR_{b}_fit", f8), (f"FLUXERR_STAT_{b}_fit", f8),
                      (f"FLUXERR_WING_{b}_fit", f8), (f"PSFCHK_{b}_fit", f8), (f"PSFCHK_ERR_{b}_fit", f8),
+                     *_wing_cols(b),
                      (f"opt_niters_{b}", i8), (f"opt_converged_{b}", b1),
                      (f"opt_hit_max_iters_{b}", b1), (f"opt_last_dlnp_{b}", f8),
                      (f"flag_bound_stalled_{b}", b1),
                      (f"flag_bound_stalled_which_parameter_{b}", stall)]
     return cols
+
+
+def _wing_cols(b: str) -> list:
+    """Store-only columns of band ``b`` behind the measured wing error (stages.wing_error)."""
+    return [(f"{c}_{b}_fit", np.dtype("f8")) for c in WING_COLUMNS]
 
 
 def empty_table(bands, multi_band: bool) -> pd.DataFrame:
@@ -420,7 +430,9 @@ def fit_patch_input(pin, opts: PatchFitOptions) -> PatchResult:
     fit_all = pd.DataFrame(rows)
     add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac,
                            np.array([k.kind == "star" for k in inits]) & ~is_halo, pin,
-                           [row_scales(pin, b, len(cat))[:, 0] for b in bands], stamp_fw)
+                           [row_scales(pin, b, len(cat))[:, 0] for b in bands],
+                           {b for b in bands if audits[b]["used_epsf"] and pr.flux_error_psf_wing > 0},
+                           stamp_fw)
     meta["psf_flux_in_stamp"] = {b: float(audits[b].get("psf_flux_in_stamp", 1.0)) for b in bands}
     gmode = str(pr.galaxy_flux)
     srcs = {b: (res.sources if multi else per[b].sources) for b in bands}

@@ -37,7 +37,8 @@ def profile_factors(kinds, sersic_n, galaxy_flux: str, sizes=None, index_held=No
 
 
 def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: dict) -> pd.DataFrame:
-    """Scale ``FLUX_{b}_fit`` and its errors (``FLUXERR``, ``FLUXERR_STAT``, ``FLUXERR_WING``) in place.
+    """Scale ``FLUX_{b}_fit`` and its errors (``FLUXERR``, ``FLUXERR_STAT``, ``FLUXERR_WING`` and the
+    wing responses ``WINGRESP_*``) in place.
 
     ``flux_in_stamp``: band -> fraction of the PSF's total flux inside its stamp (missing or
     non-positive: 1); ``factors``: band -> per-row profile factor (per band, since a per-band fit's
@@ -47,7 +48,8 @@ def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: di
         ef = float(flux_in_stamp.get(b, 1.0) or 1.0)
         ef = ef if np.isfinite(ef) and ef > 0 else 1.0
         scale = np.asarray(factors[b], float) / ef
-        for col in (f"FLUX_{b}_fit", f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit", f"FLUXERR_WING_{b}_fit"):
+        for col in (f"FLUX_{b}_fit", f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit", f"FLUXERR_WING_{b}_fit",
+                    f"WINGRESP_STAR_{b}_fit", f"WINGRESP_HALO_{b}_fit"):
             if col in table.columns:
                 table[col] = table[col].to_numpy(float) * scale
     table["flux_total_factor"] = np.asarray(factors[bands[0]], float)

@@ -345,40 +345,48 @@ def psf_term_fractions(bands, pin, audits, error_model: str) -> dict:
 
 
 def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin, shape_scales,
-                           stamp_fwhms=None) -> None:
+                           epsf_bands, stamp_fwhms=None) -> None:
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
-    a PSF term (fallback PSF or flux_error_model: sky). A star that is one of the ePSF's own stars
-    has its values divided by 1 - its share of the ePSF (the ePSF partly fits it);
+    a PSF term (fallback PSF or flux_error_model: sky). WINGCHK_{b}_fit, WINGCHK_ERR_{b}_fit:
+    its PSF wing's fractional error (:func:`.wing_error.fitted_wing_checks`), in the bands fitted
+    with an ePSF (``epsf_bands``). A star that is one of the ePSF's own stars has its values divided by
+    1 - its share of the ePSF (the ePSF partly fits it);
     ``shape_scales[j]``: per row, the shape factor of its own-position PSF in band j (the part of
     the miss its reported flux no longer has); ``stamp_fwhms``: band -> :func:`stamp_fwhm` of its
     stamp when the caller has it."""
+    from .wing_error import fitted_wing_checks
     x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
     for j, b in enumerate(bands):
         d = np.full(len(fit_all), np.nan)
-        e = d.copy()
+        e, wd, we = d.copy(), d.copy(), d.copy()
         stamp = getattr(images[j].psf, "stamp", None)
-        if np.isfinite(psf_frac[b]) and star.any() and stamp is not None:
+        if star.any() and stamp is not None and b in epsf_bands:
             r = res if per is None else per[b]
             jj = j if per is None else 0
             model = np.asarray(r.model_images()[jj], float)
             im = images[j]
             idx = np.flatnonzero(star)
             srcs = [r.sources[i] for i in idx]
-            fwhm = (stamp_fwhms or {}).get(b) or stamp_fwhm(np.asarray(stamp, float))
-            dd, ee = fitted_star_checks(
-                np.asarray(im.data, float) - model, np.asarray(im.invvar, float),
-                model - float(r.sky[jj]), im.gain, [(s.x, s.y) for s in srcs],
-                [float(s.fluxes[jj]) for s in srcs], CHECK_FWHM * fwhm, np.asarray(stamp, float),
-                ANNULUS_FWHM * fwhm)
+            resid, iv, src_model = np.asarray(im.data, float) - model, np.asarray(im.invvar, float), \
+                model - float(r.sky[jj])
+            xy, fl = [(s.x, s.y) for s in srcs], [float(s.fluxes[jj]) for s in srcs]
             k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
                                   getattr(pin.psfs.get(b), "stars", ()))
-            d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
-            # the part of the miss that the star's own-position PSF takes out of its flux
-            # (stages.psf_field.position_scale) is no PSF error of the reported flux
-            d[idx] -= shape_scales[j][idx] - 1.0
+            ww, wwe = fitted_wing_checks(resid, iv, src_model, im.gain, xy, fl, np.asarray(stamp, float))
+            wd[idx], we[idx] = np.asarray(ww) * k, np.asarray(wwe) * k
+            if np.isfinite(psf_frac[b]):
+                fwhm = (stamp_fwhms or {}).get(b) or stamp_fwhm(np.asarray(stamp, float))
+                dd, ee = fitted_star_checks(resid, iv, src_model, im.gain, xy, fl, CHECK_FWHM * fwhm,
+                                            np.asarray(stamp, float), ANNULUS_FWHM * fwhm)
+                d[idx], e[idx] = np.asarray(dd) * k, np.asarray(ee) * k
+                # the part of the miss that the star's own-position PSF takes out of its flux
+                # (stages.psf_field.position_scale) is no PSF error of the reported flux
+                d[idx] -= shape_scales[j][idx] - 1.0
         fit_all[f"PSFCHK_{b}_fit"] = d
         fit_all[f"PSFCHK_ERR_{b}_fit"] = e
+        fit_all[f"WINGCHK_{b}_fit"] = wd
+        fit_all[f"WINGCHK_ERR_{b}_fit"] = we
 
 
 def with_psf_term(err, flux, frac) -> float:

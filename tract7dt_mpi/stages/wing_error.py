@@ -1,0 +1,194 @@
+"""The fractional error of the stars' PSF wings, measured on the fitted stars (FLUXERR_WING).
+
+A source beside a star fits part of the error of that star's PSF wing (the model where it is
+below :data:`~tract7dt_mpi.engine.flux_errors.WING_LEVEL` of its peak). The fit gives every
+source its flux response to a unit fractional error of its neighbours' wings and, separately, of
+the bright stars' subtracted halos (:func:`~tract7dt_mpi.engine.flux_errors.neighbour_wing_responses`,
+columns ``WINGRESP_STAR`` / ``WINGRESP_HALO``). How large that fraction is depends on the band's
+ePSF -- below 1 % on a field with many well-sampled stars, several per cent with broad wings or
+few stars -- so it is measured where it shows, in the fitted stars' own wings:
+
+* per star (:func:`fitted_wing_checks`): the residual of the patch model (data - every source -
+  sky) over each zone of the star's wing (8 sectors x 2 rings), projected on the zone's wing
+  model W = f P: eps = sum(w W r) / sum(w W^2) / (1 - kappa). A wing too faint there by eps
+  leaves eps W in the data; the star's own flux fit takes the share kappa = sum(w W P) /
+  (f sum(w P^2)) of it into the flux, which the division restores. The zones' noise is that of
+  this linear estimate with the fitted flux taken out (as for the PSF check,
+  :func:`~.psf_error.fitted_star_checks`). A galaxy beside the star sees the error of the zone it
+  lies on, so the star reports the rms of eps over its zones and the rms of their noise;
+* per band (:func:`pooled_fraction`): over the bright fitted stars, the weighted mean of
+  rms^2 - noise^2: the fraction is its square root, the rms local wing error;
+* at merge (:func:`apply_fitted_wing_errors`): FLUXERR_WING = |frac * WINGRESP_STAR + f_halo *
+  WINGRESP_HALO| with f_halo = ``patch_run.flux_error_psf_wing`` (the halos are not measured),
+  and FLUXERR is recomputed with it. A band with too few bright stars keeps the configured
+  fraction for both.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..engine.flux_errors import WING_LEVEL, wing_errors
+from .psf_error import CHECK_MIN_STARS, CHECK_SNR_CUTS, MIN_STARS, _placed
+
+#: store-only columns behind the measured wing error, per band (``{name}_{band}_fit``)
+WING_COLUMNS = ("WINGRESP_STAR", "WINGRESP_HALO", "WINGCHK", "WINGCHK_ERR")
+#: a star's wing is cut into SECTORS azimuthal sectors (centred on the axes and diagonals) times
+#: two rings, inside and outside INNER_WING of the peak: a galaxy sees the error of the part of the
+#: wing it lies on, and an ellipticity or centring error of the wing cancels in the whole
+SECTORS = 8
+INNER_WING = 0.005
+#: usable pixels for a zone, and zones for a star
+MIN_ZONE_PIX = 5
+MIN_ZONES = 8
+
+
+def fitted_wing_checks(resid, invvar, src_model, gain, xy, fluxes, psf):
+    """(rms, noise) per star of one band: the rms over its wing zones of the fractional wing
+    error that the patch fit's residual shows (see the module) and the rms of the zones' 1-sigma
+    noise, so that rms^2 - noise^2 estimates the star's local wing error squared.
+    ``resid``: data - the whole model; ``invvar``: the fit's weights; ``src_model``: the
+    sources' model (Poisson variance ``src_model / gain``; ``gain`` None: sky only); ``xy``,
+    ``fluxes``: the stars' fitted positions and fluxes; ``psf``: the band's stamp (odd sides;
+    normalised here). NaN for a star with a flux <= 0, less than 80 % of its stamp usable, or
+    fewer than MIN_ZONES usable zones."""
+    h, w = resid.shape
+    psf = np.asarray(psf, float)
+    psf = psf / psf.sum()
+    rr = max(psf.shape[0] // 2, psf.shape[1] // 2)
+    dy, dx = np.mgrid[-rr:rr + 1, -rr:rr + 1]
+    P = _placed(psf, dx.shape, rr, rr)
+    peak = P.max()
+    ring = np.where(P >= INNER_WING * peak, 0, 1)
+    wing = (P > 0) & (P < WING_LEVEL * peak)
+    rms, noise = [], []
+    for (x, y), f in zip(xy, fluxes):
+        sector = np.floor((np.arctan2(dy - (y - round(y)), dx - (x - round(x))) + np.pi / SECTORS)
+                          / (2 * np.pi / SECTORS)).astype(int) % SECTORS
+        zones = np.where(wing, ring * SECTORS + sector, -1)
+        e, s = _one_star(resid, invvar, src_model, gain, x, y, f, P, zones, dx, dy, h, w)
+        rms.append(e)
+        noise.append(s)
+    return rms, noise
+
+
+def _one_star(resid, invvar, src_model, gain, x, y, f, P, zones, dx, dy, h, w):
+    nan = (float("nan"), float("nan"))
+    if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(f) and f > 0):
+        return nan
+    ix, iy = int(round(x)), int(round(y))
+    px, py = ix + dx, iy + dy
+    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    pxc, pyc = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
+    iv = np.where(inside, invvar[pyc, pxc], 0.0)
+    res = np.where(inside, resid[pyc, pxc], 0.0)
+    ok = inside & (iv > 0) & np.isfinite(res)
+    support = P != 0
+    if (ok & support).sum() < 0.8 * support.sum():
+        return nan
+    res = np.where(ok, res, 0.0)
+    wP = np.where(ok, iv * P, 0.0)
+    info = float((wP * P).sum())
+    if not info > 0:
+        return nan
+    var = np.where(ok, 1.0 / np.where(ok, iv, 1.0), 0.0)
+    if gain:
+        var = var + np.where(ok, np.maximum(src_model[pyc, pxc], 0.0), 0.0) / gain
+    eps2, sig2 = [], []
+    for z in range(2 * SECTORS):
+        Wm = np.where((zones == z) & ok, f * P, 0.0)
+        if np.count_nonzero(Wm) < MIN_ZONE_PIX:
+            continue
+        kappa = float((wP * Wm).sum()) / (f * info)
+        norm = float((iv * Wm * Wm).sum()) * (1.0 - kappa)
+        u = iv * Wm / norm
+        c = u - float((u * P).sum()) * wP / info
+        eps2.append(float((u * res).sum()) ** 2)
+        sig2.append(float((c * c * var).sum()))
+    if len(eps2) < MIN_ZONES:
+        return nan
+    return float(math.sqrt(np.mean(eps2))), float(math.sqrt(np.mean(sig2)))
+
+
+def pooled_fraction(rms, noise, clip: float = 5.0, iters: int = 20) -> float:
+    """The wing error of a band from its stars' :func:`fitted_wing_checks`: sqrt of the weighted
+    mean of rms^2 - noise^2 (weights 1 / (noise^2 + frac^2)^2, the inverse variance of a star's
+    estimate up to the number of its zones), stars more than ``clip`` such sigmas above it left
+    out (a neighbour's misfit in a wing). 0 when the noise explains everything; NaN with fewer than
+    MIN_STARS stars."""
+    c2 = np.asarray(rms, float) ** 2
+    s2 = np.asarray(noise, float) ** 2
+    ok = np.isfinite(c2) & np.isfinite(s2) & (s2 > 0)
+    c2, s2 = c2[ok], s2[ok]
+    keep = np.ones(c2.size, bool)
+    f2 = 0.0
+    for _ in range(iters):
+        if keep.sum() < MIN_STARS:
+            return float("nan")
+        wt = 1.0 / (s2 + f2) ** 2
+        new_f2 = max(float((wt[keep] * (c2[keep] - s2[keep])).sum() / wt[keep].sum()), 0.0)
+        new_keep = (c2 - s2 - new_f2) <= clip * np.sqrt(2.0 / (2 * SECTORS)) * (s2 + new_f2)
+        if np.array_equal(new_keep, keep) and abs(new_f2 - f2) <= 1e-6 * max(new_f2, 1e-12):
+            f2 = new_f2
+            break
+        f2, keep = new_f2, new_keep
+    return float(math.sqrt(f2))
+
+
+def band_wing_fractions(table, bands, snr_cuts=CHECK_SNR_CUTS) -> dict:
+    """band -> (fraction, stars used, S/N cut) from the columns ``WINGCHK_{b}_fit`` /
+    ``WINGCHK_ERR_{b}_fit`` of the bright fitted stars (:func:`pooled_fraction`): the first cut
+    of ``snr_cuts`` (S/N of FLUX over FLUXERR_STAT) that leaves CHECK_MIN_STARS stars, else the
+    last; the fraction is NaN below :data:`~.psf_error.MIN_STARS` stars."""
+    out = {}
+    for b in bands:
+        dc, sc = f"WINGCHK_{b}_fit", f"WINGCHK_ERR_{b}_fit"
+        if dc not in table.columns or sc not in table.columns:
+            continue
+        f = np.asarray(table.get(f"FLUX_{b}_fit"), float)
+        e = np.asarray(table.get(f"FLUXERR_STAT_{b}_fit", table.get(f"FLUXERR_{b}_fit")), float)
+        d, s = np.asarray(table[dc], float), np.asarray(table[sc], float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ok = np.isfinite(d) & np.isfinite(s) & (s > 0)
+            snr = np.where(ok, f / e, np.nan)
+        for cut in snr_cuts:
+            use = ok & (snr > cut)
+            if use.sum() >= CHECK_MIN_STARS:
+                break
+        out[b] = (pooled_fraction(d[use], s[use]), int(use.sum()), float(cut))
+    return out
+
+
+def apply_fitted_wing_errors(catalog, bands, f_halo: float, snr_cuts=CHECK_SNR_CUTS):
+    """FLUXERR_WING (and FLUXERR) of every band from the stars' measured wing fraction.
+
+    Rows fitted with an ePSF in band b get FLUXERR_WING = wing_errors(WINGRESP, frac_b, f_halo)
+    and FLUXERR = sqrt(FLUXERR^2 - old FLUXERR_WING^2 + FLUXERR_WING^2) when the band's fitted
+    stars give a fraction; otherwise the fit's values (at ``f_halo`` for both) stay. The store-only
+    WING_COLUMNS are dropped. Returns (catalog, summary DataFrame: band, n_wing_stars,
+    wing_min_snr, wing_err_frac, wing_source)."""
+    import pandas as pd
+
+    out = catalog.copy()
+    est = band_wing_fractions(out, bands, snr_cuts)
+    fallback = out.get("psf_fallback_bands", pd.Series([""] * len(out), index=out.index))
+    fallback = fallback.fillna("").astype(str).str.split(",")
+    rows = []
+    for b in bands:
+        frac, n, cut = est.get(b, (float("nan"), 0, float("nan")))
+        cols = [f"WINGRESP_STAR_{b}_fit", f"WINGRESP_HALO_{b}_fit", f"FLUXERR_WING_{b}_fit", f"FLUXERR_{b}_fit"]
+        if np.isfinite(frac) and all(c in out.columns for c in cols):
+            rs, rh, old, err = (out[c].to_numpy(float) for c in cols)
+            with_epsf = ~fallback.apply(lambda lst, b=b: b in lst).to_numpy(bool)
+            use = with_epsf & np.isfinite(rs) & np.isfinite(rh) & np.isfinite(err)
+            new = wing_errors(np.stack([rs, rh]), frac, f_halo)
+            base2 = np.maximum(err ** 2 - np.nan_to_num(old) ** 2, 0.0)
+            out[cols[2]] = np.where(use, new, old)
+            out[cols[3]] = np.where(use, np.sqrt(base2 + new ** 2), err)
+            rows.append((b, n, cut, round(frac, 6), "fitted stars"))
+        else:
+            rows.append((b, n, cut, None, "configured (too few fitted stars)"))
+    out = out.drop(columns=[c for c in out.columns if any(c.startswith(p + "_") for p in WING_COLUMNS)])
+    return out, pd.DataFrame(rows, columns=["band", "n_wing_stars", "wing_min_snr", "wing_err_frac",
+                                            "wing_source"])
