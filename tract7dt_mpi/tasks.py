@@ -543,8 +543,8 @@ def _fitted_psf_errors(cfg, catalog):
     from .io.atomic import atomic_write_text
     from .stages.psf_error import apply_fitted_psf_errors
     from .stages.wing_error import apply_fitted_wing_errors
-    wing_bands = [c[len("WINGCHK_"):-len("_fit")] for c in catalog.columns
-                  if c.startswith("WINGCHK_") and not c.startswith("WINGCHK_ERR_")]
+    wing_bands = [c[len("WINGCHK_IN_"):-len("_fit")] for c in catalog.columns
+                  if c.startswith("WINGCHK_IN_") and not c.startswith("WINGCHK_IN_ERR_")]
     bands = [c[len("PSFCHK_"):-len("_fit")] for c in catalog.columns
              if c.startswith("PSFCHK_") and not c.startswith("PSFCHK_ERR_")]
     wing = None
@@ -552,9 +552,10 @@ def _fitted_psf_errors(cfg, catalog):
     if wing_bands:
         catalog, wing = apply_fitted_wing_errors(catalog, wing_bands, f_halo)
         for r in wing.itertuples():
-            if r.wing_err_frac is not None and f_halo > 0:
-                log.info("PSF wing error %s: %.2f%% rms over the wing zones of %d fitted stars above "
-                         "S/N %g (halos at the configured %.2f%%)", r.band, 100 * r.wing_err_frac,
+            if f_halo > 0:
+                log.info("PSF wing error %s: inner %s, outer %s rms over the wings of %d fitted stars "
+                         "above S/N %g (halos at the configured %.2f%%)", r.band,
+                         _percent(r.wing_err_inner, f_halo), _percent(r.wing_err_outer, f_halo),
                          r.n_wing_stars, r.wing_min_snr, 100 * f_halo)
     summary = None
     if bands and str(cfg.patch_run.flux_error_model) == "total":
@@ -573,6 +574,11 @@ def _fitted_psf_errors(cfg, catalog):
     if summary is not None:
         atomic_write_text(os.path.join(cfg.outputs.work_dir, "psf_flux_errors.csv"), summary.to_csv(index=False))
     return catalog
+
+
+def _percent(frac, configured) -> str:
+    """A measured fraction as a percentage, or the configured one when none was measured."""
+    return f"{100 * frac:.2f}%" if frac is not None and np.isfinite(frac) else f"{100 * configured:.2f}% (configured)"
 
 
 def zp_step(cfg, catalog=None):

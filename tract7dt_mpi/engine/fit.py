@@ -414,7 +414,7 @@ def _fit_multi(images, sources, opts: FitOptions) -> FitResult:
             r.re, r.ab, r.phi_deg = params_to_catalog_shape(p[2], p[3], p[4])
         if wing is not None:
             r.wing_resp = np.where(ev.pinned[:, s][:, None], np.nan, wing[:, :, s].T)
-            r.wing_errs = wing_errors(r.wing_resp.T, opts.psf_wing_error, opts.psf_wing_error)
+            r.wing_errs = wing_errors(r.wing_resp.T, [opts.psf_wing_error] * 3)
         if src.kind == "sersic":
             r.sersic_n = float(math.exp(p[5]))
             if np.isfinite(var_n[:, s]).all():

@@ -13,8 +13,10 @@ from .problem import Problem
 from .render import Rendered
 
 #: a star's PSF wing, for the neighbours' wing error (:func:`neighbour_wing_responses`), is where
-#: its model is below this fraction of its peak (beyond ~1.5 FWHM for a Moffat beta = 2-3)
+#: its model is below this fraction of its peak (beyond ~1.5 FWHM for a Moffat beta = 2-3); its
+#: outer wing, known less well, below INNER_WING_LEVEL
 WING_LEVEL = 0.05
+INNER_WING_LEVEL = 0.005
 #: a galaxy's flux errors are scaled by the residual under its profile beyond this many sigma
 #: of a noise-only reduced chi^2 (:func:`residual_scales`)
 RESID_SIGMA = 3.0
@@ -24,83 +26,98 @@ __all__ = ["noise_weights", "residual_scales", "neighbour_wing_responses", "wing
 
 def neighbour_wing_responses(prob: Problem, params, F, ginv, wing_light, ev_d=None,
                              gn=None) -> np.ndarray:
-    """(2, nb, S) signed flux responses to a unit fractional error of [0] the neighbouring stars'
-    PSF wings and [1] the subtracted halos; the flux error from fractions (f_wing, f_halo) is
-    ``|f_wing * r[0] + f_halo * r[1]|``.
+    """(3, nb, S) signed flux responses to a unit fractional error of the neighbouring stars' PSF
+    wings, [0] their inner wing (WING_LEVEL..INNER_WING_LEVEL of the peak) and [1] their outer
+    wing (below INNER_WING_LEVEL), and [2] of the subtracted halos; :func:`wing_errors` turns them
+    into a flux error.
 
     A star's model beyond its core (where its PSF is below WING_LEVEL of the peak) is its PSF's
-    wing, which an empirical PSF knows to a few per cent, and so is the light of bright stars'
-    halos subtracted from the images (``wing_light``: per band, None or an image); a source
-    sitting on that light fits part of the error. The response of every flux (and the sky) to
-    one star's whole wing is the Gauss-Newton solve of that perturbation (``ev_d``, ``gn``: the
-    fit's renderings with derivatives and :meth:`~tract7dt_mpi.engine.problem.Problem.gn_inverse`;
-    without them the linear one, G^-1 A^T W M_t, at fixed shapes): a galaxy's shape takes the
-    light in as well, and its flux with it. For each source the responses to its neighbours
-    (t != s) add coherently (one PSF per band), and so do the halos'. A star's error from its
-    own wing is the PSF term. The two parts are kept apart because the stars' wing error is
-    measured on the fitted stars afterwards (stages.wing_error) and the halos' is not."""
+    wing, which an empirical PSF knows to a few per cent (the outer wing less well than the
+    inner), and so is the light of bright stars' halos subtracted from the images
+    (``wing_light``: per band, None or an image); a source sitting on that light fits part of the
+    error. The response of every flux (and the sky) to one star's wing part is the Gauss-Newton
+    solve of that perturbation (``ev_d``, ``gn``: the fit's renderings with derivatives and
+    :meth:`~tract7dt_mpi.engine.problem.Problem.gn_inverse`; without them the linear one,
+    G^-1 A^T W M_t, at fixed shapes): a galaxy's shape takes the light in as well, and its flux
+    with it. For each source the responses to its neighbours (t != s) add coherently per part
+    (one PSF per band), and so do the halos'. A star's error from its own wing is the PSF term.
+    The parts are kept apart because the stars' wing errors are measured per part on the fitted
+    stars afterwards (stages.wing_error) and the halos' is not."""
     S, nb = prob.S, prob.nb
-    resp = np.zeros((2, nb, S))
+    resp = np.zeros((3, nb, S))
     stars = [t for t in range(S) if prob.kinds[t] == "star"]
     halos = [h is not None and np.any(h) for h in wing_light]
     if not (stars or any(halos)):
         return resp
     rs = ev_d.rs if ev_d is not None and gn is not None else [prob.render(s, params[s], None)
                                                                for s in range(S)]
+    by_src = {}                 # source -> [(row k, its column in the rendering: model, free order)]
     if gn is not None:
-        rows, Hinv, X = gn
-        by_src = {}             # source -> [(row k, its column in the rendering: model, free order)]
-        for k, (s, j) in enumerate(rows):
+        for k, (s, j) in enumerate(gn[0]):
             by_src.setdefault(s, []).append((k, 1 + prob.free_names(s, ev_d.free).index(prob.names[s][j])))
     Fa = np.asarray(F, float)
-    L = ginv.shape[-1]
     H, W = prob.shape
-    maps = [(t, rs[t]) for t in stars if not rs[t].empty]
+    for t in stars:
+        rt = rs[t]
+        if rt.empty:
+            continue
+        a = np.asarray(rt.A[:, 0], float)
+        peak = a.max(axis=(1, 2), keepdims=True)
+        flux = Fa[:, t][:, None, None]
+        inner = (a < WING_LEVEL * peak) & (a >= INNER_WING_LEVEL * peak)
+        outer = a < INNER_WING_LEVEL * peak
+        for part, mask in ((0, inner), (1, outer)):
+            resp[part] += _response(prob, rs, rt, np.where(mask, a, 0.0) * flux, t, ginv, gn, by_src, Fa)
     if any(halos):
         light = np.stack([np.asarray(h, float) if ok else np.zeros((H, W))
                           for h, ok in zip(wing_light, halos)])
-        maps.append((-1, Rendered(0, H, 0, W, light[:, None])))
-    for t, rt in maps:
-        a = np.asarray(rt.A[:, 0], float)
-        if t >= 0:
-            peak = a.max(axis=(1, 2), keepdims=True)
-            wing = np.where(a < WING_LEVEL * peak, a, 0.0) * Fa[:, t][:, None, None]
-        else:
-            wing = a
-        if not wing.any():
-            continue
-        v = np.zeros((nb, L))
-        u = np.zeros(len(rows)) if gn is not None else None
-        wt = prob.w[:, rt.y0:rt.y1, rt.x0:rt.x1] * wing
-        for s in range(S):
-            r = rs[s]
-            y0, y1, x0, x1 = max(r.y0, rt.y0), min(r.y1, rt.y1), max(r.x0, rt.x0), min(r.x1, rt.x1)
-            if s == t or r.empty or y1 <= y0 or x1 <= x0:
-                continue
-            ov = wt[:, y0 - rt.y0:y1 - rt.y0, x0 - rt.x0:x1 - rt.x0]
-            box = np.asarray(r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0], float)
-            v[:, s] = np.einsum("byx,byx->b", box[:, 0], ov)
-            if u is not None:
-                for k, c in by_src.get(s, ()):
-                    u[k] = float(Fa[:, s] @ np.einsum("byx,byx->b", box[:, c], ov))
-        if prob.fit_sky and L > S:
-            v[:, S] = wt.sum(axis=(1, 2))
-        d = np.einsum("blm,bm->bl", ginv, v)
-        if u is not None:       # reduced system: dtheta = H^-1 (u - sum_b X_b^T v_b), dF = G^-1 v - X dtheta
-            dth = Hinv @ (u - np.einsum("bln,bl->n", X, v))
-            d = d - np.einsum("bln,n->bl", X, dth)
-        d = d[:, :S]
-        if t >= 0:
-            d[:, t] = 0.0
-        resp[0 if t >= 0 else 1] += d
+        resp[2] += _response(prob, rs, Rendered(0, H, 0, W, light[:, None]), light, -1, ginv, gn,
+                             by_src, Fa)
     return np.where(np.isfinite(resp), resp, 0.0)
 
 
-def wing_errors(resp, f_wing: float, f_halo: float) -> np.ndarray:
-    """Flux errors from the responses of :func:`neighbour_wing_responses` (any trailing shape)
-    at fractional errors ``f_wing`` (stars' wings) and ``f_halo`` (subtracted halos)."""
+def _response(prob: Problem, rs, rt, wing, t: int, ginv, gn, by_src, Fa) -> np.ndarray:
+    """(nb, S) flux responses to the extra light ``wing`` on ``rt``'s box (of source ``t``; -1:
+    none); zero for ``t`` itself."""
+    S, nb = prob.S, prob.nb
+    if not wing.any():
+        return np.zeros((nb, S))
+    L = ginv.shape[-1]
+    v = np.zeros((nb, L))
+    u = np.zeros(len(gn[0])) if gn is not None else None
+    wt = prob.w[:, rt.y0:rt.y1, rt.x0:rt.x1] * wing
+    for s in range(S):
+        r = rs[s]
+        y0, y1, x0, x1 = max(r.y0, rt.y0), min(r.y1, rt.y1), max(r.x0, rt.x0), min(r.x1, rt.x1)
+        if s == t or r.empty or y1 <= y0 or x1 <= x0:
+            continue
+        ov = wt[:, y0 - rt.y0:y1 - rt.y0, x0 - rt.x0:x1 - rt.x0]
+        box = np.asarray(r.A[:, :, y0 - r.y0:y1 - r.y0, x0 - r.x0:x1 - r.x0], float)
+        v[:, s] = np.einsum("byx,byx->b", box[:, 0], ov)
+        if u is not None:
+            for k, c in by_src.get(s, ()):
+                u[k] = float(Fa[:, s] @ np.einsum("byx,byx->b", box[:, c], ov))
+    if prob.fit_sky and L > S:
+        v[:, S] = wt.sum(axis=(1, 2))
+    d = np.einsum("blm,bm->bl", ginv, v)
+    if u is not None:           # reduced system: dtheta = H^-1 (u - sum_b X_b^T v_b), dF = G^-1 v - X dtheta
+        _, Hinv, X = gn
+        dth = Hinv @ (u - np.einsum("bln,bl->n", X, v))
+        d = d - np.einsum("bln,n->bl", X, dth)
+    d = d[:, :S]
+    if t >= 0:
+        d[:, t] = 0.0
+    return d
+
+
+def wing_errors(resp, fractions) -> np.ndarray:
+    """Flux errors from the responses of :func:`neighbour_wing_responses` (first axis: inner wing,
+    outer wing, halos; any trailing shape) at fractional errors ``fractions`` (one per part):
+    |sum of fraction x response|. The parts add coherently: one band's PSF makes all of them, and a
+    source beside a star lies mostly in one of its rings, where the responses share their sign."""
     r = np.asarray(resp, float)
-    return np.abs(f_wing * r[0] + f_halo * r[1])
+    f = np.asarray(fractions, float).reshape((-1,) + (1,) * (r.ndim - 1))
+    return np.abs((f * r).sum(axis=0))
 
 
 def noise_weights(prob: Problem, model_src, images, with_poisson: bool) -> np.ndarray:

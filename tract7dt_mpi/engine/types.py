@@ -142,9 +142,9 @@ class SourceResult:
     #: per band, the flux error from the PSF-wing error of the neighbouring stars
     #: (FitOptions.psf_wing_error); not in ``flux_errs`` (a systematic, like the PSF term)
     wing_errs: np.ndarray | None = None
-    #: (nb, 2) signed flux responses to a unit fractional error of the neighbouring stars' wings
-    #: and of the subtracted halos (flux_errors.neighbour_wing_responses); ``wing_errs`` is
-    #: flux_errors.wing_errors of them at psf_wing_error
+    #: (nb, 3) signed flux responses to a unit fractional error of the neighbouring stars' inner
+    #: and outer wings and of the subtracted halos (flux_errors.neighbour_wing_responses);
+    #: ``wing_errs`` is flux_errors.wing_errors of them at psf_wing_error
     wing_resp: np.ndarray | None = None
     #: a Sersic source with a free index: per band (cov(flux, ln n), var(ln n)), both inflated
     #: as the flux errors are (None otherwise)

@@ -25,7 +25,7 @@ from .data_checks import dead_near
 from .fit_setup import apply_sky_choice, build_sources, choose_psf, engine_images
 from .flux_convention import index_variance, profile_factors, to_total_fluxes, with_index_errors
 from .psf_error import add_fitted_star_checks, psf_term_fractions, with_psf_term
-from .wing_error import WING_COLUMNS
+from .wing_error import RESPONSE_COLUMNS, WING_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ def _flux_values(src, j: int, b: str, pr, fwhm: float, psf_frac: float) -> dict:
     w, wr = src.wing_errs, src.wing_resp
     wing = float(w[j]) if w is not None and np.isfinite(w[j]) else 0.0
     err = float(np.hypot(with_index_errors(with_psf_term(src.flux_errs[j], src.fluxes[j], psf_frac), v), wing))
-    resp = wr[j] if wr is not None else (np.nan, np.nan)
+    resp = wr[j] if wr is not None else (np.nan,) * len(RESPONSE_COLUMNS)
     return {f"FLUX_{b}_fit": float(src.fluxes[j]), f"FLUXERR_{b}_fit": err,
             f"FLUXERR_STAT_{b}_fit": with_index_errors(src.flux_errs[j], v), f"FLUXERR_WING_{b}_fit": wing,
-            f"WINGRESP_STAR_{b}_fit": float(resp[0]), f"WINGRESP_HALO_{b}_fit": float(resp[1])}
+            **{f"{c}_{b}_fit": float(r) for c, r in zip(RESPONSE_COLUMNS, resp)}}
 
 
 def safe_name(value) -> str:

@@ -49,7 +49,7 @@ def to_total_fluxes(table: pd.DataFrame, bands, flux_in_stamp: dict, factors: di
         ef = ef if np.isfinite(ef) and ef > 0 else 1.0
         scale = np.asarray(factors[b], float) / ef
         for col in (f"FLUX_{b}_fit", f"FLUXERR_{b}_fit", f"FLUXERR_STAT_{b}_fit", f"FLUXERR_WING_{b}_fit",
-                    f"WINGRESP_STAR_{b}_fit", f"WINGRESP_HALO_{b}_fit"):
+                    f"WINGRESP_IN_{b}_fit", f"WINGRESP_OUT_{b}_fit", f"WINGRESP_HALO_{b}_fit"):
             if col in table.columns:
                 table[col] = table[col].to_numpy(float) * scale
     table["flux_total_factor"] = np.asarray(factors[bands[0]], float)

@@ -348,8 +348,8 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
                            epsf_bands, stamp_fwhms=None) -> None:
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
-    a PSF term (fallback PSF or flux_error_model: sky). WINGCHK_{b}_fit, WINGCHK_ERR_{b}_fit:
-    its PSF wing's fractional error (:func:`.wing_error.fitted_wing_checks`), in the bands fitted
+    a PSF term (fallback PSF or flux_error_model: sky). WINGCHK_IN/OUT(_ERR)_{b}_fit: its inner
+    and outer PSF wing's fractional error (:func:`.wing_error.fitted_wing_checks`), in the bands fitted
     with an ePSF (``epsf_bands``). A star that is one of the ePSF's own stars has its values divided by
     1 - its share of the ePSF (the ePSF partly fits it);
     ``shape_scales[j]``: per row, the shape factor of its own-position PSF in band j (the part of
@@ -359,7 +359,8 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
     x0, y0 = pin.spec.x0_roi, pin.spec.y0_roi
     for j, b in enumerate(bands):
         d = np.full(len(fit_all), np.nan)
-        e, wd, we = d.copy(), d.copy(), d.copy()
+        e = d.copy()
+        wd, we = np.full((len(fit_all), 2), np.nan), np.full((len(fit_all), 2), np.nan)
         stamp = getattr(images[j].psf, "stamp", None)
         if star.any() and stamp is not None and b in epsf_bands:
             r = res if per is None else per[b]
@@ -374,7 +375,7 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
             k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
                                   getattr(pin.psfs.get(b), "stars", ()))
             ww, wwe = fitted_wing_checks(resid, iv, src_model, im.gain, xy, fl, np.asarray(stamp, float))
-            wd[idx], we[idx] = np.asarray(ww) * k, np.asarray(wwe) * k
+            wd[idx], we[idx] = np.asarray(ww) * k[:, None], np.asarray(wwe) * k[:, None]
             if np.isfinite(psf_frac[b]):
                 fwhm = (stamp_fwhms or {}).get(b) or stamp_fwhm(np.asarray(stamp, float))
                 dd, ee = fitted_star_checks(resid, iv, src_model, im.gain, xy, fl, CHECK_FWHM * fwhm,
@@ -385,8 +386,9 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
                 d[idx] -= shape_scales[j][idx] - 1.0
         fit_all[f"PSFCHK_{b}_fit"] = d
         fit_all[f"PSFCHK_ERR_{b}_fit"] = e
-        fit_all[f"WINGCHK_{b}_fit"] = wd
-        fit_all[f"WINGCHK_ERR_{b}_fit"] = we
+        for i, part in enumerate(("IN", "OUT")):
+            fit_all[f"WINGCHK_{part}_{b}_fit"] = wd[:, i]
+            fit_all[f"WINGCHK_{part}_ERR_{b}_fit"] = we[:, i]
 
 
 def with_psf_term(err, flux, frac) -> float:
