@@ -284,18 +284,25 @@ def fitted_psf_flux_errors(table, bands, snr_cuts=CHECK_SNR_CUTS) -> dict:
         dc, sc = f"PSFCHK_{b}_fit", f"PSFCHK_ERR_{b}_fit"
         if dc not in table.columns or sc not in table.columns:
             continue
-        f = np.asarray(table.get(f"FLUX_{b}_fit"), float)
-        e = np.asarray(table.get(f"FLUXERR_STAT_{b}_fit", table.get(f"FLUXERR_{b}_fit")), float)
         d, s = np.asarray(table[dc], float), np.asarray(table[sc], float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ok = np.isfinite(d) & np.isfinite(s) & (s > 0)
-            snr = np.where(ok, f / e, np.nan)
-        for cut in snr_cuts:
-            use = ok & (snr > cut)
-            if use.sum() >= CHECK_MIN_STARS:
-                break
+        use, cut = bright_checked_stars(table, b, np.isfinite(d) & np.isfinite(s) & (s > 0), snr_cuts)
         out[b] = (excess_scatter(d[use], s[use]), int(use.sum()), float(cut))
     return out
+
+
+def bright_checked_stars(table, band, ok, snr_cuts=CHECK_SNR_CUTS):
+    """(rows, cut): the rows ``ok`` (stars with a usable check in ``band``) whose S/N (FLUX over
+    FLUXERR_STAT) is above the first cut of ``snr_cuts`` that leaves CHECK_MIN_STARS of them (else
+    the last cut)."""
+    f = np.asarray(table.get(f"FLUX_{band}_fit"), float)
+    e = np.asarray(table.get(f"FLUXERR_STAT_{band}_fit", table.get(f"FLUXERR_{band}_fit")), float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(ok, f / e, np.nan)
+    for cut in snr_cuts:
+        use = ok & (snr > cut)
+        if use.sum() >= CHECK_MIN_STARS:
+            break
+    return use, cut
 
 
 def apply_fitted_psf_errors(catalog, bands, snr_cuts=CHECK_SNR_CUTS):

@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from ..engine.flux_errors import INNER_WING_LEVEL, WING_LEVEL, wing_errors
-from .psf_error import CHECK_MIN_STARS, CHECK_SNR_CUTS, MIN_STARS, _placed
+from .psf_error import CHECK_SNR_CUTS, MIN_STARS, _placed, bright_checked_stars
 
 #: store-only columns behind the measured wing error, per band (``{name}_{band}_fit``): the
 #: responses (inner wing, outer wing, halos) and the stars' checks per ring
@@ -147,23 +147,18 @@ def pooled_fraction(rms, noise, clip: float = 5.0, iters: int = 20) -> float:
 def band_wing_fractions(table, bands, snr_cuts=CHECK_SNR_CUTS) -> dict:
     """band -> ((inner, outer) fraction, stars used, S/N cut) from the columns
     ``WINGCHK_{IN,OUT}(_ERR)_{b}_fit`` of the bright fitted stars (:func:`pooled_fraction`): the
-    first cut of ``snr_cuts`` (S/N of FLUX over FLUXERR_STAT) that leaves CHECK_MIN_STARS stars,
-    else the last; a fraction is NaN below :data:`~.psf_error.MIN_STARS` stars."""
+    first cut of ``snr_cuts`` (S/N of FLUX over FLUXERR_STAT) that leaves
+    :data:`~.psf_error.CHECK_MIN_STARS` stars, else the last; a fraction is NaN below
+    :data:`~.psf_error.MIN_STARS` stars."""
     out = {}
     for b in bands:
         cols = [f"WINGCHK_{r}{e}_{b}_fit" for r in RINGS for e in ("", "_ERR")]
         if not all(c in table.columns for c in cols):
             continue
-        f = np.asarray(table.get(f"FLUX_{b}_fit"), float)
-        e = np.asarray(table.get(f"FLUXERR_STAT_{b}_fit", table.get(f"FLUXERR_{b}_fit")), float)
         vals = [np.asarray(table[c], float) for c in cols]
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(invalid="ignore"):
             ok = np.isfinite(vals[0]) & np.isfinite(vals[1]) & (vals[1] > 0)
-            snr = np.where(ok, f / e, np.nan)
-        for cut in snr_cuts:
-            use = ok & (snr > cut)
-            if use.sum() >= CHECK_MIN_STARS:
-                break
+        use, cut = bright_checked_stars(table, b, ok, snr_cuts)
         fr = (pooled_fraction(vals[0][use], vals[1][use]), pooled_fraction(vals[2][use], vals[3][use]))
         out[b] = (fr, int(use.sum()), float(cut))
     return out
