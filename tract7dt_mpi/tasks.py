@@ -261,7 +261,8 @@ class Worker:
 
     # -------------------------------------------------------------- ePSF cell
     def epsf_cell(self, task: Task) -> TaskResult:
-        from .stages.epsf import EpsfCellInput, build_epsf_cell, write_cell_products
+        from .io.epsf_cells import write_cell_products
+        from .stages.epsf import EpsfCellInput, build_epsf_cell
         p = task.payload
         band, tag = p["band"], p["tag"]
         x0, x1, y0, y1 = p["box"]
@@ -279,7 +280,7 @@ class Worker:
         if res.figures:                                                         # per-cell PNGs
             from .figures import draw_epsf_cell
             draw_epsf_cell(res, cell_dir, int(self.cfg.plotting.dpi))
-        write_cell_products(res, cell_dir)
+        write_cell_products(cell_dir, res.meta, res.stamp, res.stars)
         return TaskResult(rows=None, data={"meta": res.meta, "stamp": res.stamp})
 
     # -------------------------------------------------------------- band stellar locus

@@ -14,8 +14,8 @@ galsim = pytest.importorskip("galsim")
 pytest.importorskip("photutils")
 
 from tract7dt_mpi.config.schema import Epsf  # noqa: E402
-from tract7dt_mpi.stages.epsf import (EpsfCellInput, build_epsf_cell, epsf_summary,  # noqa: E402
-                                      write_cell_products)
+from tract7dt_mpi.io.epsf_cells import write_cell_products  # noqa: E402
+from tract7dt_mpi.stages.epsf import EpsfCellInput, build_epsf_cell, epsf_summary  # noqa: E402
 
 BETA, FWHM = 3.5, 4.0
 SKY_SIGMA = 2.0
@@ -220,7 +220,7 @@ def test_plots_follow_toggles(tiny_field, tmp_path):
 
 def test_write_products_success(small_field, tmp_path):
     res = build_epsf_cell(cell_input(small_field), SMALL)
-    write_cell_products(res, str(tmp_path / "c"))
+    write_cell_products(str(tmp_path / "c"), res.meta, res.stamp, res.stars)
     arr = np.load(tmp_path / "c" / "epsf.npy")
     assert arr.dtype == np.float32 and np.array_equal(arr, res.stamp)
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
@@ -235,7 +235,7 @@ def test_no_stars_fails_cleanly(tmp_path):
     assert res.stamp is None
     assert res.meta["status"] == "fail" and "no PSF star" in res.meta["error"]
     assert res.meta["epsf_shape"] is None and res.meta["nstars_sel"] == 0
-    write_cell_products(res, str(tmp_path / "c"))
+    write_cell_products(str(tmp_path / "c"), res.meta, res.stamp, res.stars)
     assert sorted(os.listdir(tmp_path / "c")) == ["meta.json"]
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["patch"] == "r01_c02"
     assert "psfstars.png" in os.listdir(tmp_path / "p") and "epsf.png" not in os.listdir(tmp_path / "p")

@@ -5,14 +5,12 @@
 get the same stamp. Star selection lives in :mod:`.epsf_select`, the photutils build in
 :mod:`.epsf_build`, stamp statistics in :mod:`.epsf_qa`. Asked for ``figures``, the result lists the
 diagnostic PNGs as :class:`FigureSpec` data, which the pipeline draws (:mod:`tract7dt_mpi.figures`).
-The caller writes the products with :func:`write_cell_products`.
+The caller writes the products with :func:`tract7dt_mpi.io.epsf_cells.write_cell_products`.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +19,7 @@ from . import epsf_build
 from . import epsf_qa as qa
 from . import epsf_select as sel_mod
 from .epsf_cells import min_cell_side
+from .epsf_figures import FigureSpec, post_build_figures, request_figure  # noqa: F401 (FigureSpec re-exported)
 from .epsf_report import no_star_reason
 from .epsf_wings import with_wing_tail
 from .psf_error import stamp_fwhm, star_flux_checks
@@ -84,19 +83,6 @@ class EpsfCellResult:
     meta: dict
     stars: dict | None = None
     figures: list = field(default_factory=list)   #: FigureSpec, in drawing order
-
-
-@dataclass
-class FigureSpec:
-    """One diagnostic PNG of a cell: ``func`` of :mod:`tract7dt_mpi.plots.epsf_plots` called with
-    ``args``/``kwargs`` into ``name``. ``status`` (meta section, key): set to ``"error"`` there when
-    the drawing fails."""
-
-    func: str
-    name: str
-    args: tuple
-    kwargs: dict
-    status: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -230,14 +216,6 @@ def build_epsf_cell(inp: EpsfCellInput, cfg_epsf, figures: bool = False) -> Epsf
     return EpsfCellResult(None, meta, figures=figs or [])
 
 
-def _plot(figs, enabled, func, name, *args, status=None, **kwargs):
-    """Ask for one diagnostic PNG if figures are on and its toggle is set (True when asked)."""
-    if figs is None or not enabled:
-        return False
-    figs.append(FigureSpec(func, name, args, kwargs, status))
-    return True
-
-
 def _select(inp, s, img, sigma, bad, satur, work, meta):
     """Star selection on the cell (background, candidates, Gaia seeds, cuts); returns the Selection."""
     h, w = img.shape
@@ -315,14 +293,14 @@ def _build(inp, s, meta, figs):
     meta["patch_background"] = bg.stats
     work = bg.work
     if bg.back is not None:
-        _plot(figs, s.save_patch_background_diagnostics, "plot_background_diagnostics",
+        request_figure(figs, s.save_patch_background_diagnostics, "plot_background_diagnostics",
               "background_diagnostics.png", img, bg.back, work, colorbar=s.diagnostics_show_colorbar)
 
     sel = _select(inp, s, img, sigma, bad, satur, work, meta)
     title = f"{inp.band} {inp.tag}: {len(sel)} PSF stars ({s.psfstar_mode})"
-    _plot(figs, True, "plot_psfstars", "psfstars.png", img, sel.x, sel.y, sel.origin, title=title)
+    request_figure(figs, True, "plot_psfstars", "psfstars.png", img, sel.x, sel.y, sel.origin, title=title)
     if s.background_subtract_patch:
-        _plot(figs, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
+        request_figure(figs, True, "plot_psfstars", "psfstars_bgsub.png", work, sel.x, sel.y, sel.origin,
               title=title + " bg-sub")
     if len(sel) == 0:
         raise epsf_build.CellFailure("no PSF star selected")
@@ -334,7 +312,7 @@ def _build(inp, s, meta, figs):
     meta["epsf_qa"] = qa.growth_metrics(stamp.astype(float))
 
     stacks = epsf_build.residual_qa(good, s, meta) if s.save_residual_diagnostics else None
-    _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel)
+    post_build_figures(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel)
     return stamp, payload
 
 
@@ -475,78 +453,12 @@ def native_stamp_of(epsf):
     return epsf_build.native_stamp(np.asarray(epsf.data, float), int(np.max(np.atleast_1d(epsf.oversampling))))
 
 
-def _post_plots(inp, s, meta, figs, stamp, stacks, stars, good, bkg_rows, sel):
-    """Success-only PNGs and the local-background diagnostic status."""
-    origin_of = {i: o for i, o in enumerate(sel.origin)}
-    _plot(figs, True, "plot_epsf", "epsf.png", stamp,
-          title=f"{inp.band} {inp.tag} used={meta['nstars_used']}/{meta['nstars_extract']}")
-    if s.save_growth_curve:
-        radii, ee = qa.growth_curve(stamp.astype(float))
-        _plot(figs, True, "plot_growth_curve", "epsf_growth_curve.png", radii, ee, meta["epsf_qa"])
-    if stacks is not None:
-        _plot(figs, True, "plot_residual_diagnostics", "epsf_residual_diagnostics.png", stacks,
-              meta["residual_qa"])
-    _local_bkg_plot(s, meta, figs, good, bkg_rows)
-    nmax = int(s.save_star_montage_max)
-    if nmax > 0:
-        used = good[:nmax]
-        _plot(figs, True, "plot_star_montage", "used_stars.png", [st.data for st in used],
-              [origin_of.get(st.id_label, "") for st in used], title=f"used stars ({len(good)})")
-        ext = epsf_build.star_list(stars)[:nmax]
-        _plot(figs, True, "plot_star_montage", "extracted_stars.png", [st.data for st in ext],
-              [origin_of.get(st.id_label, "") for st in ext],
-              title=f"extracted stars ({meta['nstars_extract']})")
-
-
-def _local_bkg_plot(s, meta, figs, good, bkg_rows):
-    """star_local_background_diagnostics.png for the used stars, or a skipped_* status."""
-    rec = meta["local_bkg_diagnostics"]
-    if figs is None or not (s.star_local_bkg_subtract and s.save_star_local_background_diagnostics):
-        return
-    ids = [st.id_label for st in good]
-    if not ids:
-        rec.update(local_bkg_diag_status="skipped_no_stars", local_bkg_diag_message="no used star")
-    elif any(i is None for i in ids):
-        rec.update(local_bkg_diag_status="skipped_missing_id_label",
-                   local_bkg_diag_message="a used star has no id_label")
-    elif len(set(ids)) != len(ids) or len({r["id"] for r in bkg_rows}) != len(bkg_rows):
-        rec.update(local_bkg_diag_status="skipped_duplicate_id_label",
-                   local_bkg_diag_message="star id_label values are not unique")
-    else:
-        rows = [r for r in bkg_rows if r["id"] in set(ids)]
-        _plot(figs, True, "plot_star_local_background", "star_local_background_diagnostics.png",
-              rows, colorbar=s.diagnostics_show_colorbar,
-              status=("local_bkg_diagnostics", "local_bkg_diag_status"))
-        rec.update(local_bkg_diag_nstars=len(rows), local_bkg_diag_status="ok")   # "error" if drawing fails
-        return
-    log.warning("star local-background diagnostics skipped: %s", rec["local_bkg_diag_message"])
-
-
 # ----------------------------------------------------------------------------------- products
 
 def epsf_summary(metas) -> list:
     """``epsf_summary.json`` content: the cell metas in (band order, row-major cell) order as given,
     plus any ``{band, status: 'band_fail', error}`` records, unchanged."""
     return [dict(m) for m in metas]
-
-
-def write_cell_products(result: EpsfCellResult, cell_dir) -> list:
-    """Write ``meta.json`` (always), ``epsf.npy`` and ``stars.npz`` (the stamps of the PSF field;
-    success) atomically; return the paths."""
-    from tract7dt_mpi.io.atomic import atomic_write_bytes, atomic_write_json
-
-    os.makedirs(cell_dir, exist_ok=True)
-    paths = []
-    if result.stamp is not None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(result.stamp, dtype=np.float32))
-        paths.append(atomic_write_bytes(os.path.join(cell_dir, "epsf.npy"), buf.getvalue()))
-    if result.stars is not None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **result.stars)
-        paths.append(atomic_write_bytes(os.path.join(cell_dir, "stars.npz"), buf.getvalue()))
-    paths.append(atomic_write_json(os.path.join(cell_dir, "meta.json"), result.meta))
-    return paths
 
 
 def count_status(metas):
@@ -558,4 +470,4 @@ def count_status(metas):
 
 __all__ = ["EpsfCellInput", "EpsfCellResult", "active_cells", "build_epsf_cell", "cell_bounds", "cell_tag",
            "count_status", "epsf_settings", "epsf_summary", "finish_stamp", "forced_radius",
-           "gaia_seeds_for_band", "native_stamp", "select_psf_stars", "smoothing_kernel", "write_cell_products"]
+           "gaia_seeds_for_band", "native_stamp", "select_psf_stars", "smoothing_kernel"]
