@@ -47,12 +47,29 @@ class CellBackground:
     stats: dict = field(default_factory=dict)   # the meta ``patch_background`` record
 
 
+#: a cell's thresholds and summary statistics (medians) use every k-th pixel once it has more
+#: than this many: a median of 250,000 values is known to ~0.3 % of the spread
+MEDIAN_SAMPLE = 250_000
+
+
+def sampled_median(a, mask=None) -> float:
+    """Median of ``a`` (where ``mask``) over every k-th pixel, k = size // MEDIAN_SAMPLE (at least
+    1): a full median of a 2 Mpx cell costs as much as its SEP background."""
+    k = max(1, np.size(a) // MEDIAN_SAMPLE)
+    v = np.ravel(a)[::k]
+    if mask is not None:
+        v = v[np.ravel(mask)[::k]]
+        if v.size < MEDIAN_SAMPLE // 100:       # few usable pixels: take them all
+            v = np.asarray(a)[np.asarray(mask, bool)]
+    return float(np.median(v))
+
+
 def bkg_stats(status, back=None, rms=None, mask_frac=float("nan"), error=None) -> dict:
     nan = float("nan")
     out = {
-        "patch_bkg_median": float(np.median(back)) if back is not None else nan,
+        "patch_bkg_median": sampled_median(back) if back is not None else nan,
         "patch_bkg_mean": float(np.mean(back)) if back is not None else nan,
-        "patch_bkg_rms_median": float(np.median(rms)) if rms is not None else nan,
+        "patch_bkg_rms_median": sampled_median(rms) if rms is not None else nan,
         "patch_bkg_rms_mean": float(np.mean(rms)) if rms is not None else nan,
         "patch_bkg_mask_frac": float(mask_frac),
         "patch_bkg_status": status,
@@ -76,11 +93,12 @@ def cell_background(img, sigma, bad, s) -> CellBackground:
         if not good.any():
             raise ValueError("no valid pixel in the cell")
         sig_ok = good & np.isfinite(sigma)
-        sig_med = float(np.median(sigma[sig_ok])) if sig_ok.any() else 0.0
-        src = good & (img > np.median(img[good]) + s.background_source_mask_sigma * sig_med)
+        sig_med = sampled_median(sigma, sig_ok) if sig_ok.any() else 0.0
+        src = good & (img > sampled_median(img, good) + s.background_source_mask_sigma * sig_med)
         if s.background_mask_dilate > 0 and src.any():
-            src = ndimage.binary_dilation(src, structure=np.ones((3, 3), bool),
-                                          iterations=int(s.background_mask_dilate))
+            # k 8-connected dilations = a (2k+1)^2 maximum filter (one separable pass)
+            k = int(s.background_mask_dilate)
+            src = ndimage.maximum_filter(src.view(np.uint8), size=2 * k + 1, mode="constant").view(bool)
         mask = ~good | src
         box = max(8, int(s.background_boxsize))
         filt = max(1, int(s.background_filtersize))
