@@ -436,6 +436,28 @@ def test_psf_term_is_added_in_quadrature_only_for_epsf_bands_under_total():
     assert np.isnan(psf_term_fractions(["a"], pin, audits, "sky")["a"])
 
 
+def test_star_checks_are_made_for_the_psf_term_and_the_wing_error_each_when_on(galsim_patch):
+    """The fitted stars' PSF check (PSFCHK) needs the band's PSF term, the wing check (WINGCHK)
+    the wing error: with ``flux_error_psf_wing: 0`` the PSF check is still made and the wing
+    responses and checks are NaN; with it on the stars have both and the galaxies their signed
+    wing responses."""
+    import dataclasses
+
+    _engine()
+    from tract7dt_mpi.stages.fit import fit_patch_input
+    pin = dataclasses.replace(galsim_patch, psfs={b: dataclasses.replace(c, flux_err_frac=0.01)
+                                                 for b, c in galsim_patch.psfs.items()})
+    off = fit_patch_input(pin, fit_options(_fit_cfg(flux_error_psf_wing=0.0))).table
+    on = fit_patch_input(pin, fit_options(_fit_cfg())).table
+    stars = (on["stype_fit"] == "star").to_numpy()
+    for b in ("g", "r"):
+        assert np.isfinite(off[f"PSFCHK_{b}_fit"][stars]).all() and np.isfinite(on[f"PSFCHK_{b}_fit"][stars]).all()
+        assert off[f"WINGCHK_IN_{b}_fit"].isna().all() and off[f"WINGRESP_IN_{b}_fit"].isna().all()
+        assert np.isfinite(on[f"WINGCHK_IN_{b}_fit"][stars]).all()
+        assert on[f"WINGCHK_IN_{b}_fit"][~stars].isna().all()
+        assert np.isfinite(on[f"WINGRESP_IN_{b}_fit"][~stars]).all()
+
+
 def test_fit_to_a_zero_filled_band_is_flagged_dead(galsim_patch):
     """All-zero pixels that are not masked (a zero-filled gap): the fitted 0.0 is no measurement."""
     _engine()

@@ -356,8 +356,8 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
     """PSFCHK_{b}_fit, PSFCHK_ERR_{b}_fit: each fitted base star's flux fraction missed by the fit
     and its noise (:func:`fitted_star_checks`); NaN for other sources and for bands without
     a PSF term (fallback PSF or flux_error_model: sky). WINGCHK_IN/OUT(_ERR)_{b}_fit: its inner
-    and outer PSF wing's fractional error (:func:`.wing_error.fitted_wing_checks`), in the bands fitted
-    with an ePSF (``epsf_bands``). A star that is one of the ePSF's own stars has its values divided by
+    and outer PSF wing's fractional error (:func:`.wing_error.fitted_wing_checks`), in the bands
+    ``epsf_bands`` (fitted with an ePSF, wing errors on). A star that is one of the ePSF's own stars has its values divided by
     1 - its share of the ePSF (the ePSF partly fits it);
     ``shape_scales[j]``: per row, the shape factor of its own-position PSF in band j (the part of
     the miss its reported flux no longer has); ``stamp_fwhms``: band -> :func:`stamp_fwhm` of its
@@ -369,7 +369,7 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
         e = d.copy()
         wd, we = np.full((len(fit_all), 2), np.nan), np.full((len(fit_all), 2), np.nan)
         stamp = getattr(images[j].psf, "stamp", None)
-        if star.any() and stamp is not None and b in epsf_bands:
+        if star.any() and stamp is not None and (b in epsf_bands or np.isfinite(psf_frac[b])):
             r = res if per is None else per[b]
             jj = j if per is None else 0
             model = np.asarray(r.model_images()[jj], float)
@@ -381,8 +381,9 @@ def add_fitted_star_checks(fit_all, images, res, per, bands, psf_frac, star, pin
             xy, fl = [(s.x, s.y) for s in srcs], [float(s.fluxes[jj]) for s in srcs]
             k = own_share_factors([(s.x + x0, s.y + y0) for s in srcs],
                                   getattr(pin.psfs.get(b), "stars", ()))
-            ww, wwe = fitted_wing_checks(resid, iv, src_model, im.gain, xy, fl, np.asarray(stamp, float))
-            wd[idx], we[idx] = np.asarray(ww) * k[:, None], np.asarray(wwe) * k[:, None]
+            if b in epsf_bands:
+                ww, wwe = fitted_wing_checks(resid, iv, src_model, im.gain, xy, fl, np.asarray(stamp, float))
+                wd[idx], we[idx] = np.asarray(ww) * k[:, None], np.asarray(wwe) * k[:, None]
             if np.isfinite(psf_frac[b]):
                 fwhm = (stamp_fwhms or {}).get(b) or stamp_fwhm(np.asarray(stamp, float))
                 dd, ee = fitted_star_checks(resid, iv, src_model, im.gain, xy, fl, CHECK_FWHM * fwhm,
