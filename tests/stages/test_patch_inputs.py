@@ -1,5 +1,7 @@
 """Patch inputs: ROI cut-outs from the prepared store, catalog sub-table, dumps."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,6 +91,8 @@ def test_dump_round_trip(store, tmp_path):
     with PreparedImages(path) as p:
         pin = build_patch_input(spec, p, _catalog(), {"m400": PsfChoiceInput(
             stamp=np.ones((3, 3), np.float32) / 9, nstars_used=7, path="x/epsf.npy")})
+    halo = np.full(pin.images["m400"].img.shape, 0.25, np.float32)      # light subtracted as halos
+    pin.images["m400"] = dataclasses.replace(pin.images["m400"], halo=halo)
     npz, js = write_patch_dump(str(tmp_path / "dump"), pin.tag, *patch_input_record(pin))
     assert npz.endswith(f"{spec.patch_tag}.npz") and js.endswith(f"{spec.patch_tag}.json")
     back = patch_input_from_record(*read_patch_dump(js))
@@ -98,6 +102,8 @@ def test_dump_round_trip(store, tmp_path):
     assert back.cat["_is_halo_source"].dtype == bool
     np.testing.assert_array_equal(back.images["m400"].img, pin.images["m400"].img)
     np.testing.assert_array_equal(back.images["m425"].bad_final, pin.images["m425"].bad_final)
+    np.testing.assert_array_equal(back.images["m400"].halo, halo)                 # its wing error needs it
+    assert back.images["m425"].halo is None
     assert back.psfs["m400"].nstars_used == 7 and back.psfs["m425"].stamp is None
     assert back.band_info["m425"].scale == 2.0
 

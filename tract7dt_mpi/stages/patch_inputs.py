@@ -198,6 +198,8 @@ def patch_input_record(pin: PatchInput) -> tuple[dict, dict]:
         c = pin.images[b]
         for f in _CUTOUT_FIELDS:
             arrays[f"{b}/{f}"] = np.asarray(getattr(c, f))
+        if c.halo is not None:          # the halo light subtracted from img (its wing error)
+            arrays[f"{b}/halo"] = np.asarray(c.halo)
         st = pin.psfs[b].stamp if b in pin.psfs else None
         if st is not None:
             arrays[f"{b}/psf_stamp"] = np.asarray(st, np.float32)
@@ -234,7 +236,8 @@ def patch_input_from_record(doc: dict, arrs: dict) -> PatchInput:
     sd["halo_rows"] = np.asarray(sd["halo_rows"], np.int64)
     spec = PatchSpec(**sd)
     bands = list(doc["bands"])
-    images = {b: Cutout(**{f: arrs[f"{b}/{f}"] for f in _CUTOUT_FIELDS}) for b in bands}
+    images = {b: Cutout(**{f: arrs[f"{b}/{f}"] for f in _CUTOUT_FIELDS}, halo=arrs.get(f"{b}/halo"))
+              for b in bands}
     infos = {b: BandInfo(**doc["band_info"][b]) for b in bands}
     psfs = {b: PsfChoiceInput(stamp=arrs[f"{b}/psf_stamp"] if f"{b}/psf_stamp" in arrs else None,
                               nstars_used=doc["psfs"][b]["nstars_used"],
