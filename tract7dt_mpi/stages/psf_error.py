@@ -218,7 +218,6 @@ def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius, psf, 
     Poisson noise; None: sky only).  The aperture's variance alone would count the part of the
     noise the fit already took into its flux (and FLUXERR_STAT) a second time.  NaN for a star
     with less than 80 % of its aperture or annulus usable or a flux <= 0."""
-    h, w = resid.shape
     r = float(radius)
     ro = float(outer) if outer else 2.0 * r
     psf = np.asarray(psf, float)
@@ -233,13 +232,7 @@ def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius, psf, 
             deltas.append(float("nan"))
             sigmas.append(float("nan"))
             continue
-        ix, iy = int(round(x)), int(round(y))
-        px, py = ix + dx, iy + dy
-        inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-        pxc, pyc = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
-        iv = np.where(inside, invvar[pyc, pxc], 0.0)
-        res = resid[pyc, pxc]
-        ok = inside & (iv > 0) & np.isfinite(res)
+        ix, iy, ok, iv, res, var = star_window(resid, invvar, src_model, gain, x, y, dx, dy)
         a, ap, ann = _aperture_weights(dx.shape, rr + x - ix, rr + y - iy, r, ro, ok)
         full, _, ring = _aperture_weights(dx.shape, rr + x - ix, rr + y - iy, r, ro)
         A = float((a * P).sum())
@@ -249,14 +242,31 @@ def fitted_star_checks(resid, invvar, src_model, gain, xy, fluxes, radius, psf, 
             deltas.append(float("nan"))
             sigmas.append(float("nan"))
             continue
-        var = np.where(ok, 1.0 / np.where(ok, iv, 1.0), 0.0)
-        if gain:
-            var = var + np.where(ok, np.maximum(src_model[pyc, pxc], 0.0), 0.0) / gain
         c = a - A * wP / S
         norm = A * f * cap
-        deltas.append(float((a * np.where(ok, res, 0.0)).sum() / norm))
+        deltas.append(float((a * res).sum() / norm))
         sigmas.append(float(math.sqrt(float((c * c * var).sum())) / norm))
     return deltas, sigmas
+
+
+def star_window(resid, invvar, src_model, gain, x, y, dx, dy):
+    """One star's box of a patch band: offsets ``dx``, ``dy`` (integer grids, same shape) around
+    its rounded position. Returns (ix, iy, ok, iv, res, var): the rounded position, the usable
+    pixels (inside the image, weight > 0, finite residual), the fit's weights, the residual (0
+    where not usable) and the pixel variance (1 / weight, plus ``src_model`` / ``gain``, the
+    sources' Poisson noise, when ``gain``; 0 where not usable)."""
+    h, w = resid.shape
+    ix, iy = int(round(x)), int(round(y))
+    px, py = ix + dx, iy + dy
+    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    pxc, pyc = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
+    iv = np.where(inside, invvar[pyc, pxc], 0.0)
+    res = resid[pyc, pxc]
+    ok = inside & (iv > 0) & np.isfinite(res)
+    var = np.where(ok, 1.0 / np.where(ok, iv, 1.0), 0.0)
+    if gain:
+        var = var + np.where(ok, np.maximum(src_model[pyc, pxc], 0.0), 0.0) / gain
+    return ix, iy, ok, iv, np.where(ok, res, 0.0), var
 
 
 def own_share_factors(xy, stars, match_pix: float = 1.0) -> np.ndarray:

@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from ..engine.flux_errors import INNER_WING_LEVEL, WING_LEVEL, wing_errors
-from .psf_error import CHECK_SNR_CUTS, MIN_STARS, _placed, bright_checked_stars
+from .psf_error import CHECK_SNR_CUTS, MIN_STARS, _placed, bright_checked_stars, star_window
 
 #: store-only columns behind the measured wing error, per band (``{name}_{band}_fit``): the
 #: responses (inner wing, outer wing, halos) and the stars' checks per ring
@@ -59,7 +59,6 @@ def fitted_wing_checks(resid, invvar, src_model, gain, xy, fluxes, psf):
     ``gain`` None: sky only); ``xy``, ``fluxes``: the stars' fitted positions and fluxes; ``psf``:
     the band's stamp (odd sides; normalised here). NaN for a star with a flux <= 0 or less than
     80 % of its stamp usable, and for a ring with fewer than MIN_ZONES usable sectors."""
-    h, w = resid.shape
     psf = np.asarray(psf, float)
     psf = psf / psf.sum()
     rr = max(psf.shape[0] // 2, psf.shape[1] // 2)
@@ -68,6 +67,7 @@ def fitted_wing_checks(resid, invvar, src_model, gain, xy, fluxes, psf):
     peak = P.max()
     ring = np.where(P >= INNER_WING_LEVEL * peak, 0, 1)
     wing = (P > 0) & (P < WING_LEVEL * peak)
+    support = P != 0
     rms, noise = np.full((len(xy), 2), np.nan), np.full((len(xy), 2), np.nan)
     for i, ((x, y), f) in enumerate(zip(xy, fluxes)):
         if not (np.isfinite(x) and np.isfinite(y)):
@@ -75,32 +75,21 @@ def fitted_wing_checks(resid, invvar, src_model, gain, xy, fluxes, psf):
         sector = np.floor((np.arctan2(dy - (y - round(y)), dx - (x - round(x))) + np.pi / SECTORS)
                           / (2 * np.pi / SECTORS)).astype(int) % SECTORS
         zones = np.where(wing, ring * SECTORS + sector, -1)
-        rms[i], noise[i] = _one_star(resid, invvar, src_model, gain, x, y, f, P, zones, dx, dy, h, w)
+        rms[i], noise[i] = _one_star(resid, invvar, src_model, gain, x, y, f, P, support, zones, dx, dy)
     return rms, noise
 
 
-def _one_star(resid, invvar, src_model, gain, x, y, f, P, zones, dx, dy, h, w):
+def _one_star(resid, invvar, src_model, gain, x, y, f, P, support, zones, dx, dy):
     nan = (np.full(2, np.nan), np.full(2, np.nan))
     if not (np.isfinite(f) and f > 0):
         return nan
-    ix, iy = int(round(x)), int(round(y))
-    px, py = ix + dx, iy + dy
-    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-    pxc, pyc = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
-    iv = np.where(inside, invvar[pyc, pxc], 0.0)
-    res = np.where(inside, resid[pyc, pxc], 0.0)
-    ok = inside & (iv > 0) & np.isfinite(res)
-    support = P != 0
+    _, _, ok, iv, res, var = star_window(resid, invvar, src_model, gain, x, y, dx, dy)
     if (ok & support).sum() < 0.8 * support.sum():
         return nan
-    res = np.where(ok, res, 0.0)
     wP = np.where(ok, iv * P, 0.0)
     info = float((wP * P).sum())
     if not info > 0:
         return nan
-    var = np.where(ok, 1.0 / np.where(ok, iv, 1.0), 0.0)
-    if gain:
-        var = var + np.where(ok, np.maximum(src_model[pyc, pxc], 0.0), 0.0) / gain
     out = nan
     for k in range(2):
         eps2, sig2 = [], []
