@@ -11,7 +11,11 @@ in the spirit of legacypipe's choice between PSF/REX/EXP/DEV/SER:
   ``threshold`` and by more than ``GALAXY_FRAC`` of the point source's own dchisq (a bright star's
   small PSF mismatch must not turn it into a tiny galaxy);
 * among galaxies the better of EXP and DEV is kept, and SERSIC only when it improves on that by a
-  further ``threshold`` and ``SERSIC_FRAC`` of that galaxy's dchisq.
+  further ``threshold`` and either ``SERSIC_FRAC`` of that galaxy's dchisq or gives a total flux
+  (all bands, each model's flux as a total, stages.flux_convention) that differs from it by more
+  than ``SERSIC_FLUX_TOL``: the relative gain keeps a bright EXP or DEV galaxy from a Sersic
+  index that only soaks up a small profile or PSF mismatch, but a bright galaxy of index 4.5 fitted
+  as DEV, which gains only ~0.01 % in chi^2, is 3 % too faint.
 
 The choice is "close" when one of the decisions that led to it lies within ``CLOSE_DCHISQ`` (4)
 of its boundary in chi^2, so that a change of the data's chi^2 that small flips it (:func:`choose`). The
@@ -30,7 +34,7 @@ from ..engine import FitOptions, ImageData, Source
 from ..engine.problem import Problem
 
 __all__ = ["untyped_rows", "choose_models", "choose", "Choice", "MODELS", "NPARAMS", "GALAXY_FRAC", "SERSIC_FRAC",
-           "CLOSE_DCHISQ"]
+           "SERSIC_FLUX_TOL", "CLOSE_DCHISQ", "model_totals"]
 
 #: the models tried, as engine kinds, with their catalogue column suffixes
 MODELS = {"star": "PSF", "exp": "EXP", "dev": "DEV", "sersic": "SER"}
@@ -41,6 +45,11 @@ GALAXY_FRAC = 0.01
 #: SERSIC must also improve on the better of EXP/DEV by this fraction of that model's dchisq (on
 #: GalSim tiles: Sersic n = 2-3 galaxies gain 0.2-1 %, EXP and DEV galaxies up to ~0.05 %)
 SERSIC_FRAC = 0.001
+#: ... or, when it beats it by the threshold alone, give a total flux this much different from it
+#: (GalSim: a Sersic n = 4.5-4.8 galaxy at S/N 100-200 per band fitted as DEV is 3-5 % too faint,
+#: n = 2.5 10 % too bright; an exponential galaxy at S/N 1000 beside a neighbour has EXP and
+#: SERSIC local totals 1.7 % apart, so the tolerance is above that)
+SERSIC_FLUX_TOL = 0.02
 #: a decision of the choice whose chi^2 margin from its boundary is below this is "close"
 #: (flag_model_close): a change of the data's chi^2 by 4, a 2-sigma shift of one parameter, flips it
 CLOSE_DCHISQ = 4.0
@@ -68,8 +77,11 @@ class Choice:
     close: bool
 
 
-def choose(dchisq: dict, threshold: float, close_dchisq: float = CLOSE_DCHISQ) -> Choice:
-    """Penalised choice among the kinds of ``dchisq`` (chi^2 improvement over no source).
+def choose(dchisq: dict, threshold: float, close_dchisq: float = CLOSE_DCHISQ,
+           totals: dict | None = None) -> Choice:
+    """Penalised choice among the kinds of ``dchisq`` (chi^2 improvement over no source);
+    ``totals``: kind -> the model's total flux summed over bands (:func:`model_totals`; None or
+    a missing kind: SERSIC needs its relative gain).
 
     Each decision of the rule compares a penalised chi^2 difference with a required gain (0 for
     EXP against DEV); its margin is how far the difference lies from that boundary, i.e. by how
@@ -100,13 +112,36 @@ def choose(dchisq: dict, threshold: float, close_dchisq: float = CLOSE_DCHISQ) -
         else:
             best = g
     if best != "star" and "sersic" in pen:
-        ser = pen["sersic"] - pen[best] - threshold - SERSIC_FRAC * max(dchisq[best], 0.0)
+        gain = pen["sersic"] - pen[best] - threshold
+        ser = gain - SERSIC_FRAC * max(dchisq[best], 0.0)
+        if ser <= 0 < gain and _fluxes_differ(totals or {}, best):
+            ser = gain
         margins.append(abs(ser))
         if ser > 0:
             best = "sersic"
     if best in ("exp", "dev") and len(gals) == 2:
         margins.append(abs(pen["exp"] - pen["dev"]))
     return Choice(best, dchisq, bool(margins) and min(margins) < close_dchisq)
+
+
+def _fluxes_differ(totals: dict, kind: str) -> bool:
+    """SERSIC's total flux differs from ``kind``'s by more than SERSIC_FLUX_TOL."""
+    a, b = totals.get("sersic", np.nan), totals.get(kind, np.nan)
+    return bool(np.isfinite(a) and np.isfinite(b) and b > 0 and abs(a / b - 1.0) > SERSIC_FLUX_TOL)
+
+
+def model_totals(fits: dict, fwhm: float) -> dict:
+    """kind -> total flux summed over bands of each local fit (``fits``: kind -> (result, x0,
+    y0) of :func:`local_dchisq`): the mixture flux times the profile's total-flux factor over its
+    size bias at the fitted size (stages.flux_convention), so that models are compared by the
+    flux they would report."""
+    from .flux_convention import profile_factors
+    out = {}
+    for kind, (sr, _, _) in fits.items():
+        size = sr.re * np.sqrt(sr.ab) / fwhm if kind != "star" else np.nan
+        fac = profile_factors([kind], [sr.sersic_n if kind == "sersic" else np.nan], "total", [size])[0]
+        out[kind] = float(np.sum(np.asarray(sr.fluxes, float)) * fac)
+    return out
 
 
 def _box(images, x, y, half):
@@ -184,7 +219,7 @@ def choose_models(fit_fn, images, sources, res, opts: FitOptions, candidates, fw
     for i in candidates:
         sr = res.sources[i]
         dchisq, fits = local_dchisq(fit_fn, images, models, sources[i], sr, opts, fwhm)
-        c = choose(dchisq, threshold)
+        c = choose(dchisq, threshold, totals=model_totals(fits, fwhm))
         chosen[i] = c
         if c.kind != sources[i].kind and c.kind in fits:
             lr, x0, y0 = fits[c.kind]
