@@ -193,21 +193,3 @@ def test_blends_and_resolved_sources_are_rejected():
     assert sel.reasons["blended"] == 2        # each of the deblended pair: the other is too close
     assert sel.reasons["resolved"] == 2       # the unresolved pair and the galaxy: too large
     assert abs(meta["selection"]["size_locus_r50_pix"] - 2.4) < 0.4   # Moffat r50 = 2.41 px
-
-
-def test_neighbour_mask_keeps_the_star_inside_its_core_radius():
-    """A neighbour just beyond the blend core radius (2 FWHM = 8 px) is masked, grown by 2 FWHM,
-    but never inside that radius of the star: the star's profile at 1-2 FWHM, where the ePSF's
-    shape and normalisation are measured, stays whole."""
-    from tract7dt_mpi.stages.epsf_select import neighbour_mask, star_neighbour_mask
-
-    arr = render([(100.3, 100.4, 4e4), (117.0, 100.0, 4e3)])
-    sel, _ = select_psf_stars(inp(arr), BASE)
-    k = int(np.argmin(np.hypot(np.asarray(sel.x) - 100.3, np.asarray(sel.y) - 100.4)))
-    assert abs(sel.x[k] - 100.3) < 0.5 and sel.nb[1] == 8.0
-    mask = star_neighbour_mask(sel, k, 70, 70, (61, 61), (sel.x[k] - 70, sel.y[k] - 70))
-    yy, xx = np.indices(mask.shape)
-    r = np.hypot(xx - (sel.x[k] - 70), yy - (sel.y[k] - 70))
-    assert mask[np.hypot(xx - 47.0, yy - 30.0) < 2].all()          # the neighbour itself
-    assert neighbour_mask(sel.seg, 70, 70, (61, 61), sel.label[k], sel.nb[0])[r < 5].any()  # grown: 4 px
-    assert not mask[r <= 8.0].any() and mask[r < 10].any()          # kept inside 2 FWHM only

@@ -187,7 +187,7 @@ def neighbour_geometry(fwhm_pix):
     """(dilation, core radius) in px for neighbour handling, from the seeing FWHM (4 px if unknown).
 
     Other objects' SEP segments (isophote at thresh_sigma) are grown by ~2 FWHM for masking, so
-    their wings are masked too (but never inside the core radius of the star itself); a star
+    their wings are masked too (but never inside half the core radius of the star itself); a star
     with another object's segment within its core radius (~2 FWHM) is a blend and is rejected.
     """
     f = float(fwhm_pix) if fwhm_pix is not None and np.isfinite(fwhm_pix) and fwhm_pix > 0 else 4.0
@@ -219,14 +219,11 @@ def neighbour_mask(seg, x0, y0, shape, own_label, dilate) -> np.ndarray:
 
 
 def star_neighbour_mask(sel, k: int, x0: int, y0: int, shape, centre) -> np.ndarray:
-    """:func:`neighbour_mask` of selected star ``k`` in a box (origin x0, y0), never inside the
-    blend core radius around the star's own centre (x, y in the box). No other segment lies that
-    close (:func:`is_blended`), so only the grown masks of segments beyond it reach in, and there
-    they would cut the star's profile at 1-2 FWHM, where the ePSF's shape and normalisation are
-    measured (on a GalSim Moffat beta = 2 tile they took 43 % of that ring of one band's cell)."""
+    """:func:`neighbour_mask` of selected star ``k`` in a box (origin x0, y0), never inside half
+    the blend core radius around the star's own centre (x, y in the box)."""
     mask = neighbour_mask(sel.seg, x0, y0, shape, sel.label[k], sel.nb[0])
     yy, xx = np.indices(shape)
-    return mask & ((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 > sel.nb[1] ** 2)
+    return mask & ((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 > (0.5 * sel.nb[1]) ** 2)
 
 
 def is_blended(seg, x, y, own_label, dilate, r_core) -> bool:
