@@ -49,10 +49,11 @@ CONVERGED = 3e-4
 OUTLIER_SIGMA = 4.0
 #: fraction of the star's model value that a pixel may exceed it by without being masked
 MODEL_TOL = 0.25
-#: no pixel within this many FWHM of its star is masked as an outlier. Neighbours that close are
-#: rejected as blends by the selection; at 1.5 FWHM a bright star's own profile, where an early
-#: pass's ePSF is wrong, was masked (then grown by 5 px) and the stack settled on a core 5 % off
-#: the true PSF (GalSim Moffat beta = 2 cell of 10 stars; 0.6 % with the mask from 3 FWHM, or none)
+#: no pixel within this many FWHM of its star is masked as an outlier (detected neighbours within
+#: 2 FWHM are rejected as blends, farther ones masked by their segments); at 1.5 FWHM a bright
+#: star's own profile, where an early pass's ePSF is wrong, was masked (then grown by 5 px) and
+#: the stack settled on a core 5 % off the true PSF (GalSim Moffat beta = 2 cell of 10 stars;
+#: 0.6 % with the mask from 3 FWHM, or none)
 OUTLIER_INNER_FWHM = 3.0
 #: clip level of the per-pixel stack, in units of the pixel's robust spread
 STACK_CLIP = 3.0
