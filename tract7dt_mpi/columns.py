@@ -109,7 +109,7 @@ COLUMNS: tuple[Column, ...] = tuple([
     Column("stype_fit", _T, None, "fitted model: `star`, `exp`, `dev` or `sersic` (the catalogue TYPE, or the model chosen by `patch_run.model_selection`)", "multi"),
     *_fit("sersic_n", _F, "", "Sersic index (Sersic model only)"),
     *_fit("re_pix", _F, "pixel", "half-light radius"),
-    *_fit("ab", _F, "", "axis ratio b/a"),
+    *_fit("ab", _F, "", "axis ratio b/a (a soft wall in the fit keeps it above ~0.1)"),
     *_fit("phi_deg", _F, "deg", "position angle, Tractor convention (mod 180)"),
     *_fit("ELL", _F, "", "1 - ab_fit (SExtractor-like, as the input ELL)"),
     *_fit("Re", _F, "pixel", "= re_pix_fit (duplicate)", "store"),

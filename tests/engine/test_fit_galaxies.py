@@ -44,3 +44,20 @@ def test_galaxies_recover_flux_size_ellipticity():
         if kind == "sersic":
             assert r.sersic_n == pytest.approx(n, rel=0.15)
     assert np.median(np.abs(fl)) < 0.02, fl
+
+
+def test_compact_galaxy_beside_a_star_keeps_a_real_axis_ratio():
+    """A compact DEV galaxy 9 px from a star 64 times brighter, fitted with a PSF 3 % too wide:
+    the star's residual makes a line (b/a ~ 1e-4) the best fit of the galaxy's shape; the
+    ellipticity wall keeps it at b/a >= ~0.1."""
+    rng = np.random.default_rng(0)
+    shape = (61, 61)
+    x, y, sx, sy = 30.3, 29.8, 21.3, 27.3
+    gal = draw([(galaxy("dev", 400.0, 1.8, 0.38, 40.0), x, y)], shape, psf=moffat())
+    star = draw([(galaxy("exp", 64 * 400.0, 0.001, 1.0, 0.0), sx, sy)], shape, psf=moffat())
+    psf = PixelizedPSF(psf_stamp(15, fwhm=4.0 * 1.03))
+    ims = [ImageData(b, gal + star + rng.normal(0, 1.0, shape), np.ones(shape), psf) for b in "grz"]
+    srcs = [Source("dev", x + 0.3, y - 0.2, [1.0] * 3, re=1.8, ab=0.44, phi_deg=34.0),
+            Source("star", sx, sy, [1.0] * 3)]
+    r = fit_patch(ims, srcs, FitOptions(n_opt_iters=40)).sources[0]
+    assert r.ab > 0.09

@@ -15,7 +15,7 @@ from .linalg import inv_batched, model_block, overlapping_pairs, own_products, p
 from .profiles import SERSIC_N_BOUNDS
 from .psf import PsfBank
 from .render import param_names, render_source
-from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, shape_prior_precision
+from .shapes import EE_BOUNDS, LOGRE_BOUNDS, catalog_shape_to_params, ellipticity_wall, shape_prior_precision
 
 #: steps smaller than this are not taken (keeps the source's cached rendering and pair blocks);
 #: far below what float32 renderings resolve.  sersicindex is ln(n) inside the engine.
@@ -235,11 +235,14 @@ class Problem:
         return out
 
     def prior_lnp(self, params):
+        """ln p of the priors: the Gaussian ones and the galaxies' ellipticity wall."""
         tot = 0.0
-        for p, mu, prec in zip(params, self.prior_mu, self.prior_prec):
+        for s, (p, mu, prec) in enumerate(zip(params, self.prior_mu, self.prior_prec)):
             if prec.any():
                 d = p - mu
                 tot -= 0.5 * d @ prec @ d
+            if self.kinds[s] != "star":
+                tot += ellipticity_wall(p[3], p[4])[0]
         return tot
 
     def evaluate(self, params, free, solve_linear=True, F=None, sky=None, derivs=True) -> Evaluation:
@@ -381,6 +384,12 @@ class Problem:
                 if prec.any():
                     H[np.ix_(gi[s], gi[s])] += prec
                     g[gi[s]] -= prec @ (ev.params[s][pos] - self.prior_mu[s][pos])
+                if self.kinds[s] != "star" and 3 in pos and 4 in pos:
+                    _, gw, hw = ellipticity_wall(ev.params[s][3], ev.params[s][4])
+                    if hw.any():
+                        k = [gi[s][pos.index(3)], gi[s][pos.index(4)]]
+                        H[np.ix_(k, k)] += hw
+                        g[k] += gw
         H = 0.5 * (H + H.T)
         return (index, H, g, X) if coupling else (index, H, g)
 

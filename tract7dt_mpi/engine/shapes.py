@@ -13,6 +13,12 @@ import numpy as np
 
 LOGRE_BOUNDS = (math.log(0.1), math.log(1000.0))
 EE_BOUNDS = (-100.0, 100.0)
+#: no galaxy image is thinner than b/a ~ 0.1 (an edge-on disc); below it the fit meets a soft wall
+#: in the softened ellipticity |ee| (:func:`ellipticity_wall`).  Without it a faint galaxy whose
+#: minor axis the PSF hides can collapse into a line (b/a ~ 1e-5) that loses 5-25 % of its flux.
+AB_MIN = 0.1
+#: width of the wall in |ee| (b/a 0.1 -> 0.08 costs ~17 in chi^2)
+EE_WALL_SIGMA = 0.05
 
 
 def catalog_shape_to_params(re: float, ab: float, phi_deg: float) -> tuple[float, float, float]:
@@ -31,6 +37,26 @@ def params_to_catalog_shape(logre: float, ee1: float, ee2: float) -> tuple[float
     ab = (1.0 - e) / (1.0 + e)
     theta = 0.5 * math.atan2(ee2, ee1)
     return math.exp(logre), ab, (-math.degrees(theta)) % 180.0
+
+
+def _ee_of_ab(ab: float) -> float:
+    e = (1.0 - ab) / (1.0 + ab)
+    return -math.log(1.0 - e)
+
+
+EE_MAX = _ee_of_ab(AB_MIN)
+
+
+def ellipticity_wall(ee1: float, ee2: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """(ln p, its gradient d/d(ee1, ee2), its Gauss-Newton curvature (2, 2)) of the soft wall at
+    b/a = AB_MIN: ln p = -((|ee| - EE_MAX) / EE_WALL_SIGMA)^2 / 2 beyond it, 0 (and no
+    curvature) inside, so it changes nothing for galaxies rounder than AB_MIN."""
+    ee = math.hypot(ee1, ee2)
+    if not ee > EE_MAX:
+        return 0.0, np.zeros(2), np.zeros((2, 2))
+    r = (ee - EE_MAX) / EE_WALL_SIGMA
+    n = np.array([ee1, ee2]) / ee
+    return -0.5 * r * r, -(r / EE_WALL_SIGMA) * n, np.outer(n, n) / EE_WALL_SIGMA ** 2
 
 
 def unit_covariance(logre: float, ee1: float, ee2: float) -> np.ndarray:
