@@ -14,8 +14,9 @@ import numpy as np
 LOGRE_BOUNDS = (math.log(0.1), math.log(1000.0))
 EE_BOUNDS = (-100.0, 100.0)
 #: no galaxy image is thinner than b/a ~ 0.1 (an edge-on disc); below it the fit meets a soft wall
-#: in the softened ellipticity |ee| (:func:`ellipticity_wall`).  Without it a faint galaxy whose
-#: minor axis the PSF hides can collapse into a line (b/a ~ 1e-5) that loses 5-25 % of its flux.
+#: in the softened ellipticity |ee| (:func:`ellipticity_wall`).  Without it a compact galaxy whose
+#: minor axis the PSF hides collapses into a line (b/a ~ 1e-5) along a neighbouring star's PSF
+#: residual: a shape no galaxy has (its flux error is the residual's, with or without the wall).
 AB_MIN = 0.1
 #: width of the wall in |ee| (b/a 0.1 -> 0.08 costs ~17 in chi^2)
 EE_WALL_SIGMA = 0.05
