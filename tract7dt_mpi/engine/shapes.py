@@ -40,12 +40,8 @@ def params_to_catalog_shape(logre: float, ee1: float, ee2: float) -> tuple[float
     return math.exp(logre), ab, (-math.degrees(theta)) % 180.0
 
 
-def _ee_of_ab(ab: float) -> float:
-    e = (1.0 - ab) / (1.0 + ab)
-    return -math.log(1.0 - e)
-
-
-EE_MAX = _ee_of_ab(AB_MIN)
+#: |ee| at b/a = AB_MIN (ee1 of an unrotated shape is |ee|)
+EE_MAX = catalog_shape_to_params(1.0, AB_MIN, 0.0)[1]
 
 
 def ellipticity_wall(ee1: float, ee2: float) -> tuple[float, np.ndarray, np.ndarray]:
