@@ -54,7 +54,7 @@ def test_compact_galaxy_beside_a_star_keeps_a_real_axis_ratio():
     shape = (61, 61)
     x, y, sx, sy = 30.3, 29.8, 21.3, 27.3
     gal = draw([(galaxy("dev", 400.0, 1.8, 0.38, 40.0), x, y)], shape, psf=moffat())
-    star = draw([(galaxy("exp", 64 * 400.0, 0.001, 1.0, 0.0), sx, sy)], shape, psf=moffat())
+    star = draw([(moffat().withFlux(64 * 400.0), sx, sy)], shape)
     psf = PixelizedPSF(psf_stamp(15, fwhm=4.0 * 1.03))
     ims = [ImageData(b, gal + star + rng.normal(0, 1.0, shape), np.ones(shape), psf) for b in "grz"]
     srcs = [Source("dev", x + 0.3, y - 0.2, [1.0] * 3, re=1.8, ab=0.44, phi_deg=34.0),
